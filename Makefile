@@ -1,0 +1,23 @@
+# The two commands of the README: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test test-slow bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+## Set up, then run the main job on the built-in synthetic corpus.
+demo: setup
+	@bash scripts/demo.sh
+
+## Set up, then run the fast test suite.
+test: setup
+	$(PY) -m pytest -q
+
+## The slow tests: real corpora from ../shared/datasets and longer end-to-end runs.
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf runs/demo .pytest_cache

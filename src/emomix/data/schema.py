@@ -1,0 +1,264 @@
+"""The utterance table: one record type for an utterance, a corpus as a table of them.
+
+A corpus is a :class:`pandas.DataFrame` with exactly the columns of :data:`COLUMNS`, saved and
+loaded as Parquet. Every reader, the synthetic generator, the feature store and the protocols
+speak this table, so a new corpus only has to produce it.
+
+Columns
+-------
+``utt_id``           unique id of the utterance inside its corpus (str, required)
+``corpus``           corpus name (str, required)
+``audio_path``       path of the audio (or media) file, absolute or relative to the table (str or None)
+``start``, ``end``   seconds inside ``audio_path`` when the utterance is a span of a longer file
+``text``             transcript (str or None when the corpus has none)
+``label``            emotion label (str or None at inference)
+``raw_label``        the label as the corpus wrote it, before any label scheme (str or None)
+``score``            a continuous label where the corpus has one (MOSI sentiment, float or NaN)
+``speaker``          speaker id, unique across the corpus (str, required)
+``session``          recording session (str or None)
+``dialogue_id``      conversation id (str or None)
+``turn``             0-based position inside the dialogue (int or None)
+``split``            official split name where the corpus defines one ("train", "dev", "test")
+``video_path``       path of a video file (str or None)
+``words``            word/syllable alignment: list of ``{"token", "start", "end"}`` in seconds
+                     relative to the utterance start (or None)
+``alignment``        where ``words`` came from: "corpus", "asr", "vad-spread", "synthetic" or None
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import math
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from emomix.errors import CorpusFormatError, MissingDataError
+
+COLUMNS: tuple[str, ...] = (
+    "utt_id",
+    "corpus",
+    "audio_path",
+    "start",
+    "end",
+    "text",
+    "label",
+    "raw_label",
+    "score",
+    "speaker",
+    "session",
+    "dialogue_id",
+    "turn",
+    "split",
+    "video_path",
+    "words",
+    "alignment",
+)
+
+REQUIRED: tuple[str, ...] = ("utt_id", "corpus", "speaker")
+
+_WORD_TYPE = pa.struct([("token", pa.string()), ("start", pa.float64()), ("end", pa.float64())])
+
+ARROW_SCHEMA = pa.schema(
+    [
+        ("utt_id", pa.string()),
+        ("corpus", pa.string()),
+        ("audio_path", pa.string()),
+        ("start", pa.float64()),
+        ("end", pa.float64()),
+        ("text", pa.string()),
+        ("label", pa.string()),
+        ("raw_label", pa.string()),
+        ("score", pa.float64()),
+        ("speaker", pa.string()),
+        ("session", pa.string()),
+        ("dialogue_id", pa.string()),
+        ("turn", pa.int64()),
+        ("split", pa.string()),
+        ("video_path", pa.string()),
+        ("words", pa.list_(_WORD_TYPE)),
+        ("alignment", pa.string()),
+    ]
+)
+
+
+@dataclass
+class Word:
+    """One aligned token: seconds relative to the utterance start."""
+
+    token: str
+    start: float
+    end: float
+
+
+@dataclass
+class Utterance:
+    """One utterance; a row of the utterance table."""
+
+    utt_id: str
+    corpus: str
+    speaker: str
+    audio_path: str | None = None
+    start: float | None = None
+    end: float | None = None
+    text: str | None = None
+    label: str | None = None
+    raw_label: str | None = None
+    score: float | None = None
+    session: str | None = None
+    dialogue_id: str | None = None
+    turn: int | None = None
+    split: str | None = None
+    video_path: str | None = None
+    words: list[Word] | None = None
+    alignment: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        """The record as a plain dict in column order (words as a list of dicts)."""
+        row = asdict(self)
+        return {name: row[name] for name in COLUMNS}
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    try:
+        return bool(pd.isna(value)) if not isinstance(value, (list, tuple, dict)) else False
+    except (TypeError, ValueError):
+        return False
+
+
+def _clean_words(value: Any) -> list[dict[str, Any]] | None:
+    if value is None or (not isinstance(value, (list, tuple)) and _missing(value)):
+        return None
+    words = []
+    for item in list(value):
+        if isinstance(item, Word):
+            item = asdict(item)
+        words.append({"token": str(item["token"]), "start": float(item["start"]), "end": float(item["end"])})
+    return words
+
+
+def make_table(records: Iterable[Utterance | dict[str, Any]]) -> pd.DataFrame:
+    """Build a validated utterance table from :class:`Utterance` records or dicts.
+
+    Dict keys outside :data:`COLUMNS` are rejected (a typo must not vanish silently); missing
+    optional keys become None.
+    """
+    rows = []
+    for record in records:
+        row = record.to_row() if isinstance(record, Utterance) else dict(record)
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise CorpusFormatError("<records>", f"unknown utterance field(s) {sorted(unknown)}; known: {list(COLUMNS)}")
+        rows.append({name: row.get(name) for name in COLUMNS})
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    return normalise_table(table)
+
+
+def normalise_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Return ``table`` with exactly the utterance columns, in order, with canonical dtypes."""
+    table = table.copy()
+    for name in COLUMNS:
+        if name not in table.columns:
+            table[name] = None
+    table = table[list(COLUMNS)]
+    for name in ("utt_id", "corpus", "audio_path", "text", "label", "raw_label", "speaker", "session",
+                 "dialogue_id", "split", "video_path", "alignment"):
+        table[name] = pd.Series(
+            [None if _missing(v) else str(v) for v in table[name]], index=table.index, dtype=object
+        )
+    for name in ("start", "end", "score"):
+        table[name] = pd.to_numeric(table[name], errors="raise").astype("float64")
+    table["turn"] = pd.array([None if _missing(v) else int(v) for v in table["turn"]], dtype="Int64")
+    table["words"] = pd.Series([_clean_words(v) for v in table["words"]], index=table.index, dtype=object)
+    validate_table(table)
+    return table.reset_index(drop=True)
+
+
+def validate_table(table: pd.DataFrame) -> None:
+    """Check the invariants every consumer relies on; raise :class:`CorpusFormatError` if broken."""
+    missing_cols = [c for c in COLUMNS if c not in table.columns]
+    if missing_cols:
+        raise CorpusFormatError("<table>", f"missing column(s) {missing_cols}")
+    for name in REQUIRED:
+        bad = table[name].isna()
+        if bad.any():
+            first = table.index[bad][0]
+            raise CorpusFormatError("<table>", f"column {name!r} is empty in row {first}")
+    duplicated = table["utt_id"].duplicated()
+    if duplicated.any():
+        raise CorpusFormatError("<table>", f"duplicate utt_id {table['utt_id'][duplicated].iloc[0]!r}")
+    spans = table["start"].notna() & table["end"].notna()
+    inverted = spans & (table["end"] <= table["start"])
+    if inverted.any():
+        row = table[inverted].iloc[0]
+        raise CorpusFormatError("<table>", f"utterance {row['utt_id']!r} ends ({row['end']}) before it starts ({row['start']})")
+
+
+def save_table(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write the table as Parquet atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = normalise_table(table)
+    arrow = pa.Table.from_pandas(table, schema=ARROW_SCHEMA, preserve_index=False)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(arrow, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_table(path: str | Path) -> pd.DataFrame:
+    """Read an utterance table written by :func:`save_table` (or any Parquet with its columns)."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingDataError(f"utterance table {path} does not exist")
+    try:
+        table = pq.read_table(path).to_pandas()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CorpusFormatError(path, f"not a readable Parquet file ({exc})") from exc
+    table["words"] = [None if v is None else [dict(w) for w in v] for v in table["words"]]
+    return normalise_table(table)
+
+
+@dataclass
+class ReadReport:
+    """What a reader skipped and why, and what a label scheme dropped; printed by ``corpus info``."""
+
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    dropped_by_label: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def skip(self, item: str, reason: str) -> None:
+        """Record an item (utterance id or file) that was not read, with the reason."""
+        self.skipped.append({"item": str(item), "reason": reason})
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        """Counts of skipped items per reason."""
+        counts: dict[str, int] = {}
+        for entry in self.skipped:
+            counts[entry["reason"]] = counts.get(entry["reason"], 0) + 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"skipped": list(self.skipped), "dropped_by_label": dict(self.dropped_by_label), "notes": list(self.notes)}
+
+
+@dataclass
+class Corpus:
+    """A read corpus: the utterance table, the scheme its labels follow, and the read report."""
+
+    name: str
+    table: pd.DataFrame
+    report: ReadReport = field(default_factory=ReadReport)
+    default_scheme: str | None = None
+    root: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.table)
