@@ -149,6 +149,15 @@ def test_frames_without_a_face_reuse_the_last_box():
     assert (crops[0] == 128).all() and (crops[2] == 128).all()
 
 
+def test_detect_every_reuses_the_box_between_detections():
+    face = portrait()
+    frames = np.stack([face, np.full_like(face, 128), face, np.full_like(face, 128)])
+    crops, found = face_crops(frames, size=32, num_frames=4, detect_every=2)
+    assert found == 2  # frames 0 and 2 examined; 1 and 3 reuse their box
+    np.testing.assert_array_equal(crops[0], crops[2])
+    assert (crops[1] == 128).all() and (crops[3] == 128).all()
+
+
 def test_no_face_anywhere_gives_none():
     assert face_crops(noise_frames(4)) is None
     assert face_crops(np.zeros((0, 32, 32, 3), np.uint8)) is None
@@ -168,7 +177,7 @@ def test_detector_none_resizes_whole_frames_and_cuts():
 def test_face_crop_options_are_validated():
     with pytest.raises(ConfigError, match="unknown face detector 'mtcnn'"):
         face_crops(numbered_frames(2), detector="mtcnn")
-    with pytest.raises(ConfigError, match="size and num_frames must be positive"):
+    with pytest.raises(ConfigError, match="size, num_frames and detect_every must be positive"):
         face_crops(numbered_frames(2), num_frames=0)
 
 

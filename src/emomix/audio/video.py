@@ -5,7 +5,8 @@ The video branch of the models sees a fixed stack of ``num_frames`` grayscale fa
 
 1. each frame is converted to grayscale and the largest frontal face found by OpenCV's Haar
    cascade (``haarcascade_frontalface_default.xml``, shipped with opencv-python-headless < 5)
-   is cut out and resized (detection runs on a copy at most ``detection_width`` pixels wide);
+   is cut out and resized (detection runs on a copy at most ``detection_width`` pixels wide,
+   for faces of at least ``min_face_fraction`` of its height, on every ``detect_every``-th frame);
 2. a frame where no face is found reuses the box of the previous detection (frames before the
    first detection use the first one): detectors miss faces turned aside for a few frames while
    the face is still there, and keeping the frame keeps the clip's timing;
@@ -151,15 +152,17 @@ def detect_largest_face(frame_gray: np.ndarray, min_size: int = 24, scale_factor
     return x, y, w, h
 
 
-def _detect_scaled(gray: np.ndarray, detection_width: int) -> tuple[int, int, int, int] | None:
+def _detect_scaled(gray: np.ndarray, detection_width: int, min_face_fraction: float) -> tuple[int, int, int, int] | None:
     import cv2
 
     height, width = gray.shape
-    if width <= detection_width:
-        return detect_largest_face(gray)
-    scale = width / detection_width
-    small = cv2.resize(gray, (detection_width, max(1, int(round(height / scale)))), interpolation=cv2.INTER_AREA)
-    box = detect_largest_face(small)
+    scale = max(1.0, width / detection_width)
+    small = gray if scale == 1.0 else cv2.resize(
+        gray, (detection_width, max(1, int(round(height / scale)))), interpolation=cv2.INTER_AREA)
+    # Faces in emotion corpora fill a good part of the frame; not scanning tiny scales is most of
+    # the detector's speed.
+    min_size = max(24, int(round(min_face_fraction * min(small.shape))))
+    box = detect_largest_face(small, min_size=min_size)
     if box is None:
         return None
     x, y, w, h = (int(round(v * scale)) for v in box)
@@ -167,19 +170,24 @@ def _detect_scaled(gray: np.ndarray, detection_width: int) -> tuple[int, int, in
 
 
 def face_crops(frames: np.ndarray | Sequence[np.ndarray], size: int = 64, num_frames: int = 150,
-               detector: str = "haar", detection_width: int = 320) -> tuple[np.ndarray, int] | None:
+               detector: str = "haar", detection_width: int = 320, min_face_fraction: float = 0.1,
+               detect_every: int = 1) -> tuple[np.ndarray, int] | None:
     """A ``num_frames × size × size`` uint8 grayscale stack of face crops (see the module's rules).
 
-    Returns ``(crops, found)`` with ``found`` the number of input frames in which a face was
-    detected (every frame for ``detector="none"``), or None when no frame has a face (or there
-    are no frames): the caller drops such a sample and counts it.
+    Detection runs on a copy at most ``detection_width`` pixels wide, looks for faces of at least
+    ``min_face_fraction`` of that copy's shorter side, and only on every ``detect_every``-th frame
+    (the frames between reuse the last box, like frames where no face was found).
+
+    Returns ``(crops, found)`` with ``found`` the number of frames in which a face was detected
+    (every frame for ``detector="none"``), or None when no frame has a face (or there are no
+    frames): the caller drops such a sample and counts it.
     """
     import cv2
 
     if detector not in DETECTORS:
         raise ConfigError(f"unknown face detector {detector!r}; choose one of {', '.join(DETECTORS)}")
-    if size <= 0 or num_frames <= 0:
-        raise ConfigError(f"size and num_frames must be positive, got size={size}, num_frames={num_frames}")
+    if size <= 0 or num_frames <= 0 or detect_every <= 0:
+        raise ConfigError(f"size, num_frames and detect_every must be positive, got {size}, {num_frames}, {detect_every}")
     grays = [to_gray(frame) for frame in frames]
     if not grays:
         return None
@@ -194,7 +202,8 @@ def face_crops(frames: np.ndarray | Sequence[np.ndarray], size: int = 64, num_fr
         crops = [crop(gray, None) for gray in grays]
         found = len(grays)
     else:
-        boxes = [_detect_scaled(gray, detection_width) for gray in grays]
+        boxes = [_detect_scaled(gray, detection_width, min_face_fraction) if index % detect_every == 0 else None
+                 for index, gray in enumerate(grays)]
         found = sum(box is not None for box in boxes)
         if found == 0:
             return None
