@@ -52,6 +52,8 @@ def test_iemocap_fields_turns_text_words_and_video(tmp_path):
     assert f000["audio_path"] == str(root / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav")
     assert Path(f000["audio_path"]).is_absolute()
     assert f000["video_path"] == str(root / "Session1/dialog/avi/DivX/Ses01F_impro01.avi")
+    # the video is the whole dialogue: the label-file times locate the utterance inside it
+    assert (f000["video_start"], f000["video_end"]) == (6.2901, 8.2357)
     # the wav is already cut: label-file times must not become a span
     assert math.isnan(f000["start"]) and math.isnan(f000["end"])
     assert _words(f000) == [("excuse", 0.15, 0.52), ("me", 0.61, 0.95)]

@@ -43,5 +43,9 @@ class AudioError(EmomixError):
     """An audio file cannot be read or holds nothing usable (empty, corrupt, silence only)."""
 
 
+class VideoError(AudioError):
+    """A video file cannot be read (empty, corrupt, no video stream, a span outside it)."""
+
+
 class ProtocolError(EmomixError):
     """A cross-validation protocol cannot be built on the given table."""

@@ -25,14 +25,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from emomix.errors import AudioError, ConfigError, MissingDataError
+from emomix.errors import AudioError, ConfigError, MissingDataError, VideoError  # noqa: F401 (AudioError re-exported)
 
 DETECTORS = ("haar", "none")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
-
-
-class VideoError(AudioError):
-    """A video file cannot be read or holds no frames (a media error, hence an AudioError)."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -89,7 +89,9 @@ def get_scheme(scheme: str | LabelScheme | Mapping[str, Any]) -> LabelScheme:
     path = Path(str(scheme))
     if path.suffix in {".yaml", ".yml", ".json"} and path.exists():
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return LabelScheme.from_dict(path.stem, spec)
+        if not isinstance(spec, Mapping):
+            raise LabelError(f"label scheme file {path} must hold a mapping with 'classes' and 'map'")
+        return LabelScheme.from_dict(str(spec.get("name", path.stem)), spec)
     raise LabelError(f"unknown label scheme {scheme!r}; built-in: {', '.join(list_schemes())}, or a YAML file path")
 
 

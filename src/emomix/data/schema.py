@@ -20,6 +20,8 @@ Columns
 ``turn``             0-based position inside the dialogue (int or None)
 ``split``            official split name where the corpus defines one ("train", "dev", "test")
 ``video_path``       path of a video file (str or None)
+``video_start``, ``video_end``  seconds inside ``video_path`` when the utterance is a span of a longer
+                     video (IEMOCAP's videos are whole dialogues; its audio is cut per utterance)
 ``words``            word/syllable alignment: list of ``{"token", "start", "end"}`` in seconds
                      relative to the utterance start (or None)
 ``alignment``        where ``words`` came from: "corpus", "asr", "vad-spread", "synthetic" or None
@@ -55,6 +57,8 @@ COLUMNS: tuple[str, ...] = (
     "turn",
     "split",
     "video_path",
+    "video_start",
+    "video_end",
     "words",
     "alignment",
 )
@@ -80,6 +84,8 @@ ARROW_SCHEMA = pa.schema(
         ("turn", pa.int64()),
         ("split", pa.string()),
         ("video_path", pa.string()),
+        ("video_start", pa.float64()),
+        ("video_end", pa.float64()),
         ("words", pa.list_(_WORD_TYPE)),
         ("alignment", pa.string()),
     ]
@@ -114,6 +120,8 @@ class Utterance:
     turn: int | None = None
     split: str | None = None
     video_path: str | None = None
+    video_start: float | None = None
+    video_end: float | None = None
     words: list[Word] | None = None
     alignment: str | None = None
 
@@ -174,7 +182,7 @@ def normalise_table(table: pd.DataFrame) -> pd.DataFrame:
         table[name] = pd.Series(
             [None if _missing(v) else str(v) for v in table[name]], index=table.index, dtype=object
         )
-    for name in ("start", "end", "score"):
+    for name in ("start", "end", "score", "video_start", "video_end"):
         table[name] = pd.to_numeric(table[name], errors="raise").astype("float64")
     table["turn"] = pd.array([None if _missing(v) else int(v) for v in table["turn"]], dtype="Int64")
     table["words"] = pd.Series([_clean_words(v) for v in table["words"]], index=table.index, dtype=object)
@@ -200,6 +208,11 @@ def validate_table(table: pd.DataFrame) -> None:
     if inverted.any():
         row = table[inverted].iloc[0]
         raise CorpusFormatError("<table>", f"utterance {row['utt_id']!r} ends ({row['end']}) before it starts ({row['start']})")
+    video_spans = table["video_start"].notna() & table["video_end"].notna()
+    inverted = video_spans & (table["video_end"] <= table["video_start"])
+    if inverted.any():
+        row = table[inverted].iloc[0]
+        raise CorpusFormatError("<table>", f"utterance {row['utt_id']!r}: video span ends before it starts")
 
 
 def save_table(table: pd.DataFrame, path: str | Path) -> Path:

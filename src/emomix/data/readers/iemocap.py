@@ -107,7 +107,9 @@ def _read_session(folder: Path, session: str, report: ReadReport, require_audio:
                 utt_id=utt, corpus=CORPUS, speaker=f"{ids['session']}_{ids['gender']}",
                 audio_path=absolute(wav) if wav is not None else None, text=text,
                 label=label, raw_label=label, session=session, dialogue_id=dialog, turn=turn,
-                video_path=video_path, words=words, alignment="corpus" if words is not None else None,
+                video_path=video_path,
+                video_start=item["start"] if video_path else None, video_end=item["end"] if video_path else None,
+                words=words, alignment="corpus" if words is not None else None,
             ))
     if without_text:
         report.notes.append(f"{session}: {without_text} utterance(s) have no transcription line (text left empty)")
