@@ -121,6 +121,9 @@ def folds(
         typer.echo(f"fold plan written to {out}")
 
 
+from emomix.cli_extract import register; register(app)  # noqa: E402,E702  (emomix extract, emomix store)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: run the app, turning user errors into one line."""
     try:

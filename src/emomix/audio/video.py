@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from emomix.errors import AudioError, ConfigError, MissingDataError, VideoError  # noqa: F401 (AudioError re-exported)
+from emomix.errors import ConfigError, MissingDataError, VideoError
 
 DETECTORS = ("haar", "none")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
