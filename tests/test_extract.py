@@ -257,12 +257,36 @@ def test_vad_mask_trim_and_chunking(tmp_path):
         assert long["chunk_frames"].tolist() == [233, 233, 233] and long["states"].shape == (699, 4)
         assert long["pooled"].shape == (3, 4)
         assert store.get(chunked.keys["speech"])["chunk_frames"].tolist() == [200]
+    class Utterancewise(FrameStatsEncoder):
+        frame_rate = None
+
+    with FeatureStore(tmp_path / "other") as store, pytest.raises(ConfigError, match="vad_mode='mask' needs an encoder with frames"):
+        extract_features(table, Utterancewise(), store, preprocess={"vad": "webrtc"}, progress=False)
     with pytest.raises(ConfigError, match="cannot be combined with chunking"):
         PreprocessConfig(vad="webrtc", chunk_max_s=3.0)
     with pytest.raises(ConfigError, match=r"unknown webrtc VAD option\(s\) \['threshold'\]"):
         PreprocessConfig(vad="webrtc", vad_options={"threshold": 0.5})
     with pytest.raises(ConfigError, match=r"unknown preprocess setting\(s\) \['vad_backend'\]"):
         PreprocessConfig.from_dict({"vad_backend": "webrtc"})
+
+
+def test_ctrl_c_keeps_the_finished_batches(tmp_path):
+    class Interrupted(FrameStatsEncoder):
+        calls = 0
+
+        def forward(self, inputs, output_hidden_states=False):
+            Interrupted.calls += 1
+            if Interrupted.calls == 3:
+                raise KeyboardInterrupt
+            return super().forward(inputs, output_hidden_states)
+
+    table = make_audio_corpus(tmp_path / "wav", 10)
+    with FeatureStore(tmp_path / "store") as store:
+        with pytest.raises(KeyboardInterrupt):
+            extract_features(table, Interrupted(), store, batch_size=2, flush_every=100, progress=False)
+        assert len(store) == 4 and store.verify().ok
+        resumed = extract_features(table, Interrupted(), store, batch_size=2, progress=False)  # same identity
+    assert (resumed.cached, resumed.computed) == (4, 6)
 
 
 def test_text_fallbacks_duplicates_and_encoder_errors(tmp_path):
@@ -410,6 +434,36 @@ def test_two_worker_processes_shard_the_corpus_and_merge(tmp_path, capsys):
         assert opened.verify().ok
     code, out, _ = run_cli(base + ["--store", str(tmp_path / "store")], capsys)
     assert code == 0 and (json.loads(out)["cached"], json.loads(out)["computed"]) == (12, 0)
+
+
+@pytest.mark.slow
+def test_real_corpora_extract_and_resume(tmp_path, capsys):
+    """EmoDB through openSMILE and MELD transcripts through the bundled MiniLM, then pure cache hits."""
+    from emomix.data.paths import shared_datasets_dir
+
+    datasets = shared_datasets_dir()
+    if datasets is None or not (datasets / "emodb").is_dir() or not (datasets / "meld-text").is_dir():
+        pytest.skip("needs ../shared/datasets/emodb and meld-text (set EMOMIX_DATASETS)")
+    store = str(tmp_path / "features")
+    emodb = ["extract", "emodb", str(datasets / "emodb"), "--encoder", "opensmile:eGeMAPSv02", "--store", store,
+             "--limit", "60", "--num-workers", "2", "--no-progress", "--json"]
+    code, out, err = run_cli(emodb, capsys)
+    assert code == 0, err
+    first = json.loads(out)
+    assert (first["total"], first["computed"], first["failed"]) == (60, 60, 0)
+    assert first["real_time_factor"] < 1.0 and first["audio_seconds"] > 60
+    meld = ["extract", "meld", str(datasets / "meld-text"), "--encoder", "minilm", "--store", store,
+            "--limit", "300", "--batch-size", "32", "--no-progress", "--json"]
+    code, out, err = run_cli(meld, capsys)
+    assert code == 0, err
+    text = json.loads(out)
+    assert (text["total"], text["computed"], text["failed"]) == (300, 300, 0)
+    assert text["entries_written"] < 300, "repeated MELD lines ('Okay.', 'Yeah.') are encoded once"
+    for argv, count in ((emodb, 60), (meld, 300)):
+        code, out, _ = run_cli(argv, capsys)
+        assert code == 0 and (json.loads(out)["cached"], json.loads(out)["computed"]) == (count, 0)
+    with FeatureStore(store, create=False) as opened:
+        assert opened.verify().ok and len(opened.stats()["namespaces"]) == 2
 
 
 def _main(argv: list[str]) -> None:

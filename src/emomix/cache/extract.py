@@ -310,6 +310,9 @@ def extract_features(table: pd.DataFrame, encoder: Any, store: FeatureStore, pre
         raise ConfigError("a sharded extraction must write through a worker store: FeatureStore(root, worker=...)")
     modality = _modality(encoder)
     chosen, boundary_layer = resolve_layers(encoder, layers, boundary_layer)
+    if modality == "audio" and preprocess.vad and preprocess.vad_mode == "mask" and not getattr(encoder, "frame_rate", None):
+        raise ConfigError(f"vad_mode='mask' needs an encoder with frames; {type(encoder).__name__} has no frame rate "
+                          "(use vad_mode='trim')")
     namespace = namespace_for(encoder)
     summary = ExtractSummary(namespace=namespace, store=str(store.root), layers=chosen, boundary_layer=boundary_layer)
     store.acquire_writer()  # fail early if another process writes as this writer
@@ -362,9 +365,6 @@ def _run(work: list[_WorkItem], encoder: Any, store: FeatureStore, preprocess: P
     order = sorted(range(len(work)), key=lambda i: (-work[i].length, work[i].utt_id))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     frame_rate = getattr(encoder, "frame_rate", None)
-    if modality == "audio" and preprocess.vad and preprocess.vad_mode == "mask" and not frame_rate:
-        raise ConfigError(f"vad_mode='mask' needs an encoder with frames; {type(encoder).__name__} has no frame rate "
-                          "(use vad_mode='trim')")
     dataset = _InputDataset(work, modality, preprocess)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=_collate, num_workers=num_workers,
                         persistent_workers=False)
@@ -412,6 +412,9 @@ def _run(work: list[_WorkItem], encoder: Any, store: FeatureStore, preprocess: P
                 flush()
         done_keys.update(pending)
         flush()
+    except KeyboardInterrupt:
+        flush()  # the pending entries are complete: keep them, so Ctrl-C loses nothing
+        raise
     finally:
         bar.close()
 
