@@ -335,9 +335,13 @@ class FeatureStore:
         metadata = {"format": SHARD_FORMAT, "namespace": namespace, "entries": json.dumps(records, separators=(",", ":"))}
         final = folder / f"{shard}.safetensors"
         temp = folder / f".{shard}.safetensors.tmp"
-        save_file(tensors, str(temp), metadata=metadata)
-        _fsync_file(temp)
-        os.replace(temp, final)
+        try:
+            save_file(tensors, str(temp), metadata=metadata)
+            _fsync_file(temp)
+            os.replace(temp, final)
+        except OSError:
+            temp.unlink(missing_ok=True)  # e.g. a full disk: leave nothing half-written behind
+            raise
         _fsync_dir(folder)
         self._commit_shard(self._write_db, namespace, shard, final.stat().st_size, records, description)
         return len(records)
@@ -357,28 +361,31 @@ class FeatureStore:
                            (namespace, json.dumps(dict(description), sort_keys=True, default=str)))
 
     def remove(self, keys: Iterable[str]) -> int:
-        """Drop entries from the index (their bytes stay in the shard until it has no live entry)."""
+        """Drop entries from this writer's index (their bytes stay in the shard until it has no live entry).
+
+        A worker store only touches its own index part; the main index belongs to the main writer.
+        """
         self.acquire_writer()
         keys = list(keys)
         removed = 0
-        for db in self._dbs():
-            with _transaction(db):
-                for start in range(0, len(keys), _SQL_CHUNK):
-                    chunk = keys[start:start + _SQL_CHUNK]
-                    marks = ",".join("?" * len(chunk))
-                    removed += db.execute(f"DELETE FROM entries WHERE key IN ({marks})", chunk).rowcount
+        db = self._write_db
+        with _transaction(db):
+            for start in range(0, len(keys), _SQL_CHUNK):
+                chunk = keys[start:start + _SQL_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                removed += db.execute(f"DELETE FROM entries WHERE key IN ({marks})", chunk).rowcount
         self._drop_empty_shards()
         return removed
 
     def _drop_empty_shards(self) -> None:
-        for db in self._dbs():
-            empty = db.execute(
-                "SELECT shard, namespace FROM shards WHERE shard NOT IN (SELECT DISTINCT shard FROM entries)").fetchall()
-            for shard, namespace in empty:
-                self._readers.pop(shard, None)
-                with _transaction(db):
-                    db.execute("DELETE FROM shards WHERE shard = ?", (shard,))
-                self._shard_path(namespace, shard).unlink(missing_ok=True)
+        db = self._write_db
+        empty = db.execute(
+            "SELECT shard, namespace FROM shards WHERE shard NOT IN (SELECT DISTINCT shard FROM entries)").fetchall()
+        for shard, namespace in empty:
+            self._readers.pop(shard, None)
+            with _transaction(db):
+                db.execute("DELETE FROM shards WHERE shard = ?", (shard,))
+            self._shard_path(namespace, shard).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ file digests
 
