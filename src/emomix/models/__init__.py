@@ -1,0 +1,20 @@
+"""Models: the shared blocks, one file per published design, the baselines and the registry.
+
+Importing this package registers every model (see :func:`emomix.models.base.list_models`).
+"""
+
+from importlib import import_module
+
+from emomix.models.base import EmotionModel, ModelConfig, create_model, list_models, model_info, register_model
+from emomix.models.inputs import Batch, DialogueBatch, ModalityInput, ModelOutput
+
+# one module per published design, plus the baselines; a module that is not written yet is skipped
+for _module in ("dual_routing", "mpaf_net", "complementary", "mister_e", "baselines"):
+    try:
+        import_module(f"emomix.models.{_module}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"emomix.models.{_module}":
+            raise
+
+__all__ = ["Batch", "DialogueBatch", "EmotionModel", "ModalityInput", "ModelConfig", "ModelOutput",
+           "create_model", "list_models", "model_info", "register_model"]
