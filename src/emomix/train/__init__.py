@@ -1,0 +1,1 @@
+"""Training: losses, the in-memory training loop and (later) the Lightning trainer."""
