@@ -95,7 +95,10 @@ def synth(
     """Write the built-in synthetic corpus (16 kHz WAV + manifest) for a seed."""
     from emomix.data.synthetic import SyntheticConfig, write_synthetic_corpus
 
-    config = SyntheticConfig.from_overrides(seed=seed, **_parse_overrides(overrides))
+    settings = _parse_overrides(overrides)
+    if "seed" in settings:
+        raise ConfigError("give the seed with --seed, not --set seed=...")
+    config = SyntheticConfig.from_overrides(seed=seed, **settings)
     manifest = write_synthetic_corpus(out, config)
     typer.echo(f"wrote the synthetic corpus to {out} (manifest {manifest})")
 
