@@ -1,0 +1,403 @@
+"""Dual Routing MoE (``dual_routing``): local and global cues per modality, routed, then fused.
+
+The design (shared/papers/dual-routing-moe.txt; MODELS.md §1), in our words:
+
+1. **Two scales per modality.** From the audio frame states ``H_a`` the *global* vector is the
+   mean over valid frames; the *local* vector comes from one self-attention layer over the frames
+   the voice activity detector marked as speech, mean-pooled. From the text encoder the *global*
+   vector is a linear map of the first-token states of the last four layers; the *local* vector
+   comes from one self-attention layer over the content tokens (special tokens dropped), mean-pooled.
+2. **Dual Routing MoE, one per modality with its own weights.** A router reads ``[l; g]`` and gives
+   ``(p_local, p_global)``; a local expert reads ``l`` and a global expert reads ``g``, each with its
+   own classification head; the routed vector is ``z = p_local·E_loc(l) + p_global·E_glob(g)``.
+3. **Bidirectional cross-attention.** Each modality becomes a short token sequence
+   ``[z, E_loc(l), E_glob(g)]``; audio queries attend over the text tokens and text queries over the
+   audio tokens (stacked layers, separate weights per direction); the query tokens of each direction
+   are mean-pooled and ``[a2t; t2a]`` goes to a classifier MLP.
+4. **Loss.** Focal loss (γ, per-class α) on the fused logits, plus a weighted sum of the experts'
+   cross-entropies (branch loss), plus a weighted routing-entropy term that keeps the routers from
+   collapsing onto one expert.
+
+Decisions where the paper is silent or ambiguous (each one a :class:`DualRoutingConfig` field):
+
+- ``pooling_heads=4``: heads of the self-attention layer in both local poolings.
+- ``expert_kind="mlp"``: the experts are MLPs (D→D, GELU, dropout ``expert_dropout=0.1``), as the
+  implementation section says; ``"linear"`` gives the method section's linear experts.
+- ``router_hidden=128``: the router is Linear(2D,128) → GELU → Linear(128,2) → softmax.
+- ``model_dim=None``: the width of everything after the encoders. ``None`` means the encoder width
+  when both encoders agree, else the smaller of the two; an encoder of another width is projected
+  to it by a linear layer applied to its frame/token states (no projection when widths match, as in
+  the paper, where both are 768).
+- ``text_global="layers"`` with ``text_global_layers=4``: the global text vector reads the first
+  token of each of the last four layers from ``layer_states`` (the batch must carry them; extract
+  the text encoder with ``layers``). ``"cls"`` is the fallback for features stored without
+  intermediate layers: the last layer's first token is repeated four times and goes through the
+  same Linear(4D→D), so the parameter shapes, and checkpoints, do not depend on the choice.
+- ``vad``: if the VAD kept no frame of an utterance, its local audio vector is pooled over all valid
+  frames instead and ``aux["vad_fallback"]`` is True for that row (the run's report counts them).
+  Without a ``speech_mask`` in the batch every valid frame counts as speech. Likewise, a text row
+  with no content token falls back to all valid tokens (``aux["text_content_fallback"]``); a batch
+  without ``special_tokens`` pools over every valid token.
+- ``routing``: ``"routed"`` (the full model), ``"local"`` / ``"global"`` (single-scale ablations:
+  ``z`` is the one expert's output and the other scale is never computed, so the output does not
+  depend on it; each modality is then a single token, so the cross-attention reduces to a learned
+  exchange between the two vectors — losing that is part of what the ablation removes), ``"concat"``
+  (no router: ``z = MLP([E_loc(l); E_glob(g)])``, or their mean with ``concat_mode="mean"``; the
+  token sequence keeps three tokens as in the full model, so only the routing differs).
+- ``cross_layers=2``, ``cross_heads=4``, ``dropout=0.1``: the bidirectional cross-attention.
+- ``classifier_hidden=None`` (= ``model_dim``), ``classifier_dropout=0.1``: a two-layer MLP.
+- single modality (``dual_routing_audio``, ``dual_routing_text``): there is nothing to cross-attend,
+  so ``single_modality_pooling="attention"`` pools the modality's token sequence with one
+  self-attention layer (the same pooling block as the local scale) before the classifier;
+  ``"z"`` feeds the routed vector ``z`` alone.
+- loss weights: ``focal_gamma=2.0``, ``branch_weight=0.3``, ``balance_weight=0.01``; the focal α
+  comes from :meth:`DualRoutingModel.set_class_weights` (inverse training frequency, set by the
+  trainer; uniform when unset). The branch cross-entropies are unweighted, as in the paper.
+
+Chunks: the paper cuts utterances longer than 3 s into 2–3 s chunks. The model is per chunk and
+knows nothing about it: the data pipeline gives one row per chunk carrying the utterance's label,
+and the trainer/evaluator predicts an utterance by averaging its chunks' logits.
+
+``aux`` per row: ``route_audio`` / ``route_text`` (B×2: p_local, p_global; routed variant only),
+``expert_logits_<modality>_local`` / ``_global`` (B×C, for the scales in use), ``vad_fallback``
+(B bool) and ``text_content_fallback`` (B bool) when the local scale of audio / text is used.
+``aux_losses``: ``routing_entropy`` (−mean routing entropy over rows and modalities; routed only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from emomix.errors import ConfigError
+from emomix.models.base import EmotionModel, ModelConfig, register_model
+from emomix.models.blocks import (
+    MLP,
+    AttentionPooling,
+    BidirectionalCrossAttention,
+    Expert,
+    TwoExpertRouter,
+    masked_mean,
+)
+from emomix.models.inputs import Batch, ModalityInput, ModelOutput
+from emomix.train.losses import branch_losses, focal_loss, routing_entropy_loss
+
+ROUTING_MODES = ("routed", "local", "global", "concat")
+
+
+@dataclass
+class DualRoutingConfig(ModelConfig):
+    """Configuration of :class:`DualRoutingModel`; see the module docstring for each decision."""
+
+    modalities: tuple[str, ...] = ("audio", "text")
+    model_dim: int | None = None
+    routing: str = "routed"
+    concat_mode: str = "mlp"
+    pooling_heads: int = 4
+    text_global: str = "layers"
+    text_global_layers: int = 4
+    router_hidden: int = 128
+    expert_kind: str = "mlp"
+    expert_dropout: float = 0.1
+    cross_layers: int = 2
+    cross_heads: int = 4
+    dropout: float = 0.1
+    classifier_hidden: int | None = None
+    classifier_dropout: float = 0.1
+    single_modality_pooling: str = "attention"
+    focal_gamma: float = 2.0
+    branch_weight: float = 0.3
+    balance_weight: float = 0.01
+
+    def validate(self) -> None:
+        super().validate()
+        name = type(self).__name__
+        unsupported = [m for m in self.modalities if m not in ("audio", "text")]
+        if unsupported:
+            raise ConfigError(f"{name}.modalities: Dual Routing takes audio and text only, got {', '.join(unsupported)}")
+        choices = {
+            "routing": ROUTING_MODES,
+            "concat_mode": ("mlp", "mean"),
+            "text_global": ("layers", "cls"),
+            "expert_kind": ("mlp", "linear"),
+            "single_modality_pooling": ("attention", "z"),
+        }
+        for field_name, allowed in choices.items():
+            value = getattr(self, field_name)
+            if value not in allowed:
+                raise ConfigError(f"{name}.{field_name} must be one of {', '.join(allowed)}; got {value!r}")
+        for field_name in ("pooling_heads", "text_global_layers", "router_hidden", "cross_layers", "cross_heads"):
+            if int(getattr(self, field_name)) < 1:
+                raise ConfigError(f"{name}.{field_name} must be at least 1; got {getattr(self, field_name)!r}")
+        for field_name in ("model_dim", "classifier_hidden"):
+            value = getattr(self, field_name)
+            if value is not None and int(value) < 1:
+                raise ConfigError(f"{name}.{field_name} must be a positive width or null; got {value!r}")
+        for field_name in ("expert_dropout", "dropout", "classifier_dropout"):
+            value = getattr(self, field_name)
+            if not 0.0 <= float(value) < 1.0:
+                raise ConfigError(f"{name}.{field_name} must be in [0, 1); got {value!r}")
+        for field_name in ("focal_gamma", "branch_weight", "balance_weight"):
+            if float(getattr(self, field_name)) < 0:
+                raise ConfigError(f"{name}.{field_name} must be non-negative; got {getattr(self, field_name)!r}")
+
+    @property
+    def uses_local(self) -> bool:
+        return self.routing != "global"
+
+    @property
+    def uses_global(self) -> bool:
+        return self.routing != "local"
+
+
+class AudioScales(nn.Module):
+    """Global (mean of valid frames) and local (self-attention pooling over VAD speech frames)
+    audio vectors; either may be switched off for the single-scale ablations.
+
+    ``forward(inputs) -> (local | None, global | None, vad_fallback B bool)``.
+    """
+
+    def __init__(self, in_dim: int, model_dim: int, heads: int = 4, dropout: float = 0.1,
+                 use_local: bool = True, use_global: bool = True):
+        super().__init__()
+        self.project = nn.Identity() if in_dim == model_dim else nn.Linear(in_dim, model_dim)
+        self.pooling = AttentionPooling(model_dim, heads=heads, dropout=dropout) if use_local else None
+        self.use_global = use_global
+
+    def forward(self, inputs: ModalityInput) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        mask = inputs.mask.bool()
+        states = self.project(inputs.states)
+        speech = mask if inputs.speech_mask is None else inputs.speech_mask.bool() & mask
+        fallback = ~speech.any(dim=1)
+        speech = torch.where(fallback.unsqueeze(1), mask, speech)
+        local = self.pooling(states, speech) if self.pooling is not None else None
+        global_ = masked_mean(states, mask) if self.use_global else None
+        return local, global_, fallback
+
+
+class TextScales(nn.Module):
+    """Global (linear map of the first-token states of the last ``num_layers`` layers) and local
+    (self-attention pooling over content tokens) text vectors.
+
+    ``forward(inputs) -> (local | None, global | None, content_fallback B bool)``.
+    """
+
+    def __init__(self, in_dim: int, model_dim: int, heads: int = 4, dropout: float = 0.1,
+                 global_source: str = "layers", num_layers: int = 4, use_local: bool = True,
+                 use_global: bool = True):
+        super().__init__()
+        self.global_source = global_source
+        self.num_layers = num_layers
+        if use_local:
+            self.project = nn.Identity() if in_dim == model_dim else nn.Linear(in_dim, model_dim)
+            self.pooling = AttentionPooling(model_dim, heads=heads, dropout=dropout)
+        else:
+            self.project, self.pooling = None, None
+        self.global_map = nn.Linear(num_layers * in_dim, model_dim) if use_global else None
+
+    def first_tokens(self, inputs: ModalityInput) -> torch.Tensor:
+        """``B × (num_layers·D)``: the first token of each of the last ``num_layers`` layers."""
+        if self.global_source == "cls":
+            return inputs.states[:, 0, :].repeat(1, self.num_layers)
+        layers = inputs.layer_states
+        if layers is None:
+            raise ConfigError(
+                "dual_routing: text_global='layers' needs the text encoder's intermediate layers, but the batch "
+                "has no text layer_states; extract the text features with the last "
+                f"{self.num_layers} layers (layers option) or set text_global='cls'"
+            )
+        if layers.shape[1] < self.num_layers:
+            raise ConfigError(
+                f"dual_routing: text_global_layers={self.num_layers} but the batch carries only {layers.shape[1]} "
+                "text layer(s) in layer_states; extract more layers or lower text_global_layers"
+            )
+        first = layers[:, -self.num_layers:, 0, :]
+        return first.reshape(first.shape[0], -1)
+
+    def forward(self, inputs: ModalityInput) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        mask = inputs.mask.bool()
+        content = mask if inputs.special_tokens is None else mask & ~inputs.special_tokens.bool()
+        fallback = ~content.any(dim=1)
+        content = torch.where(fallback.unsqueeze(1), mask, content)
+        local = None
+        if self.pooling is not None:
+            local = self.pooling(self.project(inputs.states), content)
+        global_ = self.global_map(self.first_tokens(inputs)) if self.global_map is not None else None
+        return local, global_, fallback
+
+
+class DualRoutingMoE(nn.Module):
+    """One modality's Dual Routing MoE: router over ``[l; g]``, a local and a global expert each
+    with its own classification head, and the routed vector ``z``.
+
+    ``forward(local, global_) -> dict`` with ``z`` (B×D), ``tokens`` (B×S×D, the sequence the fusion
+    attends over: ``[z, E_loc(l), E_glob(g)]``, or ``[z]`` for a single-scale ablation),
+    ``route`` (B×2, routed mode only) and ``logits_local`` / ``logits_global`` (B×C, for the scales
+    in use). ``routing`` is one of ``routed``, ``local``, ``global``, ``concat``.
+    """
+
+    def __init__(self, dim: int, num_classes: int, routing: str = "routed", router_hidden: int = 128,
+                 expert_kind: str = "mlp", dropout: float = 0.1, concat_mode: str = "mlp"):
+        super().__init__()
+        if routing not in ROUTING_MODES:
+            raise ConfigError(f"routing must be one of {', '.join(ROUTING_MODES)}; got {routing!r}")
+        self.routing = routing
+        self.concat_mode = concat_mode
+        self.local_expert = (Expert(dim, dim, kind=expert_kind, dropout=dropout, num_classes=num_classes)
+                             if routing != "global" else None)
+        self.global_expert = (Expert(dim, dim, kind=expert_kind, dropout=dropout, num_classes=num_classes)
+                              if routing != "local" else None)
+        self.router = TwoExpertRouter(2 * dim, hidden_dim=router_hidden) if routing == "routed" else None
+        self.combine = (MLP(2 * dim, dim, dim, num_layers=2, dropout=dropout)
+                        if routing == "concat" and concat_mode == "mlp" else None)
+
+    def forward(self, local: torch.Tensor | None, global_: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if self.local_expert is not None:
+            local_z, out["logits_local"] = self.local_expert(local)
+        if self.global_expert is not None:
+            global_z, out["logits_global"] = self.global_expert(global_)
+        if self.routing == "local":
+            out["z"] = local_z
+            out["tokens"] = local_z.unsqueeze(1)
+            return out
+        if self.routing == "global":
+            out["z"] = global_z
+            out["tokens"] = global_z.unsqueeze(1)
+            return out
+        if self.routing == "routed":
+            route = self.router(torch.cat([local, global_], dim=-1))
+            out["route"] = route
+            z = route[:, 0:1] * local_z + route[:, 1:2] * global_z
+        elif self.combine is not None:
+            z = self.combine(torch.cat([local_z, global_z], dim=-1))
+        else:
+            z = 0.5 * (local_z + global_z)
+        out["z"] = z
+        out["tokens"] = torch.stack([z, local_z, global_z], dim=1)
+        return out
+
+
+@register_model("dual_routing", "Dual Routing MoE: routed local/global experts per modality, bidirectional cross-attention")
+@register_model("dual_routing_local", "Dual Routing ablation: local scale only (no router, no global expert)", routing="local")
+@register_model("dual_routing_global", "Dual Routing ablation: global scale only (no router, no local expert)", routing="global")
+@register_model("dual_routing_concat", "Dual Routing ablation: no router, local and global experts combined by an MLP",
+                routing="concat")
+@register_model("dual_routing_audio", "Dual Routing MoE on audio only (no cross-attention)", modalities=("audio",))
+@register_model("dual_routing_text", "Dual Routing MoE on text only (no cross-attention)", modalities=("text",))
+class DualRoutingModel(EmotionModel):
+    """Dual Routing MoE for speech + text emotion recognition (see the module docstring)."""
+
+    name = "dual_routing"
+    paper = "Dual Routing Mixture-of-Experts for multi-scale multimodal emotion recognition (shared/papers/dual-routing-moe.txt)"
+    config_class = DualRoutingConfig
+    batch_kind = "utterance"
+    supported_modalities = ("audio", "text")
+
+    def __init__(self, config: DualRoutingConfig, input_dims: Mapping[str, int], num_classes: int):
+        super().__init__(config, input_dims, num_classes)
+        self.modalities = tuple(m for m in ("audio", "text") if m in config.modalities)
+        dims = {m: int(input_dims[m]) for m in self.modalities}
+        model_dim = int(config.model_dim) if config.model_dim else min(dims.values())
+        for field_name in ("pooling_heads", "cross_heads"):
+            heads = getattr(config, field_name)
+            if model_dim % heads:
+                raise ConfigError(f"dual_routing: model width {model_dim} is not divisible by {field_name}={heads}; "
+                                  "set model_dim or the number of heads so that it divides")
+        self.model_dim = model_dim
+        self.encoders = nn.ModuleDict()
+        if "audio" in self.modalities:
+            self.encoders["audio"] = AudioScales(dims["audio"], model_dim, config.pooling_heads, config.dropout,
+                                                 use_local=config.uses_local, use_global=config.uses_global)
+        if "text" in self.modalities:
+            self.encoders["text"] = TextScales(dims["text"], model_dim, config.pooling_heads, config.dropout,
+                                               global_source=config.text_global, num_layers=config.text_global_layers,
+                                               use_local=config.uses_local, use_global=config.uses_global)
+        self.moe = nn.ModuleDict({
+            m: DualRoutingMoE(model_dim, num_classes, routing=config.routing, router_hidden=config.router_hidden,
+                              expert_kind=config.expert_kind, dropout=config.expert_dropout,
+                              concat_mode=config.concat_mode)
+            for m in self.modalities
+        })
+        hidden = int(config.classifier_hidden or model_dim)
+        if len(self.modalities) == 2:
+            self.fusion = BidirectionalCrossAttention(model_dim, heads=config.cross_heads,
+                                                      num_layers=config.cross_layers, dropout=config.dropout)
+            self.single_pooling = None
+            classifier_in = 2 * model_dim
+        else:
+            self.fusion = None
+            self.single_pooling = (AttentionPooling(model_dim, heads=config.pooling_heads, dropout=config.dropout)
+                                   if config.single_modality_pooling == "attention" else None)
+            classifier_in = model_dim
+        self.classifier = MLP(classifier_in, hidden, num_classes, num_layers=2, dropout=config.classifier_dropout)
+        self.branch_keys = tuple(f"expert_logits_{m}_{scale}" for m in self.modalities
+                                 for scale, used in (("local", config.uses_local), ("global", config.uses_global)) if used)
+        self.register_buffer("class_weights", None, persistent=False)
+
+    def set_class_weights(self, weights: torch.Tensor | None) -> None:
+        """Per-class focal α (length C, e.g. inverse training frequency); None = uniform."""
+        if weights is not None:
+            weights = torch.as_tensor(weights, dtype=torch.float32)
+            if weights.shape != (self.num_classes,):
+                raise ConfigError(f"dual_routing: class weights need {self.num_classes} values, got shape {tuple(weights.shape)}")
+            weights = weights.to(next(self.parameters()).device)
+        self.class_weights = weights
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        missing = [m for m in self.modalities if m not in batch.inputs]
+        if missing:
+            raise ConfigError(f"dual_routing was built for {', '.join(self.modalities)} but the batch has no "
+                              f"{', '.join(missing)} input")
+        aux: dict[str, torch.Tensor] = {}
+        aux_losses: dict[str, torch.Tensor] = {}
+        tokens: dict[str, torch.Tensor] = {}
+        routes: list[torch.Tensor] = []
+        z: dict[str, torch.Tensor] = {}
+        for modality in self.modalities:
+            local, global_, fallback = self.encoders[modality](batch.inputs[modality])
+            if self.config.uses_local:
+                aux["vad_fallback" if modality == "audio" else "text_content_fallback"] = fallback
+            routed = self.moe[modality](local, global_)
+            for scale in ("local", "global"):
+                if f"logits_{scale}" in routed:
+                    aux[f"expert_logits_{modality}_{scale}"] = routed[f"logits_{scale}"]
+            if "route" in routed:
+                aux[f"route_{modality}"] = routed["route"]
+                routes.append(routed["route"])
+            tokens[modality] = routed["tokens"]
+            z[modality] = routed["z"]
+        if routes:
+            aux_losses["routing_entropy"] = torch.stack([routing_entropy_loss(r) for r in routes]).mean()
+
+        if self.fusion is not None:
+            audio, text = tokens["audio"], tokens["text"]
+            audio_mask = torch.ones(audio.shape[:2], dtype=torch.bool, device=audio.device)
+            text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+            a2t, t2a = self.fusion(audio, audio_mask, text, text_mask)
+            fused = torch.cat([a2t.mean(dim=1), t2a.mean(dim=1)], dim=-1)
+        else:
+            modality = self.modalities[0]
+            sequence = tokens[modality]
+            if self.single_pooling is not None:
+                fused = self.single_pooling(sequence, torch.ones(sequence.shape[:2], dtype=torch.bool, device=sequence.device))
+            else:
+                fused = z[modality]
+        return ModelOutput(logits=self.classifier(fused), aux=aux, aux_losses=aux_losses)
+
+    def loss(self, output: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Focal loss + ``branch_weight`` · Σ expert cross-entropies + ``balance_weight`` · routing entropy loss."""
+        config = self.config
+        focal = focal_loss(output.logits, labels, alpha=self.class_weights, gamma=config.focal_gamma)
+        branch = branch_losses([output.aux[key] for key in self.branch_keys], labels)
+        total = focal + config.branch_weight * branch
+        parts = {"focal": float(focal.detach()), "branch": float(branch.detach())}
+        if "routing_entropy" in output.aux_losses:
+            balance = output.aux_losses["routing_entropy"]
+            total = total + config.balance_weight * balance
+            parts["routing_entropy"] = float(balance.detach())
+        parts["total"] = float(total.detach())
+        return total, parts
