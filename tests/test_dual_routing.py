@@ -205,7 +205,7 @@ def test_cross_attention_attends_over_three_tokens_per_modality():
         seen = []
         model.fusion.register_forward_hook(lambda module, args, out: seen.append((args[0].shape, args[2].shape)))
         model(make_batch())
-        assert seen == [(torch.Size([5, tokens, AUDIO_DIM]), torch.Size([5, tokens, AUDIO_DIM]))], name
+        assert seen == [(torch.Size([5, tokens, TEXT_DIM]), torch.Size([5, tokens, TEXT_DIM]))], name
 
 
 def test_routed_vector_is_the_route_weighted_sum_of_the_experts():
@@ -248,9 +248,13 @@ def test_cls_fallback_reads_the_first_token_only():
 
 def test_encoders_of_different_widths_are_projected_to_the_model_width():
     model = build()
-    assert model.model_dim == min(AUDIO_DIM, TEXT_DIM)
-    assert isinstance(model.encoders["audio"].project, torch.nn.Identity)
-    assert model.encoders["text"].project.in_features == TEXT_DIM
+    assert model.model_dim == max(AUDIO_DIM, TEXT_DIM)
+    assert isinstance(model.encoders["text"].project, torch.nn.Identity)
+    assert model.encoders["audio"].project.in_features == AUDIO_DIM
+    # a width the heads do not divide (25 openSMILE LLDs) is rounded up to the next multiple of 4
+    torch.manual_seed(0)
+    odd = create_model("dual_routing_audio", {}, {"audio": 25}, CLASSES)
+    assert odd.model_dim == 28
     wide = build(model_dim=32)
     assert wide.model_dim == 32
     assert wide.encoders["audio"].project.out_features == 32
@@ -354,7 +358,7 @@ def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="expert_dropout"):
         DualRoutingConfig.from_dict({"expert_dropout": 1.5})
     with pytest.raises(ConfigError, match="cross_heads=5"):
-        build(cross_heads=5)
+        build(model_dim=24, cross_heads=5)
 
 
 def test_linear_experts_flag():

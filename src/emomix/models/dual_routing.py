@@ -24,10 +24,11 @@ Decisions where the paper is silent or ambiguous (each one a :class:`DualRouting
 - ``expert_kind="mlp"``: the experts are MLPs (D→D, GELU, dropout ``expert_dropout=0.1``), as the
   implementation section says; ``"linear"`` gives the method section's linear experts.
 - ``router_hidden=128``: the router is Linear(2D,128) → GELU → Linear(128,2) → softmax.
-- ``model_dim=None``: the width of everything after the encoders. ``None`` means the encoder width
-  when both encoders agree, else the smaller of the two; an encoder of another width is projected
-  to it by a linear layer applied to its frame/token states (no projection when widths match, as in
-  the paper, where both are 768).
+- ``model_dim=None``: the width of everything after the encoders. ``None`` means the larger of the
+  encoder widths, rounded up to a multiple of the attention heads (so 25 openSMILE LLDs alone
+  give 28, and 25 LLDs with 384-d MiniLM give 384); an encoder of another width is projected to it
+  by a linear layer applied to its frame/token states (no projection when widths match, as in the
+  paper, where both are 768).
 - ``text_global="layers"`` with ``text_global_layers=4``: the global text vector reads the first
   token of each of the last four layers from ``layer_states`` (the batch must carry them; extract
   the text encoder with ``layers``). ``"cls"`` is the fallback for features stored without
@@ -66,6 +67,7 @@ and the trainer/evaluator predicts an utterance by averaging its chunks' logits.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -301,7 +303,11 @@ class DualRoutingModel(EmotionModel):
         super().__init__(config, input_dims, num_classes)
         self.modalities = tuple(m for m in ("audio", "text") if m in config.modalities)
         dims = {m: int(input_dims[m]) for m in self.modalities}
-        model_dim = int(config.model_dim) if config.model_dim else min(dims.values())
+        if config.model_dim:
+            model_dim = int(config.model_dim)
+        else:
+            step = math.lcm(config.pooling_heads, config.cross_heads)
+            model_dim = -(-max(dims.values()) // step) * step
         for field_name in ("pooling_heads", "cross_heads"):
             heads = getattr(config, field_name)
             if model_dim % heads:
