@@ -284,6 +284,7 @@ class CrossAttentionExpert(nn.Module):
 
     def forward(self, text: torch.Tensor, text_mask: torch.Tensor, speech: torch.Tensor,
                 speech_mask: torch.Tensor) -> torch.Tensor:
+        """Projected text and speech sequences with their masks → ``B × 2·dim``."""
         t2s, s2t = text, speech
         for t_layer, s_layer in zip(self.text_over_speech, self.speech_over_text):
             t2s, s2t = t_layer(t2s, s2t, speech_mask), s_layer(s2t, t2s, text_mask)
@@ -314,6 +315,7 @@ class ComplementaryCrossAttentionMoE(_ComplementaryBase):
         self.classifier = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden + graph_dim, num_classes))
 
     def forward(self, batch: Batch) -> ModelOutput:
+        """Logits ``B × C`` from the gated cross-attention experts and the graph."""
         pooled, seq, extras = self._inputs(batch)
         gate_input = [pooled["text"], pooled["audio"]]
         if "graph" in extras:
@@ -342,6 +344,8 @@ class SumProductExpert(nn.Module):
 
     def forward(self, first: torch.Tensor, second: torch.Tensor | None = None,
                 extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled text (``first``), pooled speech (``second``, None with one modality) and the
+        graph embedding (``extra``) → ``B × out_dim``."""
         parts = [first] if second is None else [first, second, first + second, first * second]
         if extra is not None:
             parts.append(extra)
@@ -376,6 +380,7 @@ class ComplementarySumProductMoE(_ComplementaryBase):
         self.classifier = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(hidden, num_classes))
 
     def forward(self, batch: Batch) -> ModelOutput:
+        """Logits ``B × C`` from the gated sum-product experts."""
         pooled, _, extras = self._inputs(batch)
         vectors = [pooled[m] for m in ("text", "audio") if m in pooled]
         graph = extras.get("graph")
@@ -449,6 +454,7 @@ class ComplementaryFusion(_ComplementaryBase):
         self.spl.set_class_weights(weights)
 
     def forward(self, batch: Batch) -> ModelOutput:
+        """Fused log-probabilities ``B × C`` and both sub-models' aux."""
         ca_out, spl_out = self.ca(batch), self.spl(batch)
         probs = fuse_probabilities(ca_out.logits.softmax(-1), spl_out.logits.softmax(-1), self.fusion_weights)
         aux = {"expert_logits_ca": ca_out.logits, "expert_logits_spl": spl_out.logits}
@@ -495,6 +501,7 @@ class GraphMLP(_ComplementaryBase):
         self.classifier = MLP(config.hidden_dim, config.hidden_dim, num_classes, num_layers=2, dropout=config.dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
+        """Logits ``B × C`` from the graph embedding alone."""
         _, _, extras = self._inputs(batch)
         return ModelOutput(logits=self.classifier(extras["graph"]), aux={"graph_approximate": extras["graph_approximate"]})
 

@@ -148,6 +148,7 @@ class MisterE(EmotionModel):
         self.class_weights = weights
 
     def forward(self, batch: DialogueBatch) -> ModelOutput:
+        """Gated log-probabilities ``B × N × C`` for every utterance of every dialogue."""
         if not isinstance(batch, DialogueBatch):
             raise ConfigError(f"model {self.name!r} takes dialogue batches (DialogueBatch), got {type(batch).__name__}")
         absent = [_MODALITY_OF[name] for name in self.streams if _MODALITY_OF[name] not in batch.inputs]
