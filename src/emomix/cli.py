@@ -125,6 +125,7 @@ def folds(
 
 
 from emomix.cli_extract import register; register(app)  # noqa: E402,E702  (emomix extract, emomix store)
+from emomix.cli_models import register as _register_models; _register_models(app)  # noqa: E402,E702  (emomix models)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,482 @@
+"""The baselines the four papers compare against, on the same inputs as the MoE models.
+
+Each baseline is the textbook version of its idea on frame/token states from any encoder:
+
+* ``early_fusion`` — each modality's states mean-pooled over valid positions, the vectors
+  concatenated, a 2-layer MLP (variants ``early_fusion_audio``, ``early_fusion_text``). Its
+  counterpart on MPAF-Net's own encoders is ``concat_fusion`` (in ``mpaf_net.py``).
+* ``late_fusion`` — one MLP classifier per modality on its pooled vector; the prediction is the
+  mean of their class probabilities (``logits`` = log of that mean).
+* ``tfn`` — Tensor Fusion Network (Zadeh et al., 2017): each modality's pooled vector goes
+  through a small subnetwork to ``proj_dim``; the outer product ``[h_a; 1] ⊗ [h_t; 1]`` (``⊗
+  [h_v; 1]`` with video) holds the unimodal, bimodal and trimodal terms; an MLP classifies it.
+* ``ef_lstm`` — early-fusion LSTM: the modalities' sequences are concatenated step by step and
+  read by one bidirectional LSTM.
+* ``lf_lstm`` — late-fusion LSTM: one LSTM per modality, their final states concatenated into
+  a classifier.
+* ``text_bilstm`` — text only: a bidirectional LSTM over the token states.
+* ``speech_cnn`` — audio only: a 1-D CNN over the frame states, then global mean and max pooling.
+
+Decisions (each one a config field with this default):
+
+- ``input_norm=True``: a LayerNorm on each modality's input (pooled vector or every frame/token)
+  before anything is learned — encoders differ in scale by orders of magnitude (openSMILE
+  descriptors vs. transformer states), and without it one modality dominates the first steps.
+- ``hidden_dim``, ``dropout=0.2``: the classifier MLPs have 2 layers (``num_layers``).
+- late fusion: the per-modality classifiers are trained together with
+  ``branch_weight=1.0`` × the sum of their own cross-entropies added to the cross-entropy of the
+  averaged prediction, so each stays a working unimodal classifier (as when trained apart)
+  instead of co-adapting to the average.
+- TFN: ``proj_dim=16`` (the outer product of two modalities has 17² = 289 terms, of three
+  4913), subnetworks are 2-layer MLPs of width ``subnet_hidden=64`` on the mean-pooled states
+  (the original reads text with an LSTM; we keep one pooled vector per modality so that TFN
+  differs from early fusion only in the fusion); the classifier after the product has
+  ``num_layers=3`` (two hidden layers, as in the original).
+- EF-LSTM needs aligned sequences, which frames and tokens are not: every modality's valid
+  positions are resampled to ``steps=32`` steps by adaptive average pooling
+  (:func:`masked_adaptive_pool`, bins as in :func:`torch.nn.functional.adaptive_avg_pool1d`, over
+  each row's valid positions only), projected to ``proj_dim=64`` and concatenated per step.
+- LSTMs (``ef_lstm``, ``lf_lstm``, ``text_bilstm``): ``bidirectional=True``, one layer of
+  ``hidden_dim=64`` per direction, sequences packed by length so padding never enters; the
+  utterance vector is the final state of each direction, concatenated. (LF-LSTM is often
+  unidirectional; the backward direction helps on long frame sequences whose last frames are
+  silence. ``bidirectional=False`` gives the unidirectional form.)
+- speech CNN: ``channels=(64, 64)`` convolution layers of ``kernel_size=5`` with same padding and
+  ReLU; padded frames are zeroed before every convolution, so a valid frame next to the padding
+  sees exactly what it would see at the end of an unpadded sequence; then mean and max over
+  valid frames, concatenated, into the classifier.
+- the loss is cross-entropy weighted by the class weights the trainer sets with
+  :meth:`BaselineModel.set_class_weights` (inverse training frequency; uniform when unset).
+
+Padded positions are assumed to follow the valid ones in every row (as
+:func:`emomix.models.inputs.pad_sequences` builds them); the LSTMs rely on it for packing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emomix.errors import ConfigError
+from emomix.models.base import EmotionModel, ModelConfig, register_model
+from emomix.models.blocks import MLP, masked_mean
+from emomix.models.inputs import Batch, ModalityInput, ModelOutput
+from emomix.train.losses import branch_losses, focal_loss
+
+PAPERS = {
+    "early_fusion": "early fusion baseline (concatenated pooled modalities → MLP), as compared in the Complementary Fusion paper",
+    "late_fusion": "late fusion baseline (average of unimodal classifiers), as compared in the Complementary Fusion paper",
+    "tfn": "Zadeh et al., Tensor Fusion Network for Multimodal Sentiment Analysis, EMNLP 2017 (baseline in MPAF-Net)",
+    "ef_lstm": "EF-LSTM: early-fusion LSTM baseline, as compared in MPAF-Net",
+    "lf_lstm": "LF-LSTM: late-fusion LSTM baseline, as compared in MPAF-Net",
+    "text_bilstm": "text BiLSTM baseline, as compared in the Complementary Fusion paper",
+    "speech_cnn": "speech CNN baseline, as compared in the Complementary Fusion paper",
+}
+ALL_MODALITIES = ("audio", "text", "video")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class BaselineConfig(ModelConfig):
+    """Fields every baseline has (see the module docstring for the decisions)."""
+
+    modalities: tuple[str, ...] = ("audio", "text")
+    hidden_dim: int = 128
+    num_layers: int = 2
+    dropout: float = 0.2
+    input_norm: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("hidden_dim", "num_layers"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{type(self).__name__}.{name} must be at least 1; got {getattr(self, name)!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ConfigError(f"{type(self).__name__}.dropout must be in [0, 1); got {self.dropout!r}")
+
+
+@dataclass
+class EarlyFusionConfig(BaselineConfig):
+    """Config of :class:`EarlyFusion`."""
+
+
+@dataclass
+class LateFusionConfig(BaselineConfig):
+    """Config of :class:`LateFusion`; ``branch_weight`` scales the per-modality cross-entropies."""
+
+    branch_weight: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        if float(self.branch_weight) < 0:
+            raise ConfigError(f"LateFusionConfig.branch_weight must be non-negative; got {self.branch_weight!r}")
+
+
+@dataclass
+class TFNConfig(BaselineConfig):
+    """Config of :class:`TensorFusionNetwork`."""
+
+    proj_dim: int = 16
+    subnet_hidden: int = 64
+    num_layers: int = 3
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("proj_dim", "subnet_hidden"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"TFNConfig.{name} must be at least 1; got {getattr(self, name)!r}")
+
+
+@dataclass
+class LSTMBaselineConfig(BaselineConfig):
+    """Config of the LSTM baselines (``ef_lstm``, ``lf_lstm``, ``text_bilstm``).
+
+    ``hidden_dim`` is the LSTM width per direction; ``classifier_hidden`` the MLP's; ``steps`` and
+    ``proj_dim`` matter to ``ef_lstm`` only.
+    """
+
+    hidden_dim: int = 64
+    lstm_layers: int = 1
+    bidirectional: bool = True
+    classifier_hidden: int = 128
+    steps: int = 32
+    proj_dim: int = 64
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("lstm_layers", "classifier_hidden", "steps", "proj_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{type(self).__name__}.{name} must be at least 1; got {getattr(self, name)!r}")
+
+
+@dataclass
+class TextBiLSTMConfig(LSTMBaselineConfig):
+    """Config of :class:`TextBiLSTM` (text only)."""
+
+    modalities: tuple[str, ...] = ("text",)
+
+
+@dataclass
+class SpeechCNNConfig(BaselineConfig):
+    """Config of :class:`SpeechCNN` (audio only)."""
+
+    modalities: tuple[str, ...] = ("audio",)
+    channels: tuple[int, ...] = (64, 64)
+    kernel_size: int = 5
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.channels or any(int(c) < 1 for c in self.channels):
+            raise ConfigError(f"SpeechCNNConfig.channels must be a non-empty list of positive widths; got {self.channels!r}")
+        if int(self.kernel_size) < 1 or int(self.kernel_size) % 2 == 0:
+            raise ConfigError(f"SpeechCNNConfig.kernel_size must be odd and positive (same padding); got {self.kernel_size!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared parts of the baselines
+# ---------------------------------------------------------------------------------------------
+
+class BaselineModel(EmotionModel):
+    """What every baseline shares: the modality check, class weights and the weighted CE loss."""
+
+    config_class: ClassVar[type[ModelConfig]] = BaselineConfig
+    supported_modalities: ClassVar[tuple[str, ...]] = ALL_MODALITIES
+
+    def __init__(self, config: BaselineConfig, input_dims: Mapping[str, int], num_classes: int):
+        super().__init__(config, input_dims, num_classes)
+        self.modalities = tuple(m for m in ALL_MODALITIES if m in config.modalities)
+        self.register_buffer("class_weights", None, persistent=False)
+
+    def set_class_weights(self, weights: torch.Tensor | None) -> None:
+        """Per-class cross-entropy weights (length C, e.g. inverse training frequency); None = uniform."""
+        if weights is not None:
+            weights = torch.as_tensor(weights, dtype=torch.float32)
+            if weights.shape != (self.num_classes,):
+                raise ConfigError(f"{self.name}: class weights need {self.num_classes} values, got shape {tuple(weights.shape)}")
+            weights = weights.to(next(self.parameters()).device)
+        self.class_weights = weights
+
+    def _inputs(self, batch: Batch) -> dict[str, ModalityInput]:
+        missing = [m for m in self.modalities if m not in batch.inputs]
+        if missing:
+            raise ConfigError(f"{self.name} was built for {', '.join(self.modalities)} but the batch has no "
+                              f"{', '.join(missing)} input")
+        return {m: batch.inputs[m] for m in self.modalities}
+
+    def loss(self, output: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy weighted by the class weights."""
+        total = focal_loss(output.logits, labels, alpha=self.class_weights, gamma=0.0)
+        return total, {"ce": float(total.detach()), "total": float(total.detach())}
+
+
+def _input_norm(dim: int, enabled: bool) -> nn.Module:
+    return nn.LayerNorm(dim) if enabled else nn.Identity()
+
+
+class LSTMEncoder(nn.Module):
+    """An LSTM over padded sequences, packed by length; returns the final state of each
+    direction of the top layer, concatenated (``B × hidden·directions``)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, num_layers: int = 1, bidirectional: bool = True,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.lstm = nn.LSTM(in_dim, hidden_dim, num_layers=num_layers, batch_first=True,
+                            bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
+        self.directions = 2 if bidirectional else 1
+        self.out_dim = hidden_dim * self.directions
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: ``B × T × D``; ``mask``: ``B × T`` (valid positions first) or None (all valid)."""
+        if mask is None:
+            lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        else:
+            lengths = mask.sum(dim=1).clamp_min(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        _, (final, _) = self.lstm(packed)
+        top = final[-self.directions:]  # the top layer's directions
+        return top.transpose(0, 1).reshape(x.shape[0], self.out_dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# Early and late fusion
+# ---------------------------------------------------------------------------------------------
+
+@register_model("early_fusion", "Early fusion baseline: mean-pooled modalities concatenated → MLP")
+@register_model("early_fusion_audio", "Early fusion baseline on audio only (mean-pooled frames → MLP)", modalities=("audio",))
+@register_model("early_fusion_text", "Early fusion baseline on text only (mean-pooled tokens → MLP)", modalities=("text",))
+class EarlyFusion(BaselineModel):
+    """Early fusion: ``MLP([mean(H_a); mean(H_t)(; mean(H_v))])``."""
+
+    name = "early_fusion"
+    paper = PAPERS["early_fusion"]
+    config_class = EarlyFusionConfig
+
+    def __init__(self, config: EarlyFusionConfig, input_dims: Mapping[str, int], num_classes: int):
+        super().__init__(config, input_dims, num_classes)
+        self.norms = nn.ModuleDict({m: _input_norm(int(input_dims[m]), config.input_norm) for m in self.modalities})
+        width = sum(int(input_dims[m]) for m in self.modalities)
+        self.classifier = MLP(width, config.hidden_dim, num_classes, num_layers=config.num_layers, dropout=config.dropout)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        inputs = self._inputs(batch)
+        pooled = [self.norms[m](masked_mean(inputs[m].states, inputs[m].mask)) for m in self.modalities]
+        return ModelOutput(logits=self.classifier(torch.cat(pooled, dim=-1)))
+
+
+@register_model("late_fusion", "Late fusion baseline: one classifier per modality, probabilities averaged")
+class LateFusion(BaselineModel):
+    """Late fusion: ``log mean_m softmax(MLP_m(mean(H_m)))``; ``aux["expert_logits_<m>"]`` per modality."""
+
+    name = "late_fusion"
+    paper = PAPERS["late_fusion"]
+    config_class = LateFusionConfig
+
+    def __init__(self, config: LateFusionConfig, input_dims: Mapping[str, int], num_classes: int):
+        super().__init__(config, input_dims, num_classes)
+        self.classifiers = nn.ModuleDict({
+            m: nn.Sequential(_input_norm(int(input_dims[m]), config.input_norm),
+                             MLP(int(input_dims[m]), config.hidden_dim, num_classes, num_layers=config.num_layers,
+                                 dropout=config.dropout))
+            for m in self.modalities
+        })
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        inputs = self._inputs(batch)
+        aux = {f"expert_logits_{m}": self.classifiers[m](masked_mean(inputs[m].states, inputs[m].mask))
+               for m in self.modalities}
+        probs = torch.stack([logits.softmax(dim=-1) for logits in aux.values()]).mean(dim=0)
+        return ModelOutput(logits=probs.clamp_min(1e-12).log(), aux=aux)
+
+    def loss(self, output: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted CE of the averaged prediction + ``branch_weight`` · Σ weighted CE of each classifier."""
+        fused = focal_loss(output.logits, labels, alpha=self.class_weights, gamma=0.0)
+        branch = branch_losses([output.aux[f"expert_logits_{m}"] for m in self.modalities], labels, weight=self.class_weights)
+        total = fused + self.config.branch_weight * branch
+        return total, {"ce": float(fused.detach()), "branch": float(branch.detach()), "total": float(total.detach())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor Fusion Network
+# ---------------------------------------------------------------------------------------------
+
+@register_model("tfn", "Tensor Fusion Network: outer product of [h;1] modality vectors → MLP")
+class TensorFusionNetwork(BaselineModel):
+    """TFN: ``MLP(vec([h_a; 1] ⊗ [h_t; 1] (⊗ [h_v; 1])))`` with ``h_m = subnet_m(mean(H_m))``."""
+
+    name = "tfn"
+    paper = PAPERS["tfn"]
+    config_class = TFNConfig
+
+    def __init__(self, config: TFNConfig, input_dims: Mapping[str, int], num_classes: int):
+        super().__init__(config, input_dims, num_classes)
+        self.subnets = nn.ModuleDict({
+            m: nn.Sequential(_input_norm(int(input_dims[m]), config.input_norm),
+                             MLP(int(input_dims[m]), config.subnet_hidden, config.proj_dim, num_layers=2,
+                                 dropout=config.dropout, activation="relu"),
+                             nn.ReLU())
+            for m in self.modalities
+        })
+        width = (config.proj_dim + 1) ** len(self.modalities)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = MLP(width, config.hidden_dim, num_classes, num_layers=config.num_layers,
+                              dropout=config.dropout, activation="relu")
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        inputs = self._inputs(batch)
+        fused = None
+        for m in self.modalities:
+            h = self.subnets[m](masked_mean(inputs[m].states, inputs[m].mask))
+            h = torch.cat([h, h.new_ones(h.shape[0], 1)], dim=-1)
+            fused = h if fused is None else torch.einsum("bi,bj->bij", fused, h).flatten(1)
+        assert fused is not None
+        return ModelOutput(logits=self.classifier(self.dropout(fused)))
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM baselines
+# ---------------------------------------------------------------------------------------------
+
+@register_model("ef_lstm", "EF-LSTM baseline: modalities resampled to a common length, concatenated per step → BiLSTM")
+class EarlyFusionLSTM(BaselineModel):
+    """EF-LSTM: ``BiLSTM([W_a pool_S(H_a); W_t pool_S(H_t)]_s)`` → MLP, ``pool_S`` = :func:`masked_adaptive_pool`."""
+
+    name = "ef_lstm"
+    paper = PAPERS["ef_lstm"]
+    config_class = LSTMBaselineConfig
+
+    def __init__(self, config: LSTMBaselineConfig, input_dims: Mapping[str, int], num_classes: int):
+        super().__init__(config, input_dims, num_classes)
+        self.projections = nn.ModuleDict({
+            m: nn.Sequential(_input_norm(int(input_dims[m]), config.input_norm), nn.Linear(int(input_dims[m]), config.proj_dim))
+            for m in self.modalities
+        })
+        self.dropout = nn.Dropout(config.dropout)
+        self.lstm = LSTMEncoder(config.proj_dim * len(self.modalities), config.hidden_dim, config.lstm_layers,
+                                config.bidirectional, config.dropout)
+        self.classifier = MLP(self.lstm.out_dim, config.classifier_hidden, num_classes, num_layers=config.num_layers,
+                              dropout=config.dropout)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        inputs = self._inputs(batch)
+        steps = [self.projections[m](masked_adaptive_pool(inputs[m].states, inputs[m].mask, self.config.steps))
+                 for m in self.modalities]
+        return ModelOutput(logits=self.classifier(self.lstm(self.dropout(torch.cat(steps, dim=-1)))))
+
+
+@register_model("lf_lstm", "LF-LSTM baseline: one BiLSTM per modality, final states concatenated → MLP")
+class LateFusionLSTM(BaselineModel):
+    """LF-LSTM: ``MLP([LSTM_a(H_a); LSTM_t(H_t)])`` with each LSTM's final states."""
+
+    name = "lf_lstm"
+    paper = PAPERS["lf_lstm"]
+    config_class = LSTMBaselineConfig
+
+    def __init__(self, config: LSTMBaselineConfig, input_dims: Mapping[str, int], num_classes: int):
+        super().__init__(config, input_dims, num_classes)
+        self.norms = nn.ModuleDict({m: _input_norm(int(input_dims[m]), config.input_norm) for m in self.modalities})
+        self.lstms = nn.ModuleDict({
+            m: LSTMEncoder(int(input_dims[m]), config.hidden_dim, config.lstm_layers, config.bidirectional, config.dropout)
+            for m in self.modalities
+        })
+        width = sum(self.lstms[m].out_dim for m in self.modalities)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = MLP(width, config.classifier_hidden, num_classes, num_layers=config.num_layers, dropout=config.dropout)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        inputs = self._inputs(batch)
+        finals = [self.lstms[m](self.norms[m](inputs[m].states), inputs[m].mask) for m in self.modalities]
+        return ModelOutput(logits=self.classifier(self.dropout(torch.cat(finals, dim=-1))))
+
+
+@register_model("text_bilstm", "Text BiLSTM baseline: BiLSTM over token states → MLP")
+class TextBiLSTM(BaselineModel):
+    """Text-only BiLSTM: ``MLP(BiLSTM(H_t))`` with the final states of both directions."""
+
+    name = "text_bilstm"
+    paper = PAPERS["text_bilstm"]
+    config_class = TextBiLSTMConfig
+    supported_modalities = ("text",)
+
+    def __init__(self, config: TextBiLSTMConfig, input_dims: Mapping[str, int], num_classes: int):
+        super().__init__(config, input_dims, num_classes)
+        dim = int(input_dims["text"])
+        self.norm = _input_norm(dim, config.input_norm)
+        self.lstm = LSTMEncoder(dim, config.hidden_dim, config.lstm_layers, config.bidirectional, config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = MLP(self.lstm.out_dim, config.classifier_hidden, num_classes, num_layers=config.num_layers,
+                              dropout=config.dropout)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        text = self._inputs(batch)["text"]
+        return ModelOutput(logits=self.classifier(self.dropout(self.lstm(self.norm(text.states), text.mask))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Speech CNN
+# ---------------------------------------------------------------------------------------------
+
+@register_model("speech_cnn", "Speech CNN baseline: 1-D convolutions over frame states, mean+max pooling → MLP")
+class SpeechCNN(BaselineModel):
+    """Audio-only 1-D CNN: conv layers (same padding, ReLU) → ``[mean; max]`` over valid frames → MLP."""
+
+    name = "speech_cnn"
+    paper = PAPERS["speech_cnn"]
+    config_class = SpeechCNNConfig
+    supported_modalities = ("audio",)
+
+    def __init__(self, config: SpeechCNNConfig, input_dims: Mapping[str, int], num_classes: int):
+        super().__init__(config, input_dims, num_classes)
+        dim = int(input_dims["audio"])
+        self.norm = _input_norm(dim, config.input_norm)
+        widths = [dim, *[int(c) for c in config.channels]]
+        self.convs = nn.ModuleList(nn.Conv1d(a, b, config.kernel_size, padding=config.kernel_size // 2)
+                                   for a, b in zip(widths[:-1], widths[1:]))
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = MLP(2 * widths[-1], config.hidden_dim, num_classes, num_layers=config.num_layers,
+                              dropout=config.dropout)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        audio = self._inputs(batch)["audio"]
+        mask = audio.mask.bool()
+        x = self.norm(audio.states)
+        for conv in self.convs:
+            # zero the padding before each convolution, so the frames next to it see the zeros
+            # of same padding, as at the end of an unpadded sequence
+            x = torch.where(mask.unsqueeze(-1), x, x.new_zeros(()))
+            x = self.dropout(F.relu(conv(x.transpose(1, 2)).transpose(1, 2)))
+        mean = masked_mean(x, mask)
+        peak = torch.where(mask.unsqueeze(-1), x, x.new_full((), float("-inf"))).amax(dim=1)
+        return ModelOutput(logits=self.classifier(torch.cat([mean, peak], dim=-1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain functions
+# ---------------------------------------------------------------------------------------------
+
+def masked_adaptive_pool(x: torch.Tensor, mask: torch.Tensor | None, steps: int) -> torch.Tensor:
+    """Resample each row's valid positions of ``x`` (``B × T × D``) to ``steps`` positions → ``B × steps × D``.
+
+    Step ``k`` of a row with ``L`` valid positions averages positions ``⌊kL/S⌋ … ⌈(k+1)L/S⌉−1``,
+    the bins of :func:`torch.nn.functional.adaptive_avg_pool1d`; a row shorter than ``steps``
+    repeats positions. Valid positions must come first in every row; padding never enters.
+    """
+    batch, length, _ = x.shape
+    if mask is None:
+        mask = torch.ones(batch, length, dtype=torch.bool, device=x.device)
+    mask = mask.bool()
+    lengths = mask.sum(dim=1).clamp_min(1)  # B
+    k = torch.arange(steps, device=x.device)
+    start = (k.unsqueeze(0) * lengths.unsqueeze(1)) // steps  # B × S
+    end = ((k.unsqueeze(0) + 1) * lengths.unsqueeze(1) + steps - 1) // steps
+    t = torch.arange(length, device=x.device)
+    inside = (t.view(1, 1, -1) >= start.unsqueeze(-1)) & (t.view(1, 1, -1) < end.unsqueeze(-1))  # B × S × T
+    weights = inside.to(x.dtype) / (end - start).clamp_min(1).unsqueeze(-1).to(x.dtype)
+    clean = torch.where(mask.unsqueeze(-1), x, x.new_zeros(()))
+    return torch.bmm(weights, clean)
