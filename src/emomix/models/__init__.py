@@ -8,13 +8,9 @@ from importlib import import_module
 from emomix.models.base import EmotionModel, ModelConfig, create_model, list_models, model_info, register_model
 from emomix.models.inputs import Batch, DialogueBatch, ModalityInput, ModelOutput
 
-# one module per published design, plus the baselines; a module that is not written yet is skipped
+# one module per published design, plus the baselines; importing them registers their models
 for _module in ("dual_routing", "mpaf_net", "complementary", "mister_e", "baselines"):
-    try:
-        import_module(f"emomix.models.{_module}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"emomix.models.{_module}":
-            raise
+    import_module(f"emomix.models.{_module}")
 
 __all__ = ["Batch", "DialogueBatch", "EmotionModel", "ModalityInput", "ModelConfig", "ModelOutput",
            "create_model", "list_models", "model_info", "register_model"]
