@@ -185,6 +185,9 @@ def test_fit_is_deterministic_and_sets_class_weights():
         fit(plain, train, epochs=1, class_weights=torch.ones(2))
     with pytest.raises(ConfigError, match="epochs must be at least 1"):
         fit(plain, train, epochs=0)
+    unlabelled = make_batches(features, table.drop(columns=["label"]), CLASSES, batch_size=8)
+    with pytest.raises(ConfigError, match="validation batches hold no labels"):
+        fit(plain, train, unlabelled, epochs=1)
 
 
 class _ToyDialogueModel(EmotionModel):

@@ -22,8 +22,8 @@ text token index, row 1 the audio frame index).
 
 from __future__ import annotations
 
-import copy
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -189,14 +189,15 @@ def fit(model: torch.nn.Module, train_batches: Sequence[Batch | DialogueBatch],
     ``patience`` epochs without improvement (None: never); the best epoch's weights are loaded
     back into the model. ``grad_clip``: max global gradient norm (None: no clipping).
     """
-    import time
-
     if epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {epochs}")
     if not train_batches:
         raise ConfigError("fit needs at least one training batch")
     if any(b.labels is None for b in train_batches):
         raise ConfigError("every training batch needs labels")
+    if val_batches and batch_labels(val_batches).size == 0:
+        raise ConfigError("the validation batches hold no labels; early stopping on validation UA needs them "
+                          "(pass val_batches=None to train without validation)")
     num_classes = int(getattr(model, "num_classes"))
     weights = _resolve_class_weights(class_weights, train_batches, num_classes)
     if weights is not None and hasattr(model, "set_class_weights"):
@@ -348,7 +349,7 @@ def _resolve_class_weights(class_weights: str | torch.Tensor | None, batches: Se
 
 
 def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in copy.copy(model.state_dict()).items()}
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _classes(scheme: Any) -> tuple[str, ...]:
