@@ -88,6 +88,19 @@ class EmotionModel(nn.Module):
         self.config = config
         self.input_dims = dict(input_dims)
         self.num_classes = num_classes
+        # per-class loss weights (focal α or CE weights); the trainer sets inverse training frequency
+        self.register_buffer("class_weights", None, persistent=False)
+
+    def set_class_weights(self, weights: torch.Tensor | None) -> None:
+        """Per-class loss weights (length C, e.g. inverse training frequency); None = uniform."""
+        if weights is not None:
+            weights = torch.as_tensor(weights, dtype=torch.float32)
+            if weights.shape != (self.num_classes,):
+                raise ConfigError(f"{self.name}: class weights need {self.num_classes} values, got shape {tuple(weights.shape)}")
+            parameter = next(self.parameters(), None)
+            if parameter is not None:
+                weights = weights.to(parameter.device)
+        self.class_weights = weights
 
     def forward(self, batch: Batch | DialogueBatch) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -192,16 +192,7 @@ class BaselineModel(EmotionModel):
     def __init__(self, config: BaselineConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__(config, input_dims, num_classes)
         self.modalities = tuple(m for m in ALL_MODALITIES if m in config.modalities)
-        self.register_buffer("class_weights", None, persistent=False)
 
-    def set_class_weights(self, weights: torch.Tensor | None) -> None:
-        """Per-class cross-entropy weights (length C, e.g. inverse training frequency); None = uniform."""
-        if weights is not None:
-            weights = torch.as_tensor(weights, dtype=torch.float32)
-            if weights.shape != (self.num_classes,):
-                raise ConfigError(f"{self.name}: class weights need {self.num_classes} values, got shape {tuple(weights.shape)}")
-            weights = weights.to(next(self.parameters()).device)
-        self.class_weights = weights
 
     def _inputs(self, batch: Batch) -> dict[str, ModalityInput]:
         missing = [m for m in self.modalities if m not in batch.inputs]

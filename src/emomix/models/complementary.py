@@ -221,7 +221,6 @@ class _ComplementaryBase(EmotionModel):
 
     def _build_front(self, config: ComplementaryConfig | GraphMLPConfig, input_dims: Mapping[str, int],
                      project: bool = True) -> None:
-        self.register_buffer("class_weights", None, persistent=False)
         if project:
             self.project = nn.ModuleDict({m: nn.Linear(input_dims[m], config.hidden_dim) for m in config.modalities})
         both = set(config.modalities) == {"audio", "text"}
@@ -230,13 +229,6 @@ class _ComplementaryBase(EmotionModel):
             self.graph = _GraphEmbedding(input_dims["text"], input_dims["audio"], config.hidden_dim,
                                          config.graph_heads, config.graph_layers, config.dropout, config.graph)
 
-    def set_class_weights(self, weights: torch.Tensor | None) -> None:
-        """Per-class weights for the cross-entropy (the trainer passes inverse training frequency)."""
-        if weights is not None:
-            weights = torch.as_tensor(weights, dtype=torch.float32)
-            if weights.shape != (self.num_classes,):
-                raise ConfigError(f"class weights must have {self.num_classes} values, got shape {tuple(weights.shape)}")
-        self.class_weights = weights
 
     def _inputs(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, ModalityInput], dict[str, torch.Tensor]]:
         """Pooled projected vectors per modality, the (cut/pooled) sequences, and graph extras."""
@@ -415,7 +407,6 @@ class ComplementaryFusion(_ComplementaryBase):
                  ca: ComplementaryCrossAttentionMoE | None = None, spl: ComplementarySumProductMoE | None = None):
         super().__init__(config, input_dims, num_classes)
         _require_both(self, config)
-        self.register_buffer("class_weights", None, persistent=False)
         sub_config = ComplementaryConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "fusion_weights"})
         self.ca = ca if ca is not None else ComplementaryCrossAttentionMoE(sub_config, input_dims, num_classes)
         self.spl = spl if spl is not None else ComplementarySumProductMoE(sub_config, input_dims, num_classes)

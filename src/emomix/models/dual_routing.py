@@ -342,16 +342,7 @@ class DualRoutingModel(EmotionModel):
         self.classifier = MLP(classifier_in, hidden, num_classes, num_layers=2, dropout=config.classifier_dropout)
         self.branch_keys = tuple(f"expert_logits_{m}_{scale}" for m in self.modalities
                                  for scale, used in (("local", config.uses_local), ("global", config.uses_global)) if used)
-        self.register_buffer("class_weights", None, persistent=False)
 
-    def set_class_weights(self, weights: torch.Tensor | None) -> None:
-        """Per-class focal α (length C, e.g. inverse training frequency); None = uniform."""
-        if weights is not None:
-            weights = torch.as_tensor(weights, dtype=torch.float32)
-            if weights.shape != (self.num_classes,):
-                raise ConfigError(f"dual_routing: class weights need {self.num_classes} values, got shape {tuple(weights.shape)}")
-            weights = weights.to(next(self.parameters()).device)
-        self.class_weights = weights
 
     def forward(self, batch: Batch) -> ModelOutput:
         missing = [m for m in self.modalities if m not in batch.inputs]

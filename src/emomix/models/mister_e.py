@@ -115,7 +115,6 @@ class MisterE(EmotionModel):
 
     def __init__(self, config: MisterEConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__(config, input_dims, num_classes)
-        self.register_buffer("class_weights", None, persistent=False)
         hidden = config.hidden_dim
         self.streams = tuple(name for name in ("speech", "text") if _MODALITY_OF[name] in config.modalities)
         self.expert_names = self.streams + (("cross",) if len(self.streams) == 2 else ())
@@ -139,13 +138,6 @@ class MisterE(EmotionModel):
         else:
             self.gate = None
 
-    def set_class_weights(self, weights: torch.Tensor | None) -> None:
-        """Per-class weights for the gated NLL and the experts' CE (inverse training frequency)."""
-        if weights is not None:
-            weights = torch.as_tensor(weights, dtype=torch.float32)
-            if weights.shape != (self.num_classes,):
-                raise ConfigError(f"class weights must have {self.num_classes} values, got shape {tuple(weights.shape)}")
-        self.class_weights = weights
 
     def forward(self, batch: DialogueBatch) -> ModelOutput:
         """Gated log-probabilities ``B × N × C`` for every utterance of every dialogue."""

@@ -166,16 +166,7 @@ class MPAFNetModel(EmotionModel):
         self.classifier = MLP(fused_width, config.classifier_hidden, num_classes,
                               num_layers=config.classifier_layers, dropout=config.classifier_dropout,
                               activation="relu")
-        self.register_buffer("class_weights", None, persistent=False)
 
-    def set_class_weights(self, weights: torch.Tensor | None) -> None:
-        """Per-class focal α (length C, e.g. inverse training frequency); None = uniform."""
-        if weights is not None:
-            weights = torch.as_tensor(weights, dtype=torch.float32)
-            if weights.shape != (self.num_classes,):
-                raise ConfigError(f"{self.name}: class weights need {self.num_classes} values, got shape {tuple(weights.shape)}")
-            weights = weights.to(next(self.parameters()).device)
-        self.class_weights = weights
 
     def encode(self, modality: str, inputs: ModalityInput) -> torch.Tensor:
         """The utterance vector of one modality (``B × width``)."""
