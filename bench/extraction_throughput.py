@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--corpus", default="auto", help="auto (SAVEE if present, else synthetic), savee, emodb or synthetic"))
     name = NAME if args.corpus == "auto" else f"{NAME}-{args.corpus}"
     threads = set_threads(args.threads)
-    sizes = ({"utterances": 8, "repeats_ssl": 1, "repeats_smile": 1, "wavlm": "tiny (32 dims, 12 layers)"} if args.quick
+    sizes = ({"utterances": 4, "repeats_ssl": 1, "repeats_smile": 1, "wavlm": "tiny (32 dims, 12 layers)"} if args.quick
              else {"utterances": 64, "repeats_ssl": 1, "repeats_smile": 3, "wavlm": "base (WavLMConfig() defaults)"})
     batch_size = 8
     work = Path(tempfile.mkdtemp(prefix="emomix-bench-extract-"))
