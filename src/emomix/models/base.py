@@ -54,6 +54,38 @@ class ModelConfig:
         if bad or not self.modalities:
             raise ConfigError(f"{type(self).__name__}.modalities must be a non-empty subset of audio, text, video; got {self.modalities}")
 
+    # -- checks shared by the models' validate() methods; each names the field and the value --
+
+    def require_choice(self, **allowed: tuple[str, ...]) -> None:
+        """Each named field must hold one of its allowed values."""
+        for field_name, choices in allowed.items():
+            value = getattr(self, field_name)
+            if value not in choices:
+                raise ConfigError(f"{type(self).__name__}.{field_name} must be one of {', '.join(choices)}; got {value!r}")
+
+    def require_positive(self, *field_names: str, allow_none: bool = False) -> None:
+        """Each named field must be an integer of at least 1 (or None when ``allow_none``)."""
+        for field_name in field_names:
+            value = getattr(self, field_name)
+            if value is None and allow_none:
+                continue
+            if value is None or int(value) < 1:
+                raise ConfigError(f"{type(self).__name__}.{field_name} must be at least 1; got {value!r}")
+
+    def require_fraction(self, *field_names: str) -> None:
+        """Each named field (a dropout rate) must lie in [0, 1)."""
+        for field_name in field_names:
+            value = getattr(self, field_name)
+            if not 0.0 <= float(value) < 1.0:
+                raise ConfigError(f"{type(self).__name__}.{field_name} must be in [0, 1); got {value!r}")
+
+    def require_non_negative(self, *field_names: str) -> None:
+        """Each named field (a loss weight, a noise level) must be ≥ 0."""
+        for field_name in field_names:
+            value = getattr(self, field_name)
+            if float(value) < 0:
+                raise ConfigError(f"{type(self).__name__}.{field_name} must be non-negative; got {value!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 

@@ -95,11 +95,8 @@ class BaselineConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("hidden_dim", "num_layers"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{type(self).__name__}.{name} must be at least 1; got {getattr(self, name)!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ConfigError(f"{type(self).__name__}.dropout must be in [0, 1); got {self.dropout!r}")
+        self.require_positive("hidden_dim", "num_layers")
+        self.require_fraction("dropout")
 
 
 @dataclass
@@ -115,8 +112,7 @@ class LateFusionConfig(BaselineConfig):
 
     def validate(self) -> None:
         super().validate()
-        if float(self.branch_weight) < 0:
-            raise ConfigError(f"LateFusionConfig.branch_weight must be non-negative; got {self.branch_weight!r}")
+        self.require_non_negative("branch_weight")
 
 
 @dataclass
@@ -129,9 +125,7 @@ class TFNConfig(BaselineConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("proj_dim", "subnet_hidden"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"TFNConfig.{name} must be at least 1; got {getattr(self, name)!r}")
+        self.require_positive("proj_dim", "subnet_hidden")
 
 
 @dataclass
@@ -151,9 +145,7 @@ class LSTMBaselineConfig(BaselineConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("lstm_layers", "classifier_hidden", "steps", "proj_dim"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{type(self).__name__}.{name} must be at least 1; got {getattr(self, name)!r}")
+        self.require_positive("lstm_layers", "classifier_hidden", "steps", "proj_dim")
 
 
 @dataclass

@@ -90,21 +90,16 @@ class ComplementaryConfig(ModelConfig):
     def validate(self) -> None:
         super().validate()
         name = type(self).__name__
-        if self.graph not in GRAPH_MODES:
-            raise ConfigError(f"{name}.graph must be one of {', '.join(GRAPH_MODES)}; got {self.graph!r}")
-        for key in ("hidden_dim", "max_tokens", "max_frames", "graph_layers", "graph_heads", "num_experts",
-                    "ca_heads", "ca_layers"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{name}.{key} must be at least 1; got {getattr(self, key)!r}")
+        self.require_choice(graph=GRAPH_MODES)
+        self.require_positive("hidden_dim", "max_tokens", "max_frames", "graph_layers", "graph_heads", "num_experts",
+                              "ca_heads", "ca_layers")
         if not 1 <= self.top_k <= self.num_experts:
             raise ConfigError(f"{name}.top_k must be between 1 and num_experts ({self.num_experts}); got {self.top_k}")
         if self.hidden_dim % self.ca_heads or self.hidden_dim % self.graph_heads:
             raise ConfigError(f"{name}.hidden_dim ({self.hidden_dim}) must be divisible by ca_heads ({self.ca_heads}) "
                               f"and graph_heads ({self.graph_heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"{name}.dropout must be in [0, 1); got {self.dropout}")
-        if self.load_balance_weight < 0 or self.gate_noise_std < 0:
-            raise ConfigError(f"{name}.load_balance_weight and gate_noise_std must not be negative")
+        self.require_fraction("dropout")
+        self.require_non_negative("load_balance_weight", "gate_noise_std")
 
 
 @dataclass
@@ -137,9 +132,7 @@ class GraphMLPConfig(ModelConfig):
         super().validate()
         if self.graph not in GRAPH_MODES or self.graph == "none":
             raise ConfigError(f"GraphMLPConfig.graph must be one of auto, edges, spread; got {self.graph!r}")
-        for key in ("hidden_dim", "max_tokens", "max_frames", "graph_layers", "graph_heads"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"GraphMLPConfig.{key} must be at least 1; got {getattr(self, key)!r}")
+        self.require_positive("hidden_dim", "max_tokens", "max_frames", "graph_layers", "graph_heads")
         if self.hidden_dim % self.graph_heads:
             raise ConfigError(f"GraphMLPConfig.hidden_dim ({self.hidden_dim}) must be divisible by graph_heads ({self.graph_heads})")
 

@@ -120,31 +120,12 @@ class DualRoutingConfig(ModelConfig):
         unsupported = [m for m in self.modalities if m not in ("audio", "text")]
         if unsupported:
             raise ConfigError(f"{name}.modalities: Dual Routing takes audio and text only, got {', '.join(unsupported)}")
-        choices = {
-            "routing": ROUTING_MODES,
-            "concat_mode": ("mlp", "mean"),
-            "text_global": ("layers", "cls"),
-            "expert_kind": ("mlp", "linear"),
-            "single_modality_pooling": ("attention", "z"),
-        }
-        for field_name, allowed in choices.items():
-            value = getattr(self, field_name)
-            if value not in allowed:
-                raise ConfigError(f"{name}.{field_name} must be one of {', '.join(allowed)}; got {value!r}")
-        for field_name in ("pooling_heads", "text_global_layers", "router_hidden", "cross_layers", "cross_heads"):
-            if int(getattr(self, field_name)) < 1:
-                raise ConfigError(f"{name}.{field_name} must be at least 1; got {getattr(self, field_name)!r}")
-        for field_name in ("model_dim", "classifier_hidden"):
-            value = getattr(self, field_name)
-            if value is not None and int(value) < 1:
-                raise ConfigError(f"{name}.{field_name} must be a positive width or null; got {value!r}")
-        for field_name in ("expert_dropout", "dropout", "classifier_dropout"):
-            value = getattr(self, field_name)
-            if not 0.0 <= float(value) < 1.0:
-                raise ConfigError(f"{name}.{field_name} must be in [0, 1); got {value!r}")
-        for field_name in ("focal_gamma", "branch_weight", "balance_weight"):
-            if float(getattr(self, field_name)) < 0:
-                raise ConfigError(f"{name}.{field_name} must be non-negative; got {getattr(self, field_name)!r}")
+        self.require_choice(routing=ROUTING_MODES, concat_mode=("mlp", "mean"), text_global=("layers", "cls"),
+                            expert_kind=("mlp", "linear"), single_modality_pooling=("attention", "z"))
+        self.require_positive("pooling_heads", "text_global_layers", "router_hidden", "cross_layers", "cross_heads")
+        self.require_positive("model_dim", "classifier_hidden", allow_none=True)
+        self.require_fraction("expert_dropout", "dropout", "classifier_dropout")
+        self.require_non_negative("focal_gamma", "branch_weight", "balance_weight")
 
     @property
     def uses_local(self) -> bool:

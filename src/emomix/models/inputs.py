@@ -11,7 +11,7 @@ Utterance-level models take a :class:`Batch`; conversation models (MiSTER-E) tak
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -89,13 +89,9 @@ class MisterEConfig(ModelConfig):
             raise ConfigError(f"MisterEConfig.hidden_dim ({self.hidden_dim}) must be divisible by cross_heads ({self.cross_heads})")
         if self.context_kernel < 1 or self.context_kernel % 2 == 0:
             raise ConfigError(f"MisterEConfig.context_kernel must be odd and positive; got {self.context_kernel}")
-        if self.gate_hidden < 1:
-            raise ConfigError(f"MisterEConfig.gate_hidden must be at least 1; got {self.gate_hidden}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"MisterEConfig.dropout must be in [0, 1); got {self.dropout}")
-        for key in ("lambda_expert", "lambda_scl", "lambda_kl"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"MisterEConfig.{key} must not be negative; got {getattr(self, key)}")
+        self.require_positive("gate_hidden")
+        self.require_fraction("dropout")
+        self.require_non_negative("lambda_expert", "lambda_scl", "lambda_kl")
         if self.scl_temperature <= 0:
             raise ConfigError(f"MisterEConfig.scl_temperature must be positive; got {self.scl_temperature}")
 

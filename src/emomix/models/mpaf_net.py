@@ -87,20 +87,10 @@ class MPAFConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        name = type(self).__name__
-        for field_name, allowed in (("fusion", ("multipath", "concat")), ("text_source", ("cls", "pooled"))):
-            value = getattr(self, field_name)
-            if value not in allowed:
-                raise ConfigError(f"{name}.{field_name} must be one of {', '.join(allowed)}; got {value!r}")
-        for field_name in ("audio_hidden", "video_hidden", "pair_dim", "pair_hidden", "classifier_hidden", "classifier_layers"):
-            if int(getattr(self, field_name)) < 1:
-                raise ConfigError(f"{name}.{field_name} must be at least 1; got {getattr(self, field_name)!r}")
-        for field_name in ("pair_dropout", "feature_dropout", "classifier_dropout"):
-            value = getattr(self, field_name)
-            if not 0.0 <= float(value) < 1.0:
-                raise ConfigError(f"{name}.{field_name} must be in [0, 1); got {value!r}")
-        if float(self.focal_gamma) < 0:
-            raise ConfigError(f"{name}.focal_gamma must be non-negative; got {self.focal_gamma!r}")
+        self.require_choice(fusion=("multipath", "concat"), text_source=("cls", "pooled"))
+        self.require_positive("audio_hidden", "video_hidden", "pair_dim", "pair_hidden", "classifier_hidden", "classifier_layers")
+        self.require_fraction("pair_dropout", "feature_dropout", "classifier_dropout")
+        self.require_non_negative("focal_gamma")
 
 
 class LastStateLSTM(nn.Module):
