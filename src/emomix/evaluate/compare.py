@@ -1,0 +1,234 @@
+"""Compare runs: one row per run and, for every run against the first, a paired test over folds.
+
+Each run's metrics are recomputed from its ``predictions.parquet`` (like ``emomix evaluate``).
+A per-fold number is the fold's metric averaged over the run's seeds; two runs are paired fold
+by fold, matched by fold name. Seeds are not paired across runs: seed ``k`` of one model and
+seed ``k`` of another share nothing but a number.
+
+For each run after the first: ``delta`` = mean over the common folds of (run − first), the
+paired t-test (:func:`scipy.stats.ttest_rel`) and the Wilcoxon signed-rank test
+(:func:`scipy.stats.wilcoxon`, two-sided) on those per-fold differences. With few folds the
+Wilcoxon test cannot reach small p-values (with 5 folds its smallest two-sided p is 0.0625).
+
+Runs whose fold plans differ are not comparable fold by fold, so :func:`compare_runs` refuses
+them (:class:`ConfigError` saying what differs) unless ``allow_different_folds=True``; it then
+pairs the folds the runs share by name and says so in the notes.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from emomix.errors import ConfigError
+from emomix.evaluate.metrics import METRIC_NAMES, METRICS, metrics_from_predictions
+
+TEST_COLUMNS = ["delta", "n_pairs", "t_stat", "p_ttest", "w_stat", "p_wilcoxon"]
+
+
+@dataclass
+class _Run:
+    """What a comparison needs of one run."""
+
+    path: Path
+    description: dict[str, Any]
+    metrics: dict[str, Any]
+    fingerprint: str | None
+    test_sets: dict[str, frozenset[str]]
+
+
+def compare_runs(run_dirs: Sequence[str | Path], metric: str = "ua", allow_different_folds: bool = False) -> pd.DataFrame:
+    """One row per run: ``run``, ``model``, ``corpus``, ``protocol``, ``folds``, ``seeds``, the
+    mean and SD across folds of every metric (``ua``, ``ua_sd``, ``wa``, ...), and against the
+    first run for ``metric``: ``delta``, ``n_pairs``, ``t_stat``, ``p_ttest``, ``w_stat``,
+    ``p_wilcoxon`` (NaN for the first run) and ``note``.
+
+    ``table.attrs["metric"]`` holds ``metric`` and ``table.attrs["notes"]`` sentences about the
+    comparison. :class:`ConfigError` for fewer than two runs, an unknown metric, or runs whose
+    fold plans differ (unless ``allow_different_folds``).
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if len(run_dirs) < 2:
+        raise ConfigError(f"compare needs at least two run directories, got {len(run_dirs)}")
+    runs = [_load(Path(p)) for p in run_dirs]
+    notes = ["per-fold values are each fold's metric averaged over the run's seeds; runs are paired by fold name"]
+    reference = runs[0]
+    for other in runs[1:]:
+        problem = plan_difference(reference, other)
+        if problem is None:
+            continue
+        if not allow_different_folds:
+            raise ConfigError(f"{other.path} and {reference.path} were not evaluated on the same folds: {problem}. "
+                              "A paired comparison needs the same test utterances in every fold; rerun with the same "
+                              "folds.json, or pass --allow-different-folds to pair the folds that share a name anyway")
+        notes.append(f"{_label(other, runs)}: fold plan differs from the first run's ({problem}); compared anyway")
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {
+            "run": _label(run, runs),
+            "model": run.description["model"],
+            "corpus": run.description["corpus"],
+            "protocol": run.description["protocol"],
+            "folds": len(run.metrics["fold_means"]),
+            "seeds": len(run.metrics["seeds"]),
+        }
+        for m in METRICS:
+            summary = run.metrics["across_folds"][m]
+            row[m] = summary["mean"]
+            row[f"{m}_sd"] = summary["sd"]
+        if run is reference:
+            row.update({c: math.nan for c in TEST_COLUMNS})
+            row["n_pairs"] = 0
+            row["note"] = "reference"
+        else:
+            row.update(paired_test(_fold_values(reference, metric), _fold_values(run, metric)))
+        rows.append(row)
+    columns = ["run", "model", "corpus", "protocol", "folds", "seeds",
+               *(c for m in METRICS for c in (m, f"{m}_sd")), *TEST_COLUMNS, "note"]
+    table = pd.DataFrame(rows, columns=columns)
+    table.attrs["metric"] = metric
+    table.attrs["notes"] = notes
+    return table
+
+
+def paired_test(reference: pd.Series, other: pd.Series) -> dict[str, Any]:
+    """Paired t-test and Wilcoxon signed-rank test of ``other − reference`` over the shared index
+    (fold names). Returns ``delta``, ``n_pairs``, ``t_stat``, ``p_ttest``, ``w_stat``,
+    ``p_wilcoxon`` and ``note`` (why a test is NaN, or '')."""
+    from scipy import stats
+
+    common = [f for f in reference.index if f in other.index]
+    pairs = pd.DataFrame({"a": reference.reindex(common), "b": other.reindex(common)}).dropna()
+    diff = (pairs["b"] - pairs["a"]).to_numpy(dtype=float)
+    result: dict[str, Any] = {"delta": float(diff.mean()) if diff.size else math.nan, "n_pairs": int(diff.size),
+                              "t_stat": math.nan, "p_ttest": math.nan, "w_stat": math.nan, "p_wilcoxon": math.nan, "note": ""}
+    if diff.size < 2:
+        result["note"] = f"{diff.size} shared fold(s): a paired test needs at least 2"
+        return result
+    if np.allclose(diff, diff[0], rtol=0.0, atol=1e-12):
+        result["note"] = ("identical results in every fold" if abs(diff[0]) <= 1e-12
+                          else "the same difference in every fold: the tests are undefined (no variance)")
+        return result
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        t = stats.ttest_rel(pairs["b"].to_numpy(dtype=float), pairs["a"].to_numpy(dtype=float))
+        result["t_stat"], result["p_ttest"] = float(t.statistic), float(t.pvalue)
+        try:
+            w = stats.wilcoxon(diff, alternative="two-sided")
+            result["w_stat"], result["p_wilcoxon"] = float(w.statistic), float(w.pvalue)
+        except ValueError as exc:  # e.g. every difference is zero after dropping ties
+            result["note"] = f"Wilcoxon test undefined ({exc})"
+    return result
+
+
+def plan_difference(a: _Run, b: _Run) -> str | None:
+    """Why two runs' folds differ, or None when they are the same.
+
+    Both runs have a fold plan: the plans' fingerprints must match. Otherwise the test
+    utterances of each fold (from the plan, or from the predictions) must match.
+    """
+    if a.fingerprint is not None and b.fingerprint is not None and a.fingerprint == b.fingerprint:
+        return None
+    names_a, names_b = list(a.test_sets), list(b.test_sets)
+    if set(names_a) != set(names_b):
+        only_a = [n for n in names_a if n not in names_b]
+        only_b = [n for n in names_b if n not in names_a]
+        parts = []
+        if only_a:
+            parts.append(f"fold(s) {', '.join(only_a[:5])} only in the first")
+        if only_b:
+            parts.append(f"fold(s) {', '.join(only_b[:5])} only in the second")
+        return "the fold names differ: " + "; ".join(parts)
+    changed = [n for n in names_a if a.test_sets[n] != b.test_sets[n]]
+    if changed:
+        return f"the test utterances of fold(s) {', '.join(changed[:5])} differ"
+    if a.fingerprint is not None and b.fingerprint is not None:
+        return (f"fold plan fingerprints {a.fingerprint} and {b.fingerprint} differ although the test sets match "
+                "(the training or validation parts differ)")
+    return None
+
+
+def format_comparison(table: pd.DataFrame, metric: str | None = None) -> str:
+    """The comparison as Markdown: the table of runs (metrics as mean ± SD across folds) and the
+    paired tests against the first run, then the notes."""
+    metric = metric or table.attrs.get("metric", "ua")
+    name = METRIC_NAMES[metric]
+    header = ["run", "model", "corpus", "protocol", "folds", "seeds", *(METRIC_NAMES[m] for m in METRICS),
+              f"Δ{name} vs first", "folds paired", "paired t p", "Wilcoxon p"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + "|"]
+    for row in table.to_dict(orient="records"):
+        cells = [row["run"], f"`{row['model']}`", row["corpus"], row["protocol"], row["folds"], row["seeds"]]
+        cells += [_mean_sd(row[m], row[f"{m}_sd"]) for m in METRICS]
+        if row["note"] == "reference":
+            cells += ["(reference)", "", "", ""]
+        else:
+            cells += [_signed(row["delta"]), row["n_pairs"], _p(row["p_ttest"]), _p(row["p_wilcoxon"])]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    out = [f"# Comparison ({name}, mean ± SD across folds)", "", *lines, ""]
+    notes = list(table.attrs.get("notes", []))
+    notes += [f"{row['run']}: {row['note']}" for row in table.to_dict(orient="records")
+              if row["note"] and row["note"] != "reference"]
+    out += [f"- {n}" for n in notes]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _load(path: Path) -> _Run:
+    from emomix.evaluate.report import load_run, describe_run
+
+    data = load_run(path)
+    metrics = metrics_from_predictions(data.predictions, data.classes)
+    if data.plan is not None:
+        fingerprint = data.plan.fingerprint()
+        test_sets = {f.name: frozenset(f.test) for f in data.plan.folds}
+    else:
+        fingerprint = None
+        test_sets = {str(f): frozenset(part["utt_id"].astype(str))
+                     for f, part in data.predictions.groupby("fold", sort=False)}
+    return _Run(path=path, description=describe_run(data.run, data.config, data.plan), metrics=metrics,
+                fingerprint=fingerprint, test_sets=test_sets)
+
+
+def _fold_values(run: _Run, metric: str) -> pd.Series:
+    means = run.metrics["fold_means"]
+    return pd.Series(means[metric].to_numpy(dtype=float), index=means["fold"].astype(str))
+
+
+def _label(run: _Run, runs: Sequence[_Run]) -> str:
+    """The run's folder name, or its path when two runs share a folder name."""
+    names = [r.path.name for r in runs]
+    return run.path.name if names.count(run.path.name) == 1 else str(run.path)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _mean_sd(mean: Any, sd: Any) -> str:
+    if not _finite(mean):
+        return "–"
+    return f"{mean:.3f} ± {sd:.3f}" if _finite(sd) else f"{mean:.3f}"
+
+
+def _signed(value: Any) -> str:
+    return f"{value:+.3f}" if _finite(value) else "–"
+
+
+def _p(value: Any) -> str:
+    if not _finite(value):
+        return "–"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
