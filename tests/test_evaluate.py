@@ -243,6 +243,42 @@ def test_a_model_without_routing_columns_gives_empty_tables():
 
 
 # --------------------------------------------------------------------------------------------
+# Figures
+
+
+def png_size(path):
+    header = path.read_bytes()[:24]
+    assert header[:8] == PNG_MAGIC
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def test_learning_curves_draw_the_validation_panel_only_when_there_is_one(tmp_path):
+    from emomix.evaluate.plots import plot_learning_curves
+
+    history = pd.DataFrame({"fold": ["f1"] * 3 + ["f2"] * 3, "seed": 0, "epoch": [0, 1, 2] * 2,
+                            "loss": [1.0, 0.8, 0.7, 1.1, 0.9, 0.8], "val_ua": [0.3, 0.4, 0.5, 0.2, 0.3, 0.35]})
+    both = png_size(plot_learning_curves(history, tmp_path / "both.png"))
+    loss_only = png_size(plot_learning_curves(history.assign(val_ua=np.nan), tmp_path / "loss.png"))
+    assert both[0] > 1.6 * loss_only[0]        # two panels side by side against one
+
+
+def test_histories_of_sub_models_are_loaded_with_their_part(tmp_path):
+    from emomix.evaluate.report import history_summary, load_histories
+
+    folder = tmp_path / "folds" / "s1" / "seed-3"
+    folder.mkdir(parents=True)
+    for name, best in (("history-complementary_ca.csv", 0.6), ("history-complementary_spl.csv", 0.4)):
+        pd.DataFrame({"epoch": [0, 1], "loss": [1.0, 0.9], "val_ua": [0.1, best]}).to_csv(folder / name, index=False)
+    (folder / "history.csv").write_text("")      # an empty file is skipped, not an error
+    histories = load_histories(tmp_path)
+    assert sorted(set(histories["part"])) == ["complementary_ca", "complementary_spl"]
+    summary = {h["part"]: h for h in history_summary(histories)}
+    assert summary["complementary_ca"]["best_val_ua"] == 0.6 and summary["complementary_spl"]["best_epoch"] == 1
+    assert summary["complementary_ca"]["seed"] == 3 and summary["complementary_ca"]["fold"] == "s1"
+    assert load_histories(tmp_path / "nothing") is None
+
+
+# --------------------------------------------------------------------------------------------
 # Report
 
 

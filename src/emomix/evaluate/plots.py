@@ -72,21 +72,26 @@ def plot_confusion(counts: np.ndarray, classes: Sequence[str], path: str | Path,
 def plot_learning_curves(histories: pd.DataFrame, path: str | Path, title: str | None = None) -> Path:
     """Training loss and validation UA per epoch, one line per fold.
 
-    ``histories``: the rows of every ``history.csv`` with ``fold`` and ``seed`` columns added
-    (columns ``epoch``, ``loss``, ``val_ua``; either curve may be missing). With several seeds a
-    fold's line is the mean over the seeds that reached that epoch.
+    ``histories``: the rows of every ``history.csv`` with ``fold`` and ``seed`` (and optionally
+    ``part``) columns added (columns ``epoch``, ``loss``, ``val_ua``; either curve may be
+    missing). With several seeds a fold's line is the mean over the seeds that reached that epoch;
+    a non-empty ``part`` (a composite model's sub-model) gets its own line ``fold/part``.
     """
     from matplotlib.ticker import MaxNLocator
 
     panels = [(c, label) for c, label in (("loss", "training loss"), ("val_ua", "validation UA")) if c in histories.columns
               and histories[c].notna().any()]
     if not panels:
-        from matplotlib.ticker import MaxNLocator
-
-    panels = [("loss", "training loss")]
+        panels = [("loss", "training loss")]
     fig = _figure(5.5 * len(panels), 3.8)
     axes = fig.subplots(1, len(panels), squeeze=False)
-    folds = list(dict.fromkeys(histories["fold"].astype(str))) if "fold" in histories.columns else []
+    histories = histories.copy()
+    if "fold" not in histories.columns:
+        histories["fold"] = "all"
+    # composite models train sub-models one after the other: one line per fold and part
+    if "part" in histories.columns:
+        histories["fold"] = [f"{f}/{p}" if isinstance(p, str) and p else str(f) for f, p in zip(histories["fold"], histories["part"])]
+    folds = list(dict.fromkeys(histories["fold"].astype(str)))
     colours = _colours("tab10" if len(folds) <= 10 else "tab20")
     for ax, (column, label) in zip(axes[0], panels):
         if column in histories.columns:

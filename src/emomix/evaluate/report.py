@@ -173,12 +173,15 @@ def load_run(run_dir: str | Path) -> RunData:
 
 
 def load_histories(run_dir: str | Path) -> pd.DataFrame | None:
-    """Every ``folds/<fold>/seed-<k>/history.csv`` as one table with ``fold`` and ``seed``
-    columns added; None when there is none. An unreadable file is skipped."""
+    """Every ``folds/<fold>/seed-<k>/history*.csv`` as one table with ``fold``, ``seed`` and
+    ``part`` columns added (``part`` is ``""`` for ``history.csv`` and ``<name>`` for
+    ``history-<name>.csv``, the sub-models a composite model trains one after the other); None when
+    there is none. An unreadable file is skipped."""
     frames = []
-    for path in sorted(Path(run_dir).glob("folds/*/seed-*/history.csv")):
-        match = re.fullmatch(r"seed-(-?\d+)", path.parent.name)
-        if not match:
+    for path in sorted(Path(run_dir).glob("folds/*/seed-*/history*.csv")):
+        seed_match = re.fullmatch(r"seed-(-?\d+)", path.parent.name)
+        part_match = re.fullmatch(r"history(?:-(.+))?\.csv", path.name)
+        if not seed_match or not part_match:
             continue
         try:
             frame = pd.read_csv(path)
@@ -186,7 +189,7 @@ def load_histories(run_dir: str | Path) -> pd.DataFrame | None:
             continue
         if frame.empty or "epoch" not in frame.columns:
             continue
-        frames.append(frame.assign(fold=path.parent.parent.name, seed=int(match.group(1))))
+        frames.append(frame.assign(fold=path.parent.parent.name, seed=int(seed_match.group(1)), part=part_match.group(1) or ""))
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
@@ -243,9 +246,10 @@ def history_summary(histories: pd.DataFrame | None) -> list[dict[str, Any]]:
     if histories is None or histories.empty:
         return []
     rows = []
-    for (fold, seed), part in histories.groupby(["fold", "seed"], sort=False):
+    histories = histories if "part" in histories.columns else histories.assign(part="")
+    for (fold, seed, name), part in histories.groupby(["fold", "seed", "part"], sort=False):
         part = part.sort_values("epoch")
-        record: dict[str, Any] = {"fold": str(fold), "seed": int(seed), "epochs": int(part["epoch"].nunique())}
+        record: dict[str, Any] = {"fold": str(fold), "seed": int(seed), "part": str(name), "epochs": int(part["epoch"].nunique())}
         if "val_ua" in part.columns and part["val_ua"].notna().any():
             best = part.loc[pd.to_numeric(part["val_ua"], errors="coerce").idxmax()]
             record["best_val_ua"] = float(best["val_ua"])
@@ -427,9 +431,12 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
         if "learning_curves" in figures:
             out += [f"![learning curves]({figures['learning_curves']})", ""]
         if histories:
-            out += _table(["fold", "seed", "epochs", "best val UA", "best epoch", "last train loss"],
-                          [[h["fold"], h["seed"], h["epochs"], _num(h.get("best_val_ua")), h.get("best_epoch", "–"),
-                            _num(h.get("last_loss"), 4)] for h in histories], right=[1, 2, 3, 4, 5])
+            parts = any(h.get("part") for h in histories)
+            out += _table(["fold", "seed", *(["model part"] if parts else []), "epochs", "best val UA", "best epoch",
+                           "last train loss"],
+                          [[h["fold"], h["seed"], *([h.get("part") or "–"] if parts else []), h["epochs"],
+                            _num(h.get("best_val_ua")), h.get("best_epoch", "–"), _num(h.get("last_loss"), 4)]
+                           for h in histories], right=list(range(1, 7 if parts else 6)))
             out.append("")
 
     routing = results["routing"]
@@ -615,9 +622,19 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence
     return lines
 
 
+def _total(value: Any) -> Any:
+    """``value["total"]``, else the sum of its numbers ("" when there is nothing to count)."""
+    if not isinstance(value, Mapping):
+        return ""
+    if "total" in value:
+        return value["total"]
+    numbers = [v for v in value.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(numbers) if numbers else ""
+
+
 def _data_lines(data: Any) -> list[str]:
     """data.json as readable Markdown: scalars as bullets, flat dicts on one line, dicts of flat
-    dicts as tables, anything deeper as compact JSON."""
+    dicts as tables, three-level dicts as tables of totals, anything else as compact JSON."""
     if not isinstance(data, Mapping):
         return [f"`{json.dumps(to_jsonable(data))[:500]}`"]
     bullets: list[str] = []
@@ -632,6 +649,15 @@ def _data_lines(data: Any) -> list[str]:
             columns = list(dict.fromkeys(k for v in value.values() for k in v))
             tables += [f"{key}:", ""]
             tables += _table(["", *columns], [[row, *(inner.get(c, "") for c in columns)] for row, inner in value.items()],
+                             right=list(range(1, len(columns) + 1)))
+            tables.append("")
+        elif isinstance(value, Mapping) and value and all(isinstance(v, Mapping) and v and all(isinstance(x, Mapping)
+                                                                                            for x in v.values())
+                                                          for v in value.values()):
+            # e.g. {fold: {part: {"total": n, class: n}}}: one column per part with its total
+            columns = list(dict.fromkeys(k for v in value.values() for k in v))
+            tables += [f"{key} (totals):", ""]
+            tables += _table(["", *columns], [[row, *(_total(inner.get(c)) for c in columns)] for row, inner in value.items()],
                              right=list(range(1, len(columns) + 1)))
             tables.append("")
         else:

@@ -7,7 +7,8 @@ Reads the ``aux_*`` columns of a predictions table (``docs/training.md``):
   share over the rows of each true emotion, session and speaker (the views of the paper's
   figures), plus ``local_top1``: the share of rows whose router preferred the local expert.
 - **Other MoEs** write ``aux_gate_weights_<j>`` (expert ``j``'s gate weight; MiSTER-E's
-  experts are speech, text, cross) or, for MPAF-Net, ``aux_alpha_<pair>`` (the weight of the
+  experts are speech, text, cross; ``aux_gate_probs_<j>``, a top-k gate's full softmax, is
+  reported beside it) or, for MPAF-Net, ``aux_alpha_<pair>`` (the weight of the
   pair's first modality; the second gets ``1 − α``). :func:`expert_shares` gives the mean share
   of every expert by emotion and session in one tidy table.
 
@@ -26,6 +27,7 @@ import pandas as pd
 
 ROUTE_PATTERN = re.compile(r"^aux_route_(?P<modality>.+)_(?P<index>[01])$")
 GATE_PATTERN = re.compile(r"^aux_gate_weights_(?P<index>\d+)$")
+GATE_PROBS_PATTERN = re.compile(r"^aux_gate_probs_(?P<index>\d+)$")
 ALPHA_PATTERN = re.compile(r"^aux_alpha_(?P<pair>[a-z]{2})$")
 
 # the short modality letters of MPAF-Net's pair names (alpha_ta = text's weight against audio)
@@ -33,6 +35,9 @@ MODALITY_LETTERS = {"t": "text", "a": "audio", "v": "video"}
 
 # expert names of the gates whose order the model fixes (others are called expert0, expert1, ...)
 KNOWN_EXPERTS: dict[str, tuple[str, ...]] = {"mister_e": ("speech", "text", "cross")}
+
+# per-row scalars that only describe the batch layout (MiSTER-E's padding mask)
+NOT_FLAGS = frozenset({"utterance_mask"})
 
 ROUTING_COLUMNS = ["by", "group", "modality", "n", "local", "global", "local_top1"]
 EXPERT_COLUMNS = ["by", "group", "source", "expert", "n", "share"]
@@ -50,9 +55,9 @@ def route_columns(df: pd.DataFrame) -> dict[str, tuple[str, str]]:
     return {m: (cols[0], cols[1]) for m, cols in sorted(found.items()) if 0 in cols and 1 in cols}
 
 
-def gate_columns(df: pd.DataFrame) -> list[str]:
-    """The ``aux_gate_weights_<j>`` columns ordered by ``j``."""
-    matches = [(int(m["index"]), str(c)) for c in df.columns if (m := GATE_PATTERN.match(str(c)))]
+def gate_columns(df: pd.DataFrame, pattern: re.Pattern[str] = GATE_PATTERN) -> list[str]:
+    """The ``aux_gate_weights_<j>`` columns (or those of ``pattern``) ordered by ``j``."""
+    matches = [(int(m["index"]), str(c)) for c in df.columns if (m := pattern.match(str(c)))]
     return [c for _, c in sorted(matches)]
 
 
@@ -106,19 +111,23 @@ def expert_shares(df: pd.DataFrame, by: Sequence[str] = DEFAULT_EXPERT_BY, model
 
     One row per (``by``, ``group``, ``source``, ``expert``) with ``n`` and ``share``:
     ``source="gate"`` for ``aux_gate_weights_<j>`` (expert names from ``expert_names``, else
-    :func:`expert_names_for`), ``source="alpha_<pair>"`` for MPAF-Net's pairwise weights (the
+    :func:`expert_names_for`), ``source="gate_probs"`` for ``aux_gate_probs_<j>`` (a top-k
+    gate's full softmax before the weights outside the top k are zeroed),
+    ``source="alpha_<pair>"`` for MPAF-Net's pairwise weights (the
     two experts are the pair's modalities, shares α and 1 − α). ``by="all"`` rows give the
     overall means. Empty when the table has neither kind of column.
     """
     frames = []
-    gates = gate_columns(df)
-    if gates:
+    for source, pattern in (("gate", GATE_PATTERN), ("gate_probs", GATE_PROBS_PATTERN)):
+        gates = gate_columns(df, pattern)
+        if not gates:
+            continue
         names = list(expert_names) if expert_names is not None else expert_names_for(model, len(gates))
         if len(names) != len(gates):
             names = [f"expert{j}" for j in range(len(gates))]
         values = df[gates].apply(pd.to_numeric, errors="coerce")
         values.columns = names
-        frames.extend(_share_rows(df, values, "gate", by))
+        frames.extend(_share_rows(df, values, source, by))
     for column in alpha_columns(df):
         pair = column[len("aux_alpha_"):]
         first, second = (MODALITY_LETTERS.get(letter, letter) for letter in pair)
@@ -131,11 +140,11 @@ def expert_shares(df: pd.DataFrame, by: Sequence[str] = DEFAULT_EXPERT_BY, model
 def aux_flag_rates(df: pd.DataFrame) -> pd.DataFrame:
     """Per-row scalar aux values that are not routing or gate shares (e.g. ``aux_vad_fallback``):
     ``name``, ``n`` (rows with a value), ``mean`` (for a 0/1 flag, the share of rows flagged)."""
-    shares = set(gate_columns(df)) | set(alpha_columns(df)) | {c for pair in route_columns(df).values() for c in pair}
+    shares = set(alpha_columns(df)) | {c for pair in route_columns(df).values() for c in pair}
     rows = []
     for column in df.columns:
         name = str(column)
-        if not name.startswith("aux_") or name in shares or re.search(r"_\d+$", name):
+        if not name.startswith("aux_") or name in shares or re.search(r"_\d+$", name) or name[4:] in NOT_FLAGS:
             continue
         values = _as_float(df[column])
         values = values[np.isfinite(values)]
