@@ -272,6 +272,7 @@ class Corpus:
     report: ReadReport = field(default_factory=ReadReport)
     default_scheme: str | None = None
     root: str | None = None
+    scheme: Any = None  # the LabelScheme applied by read_corpus (its classes give the index order)
 
     def __len__(self) -> int:
         return len(self.table)

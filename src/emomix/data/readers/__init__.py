@@ -55,4 +55,5 @@ def read_corpus(reader: str, root: str | Path, scheme: Any = "default", **option
         corpus.table, dropped = apply_scheme(corpus.table, scheme)
         corpus.report.dropped_by_label.update(dropped)
         corpus.default_scheme = scheme.name
+        corpus.scheme = scheme
     return corpus

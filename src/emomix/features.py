@@ -1,0 +1,327 @@
+"""Model inputs from an utterance table: the one feature path that training, evaluation and
+inference share.
+
+A recipe names, per modality, a :class:`FeatureSpec` (encoder, stored layers, preprocessing,
+frame striding, speaker normalisation, top-layer fine-tuning). :func:`build_features` runs each
+encoder through the feature store (:func:`emomix.cache.extract.extract_features`, so a second run
+is pure cache hits), then post-processes the stored arrays the same way every time:
+
+1. float32 states; with ``frame_stride > 1`` frames averaged in non-overlapping windows (a
+   window is speech when at least half of its frames are);
+2. with ``speaker_normalisation``, each utterance's states z-scored with its speaker's own
+   statistics (:class:`~emomix.encoders.normalisation.SpeakerNormaliser`, labels never used;
+   an unseen speaker at inference gets the pooled statistics);
+3. with ``trainable_top_layers = k``, the states entering the encoder's top ``k`` layers are
+   stored instead (``boundary_layer``) and the trainer runs those layers
+   (:meth:`forward_from_layer`) with their own learning rate;
+4. optional token–frame alignment edges for the time-aligned graph, from the corpus's word
+   timings mapped onto the tokenizer's tokens.
+
+Utterances whose extraction fails are left out and listed in :attr:`FeatureSet.failures` (the
+run's ``data.json`` reports them); nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from emomix.errors import ConfigError, MissingDataError
+
+MODALITY_NAMES = ("audio", "text", "video")
+EDGES_KEY = "edges"
+EDGE_FIELD = "token_frame"
+
+
+@dataclass
+class FeatureSpec:
+    """How one modality becomes model input (a recipe's ``features.<modality>`` block).
+
+    ``encoder``: a :func:`~emomix.encoders.registry.create_encoder` spec (name or dict);
+    ``layers``: hidden layers stored as ``layer_<k>`` (e.g. MiniLM's last four, ``[3, 4, 5, 6]``);
+    ``preprocess``: :class:`~emomix.cache.extract.PreprocessConfig` fields (``vad``, ``vad_mode``...);
+    ``frame_stride``: average frames in windows of this many (1 keeps the encoder's rate);
+    ``speaker_normalisation``: z-score states per speaker; ``trainable_top_layers``: fine-tune the
+    encoder's top ``k`` layers from stored boundary states (0 = frozen encoder);
+    ``max_length``: frames/tokens kept per utterance (None = all); ``batch_size``: utterances per
+    encoder call during extraction.
+    """
+
+    modality: str
+    encoder: Any
+    layers: tuple[int, ...] = ()
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    frame_stride: int = 1
+    speaker_normalisation: bool = False
+    trainable_top_layers: int = 0
+    max_length: int | None = None
+    batch_size: int = 8
+
+    @classmethod
+    def from_dict(cls, modality: str, values: Mapping[str, Any]) -> "FeatureSpec":
+        """Build from a recipe block; unknown keys are named with the nearest valid one."""
+        if modality not in MODALITY_NAMES:
+            raise ConfigError(f"features: unknown modality {modality!r}; choose from {', '.join(MODALITY_NAMES)}")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"features.{modality} must be a mapping with at least 'encoder', got {values!r}")
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "modality"]
+        unknown = [k for k in values if k not in names]
+        if unknown:
+            hints = [f"{k!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, names, n=1)) else "")
+                     for k in unknown]
+            raise ConfigError(f"features.{modality}: unknown key(s) {', '.join(hints)}; valid keys: {', '.join(sorted(names))}")
+        if "encoder" not in values:
+            raise ConfigError(f"features.{modality} needs an 'encoder' (e.g. 'opensmile:eGeMAPSv02' or 'minilm')")
+        data = dict(values)
+        data["layers"] = tuple(int(k) for k in data.get("layers") or ())
+        data["preprocess"] = dict(data.get("preprocess") or {})
+        spec = cls(modality=modality, **data)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        if int(self.frame_stride) < 1:
+            raise ConfigError(f"features.{self.modality}.frame_stride must be at least 1, got {self.frame_stride}")
+        if int(self.trainable_top_layers) < 0:
+            raise ConfigError(f"features.{self.modality}.trainable_top_layers must be 0 or more, got {self.trainable_top_layers}")
+        if self.max_length is not None and int(self.max_length) < 1:
+            raise ConfigError(f"features.{self.modality}.max_length must be at least 1 or null, got {self.max_length}")
+        if int(self.batch_size) < 1:
+            raise ConfigError(f"features.{self.modality}.batch_size must be at least 1, got {self.batch_size}")
+        if self.trainable_top_layers and self.frame_stride > 1:
+            raise ConfigError(f"features.{self.modality}: frame_stride cannot be combined with trainable_top_layers "
+                              "(the encoder's top layers need its own frame rate)")
+        if self.trainable_top_layers and self.speaker_normalisation:
+            raise ConfigError(f"features.{self.modality}: speaker_normalisation cannot be combined with "
+                              "trainable_top_layers (it would change the encoder's internal states)")
+        from emomix.cache.extract import PreprocessConfig
+
+        PreprocessConfig.from_dict(self.preprocess)  # names a bad preprocess key now, not hours later
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["layers"] = list(self.layers)
+        del data["modality"]
+        return data
+
+
+@dataclass
+class FeatureSet:
+    """Model inputs for a table's utterances.
+
+    ``features``: ``{utt_id: {modality: {field: array}, "edges": {"token_frame": 2 × E}}}`` in the
+    layout :func:`emomix.train.data.build_batch` takes; ``frame_rates`` per modality (after
+    striding; None for tokens); ``layers``: per modality, the stored layers stacked into
+    ``layer_states``; ``input_dims``: per modality its width (and ``<modality>_pooled`` when an
+    utterance-level vector is stored); ``normalisers``: the fitted speaker normalisers;
+    ``boundary``: per fine-tuned modality, ``(encoder, boundary_layer)``; ``failures``: utterances
+    left out, with the reason; ``summaries``: what each extraction did.
+    """
+
+    features: dict[str, dict[str, dict[str, np.ndarray]]]
+    specs: dict[str, FeatureSpec]
+    frame_rates: dict[str, float | None]
+    layers: dict[str, list[int]]
+    input_dims: dict[str, int]
+    normalisers: dict[str, Any] = field(default_factory=dict)
+    boundary: dict[str, tuple[Any, int]] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def utt_ids(self) -> list[str]:
+        return list(self.features)
+
+
+def parse_feature_specs(block: Mapping[str, Any] | None) -> dict[str, FeatureSpec]:
+    """Per-modality specs from a recipe's ``features`` block (``store`` and ``edges`` are not modalities)."""
+    block = dict(block or {})
+    specs = {name: FeatureSpec.from_dict(name, values) for name, values in block.items() if name not in ("store", "edges")}
+    if not specs:
+        raise ConfigError("features: name at least one modality, e.g. audio: {encoder: 'opensmile:eGeMAPSv02'}")
+    return specs
+
+
+def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store: Any, base_dir: str | Path | None = None,
+                   edges: bool = False, normalisers: Mapping[str, Any] | None = None, encoders: Mapping[str, Any] | None = None,
+                   progress: bool = True) -> FeatureSet:
+    """Extract (or reuse) every spec's features for ``table`` and post-process them (see module doc).
+
+    ``normalisers``: already fitted speaker normalisers per modality (inference); without them
+    they are fitted on ``table`` (all of each speaker's utterances, labels unused).
+    ``encoders``: already built encoders per modality (inference reuses its loaded models).
+    """
+    from emomix.cache.extract import PreprocessConfig, extract_features
+    from emomix.encoders.registry import create_encoder
+
+    if table.empty:
+        raise ConfigError("the table has no utterances to extract features for")
+    features: dict[str, dict[str, dict[str, np.ndarray]]] = {u: {} for u in table["utt_id"]}
+    result = FeatureSet(features=features, specs=dict(specs), frame_rates={}, layers={}, input_dims={})
+    failed: dict[str, dict[str, str]] = {}
+    built_encoders: dict[str, Any] = {}
+    for modality, spec in specs.items():
+        encoder = (encoders or {}).get(modality) or create_encoder(spec.encoder)
+        built_encoders[modality] = encoder
+        if getattr(encoder, "modality", modality) != modality:
+            raise ConfigError(f"features.{modality}: encoder {spec.encoder!r} takes {encoder.modality}, not {modality}")
+        boundary = None
+        if spec.trainable_top_layers:
+            count = int(getattr(encoder, "num_layers", 0) or 0)
+            if spec.trainable_top_layers > count:
+                raise ConfigError(f"features.{modality}.trainable_top_layers={spec.trainable_top_layers} but the encoder "
+                                  f"has {count} layers")
+            boundary = count - spec.trainable_top_layers
+        summary = extract_features(table, encoder, store, preprocess=PreprocessConfig.from_dict(spec.preprocess),
+                                   batch_size=spec.batch_size, layers=spec.layers, boundary_layer=boundary,
+                                   base_dir=base_dir, progress=progress)
+        result.summaries[modality] = summary.to_dict()
+        for failure in summary.failures:
+            failed.setdefault(failure["utt_id"], {**failure, "modality": modality})
+        keys = {u: k for u, k in summary.keys.items() if u in features}
+        arrays = store.get_many(list(keys.values()))
+        for utt_id, key in keys.items():
+            fields = {name: np.asarray(value) for name, value in arrays[key].items()}
+            if boundary is not None:
+                fields["states"] = fields[f"layer_{boundary}"]
+            features[utt_id][modality] = postprocess_fields(fields, spec.frame_stride)
+        frame_rate = getattr(encoder, "frame_rate", None)
+        result.frame_rates[modality] = None if frame_rate is None else float(frame_rate) / spec.frame_stride
+        if spec.layers and boundary is None:
+            result.layers[modality] = list(spec.layers)
+        if boundary is not None:
+            encoder.freeze(spec.trainable_top_layers)
+            result.boundary[modality] = (encoder, boundary)
+    for utt_id in list(features):
+        if utt_id in failed or any(m not in features[utt_id] for m in specs):
+            failed.setdefault(utt_id, {"utt_id": utt_id, "reason": "missing features", "message": "no stored features"})
+            del features[utt_id]
+    result.failures = sorted(failed.values(), key=lambda f: f["utt_id"])
+    if not features:
+        raise MissingDataError(f"feature extraction failed for every utterance ({len(failed)}); first failure: "
+                               f"{result.failures[0] if result.failures else 'unknown'}")
+    kept = table[table["utt_id"].isin(features)]
+    for modality, spec in specs.items():
+        if spec.speaker_normalisation:
+            result.normalisers[modality] = normalise_per_speaker(features, kept, modality, (normalisers or {}).get(modality))
+    if edges:
+        if "text" not in specs or "audio" not in specs:
+            raise ConfigError("features.edges needs both audio and text features")
+        add_token_frame_edges(features, kept, built_encoders["text"], result.frame_rates["audio"])
+    first = features[next(iter(features))]
+    for modality in specs:
+        result.input_dims[modality] = int(first[modality]["states"].shape[-1])
+        if "pooled" in first[modality]:
+            result.input_dims[f"{modality}_pooled"] = int(np.asarray(first[modality]["pooled"]).reshape(-1).shape[0])
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain functions on arrays
+# ---------------------------------------------------------------------------------------------
+
+
+def postprocess_fields(fields: Mapping[str, np.ndarray], frame_stride: int = 1) -> dict[str, np.ndarray]:
+    """float32 states/layers (float16 stores come back as float32) and frame striding."""
+    out = {}
+    for name, value in fields.items():
+        array = np.asarray(value)
+        if name == "states" or name.startswith("layer_") or name == "pooled":
+            array = array.astype(np.float32)
+        out[name] = array
+    if "pooled" in out and out["pooled"].ndim > 1:
+        # chunked audio stores one pooled row per chunk: the utterance's vector is their mean
+        out["pooled"] = out["pooled"].mean(axis=0)
+    return downsample_frames(out, frame_stride)
+
+
+def downsample_frames(fields: Mapping[str, np.ndarray], stride: int) -> dict[str, np.ndarray]:
+    """Average ``states`` over non-overlapping windows of ``stride`` frames (the last window may be
+    shorter); a window's ``speech_mask`` is on when at least half of its frames are speech."""
+    out = dict(fields)
+    states = np.asarray(fields["states"], dtype=np.float32)
+    if stride <= 1 or len(states) == 0:
+        out["states"] = states
+        return out
+    starts = np.arange(0, len(states), stride)
+    widths = np.diff(np.append(starts, len(states)))
+    out["states"] = (np.add.reduceat(states, starts, axis=0) / widths[:, None]).astype(np.float32)
+    if "speech_mask" in fields:
+        speech = np.asarray(fields["speech_mask"], dtype=np.float32)
+        out["speech_mask"] = ((np.add.reduceat(speech, starts) / widths) >= 0.5).astype(np.uint8)
+    return out
+
+
+def normalise_per_speaker(features: dict[str, dict[str, dict[str, np.ndarray]]], table: pd.DataFrame, modality: str,
+                          normaliser: Any = None) -> Any:
+    """Z-score every utterance's ``states`` of ``modality`` with its speaker's statistics, in place.
+
+    Fits a :class:`SpeakerNormaliser` on the table's utterances when none is given; returns it.
+    """
+    from emomix.encoders.normalisation import SpeakerNormaliser
+
+    ids = [u for u in table["utt_id"] if u in features]
+    if normaliser is None:
+        if "speaker" not in table.columns or table["speaker"].isna().any():
+            raise ConfigError(f"features.{modality}.speaker_normalisation needs a speaker for every utterance")
+        normaliser = SpeakerNormaliser().fit({u: features[u][modality]["states"] for u in ids}, table)
+    speakers = dict(zip(table["utt_id"], table["speaker"])) if "speaker" in table.columns else {}
+    for utt_id in ids:
+        speaker = speakers.get(utt_id)
+        speaker = None if speaker is None or (isinstance(speaker, float) and np.isnan(speaker)) else str(speaker)
+        features[utt_id][modality]["states"] = normaliser.transform(features[utt_id][modality]["states"], speaker)
+    return normaliser
+
+
+def add_token_frame_edges(features: dict[str, dict[str, dict[str, np.ndarray]]], table: pd.DataFrame, text_encoder: Any,
+                          frame_rate: float | None) -> None:
+    """Token–frame edges for every utterance with word timings (see :func:`token_frame_edges`)."""
+    if not frame_rate:
+        raise ConfigError("token–frame edges need an audio encoder with frames (a frame rate)")
+    tokenizer = getattr(text_encoder, "tokenizer", None)
+    if tokenizer is None:
+        raise ConfigError("token–frame edges need a text encoder with a tokenizer")
+    for row in table.itertuples(index=False):
+        if row.utt_id not in features:
+            continue
+        fields = features[row.utt_id]
+        fields[EDGES_KEY] = {EDGE_FIELD: token_frame_edges(row.text or "", row.words, tokenizer, frame_rate,
+                                                           fields["audio"]["states"].shape[0],
+                                                           expected_tokens=fields["text"]["states"].shape[0], name=row.utt_id,
+                                                           max_length=int(getattr(text_encoder, "max_length", 128) or 128))}
+
+
+def token_frame_edges(text: str, words: Any, tokenizer: Any, frame_rate: float, num_frames: int,
+                      expected_tokens: int | None = None, name: str = "utterance", max_length: int = 128) -> np.ndarray:
+    """``2 × E`` (token index, frame index) edges: word-level edges mapped onto the tokenizer's tokens.
+
+    Every sub-word token of a word gets that word's frames; special tokens get none. An utterance
+    without word timings gets no edges (the graph models then fall back as documented).
+    """
+    from emomix.audio.alignment import as_word, words_to_frame_edges
+
+    words = [as_word(w) for w in (list(words) if words is not None else [])]
+    if not words:
+        return np.zeros((2, 0), dtype=np.int64)
+    text = text.strip()
+    if [w.token for w in words] != text.split():
+        raise ConfigError(f"{name}: the word timings {[w.token for w in words][:8]} do not spell the transcript {text[:60]!r}")
+    encoding = tokenizer(text, truncation=True, max_length=max_length)
+    word_ids = encoding.word_ids()
+    if expected_tokens is not None and len(word_ids) != expected_tokens:
+        raise ConfigError(f"{name}: the tokenizer gives {len(word_ids)} tokens, the stored text states {expected_tokens}")
+    word_edges = words_to_frame_edges(words, frame_rate, num_frames, nearest_if_empty=True)
+    tokens_of_word: dict[int, list[int]] = {}
+    for token_index, word_index in enumerate(word_ids):
+        if word_index is not None and word_index < len(words):
+            tokens_of_word.setdefault(word_index, []).append(token_index)
+    pairs = [(t, int(f)) for w, f in word_edges.T for t in tokens_of_word.get(int(w), [])]
+    if not pairs:
+        return np.zeros((2, 0), dtype=np.int64)
+    return np.array(sorted(pairs), dtype=np.int64).T

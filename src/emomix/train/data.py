@@ -1,0 +1,171 @@
+"""Datasets, batch collation and the Lightning DataModule over in-memory features.
+
+Features come from :func:`emomix.features.build_features` (the store, post-processed); a fold's
+parts are lists of utterance ids. Utterance-level models get :class:`~emomix.models.inputs.Batch`
+objects built per mini-batch (so every epoch reshuffles utterances, not only batch order);
+conversation models get :class:`~emomix.models.inputs.DialogueBatch` objects of whole dialogues
+(each utterance pooled to one vector per modality).
+
+A class-balanced sampler (``class_balance: sampler``) draws training utterances with probability
+inversely proportional to their class's count; class weights (``weights``) are given to the
+model's loss instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from emomix.errors import ConfigError
+from emomix.models.inputs import Batch, DialogueBatch, modality_input, pad_sequences
+from emomix.train.fit import EDGE_FIELD, EDGES_KEY, IGNORE_INDEX, _clip_edges, _label_indices, utterance_vector
+
+
+class _Indices(Dataset):
+    """Positions 0..n-1; the collate function turns a list of positions into a batch."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, position: int) -> int:
+        return position
+
+
+class UtteranceCollator:
+    """Builds a :class:`Batch` from positions into ``ids`` (picklable, for DataLoader workers)."""
+
+    def __init__(self, features: Mapping[str, Any], ids: Sequence[str], labels: np.ndarray, modalities: Sequence[str],
+                 frame_rates: Mapping[str, float | None], layers: Mapping[str, Sequence[int]],
+                 max_length: Mapping[str, int | None]):
+        self.features, self.ids, self.labels = features, list(ids), labels
+        self.modalities, self.frame_rates, self.layers, self.max_length = list(modalities), dict(frame_rates), dict(layers), dict(max_length)
+        self.with_edges = bool(self.ids) and all(EDGES_KEY in features[u] for u in self.ids)
+
+    def __call__(self, positions: Sequence[int]) -> Batch:
+        batch_ids = [self.ids[p] for p in positions]
+        inputs = {m: modality_input([self.features[u][m] for u in batch_ids], frame_rate=self.frame_rates.get(m),
+                                    max_length=self.max_length.get(m), layers=self.layers.get(m))
+                  for m in self.modalities}
+        edges = None
+        if self.with_edges and "text" in inputs and "audio" in inputs:
+            edges = [_clip_edges(self.features[u][EDGES_KEY][EDGE_FIELD], inputs["text"].mask[i], inputs["audio"].mask[i])
+                     for i, u in enumerate(batch_ids)]
+        labels = torch.as_tensor(self.labels[list(positions)], dtype=torch.long)
+        return Batch(inputs=inputs, labels=labels, edges=edges, utt_ids=batch_ids)
+
+
+class DialogueCollator:
+    """Builds a :class:`DialogueBatch` from positions into a list of dialogues (utterance id lists)."""
+
+    def __init__(self, vectors: Mapping[str, Mapping[str, np.ndarray]], dialogues: Sequence[Sequence[str]],
+                 labels: Mapping[str, int], modalities: Sequence[str]):
+        self.vectors, self.dialogues, self.labels, self.modalities = vectors, [list(d) for d in dialogues], labels, list(modalities)
+
+    def __call__(self, positions: Sequence[int]) -> DialogueBatch:
+        group = [self.dialogues[p] for p in positions]
+        inputs, mask = {}, None
+        for modality in self.modalities:
+            inputs[modality], mask = pad_sequences([np.stack([self.vectors[u][modality] for u in utts]) for utts in group])
+        rows, _ = pad_sequences([np.array([self.labels[u] for u in utts]) for utts in group], dtype=torch.long)
+        assert mask is not None
+        rows[~mask] = IGNORE_INDEX
+        return DialogueBatch(inputs=inputs, mask=mask, labels=rows, utt_ids=[list(u) for u in group])
+
+
+def dialogues_of(table: pd.DataFrame, ids: Sequence[str]) -> list[list[str]]:
+    """The ids grouped by ``dialogue_id`` and ordered by ``turn`` (dialogues sorted by id)."""
+    if "dialogue_id" not in table.columns:
+        raise ConfigError("a conversation model needs dialogue_id in the utterance table; this corpus has no "
+                          "conversations: choose an utterance-level model")
+    part = table[table["utt_id"].isin(set(ids))].copy()
+    if part["dialogue_id"].isna().any():
+        missing = part.loc[part["dialogue_id"].isna(), "utt_id"].head(3).tolist()
+        raise ConfigError(f"a conversation model needs a dialogue_id for every utterance (missing for e.g. "
+                          f"{', '.join(missing)}); choose an utterance-level model")
+    part["_turn"] = pd.to_numeric(part["turn"], errors="coerce") if "turn" in part.columns else 0
+    part = part.sort_values(["dialogue_id", "_turn", "utt_id"], kind="stable")
+    return [list(group["utt_id"]) for _, group in part.groupby("dialogue_id", sort=True)]
+
+
+class EmotionDataModule(L.LightningDataModule):
+    """Train/validation/test loaders for one fold over in-memory features.
+
+    ``parts`` maps ``"train"``, ``"validation"``, ``"test"`` to utterance ids (validation may be
+    empty). ``batch_kind``: ``"utterance"`` or ``"dialogue"`` (``batch_size`` then counts
+    dialogues). ``class_balance="sampler"`` draws training utterances class-balanced.
+    """
+
+    def __init__(self, feature_set: Any, table: pd.DataFrame, classes: Sequence[str], parts: Mapping[str, Sequence[str]],
+                 batch_kind: str = "utterance", batch_size: int = 16, modalities: Sequence[str] | None = None,
+                 class_balance: str = "weights", seed: int = 0, num_workers: int = 0, dialogue_pooling: str = "mean"):
+        super().__init__()
+        self.feature_set, self.table, self.classes = feature_set, table, list(classes)
+        self.parts = {k: [u for u in v if u in feature_set.features] for k, v in parts.items()}
+        if not self.parts.get("train"):
+            raise ConfigError("the fold's training part has no utterance with features")
+        self.batch_kind, self.batch_size, self.class_balance = batch_kind, int(batch_size), class_balance
+        self.seed, self.num_workers, self.dialogue_pooling = int(seed), int(num_workers), dialogue_pooling
+        self.modalities = list(modalities or feature_set.specs)
+        labels = _label_indices(table[["utt_id", "label"]], tuple(self.classes))
+        self.label_of = dict(zip(table["utt_id"], labels))
+        self._vectors: dict[str, dict[str, np.ndarray]] | None = None
+
+    # -- what the trainer asks for ----------------------------------------------------------
+
+    def train_labels(self) -> np.ndarray:
+        labels = np.array([self.label_of[u] for u in self.parts["train"]], dtype=np.int64)
+        return labels[labels != IGNORE_INDEX]
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("validation", shuffle=False) if self.parts.get("validation") else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def loader_for(self, ids: Sequence[str]) -> DataLoader:
+        """An ordered loader over arbitrary ids (e.g. a validation part for fitting fusion weights)."""
+        return self._loader(list(ids), shuffle=False)
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _loader(self, part: str | list[str], shuffle: bool) -> DataLoader:
+        ids = self.parts[part] if isinstance(part, str) else [u for u in part if u in self.feature_set.features]
+        generator = torch.Generator().manual_seed(self.seed)
+        if self.batch_kind == "dialogue":
+            dialogues = dialogues_of(self.table, ids)
+            collate = DialogueCollator(self._dialogue_vectors(), dialogues, self.label_of, self.modalities)
+            return DataLoader(_Indices(len(dialogues)), batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate,
+                              generator=generator, num_workers=self.num_workers)
+        labels = np.array([self.label_of[u] for u in ids], dtype=np.int64)
+        specs = self.feature_set.specs
+        collate = UtteranceCollator(self.feature_set.features, ids, labels, self.modalities, self.feature_set.frame_rates,
+                                    self.feature_set.layers, {m: specs[m].max_length for m in self.modalities if m in specs})
+        sampler = None
+        if shuffle and self.class_balance == "sampler":
+            counts = np.bincount(labels[labels != IGNORE_INDEX], minlength=len(self.classes)).astype(float)
+            weights = np.where(labels == IGNORE_INDEX, 0.0, 1.0 / np.maximum(counts[np.clip(labels, 0, None)], 1.0))
+            sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(ids),
+                                            replacement=True, generator=generator)
+            shuffle = False
+        return DataLoader(_Indices(len(ids)), batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
+                          collate_fn=collate, generator=generator, num_workers=self.num_workers)
+
+    def _dialogue_vectors(self) -> dict[str, dict[str, np.ndarray]]:
+        if self._vectors is None:
+            self._vectors = {u: {m: utterance_vector(fields[m], self.dialogue_pooling, f"{u}/{m}") for m in self.modalities}
+                             for u, fields in self.feature_set.features.items()}
+        return self._vectors

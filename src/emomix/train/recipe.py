@@ -1,0 +1,326 @@
+"""Recipes: a whole experiment as one YAML file of plain values, validated by typed configs.
+
+A recipe has the blocks ``corpus``, ``protocol``, ``features``, ``model``, ``optimiser``,
+``training`` and ``seeds`` (see ``configs/`` and docs/training.md). Every block is a dataclass
+whose ``from_dict`` names an unknown key with the nearest valid one, so a typo fails at once
+instead of silently training with a default. Strings may use ``${datasets}`` (the shared
+datasets folder, see :func:`emomix.data.paths.shared_datasets_dir`) and ``${recipe_dir}`` (the
+folder holding the recipe file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from emomix.errors import ConfigError
+
+OPTIMISERS = ("adamw", "adam")
+SCHEDULES = ("none", "warmup_cosine", "onecycle", "plateau")
+CLASS_BALANCE = ("weights", "sampler", "none")
+MONITORS = ("val_ua", "val_wa", "val_loss")
+AUGMENTATIONS = ("noise", "pitch")
+
+
+def _from_dict(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
+    values = dict(values or {})
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        hints = [f"{k!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(str(k), names, n=1)) else "")
+                 for k in unknown]
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(hints)}; valid keys: {', '.join(names)}")
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+@dataclass
+class CorpusConfig:
+    """Which corpus: a reader name, its root, the label scheme; ``generate`` writes the synthetic
+    corpus first (its :class:`~emomix.data.synthetic.SyntheticConfig` fields) when the reader is
+    ``synthetic``; ``options`` go to the reader."""
+
+    reader: str = "synthetic"
+    root: str = "runs/synthetic-corpus"
+    scheme: Any = "default"
+    generate: dict[str, Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProtocolConfig:
+    """The cross-validation protocol (:func:`emomix.data.protocols.make_fold_plan`) and its parameters."""
+
+    name: str = "loso"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelSection:
+    """The registered model's name and its config overrides."""
+
+    name: str = "dual_routing"
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimiserConfig:
+    """Optimiser and schedule. ``lr`` is the fusion head's learning rate, ``encoder_lr`` the
+    fine-tuned encoder layers'. ``warmup_epochs`` for ``warmup_cosine``; ``plateau_factor`` and
+    ``plateau_patience`` for ``plateau`` (on the monitored metric); ``onecycle`` peaks at ``lr``."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    encoder_lr: float = 1e-5
+    weight_decay: float = 0.01
+    schedule: str = "warmup_cosine"
+    warmup_epochs: float = 1.0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def validate(self) -> None:
+        if self.name not in OPTIMISERS:
+            raise ConfigError(f"optimiser.name must be one of {', '.join(OPTIMISERS)}, got {self.name!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"optimiser.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        for name in ("lr", "encoder_lr"):
+            if not float(getattr(self, name)) > 0:
+                raise ConfigError(f"optimiser.{name} must be positive, got {getattr(self, name)}")
+        if float(self.weight_decay) < 0 or float(self.warmup_epochs) < 0:
+            raise ConfigError("optimiser.weight_decay and warmup_epochs must be 0 or more")
+        if not 0 < float(self.plateau_factor) < 1:
+            raise ConfigError(f"optimiser.plateau_factor must be between 0 and 1, got {self.plateau_factor}")
+
+
+@dataclass
+class AugmentConfig:
+    """Minority-class audio augmentation: ``copies`` extra renditions of each training utterance
+    of ``classes`` (a list, or ``"minority"``: classes below the median training count), with
+    white noise at ``noise_snr_db`` and/or a pitch shift of ± ``pitch_semitones``."""
+
+    kinds: tuple[str, ...] = ("noise", "pitch")
+    classes: Any = "minority"
+    copies: int = 1
+    noise_snr_db: float = 20.0
+    pitch_semitones: float = 2.0
+
+    def validate(self) -> None:
+        bad = [k for k in self.kinds if k not in AUGMENTATIONS]
+        if bad or not self.kinds:
+            raise ConfigError(f"training.augment.kinds must be a non-empty list of {', '.join(AUGMENTATIONS)}, got {list(self.kinds)}")
+        if int(self.copies) < 1:
+            raise ConfigError(f"training.augment.copies must be at least 1, got {self.copies}")
+        if not (self.classes == "minority" or isinstance(self.classes, (list, tuple))):
+            raise ConfigError(f"training.augment.classes must be 'minority' or a list of classes, got {self.classes!r}")
+
+
+@dataclass
+class TrainingConfig:
+    """The loop: epochs, batches, early stopping, class balance, precision and devices (Lightning's
+    ``accelerator``/``devices``/``num_nodes``/``strategy``/``precision``/``accumulate_grad_batches``
+    pass through unchanged, so DDP and mixed precision are one setting away). ``threads``: torch
+    CPU threads (None leaves torch's default)."""
+
+    epochs: int = 20
+    batch_size: int = 16
+    patience: int | None = 4
+    monitor: str = "val_ua"
+    class_balance: str = "weights"
+    grad_clip: float | None = 1.0
+    augment: dict[str, Any] | None = None
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: Any = "32-true"
+    accumulate_grad_batches: int = 1
+    threads: int | None = None
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        if int(self.epochs) < 1 or int(self.batch_size) < 1:
+            raise ConfigError("training.epochs and training.batch_size must be at least 1")
+        if self.patience is not None and int(self.patience) < 1:
+            raise ConfigError(f"training.patience must be at least 1 or null, got {self.patience}")
+        if self.monitor not in MONITORS:
+            raise ConfigError(f"training.monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
+        if self.class_balance not in CLASS_BALANCE:
+            raise ConfigError(f"training.class_balance must be one of {', '.join(CLASS_BALANCE)}, got {self.class_balance!r}")
+        if self.grad_clip is not None and not float(self.grad_clip) > 0:
+            raise ConfigError(f"training.grad_clip must be positive or null, got {self.grad_clip}")
+        if int(self.accumulate_grad_batches) < 1 or int(self.num_nodes) < 1:
+            raise ConfigError("training.accumulate_grad_batches and num_nodes must be at least 1")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ConfigError(f"training.threads must be at least 1 or null, got {self.threads}")
+        if self.augment is not None:
+            self.augment_config().validate()
+
+    def augment_config(self) -> AugmentConfig | None:
+        if self.augment is None:
+            return None
+        values = dict(self.augment)
+        if "kinds" in values:
+            values["kinds"] = tuple(values["kinds"])
+        return _from_dict(AugmentConfig, values, "training.augment")
+
+
+@dataclass
+class Recipe:
+    """A whole experiment. ``name`` names the run folder; ``features`` is the per-modality block
+    (parsed by :func:`emomix.features.parse_feature_specs`, plus ``store`` and ``edges``)."""
+
+    name: str
+    corpus: CorpusConfig
+    protocol: ProtocolConfig
+    features: dict[str, Any]
+    model: ModelSection
+    optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    seeds: tuple[int, ...] = (0,)
+    description: str = ""
+
+    # -- building -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "recipe") -> "Recipe":
+        """Validate a parsed recipe; every error names the block and key."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of blocks, got {type(data).__name__}")
+        blocks = ("name", "description", "corpus", "protocol", "features", "model", "optimiser", "training", "seeds")
+        unknown = [k for k in data if k not in blocks]
+        if unknown:
+            hints = [f"{k!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(str(k), blocks, n=1)) else "")
+                     for k in unknown]
+            raise ConfigError(f"{source}: unknown block(s) {', '.join(hints)}; valid: {', '.join(blocks)}")
+        for required in ("corpus", "features", "model"):
+            if required not in data:
+                raise ConfigError(f"{source}: the {required!r} block is missing")
+        seeds = data.get("seeds", [0])
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            seeds = [seeds]
+        if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise ConfigError(f"{source}: seeds must be an integer or a non-empty list of integers, got {seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"{source}: seeds lists a seed twice: {list(seeds)}")
+        model = data["model"]
+        if isinstance(model, str):
+            model = {"name": model}
+        optimiser = _from_dict(OptimiserConfig, data.get("optimiser"), "optimiser")
+        if isinstance(optimiser.betas, list):
+            optimiser.betas = tuple(optimiser.betas)
+        optimiser.validate()
+        training = _from_dict(TrainingConfig, data.get("training"), "training")
+        training.validate()
+        recipe = cls(
+            name=str(data.get("name") or "run"),
+            description=str(data.get("description") or ""),
+            corpus=_from_dict(CorpusConfig, data["corpus"], "corpus"),
+            protocol=_from_dict(ProtocolConfig, data.get("protocol") or {}, "protocol"),
+            features=dict(data["features"]),
+            model=_from_dict(ModelSection, model, "model"),
+            optimiser=optimiser,
+            training=training,
+            seeds=tuple(int(s) for s in seeds),
+        )
+        recipe.feature_specs()  # validates the features block
+        from emomix.models import model_info
+
+        info = model_info(recipe.model.name)  # an unknown model name fails now, with suggestions
+        # and so does a bad model config key or value
+        info.cls.config_class.from_dict({**info.default_overrides, **dict(recipe.model.config)})
+        return recipe
+
+    def feature_specs(self) -> dict[str, Any]:
+        from emomix.features import parse_feature_specs
+
+        return parse_feature_specs(self.features)
+
+    @property
+    def edges(self) -> bool:
+        return bool(self.features.get("edges", False))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (the resolved recipe written to a run's ``config.yaml``)."""
+        data = dataclasses.asdict(self)
+        data["seeds"] = list(self.seeds)
+        data["optimiser"]["betas"] = list(self.optimiser.betas)
+        return _plain(data)
+
+    def with_overrides(self, **changes: Any) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+
+def load_recipe(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Recipe:
+    """Read a recipe YAML file, substitute ``${datasets}``/``${recipe_dir}`` and apply dotted
+    ``overrides`` (e.g. ``{"training.epochs": 2}``) before validation."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist; see configs/ for the shipped recipes")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"recipe {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must hold a mapping of blocks (corpus, protocol, features, model, ...)")
+    data.setdefault("name", path.stem)
+    data = substitute(data, {"recipe_dir": str(path.resolve().parent)})
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    return Recipe.from_dict(data, source=str(path))
+
+
+def substitute(value: Any, extra: Mapping[str, str] | None = None) -> Any:
+    """Replace ``${datasets}`` and the ``extra`` names in every string of a nested structure."""
+    from emomix.data.paths import shared_datasets_dir
+
+    names = {"datasets": str(shared_datasets_dir()), **dict(extra or {})}
+    if isinstance(value, str):
+        for name, replacement in names.items():
+            value = value.replace("${" + name + "}", replacement)
+        return value
+    if isinstance(value, Mapping):
+        return {k: substitute(v, extra) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, extra) for v in value]
+    return value
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_dotted(d, "training.epochs", 3)`` sets ``d["training"]["epochs"] = 3``."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a block")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"training.epochs=3"`` → ``("training.epochs", 3)`` (the value is read as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like block.key=value, e.g. training.epochs=3")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return key.strip(), raw
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
