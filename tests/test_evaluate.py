@@ -17,8 +17,8 @@ from emomix.data.schema import make_table
 from emomix.errors import ConfigError, EmomixError, LabelError, MissingDataError
 from emomix.evaluate.cli import register
 from emomix.evaluate.compare import compare_runs, format_comparison
-from emomix.evaluate.metrics import (classification_metrics, format_summary, metrics_from_predictions,
-                                     normalise_rows, summarise)
+from emomix.evaluate.metrics import (classification_metrics, format_summary, macro_f1, metrics_from_predictions,
+                                     normalise_rows, summarise, unweighted_accuracy, weighted_accuracy, weighted_f1)
 from emomix.evaluate.report import PredictionsError, load_predictions, write_report
 from emomix.evaluate.routing import expert_shares, routing_analysis, routing_shares
 
@@ -129,6 +129,10 @@ def test_metrics_agree_with_scikit_learn_on_a_random_case():
     assert result["wa"] == pytest.approx(accuracy_score(y_true, y_pred))
     assert result["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
     assert result["weighted_f1"] == pytest.approx(f1_score(y_true, y_pred, average="weighted"))
+    assert unweighted_accuracy(y_true, y_pred, CLASSES) == pytest.approx(result["ua"])
+    assert weighted_accuracy(y_true, y_pred) == pytest.approx(result["wa"])
+    assert macro_f1(y_true, y_pred, CLASSES) == pytest.approx(result["macro_f1"])
+    assert weighted_f1(y_true, y_pred, CLASSES) == pytest.approx(result["weighted_f1"])
 
 
 def test_a_class_absent_from_the_truth_is_left_out_of_ua_and_macro_f1():

@@ -168,8 +168,14 @@ def load_run(run_dir: str | Path) -> RunData:
             config = loaded if isinstance(loaded, dict) else None
         except yaml.YAMLError:
             notes.append("config.yaml is not valid YAML: ignored")
+    histories = load_histories(run_dir)
+    if histories is not None and plan is not None:
+        # the plan's fold order (Ses2 before Ses10), not the file system's
+        order = {f.name: i for i, f in enumerate(plan.folds)}
+        histories = histories.sort_values("fold", key=lambda col: col.map(lambda f: order.get(f, len(order))), kind="stable")
+        histories = histories.reset_index(drop=True)
     return RunData(run_dir=run_dir, run=run, classes=list(classes), predictions=predictions, plan=plan, data=data,
-                   config=config, histories=load_histories(run_dir), notes=notes)
+                   config=config, histories=histories, notes=notes)
 
 
 def load_histories(run_dir: str | Path) -> pd.DataFrame | None:
