@@ -127,6 +127,7 @@ def folds(
 from emomix.cli_extract import register; register(app)  # noqa: E402,E702  (emomix extract, emomix store)
 from emomix.cli_models import register as _register_models; _register_models(app)  # noqa: E402,E702  (emomix models)
 from emomix.cli_train import register as _register_train; _register_train(app)  # noqa: E402,E702  (emomix train)
+from emomix.evaluate.cli import register as _register_evaluate; _register_evaluate(app)  # noqa: E402,E702  (emomix evaluate, compare)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -150,12 +150,14 @@ def parse_feature_specs(block: Mapping[str, Any] | None) -> dict[str, FeatureSpe
 
 def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store: Any, base_dir: str | Path | None = None,
                    edges: bool = False, normalisers: Mapping[str, Any] | None = None, encoders: Mapping[str, Any] | None = None,
-                   progress: bool = True) -> FeatureSet:
+                   progress: bool = True, fit_ids: Sequence[str] | None = None) -> FeatureSet:
     """Extract (or reuse) every spec's features for ``table`` and post-process them (see module doc).
 
     ``normalisers``: already fitted speaker normalisers per modality (inference); without them
     they are fitted on ``table`` (all of each speaker's utterances, labels unused).
     ``encoders``: already built encoders per modality (inference reuses its loaded models).
+    ``fit_ids``: the utterances speaker statistics are fitted on (default: all; augmented copies
+    are left out by the trainer).
     """
     from emomix.cache.extract import PreprocessConfig, extract_features
     from emomix.encoders.registry import create_encoder
@@ -209,7 +211,10 @@ def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store:
     kept = table[table["utt_id"].isin(features)]
     for modality, spec in specs.items():
         if spec.speaker_normalisation:
-            result.normalisers[modality] = normalise_per_speaker(features, kept, modality, (normalisers or {}).get(modality))
+            normaliser = (normalisers or {}).get(modality)
+            if normaliser is None and fit_ids is not None:
+                normaliser = fit_speaker_normaliser(features, kept[kept["utt_id"].isin(set(fit_ids))], modality)
+            result.normalisers[modality] = normalise_per_speaker(features, kept, modality, normaliser)
     if edges:
         if "text" not in specs or "audio" not in specs:
             raise ConfigError("features.edges needs both audio and text features")
@@ -258,19 +263,26 @@ def downsample_frames(fields: Mapping[str, np.ndarray], stride: int) -> dict[str
     return out
 
 
+def fit_speaker_normaliser(features: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]], table: pd.DataFrame,
+                           modality: str) -> Any:
+    """A :class:`SpeakerNormaliser` fitted on the ``states`` of the table's utterances (labels unused)."""
+    from emomix.encoders.normalisation import SpeakerNormaliser
+
+    if "speaker" not in table.columns or table["speaker"].isna().any():
+        raise ConfigError(f"features.{modality}.speaker_normalisation needs a speaker for every utterance")
+    ids = [u for u in table["utt_id"] if u in features]
+    return SpeakerNormaliser().fit({u: features[u][modality]["states"] for u in ids}, table[table["utt_id"].isin(set(ids))])
+
+
 def normalise_per_speaker(features: dict[str, dict[str, dict[str, np.ndarray]]], table: pd.DataFrame, modality: str,
                           normaliser: Any = None) -> Any:
     """Z-score every utterance's ``states`` of ``modality`` with its speaker's statistics, in place.
 
     Fits a :class:`SpeakerNormaliser` on the table's utterances when none is given; returns it.
     """
-    from emomix.encoders.normalisation import SpeakerNormaliser
-
     ids = [u for u in table["utt_id"] if u in features]
     if normaliser is None:
-        if "speaker" not in table.columns or table["speaker"].isna().any():
-            raise ConfigError(f"features.{modality}.speaker_normalisation needs a speaker for every utterance")
-        normaliser = SpeakerNormaliser().fit({u: features[u][modality]["states"] for u in ids}, table)
+        normaliser = fit_speaker_normaliser(features, table, modality)
     speakers = dict(zip(table["utt_id"], table["speaker"])) if "speaker" in table.columns else {}
     for utt_id in ids:
         speaker = speakers.get(utt_id)

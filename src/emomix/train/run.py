@@ -72,6 +72,8 @@ def quiet_lightning() -> None:
     import logging
     import warnings
 
+    import lightning.pytorch  # noqa: F401  (it sets its loggers' levels on import: set ours after)
+
     for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")
@@ -155,9 +157,22 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
 
     store_path = Path(recipe.features.get("store") or out / "features")
     log(f"features: {', '.join(f'{m}={spec.encoder}' for m, spec in recipe.feature_specs().items())} → store {store_path}")
+    training_table = labelled
+    augment = recipe.training.augment_config()
+    if augment is not None:
+        from emomix.models import model_info
+        from emomix.train.augment import augment_table
+
+        if model_info(recipe.model.name).batch_kind == "dialogue":
+            raise ConfigError(f"training.augment adds utterance copies; {recipe.model.name} trains on whole dialogues — "
+                              "drop the augment block")
+        if "audio" not in recipe.feature_specs():
+            raise ConfigError("training.augment renders audio copies; the recipe has no audio features")
+        log(f"augmentation: {', '.join(augment.kinds)} × {augment.copies} for classes {augment.classes}")
+        training_table = augment_table(labelled, augment, store_path / "augmented", base_dir=corpus_root)
     with FeatureStore(store_path) as store:
-        feature_set = build_features(labelled, recipe.feature_specs(), store, base_dir=corpus_root, edges=recipe.edges,
-                                     progress=progress)
+        feature_set = build_features(training_table, recipe.feature_specs(), store, base_dir=corpus_root,
+                                     edges=recipe.edges, progress=progress, fit_ids=list(labelled["utt_id"]))
     for modality, normaliser in feature_set.normalisers.items():
         write_text(out / f"normaliser-{modality}.json", json.dumps(normaliser.state_dict()))
     write_json(out / "data.json", data_summary(corpus, labelled, classes, plan, feature_set))
@@ -169,7 +184,7 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
                  "classes": classes, "fold_plan": plan.fingerprint(), "store": str(store_path),
                  "input_dims": feature_set.input_dims})
     write_json(run_json, info)
-    return RunContext(recipe=recipe, out=out, table=labelled.reset_index(drop=True), classes=classes, plan=plan,
+    return RunContext(recipe=recipe, out=out, table=training_table.reset_index(drop=True), classes=classes, plan=plan,
                       feature_set=feature_set, corpus_root=corpus_root, progress=progress)
 
 
@@ -208,7 +223,10 @@ def train_fold(context: RunContext, fold: Any, seed: int) -> pd.DataFrame:
     recipe = context.recipe
     directory = fold_dir(context.out, fold.name, seed)
     directory.mkdir(parents=True, exist_ok=True)
-    parts = {"train": fold.train, "validation": fold.validation, "test": fold.test}
+    from emomix.train.augment import training_ids_with_copies
+
+    parts = {"train": training_ids_with_copies(fold.train, list(context.table["utt_id"])), "validation": fold.validation,
+             "test": fold.test}
     started = time.perf_counter()
     parts_of = COMPOSITE_MODELS.get(recipe.model.name)
     if parts_of:
@@ -278,7 +296,7 @@ def fit_model(context: RunContext, model_name: str, parts: Mapping[str, Sequence
                         num_nodes=training.num_nodes, strategy=training.strategy, precision=training.precision,
                         accumulate_grad_batches=training.accumulate_grad_batches, gradient_clip_val=training.grad_clip,
                         callbacks=callbacks, logger=False, enable_progress_bar=context.progress, enable_model_summary=False,
-                        num_sanity_val_steps=0, default_root_dir=str(directory), limit_val_batches=1.0 if has_validation else 0)
+                        num_sanity_val_steps=0, default_root_dir=str(directory), limit_val_batches=None if has_validation else 0)
     last = directory / f"last-{stem}.ckpt"
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None,
                 weights_only=True if last.exists() else None)
@@ -344,12 +362,17 @@ def predictions_frame(ids: Sequence[str], probs: np.ndarray, aux: Mapping[str, n
     return rows
 
 
+#: Per-row vectors wider than this (hidden representations) are not written to predictions.
+MAX_AUX_WIDTH = 16
+
+
 def aux_columns(name: str, values: np.ndarray) -> pd.DataFrame:
-    """Per-row scalars → ``aux_<name>``; per-row vectors → ``aux_<name>_<j>``; larger tensors are skipped."""
+    """Per-row scalars → ``aux_<name>``; per-row vectors (routing, gate and pair weights) →
+    ``aux_<name>_<j>``. Per-expert logits, embeddings and wider tensors are not stored."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim == 1:
         return pd.DataFrame({f"aux_{name}": values})
-    if values.ndim == 2:
+    if values.ndim == 2 and values.shape[1] <= MAX_AUX_WIDTH and not name.startswith(("expert_logits", "embedding", "h_")):
         return pd.DataFrame({f"aux_{name}_{j}": values[:, j] for j in range(values.shape[1])})
     return pd.DataFrame(index=range(len(values)))
 
