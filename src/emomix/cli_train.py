@@ -69,15 +69,14 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _headline(out: Path) -> str | None:
+    """The report's headline lines (pooled and across folds), as `emomix evaluate` prints them."""
     import json
+
+    from emomix.evaluate.cli import _summaries
+    from emomix.evaluate.report import headline_lines
 
     path = out / "report" / "metrics.json"
     if not path.exists():
         return None
-    try:
-        metrics = json.loads(path.read_text())
-        pooled = metrics.get("headline") or metrics.get("pooled") or {}
-        parts = [f"{k.upper()} {v:.3f}" for k, v in pooled.items() if isinstance(v, (int, float))][:4]
-        return "pooled: " + ", ".join(parts) if parts else None
-    except (ValueError, AttributeError):
-        return None
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    return "\n".join(f"  {line}" for line in headline_lines(_summaries(metrics["metrics"])))
