@@ -1,0 +1,1 @@
+"""Inference: running trained models outside training (ONNX export, prediction)."""
