@@ -74,12 +74,14 @@ def quiet_lightning() -> None:
 
     import lightning.pytorch  # noqa: F401  (it sets its loggers' levels on import: set ours after)
 
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning",
+                 "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*litlogger.*")
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # a resumed fold's own folder
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen encoder layers stay in eval
 
 
 def train_recipe(recipe: Recipe, out: str | Path | None = None, folds: Sequence[str] | None = None,

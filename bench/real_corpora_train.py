@@ -1,0 +1,160 @@
+"""Accuracy benchmark on the real corpora: every applicable model trained through `emomix train`.
+
+For each corpus recipe (``configs/emodb/*.yaml``, ``configs/savee/*.yaml``,
+``configs/meld_text/*.yaml`` by default) and each model, one cross-validation run with the given
+seeds goes through :func:`emomix.train.run.train_recipe` — the same code as ``emomix train`` —
+into ``runs/bench/<corpus>/<recipe>/<model>``. A model the corpus cannot feed (audio models on
+MELD-text, dialogue models on corpora without conversations) is listed as not applicable with
+the reason, not silently left out. Re-running resumes finished folds.
+
+Results: ``bench/results/real_corpora_train.json`` — per corpus and model, the pooled UA, WA,
+macro-F1 and weighted-F1 as mean ± SD over seeds, the wall time, and how it splits between
+feature extraction and training; ``--table`` prints the Markdown table for docs/benchmarks.md.
+
+    python -m bench.real_corpora_train --recipe configs/emodb/early_fusion_audio.yaml --models speech_cnn,dual_routing_audio --seeds 3
+    python -m bench.real_corpora_train --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results" / "real_corpora_train.json"
+RUNS = Path("runs/bench")
+
+
+def applicable(model: str, recipe: Any, has_dialogues: bool) -> str | None:
+    """None when ``model`` can train on the recipe's inputs, else the reason it cannot."""
+    from emomix.models import model_info
+
+    info = model_info(model)
+    available = set(recipe.feature_specs())
+    missing = [m for m in info.modalities if m not in available]
+    if missing:
+        return f"needs {', '.join(missing)}, which the corpus recipe does not provide"
+    if info.batch_kind == "dialogue" and not has_dialogues:
+        return "a conversation model; the corpus has no dialogues"
+    if model == "complementary" or model.startswith("complementary_ca") or model == "graph_mlp":
+        if not recipe.edges:
+            return "needs token–frame alignment edges (word timings); the recipe has none"
+    return None
+
+
+def run_one(recipe_path: Path, model: str, seeds: list[int], threads: int) -> dict[str, Any]:
+    import torch
+
+    from emomix.train.recipe import load_recipe
+    from emomix.train.run import train_recipe
+
+    torch.set_num_threads(threads)
+    recipe = load_recipe(recipe_path)
+    if recipe.model.name != model:  # the recipe's model config belongs to its own model
+        recipe = load_recipe(recipe_path, {"model.name": model, "model.config": {}})
+    out = RUNS / recipe.corpus.reader / recipe_path.stem / model
+    started = time.perf_counter()
+    result = train_recipe(recipe, out, seeds=seeds, progress=False, log=None)
+    metrics = json.loads((out / "report" / "metrics.json").read_text())["metrics"]
+    return {
+        "recipe": str(recipe_path), "model": model, "seeds": seeds, "run": str(out),
+        "across_seeds": {k: {"mean": v["mean"], "sd": v["sd"]} for k, v in metrics["across_seeds"].items()},
+        "pooled": metrics.get("pooled"),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+        "trained": len(result.trained), "reused": len(result.skipped),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", type=Path, action="append", help="corpus recipe(s) (default: configs/{emodb,savee,meld_text}/*.yaml)")
+    parser.add_argument("--models", default="", help="comma list of models (default: every registered model)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table", action="store_true", help="print the Markdown table of the saved results and exit")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(load_results()))
+        return
+    from emomix.data.readers import read_corpus
+    from emomix.models import list_models
+    from emomix.train.recipe import load_recipe
+
+    recipes = args.recipe or sorted(Path(p) for corpus in ("emodb", "savee", "meld_text") for p in Path("configs", corpus).glob("*.yaml"))
+    models = [m for m in args.models.split(",") if m] or list(list_models())
+    results = load_results()
+    for recipe_path in recipes:
+        recipe = load_recipe(recipe_path)
+        corpus = read_corpus(recipe.corpus.reader, recipe.corpus.root, scheme=recipe.corpus.scheme)
+        has_dialogues = "dialogue_id" in corpus.table.columns and corpus.table["dialogue_id"].notna().all()
+        for model in models:
+            key = f"{recipe_path}::{model}"
+            reason = applicable(model, recipe, has_dialogues)
+            if reason:
+                results[key] = {"recipe": str(recipe_path), "model": model, "not_applicable": reason}
+                continue
+            print(f"{recipe_path.stem} / {model} …", flush=True)
+            try:
+                results[key] = run_one(recipe_path, model, list(range(args.seeds)), args.threads)
+            except Exception as error:  # a failing model is reported, the benchmark goes on
+                results[key] = {"recipe": str(recipe_path), "model": model, "error": f"{type(error).__name__}: {error}"}
+            save_results(results)
+            print(f"  {summary_line(results[key])}", flush=True)
+    save_results(results)
+    print(markdown_table(results))
+
+
+def load_results() -> dict[str, Any]:
+    return json.loads(RESULTS.read_text())["results"] if RESULTS.exists() else {}
+
+
+def save_results(results: dict[str, Any]) -> None:
+    import os
+    import platform
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    temporary = RESULTS.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                                     "results": results}, indent=1) + "\n")
+    temporary.replace(RESULTS)
+
+
+def summary_line(entry: dict[str, Any]) -> str:
+    if "not_applicable" in entry:
+        return f"n/a: {entry['not_applicable']}"
+    if "error" in entry:
+        return f"failed: {entry['error']}"
+    seeds = entry["across_seeds"]
+    return (f"UA {_pm(seeds['ua'])}, WA {_pm(seeds['wa'])}, macro-F1 {_pm(seeds['macro_f1'])}, "
+            f"weighted-F1 {_pm(seeds['weighted_f1'])}; {entry['wall_seconds']:.0f} s "
+            f"(features {entry['seconds'].get('features', 0):.0f} s, training {entry['seconds'].get('training', 0):.0f} s)")
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    lines = ["| corpus recipe | model | UA | WA | macro-F1 | weighted-F1 | wall s (features + training) |",
+             "|---|---|---|---|---|---|---|"]
+    for entry in sorted(results.values(), key=lambda e: (e["recipe"], e["model"])):
+        recipe = Path(entry["recipe"]).parent.name + "/" + Path(entry["recipe"]).stem
+        if "not_applicable" in entry or "error" in entry:
+            text = entry.get("not_applicable") or entry.get("error")
+            lines.append(f"| {recipe} | {entry['model']} | n/a | | | | {text} |")
+            continue
+        seeds = entry["across_seeds"]
+        lines.append(f"| {recipe} | {entry['model']} | {_pm(seeds['ua'])} | {_pm(seeds['wa'])} | {_pm(seeds['macro_f1'])} | "
+                     f"{_pm(seeds['weighted_f1'])} | {entry['wall_seconds']:.0f} ({entry['seconds'].get('features', 0):.0f} + "
+                     f"{entry['seconds'].get('training', 0):.0f}) |")
+    return "\n".join(lines)
+
+
+def _pm(value: dict[str, Any]) -> str:
+    mean, sd = value.get("mean"), value.get("sd")
+    if mean is None:
+        return "–"
+    return f"{mean:.3f} ± {sd:.3f}" if sd is not None else f"{mean:.3f}"
+
+
+if __name__ == "__main__":
+    main()

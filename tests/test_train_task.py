@@ -1,0 +1,90 @@
+"""The Lightning task's optimiser recipes and top-layer fine-tuning from stored boundary states."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from emomix.train.recipe import OptimiserConfig, Recipe
+from emomix.train.task import EmotionTask, warmup_cosine
+
+
+def test_warmup_cosine_rises_linearly_then_decays_to_zero():
+    assert warmup_cosine(0, 4, 20) == pytest.approx(0.25)
+    assert warmup_cosine(3, 4, 20) == pytest.approx(1.0)
+    assert warmup_cosine(4, 4, 20) == pytest.approx(1.0)
+    assert warmup_cosine(12, 4, 20) == pytest.approx(0.5)
+    assert warmup_cosine(20, 4, 20) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine(5, 0, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+class _Tiny(torch.nn.Module):
+    num_classes = 2
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 2)
+        self.norm = torch.nn.LayerNorm(2)
+
+
+def _configured(schedule: str, monkeypatch, **options):
+    task = EmotionTask(_Tiny(), OptimiserConfig(schedule=schedule, lr=1e-3, encoder_lr=1e-5, **options),
+                       fine_tune={"text": (torch.nn.Linear(3, 3), 0, [])})
+    trainer = L.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_train_batches=5)
+    task.trainer = trainer  # what Lightning sets before calling configure_optimizers
+    monkeypatch.setattr(L.Trainer, "estimated_stepping_batches", property(lambda self: 20))
+    return task, task.configure_optimizers()
+
+
+@pytest.mark.parametrize("schedule", ["warmup_cosine", "onecycle", "plateau", "none"])
+def test_optimiser_groups_give_head_and_encoder_their_own_rates(schedule, monkeypatch):
+    task, configured = _configured(schedule, monkeypatch)
+    optimiser = configured["optimizer"] if isinstance(configured, dict) else configured
+    # the configured rate: OneCycle's peak, a schedule's base rate, or the plain rate
+    key = {"onecycle": "max_lr", "warmup_cosine": "initial_lr"}.get(schedule, "lr")
+    rates = {group["name"]: (group[key], group["weight_decay"]) for group in optimiser.param_groups}
+    assert rates["head"][0] == pytest.approx(1e-3) and rates["encoder"][0] == pytest.approx(1e-5)
+    assert rates["head_no_decay"][1] == 0.0 and rates["head"][1] == pytest.approx(0.01)  # biases and norms: no decay
+    if schedule == "plateau":
+        assert configured["lr_scheduler"]["monitor"] == "val_ua"
+        assert configured["lr_scheduler"]["scheduler"].mode == "max"
+    if schedule == "onecycle":
+        scheduler = configured["lr_scheduler"]["scheduler"]
+        assert scheduler.total_steps == 20
+
+
+def test_top_layer_fine_tuning_trains_only_the_top_layers(synthetic_features, tmp_path):
+    """A text model with MiniLM's last layer fine-tuned from stored layer-5 states: the saved
+    checkpoint holds the model and that layer's parameters, changed from the pretrained ones."""
+    from safetensors.torch import load_file
+
+    from emomix.encoders.registry import create_encoder
+    from emomix.train.run import train_recipe
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        root = synthetic_features.root
+        recipe = Recipe.from_dict({
+            "name": "finetune",
+            "corpus": {"reader": "synthetic", "root": str(root)},
+            "protocol": {"name": "loso", "params": {"validation": "group"}},
+            "features": {"store": str(root.parent / "store"), "text": {"encoder": "minilm", "trainable_top_layers": 1}},
+            "model": {"name": "early_fusion_text", "config": {"hidden_dim": 32}},
+            "optimiser": {"lr": 2e-3, "encoder_lr": 1e-3, "schedule": "none"},
+            "training": {"epochs": 1, "batch_size": 32, "patience": None},
+        })
+        train_recipe(recipe, tmp_path / "run", folds=["ses01"], progress=False, log=None)
+    finally:
+        torch.set_num_threads(threads)
+    state = load_file(str(tmp_path / "run" / "folds" / "ses01" / "seed-0" / "model.safetensors"))
+    encoder_keys = [k for k in state if k.startswith("encoders.text.")]
+    assert encoder_keys and all(".layer.5." in k for k in encoder_keys), encoder_keys[:5]
+    assert any(k.startswith("model.") for k in state)
+    pretrained = dict(create_encoder("minilm").named_parameters())
+    changed = [k for k in encoder_keys if not torch.equal(state[k], pretrained[k[len("encoders.text."):]].detach())]
+    assert changed, "the fine-tuned layer's weights did not move"
