@@ -738,6 +738,9 @@ def _prepare_arrays(key: str, arrays: Mapping[str, Any], dtype: str) -> dict[str
     return prepared
 
 
+prepare_arrays = _prepare_arrays  # public name: the in-memory store converts exactly as this one does
+
+
 def _entry_checksum(arrays: Mapping[str, np.ndarray]) -> str:
     """SHA-256 over the fields in name order: name, dtype, shape and raw bytes."""
     digest = hashlib.sha256()
