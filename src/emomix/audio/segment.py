@@ -340,9 +340,11 @@ def segment_recording(path: str | Path, *, min_silence_s: float = DEFAULT_MIN_SI
 
 
 def _read_and_segment(path: Path, rate: int, block_frames: int, segmenter: StreamSegmenter) -> Iterator[Segment]:
-    import soxr
+    resampler = None
+    if rate != TARGET_RATE:
+        import soxr
 
-    resampler = None if rate == TARGET_RATE else soxr.ResampleStream(rate, TARGET_RATE, 1, dtype="float32", quality="HQ")
+        resampler = soxr.ResampleStream(rate, TARGET_RATE, 1, dtype="float32", quality="HQ")
     try:
         handle = sf.SoundFile(str(path))
     except (sf.LibsndfileError, OSError) as exc:
