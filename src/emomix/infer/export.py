@@ -916,8 +916,7 @@ def check_all(names: Sequence[str] | None = None, workdir: str | Path | None = N
             except ConfigError as exc:
                 row.reason = str(exc)
             else:
-                others = [random_batch_like(example, 5, 33 if info.batch_kind == "dialogue" else None, seed=seed + 7),
-                          random_batch_like(example, 1, seed=seed + 8)]
+                others = _other_shapes(example, seed)
                 report = check_parity(model, result.path, others, atol=atol)
                 row.exports = report.ok
                 row.exporter = result.exporter
@@ -929,6 +928,17 @@ def check_all(names: Sequence[str] | None = None, workdir: str | Path | None = N
             row.seconds = time.perf_counter() - started
             rows.append(row)
     return rows
+
+
+def _other_shapes(example: Batch | DialogueBatch, seed: int) -> list[Batch | DialogueBatch]:
+    """Two fresh batches for :func:`check_all`: 5 rows about twice as long, 1 row about half."""
+    if isinstance(example, DialogueBatch):
+        width = int(example.mask.shape[1])
+        return [random_batch_like(example, 5, 2 * width + 3, seed=seed + 7),
+                random_batch_like(example, 1, max(1, width // 2), seed=seed + 8)]
+    lengths = {m: int(x.states.shape[1]) for m, x in example.inputs.items()}
+    return [random_batch_like(example, 5, {m: 2 * n + 3 for m, n in lengths.items()}, seed=seed + 7),
+            random_batch_like(example, 1, {m: max(1, n // 2) for m, n in lengths.items()}, seed=seed + 8)]
 
 
 def _reason_summary(reason: str) -> str:
