@@ -1,0 +1,487 @@
+"""The HTTP service: a FastAPI app over a :class:`~emomix.infer.predictor.Predictor`.
+
+Endpoints (see ``docs/serving.md``):
+
+* ``POST /predict`` — multipart ``file`` (audio bytes), optional ``text`` and ``speaker``;
+  returns the predictor's JSON (label, probabilities, aux routing/gate weights, …).
+* ``POST /predict/batch`` — several ``files`` with optional ``texts``/``speakers`` (one per file,
+  in order); returns ``{"results": [...]}`` with ``{"error": {...}}`` in the slot of a bad item.
+* ``GET /health``, ``GET /model``, ``GET /`` (the web page), ``/static/*``, ``/docs`` (OpenAPI).
+
+Only uploaded bytes reach the predictor: the service never accepts a file-system path from a
+client. Every limit of :class:`ServiceLimits` is checked before any model work, and every error
+is answered as ``{"error": {"type", "message"}}`` with a fitting status code, after which the
+service goes on serving.
+
+Concurrency: predictions run in a bounded thread pool (``worker_threads``) so the event loop
+stays free, and the predictor itself is called under one lock, because tokenizers and
+openSMILE are not safe to call from several threads at once; decoding and validation of uploads
+run in the pool without the lock. ``asyncio.wait_for`` bounds each request (504 on timeout; a
+prediction already running cannot be interrupted and finishes in its worker, queued ones are
+dropped). Requests beyond ``max_pending`` waiting at once are refused with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Awaitable, Callable, Optional, Protocol
+
+import numpy as np
+from fastapi import FastAPI, File, Form, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from emomix.audio.io import TARGET_RATE, decode_audio_bytes
+from emomix.errors import AudioError, ConfigError, EmomixError
+
+log = logging.getLogger("emomix.serve")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+"""Room for the multipart boundaries, headers and text fields on top of the audio bytes."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits and errors
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """What the service accepts; every field is a command-line option of ``emomix serve``."""
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    """Largest audio file (per file); a larger one, or a request body larger than the files allowed plus form overhead, gets 413."""
+    max_duration_s: float = 60.0
+    """Longest decoded audio in seconds (422)."""
+    max_batch_items: int = 16
+    """Most files in one ``/predict/batch`` request (422)."""
+    max_text_chars: int = 5000
+    """Longest transcript or speaker field (422)."""
+    timeout_s: float = 30.0
+    """Seconds a request may take, queueing included (504); a batch gets this per item."""
+    worker_threads: int = 1
+    """Threads that decode uploads and run predictions (the predictor itself is called under a lock)."""
+    max_pending: int = 64
+    """Requests waiting or running at once before new ones are refused with 503."""
+    allowed_content_types: tuple[str, ...] = ("audio/*", "application/octet-stream", "video/webm", "video/ogg",
+                                              "video/mp4")
+    """Accepted upload content types (``type/*`` matches a whole family); others get 415.
+
+    ``video/webm``, ``video/ogg`` and ``video/mp4`` are here because browsers label WebM/Ogg/MP4
+    files and some recordings with the video type although only the audio track is read."""
+
+    def __post_init__(self) -> None:
+        checks = {"max_upload_bytes": self.max_upload_bytes, "max_duration_s": self.max_duration_s,
+                  "max_batch_items": self.max_batch_items, "max_text_chars": self.max_text_chars,
+                  "timeout_s": self.timeout_s, "worker_threads": self.worker_threads, "max_pending": self.max_pending}
+        for name, value in checks.items():
+            if not value > 0:
+                raise ConfigError(f"service limit {name} must be positive, got {value}")
+        if not self.allowed_content_types:
+            raise ConfigError("allowed_content_types is empty: no upload could be accepted")
+
+    def accepts(self, content_type: str | None) -> bool:
+        """True when an upload's content type (parameters ignored; none means octet-stream) is allowed."""
+        kind = (content_type or "application/octet-stream").split(";", 1)[0].strip().lower()
+        for allowed in self.allowed_content_types:
+            allowed = allowed.lower()
+            if kind == allowed or (allowed.endswith("/*") and kind.startswith(allowed[:-1])):
+                return True
+        return False
+
+    def body_limit(self, items: int) -> int:
+        """The largest request body accepted for a request carrying ``items`` files."""
+        return items * self.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+
+
+class ServiceError(Exception):
+    """A request the service refuses: answered with ``status`` and ``{"error": {"type", "message"}}``."""
+
+    def __init__(self, status: int, kind: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON body of the error response."""
+        return {"error": {"type": self.kind, "message": self.message}}
+
+
+def error_body(kind: str, message: str) -> dict[str, Any]:
+    """``{"error": {"type": kind, "message": message}}``."""
+    return {"error": {"type": kind, "message": message}}
+
+
+def error_for_exception(exc: BaseException) -> ServiceError:
+    """The response for an exception raised while decoding or predicting."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, AudioError):
+        return ServiceError(422, "invalid_audio", str(exc))
+    if isinstance(exc, EmomixError):
+        return ServiceError(422, "invalid_input", str(exc))
+    log.exception("prediction failed", exc_info=exc)
+    return ServiceError(500, "internal_error", f"the prediction failed ({type(exc).__name__}); see the server log")
+
+
+# ---------------------------------------------------------------------------------------------
+# The predictor the service wraps
+# ---------------------------------------------------------------------------------------------
+
+
+class PredictorLike(Protocol):
+    """What the service needs of :class:`emomix.infer.predictor.Predictor`."""
+
+    def info(self) -> dict[str, Any]: ...
+
+    def predict(self, audio: Any = None, text: str | None = None, sample_rate: int | None = None,
+                speaker: str | None = None) -> dict[str, Any]: ...
+
+    def predict_many(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class _Upload:
+    """One checked upload: its bytes, a display name and the decoded duration."""
+
+    data: bytes
+    name: str
+    text: str | None = None
+    speaker: str | None = None
+    wave: np.ndarray | None = field(default=None, repr=False)
+
+    def predictor_item(self) -> dict[str, Any]:
+        """The predictor's keyword arguments: the waveform decoded by the decode check (16 kHz),
+        so the upload is not decoded twice; never a path."""
+        assert self.wave is not None, "decode before predicting"
+        return {"audio": self.wave, "sample_rate": TARGET_RATE, "text": self.text, "speaker": self.speaker}
+
+
+def _display_name(filename: str | None) -> str:
+    """The client's file name for messages and format sniffing: the last component only, short."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name.strip()
+    return (name[:100] or "upload")
+
+
+# ---------------------------------------------------------------------------------------------
+# Request body limit (before multipart parsing spools the body)
+# ---------------------------------------------------------------------------------------------
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive`` when a chunked body passes the limit.
+
+    An HTTPException, so that FastAPI's form parsing passes it on (it turns other exceptions
+    into 400) and the app's handler answers 413."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, _too_large_message(limit))
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over a per-path limit with 413, before they are read into memory or disk.
+
+    The ``Content-Length`` header is checked first; a chunked body is counted as it arrives and
+    the request is answered with 413 as soon as it passes the limit.
+    """
+
+    def __init__(self, app: Any, limits: dict[str, int], default: int):
+        self.app = app
+        self.limits = limits
+        self.default = default
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.get(scope.get("path", ""), self.default)
+        declared = next((value for key, value in scope.get("headers", []) if key == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, limit)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._refuse(send, limit)
+
+    @staticmethod
+    async def _refuse(send: Callable[[dict], Awaitable[None]], limit: int) -> None:
+        response = JSONResponse(error_body("payload_too_large", _too_large_message(limit)), status_code=413)
+        await response({"type": "http"}, _no_receive, send)
+
+
+def _too_large_message(limit: int) -> str:
+    return f"the request body is larger than {_megabytes(limit)}; send a shorter or more compressed recording"
+
+
+async def _no_receive() -> dict:
+    return {"type": "http.disconnect"}
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / (1024 * 1024):.1f} MB"
+
+
+# ---------------------------------------------------------------------------------------------
+# The service
+# ---------------------------------------------------------------------------------------------
+
+
+class PredictionService:
+    """Validation, the worker pool, the predictor lock and timeouts; the FastAPI routes call it."""
+
+    def __init__(self, predictor: PredictorLike, limits: ServiceLimits):
+        self.predictor = predictor
+        self.limits = limits
+        self.info = predictor.info()
+        self.pool = ThreadPoolExecutor(max_workers=limits.worker_threads, thread_name_prefix="emomix-predict")
+        self.lock = threading.Lock()
+        self.pending = 0
+
+    @property
+    def model_name(self) -> str:
+        """The model's name from ``predictor.info()``."""
+        return str(self.info.get("name") or self.info.get("model") or "unknown")
+
+    # -- validation in the event loop (cheap: no decoding)
+
+    def check_upload(self, data: bytes, filename: str | None, content_type: str | None) -> str:
+        """Raise :class:`ServiceError` for a wrong content type, an empty or an oversize upload; return its display name."""
+        name = _display_name(filename)
+        if not self.limits.accepts(content_type):
+            raise ServiceError(415, "unsupported_media_type",
+                               f"{name}: content type {content_type!r} is not accepted; send audio "
+                               f"({', '.join(self.limits.allowed_content_types)})")
+        if not data:
+            raise ServiceError(422, "empty_file", f"{name}: the uploaded file is empty (0 bytes)")
+        if len(data) > self.limits.max_upload_bytes:
+            raise ServiceError(413, "payload_too_large", f"{name}: {_megabytes(len(data))} is larger than the limit of "
+                               f"{_megabytes(self.limits.max_upload_bytes)} per file")
+        return name
+
+    def check_text(self, value: str | None, field_name: str) -> str | None:
+        """Blank → None; over ``max_text_chars`` → 422."""
+        if value is None or not value.strip():
+            return None
+        if len(value) > self.limits.max_text_chars:
+            raise ServiceError(422, "text_too_long", f"{field_name} has {len(value)} characters; the limit is {self.limits.max_text_chars}")
+        return value.strip()
+
+    # -- work in the pool
+
+    def _decode(self, upload: _Upload) -> _Upload:
+        """Decode (the decode check) and check the duration; keeps the waveform for the predictor."""
+        wave = decode_audio_bytes(upload.data, name=upload.name)
+        duration = wave.size / TARGET_RATE
+        if duration > self.limits.max_duration_s:
+            raise ServiceError(422, "audio_too_long", f"{upload.name}: {duration:.1f} s of audio is longer than the limit of "
+                               f"{self.limits.max_duration_s:g} s; cut it into utterances")
+        upload.wave = wave
+        return upload
+
+    def _predict_one(self, upload: _Upload) -> dict[str, Any]:
+        self._decode(upload)
+        with self.lock:
+            return self.predictor.predict(**upload.predictor_item())
+
+    def _predict_batch(self, uploads: list[_Upload | ServiceError]) -> list[dict[str, Any]]:
+        results: list[dict[str, Any] | None] = [None] * len(uploads)
+        ready: list[int] = []
+        for index, item in enumerate(uploads):
+            if isinstance(item, ServiceError):
+                results[index] = item.payload()
+                continue
+            try:
+                self._decode(item)
+                ready.append(index)
+            except Exception as exc:  # noqa: BLE001 — one bad item must not fail the batch
+                results[index] = error_for_exception(exc).payload()
+        if ready:
+            items = [uploads[i].predictor_item() for i in ready]  # type: ignore[union-attr]
+            with self.lock:
+                predicted = self.predictor.predict_many(items)
+            if len(predicted) != len(ready):
+                raise RuntimeError(f"predict_many returned {len(predicted)} results for {len(ready)} items")
+            for index, result in zip(ready, predicted):
+                results[index] = _normalise_item_error(result)
+        return [r for r in results if r is not None]
+
+    async def run(self, work: Callable[..., Any], *args: Any, timeout: float) -> Any:
+        """Run ``work(*args)`` in the pool under the pending limit and the timeout."""
+        if self.pending >= self.limits.max_pending:
+            raise ServiceError(503, "busy", f"{self.pending} requests are already waiting; retry shortly")
+        self.pending += 1
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self.pool, work, *args)
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except asyncio.TimeoutError:
+                raise ServiceError(504, "timeout", f"the prediction took longer than {timeout:g} s; send a shorter "
+                                   "recording or retry when the server is less busy") from None
+            except Exception as exc:  # noqa: BLE001
+                raise error_for_exception(exc) from exc
+        finally:
+            self.pending -= 1
+
+    async def predict(self, upload: _Upload) -> dict[str, Any]:
+        """One prediction (``POST /predict``)."""
+        return await self.run(self._predict_one, upload, timeout=self.limits.timeout_s)
+
+    async def predict_batch(self, uploads: list[_Upload | ServiceError]) -> list[dict[str, Any]]:
+        """Several predictions (``POST /predict/batch``); a bad item's slot holds its error."""
+        return await self.run(self._predict_batch, uploads, timeout=self.limits.timeout_s * max(1, len(uploads)))
+
+    def close(self) -> None:
+        """Stop the worker pool (running predictions finish)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _normalise_item_error(result: dict[str, Any]) -> dict[str, Any]:
+    """A failed item of ``predict_many`` as ``{"error": {"type", "message"}}`` whatever form it came in."""
+    if not isinstance(result, dict) or "error" not in result:
+        return result
+    error = result["error"]
+    if isinstance(error, dict) and "message" in error:
+        return {"error": {"type": str(error.get("type", "invalid_input")), "message": str(error["message"])}}
+    # the predictor's form: {"error": message, "error_type": exception class name, "input": ...}
+    kind = "invalid_audio" if result.get("error_type") in ("AudioError", "VideoError") else "invalid_input"
+    return error_body(kind, str(error))
+
+
+# ---------------------------------------------------------------------------------------------
+# The FastAPI app
+# ---------------------------------------------------------------------------------------------
+
+
+def create_app(predictor: PredictorLike, limits: ServiceLimits | None = None) -> FastAPI:
+    """The FastAPI app serving ``predictor`` under ``limits`` (the defaults of :class:`ServiceLimits` when None)."""
+    limits = limits or ServiceLimits()
+    service = PredictionService(predictor, limits)
+
+    @asynccontextmanager
+    async def lifespan(_: Any):
+        yield
+        service.close()
+
+    app = FastAPI(title="emomix", summary="Emotion recognition from speech and its transcript",
+                  description=f"Serving the model **{service.model_name}**. See docs/serving.md.",
+                  version=_version(), lifespan=lifespan)
+    app.state.service = service
+    app.add_middleware(BodyLimitMiddleware, default=MULTIPART_OVERHEAD_BYTES,
+                       limits={"/predict": limits.body_limit(1), "/predict/batch": limits.body_limit(limits.max_batch_items)})
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Any, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(exc.payload(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Any, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for problem in exc.errors():
+            where = ".".join(str(p) for p in problem.get("loc", ()) if p not in ("body", "query"))
+            parts.append(f"{where}: {problem.get('msg', 'invalid')}" if where else str(problem.get("msg", "invalid")))
+        return JSONResponse(error_body("validation_error", "; ".join(parts) or "invalid request"), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Any, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Any, exc: Exception) -> JSONResponse:
+        error = error_for_exception(exc)
+        return JSONResponse(error.payload(), status_code=error.status)
+
+    @app.post("/predict", summary="Predict the emotion of one recording (and its transcript)")
+    async def predict(
+        file: UploadFile = File(..., description="The audio file (WAV, FLAC, OGG, MP3, WebM/Opus, M4A, …)."),
+        text: Optional[str] = Form(None, description="The transcript; when absent the model's own fallback applies."),
+        speaker: Optional[str] = Form(None, description="Speaker id, for per-speaker normalisation when the run has statistics for it."),
+    ) -> JSONResponse:
+        data = await file.read()
+        name = service.check_upload(data, file.filename, file.content_type)
+        upload = _Upload(data, name, service.check_text(text, "text"), service.check_text(speaker, "speaker"))
+        return JSONResponse(await service.predict(upload))
+
+    @app.post("/predict/batch", summary="Predict several recordings; a bad item gets an error in its slot")
+    async def predict_batch(
+        files: list[UploadFile] = File(..., description="The audio files, in order."),
+        texts: Optional[list[str]] = Form(None, description="Transcripts, one per file in order (empty for none)."),
+        speakers: Optional[list[str]] = Form(None, description="Speaker ids, one per file in order (empty for none)."),
+    ) -> JSONResponse:
+        if len(files) > limits.max_batch_items:
+            raise ServiceError(422, "too_many_items", f"{len(files)} files in one batch; the limit is {limits.max_batch_items}")
+        for label, values in (("texts", texts), ("speakers", speakers)):
+            if values is not None and len(values) != len(files):
+                raise ServiceError(422, "validation_error", f"{len(values)} {label} for {len(files)} files; give one per file "
+                                   "(an empty value for none)")
+        uploads: list[_Upload | ServiceError] = []
+        for index, upload_file in enumerate(files):
+            data = await upload_file.read()
+            try:
+                name = service.check_upload(data, upload_file.filename, upload_file.content_type)
+                uploads.append(_Upload(data, name, service.check_text(texts[index] if texts else None, f"texts[{index}]"),
+                                       service.check_text(speakers[index] if speakers else None, f"speakers[{index}]")))
+            except ServiceError as exc:
+                uploads.append(exc)
+        return JSONResponse({"results": await service.predict_batch(uploads)})
+
+    @app.get("/health", summary="Liveness: the service is up and which model it serves")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": service.model_name}
+
+    @app.get("/model", summary="The served model: classes, inputs, features, training summary, metrics")
+    async def model() -> JSONResponse:
+        return JSONResponse({**service.info, "limits": _limits_json(limits)})
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _limits_json(limits: ServiceLimits) -> dict[str, Any]:
+    return {"max_upload_bytes": limits.max_upload_bytes, "max_duration_s": limits.max_duration_s,
+            "max_batch_items": limits.max_batch_items, "max_text_chars": limits.max_text_chars,
+            "timeout_s": limits.timeout_s, "allowed_content_types": list(limits.allowed_content_types)}
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("emomix")
+    except Exception:  # noqa: BLE001 — an uninstalled checkout
+        return "0"

@@ -1,0 +1,416 @@
+"""The HTTP service: limits, error answers and concurrency of the FastAPI app.
+
+Two layers: the HTTP layer alone against a small stand-in predictor (limits, status codes, error
+bodies, timeouts, back-pressure), and the acceptance tests against the real
+:class:`~emomix.infer.predictor.Predictor` of a trained synthetic run (``trained_synthetic_run``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+
+from emomix.errors import AudioError, ConfigError
+from emomix.serve.app import STATIC_DIR, ServiceLimits, create_app
+from emomix.serve.server import BackgroundServer
+
+RATE = 16000
+CLASSES = ["angry", "happy", "neutral", "sad"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def wav_bytes(seconds: float = 1.0, rate: int = RATE, frequency: float = 220.0) -> bytes:
+    """A 16-bit WAV of a tone as an in-memory file."""
+    t = np.arange(int(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    sf.write(buffer, (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32), rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def webm_opus_bytes(wave: np.ndarray, rate: int = RATE) -> bytes:
+    """``wave`` encoded as WebM/Opus, what a browser's MediaRecorder uploads."""
+    import av
+
+    from emomix.audio.io import resample
+
+    wave = resample(wave.astype(np.float32), rate, 48000)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="webm") as container:
+        stream = container.add_stream("libopus", rate=48000)
+        stream.layout = "mono"
+        for start in range(0, wave.size, 960):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[None, start:start + 960]), format="flt", layout="mono")
+            frame.rate = 48000
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+CORRUPT = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 4
+
+
+# ---------------------------------------------------------------------------------------------
+# The HTTP layer with a stand-in predictor
+# ---------------------------------------------------------------------------------------------
+
+
+class StandInPredictor:
+    """Has the Predictor's methods; probabilities follow the audio's duration so results differ.
+
+    ``text="slow"`` sleeps, ``text="boom"`` raises a ConfigError, ``text="crash"`` a RuntimeError.
+    Records what it was given, to check that only decoded waveforms (never paths) arrive.
+    """
+
+    def __init__(self, sleep_s: float = 0.5):
+        self.sleep_s = sleep_s
+        self.seen: list[tuple[type, int | None]] = []
+        self.active = 0
+        self.max_active = 0
+        self._count_lock = threading.Lock()
+
+    def info(self) -> dict:
+        return {"name": "stand_in", "classes": CLASSES, "inputs": ["audio", "text"]}
+
+    def predict(self, audio=None, text=None, sample_rate=None, speaker=None) -> dict:
+        with self._count_lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            self.seen.append((type(audio), sample_rate))
+            if not isinstance(audio, np.ndarray):
+                raise AssertionError(f"the service passed {type(audio).__name__}, not a decoded waveform")
+            if text == "slow":
+                time.sleep(self.sleep_s)
+            if text == "boom":
+                raise ConfigError("the transcript is not usable; give another")
+            if text == "crash":
+                raise RuntimeError("secret internal detail")
+            if float(np.abs(audio).max()) == 0.0:
+                raise AudioError("the audio is silent; there is no speech to recognise an emotion from")
+            duration = audio.size / sample_rate
+            logits = np.array([duration, 1.0, 0.5, 0.0])
+            probs = np.exp(logits) / np.exp(logits).sum()
+            return {"label": CLASSES[int(np.argmax(probs))], "probabilities": dict(zip(CLASSES, probs.tolist())),
+                    "aux": {"route_audio": [0.25, 0.75], "gate_weights": [0.2, 0.3, 0.5]}, "modalities": ["audio", "text"],
+                    "transcript": text, "transcript_source": "given" if text else None, "duration_s": duration, "notes": []}
+        finally:
+            with self._count_lock:
+                self.active -= 1
+
+    def predict_many(self, items: list[dict]) -> list[dict]:
+        out = []
+        for item in items:
+            try:
+                out.append(self.predict(**item))
+            except (AudioError, ConfigError) as exc:
+                out.append({"error": str(exc), "error_type": type(exc).__name__, "input": {}})
+        return out
+
+
+def client_for(predictor=None, **limits) -> TestClient:
+    return TestClient(create_app(predictor or StandInPredictor(), ServiceLimits(**limits)), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with client_for(max_upload_bytes=100_000, max_duration_s=3.0, max_batch_items=4) as test_client:
+        yield test_client
+
+
+def post_audio(client, data: bytes, filename: str = "clip.wav", content_type: str = "audio/wav", **form):
+    return client.post("/predict", files={"file": (filename, data, content_type)}, data=form)
+
+
+def assert_error(response, status: int, kind: str, *words: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["type"] == kind, body
+    message = body["error"]["message"]
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_predict_returns_the_predictors_json(client):
+    response = post_audio(client, wav_bytes(2.0), text="what a day", speaker="s1")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["label"] == "angry" and body["transcript"] == "what a day"
+    assert abs(sum(body["probabilities"].values()) - 1) < 1e-9
+    assert body["duration_s"] == pytest.approx(2.0)
+    assert body["aux"]["route_audio"] == [0.25, 0.75]
+
+
+def test_health_model_page_and_openapi(client):
+    assert client.get("/health").json() == {"status": "ok", "model": "stand_in"}
+    model = client.get("/model").json()
+    assert model["classes"] == CLASSES and model["limits"]["max_upload_bytes"] == 100_000
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="predict-form"' in page.text and "/static/app.js" in page.text
+    assert client.get("/static/app.js").status_code == 200 and client.get("/static/style.css").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/predict", "/predict/batch", "/health", "/model"} <= set(paths)
+
+
+def test_the_page_loads_nothing_from_other_hosts():
+    import re
+
+    files = sorted(STATIC_DIR.iterdir())
+    assert {"index.html", "app.js", "style.css"} <= {p.name for p in files}
+    for path in files:
+        hosts = re.findall(r"(?:https?:)?//[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+", path.read_text())
+        assert not hosts, f"{path.name} refers to other hosts: {hosts}"
+    assert re.search(r"(?:https?:)?//[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+", '<script src="https://cdn.example.org/x.js">')
+
+
+def test_bad_uploads_get_clear_errors_and_the_service_keeps_serving(client):
+    assert_error(post_audio(client, CORRUPT), 422, "invalid_audio", "clip.wav", "not a readable audio file")
+    assert_error(post_audio(client, b""), 422, "empty_file", "empty")
+    assert_error(post_audio(client, wav_bytes(4.0) + b"\0" * 10), 413, "payload_too_large", "MB")
+    assert_error(post_audio(client, wav_bytes(1.0), "notes.txt", "text/plain"), 415, "unsupported_media_type", "text/plain")
+    assert_error(post_audio(client, wav_bytes(3.5, rate=8000), "long.wav"), 422, "audio_too_long", "3.5 s", "3 s")
+    assert_error(post_audio(client, wav_bytes(1.0), text="x" * 5001), 422, "text_too_long", "5000")
+    assert_error(post_audio(client, wav_bytes(1.0), text="boom"), 422, "invalid_input", "transcript is not usable")
+    assert_error(post_audio(client, np.zeros(10, np.int16).tobytes()), 422, "invalid_audio")
+    message = assert_error(post_audio(client, wav_bytes(1.0), text="crash"), 500, "internal_error")
+    assert "secret" not in message, "internal exception text must not leak to clients"
+    assert_error(client.post("/predict", data={"text": "no file"}), 422, "validation_error", "file")
+    assert_error(client.get("/nowhere"), 404, "not_found")
+    assert_error(client.get("/predict"), 405, "method_not_allowed")
+    assert post_audio(client, wav_bytes(1.0), text="still here").status_code == 200
+
+
+def test_a_path_is_never_accepted_in_place_of_an_upload():
+    predictor = StandInPredictor()
+    with client_for(predictor) as test_client:
+        response = test_client.post("/predict", data={"file": str(Path(__file__).resolve()), "text": "hi"})
+        assert_error(response, 422, "validation_error", "file")
+        assert post_audio(test_client, wav_bytes(1.0), "../../etc/passwd.wav").status_code == 200
+    assert predictor.seen == [(np.ndarray, RATE)]
+
+
+def test_browser_content_types_and_webm_opus_uploads_are_decoded(client):
+    t = np.arange(RATE) / RATE
+    webm = webm_opus_bytes((0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32))
+    for name, kind in [("recording.webm", "audio/webm;codecs=opus"), ("recording.webm", "video/webm"), ("blob", None)]:
+        files = {"file": (name, webm, kind)} if kind else {"file": (name, webm)}
+        response = client.post("/predict", files=files)
+        assert response.status_code == 200, response.text
+        assert response.json()["duration_s"] == pytest.approx(1.0, abs=0.03)
+
+
+def test_body_limit_applies_before_parsing_even_without_content_length():
+    with client_for(max_upload_bytes=10_000) as test_client:
+        request = httpx.Request("POST", "http://x/predict", files={"file": ("a.wav", wav_bytes(2.0), "audio/wav")})
+        body, headers = request.read(), {"content-type": request.headers["content-type"]}
+        assert_error(test_client.post("/predict", content=body, headers=headers), 413, "payload_too_large")
+
+        def chunks():
+            for start in range(0, len(body), 4096):
+                yield body[start:start + 4096]
+
+        response = test_client.post("/predict", content=chunks(), headers=headers)
+        assert "content-length" not in response.request.headers
+        assert_error(response, 413, "payload_too_large", "MB")
+        assert post_audio(test_client, wav_bytes(0.2)).status_code == 200
+
+
+def test_batch_gives_each_bad_item_its_own_error(client):
+    files = [("files", ("a.wav", wav_bytes(1.0), "audio/wav")), ("files", ("b.wav", CORRUPT, "audio/wav")),
+             ("files", ("c.txt", wav_bytes(1.0), "text/plain")), ("files", ("d.wav", wav_bytes(2.0), "audio/wav"))]
+    response = client.post("/predict/batch", files=files, data={"texts": ["one", "", "three", "boom"]})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 4
+    assert results[0]["label"] in CLASSES and results[0]["transcript"] == "one"
+    assert results[1]["error"]["type"] == "invalid_audio" and "b.wav" in results[1]["error"]["message"]
+    assert results[2]["error"]["type"] == "unsupported_media_type"
+    assert results[3]["error"] == {"type": "invalid_input", "message": "the transcript is not usable; give another"}
+    assert_error(client.post("/predict/batch", files=files, data={"texts": ["one"]}), 422, "validation_error", "1 texts for 4 files")
+    assert_error(client.post("/predict/batch", files=files + files[:1]), 422, "too_many_items", "limit is 4")
+
+
+def test_a_slow_prediction_times_out_with_504_and_the_next_one_is_served():
+    predictor = StandInPredictor(sleep_s=0.6)
+    with client_for(predictor, timeout_s=0.15) as test_client:
+        started = time.perf_counter()
+        assert_error(post_audio(test_client, wav_bytes(1.0), text="slow"), 504, "timeout", "0.15 s")
+        assert time.perf_counter() - started < 0.5
+        # the timed-out prediction cannot be interrupted: it holds the worker until it finishes
+        deadline = time.monotonic() + 5
+        while predictor.active and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert post_audio(test_client, wav_bytes(1.0), text="fine").status_code == 200
+
+
+def test_requests_beyond_max_pending_get_503_and_inference_is_serialised():
+    predictor = StandInPredictor(sleep_s=0.2)
+    app = create_app(predictor, ServiceLimits(max_pending=2, worker_threads=4))
+
+    async def burst():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            requests = [client.post("/predict", files={"file": ("a.wav", wav_bytes(0.5), "audio/wav")}, data={"text": "slow"})
+                        for _ in range(5)]
+            return await asyncio.gather(*requests)
+
+    statuses = sorted(r.status_code for r in asyncio.run(burst()))
+    assert statuses == [200, 200, 503, 503, 503]
+    assert predictor.max_active == 1, "the predictor must never run two requests at once"
+
+
+def test_limits_are_validated():
+    with pytest.raises(ConfigError, match="max_upload_bytes must be positive"):
+        ServiceLimits(max_upload_bytes=0)
+    limits = ServiceLimits()
+    assert limits.accepts("audio/x-wav") and limits.accepts("AUDIO/OGG; codecs=opus") and limits.accepts(None)
+    assert limits.accepts("application/octet-stream") and not limits.accepts("image/png") and not limits.accepts("text/plain")
+
+
+def test_concurrent_requests_on_a_real_server_all_succeed():
+    predictor = StandInPredictor()
+    clip = wav_bytes(0.5)
+    with BackgroundServer(create_app(predictor, ServiceLimits(worker_threads=2))) as url, httpx.Client(base_url=url, timeout=30) as http:
+        def one(index: int) -> int:
+            response = http.post("/predict", files={"file": (f"{index}.wav", clip, "audio/wav")}, data={"text": f"t{index}"})
+            return response.status_code if response.json().get("transcript") == f"t{index}" else -1
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(one, range(48)))
+    assert statuses == [200] * 48
+    assert predictor.max_active == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Acceptance: the real Predictor of a trained synthetic run
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def real_predictor(trained_synthetic_run, one_thread):
+    from emomix.infer.predictor import Predictor
+
+    return Predictor.from_run(trained_synthetic_run)
+
+
+@pytest.fixture(scope="module")
+def real_clips(trained_synthetic_run, synthetic_features):
+    """Four test utterances of the run's corpus: (file bytes, transcript, speaker, path)."""
+    table = synthetic_features.table.sort_values("utt_id").head(4)
+    return [((synthetic_features.root / row.audio_path).read_bytes(), row.text, row.speaker,
+             synthetic_features.root / row.audio_path) for row in table.itertuples()]
+
+
+@pytest.fixture(scope="module")
+def real_client(real_predictor):
+    with TestClient(create_app(real_predictor, ServiceLimits(max_upload_bytes=2_000_000))) as test_client:
+        yield test_client
+
+
+def test_real_model_predicts_an_upload_like_the_predictor_on_the_file(real_client, real_predictor, real_clips):
+    data, text, speaker, path = real_clips[0]
+    response = real_client.post("/predict", files={"file": (path.name, data, "audio/wav")}, data={"text": text, "speaker": speaker})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    classes = real_predictor.info()["classes"]
+    assert body["label"] in classes and list(body["probabilities"]) == classes
+    assert abs(sum(body["probabilities"].values()) - 1) < 1e-5
+    assert body["transcript"] == text and body["transcript_source"] == "given"
+    assert set(body["aux"]) >= {"route_audio", "route_text"} and abs(sum(body["aux"]["route_audio"]) - 1) < 1e-5
+    direct = real_predictor.predict(audio=str(path), text=text, speaker=speaker)
+    assert body["label"] == direct["label"]
+    for name in classes:
+        assert body["probabilities"][name] == pytest.approx(direct["probabilities"][name], abs=1e-4)
+
+
+def test_real_model_batch_health_and_model(real_client, real_predictor, real_clips, trained_synthetic_run):
+    import json
+
+    files = [("files", (p.name, d, "audio/wav")) for d, _, _, p in real_clips[:2]] + [("files", ("bad.wav", CORRUPT, "audio/wav"))]
+    texts = [t for _, t, _, _ in real_clips[:2]] + ["x"]
+    response = real_client.post("/predict/batch", files=files, data={"texts": texts})
+    assert response.status_code == 200, response.text
+    first, second, bad = response.json()["results"]
+    classes = json.loads((trained_synthetic_run / "run.json").read_text())["classes"]
+    assert first["label"] in classes and second["label"] in classes and first["transcript"] == texts[0]
+    assert bad["error"]["type"] == "invalid_audio" and "bad.wav" in bad["error"]["message"]
+    assert real_client.get("/health").json() == {"status": "ok", "model": "dual_routing"}
+    model = real_client.get("/model").json()
+    assert model["name"] == "dual_routing" and model["classes"] == classes and set(model["inputs"]) == {"audio", "text"}
+
+
+def test_real_model_refuses_bad_uploads_then_still_predicts(real_client, real_clips):
+    data, text, _, path = real_clips[1]
+    assert_error(post_audio(real_client, CORRUPT, text=text), 422, "invalid_audio")
+    assert_error(post_audio(real_client, b"", text=text), 422, "empty_file")
+    assert_error(post_audio(real_client, b"\0" * 2_100_000, text=text), 413, "payload_too_large")
+    assert_error(post_audio(real_client, data, "x.png", "image/png", text=text), 415, "unsupported_media_type")
+    assert_error(post_audio(real_client, sf_silence(), text=text), 422, "invalid_audio", "silent")
+    response = post_audio(real_client, data, path.name, text=text)
+    assert response.status_code == 200 and response.json()["transcript"] == text
+
+
+def sf_silence(seconds: float = 1.0) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(int(seconds * RATE), np.float32), RATE, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def test_real_model_reads_a_browser_recording(real_client, real_clips):
+    data, text, _, _ = real_clips[2]
+    wave, rate = sf.read(io.BytesIO(data), dtype="float32")
+    response = real_client.post("/predict", files={"file": ("recording.webm", webm_opus_bytes(wave, rate), "audio/webm;codecs=opus")},
+                                data={"text": text})
+    assert response.status_code == 200, response.text
+    assert response.json()["duration_s"] == pytest.approx(wave.size / rate, abs=0.05)
+
+
+@pytest.mark.parametrize("count", [40, pytest.param(200, marks=pytest.mark.slow)])
+def test_real_model_serves_requests_8_at_a_time_without_errors(real_predictor, real_clips, count):
+    """Every concurrent answer equals the answer to the same request made alone. 40 requests in
+    the fast suite (about 0.1-0.3 s each on two shared cores); the full 200 with ``-m slow`` and
+    in ``bench/serve_load.py``."""
+    limits = ServiceLimits(worker_threads=2, timeout_s=120)
+    references = {}
+    with BackgroundServer(create_app(real_predictor, limits)) as url, httpx.Client(base_url=url, timeout=120) as http:
+        def one(index: int) -> dict:
+            data, text, speaker, path = real_clips[index % len(real_clips)]
+            response = http.post("/predict", files={"file": (path.name, data, "audio/wav")}, data={"text": text, "speaker": speaker})
+            return {"index": index, "status": response.status_code, "body": response.json()}
+
+        for index in range(len(real_clips)):  # the answers every concurrent request must reproduce
+            references[index] = one(index)["body"]["probabilities"]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(one, range(count)))
+    errors = [a for a in answers if a["status"] != 200]
+    assert not errors, errors[:3]
+    for answer in answers:
+        expected = references[answer["index"] % len(real_clips)]
+        assert answer["body"]["probabilities"] == pytest.approx(expected, abs=1e-5)
