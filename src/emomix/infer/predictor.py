@@ -294,7 +294,7 @@ class Predictor:
                     out[item.index] = exc
         return out
 
-    def _prepare(self, position: int, number: int, raw: Any, scratch: Path) -> _Item:
+    def _prepare(self, position: int, number: int, raw: Any, scratch: "_Scratch") -> _Item:
         """Validate one input; arrays and bytes become temporary float32 WAV files."""
         if not isinstance(raw, Mapping):
             raise ConfigError(f"an item must be a dict with keys {', '.join(ITEM_KEYS)}, got {type(raw).__name__}")
@@ -326,7 +326,7 @@ class Predictor:
             item.notes.append(f"text ignored: {self.card['model']} reads audio only")
         return item
 
-    def _audio_file(self, audio: Any, rate: Any, scratch: Path, item: _Item) -> tuple[str, float]:
+    def _audio_file(self, audio: Any, rate: Any, scratch: "_Scratch", item: _Item) -> tuple[str, float]:
         import soundfile as sf
 
         from emomix.audio.io import audio_duration, decode_audio_bytes
@@ -351,7 +351,7 @@ class Predictor:
             raise AudioError(f"{_name(item)}: holds no samples")
         if not np.isfinite(wave).all():
             raise AudioError(f"{_name(item)}: contains NaN or infinite samples")
-        path = scratch / f"{item.utt_id}.wav"
+        path = scratch.path / f"{item.utt_id}.wav"
         sf.write(str(path), wave, int(rate), subtype="FLOAT")  # 32-bit float: the samples are kept exactly
         if rate == 16000:
             item.wave = wave  # kept for speech recognition, which reads 16 kHz
@@ -748,7 +748,28 @@ def _clean_float(value: float) -> float | None:  # type: ignore[return-value]
     return None if math.isnan(value) else value
 
 
+class _Scratch:
+    """A temporary folder made on first use (inputs given as paths need none) and removed after the batch."""
+
+    def __init__(self) -> None:
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def path(self) -> Path:
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="emomix-predict-")
+        return Path(self._folder.name)
+
+    def cleanup(self) -> None:
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
+
+
 @contextmanager
-def _scratch_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="emomix-predict-") as folder:
-        yield Path(folder)
+def _scratch_dir() -> Iterator[_Scratch]:
+    scratch = _Scratch()
+    try:
+        yield scratch
+    finally:
+        scratch.cleanup()
