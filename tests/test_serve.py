@@ -414,3 +414,48 @@ def test_real_model_serves_requests_8_at_a_time_without_errors(real_predictor, r
     for answer in answers:
         expected = references[answer["index"] % len(real_clips)]
         assert answer["body"]["probabilities"] == pytest.approx(expected, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# emomix serve
+# ---------------------------------------------------------------------------------------------
+
+
+def serve_cli():
+    import typer
+
+    from emomix.cli_serve import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.callback()
+    def main() -> None:  # a group, so the command is called by name as in `emomix serve`
+        pass
+
+    return app
+
+
+def test_serve_command_builds_the_limits_and_runs_uvicorn(monkeypatch, tmp_path):
+    import emomix.infer.predictor as predictor_module
+    import emomix.serve.server as server_module
+    from typer.testing import CliRunner
+
+    calls = {}
+
+    def from_run(cls, path, fold=None, seed=None, device="cpu"):
+        calls["run"] = (path, fold, seed)
+        return StandInPredictor()
+
+    monkeypatch.setattr(predictor_module.Predictor, "from_run", classmethod(from_run))
+    monkeypatch.setattr(server_module, "run_server", lambda app, host, port, log_level: calls.update(app=app, host=host, port=port))
+    result = CliRunner().invoke(serve_cli(), ["serve", str(tmp_path), "--port", "8123", "--fold", "ses02", "--seed", "1",
+                                              "--max-upload-mb", "2", "--max-duration-s", "12", "--timeout-s", "5",
+                                              "--workers-threads", "3"])
+    assert result.exit_code == 0, result.output
+    assert calls["run"] == (tmp_path, "ses02", 1) and calls["port"] == 8123 and calls["host"] == "127.0.0.1"
+    assert "serving stand_in" in result.output
+    limits = calls["app"].state.service.limits
+    assert (limits.max_upload_bytes, limits.max_duration_s, limits.timeout_s, limits.worker_threads) == (2 * 1024 * 1024, 12.0, 5.0, 3)
+    refused = CliRunner().invoke(serve_cli(), ["serve", str(tmp_path), "--max-upload-mb", "0"])
+    assert isinstance(refused.exception, ConfigError) and "--max-upload-mb" in str(refused.exception)
