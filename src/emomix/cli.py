@@ -128,6 +128,8 @@ from emomix.cli_extract import register; register(app)  # noqa: E402,E702  (emom
 from emomix.cli_models import register as _register_models; _register_models(app)  # noqa: E402,E702  (emomix models)
 from emomix.cli_train import register as _register_train; _register_train(app)  # noqa: E402,E702  (emomix train)
 from emomix.evaluate.cli import register as _register_evaluate; _register_evaluate(app)  # noqa: E402,E702  (emomix evaluate, compare)
+from emomix.cli_infer import register as _register_infer; _register_infer(app)  # noqa: E402,E702  (emomix predict)
+from emomix.cli_serve import register as _register_serve; _register_serve(app)  # noqa: E402,E702  (emomix serve)
 
 
 def main(argv: list[str] | None = None) -> None:
