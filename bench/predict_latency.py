@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results: dict[str, Any] = {"name": NAME, "machine": machine_info(threads), "clip_s": 3.0, "text": SENTENCE,
                                    "repeats": repeats, "configs": {}}
         for kind in ("offline", "base"):
-            predictor = build_predictor(kind, args.quick)
+            predictor = build_predictor(kind, args.quick, folder=work / "checkpoint")
             results["configs"][kind] = compare(kind, predictor, clip, repeats[kind])
         print()
         print(render(results))
@@ -171,7 +171,8 @@ def build_predictor(kind: str, quick: bool = False, folder: Path | None = None) 
     from emomix.infer.predictor import Predictor
 
     if kind == "offline":
-        folder = folder or Path(tempfile.mkdtemp(prefix="emomix-bench-ckpt-"))
+        if folder is None:
+            raise ValueError("the offline predictor needs a folder for its checkpoint")
         return Predictor.from_run(write_offline_checkpoint(folder), asr=False)
     from emomix.encoders.speech_ssl import SpeechSSLEncoder
     from emomix.encoders.text import TextEncoder

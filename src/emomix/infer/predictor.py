@@ -149,6 +149,9 @@ class Predictor:
         classes = list(card["classes"])
         info = model_info(str(card["model"]))
         modalities = tuple(card.get("config", {}).get("modalities") or info.modalities)
+        if "video" in modalities:
+            raise ConfigError(f"{card['model']} reads video; the predictor handles audio and text models only "
+                              "(train a variant with modalities: [audio, text])")
         dims = {k: int(v) for k, v in dict(card["input_dims"]).items() if k.split("_")[0] in modalities}
         model = create_model(str(card["model"]), dict(card.get("config") or {}), dims, len(classes))
         specs = {m: FeatureSpec.from_dict(m, values) for m, values in dict(card["features"]).items() if m in modalities}
@@ -432,6 +435,8 @@ class Predictor:
         for item in items:
             rows.append({"utt_id": item.utt_id, "corpus": "inference", "audio_path": item.audio_path, "text": item.text,
                          "speaker": item.speaker or UNKNOWN_SPEAKER, "dialogue_id": "inference", "turn": item.index})
+            if self.card.get("edges"):
+                item.notes.append("no word timings at inference: the token–frame graph uses the model's fallback")
             for modality, normaliser in self.normalisers.items():
                 if item.speaker is None or item.speaker not in normaliser.mean:
                     who = "no speaker given" if item.speaker is None else f"speaker {item.speaker!r} not seen in training"
