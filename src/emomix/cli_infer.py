@@ -33,10 +33,10 @@ def predict(
                                             "with audio_path[,text,speaker]."),
     text: Optional[str] = typer.Option(None, "--text", help="The transcript (a single audio file only; a manifest has a text column)."),
     speaker: Optional[str] = typer.Option(None, "--speaker", help="The speaker id for speaker-normalised features (single file)."),
-    fold: Optional[str] = typer.Option(None, "--fold", help="Use this fold's model [default: the best validation score]."),
+    fold: Optional[str] = typer.Option(None, "--fold", help="Use this fold's model (default: the fold/seed with the best validation score)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Use this seed's model."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results to .jsonl, .csv (or .json with --timeline) "
-                                                                 "[default: JSON lines on stdout]."),
+                                                                 "(default: JSON lines on stdout)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Inputs per feature-extraction batch."),
     timeline: bool = typer.Option(False, "--timeline", help="Treat each input as a long recording: segment it and predict "
                                                             "every speech segment."),
