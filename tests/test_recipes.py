@@ -280,3 +280,19 @@ def test_emodb_syllable_timings_cannot_make_token_frame_edges(real_tables):
     tokens = [w["token"] if isinstance(w, dict) else w.token for w in row["words"]]
     assert tokens != row["text"].split()
     assert not any(load_recipe(p).edges for p in (CONFIGS / "emodb").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path, overrides", [
+    (PAPERS / "dual_routing_iemocap4.yaml", {"model.name": "dual_routing_local", "features.audio.preprocess.vad_mode": "trim",
+                                             "features.audio.preprocess.chunk_max_s": 3}),
+    (PAPERS / "mpaf_net_iemocap8.yaml", {"model.name": "concat_fusion", "optimiser.schedule": "plateau"}),
+    (PAPERS / "complementary_iemocap.yaml", {"model.name": "complementary_spl", "optimiser.schedule": "none"}),
+    (PAPERS / "mister_e_iemocap6.yaml", {"model.name": "mister_e_no_context"}),
+    (CONFIGS / "meld_text" / "mister_e_text.yaml", {"model.config.context": False}),
+    (SYNTHETIC / "baselines.yaml", {"model.name": "graph_mlp", "features.edges": True}),
+], ids=["dual-routing-chunked", "mpaf-baseline", "complementary-spl", "mister-e-ablation", "meld-no-context", "graph-mlp"])
+def test_variants_named_in_recipe_headers_load(path, overrides):
+    """The `--set` variants the recipes' comments and docs/recipes.md advertise are valid."""
+    recipe = load_recipe(path, overrides=overrides)
+    if "model.name" in overrides:
+        assert recipe.model.name == overrides["model.name"]
