@@ -172,22 +172,27 @@ def make_table(records: Iterable[Utterance | dict[str, Any]]) -> pd.DataFrame:
 
 def normalise_table(table: pd.DataFrame) -> pd.DataFrame:
     """Return ``table`` with exactly the utterance columns, in order, with canonical dtypes."""
-    table = table.copy()
+    # Columns are built in a dict and assembled once: assigning them one by one into a frame costs
+    # more than the conversions themselves for the one-row tables of inference.
+    count = len(table)
+
+    def values(name: str) -> list[Any]:
+        return list(table[name]) if name in table.columns else [None] * count
+
+    columns: dict[str, Any] = {}
     for name in COLUMNS:
-        if name not in table.columns:
-            table[name] = None
-    table = table[list(COLUMNS)]
-    for name in ("utt_id", "corpus", "audio_path", "text", "label", "raw_label", "speaker", "session",
-                 "dialogue_id", "split", "video_path", "alignment"):
-        table[name] = pd.Series(
-            [None if _missing(v) else str(v) for v in table[name]], index=table.index, dtype=object
-        )
-    for name in ("start", "end", "score", "video_start", "video_end"):
-        table[name] = pd.to_numeric(table[name], errors="raise").astype("float64")
-    table["turn"] = pd.array([None if _missing(v) else int(v) for v in table["turn"]], dtype="Int64")
-    table["words"] = pd.Series([_clean_words(v) for v in table["words"]], index=table.index, dtype=object)
-    validate_table(table)
-    return table.reset_index(drop=True)
+        if name in ("start", "end", "score", "video_start", "video_end"):
+            column = table[name] if name in table.columns else pd.Series([None] * count, dtype=object)
+            columns[name] = pd.to_numeric(column, errors="raise").astype("float64").to_numpy()
+        elif name == "turn":
+            columns[name] = pd.array([None if _missing(v) else int(v) for v in values(name)], dtype="Int64")
+        elif name == "words":
+            columns[name] = pd.Series([_clean_words(v) for v in values(name)], dtype=object)
+        else:
+            columns[name] = pd.Series([None if _missing(v) else str(v) for v in values(name)], dtype=object)
+    normalised = pd.DataFrame(columns, columns=list(COLUMNS))
+    validate_table(normalised)
+    return normalised
 
 
 def validate_table(table: pd.DataFrame) -> None:

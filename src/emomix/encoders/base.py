@@ -108,8 +108,10 @@ class Encoder(nn.Module, ABC):
     def encode(self, inputs: Sequence[Any], output_hidden_states: bool = False) -> EncoderOutput:
         """:meth:`forward` in eval mode without gradients (for extraction and inference)."""
         was_training = self.training
-        self.eval()
+        if was_training:  # switching modes walks every submodule: skip it when already in eval mode
+            self.eval()
         try:
             return self(inputs, output_hidden_states=output_hidden_states)
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train(True)

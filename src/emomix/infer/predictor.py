@@ -116,21 +116,7 @@ class Predictor:
         ``asr``: None finds a local speech recogniser when first needed (:mod:`emomix.infer.asr`),
         False disables speech recognition, or pass a transcriber object.
         """
-        path = Path(path)
-        if not path.exists():
-            raise MissingDataError(f"{path} does not exist; give a run folder (emomix train's --out) or a "
-                                   "checkpoint folder folds/<fold>/seed-<k>")
-        if (path / "model.json").is_file():
-            checkpoint, run_dir = path, find_run_root(path)
-            card = read_model_card(checkpoint)
-            if fold is not None and str(card.get("fold")) != str(fold) or seed is not None and int(card.get("seed", -1)) != int(seed):
-                raise ConfigError(f"{path} holds fold {card.get('fold')} seed {card.get('seed')}, not fold {fold} seed {seed}; "
-                                  "give the run folder to choose another")
-        elif (path / "folds").is_dir():
-            checkpoint, run_dir = choose_checkpoint(path, fold, seed), path
-            card = read_model_card(checkpoint)
-        else:
-            raise MissingDataError(f"{path} is neither a run folder (no folds/) nor a checkpoint folder (no model.json)")
+        checkpoint, run_dir, card = resolve_checkpoint(path, fold, seed)
         return cls._load(card, checkpoint, run_dir, device, asr)
 
     @classmethod
@@ -174,6 +160,7 @@ class Predictor:
         for encoder in encoders.values():
             if isinstance(encoder, torch.nn.Module):
                 encoder.to(device)
+                encoder.eval()  # once here: Encoder.encode then skips its per-call mode switches
         normalisers = load_normalisers(card, checkpoint, run_dir, specs)
         metrics = read_metrics(run_dir, card) if run_dir is not None else None
         return cls(card, task, specs, encoders, normalisers, checkpoint, run_dir, metrics, device, asr)
@@ -183,8 +170,10 @@ class Predictor:
     def info(self) -> dict[str, Any]:
         """The model card: name, classes, inputs, features, training summary, corpus, protocol,
         the run's headline metrics, and how missing transcripts are handled."""
+        from emomix.infer.card import predictor_card
+
         card = self.card
-        return {
+        info = {
             "name": card["model"],
             "classes": list(self.classes),
             "inputs": list(self.modalities),
@@ -200,6 +189,44 @@ class Predictor:
             "run": None if self.run_dir is None else str(self.run_dir),
             "emomix_version": card.get("emomix_version"),
         }
+        # the model card's own fields (paper, fold plan, "not evaluated" metrics...): the same
+        # card `emomix export` writes, apart from its creation time
+        for key, value in predictor_card(self).items():
+            if key == "metrics" or key not in info:
+                info[key] = value
+        info.pop("created", None)
+        return info
+
+    # -- the model's own batches ---------------------------------------------------------------
+
+    def model_batch(self, items: Sequence[Mapping[str, Any]], as_dialogue: bool = False) -> tuple[Any, list[dict[str, Any]]]:
+        """The batch the model reads for ``items`` (dicts like :meth:`predict_many`'s, one feature
+        extraction, one batch) and the predictions made from that very batch.
+
+        Used to check an exported model on exactly what :meth:`predict` feeds the PyTorch model.
+        ``as_dialogue``: for a dialogue model, the items are the turns of one conversation
+        (:meth:`predict_dialogue`); otherwise one-utterance dialogues. Any failing item raises its
+        error. Items without a transcript for a text model get the audio-only reading in their
+        result (``modalities == ["audio"]``), which is not the batch's logits.
+        """
+        if not items:
+            raise ConfigError("model_batch needs at least one item")
+        captured: list[Any] = []
+        results = self._run(list(items), as_dialogue=as_dialogue, batches=captured)
+        for index, result in enumerate(results):
+            if isinstance(result, BaseException):
+                raise type(result)(f"item {index}: {result}") if isinstance(result, EmomixError) else result
+        return captured[0], results
+
+    def model_input(self, batch: Any) -> Any:
+        """``batch`` as the model's ``forward`` receives it: with fine-tuned encoder layers
+        (``trainable_top_layers``) applied to the stored boundary states; otherwise unchanged."""
+        import torch
+
+        if not getattr(self.task, "boundaries", None) or self.batch_kind == "dialogue":
+            return batch
+        with torch.no_grad():
+            return self.task._run_top_layers(batch.to(self.device))
 
     # -- predicting ----------------------------------------------------------------------------
 
@@ -251,8 +278,9 @@ class Predictor:
 
     # -- the batch path ------------------------------------------------------------------------
 
-    def _run(self, raw_items: Sequence[Any], as_dialogue: bool = False, first_index: int = 0) -> list[Any]:
-        """Results (dicts) or exceptions, one per raw item."""
+    def _run(self, raw_items: Sequence[Any], as_dialogue: bool = False, first_index: int = 0,
+             batches: list[Any] | None = None) -> list[Any]:
+        """Results (dicts) or exceptions, one per raw item (``batches`` collects the model batch)."""
         out: list[Any] = [None] * len(raw_items)
         with _scratch_dir() as scratch:
             items: list[_Item] = []
@@ -290,7 +318,7 @@ class Predictor:
             if not ready:
                 return out
             try:
-                for item, result in zip(ready, self._forward(ready, features.feature_set, as_dialogue)):
+                for item, result in zip(ready, self._forward(ready, features.feature_set, as_dialogue, batches)):
                     out[item.index] = result
             except EmomixError as exc:
                 for item in ready:
@@ -443,8 +471,9 @@ class Predictor:
                     item.notes.append(f"{who}: {modality} features normalised with the pooled training statistics")
         return make_table(rows)
 
-    def _forward(self, items: Sequence[_Item], feature_set: Any, as_dialogue: bool) -> list[dict[str, Any]]:
-        """The model on the items' features, as evaluation runs it."""
+    def _forward(self, items: Sequence[_Item], feature_set: Any, as_dialogue: bool,
+                 batches: list[Any] | None = None) -> list[dict[str, Any]]:
+        """The model on the items' features, as evaluation runs it (the batch is appended to ``batches``)."""
         from emomix.train.data import DialogueCollator, UtteranceCollator
         from emomix.train.fit import IGNORE_INDEX, utterance_vector
         from emomix.train.task import predict_rows
@@ -460,6 +489,8 @@ class Predictor:
             collate = UtteranceCollator(feature_set.features, ids, labels, self.modalities, feature_set.frame_rates,
                                         feature_set.layers, {m: self.specs[m].max_length for m in self.modalities})
             batch = collate(range(len(ids)))
+        if batches is not None:
+            batches.append(batch)
         order, probs, _, aux = predict_rows(self.task, [batch])
         row_of = {u: r for r, u in enumerate(order)}
         results = []
@@ -525,6 +556,28 @@ def read_model_card(checkpoint: Path) -> dict[str, Any]:
     if absent:
         raise ConfigError(f"{path}: the model card lacks {', '.join(absent)}")
     return card
+
+
+def resolve_checkpoint(path: str | Path, fold: str | None = None,
+                       seed: int | None = None) -> tuple[Path, Path | None, dict[str, Any]]:
+    """(checkpoint folder, run folder or None, its ``model.json``) for a run folder (choosing a
+    fold/seed, see the module doc) or a checkpoint folder, as :meth:`Predictor.from_run` loads them."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingDataError(f"{path} does not exist; give a run folder (emomix train's --out) or a "
+                               "checkpoint folder folds/<fold>/seed-<k>")
+    if (path / "model.json").is_file():
+        checkpoint, run_dir = path, find_run_root(path)
+        card = read_model_card(checkpoint)
+        if fold is not None and str(card.get("fold")) != str(fold) or seed is not None and int(card.get("seed", -1)) != int(seed):
+            raise ConfigError(f"{path} holds fold {card.get('fold')} seed {card.get('seed')}, not fold {fold} seed {seed}; "
+                              "give the run folder to choose another")
+    elif (path / "folds").is_dir():
+        checkpoint, run_dir = choose_checkpoint(path, fold, seed), path
+        card = read_model_card(checkpoint)
+    else:
+        raise MissingDataError(f"{path} is neither a run folder (no folds/) nor a checkpoint folder (no model.json)")
+    return checkpoint, run_dir, card
 
 
 def find_run_root(checkpoint: Path) -> Path | None:
@@ -605,18 +658,23 @@ def read_metrics(run_dir: Path, card: Mapping[str, Any]) -> dict[str, Any] | Non
     if not path.is_file():
         return None
     try:
-        metrics = json.loads(path.read_text()).get("metrics") or {}
+        document = json.loads(path.read_text())
+        metrics = document.get("metrics") or {}
     except (json.JSONDecodeError, AttributeError):
         return None
     own = next((row for row in metrics.get("per_fold") or []
                 if str(row.get("fold")) == str(card.get("fold")) and int(row.get("seed", -1)) == int(card.get("seed", -2))), None)
     return {
+        "status": "evaluated",
+        "source": str(path),
+        "pooled": metrics.get("headline"),
         "headline": metrics.get("headline"),
         "across_folds": {k: {"mean": v.get("mean"), "sd": v.get("sd"), "n": v.get("n")}
                          for k, v in (metrics.get("across_folds") or {}).items() if isinstance(v, Mapping)},
         "folds": metrics.get("folds"),
         "seeds": metrics.get("seeds"),
         "this_checkpoint": None if own is None else {k: v for k, v in own.items() if k not in ("absent_classes",)},
+        "notes": [str(n) for n in [*(document.get("notes") or []), *(metrics.get("notes") or [])]],
     }
 
 

@@ -294,7 +294,8 @@ def _flat_logits(logits: torch.Tensor, batch: Batch | DialogueBatch) -> tuple[to
 def predict_rows(task: EmotionTask, loader: Any) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Ids, probabilities ``N × C``, label indices and per-row aux arrays over a loader, in eval mode."""
     was_training = task.training
-    task.eval()
+    if was_training:
+        task.eval()
     ids: list[str] = []
     probs, labels = [], []
     aux: dict[str, list[np.ndarray]] = {}
@@ -318,7 +319,8 @@ def predict_rows(task: EmotionTask, loader: Any) -> tuple[list[str], np.ndarray,
                     if isinstance(value, torch.Tensor) and (picked := select(value)) is not None:
                         aux.setdefault(name, []).append(picked.detach().float().cpu().numpy())
     finally:
-        task.train(was_training)
+        if was_training:
+            task.train(True)
     count = len(ids)
     joined = {name: np.concatenate(parts) for name, parts in aux.items()}
     return (ids, np.concatenate(probs) if probs else np.zeros((0, 0)), np.concatenate(labels) if labels else np.zeros(0, np.int64),
