@@ -1010,7 +1010,8 @@ def export_text_encoder(encoder: Any, path: str | Path, layers: Sequence[int] = 
 
     ``layers``: hidden layers to output as ``layer_<k>`` (a features spec's ``layers``);
     ``texts``: real transcripts to trace with (an empty text is added, so the traced batch is
-    padded and the attention mask stays in the graph); ``check_batches``: batches of texts for
+    padded and the trace follows the masked path whatever the transformers version's mask code
+    decides in Python); ``check_batches``: batches of texts for
     the parity check (default: ``texts`` together and the first alone). Outputs must agree
     within ``atol`` on valid tokens, or :class:`ConfigError` is raised and nothing is left at
     ``path``. Encoders of other kinds raise :class:`ConfigError` with
