@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", action="store_true", help="print the Markdown table of the saved results and exit")
+    parser.add_argument("--only-not-applicable", action="store_true",
+                        help="record which models cannot run on each recipe, train nothing")
     args = parser.parse_args(argv)
     if args.table:
         print(markdown_table(load_results()))
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
             reason = applicable(model, recipe, has_dialogues)
             if reason:
                 results[key] = {"recipe": str(recipe_path), "model": model, "not_applicable": reason}
+                continue
+            if args.only_not_applicable:
                 continue
             print(f"{recipe_path.stem} / {model} …", flush=True)
             try:

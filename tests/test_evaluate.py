@@ -430,3 +430,18 @@ def test_cli_compare_writes_markdown_and_refuses_bad_metrics(tmp_path, cli):
     assert "ΔWA vs first" in result.output and f"comparison written to {out}" in result.output
     bad = CliRunner().invoke(cli, ["compare", str(a), str(b), "--metric", "auc"])
     assert isinstance(bad.exception, EmomixError) and "unknown metric 'auc'" in str(bad.exception)
+
+
+def test_seed_ensemble_averages_probabilities_over_seeds():
+    from emomix.evaluate.metrics import seed_ensemble_metrics
+
+    # two seeds disagree on u2; their average picks "b" (0.45+0.75 > 0.55+0.25)
+    rows = [
+        {"utt_id": "u1", "fold": "f", "seed": 0, "label": "a", "pred": "a", "prob_a": 0.9, "prob_b": 0.1},
+        {"utt_id": "u1", "fold": "f", "seed": 1, "label": "a", "pred": "a", "prob_a": 0.8, "prob_b": 0.2},
+        {"utt_id": "u2", "fold": "f", "seed": 0, "label": "b", "pred": "a", "prob_a": 0.55, "prob_b": 0.45},
+        {"utt_id": "u2", "fold": "f", "seed": 1, "label": "b", "pred": "b", "prob_a": 0.25, "prob_b": 0.75},
+    ]
+    result = seed_ensemble_metrics(pd.DataFrame(rows), ["a", "b"])
+    assert result["seeds"] == 2 and result["n"] == 2 and result["wa"] == 1.0 and result["ua"] == 1.0
+    assert seed_ensemble_metrics(pd.DataFrame(rows[::2]), ["a", "b"]) is None  # one seed: no ensemble

@@ -59,6 +59,12 @@ def list_encoders() -> list[str]:
 
 def create_encoder(spec: str | Mapping[str, Any]) -> Encoder:
     """Build an encoder from a name or a ``{"name": ..., **options}`` dict."""
+    if isinstance(spec, Mapping) and "join" in spec:
+        from emomix.encoders.joined import JoinedEncoder
+
+        if set(spec) != {"join"} or not isinstance(spec["join"], (list, tuple)):
+            raise ConfigError(f"a joined encoder spec is {{join: [spec, spec, ...]}}, got keys {sorted(spec)}")
+        return JoinedEncoder([create_encoder(part) for part in spec["join"]])
     if isinstance(spec, str):
         name, options = spec, {}
     elif isinstance(spec, Mapping):

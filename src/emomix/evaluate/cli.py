@@ -65,4 +65,5 @@ def _summaries(metrics: dict) -> dict:
         "headline": {k: (nan if v is None else v) for k, v in metrics["headline"].items()},
         "across_folds": {k: fix(v) for k, v in metrics["across_folds"].items()},
         "across_seeds": {k: fix(v) for k, v in metrics["across_seeds"].items()},
+        "seed_ensemble": metrics.get("seed_ensemble"),
     }

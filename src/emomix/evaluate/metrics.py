@@ -350,3 +350,21 @@ def _finite(value: Any) -> bool:
         return math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
+
+
+def seed_ensemble_metrics(df: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any] | None:
+    """Metrics of the seed ensemble: each utterance's class probabilities averaged over the seeds
+    that predicted it, then the argmax; pooled over folds. None with fewer than two seeds or
+    without ``prob_<class>`` columns.
+
+    An ensemble of the seeds' models is itself a model (one prediction per utterance); its numbers
+    are reported beside, never instead of, the per-seed mean ± SD.
+    """
+    columns = [f"prob_{c}" for c in classes]
+    if df["seed"].nunique() < 2 or any(c not in df.columns for c in columns):
+        return None
+    labelled = df[df["label"].notna()]
+    averaged = labelled.groupby("utt_id", sort=False).agg({**{c: "mean" for c in columns}, "label": "first", "seed": "nunique"})
+    predicted = [classes[i] for i in averaged[columns].to_numpy().argmax(axis=1)]
+    result = classification_metrics(averaged["label"].astype(str), predicted, classes)
+    return {"seeds": int(df["seed"].nunique()), "n": int(len(averaged)), **{m: result[m] for m in METRICS}}

@@ -272,11 +272,12 @@ def build_results(data: RunData) -> dict[str, Any]:
     ``metrics`` is :func:`emomix.evaluate.metrics.metrics_from_predictions`; ``routing`` is
     :func:`emomix.evaluate.routing.routing_analysis` (DataFrames, possibly empty).
     """
-    from emomix.evaluate.metrics import metrics_from_predictions
+    from emomix.evaluate.metrics import metrics_from_predictions, seed_ensemble_metrics
     from emomix.evaluate.routing import routing_analysis
 
     description = describe_run(data.run, data.config, data.plan)
     metrics = metrics_from_predictions(data.predictions, data.classes)
+    metrics["seed_ensemble"] = seed_ensemble_metrics(data.predictions, data.classes)
     notes = list(data.notes)
     if data.plan is not None:
         planned = [f.name for f in data.plan.folds]
@@ -343,6 +344,9 @@ def headline_lines(metrics: Mapping[str, Any]) -> list[str]:
         seeds = format_summary(metrics["across_seeds"][m])
         lines.append(f"{METRIC_NAMES[m]:<12} pooled {_num(metrics['headline'][m])}   "
                      f"folds {folds} (n={metrics['across_folds'][m]['n']})   seeds {seeds} (n={metrics['across_seeds'][m]['n']})")
+    ensemble = metrics.get("seed_ensemble")
+    if ensemble:
+        lines.append(f"seed ensemble ({ensemble['seeds']} seeds): " + ", ".join(f"{METRIC_NAMES[m]} {_num(ensemble[m])}" for m in METRICS))
     return lines
 
 
@@ -395,6 +399,10 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
                      f"{format_summary(folds)} (n={folds['n']})", f"{format_summary(seeds_summary)} (n={seeds_summary['n']})"])
     out += _table(["metric", "pooled", "across folds", "across seeds"], rows, right=[1])
     out.append("")
+    ensemble = metrics.get("seed_ensemble")
+    if ensemble:
+        out += [f"Seed ensemble (the {ensemble['seeds']} seeds' probabilities averaged per utterance, pooled over "
+                f"folds, {ensemble['n']} utterances): " + ", ".join(f"{METRIC_NAMES[m]} {_num(ensemble[m])}" for m in METRICS), ""]
     all_notes = list(results.get("notes", [])) + list(metrics["notes"])
     for note in all_notes:
         out.append(f"> note: {note}  ")
