@@ -130,6 +130,7 @@ from emomix.cli_train import register as _register_train; _register_train(app)  
 from emomix.evaluate.cli import register as _register_evaluate; _register_evaluate(app)  # noqa: E402,E702  (emomix evaluate, compare)
 from emomix.cli_infer import register as _register_infer; _register_infer(app)  # noqa: E402,E702  (emomix predict)
 from emomix.cli_serve import register as _register_serve; _register_serve(app)  # noqa: E402,E702  (emomix serve)
+from emomix.cli_export import register as _register_export; _register_export(app)  # noqa: E402,E702  (emomix export)
 
 
 def main(argv: list[str] | None = None) -> None:
