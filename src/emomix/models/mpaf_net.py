@@ -27,6 +27,19 @@ Decisions where the paper is silent or ambiguous (each one a :class:`MPAFConfig`
   same). The paper pads every signal to 8 s and reads the LSTM after the padding; we read the state
   after the last *valid* frame (packed sequences), so padding never changes the output — cutting or
   padding to 8 s, if wanted, is the data pipeline's choice. Valid frames are a prefix of each row.
+- ``lstm_init="chrono"``, ``chrono_max_frames=100``: how the LSTMs start (the paper does not say).
+  PyTorch's default gives every gate a bias near 0, so the forget gate starts at about 0.5 and the
+  last state remembers only the last few frames; on the synthetic corpus (75 frames per utterance
+  on average) the audio LSTM then sits at chance for 5-10 epochs and ends near chance within the
+  test budget of 15 (UA 0.35-0.50, three seeds). The chrono initialisation (Tallec & Ollivier,
+  2018) draws each unit's forget-gate bias as ``log U(1, chrono_max_frames - 1)`` and its
+  input-gate bias as the negative, other biases 0: units start out remembering over 1 to ~100
+  frames, so the last state begins as a summary of the whole utterance (audio-only UA 0.69-0.74
+  over six seeds; 0.70-0.73 for ``chrono_max_frames`` 20-400). The architecture and the "last state"
+  reading are unchanged. ``lstm_init="pytorch"`` keeps PyTorch's initialisation.
+- Input scale: the LSTMs read the frame features as they come, without normalising them. Give
+  them standardised features (the pipeline z-scores frames per speaker with ``SpeakerNormaliser``);
+  raw MFCCs, whose first coefficient is in the hundreds, saturate the gates.
 - ``pair_dim=128`` (the common width ``d_out`` of the pairwise projections), ``pair_hidden=128``
   (the scoring MLP), ``pair_dropout=0.2``.
 - The pairwise modules read the encoder outputs before the feature dropout; the dropout
@@ -65,6 +78,7 @@ from emomix.train.losses import focal_loss
 # the order of the paths in the fused vector, and the short names of the pairs
 MODALITY_ORDER = ("text", "audio", "video")
 SHORT = {"text": "t", "audio": "a", "video": "v"}
+LSTM_INITS = ("chrono", "pytorch")
 
 
 @dataclass
@@ -84,10 +98,15 @@ class MPAFConfig(ModelConfig):
     classifier_layers: int = 2
     classifier_dropout: float = 0.5
     focal_gamma: float = 2.0
+    lstm_init: str = "chrono"
+    chrono_max_frames: float = 100.0
 
     def validate(self) -> None:
         super().validate()
-        self.require_choice(fusion=("multipath", "concat"), text_source=("cls", "pooled"))
+        self.require_choice(fusion=("multipath", "concat"), text_source=("cls", "pooled"), lstm_init=LSTM_INITS)
+        if not self.chrono_max_frames > 2:
+            raise ConfigError(f"{type(self).__name__}.chrono_max_frames: expected more than 2 frames, "
+                              f"got {self.chrono_max_frames}")
         self.require_positive("audio_hidden", "video_hidden", "pair_dim", "pair_hidden", "classifier_hidden", "classifier_layers")
         self.require_fraction("pair_dropout", "feature_dropout", "classifier_dropout")
         self.require_non_negative("focal_gamma")
@@ -95,11 +114,20 @@ class MPAFConfig(ModelConfig):
 
 class LastStateLSTM(nn.Module):
     """A unidirectional LSTM over the valid prefix of each row; returns the state after the last
-    valid frame (``B × hidden``), so padded frames never change it."""
+    valid frame (``B × hidden``), so padded frames never change it.
 
-    def __init__(self, in_dim: int, hidden_dim: int):
+    ``init="chrono"`` sets the gate biases as the chrono initialisation does (forget gate
+    ``log U(1, max_frames - 1)``, input gate its negative, the rest 0; see the module docstring);
+    ``"pytorch"`` keeps PyTorch's default.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, init: str = "chrono", max_frames: float = 100.0):
         super().__init__()
+        if init not in LSTM_INITS:
+            raise ConfigError(f"LastStateLSTM: init must be one of {', '.join(LSTM_INITS)}; got {init!r}")
         self.lstm = nn.LSTM(in_dim, hidden_dim, batch_first=True)
+        if init == "chrono":
+            chrono_init(self.lstm, max_frames)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         lengths = mask.bool().sum(dim=1).clamp(min=1).cpu()
@@ -136,10 +164,12 @@ class MPAFNetModel(EmotionModel):
             else:
                 widths["text"] = int(input_dims["text"])
         if "audio" in self.modalities:
-            self.encoders["audio"] = LastStateLSTM(int(input_dims["audio"]), config.audio_hidden)
+            self.encoders["audio"] = LastStateLSTM(int(input_dims["audio"]), config.audio_hidden, config.lstm_init,
+                                                   config.chrono_max_frames)
             widths["audio"] = config.audio_hidden
         if "video" in self.modalities:
-            self.encoders["video"] = LastStateLSTM(int(input_dims["video"]), config.video_hidden)
+            self.encoders["video"] = LastStateLSTM(int(input_dims["video"]), config.video_hidden, config.lstm_init,
+                                                   config.chrono_max_frames)
             widths["video"] = config.video_hidden
         self.widths = widths
         self.feature_dropout = nn.Dropout(config.feature_dropout)
@@ -197,3 +227,19 @@ class ConcatFusionModel(MPAFNetModel):
     """The MPAF-Net paper's baseline: concatenated unimodal vectors into an MLP (``fusion="concat"``)."""
 
     name = "concat_fusion"
+
+
+def chrono_init(lstm: nn.LSTM, max_frames: float) -> None:
+    """Chrono initialisation of an LSTM's biases, in place: per unit, forget-gate bias
+    ``log U(1, max_frames - 1)``, input-gate bias its negative, every other bias 0 (PyTorch packs
+    the gates as input, forget, cell, output; ``bias_ih`` and ``bias_hh`` add up)."""
+    hidden = lstm.hidden_size
+    with torch.no_grad():
+        for name, bias in lstm.named_parameters():
+            if not name.startswith("bias_"):
+                continue
+            bias.zero_()
+            if name.startswith("bias_ih"):
+                forget = torch.log(torch.empty(hidden).uniform_(1.0, max_frames - 1.0))
+                bias[hidden:2 * hidden] = forget
+                bias[:hidden] = -forget
