@@ -88,3 +88,25 @@ def test_top_layer_fine_tuning_trains_only_the_top_layers(synthetic_features, tm
     pretrained = dict(create_encoder("minilm").named_parameters())
     changed = [k for k in encoder_keys if not torch.equal(state[k], pretrained[k[len("encoders.text."):]].detach())]
     assert changed, "the fine-tuned layer's weights did not move"
+
+
+def test_standardisation_travels_with_the_weights():
+    """Fold statistics set on a task are applied in forward and restored from its saved state."""
+    from emomix.models import create_model
+    from emomix.models.inputs import Batch, ModalityInput
+
+    torch.manual_seed(0)
+    model = create_model("early_fusion_audio", {"hidden_dim": 8}, {"audio": 5}, 3)
+    task = EmotionTask(model, OptimiserConfig())
+    mean, std = torch.arange(5.0), torch.full((5,), 2.0)
+    task.set_standardisation("audio", mean, std)
+    states = torch.randn(2, 4, 5) * 2 + mean
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    batch = Batch(inputs={"audio": ModalityInput(states=states, mask=mask)})
+    task.eval()
+    expected = model(Batch(inputs={"audio": ModalityInput(states=(states - mean) / std * mask.unsqueeze(-1), mask=mask)})).logits
+    torch.testing.assert_close(task(batch).logits, expected)
+    fresh = EmotionTask(create_model("early_fusion_audio", {"hidden_dim": 8}, {"audio": 5}, 3), OptimiserConfig())
+    fresh.load_trainable_state(task.trainable_state())
+    fresh.eval()
+    torch.testing.assert_close(fresh(batch).logits, task(batch).logits)

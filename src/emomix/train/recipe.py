@@ -127,7 +127,9 @@ class TrainingConfig:
     """The loop: epochs, batches, early stopping, class balance, precision and devices (Lightning's
     ``accelerator``/``devices``/``num_nodes``/``strategy``/``precision``/``accumulate_grad_batches``
     pass through unchanged, so DDP and mixed precision are one setting away). ``threads``: torch
-    CPU threads (None leaves torch's default)."""
+    CPU threads (None leaves torch's default). ``standardise``: z-score every input dimension with
+    the mean and SD of the fold's training utterances (fitted per fold, applied to validation and
+    test, saved with the weights)."""
 
     epochs: int = 20
     batch_size: int = 16
@@ -144,6 +146,7 @@ class TrainingConfig:
     accumulate_grad_batches: int = 1
     threads: int | None = None
     num_workers: int = 0
+    standardise: bool = False
 
     def validate(self) -> None:
         if int(self.epochs) < 1 or int(self.batch_size) < 1:

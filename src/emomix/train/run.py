@@ -284,6 +284,13 @@ def fit_model(context: RunContext, model_name: str, parts: Mapping[str, Sequence
     fine_tune = {m: (encoder, boundary, [k for k in feature_set.specs[m].layers])
                  for m, (encoder, boundary) in feature_set.boundary.items() if m in modalities}
     task = EmotionTask(model, recipe.optimiser, monitor=training.monitor, fine_tune=fine_tune)
+    if training.standardise:
+        if info.batch_kind == "dialogue" or fine_tune:
+            raise ConfigError("training.standardise applies to frozen utterance-level features; drop it for "
+                              f"{model_name}" + (" (fine-tuned encoder layers)" if fine_tune else " (dialogue model)"))
+        for modality in modalities:
+            mean, std = training_statistics(feature_set.features, datamodule.parts["train"], modality)
+            task.set_standardisation(modality, mean, std)
     has_validation = bool(datamodule.parts.get("validation"))
     weights_path = directory / weights_name
     stem = weights_name.split(".")[0]
@@ -311,6 +318,13 @@ def fit_model(context: RunContext, model_name: str, parts: Mapping[str, Sequence
     return task, datamodule, summary
 
 
+def training_statistics(features: Mapping[str, Any], ids: Sequence[str], modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and SD of every dimension over all frames of the training utterances (SD floored at
+    1e-6, so a constant dimension maps to 0)."""
+    frames = np.concatenate([np.asarray(features[u][modality]["states"], dtype=np.float64) for u in ids])
+    return frames.mean(axis=0).astype(np.float32), np.maximum(frames.std(axis=0), 1e-6).astype(np.float32)
+
+
 def _train_composite(context: RunContext, parts: Mapping[str, Sequence[str]], seed: int, directory: Path,
                      names: tuple[str, str]) -> tuple[Any, Any, dict[str, Any]]:
     """The Complementary framework: both MoE models trained separately, fused per class with
@@ -319,6 +333,8 @@ def _train_composite(context: RunContext, parts: Mapping[str, Sequence[str]], se
     from emomix.models.complementary import ComplementaryFusion, fit_fusion_weights
     from emomix.train.task import EmotionTask, save_weights
 
+    if context.recipe.training.standardise:
+        raise ConfigError(f"training.standardise is not supported for the composite {context.recipe.model.name}; drop it")
     ca_task, datamodule, ca_summary = fit_model(context, names[0], parts, seed, directory, weights_name=f"{names[0]}.safetensors")
     spl_task, _, spl_summary = fit_model(context, names[1], parts, seed, directory, weights_name=f"{names[1]}.safetensors")
     if datamodule.parts.get("validation"):

@@ -55,14 +55,30 @@ class EmotionTask(L.LightningModule):
         self.monitor = monitor
         self.encoders = nn.ModuleDict({m: spec[0] for m, spec in (fine_tune or {}).items()})
         self.boundaries = {m: (int(spec[1]), list(spec[2])) for m, spec in (fine_tune or {}).items()}
+        self.standardise: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._validation: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def set_standardisation(self, modality: str, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Z-score ``modality``'s input states with statistics of the fold's training part
+        (``training.standardise``); saved with the weights, so inference applies the same."""
+        self.standardise[modality] = (torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32))
 
     # -- forward ------------------------------------------------------------------------------
 
     def forward(self, batch: Batch | DialogueBatch) -> ModelOutput:
         if self.boundaries and isinstance(batch, Batch):
             batch = self._run_top_layers(batch)
+        if self.standardise and isinstance(batch, Batch):
+            batch = self._standardised(batch)
         return self.model(batch)
+
+    def _standardised(self, batch: Batch) -> Batch:
+        inputs = dict(batch.inputs)
+        for modality, (mean, std) in self.standardise.items():
+            given = inputs[modality]
+            states = (given.states - mean.to(given.states.device)) / std.to(given.states.device)
+            inputs[modality] = replace(given, states=torch.where(given.mask.unsqueeze(-1), states, torch.zeros_like(states)))
+        return Batch(inputs=inputs, labels=batch.labels, edges=batch.edges, utt_ids=batch.utt_ids)
 
     def _run_top_layers(self, batch: Batch) -> Batch:
         inputs = dict(batch.inputs)
@@ -155,9 +171,15 @@ class EmotionTask(L.LightningModule):
             for name, parameter in encoder.named_parameters():
                 if parameter.requires_grad:
                     state[f"encoders.{modality}.{name}"] = parameter
+        for modality, (mean, std) in self.standardise.items():
+            state[f"standardise.{modality}.mean"], state[f"standardise.{modality}.std"] = mean, std
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        for key in state:
+            if key.startswith("standardise.") and key.endswith(".mean"):
+                modality = key.split(".")[1]
+                self.set_standardisation(modality, state[key], state[f"standardise.{modality}.std"])
         model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state)
         encoder_state = {k[len("encoders."):]: v for k, v in state.items() if k.startswith("encoders.")}
