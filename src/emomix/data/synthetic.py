@@ -14,9 +14,7 @@ The generative process (documented step by step in ``docs/synthetic.md``):
    ``balance_labels`` the fresh draws are dealt so that every class gets about as many turns per
    session; without it they are uniform.
 3. **Cues.** Every class has one cue type (:data:`CLASS_CUES`): *global* classes shift the
-   prosody of the whole utterance (F0 level and range, rate, loudness, tension) and its pausing
-   (how often and how long the speaker pauses between phrases, which only a view that keeps the
-   silent frames sees); *local* classes
+   prosody of the whole utterance (F0 level and range, rate, loudness, tension); *local* classes
    put one to ``local_event_count`` short events (0.15-0.35 s) into an otherwise neutral utterance,
    and the rest of the utterance is re-levelled so that its mean log-F0 and mean level equal those
    of a neutral utterance: a mean-pooled view cannot see local events, a view that selects a few
@@ -58,12 +56,9 @@ if TYPE_CHECKING:
 
 GENERATOR = "emomix.data.synthetic"
 # Bump whenever the same config would render different files, so a stale folder is rewritten.
-GENERATOR_VERSION = 2  # 2: global cues also change the phrase pauses
+GENERATOR_VERSION = 1
 SAMPLE_RATE = 16000
 CORPUS_NAME = "synthetic"
-# Phrase pauses of an utterance without a global cue: after this share of the words, 0.15-0.3 s.
-PHRASE_PAUSE_SHARE = 0.12
-PHRASE_PAUSE_RANGE = (0.15, 0.3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,9 +74,7 @@ class ClassCue:
     an otherwise neutral utterance) or ``"none"``. Global shifts are given at full intensity and
     scaled per utterance: ``f0_shift_st`` semitones, ``range_scale`` and ``rate_scale`` factors,
     ``loudness_db`` and ``tension_scale`` (the glottal closing phase; below 1 is tenser and
-    brighter), and the pausing: ``phrase_pause_share`` (the share of words followed by a phrase
-    pause, :data:`PHRASE_PAUSE_SHARE` when neutral) and ``phrase_pause_scale`` (a factor on the
-    pause lengths). ``event`` names the local event (``"burst"`` or ``"laugh"``). ``face`` gives the
+    brighter). ``event`` names the local event (``"burst"`` or ``"laugh"``). ``face`` gives the
     video expression at full intensity: mouth curvature (+ smile), brow tilt (+ inner ends up),
     eye openness change and brow raise.
     """
@@ -93,8 +86,6 @@ class ClassCue:
     rate_scale: float = 1.0
     loudness_db: float = 0.0
     tension_scale: float = 1.0
-    phrase_pause_share: float = PHRASE_PAUSE_SHARE
-    phrase_pause_scale: float = 1.0
     event: str | None = None
     face: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     words: tuple[str, ...] = ()
@@ -122,29 +113,23 @@ CLASS_CUES: dict[str, ClassCue] = {
     ),
     "sad": ClassCue(
         kind="global",
-        description="whole utterance: -3 semitones, F0 range x0.5, rate x0.8, -5 dB, lax (darker) voice; "
-                    "phrase pauses after 60 % of the words instead of 12 %, x3.5 longer (0.5-1 s)",
+        description="whole utterance: -3 semitones, F0 range x0.5, rate x0.8, -5 dB, lax (darker) voice",
         f0_shift_st=-3.0,
         range_scale=0.5,
         rate_scale=0.8,
         loudness_db=-5.0,
         tension_scale=1.35,
-        phrase_pause_share=0.6,
-        phrase_pause_scale=3.5,
         face=(-0.9, 0.8, -0.3, 0.0),
         words=("miss", "lonely", "sorry", "tired", "lost", "hopeless"),
     ),
     "excited": ClassCue(
         kind="global",
-        description="whole utterance: +3 semitones, F0 range x1.6, rate x1.2, +4 dB, tense (brighter) voice; "
-                    "phrase pauses after 4 % of the words instead of 12 %, x0.7 shorter",
+        description="whole utterance: +3 semitones, F0 range x1.6, rate x1.2, +4 dB, tense (brighter) voice",
         f0_shift_st=3.0,
         range_scale=1.6,
         rate_scale=1.2,
         loudness_db=4.0,
         tension_scale=0.75,
-        phrase_pause_share=0.04,
-        phrase_pause_scale=0.7,
         face=(0.8, 0.0, 0.4, 0.1),
         words=("amazing", "wow", "awesome", "finally", "yes", "unbelievable"),
     ),
@@ -384,7 +369,6 @@ class UtterancePlan:
     tokens: list[str]
     words: list[dict[str, Any]]
     events: list[dict[str, Any]]
-    pauses: list[dict[str, Any]]
     duration: float
     level_db: float
     f0_offset_st: float
@@ -413,7 +397,6 @@ class UtterancePlan:
             "disagree": self.disagree,
             "video_cue": self.video_cue,
             "events": self.events,
-            "pauses": self.pauses,
             "duration": round(self.duration, 4),
             "level_db": round(self.level_db, 3),
             "f0_offset_st": round(self.f0_offset_st, 3),
@@ -580,19 +563,8 @@ def _plan_utterance(
     laugh_time = 0.37 * n_events if (local_cue and cue.event == "laugh") else 0.0
     budget = max(target - lead - trail - laugh_time, 0.3)
 
-    # Phrase pauses: a global cue moves their share and length towards the class's, by its intensity.
-    pause_share, pause_scale = PHRASE_PAUSE_SHARE, 1.0
-    if global_cue:
-        pause_share = float(np.clip(PHRASE_PAUSE_SHARE + (cue.phrase_pause_share - PHRASE_PAUSE_SHARE) * s, 0.0, 0.9))
-        pause_scale = cue.phrase_pause_scale ** s
-    # Time per word beyond its syllables: the gap to the next word (0.065 s on average) plus the
-    # phrase pauses a global cue adds (the usual 12 % are left out of the estimate, as they always
-    # were, so utterances without a global cue keep their words).
-    mean_pause = sum(PHRASE_PAUSE_RANGE) / 2
-    word_overhead = 0.065 + (pause_share * pause_scale - PHRASE_PAUSE_SHARE) * mean_pause
-
     def estimate(tokens: list[str]) -> float:
-        return sum(word_syllables(t) * syllable_time + word_overhead for t in tokens)
+        return sum(word_syllables(t) * syllable_time + 0.065 for t in tokens)
 
     cue_word = None
     if text_class is not None:
@@ -604,7 +576,7 @@ def _plan_utterance(
         fillers.append(filler_pool[int(rng.integers(len(filler_pool)))])
     if len(fillers) > 1:
         with_last = estimate(fillers + ([cue_word] if cue_word else []))
-        without_last = with_last - (word_syllables(fillers[-1]) * syllable_time + word_overhead)
+        without_last = with_last - (word_syllables(fillers[-1]) * syllable_time + 0.065)
         if abs(without_last - budget) < abs(with_last - budget):
             fillers.pop()
     tokens = list(fillers)
@@ -624,7 +596,6 @@ def _plan_utterance(
 
     syllables: list[Syllable] = []
     events: list[dict[str, Any]] = []
-    pauses: list[dict[str, Any]] = []
     words: list[dict[str, Any]] = []
     t = lead
     for w, token in enumerate(tokens):
@@ -650,10 +621,8 @@ def _plan_utterance(
             events.append({"kind": "burst", "start": round(burst[0].start, 4), "end": round(burst[-1].end, 4)})
         words.append({"token": token, "start": round(word_start, 4), "end": round(t, 4)})
         t += rng.uniform(0.04, 0.09)
-        if w < len(tokens) - 1 and rng.random() < pause_share:
-            pause_start = t
-            t += rng.uniform(*PHRASE_PAUSE_RANGE) * pause_scale
-            pauses.append({"start": round(pause_start, 4), "end": round(t, 4)})
+        if w < len(tokens) - 1 and rng.random() < 0.12:
+            t += rng.uniform(0.15, 0.3)
     if len(tokens) in laugh_before:
         t = _lay_out_laugh(t, rng, syllables, events)
     speech_end = t
@@ -661,7 +630,7 @@ def _plan_utterance(
     if duration > config.max_duration:
         # Compress the speech part in time; the rare overshoot is at most about one word.
         factor = (config.max_duration - lead - trail) / (speech_end - lead)
-        _scale_times(syllables, words, events + pauses, lead, factor)
+        _scale_times(syllables, words, events, lead, factor)
         duration = config.max_duration
     duration = max(duration, config.min_duration)
 
@@ -681,7 +650,7 @@ def _plan_utterance(
         index=index, utt_id=utt_id, session=voice.session, speaker=voice.speaker, dialogue_id=dialogue_id,
         turn=turn, label=label, persisted=persisted, cue_kind=cue_kind, audio_cue=bool(audio_cue),
         cue_intensity=intensity if audio_cue else 0.0, text_cue=text_class == label, text_class=text_class,
-        disagree=disagree, video_cue=bool(video_cue), tokens=tokens, words=words, events=events, pauses=pauses,
+        disagree=disagree, video_cue=bool(video_cue), tokens=tokens, words=words, events=events,
         duration=float(duration), level_db=float(level), f0_offset_st=f0_offset, rate=float(rate), syllables=syllables,
     )
 
