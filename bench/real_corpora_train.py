@@ -44,22 +44,24 @@ def applicable(model: str, recipe: Any, has_dialogues: bool) -> str | None:
     return None
 
 
-def run_one(recipe_path: Path, model: str, seeds: list[int], threads: int) -> dict[str, Any]:
+def run_one(recipe_path: Path, model: str, seeds: list[int], threads: int, overrides: dict[str, Any] | None = None,
+            tag: str = "") -> dict[str, Any]:
     import torch
 
     from emomix.train.recipe import load_recipe
     from emomix.train.run import train_recipe
 
     torch.set_num_threads(threads)
-    recipe = load_recipe(recipe_path)
+    overrides = dict(overrides or {})
+    recipe = load_recipe(recipe_path, overrides)
     if recipe.model.name != model:  # the recipe's model config belongs to its own model
-        recipe = load_recipe(recipe_path, {"model.name": model, "model.config": {}})
-    out = RUNS / recipe.corpus.reader / recipe_path.stem / model
+        recipe = load_recipe(recipe_path, {**overrides, "model.name": model, "model.config": {}})
+    out = RUNS / recipe.corpus.reader / (recipe_path.stem + tag) / model
     started = time.perf_counter()
     result = train_recipe(recipe, out, seeds=seeds, progress=False, log=None)
     metrics = json.loads((out / "report" / "metrics.json").read_text())["metrics"]
     return {
-        "recipe": str(recipe_path), "model": model, "seeds": seeds, "run": str(out),
+        "recipe": str(recipe_path) + tag, "model": model, "seeds": seeds, "run": str(out), "overrides": overrides,
         "across_seeds": {k: {"mean": v["mean"], "sd": v["sd"]} for k, v in metrics["across_seeds"].items()},
         "pooled": metrics.get("pooled"),
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", action="store_true", help="print the Markdown table of the saved results and exit")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="override a recipe value for every run, e.g. --set training.epochs=15 (kept in the results)")
     parser.add_argument("--only-not-applicable", action="store_true",
                         help="record which models cannot run on each recipe, train nothing")
     args = parser.parse_args(argv)
@@ -87,24 +91,28 @@ def main(argv: list[str] | None = None) -> None:
 
     recipes = args.recipe or sorted(Path(p) for corpus in ("emodb", "savee", "meld_text") for p in Path("configs", corpus).glob("*.yaml"))
     models = [m for m in args.models.split(",") if m] or list(list_models())
+    from emomix.train.recipe import parse_override
+
+    overrides = dict(parse_override(text) for text in args.overrides)
+    tag = "".join(f"+{k}={v}" for k, v in sorted(overrides.items()))
     results = load_results()
     for recipe_path in recipes:
         recipe = load_recipe(recipe_path)
         corpus = read_corpus(recipe.corpus.reader, recipe.corpus.root, scheme=recipe.corpus.scheme)
         has_dialogues = "dialogue_id" in corpus.table.columns and corpus.table["dialogue_id"].notna().all()
         for model in models:
-            key = f"{recipe_path}::{model}"
+            key = f"{recipe_path}{tag}::{model}"
             reason = applicable(model, recipe, has_dialogues)
             if reason:
-                results[key] = {"recipe": str(recipe_path), "model": model, "not_applicable": reason}
+                results[key] = {"recipe": str(recipe_path) + tag, "model": model, "not_applicable": reason}
                 continue
             if args.only_not_applicable:
                 continue
             print(f"{recipe_path.stem} / {model} …", flush=True)
             try:
-                results[key] = run_one(recipe_path, model, list(range(args.seeds)), args.threads)
+                results[key] = run_one(recipe_path, model, list(range(args.seeds)), args.threads, overrides, tag)
             except Exception as error:  # a failing model is reported, the benchmark goes on
-                results[key] = {"recipe": str(recipe_path), "model": model, "error": f"{type(error).__name__}: {error}"}
+                results[key] = {"recipe": str(recipe_path) + tag, "model": model, "error": f"{type(error).__name__}: {error}"}
             save_results(results)
             print(f"  {summary_line(results[key])}", flush=True)
     save_results(results)
@@ -141,7 +149,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines = ["| corpus recipe | model | UA | WA | macro-F1 | weighted-F1 | wall s (features + training) |",
              "|---|---|---|---|---|---|---|"]
     for entry in sorted(results.values(), key=lambda e: (e["recipe"], e["model"])):
-        recipe = Path(entry["recipe"]).parent.name + "/" + Path(entry["recipe"]).stem
+        recipe = Path(entry["recipe"]).parent.name + "/" + Path(entry["recipe"]).name.replace(".yaml", "")
         if "not_applicable" in entry or "error" in entry:
             text = entry.get("not_applicable") or entry.get("error")
             lines.append(f"| {recipe} | {entry['model']} | n/a | | | | {text} |")
