@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="override a recipe value for every run, e.g. --set training.epochs=15 (kept in the results)")
     parser.add_argument("--only-not-applicable", action="store_true",
                         help="record which models cannot run on each recipe, train nothing")
+    parser.add_argument("--not-run-reason", default="not run in this session's compute budget",
+                        help="with --only-not-applicable: the note for applicable models without results")
     args = parser.parse_args(argv)
     if args.table:
         print(markdown_table(load_results()))
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
 
     overrides = dict(parse_override(text) for text in args.overrides)
     tag = "".join(f"+{k}={v}" for k, v in sorted(overrides.items()))
-    results = load_results()
+    results: dict[str, Any] = {}
     for recipe_path in recipes:
         recipe = load_recipe(recipe_path)
         corpus = read_corpus(recipe.corpus.reader, recipe.corpus.root, scheme=recipe.corpus.scheme)
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
                 results[key] = {"recipe": str(recipe_path) + tag, "model": model, "not_applicable": reason}
                 continue
             if args.only_not_applicable:
+                if key not in load_results():  # applicable, never run here: say so rather than leave a gap
+                    results[key] = {"recipe": str(recipe_path) + tag, "model": model, "not_run": args.not_run_reason}
                 continue
             print(f"{recipe_path.stem} / {model} …", flush=True)
             try:
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
             save_results(results)
             print(f"  {summary_line(results[key])}", flush=True)
     save_results(results)
-    print(markdown_table(results))
+    print(markdown_table(load_results()))
 
 
 def load_results() -> dict[str, Any]:
@@ -124,9 +128,11 @@ def load_results() -> dict[str, Any]:
 
 
 def save_results(results: dict[str, Any]) -> None:
+    """Merge ``results`` into the file (several benchmark processes may run at once)."""
     import os
     import platform
 
+    results = {**load_results(), **results}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     temporary = RESULTS.with_suffix(".tmp")
     temporary.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
@@ -137,6 +143,8 @@ def save_results(results: dict[str, Any]) -> None:
 def summary_line(entry: dict[str, Any]) -> str:
     if "not_applicable" in entry:
         return f"n/a: {entry['not_applicable']}"
+    if "not_run" in entry:
+        return f"not run: {entry['not_run']}"
     if "error" in entry:
         return f"failed: {entry['error']}"
     seeds = entry["across_seeds"]
@@ -150,9 +158,10 @@ def markdown_table(results: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|"]
     for entry in sorted(results.values(), key=lambda e: (e["recipe"], e["model"])):
         recipe = Path(entry["recipe"]).parent.name + "/" + Path(entry["recipe"]).name.replace(".yaml", "")
-        if "not_applicable" in entry or "error" in entry:
-            text = entry.get("not_applicable") or entry.get("error")
-            lines.append(f"| {recipe} | {entry['model']} | n/a | | | | {text} |")
+        if "not_applicable" in entry or "error" in entry or "not_run" in entry:
+            text = entry.get("not_applicable") or entry.get("error") or entry.get("not_run")
+            mark = "not run" if "not_run" in entry else ("failed" if "error" in entry else "n/a")
+            lines.append(f"| {recipe} | {entry['model']} | {mark} | | | | {text} |")
             continue
         seeds = entry["across_seeds"]
         lines.append(f"| {recipe} | {entry['model']} | {_pm(seeds['ua'])} | {_pm(seeds['wa'])} | {_pm(seeds['macro_f1'])} | "
