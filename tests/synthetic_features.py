@@ -39,6 +39,9 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
+# The post-processing is the package's own (emomix.features), the same a training run applies.
+from emomix.features import downsample_frames, normalise_per_speaker, token_frame_edges  # noqa: F401
+
 AUDIO_ENCODER = "opensmile:eGeMAPSv02"
 TEXT_ENCODER = "minilm"
 TEXT_LAYERS = (3, 4, 5, 6)
@@ -134,56 +137,9 @@ def build_synthetic_features(cache_dir: str | Path, size: int = DEFAULT_SIZE, se
     )
 
 
-def token_frame_edges(text: str, words: Any, tokenizer: Any, frame_rate: float, num_frames: int,
-                      expected_tokens: int | None = None, name: str = "utterance") -> np.ndarray:
-    """``2 × E`` (token index, frame index) edges: word-level edges mapped onto the tokenizer's tokens."""
-    from emomix.audio.alignment import as_word, words_to_frame_edges
-
-    words = [as_word(w) for w in (list(words) if words is not None else [])]
-    text = text.strip()
-    if [w.token for w in words] != text.split():
-        raise ValueError(f"{name}: the word timings {[w.token for w in words]} do not spell the transcript {text!r}")
-    encoding = tokenizer(text, truncation=True, max_length=128)
-    word_ids = encoding.word_ids()
-    if expected_tokens is not None and len(word_ids) != expected_tokens:
-        raise ValueError(f"{name}: the tokenizer gives {len(word_ids)} tokens, the stored text states {expected_tokens}")
-    if any(w is not None and w >= len(words) for w in word_ids):
-        raise ValueError(f"{name}: the tokenizer splits {text!r} into more words than the alignment has")
-    word_edges = words_to_frame_edges(words, frame_rate, num_frames, nearest_if_empty=True)
-    tokens_of_word: dict[int, list[int]] = {}
-    for token_index, word_index in enumerate(word_ids):
-        if word_index is not None:
-            tokens_of_word.setdefault(word_index, []).append(token_index)
-    pairs = [(t, int(f)) for w, f in word_edges.T for t in tokens_of_word.get(int(w), [])]
-    if not pairs:
-        return np.zeros((2, 0), dtype=np.int64)
-    return np.array(sorted(pairs), dtype=np.int64).T
-
-
-def downsample_frames(fields: dict[str, np.ndarray], stride: int) -> dict[str, np.ndarray]:
-    """Average ``states`` over non-overlapping windows of ``stride`` frames (the last window may be
-    shorter); a window's ``speech_mask`` is on when at least half of its frames are speech."""
-    states = np.asarray(fields["states"], dtype=np.float32)
-    if stride <= 1:
-        return {**fields, "states": states}
-    starts = np.arange(0, len(states), stride)
-    out = dict(fields)
-    out["states"] = np.add.reduceat(states, starts, axis=0) / np.diff(np.append(starts, len(states)))[:, None]
-    if "speech_mask" in fields:
-        speech = np.asarray(fields["speech_mask"], dtype=np.float32)
-        share = np.add.reduceat(speech, starts) / np.diff(np.append(starts, len(speech)))
-        out["speech_mask"] = (share >= 0.5).astype(np.uint8)
-    return out
-
-
 def normalise_audio_per_speaker(features: dict[str, dict[str, dict[str, np.ndarray]]], table: pd.DataFrame) -> None:
     """Z-score every utterance's audio ``states`` with its speaker's statistics, in place."""
-    from emomix.encoders.normalisation import SpeakerNormaliser
-
-    states = {u: features[u]["audio"]["states"] for u in table["utt_id"]}
-    normaliser = SpeakerNormaliser().fit(states, table)
-    for utt_id, speaker in zip(table["utt_id"], table["speaker"]):
-        features[utt_id]["audio"]["states"] = normaliser.transform(states[utt_id], speaker)
+    normalise_per_speaker(features, table, "audio")
 
 
 def _summary(summary: Any) -> dict[str, Any]:

@@ -220,3 +220,22 @@ def test_config_and_input_errors_are_clear():
     model = build().eval()
     with pytest.raises(ConfigError, match="no audio input"):
         model(only(make_batch(), "text"))
+
+
+def test_chrono_initialisation_sets_forget_and_input_gate_biases():
+    """Forget-gate bias log U(1, T−1) per unit, input gate its negative, the rest 0 (summed over
+    PyTorch's two bias vectors); the "pytorch" choice keeps PyTorch's own initialisation."""
+    from emomix.models.mpaf_net import chrono_init
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 16, batch_first=True)
+    chrono_init(lstm, 50.0)
+    total = lstm.bias_ih_l0 + lstm.bias_hh_l0
+    hidden = 16
+    forget, input_gate = total[hidden:2 * hidden], total[:hidden]
+    assert torch.all(forget >= 0) and torch.all(forget <= torch.log(torch.tensor(49.0)) + 1e-6)
+    torch.testing.assert_close(input_gate, -forget)
+    assert torch.count_nonzero(total[2 * hidden:]) == 0
+    assert LastStateLSTM(5, 16, init="pytorch").lstm.bias_ih_l0.abs().sum() > 0
+    with pytest.raises(ConfigError, match="lstm_init"):
+        MPAFConfig.from_dict({"lstm_init": "xavier"})
