@@ -64,8 +64,9 @@ def run_one(recipe_path: Path, model: str, seeds: list[int], threads: int, overr
         "recipe": str(recipe_path) + tag, "model": model, "seeds": seeds, "run": str(out), "overrides": overrides,
         "across_seeds": {k: {"mean": v["mean"], "sd": v["sd"]} for k, v in metrics["across_seeds"].items()},
         "pooled": metrics.get("pooled"),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+        # the run's own timing (kept from the run that trained, not from a re-read of finished folds)
+        "wall_seconds": round(float(_run_seconds(out, result).get("total", time.perf_counter() - started)), 1),
+        "seconds": {k: round(float(v), 1) for k, v in _run_seconds(out, result).items()},
         "trained": len(result.trained), "reused": len(result.skipped),
     }
 
@@ -121,6 +122,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {summary_line(results[key])}", flush=True)
     save_results(results)
     print(markdown_table(load_results()))
+
+
+def _run_seconds(out: Path, result: Any) -> dict[str, float]:
+    info = json.loads((out / "run.json").read_text())
+    return dict(info.get("seconds") or result.seconds)
 
 
 def load_results() -> dict[str, Any]:

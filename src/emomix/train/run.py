@@ -114,11 +114,11 @@ def train_recipe(recipe: Recipe, out: str | Path | None = None, folds: Sequence[
     bar.close()
     result.seconds["training"] = time.perf_counter() - training_started
     result.predictions = pool_predictions(out, context.plan, recipe.seeds)
-    _update_run_json(out, finished=_now(), seconds=result.seconds)
     if report and result.predictions is not None:
         result.report = write_run_report(out)
     result.seconds["total"] = time.perf_counter() - started
-    _update_run_json(out, seconds=result.seconds)
+    if result.trained:  # a re-run that only re-reads finished folds keeps the timing of the real one
+        _update_run_json(out, finished=_now(), seconds=result.seconds)
     return result
 
 
@@ -138,6 +138,10 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
     config_path = out / "config.yaml"
     if config_path.exists():
         previous = yaml.safe_load(config_path.read_text())
+        try:  # settings added to emomix since that run take their defaults, as they did then
+            previous = Recipe.from_dict(previous, source=str(config_path)).to_dict()
+        except ConfigError:
+            pass  # an older recipe this version no longer reads: compare as written
         if _comparable(previous) != _comparable(resolved):
             raise ConfigError(f"{out} holds a run of a different recipe (see {config_path}); resume it with the same "
                               "recipe, or choose another --out")
