@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from emomix.atomic import write_text_atomic  # noqa: F401  (evaluate.cli imports it from here)
 from emomix.errors import ConfigError, EmomixError, MissingDataError
 
 PREDICTIONS = "predictions.parquet"
@@ -567,19 +566,6 @@ def write_json_atomic(path: Path, value: Any) -> Path:
     return write_text_atomic(path, json.dumps(value, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` through a temporary file in the same folder, renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------------------------

@@ -488,12 +488,10 @@ def environment_info() -> dict[str, Any]:
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Atomic text write (temporary file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-    return path
+    """Atomic text write (see :mod:`emomix.atomic`)."""
+    from emomix.atomic import write_text_atomic
+
+    return write_text_atomic(path, text)
 
 
 def write_json(path: Path, data: Any) -> Path:
