@@ -44,7 +44,7 @@ def compare(
 ) -> None:
     """Runs side by side (mean ± SD across folds) with paired t and Wilcoxon tests against the first."""
     from emomix.evaluate.compare import compare_runs, format_comparison
-    from emomix.evaluate.report import write_text_atomic
+    from emomix.atomic import write_text_atomic
 
     table = compare_runs(runs, metric=metric.lower(), allow_different_folds=allow_different_folds)
     text = format_comparison(table)

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from emomix.atomic import write_text_atomic  # noqa: F401  (evaluate.cli imports it from here)
+from emomix.atomic import write_text_atomic
 from emomix.errors import ConfigError, EmomixError, MissingDataError
 
 PREDICTIONS = "predictions.parquet"
