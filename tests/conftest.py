@@ -24,22 +24,9 @@ def trained_synthetic_run(synthetic_features, tmp_path_factory):
     from emomix.train.recipe import Recipe
     from emomix.train.run import train_recipe
 
-    root = synthetic_features.root
-    recipe = Recipe.from_dict({
-        "name": "trained-synthetic",
-        "corpus": {"reader": "synthetic", "root": str(root)},
-        "protocol": {"name": "loso", "params": {"validation": "group"}},
-        "features": {
-            "store": str(root.parent / "store"),
-            "audio": {"encoder": "opensmile:eGeMAPSv02", "preprocess": {"vad": "webrtc", "vad_mode": "mask"},
-                      "frame_stride": 4, "speaker_normalisation": True},
-            "text": {"encoder": "minilm", "layers": [3, 4, 5, 6]},
-        },
-        "model": {"name": "dual_routing", "config": {"model_dim": 32, "router_hidden": 32, "classifier_hidden": 64}},
-        "optimiser": {"lr": 2e-3, "schedule": "warmup_cosine", "warmup_epochs": 1},
-        "training": {"epochs": 2, "batch_size": 16, "patience": 3, "threads": 1},
-        "seeds": [0],
-    })
+    from synthetic_features import synthetic_recipe
+
+    recipe = Recipe.from_dict(synthetic_recipe(synthetic_features, name="trained-synthetic", epochs=2))
     out = tmp_path_factory.mktemp("trained-synthetic-run") / "dual"
     threads = torch.get_num_threads()
     try:

@@ -137,6 +137,38 @@ def build_synthetic_features(cache_dir: str | Path, size: int = DEFAULT_SIZE, se
     )
 
 
+def synthetic_recipe(data: SyntheticFeatures, name: str = "test-run", epochs: int = 6, **model_config: Any) -> dict[str, Any]:
+    """A small Dual Routing recipe over the cached synthetic corpus and its feature store (the
+    features the fixture extracted, so a training run pays for no extraction)."""
+    root = data.root
+    return {
+        "name": name,
+        "corpus": {"reader": "synthetic", "root": str(root)},
+        "protocol": {"name": "loso", "params": {"validation": "group"}},
+        "features": {
+            "store": str(root.parent / "store"),
+            "audio": {"encoder": AUDIO_ENCODER, "preprocess": {"vad": "webrtc", "vad_mode": "mask"},
+                      "frame_stride": FRAME_STRIDE, "speaker_normalisation": True},
+            "text": {"encoder": TEXT_ENCODER, "layers": list(TEXT_LAYERS)},
+        },
+        "model": {"name": "dual_routing", "config": {"model_dim": 32, "router_hidden": 32, "classifier_hidden": 64,
+                                                     **model_config}},
+        "optimiser": {"lr": 2e-3, "schedule": "warmup_cosine", "warmup_epochs": 1},
+        "training": {"epochs": epochs, "batch_size": 16, "patience": 3, "threads": 1},
+        "seeds": [0],
+    }
+
+
+def fold_test_items(run: Path, data: SyntheticFeatures, fold: str, count: int) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """A trained fold's first ``count`` test utterances as predictor items (WAV path, transcript,
+    speaker), with the run's saved predictions for them."""
+    predictions = pd.read_parquet(Path(run) / "folds" / fold / "seed-0" / "predictions.parquet").head(count)
+    table = data.table.set_index("utt_id")
+    items = [{"audio": str(data.root / table.loc[u, "audio_path"]), "text": table.loc[u, "text"],
+              "speaker": table.loc[u, "speaker"]} for u in predictions["utt_id"]]
+    return items, predictions
+
+
 def normalise_audio_per_speaker(features: dict[str, dict[str, dict[str, np.ndarray]]], table: pd.DataFrame) -> None:
     """Z-score every utterance's audio ``states`` with its speaker's statistics, in place."""
     normalise_per_speaker(features, table, "audio")

@@ -20,6 +20,8 @@ from emomix.infer.card import model_card
 from emomix.infer.export import OnnxModel, OnnxTextEncoder
 from emomix.infer.predictor import Predictor
 
+from synthetic_features import fold_test_items  # noqa: E402
+
 FOLD = "ses01"
 
 
@@ -60,11 +62,7 @@ def predictor(trained_synthetic_run):
 @pytest.fixture(scope="module")
 def test_items(trained_synthetic_run, synthetic_features):
     """The fold's first test utterances as predictor items, with the run's predictions for them."""
-    predictions = pd.read_parquet(trained_synthetic_run / "folds" / FOLD / "seed-0" / "predictions.parquet").head(4)
-    table = synthetic_features.table.set_index("utt_id")
-    items = [{"audio": str(synthetic_features.root / table.loc[u, "audio_path"]), "text": table.loc[u, "text"],
-              "speaker": table.loc[u, "speaker"]} for u in predictions["utt_id"]]
-    return items, predictions
+    return fold_test_items(trained_synthetic_run, synthetic_features, FOLD, 4)
 
 
 def softmax(logits):

@@ -12,28 +12,13 @@ import torch
 from emomix.errors import ConfigError
 from emomix.train.recipe import Recipe, load_recipe
 from emomix.train.run import train_recipe
+from synthetic_features import synthetic_recipe
 
 FOLDS = ["ses01", "ses02"]
 
 
 def recipe_dict(synthetic_features, **model_config):
-    root = synthetic_features.root
-    return {
-        "name": "test-run",
-        "corpus": {"reader": "synthetic", "root": str(root)},
-        "protocol": {"name": "loso", "params": {"validation": "group"}},
-        "features": {
-            "store": str(root.parent / "store"),
-            "audio": {"encoder": "opensmile:eGeMAPSv02", "preprocess": {"vad": "webrtc", "vad_mode": "mask"},
-                      "frame_stride": 4, "speaker_normalisation": True},
-            "text": {"encoder": "minilm", "layers": [3, 4, 5, 6]},
-        },
-        "model": {"name": "dual_routing", "config": {"model_dim": 32, "router_hidden": 32, "classifier_hidden": 64,
-                                                     **model_config}},
-        "optimiser": {"lr": 2e-3, "schedule": "warmup_cosine", "warmup_epochs": 1},
-        "training": {"epochs": 6, "batch_size": 16, "patience": 3, "threads": 1},
-        "seeds": [0],
-    }
+    return synthetic_recipe(synthetic_features, **model_config)
 
 
 @pytest.fixture(scope="module")
