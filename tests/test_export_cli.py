@@ -8,7 +8,6 @@ import re
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import typer
