@@ -61,7 +61,6 @@ graphs emomix can trace (:func:`encoder_export_blocker` says why).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import functools
@@ -70,7 +69,6 @@ import json
 import math
 import os
 import re
-import sys
 import tempfile
 import time
 import warnings
@@ -1239,35 +1237,3 @@ def format_check_table(rows: Sequence[CheckRow]) -> str:
                      f"{'' if row.exports else _reason_summary(row.reason)} |")
     return "\n".join(lines)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m emomix.infer.export --check-all [--models a,b] [--json FILE]``."""
-    parser = argparse.ArgumentParser(prog="python -m emomix.infer.export",
-                                     description="Export registered models to ONNX with tiny inputs and check parity.")
-    parser.add_argument("--check-all", action="store_true", help="try every registered model")
-    parser.add_argument("--models", default="", help="comma-separated model names (default: all)")
-    parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    args = parser.parse_args(argv)
-    if not args.check_all and not args.models:
-        parser.error("give --check-all or --models")
-    torch.set_num_threads(args.threads)
-    names = [n for n in args.models.split(",") if n] or None
-    try:
-        rows = check_all(names)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_check_table(rows))
-    exported = sum(r.exports for r in rows)
-    print(f"\n{exported} of {len(rows)} models export with parity; total {sum(r.seconds for r in rows):.0f} s")
-    for row in rows:
-        if not row.exports:
-            print(f"\n{row.model}: {row.reason}")
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
