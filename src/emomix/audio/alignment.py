@@ -34,8 +34,9 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from emomix.audio.io import TARGET_RATE, resample
+from emomix.audio.io import resample
 from emomix.audio.vad import default_frame_ms, speech_regions, vad_mask
+from emomix.constants import SAMPLE_RATE
 from emomix.data.schema import Word
 from emomix.errors import ConfigError, MissingDataError
 
@@ -119,7 +120,7 @@ def spread_words(tokens: Sequence[str], regions: Sequence[tuple[float, float]]) 
     ]
 
 
-def vad_spread_words(text: str, wave: np.ndarray, rate: int = TARGET_RATE, vad_backend: str = "webrtc",
+def vad_spread_words(text: str, wave: np.ndarray, rate: int = SAMPLE_RATE, vad_backend: str = "webrtc",
                      min_speech_s: float = 0.15, merge_gap_s: float = 0.2, **vad_options: Any) -> WordTimings:
     """The ``"vad-spread"`` timings of ``text`` over the speech regions of ``wave``.
 
@@ -181,7 +182,7 @@ def whisper_words(wave: np.ndarray, rate: int, whisper_model: str | None, langua
     """Word time stamps from a locally available Whisper model: ``(words, None)`` or ``(None, why not)``."""
     if not whisper_model:
         return None, "no whisper_model given (ASR alignment never downloads a model)"
-    audio = resample(np.asarray(wave, dtype=np.float32), rate, TARGET_RATE)
+    audio = resample(np.asarray(wave, dtype=np.float32), rate, SAMPLE_RATE)
     if _installed("faster_whisper"):
         try:
             model = _load_faster_whisper(str(whisper_model))
@@ -210,7 +211,7 @@ def whisper_words(wave: np.ndarray, rate: int, whisper_model: str | None, langua
 # ---------------------------------------------------------------------------------------------
 
 
-def word_timings(utterance_row: Any, wave: np.ndarray | None = None, rate: int = TARGET_RATE, backend: str = "auto",
+def word_timings(utterance_row: Any, wave: np.ndarray | None = None, rate: int = SAMPLE_RATE, backend: str = "auto",
                  whisper_model: str | None = None, vad_backend: str = "webrtc", language: str | None = None) -> WordTimings:
     """Word timings of one utterance (a table row, a dict or an :class:`~emomix.data.schema.Utterance`).
 

@@ -19,11 +19,11 @@ import math
 
 import numpy as np
 
-from emomix.audio.io import TARGET_RATE
+from emomix.constants import SAMPLE_RATE
 from emomix.errors import ConfigError
 
 
-def chunk_bounds(num_samples: int, rate: int = TARGET_RATE, max_s: float = 3.0, min_s: float = 2.0) -> list[tuple[int, int]]:
+def chunk_bounds(num_samples: int, rate: int = SAMPLE_RATE, max_s: float = 3.0, min_s: float = 2.0) -> list[tuple[int, int]]:
     """Sample bounds ``(start, end)`` of the pieces :func:`chunk_waveform` cuts (the module's rule)."""
     if max_s <= 0 or min_s < 0 or min_s > max_s:
         raise ConfigError(f"chunk lengths need 0 ≤ min_s ≤ max_s and max_s > 0, got min_s={min_s}, max_s={max_s}")
@@ -35,7 +35,7 @@ def chunk_bounds(num_samples: int, rate: int = TARGET_RATE, max_s: float = 3.0, 
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def chunk_waveform(wave: np.ndarray, rate: int = TARGET_RATE, max_s: float = 3.0, min_s: float = 2.0) -> list[np.ndarray]:
+def chunk_waveform(wave: np.ndarray, rate: int = SAMPLE_RATE, max_s: float = 3.0, min_s: float = 2.0) -> list[np.ndarray]:
     """Cut ``wave`` into consecutive equal pieces no longer than ``max_s`` (see the module's rule).
 
     Pieces are views of ``wave``; concatenated they give it back. An utterance of at most
@@ -45,7 +45,7 @@ def chunk_waveform(wave: np.ndarray, rate: int = TARGET_RATE, max_s: float = 3.0
     return [wave[start:end] for start, end in chunk_bounds(wave.shape[0], rate, max_s, min_s)]
 
 
-def pad_or_cut(wave: np.ndarray, length_s: float = 8.0, rate: int = TARGET_RATE) -> tuple[np.ndarray, int]:
+def pad_or_cut(wave: np.ndarray, length_s: float = 8.0, rate: int = SAMPLE_RATE) -> tuple[np.ndarray, int]:
     """Give ``wave`` exactly ``length_s`` seconds: keep its beginning, or pad zeros at its end.
 
     Returns ``(wave, valid_samples)``, where ``valid_samples`` counts the original samples kept

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from emomix.audio.io import TARGET_RATE
+from emomix.constants import SAMPLE_RATE
 from emomix.errors import ConfigError
 
 
@@ -24,13 +24,13 @@ def _framing(rate: int, win_ms: float, hop_ms: float) -> tuple[int, int, int]:
     return win, hop, n_fft
 
 
-def num_frames(num_samples: int, rate: int = TARGET_RATE, hop_ms: float = 10.0) -> int:
+def num_frames(num_samples: int, rate: int = SAMPLE_RATE, hop_ms: float = 10.0) -> int:
     """Frames :func:`mfcc` and :func:`frame_energy` give for ``num_samples`` (0 for an empty wave)."""
     hop = int(round(rate * hop_ms / 1000.0))
     return 0 if num_samples == 0 else 1 + num_samples // hop
 
 
-def mfcc(wave: np.ndarray, rate: int = TARGET_RATE, n_mfcc: int = 40, win_ms: float = 25.0, hop_ms: float = 10.0,
+def mfcc(wave: np.ndarray, rate: int = SAMPLE_RATE, n_mfcc: int = 40, win_ms: float = 25.0, hop_ms: float = 10.0,
          n_mels: int = 40, fmin: float = 20.0, fmax: float | None = None) -> np.ndarray:
     """MFCCs of a mono waveform as a ``T × n_mfcc`` float32 array.
 
@@ -58,7 +58,7 @@ def mfcc(wave: np.ndarray, rate: int = TARGET_RATE, n_mfcc: int = 40, win_ms: fl
     return np.ascontiguousarray(features.T, dtype=np.float32)
 
 
-def frame_energy(wave: np.ndarray, rate: int = TARGET_RATE, win_ms: float = 25.0, hop_ms: float = 10.0,
+def frame_energy(wave: np.ndarray, rate: int = SAMPLE_RATE, win_ms: float = 25.0, hop_ms: float = 10.0,
                  floor_db: float = -100.0) -> np.ndarray:
     """RMS level of each frame in dBFS (``T`` float32, same framing as :func:`mfcc`), floored at ``floor_db``."""
     import librosa

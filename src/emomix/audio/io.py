@@ -22,10 +22,11 @@ from typing import Any, BinaryIO
 import numpy as np
 import soundfile as sf
 
+from emomix.constants import SAMPLE_RATE
 from emomix.errors import AudioError, MissingDataError
 
-TARGET_RATE = 16000
-"""The rate every encoder of the project expects."""
+TARGET_RATE = SAMPLE_RATE
+"""Alias of :data:`emomix.constants.SAMPLE_RATE`, kept for code that imports it from here."""
 
 SOUNDFILE_EXTENSIONS = frozenset(
     {".wav", ".wave", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".aifc", ".au", ".snd", ".w64", ".rf64", ".caf"}
@@ -67,7 +68,7 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     return samples.mean(axis=1, dtype=np.float32)
 
 
-def resample(wave: np.ndarray, orig_rate: int, target_rate: int = TARGET_RATE) -> np.ndarray:
+def resample(wave: np.ndarray, orig_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Resample a mono waveform with soxr (high quality), or scipy's polyphase filter without it."""
     wave = np.asarray(wave, dtype=np.float32)
     if orig_rate == target_rate or wave.size == 0:
@@ -85,7 +86,7 @@ def resample(wave: np.ndarray, orig_rate: int, target_rate: int = TARGET_RATE) -
     return soxr.resample(wave, orig_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def loudness_dbfs(wave: np.ndarray, rate: int = TARGET_RATE) -> float:
+def loudness_dbfs(wave: np.ndarray, rate: int = SAMPLE_RATE) -> float:
     """Gated RMS level of a waveform in dBFS (``-inf`` for silence).
 
     The gating follows ITU-R BS.1770 / EBU R128 without its K-weighting filter: the mean power of
@@ -114,7 +115,7 @@ def loudness_dbfs(wave: np.ndarray, rate: int = TARGET_RATE) -> float:
     return float(10.0 * np.log10(kept.mean()))
 
 
-def normalise_loudness(wave: np.ndarray, rate: int = TARGET_RATE, target_dbfs: float = DEFAULT_LOUDNESS_DBFS,
+def normalise_loudness(wave: np.ndarray, rate: int = SAMPLE_RATE, target_dbfs: float = DEFAULT_LOUDNESS_DBFS,
                        peak_limit: float = 0.99) -> np.ndarray:
     """Scale a waveform so its gated RMS level (:func:`loudness_dbfs`) is ``target_dbfs``.
 
@@ -299,7 +300,7 @@ def _check_path(path: str | Path) -> Path:
 
 
 def load_audio(path: str | Path, start: float | None = None, end: float | None = None,
-               target_rate: int = TARGET_RATE, normalise_loudness: bool = False,
+               target_rate: int = SAMPLE_RATE, normalise_loudness: bool = False,
                target_dbfs: float = DEFAULT_LOUDNESS_DBFS) -> np.ndarray:
     """Load a file (or the span ``start``–``end`` seconds of it) as a mono float32 waveform.
 
@@ -324,7 +325,7 @@ def load_audio(path: str | Path, start: float | None = None, end: float | None =
 
 
 def decode_audio_bytes(data: bytes, start: float | None = None, end: float | None = None,
-                       target_rate: int = TARGET_RATE, normalise_loudness: bool = False,
+                       target_rate: int = SAMPLE_RATE, normalise_loudness: bool = False,
                        target_dbfs: float = DEFAULT_LOUDNESS_DBFS, name: str = "<uploaded audio>") -> np.ndarray:
     """Decode an in-memory file (an HTTP upload) exactly as :func:`load_audio` decodes a path.
 

@@ -48,7 +48,8 @@ import numpy as np
 import soundfile as sf
 
 from emomix.audio.chunking import chunk_bounds
-from emomix.audio.io import TARGET_RATE, resample, to_mono
+from emomix.audio.io import resample, to_mono
+from emomix.constants import SAMPLE_RATE
 from emomix.errors import AudioError, ConfigError, MissingDataError
 
 DEFAULT_MIN_SILENCE_S = 0.5
@@ -79,7 +80,7 @@ class Segment:
 
     @property
     def duration(self) -> float:
-        return self.samples.size / TARGET_RATE
+        return self.samples.size / SAMPLE_RATE
 
 
 @dataclass
@@ -154,7 +155,7 @@ class StreamSegmenter:
         import webrtcvad
 
         _check_options(min_silence_s, pad_s, max_segment_s, min_segment_s, aggressiveness, frame_ms, max_held_s)
-        rate = TARGET_RATE
+        rate = SAMPLE_RATE
         self.frame_len = rate * frame_ms // 1000
         self.min_silence = int(math.ceil(min_silence_s * rate / self.frame_len))  # in frames
         self.pad = int(round(pad_s * rate))
@@ -221,7 +222,7 @@ class StreamSegmenter:
         pcm = _pcm16(self.buffer.get(self.vad_pos, self.vad_pos + count * self.frame_len))
         width = 2 * self.frame_len  # bytes per frame
         for k in range(count):
-            self._step(self.detector.is_speech(pcm[k * width:(k + 1) * width], TARGET_RATE))
+            self._step(self.detector.is_speech(pcm[k * width:(k + 1) * width], SAMPLE_RATE))
         self.vad_pos += count * self.frame_len
 
     def _emit(self) -> Iterator[Segment]:
@@ -229,14 +230,14 @@ class StreamSegmenter:
         while self.pending and (self.pending[0][1] <= total or self.finished):
             start, end = self.pending.pop(0)
             end = min(end, total)
-            bounds = chunk_bounds(end - start, TARGET_RATE, max_s=self.max_segment_s, min_s=0.0)
+            bounds = chunk_bounds(end - start, SAMPLE_RATE, max_s=self.max_segment_s, min_s=0.0)
             if len(bounds) > 1:
                 self.stats.split += 1
             for first, last in bounds:
                 samples = self.buffer.get(start + first, start + last)
                 self.stats.segments += 1
-                self.stats.segment_s += samples.size / TARGET_RATE
-                yield Segment((start + first) / TARGET_RATE, (start + last) / TARGET_RATE, samples, self.count)
+                self.stats.segment_s += samples.size / SAMPLE_RATE
+                yield Segment((start + first) / SAMPLE_RATE, (start + last) / SAMPLE_RATE, samples, self.count)
                 self.count += 1
         self._trim()
 
@@ -256,7 +257,7 @@ class StreamSegmenter:
         if samples.ndim != 1:
             raise ValueError(f"StreamSegmenter takes mono 16 kHz samples, got shape {samples.shape}")
         self.buffer.append(samples)
-        self.stats.duration_s = self.buffer.end / TARGET_RATE
+        self.stats.duration_s = self.buffer.end / SAMPLE_RATE
         self._run_vad()
         yield from self._emit()
 
@@ -268,7 +269,7 @@ class StreamSegmenter:
         if leftover > 0:
             frame = np.zeros(self.frame_len, dtype=np.float32)
             frame[:leftover] = self.buffer.get(self.vad_pos, self.buffer.end)
-            self._step(self.detector.is_speech(_pcm16(frame), TARGET_RATE))
+            self._step(self.detector.is_speech(_pcm16(frame), SAMPLE_RATE))
             self.vad_pos = self.buffer.end
         if self.open_start is not None:
             self._close(self.open_start, self.open_end * self.frame_len, pad_end=True)
@@ -341,10 +342,10 @@ def segment_recording(path: str | Path, *, min_silence_s: float = DEFAULT_MIN_SI
 
 def _read_and_segment(path: Path, rate: int, block_frames: int, segmenter: StreamSegmenter) -> Iterator[Segment]:
     resampler = None
-    if rate != TARGET_RATE:
+    if rate != SAMPLE_RATE:
         import soxr
 
-        resampler = soxr.ResampleStream(rate, TARGET_RATE, 1, dtype="float32", quality="HQ")
+        resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
     try:
         handle = sf.SoundFile(str(path))
     except (sf.LibsndfileError, OSError) as exc:
@@ -368,13 +369,13 @@ def _read_and_segment(path: Path, rate: int, block_frames: int, segmenter: Strea
     yield from segmenter.finish()
 
 
-def segment_waveform(wave: np.ndarray, rate: int = TARGET_RATE, *, min_silence_s: float = DEFAULT_MIN_SILENCE_S,
+def segment_waveform(wave: np.ndarray, rate: int = SAMPLE_RATE, *, min_silence_s: float = DEFAULT_MIN_SILENCE_S,
                      pad_s: float = DEFAULT_PAD_S, max_segment_s: float = DEFAULT_MAX_SEGMENT_S,
                      min_segment_s: float = DEFAULT_MIN_SEGMENT_S, aggressiveness: int = 2, frame_ms: int = 30,
                      max_held_s: float | None = None, stats: SegmentationStats | None = None) -> list[Segment]:
     """The segments of a waveform in memory (mono, or ``samples × channels``), by the same rule."""
     wave = to_mono(np.asarray(wave, dtype=np.float32))
-    wave = resample(wave, rate, TARGET_RATE)
+    wave = resample(wave, rate, SAMPLE_RATE)
     stats = stats if stats is not None else SegmentationStats()
     stats.source_rate = int(rate)
     segmenter = StreamSegmenter(min_silence_s, pad_s, max_segment_s, min_segment_s, aggressiveness, frame_ms,

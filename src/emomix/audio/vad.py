@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from emomix.audio.io import TARGET_RATE, resample
+from emomix.audio.io import resample
+from emomix.constants import SAMPLE_RATE
 from emomix.errors import ConfigError
 
 VAD_BACKENDS = ("webrtc", "silero")
@@ -55,7 +56,7 @@ def _frame_count(num_samples: int, frame_len: int) -> int:
     return int(math.ceil(num_samples / frame_len)) if num_samples else 0
 
 
-def webrtc_vad_mask(wave: np.ndarray, rate: int = TARGET_RATE, frame_ms: int = 30, aggressiveness: int = 2) -> np.ndarray:
+def webrtc_vad_mask(wave: np.ndarray, rate: int = SAMPLE_RATE, frame_ms: int = 30, aggressiveness: int = 2) -> np.ndarray:
     """Speech mask of ``wave`` from the WebRTC VAD, one bool per ``frame_ms`` frame.
 
     ``frame_ms`` must be 10, 20 or 30 and ``aggressiveness`` 0–3 (:class:`ConfigError` otherwise).
@@ -70,8 +71,8 @@ def webrtc_vad_mask(wave: np.ndarray, rate: int = TARGET_RATE, frame_ms: int = 3
         raise ConfigError(f"webrtc VAD aggressiveness must be an integer 0–3, got {aggressiveness!r}")
     wave = _mono(wave)
     if rate not in WEBRTC_RATES:
-        wave = resample(wave, rate, TARGET_RATE)
-        rate = TARGET_RATE
+        wave = resample(wave, rate, SAMPLE_RATE)
+        rate = SAMPLE_RATE
     frame_len = rate * frame_ms // 1000
     count = _frame_count(wave.size, frame_len)
     pcm = np.zeros(count * frame_len, dtype="<i2")
@@ -99,7 +100,7 @@ def _silero() -> tuple[Any, Any]:
     return model, get_speech_timestamps
 
 
-def silero_speech_segments(wave: np.ndarray, rate: int = TARGET_RATE, threshold: float = 0.5,
+def silero_speech_segments(wave: np.ndarray, rate: int = SAMPLE_RATE, threshold: float = 0.5,
                            min_speech_ms: int = 250, min_silence_ms: int = 100,
                            speech_pad_ms: int = 30) -> list[tuple[float, float]]:
     """Speech segments ``(start_s, end_s)`` found by the bundled Silero VAD model.
@@ -114,8 +115,8 @@ def silero_speech_segments(wave: np.ndarray, rate: int = TARGET_RATE, threshold:
         raise ConfigError(f"silero VAD threshold must be between 0 and 1, got {threshold!r}")
     wave = _mono(wave)
     if rate not in (8000, 16000):
-        wave = resample(wave, rate, TARGET_RATE)
-        rate = TARGET_RATE
+        wave = resample(wave, rate, SAMPLE_RATE)
+        rate = SAMPLE_RATE
     if wave.size == 0:
         return []
     model, get_speech_timestamps = _silero()
@@ -132,7 +133,7 @@ def silero_speech_segments(wave: np.ndarray, rate: int = TARGET_RATE, threshold:
     return [(stamp["start"] / rate, stamp["end"] / rate) for stamp in stamps]
 
 
-def silero_vad_mask(wave: np.ndarray, rate: int = TARGET_RATE, frame_ms: int = 32, threshold: float = 0.5,
+def silero_vad_mask(wave: np.ndarray, rate: int = SAMPLE_RATE, frame_ms: int = 32, threshold: float = 0.5,
                     **options: Any) -> np.ndarray:
     """Speech mask of ``wave`` from the Silero VAD, one bool per ``frame_ms`` frame.
 
@@ -148,7 +149,7 @@ def silero_vad_mask(wave: np.ndarray, rate: int = TARGET_RATE, frame_ms: int = 3
     return segments_to_mask(segments, frame_s, count)
 
 
-def vad_mask(wave: np.ndarray, backend: str = "webrtc", rate: int = TARGET_RATE, frame_ms: int | None = None,
+def vad_mask(wave: np.ndarray, backend: str = "webrtc", rate: int = SAMPLE_RATE, frame_ms: int | None = None,
              **options: Any) -> np.ndarray:
     """Speech mask from the named backend (``"webrtc"`` or ``"silero"``).
 
@@ -222,7 +223,7 @@ def map_mask_to_frames(mask: np.ndarray, mask_frame_s: float, target_frame_s: fl
     return mask[index]
 
 
-def is_silence(wave: np.ndarray, rate: int = TARGET_RATE, threshold_dbfs: float = SILENCE_DBFS) -> bool:
+def is_silence(wave: np.ndarray, rate: int = SAMPLE_RATE, threshold_dbfs: float = SILENCE_DBFS) -> bool:
     """True when no 25 ms frame of ``wave`` is louder than ``threshold_dbfs`` RMS (or it is empty)."""
     wave = np.asarray(wave, dtype=np.float64)
     if wave.size == 0:

@@ -31,6 +31,7 @@ from emomix.cache.keys import (
     text_input,
 )
 from emomix.cache.store import FeatureStore
+from emomix.constants import SAMPLE_RATE
 from emomix.errors import ConfigError, EmomixError, MissingDataError
 
 VAD_BACKENDS = ("webrtc", "silero")
@@ -64,7 +65,7 @@ class PreprocessConfig:
     :func:`emomix.cache.keys.normalise_text`.
     """
 
-    target_rate: int = 16000
+    target_rate: int = SAMPLE_RATE
     normalise_loudness: bool = False
     target_dbfs: float = -23.0
     vad: str | None = None

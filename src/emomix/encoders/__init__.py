@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from emomix.encoders.base import MODALITIES, Encoder, EncoderOutput
+from emomix.constants import MODALITIES
+from emomix.encoders.base import Encoder, EncoderOutput
 from emomix.encoders.normalisation import SpeakerNormaliser
 from emomix.encoders.registry import create_encoder, list_encoders, register_encoder
 

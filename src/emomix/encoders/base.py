@@ -22,8 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-MODALITIES = ("audio", "text", "video")
-
 
 @dataclass
 class EncoderOutput:

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from emomix.audio.features import mfcc
+from emomix.constants import SAMPLE_RATE
 from emomix.encoders.base import Encoder, EncoderOutput
 from emomix.errors import AudioError, ConfigError
 
-SAMPLE_RATE = 16_000
 HOP_SAMPLES = 160
 
 

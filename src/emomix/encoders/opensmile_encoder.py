@@ -17,10 +17,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from emomix.constants import SAMPLE_RATE
 from emomix.encoders.base import Encoder, EncoderOutput
 from emomix.errors import AudioError, ConfigError
 
-SAMPLE_RATE = 16_000
 FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
 LEVELS = ("lld", "functionals", "both")
 LLD_SIZES = {"eGeMAPSv02": 25, "ComParE_2016": 65}

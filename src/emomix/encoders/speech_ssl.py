@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from emomix.constants import SAMPLE_RATE
 from emomix.encoders.base import Encoder, EncoderOutput
 from emomix.errors import AudioError, ConfigError, MissingDataError
 
-SAMPLE_RATE = 16_000
 SUPPORTED_SPEECH_TYPES = ("wavlm", "hubert", "wav2vec2")
 
 # Files whose content does not change a model's outputs; left out of folder fingerprints.

@@ -27,12 +27,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from emomix.constants import SAMPLE_RATE
 from emomix.errors import AudioError
 
 ENV_MODEL = "EMOMIX_ASR_MODEL"
 DEFAULT_MODEL = "base"
 BACKENDS = ("faster-whisper", "whisper")
-ASR_RATE = 16000
 
 
 class Transcriber(Protocol):
@@ -112,7 +112,7 @@ def transcribe_file(transcriber: Transcriber, path: str | Path) -> str:
     """Load ``path`` as 16 kHz mono (the project's own loader) and transcribe it."""
     from emomix.audio.io import load_audio
 
-    wave = load_audio(path, target_rate=ASR_RATE)
+    wave = load_audio(path, target_rate=SAMPLE_RATE)
     if wave.size == 0:
         raise AudioError(f"{path}: holds no samples to transcribe")
     return transcriber.transcribe(wave)

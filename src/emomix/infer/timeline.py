@@ -28,9 +28,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from emomix.constants import SAMPLE_RATE
 from emomix.errors import ConfigError
-
-SEGMENT_RATE = 16000
 
 
 def predict_timeline(predictor: Any, path: str | Path, text: Any = None, speaker: str | None = None,
@@ -59,7 +58,7 @@ def predict_timeline(predictor: Any, path: str | Path, text: Any = None, speaker
                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
 
     def flush() -> None:
-        items = [{"audio": s.samples, "sample_rate": SEGMENT_RATE, "text": transcript_of(s.start, s.end), "speaker": speaker}
+        items = [{"audio": s.samples, "sample_rate": SAMPLE_RATE, "text": transcript_of(s.start, s.end), "speaker": speaker}
                  for s in pending]
         for segment, result in zip(pending, predictor.predict_many(items, batch_size=len(items))):
             segments.append(segment_result(segment, result))

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-MODALITIES = ("audio", "text", "video")
+from emomix.constants import MODALITIES
 
 
 @dataclass

@@ -26,10 +26,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from emomix.constants import SAMPLE_RATE
 from emomix.errors import AudioError, ConfigError
 
 AUGMENT_SEPARATOR = "@aug-"
-SAMPLE_RATE = 16000
 
 
 def is_augmented(utt_id: str) -> bool:
