@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from emomix.errors import ConfigError
+from emomix.infer.describe import training_data_notes
 
 CARD_FORMAT = "emomix-model-card/1"
 CARD_JSON = "model_card.json"
@@ -100,6 +101,7 @@ def build_card(model_json: Mapping[str, Any], checkpoint: str | Path, run_dir: s
         "created_with": emomix.__version__,
         "checkpoint": str(checkpoint),
         "run": None if run_dir is None else str(run_dir),
+        "warnings": training_data_notes(model_json, run_dir),
     }
 
 
@@ -156,6 +158,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     """A short human-readable card: the model, its data, training, metrics and exported files."""
     training = dict(card.get("training") or {})
     lines = [f"# Model card: {card.get('name')}", ""]
+    lines += [f"> **Warning:** {warning}." for warning in card.get("warnings") or []] + ([""] if card.get("warnings") else [])
     if card.get("paper"):
         lines += [f"**Paper.** {card['paper']}", ""]
     if card.get("description"):

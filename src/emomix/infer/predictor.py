@@ -43,6 +43,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from emomix.errors import AudioError, ConfigError, EmomixError, MissingDataError
+from emomix.infer.describe import training_data_notes
 
 MODEL_FORMAT = "emomix.model/1"
 UNKNOWN_SPEAKER = "<unknown speaker>"
@@ -104,6 +105,7 @@ class Predictor:
         self.audio_only_mode = _audio_only_mode(self.model)
         self._asr = asr  # None: look for one on first need; False: never; else a Transcriber
         self._asr_searched = asr is not None
+        self.model_notes = training_data_notes(card, run_dir)  # e.g. trained on the synthetic corpus
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -514,7 +516,7 @@ class Predictor:
             "transcript": item.transcript,
             "transcript_source": item.transcript_source,
             "duration_s": None if item.duration_s is None else round(float(item.duration_s), 4),
-            "notes": list(dict.fromkeys(item.notes)),
+            "notes": list(dict.fromkeys([*item.notes, *self.model_notes])),
         }
 
     # -- small helpers --------------------------------------------------------------------------
