@@ -181,7 +181,7 @@ def test_the_page_loads_nothing_from_other_hosts():
 
 
 def test_bad_uploads_get_clear_errors_and_the_service_keeps_serving(client):
-    assert_error(post_audio(client, CORRUPT), 422, "invalid_audio", "clip.wav", "not a readable audio file")
+    assert_error(post_audio(client, CORRUPT), 422, "invalid_audio", "clip.wav", "could not be read as audio")
     assert_error(post_audio(client, b""), 422, "empty_file", "empty")
     assert_error(post_audio(client, wav_bytes(4.0) + b"\0" * 10), 413, "payload_too_large", "MB")
     assert_error(post_audio(client, wav_bytes(1.0), "notes.txt", "text/plain"), 415, "unsupported_media_type", "text/plain")
@@ -189,12 +189,115 @@ def test_bad_uploads_get_clear_errors_and_the_service_keeps_serving(client):
     assert_error(post_audio(client, wav_bytes(1.0), text="x" * 5001), 422, "text_too_long", "5000")
     assert_error(post_audio(client, wav_bytes(1.0), text="boom"), 422, "invalid_input", "transcript is not usable")
     assert_error(post_audio(client, np.zeros(10, np.int16).tobytes()), 422, "invalid_audio")
-    message = assert_error(post_audio(client, wav_bytes(1.0), text="crash"), 500, "internal_error")
-    assert "secret" not in message, "internal exception text must not leak to clients"
+    message = assert_error(post_audio(client, wav_bytes(1.0), text="crash"), 500, "internal_error", "server log")
+    assert "secret" not in message and "RuntimeError" not in message, "internal exception text must not leak to clients"
     assert_error(client.post("/predict", data={"text": "no file"}), 422, "validation_error", "file")
     assert_error(client.get("/nowhere"), 404, "not_found")
     assert_error(client.get("/predict"), 405, "method_not_allowed")
     assert post_audio(client, wav_bytes(1.0), text="still here").status_code == 200
+
+
+LEAKS = ("libsndfile", "FFmpeg", "ffmpeg", "BytesIO", "0x", "Traceback", "/tmp/", "<array", "Error:")
+
+
+def assert_one_clean_sentence(message: str) -> None:
+    """A client message: one sentence, no decoder diagnostics, object reprs, paths or class names."""
+    for leak in LEAKS:
+        assert leak not in message, f"{leak!r} leaks into {message!r}"
+    assert message.count(". ") == 0 and message.count("; ") <= 1, message
+
+
+def test_no_error_answer_leaks_internals_and_the_details_reach_the_log(caplog):
+    """Every error path of the service (413, 415, 422 empty/corrupt/duration/silence/text, 503,
+    504, 500) answers one clean sentence; decoder and predictor details go to the server log."""
+    import logging
+
+    predictor = StandInPredictor(sleep_s=0.4)
+    caplog.set_level(logging.WARNING, logger="emomix.serve")
+    with client_for(predictor, max_upload_bytes=100_000, max_duration_s=3.0, timeout_s=0.2) as test_client:
+        answers = {
+            "corrupt": post_audio(test_client, CORRUPT, "broken.wav"),
+            "raw bytes": post_audio(test_client, np.zeros(10, np.int16).tobytes()),
+            "mp3 name": post_audio(test_client, b"ID3" + bytes(range(200)), "song.mp3", "audio/mpeg"),
+            "empty": post_audio(test_client, b""),
+            "too long": post_audio(test_client, wav_bytes(3.5, rate=8000)),
+            "too large": post_audio(test_client, wav_bytes(4.0) + b"\0" * 10),
+            "content type": post_audio(test_client, wav_bytes(1.0), "notes.txt", "text/plain"),
+            "silence": post_audio(test_client, sf_silence()),
+            "internal": post_audio(test_client, wav_bytes(1.0), text="crash"),
+            "timeout": post_audio(test_client, wav_bytes(1.0), text="slow"),
+        }
+        time.sleep(0.5)  # let the timed-out prediction finish
+        batch = test_client.post("/predict/batch", files=[("files", ("b.wav", CORRUPT, "audio/wav")),
+                                                          ("files", ("quiet.wav", sf_silence(), "audio/wav"))]).json()["results"]
+    statuses = {name: response.status_code for name, response in answers.items()}
+    assert statuses == {"corrupt": 422, "raw bytes": 422, "mp3 name": 422, "empty": 422, "too long": 422, "too large": 413,
+                        "content type": 415, "silence": 422, "internal": 500, "timeout": 504}
+    for name, response in answers.items():
+        assert_one_clean_sentence(response.json()["error"]["message"])
+    for item in batch:
+        assert_one_clean_sentence(item["error"]["message"])
+    corrupt = answers["corrupt"].json()["error"]["message"]
+    assert corrupt == "broken.wav could not be read as audio; send a WAV, FLAC, OGG, MP3 or WebM/MP4 audio file"
+    assert batch[0]["error"]["message"].startswith("b.wav could not be read as audio")
+    assert "silent" in answers["silence"].json()["error"]["message"]
+    logged = "\n".join(record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "") for record in caplog.records)
+    assert "broken.wav" in logged and "libsndfile" in logged, "the decoder's details belong in the server log"
+    assert "secret internal detail" in logged
+    assert all(r.levelno >= logging.WARNING for r in caplog.records if "broken.wav" in r.getMessage())
+
+
+def test_the_503_answer_is_one_clean_sentence():
+    predictor = StandInPredictor(sleep_s=0.2)
+    app = create_app(predictor, ServiceLimits(max_pending=1))
+
+    async def burst():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await asyncio.gather(*[client.post("/predict", files={"file": ("a.wav", wav_bytes(0.5), "audio/wav")},
+                                                      data={"text": "slow"}) for _ in range(3)])
+
+    busy = [r for r in asyncio.run(burst()) if r.status_code == 503]
+    assert busy
+    for response in busy:
+        assert response.json()["error"]["type"] == "busy"
+        assert_one_clean_sentence(response.json()["error"]["message"])
+
+
+def test_public_message_keeps_user_sentences_and_hides_internals():
+    from emomix.serve.app import public_message
+
+    silent = AudioError("<array (16000,) float32>: the audio is silent; there is no speech to recognise an emotion from")
+    assert public_message(silent, "a.wav") == "a.wav: the audio is silent; there is no speech to recognise an emotion from"
+    leaky = AudioError("<_io.BytesIO object at 0x7f3a2b1c>: Error opening: Format not recognised (libsndfile)")
+    assert "could not be processed" in public_message(leaky, "a.wav") and "0x7f" not in public_message(leaky, "a.wav")
+    assert "/tmp" not in public_message(ConfigError("failed on /tmp/emomix-predict-x/item-000000.wav"), "a.wav")
+
+
+def test_swagger_ui_at_docs_loads_only_local_files(client):
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text.lower()
+    urls = re.findall(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""", page.text)
+    assert urls, page.text
+    assert not [u for u in urls if re.match(r"(?:[a-z]+:)?//", u)], f"/docs loads files from other hosts: {urls}"
+    for url in urls:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert len(response.content) > 100, url
+    assert {"/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css", "/openapi.json"} <= set(urls)
+
+
+def test_model_info_carries_the_aux_labels_and_hidden_wins_in_the_style_sheet(client):
+    import re
+
+    labels = client.get("/model").json()["aux_labels"]
+    assert labels["labels"]["route_audio"] == "audio routing: local / global"
+    assert labels["labels"]["vad_fallback"] == "no speech found: whole clip used"
+    assert "vad_fallback" in labels["flags"] and "route_audio" not in labels["flags"]
+    css = (STATIC_DIR / "style.css").read_text()
+    assert re.search(r"\[hidden\]\s*\{\s*display:\s*none\s*!important", css), "the style sheet must not override `hidden`"
 
 
 def test_a_path_is_never_accepted_in_place_of_an_upload():

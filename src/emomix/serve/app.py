@@ -6,7 +6,8 @@ Endpoints (see ``docs/serving.md``):
   returns the predictor's JSON (label, probabilities, aux routing/gate weights, …).
 * ``POST /predict/batch`` — several ``files`` with optional ``texts``/``speakers`` (one per file,
   in order); returns ``{"results": [...]}`` with ``{"error": {...}}`` in the slot of a bad item.
-* ``GET /health``, ``GET /model``, ``GET /`` (the web page), ``/static/*``, ``/docs`` (OpenAPI).
+* ``GET /health``, ``GET /model``, ``GET /`` (the web page), ``/static/*``, ``/docs`` (Swagger UI, its
+  files served locally from ``/docs-assets/*``) and ``/openapi.json``.
 
 Only uploaded bytes reach the predictor: the service never accepts a file-system path from a
 client. Every limit of :class:`ServiceLimits` is checked before any model work, and every error
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -35,17 +37,22 @@ from typing import Any, Awaitable, Callable, Optional, Protocol
 import numpy as np
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from swagger_ui_bundle import swagger_ui_path
 
 from emomix.audio.io import TARGET_RATE, decode_audio_bytes
 from emomix.errors import AudioError, ConfigError, EmomixError
+from emomix.infer.describe import aux_labels_json
 
 log = logging.getLogger("emomix.serve")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+DOCS_ASSETS = "/docs-assets"
+"""Where Swagger UI's own files (from the ``swagger-ui-bundle`` package) are served for ``/docs``."""
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 """Room for the multipart boundaries, headers and text fields on top of the audio bytes."""
 
@@ -123,16 +130,35 @@ def error_body(kind: str, message: str) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message}}
 
 
-def error_for_exception(exc: BaseException) -> ServiceError:
-    """The response for an exception raised while decoding or predicting."""
+UNREADABLE_AUDIO = "could not be read as audio; send a WAV, FLAC, OGG, MP3 or WebM/MP4 audio file"
+INTERNAL_ERROR = "the prediction failed because of an error in the server; the details are in the server log"
+# What must never reach a client: object reprs, decoder diagnostics, file-system paths, tracebacks.
+_LEAK = re.compile(r"0x[0-9a-fA-F]{4,}|<_io\.|<[A-Za-z_.]+ object|libsndfile|ffmpeg|Traceback|/tmp/|"
+                   r"(?:^|[\s(:'\"])(?:/[\w.+-]+){2,}|[A-Za-z]:\\", re.IGNORECASE)
+# How the predictor names an in-memory input in its messages ("<array (16000,) float32>: ...").
+_INPUT_NAME = re.compile(r"<(?:array|uploaded audio)[^>]*>|input \d+")
+
+
+def public_message(exc: BaseException, name: str | None = None) -> str:
+    """The message a client gets for a user error: the exception's own sentence with the input
+    called by its upload name, or a plain sentence when the text would leak internals."""
+    text = _INPUT_NAME.sub(name or "the upload", str(exc)).strip()
+    if not text or _LEAK.search(text):
+        return f"{name or 'the upload'}: the recording could not be processed; check that it is speech audio and retry"
+    return text
+
+
+def error_for_exception(exc: BaseException, name: str | None = None) -> ServiceError:
+    """The response for an exception raised while decoding or predicting ``name`` (the upload's
+    display name). The exception itself goes to the server log; the client gets one sentence."""
     if isinstance(exc, ServiceError):
         return exc
-    if isinstance(exc, AudioError):
-        return ServiceError(422, "invalid_audio", str(exc))
     if isinstance(exc, EmomixError):
-        return ServiceError(422, "invalid_input", str(exc))
-    log.exception("prediction failed", exc_info=exc)
-    return ServiceError(500, "internal_error", f"the prediction failed ({type(exc).__name__}); see the server log")
+        log.warning("refused %s: %s", name or "a request", exc, exc_info=exc)
+        kind = "invalid_audio" if isinstance(exc, AudioError) else "invalid_input"
+        return ServiceError(422, kind, public_message(exc, name))
+    log.error("prediction of %s failed", name or "a request", exc_info=exc)
+    return ServiceError(500, "internal_error", INTERNAL_ERROR)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +327,11 @@ class PredictionService:
 
     def _decode(self, upload: _Upload) -> _Upload:
         """Decode (the decode check) and check the duration; keeps the waveform for the predictor."""
-        wave = decode_audio_bytes(upload.data, name=upload.name)
+        try:
+            wave = decode_audio_bytes(upload.data, name=upload.name)
+        except AudioError as exc:  # the decoders' diagnostics go to the log, not to the client
+            log.warning("could not decode %s (%d bytes): %s", upload.name, len(upload.data), exc, exc_info=exc)
+            raise ServiceError(422, "invalid_audio", f"{upload.name} {UNREADABLE_AUDIO}") from exc
         duration = wave.size / TARGET_RATE
         if duration > self.limits.max_duration_s:
             raise ServiceError(422, "audio_too_long", f"{upload.name}: {duration:.1f} s of audio is longer than the limit of "
@@ -311,8 +341,11 @@ class PredictionService:
 
     def _predict_one(self, upload: _Upload) -> dict[str, Any]:
         self._decode(upload)
-        with self.lock:
-            return self.predictor.predict(**upload.predictor_item())
+        try:
+            with self.lock:
+                return self.predictor.predict(**upload.predictor_item())
+        except Exception as exc:  # noqa: BLE001 — answered with one sentence, logged in full
+            raise error_for_exception(exc, upload.name) from exc
 
     def _predict_batch(self, uploads: list[_Upload | ServiceError]) -> list[dict[str, Any]]:
         results: list[dict[str, Any] | None] = [None] * len(uploads)
@@ -325,7 +358,7 @@ class PredictionService:
                 self._decode(item)
                 ready.append(index)
             except Exception as exc:  # noqa: BLE001 — one bad item must not fail the batch
-                results[index] = error_for_exception(exc).payload()
+                results[index] = error_for_exception(exc, item.name).payload()
         if ready:
             items = [uploads[i].predictor_item() for i in ready]  # type: ignore[union-attr]
             with self.lock:
@@ -333,7 +366,7 @@ class PredictionService:
             if len(predicted) != len(ready):
                 raise RuntimeError(f"predict_many returned {len(predicted)} results for {len(ready)} items")
             for index, result in zip(ready, predicted):
-                results[index] = _normalise_item_error(result)
+                results[index] = _normalise_item_error(result, uploads[index].name)  # type: ignore[union-attr]
         return [r for r in results if r is not None]
 
     async def run(self, work: Callable[..., Any], *args: Any, timeout: float) -> Any:
@@ -366,16 +399,19 @@ class PredictionService:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _normalise_item_error(result: dict[str, Any]) -> dict[str, Any]:
-    """A failed item of ``predict_many`` as ``{"error": {"type", "message"}}`` whatever form it came in."""
+def _normalise_item_error(result: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """A failed item of ``predict_many`` as ``{"error": {"type", "message"}}`` whatever form it came
+    in, its message cleaned like :func:`public_message` (the original goes to the log)."""
     if not isinstance(result, dict) or "error" not in result:
         return result
     error = result["error"]
     if isinstance(error, dict) and "message" in error:
-        return {"error": {"type": str(error.get("type", "invalid_input")), "message": str(error["message"])}}
-    # the predictor's form: {"error": message, "error_type": exception class name, "input": ...}
-    kind = "invalid_audio" if result.get("error_type") in ("AudioError", "VideoError") else "invalid_input"
-    return error_body(kind, str(error))
+        kind, message = str(error.get("type", "invalid_input")), str(error["message"])
+    else:  # the predictor's form: {"error": message, "error_type": exception class name, "input": ...}
+        kind = "invalid_audio" if result.get("error_type") in ("AudioError", "VideoError") else "invalid_input"
+        message = str(error)
+    log.warning("refused %s: %s", name or "a batch item", message)
+    return error_body(kind, public_message(Exception(message), name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,7 +431,7 @@ def create_app(predictor: PredictorLike, limits: ServiceLimits | None = None) ->
 
     app = FastAPI(title="emomix", summary="Emotion recognition from speech and its transcript",
                   description=f"Serving the model **{service.model_name}**. See docs/serving.md.",
-                  version=_version(), lifespan=lifespan)
+                  version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     app.add_middleware(BodyLimitMiddleware, default=MULTIPART_OVERHEAD_BYTES,
                        limits={"/predict": limits.body_limit(1), "/predict/batch": limits.body_limit(limits.max_batch_items)})
@@ -462,13 +498,22 @@ def create_app(predictor: PredictorLike, limits: ServiceLimits | None = None) ->
 
     @app.get("/model", summary="The served model: classes, inputs, features, training summary, metrics")
     async def model() -> JSONResponse:
-        return JSONResponse({**service.info, "limits": _limits_json(limits)})
+        return JSONResponse({**service.info, "limits": _limits_json(limits), "aux_labels": aux_labels_json()})
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        """Swagger UI from files served here (``/docs-assets``), so the page works offline."""
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="emomix — API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
     return app
 
 

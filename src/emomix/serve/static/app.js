@@ -19,6 +19,12 @@
   let recorder = null;        // the active MediaRecorder
   let previewUrl = null;
   let maxUploadBytes = null;  // from GET /model
+  let auxLabels = {};         // machine name → human label, from GET /model (emomix.infer.describe)
+  let auxFlags = [];          // readings that are yes/no flags
+
+  function auxLabel(name) {
+    return auxLabels[name] || name.replace(/_/g, " ");
+  }
 
   // Names of the components of known aux vectors (docs/training.md: route_<m> = [p_local, p_global]).
   function componentNames(name, count) {
@@ -86,16 +92,31 @@
     scalars.setAttribute("aria-label", "other readings");
     for (const [name, value] of Object.entries(aux || {})) {
       shown += 1;
-      if (!Array.isArray(value)) {  // a per-utterance scalar, e.g. a fallback flag
-        scalars.appendChild(barRow(name, value, false));
+      if (auxFlags.includes(name)) {  // a yes/no flag, e.g. "no speech found: whole clip used"
+        const row = document.createElement("div");
+        row.className = "flag-row";
+        row.setAttribute("role", "listitem");
+        row.dataset.name = name;
+        const label = document.createElement("span");
+        label.textContent = auxLabel(name);
+        const answer = document.createElement("span");
+        answer.className = "flag-value";
+        answer.textContent = value ? "yes" : "no";
+        row.append(label, answer);
+        scalars.appendChild(row);
+        continue;
+      }
+      if (!Array.isArray(value)) {  // another per-utterance scalar
+        scalars.appendChild(barRow(auxLabel(name), value, false));
         continue;
       }
       const group = document.createElement("div");
       group.className = "aux-group";
       group.setAttribute("role", "list");
-      group.setAttribute("aria-label", name);
+      group.setAttribute("aria-label", auxLabel(name));
+      group.dataset.name = name;
       const heading = document.createElement("h4");
-      heading.textContent = name;
+      heading.textContent = auxLabel(name);
       group.appendChild(heading);
       const names = componentNames(name, value.length);
       value.forEach((v, j) => group.appendChild(barRow(names[j], v, false)));
@@ -248,6 +269,15 @@
     if (info.classes) parts.push("classes: " + info.classes.join(", "));
     if (info.inputs) parts.push("reads: " + info.inputs.join(" + "));
     $("model-line").textContent = parts.join(" · ");
+    const warnings = info.warnings || [];
+    if (warnings.length) {  // e.g. a model trained on the synthetic corpus
+      $("model-warning").textContent = "Warning: " + warnings.join(". ") + ".";
+      $("model-warning").hidden = false;
+    }
+    if (info.aux_labels) {
+      auxLabels = info.aux_labels.labels || {};
+      auxFlags = info.aux_labels.flags || [];
+    }
     if (info.without_transcript) $("transcript-hint").textContent = "Without a transcript: " + info.without_transcript + ".";
     if (info.limits) {
       maxUploadBytes = info.limits.max_upload_bytes;
