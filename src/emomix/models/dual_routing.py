@@ -275,7 +275,8 @@ class DualRoutingModel(EmotionModel):
     """Dual Routing MoE for speech + text emotion recognition (see the module docstring)."""
 
     name = "dual_routing"
-    paper = "Dual Routing Mixture-of-Experts for multi-scale multimodal emotion recognition (shared/papers/dual-routing-moe.txt)"
+    paper = ("Dual Routing Mixture-of-Experts for Multi-Scale Representation Learning in Multimodal Emotion "
+             "Recognition. Electronics 14(24), 4972, 2025")
     config_class = DualRoutingConfig
     batch_kind = "utterance"
     supported_modalities = ("audio", "text")

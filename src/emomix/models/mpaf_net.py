@@ -145,8 +145,8 @@ class MPAFNetModel(EmotionModel):
     """MPAF-Net: multi-path attention fusion of text, audio and video vectors (see the module docstring)."""
 
     name = "mpaf_net"
-    paper = ("Multimodal emotion recognition based on multi-path feature fusion and comprehensive optimization "
-             "(shared/papers/mpaf-net.txt)")
+    paper = ("Li, Qi, Deng & Shi. Research on Multimodal Emotion Recognition Method Based on Multi-Path Feature "
+             "Fusion and Comprehensive Optimization Strategy (MPAF-Net). Current Science (currentscience.info)")
     config_class = MPAFConfig
     batch_kind = "utterance"
     supported_modalities = ("audio", "text", "video")
