@@ -135,15 +135,44 @@ def test_metrics_agree_with_scikit_learn_on_a_random_case():
     assert weighted_f1(y_true, y_pred, CLASSES) == pytest.approx(result["weighted_f1"])
 
 
-def test_a_class_absent_from_the_truth_is_left_out_of_ua_and_macro_f1():
-    # no 'sad' utterance; one anger predicted as 'sad'
-    result = classification_metrics(["ang", "ang", "hap", "neu"], ["ang", "sad", "hap", "hap"], CLASSES)
+def test_a_class_absent_from_the_truth_is_left_out_of_ua_but_counts_in_macro_f1_when_predicted():
+    from sklearn.metrics import f1_score
+
+    # no 'sad' utterance; one anger predicted as 'sad' (F1 0: a false positive)
+    y_true, y_pred = ["ang", "ang", "hap", "neu"], ["ang", "sad", "hap", "hap"]
+    result = classification_metrics(y_true, y_pred, CLASSES)
     assert result["absent_classes"] == ["sad"]
     assert result["ua"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
     assert result["wa"] == pytest.approx(0.5)
     per_class = result["per_class"].set_index("class")
     assert math.isnan(per_class.loc["sad", "recall"])
-    assert result["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0.0) / 3)
+    assert result["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0.0 + 0.0) / 4)
+    assert result["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    # a class neither present nor predicted stays out
+    only = classification_metrics(["ang", "hap"], ["ang", "hap"], CLASSES)
+    assert only["macro_f1"] == 1.0
+
+
+def test_a_one_class_fold_is_not_scored_by_that_class_alone():
+    """Issue 13: a fold whose test utterances are all one class, a sixth of them right, had
+    UA 0.167 but macro-F1 0.286 (the F1 of the one class): the wrongly predicted classes count."""
+    from sklearn.metrics import f1_score
+
+    classes = ["ang", "bor", "dis", "fea", "hap", "neu"]
+    y_true = ["neu"] * 6
+    y_pred = ["neu", "ang", "bor", "dis", "fea", "hap"]
+    result = classification_metrics(y_true, y_pred, classes)
+    assert result["ua"] == pytest.approx(1 / 6)
+    assert result["macro_f1"] == pytest.approx((2 / 7) / 6)          # F1(neu) = 2/7, five predicted classes F1 0
+    assert result["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert result["macro_f1"] <= result["ua"]
+    # per fold and pooled follow the same rule
+    df = pd.DataFrame({"fold": ["f1"] * 6 + ["f2"] * 6, "seed": 0, "label": y_true + classes,
+                       "pred": y_pred + classes})
+    metrics = metrics_from_predictions(df, classes)
+    per_fold = metrics["per_fold"].set_index("fold")
+    assert per_fold.loc["f1", "macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert metrics["pooled"]["macro_f1"].iloc[0] == pytest.approx(f1_score(y_true + classes, y_pred + classes, average="macro"))
 
 
 def test_row_normalised_confusion_leaves_an_empty_row_undefined():
@@ -316,6 +345,50 @@ def test_write_report_writes_metrics_figures_and_markdown(tmp_path):
     assert not list((run_dir / "report").glob("*.tmp"))
 
 
+def test_report_data_section_is_readable_and_seeds_are_counted(tmp_path):
+    run_dir = make_run(tmp_path, "one", {("s1", 0): 2, ("s2", 0): 4, ("s3", 0): 3}, aux=False, histories=False)
+    # data.json as emomix.train.run.data_summary writes it
+    (run_dir / "data.json").write_text(json.dumps({
+        "corpus": "toy", "utterances": 12, "speakers": 6, "classes": {c: 3 for c in CLASSES},
+        "folds": {s: {"train": {"total": 8, "ang": 2}, "validation": {"total": 0}, "test": {"total": 4, "ang": 1}}
+                  for s in SESSIONS},
+        "read_report": {"skipped": [{"item": "x.wav", "reason": "audio missing"}], "dropped_by_label": {"oth": 2},
+                        "notes": ["text only"]},
+        "extraction": {"audio": {"namespace": "opensmile-abc", "total": 12, "cached": 10, "computed": 2, "failed": 0,
+                                 "fallbacks": {"vad_fallback": ["s1_0"]}, "failures": [], "layers": []}},
+        "feature_failures": [],
+    }))
+    text = write_report(run_dir).read_text()
+    assert "- **seeds**: 1 (seed 0)" in text
+    data = text.split("## Data", 1)[1].split("## Results", 1)[0]
+    assert "corpus **toy**, 12 labelled utterances, 6 speakers." in data
+    assert "| s1 | 8 | 0 | 4 |" in data                       # totals per fold and part
+    assert "- skipped by the reader: 1 (audio missing)" in data and "- dropped by the label scheme: 2 oth" in data
+    assert "| audio | opensmile-abc | 12 | 10 | 2 | 0 | vad_fallback 1 |" in data
+    assert "`" not in data and "{" not in data                 # no raw JSON
+    two = write_report(make_run(tmp_path, "two", RUN_A, aux=False, histories=False)).read_text()
+    assert "- **seeds**: 2 (seeds 0, 1)" in two
+
+
+def test_learning_curve_table_uses_the_monitored_metric_and_its_mode(tmp_path):
+    import yaml
+
+    run_dir = make_run(tmp_path, "wa", {("s1", 0): 2, ("s2", 0): 4, ("s3", 0): 3}, aux=False, histories=False)
+    for fold in SESSIONS:
+        folder = run_dir / "folds" / fold / "seed-0"
+        folder.mkdir(parents=True)
+        # val UA peaks at epoch 1, val WA at epoch 2, val loss is lowest at epoch 0
+        pd.DataFrame({"epoch": [0, 1, 2], "loss": [1.4, 1.1, 0.9], "val_ua": [0.3, 0.6, 0.5],
+                      "val_wa": [0.3, 0.5, 0.7], "val_loss": [1.0, 1.2, 1.3]}).to_csv(folder / "history.csv", index=False)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"training": {"monitor": "val_wa"}}))
+    text = write_report(run_dir).read_text()
+    assert "| fold | seed | epochs | best val WA | best epoch | last train loss |" in text
+    assert "| s1 | 0 | 3 | 0.700 | 2 | 0.9000 |" in text
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"training": {"monitor": "val_loss"}}))
+    text = write_report(run_dir).read_text()
+    assert "| s1 | 0 | 3 | 1.0000 | 0 | 0.9000 |" in text and "the lowest val loss" in text
+
+
 def test_a_report_without_optional_inputs_omits_their_sections(tmp_path):
     run_dir = make_run(tmp_path, "plain", {("s1", 0): 2, ("s2", 0): 4, ("s3", 0): 3}, model="early_fusion",
                        aux=False, histories=False, data=False)
@@ -375,6 +448,33 @@ def test_compare_gives_the_difference_and_paired_tests(tmp_path):
     assert "| b | `mpaf_net` | synthetic | loso | 3 | 2 |" in text and "+0.333" in text and "0.250" in text
 
 
+def test_compare_shows_pooled_beside_fold_means_and_concludes_in_words(tmp_path):
+    a = make_run(tmp_path, "a", RUN_A, histories=False)
+    b = make_run(tmp_path, "b", RUN_B, aux=False, histories=False)
+    table = compare_runs([a, b])
+    # pooled: all folds scored together, mean over seeds (A: 5/12 and 7/12 right; B: 10/12 both seeds)
+    assert table.iloc[0]["wa_pooled"] == pytest.approx(0.5) and table.iloc[1]["wa_pooled"] == pytest.approx(10 / 12)
+    assert table.iloc[1]["delta_pooled"] == pytest.approx(table.iloc[1]["ua_pooled"] - table.iloc[0]["ua_pooled"])
+    text = format_comparison(table)
+    header = next(line for line in text.splitlines() if line.startswith("| run |"))
+    assert "| UA pooled | UA mean ± SD over folds |" in header and "| ΔUA pooled | ΔUA mean over folds |" in header
+    conclusion = text.split("## Conclusion", 1)[1].split("## Runs", 1)[0]
+    assert "b is ahead of a by 0.333 UA (mean over 3 folds" in conclusion
+    assert "The paired t-test does not support the difference at 0.05 (p = 0.057)" in conclusion
+    assert "With 3 folds the smallest two-sided Wilcoxon p possible is 2/2^3 = 0.25" in conclusion
+    reversed_text = format_comparison(compare_runs([b, a]))
+    assert "b is ahead of a by 0.333 UA" in reversed_text and "pooled a − b = -0.333" in reversed_text
+
+
+@pytest.mark.parametrize("n", [3, 5, 6, 10])
+def test_the_smallest_wilcoxon_p_is_two_over_two_to_the_folds(n):
+    from emomix.evaluate.compare import smallest_wilcoxon_p
+
+    all_positive = np.arange(1, n + 1) / 100.0           # every fold favours the second run
+    assert smallest_wilcoxon_p(n) == pytest.approx(stats.wilcoxon(all_positive).pvalue)
+    assert smallest_wilcoxon_p(5) == 0.0625
+
+
 def test_compare_refuses_different_fold_plans_unless_allowed(tmp_path):
     a = make_run(tmp_path, "a", RUN_A, histories=False)
     # the same fold names, but s1_0 and s2_0 swap test folds
@@ -426,8 +526,8 @@ def test_cli_compare_writes_markdown_and_refuses_bad_metrics(tmp_path, cli):
     out = tmp_path / "cmp.md"
     result = CliRunner().invoke(cli, ["compare", str(a), str(b), "--out", str(out), "--metric", "wa"])
     assert result.exit_code == 0, result.output
-    assert out.read_text().startswith("# Comparison (WA, mean ± SD across folds)")
-    assert "ΔWA vs first" in result.output and f"comparison written to {out}" in result.output
+    assert out.read_text().startswith("# Comparison (WA, pooled and mean ± SD over folds)")
+    assert "ΔWA mean over folds" in result.output and f"comparison written to {out}" in result.output
     bad = CliRunner().invoke(cli, ["compare", str(a), str(b), "--metric", "auc"])
     assert isinstance(bad.exception, EmomixError) and "unknown metric 'auc'" in str(bad.exception)
 

@@ -8,7 +8,12 @@ seed ``k`` of another share nothing but a number.
 For each run after the first: ``delta`` = mean over the common folds of (run − first), the
 paired t-test (:func:`scipy.stats.ttest_rel`) and the Wilcoxon signed-rank test
 (:func:`scipy.stats.wilcoxon`, two-sided) on those per-fold differences. With few folds the
-Wilcoxon test cannot reach small p-values (with 5 folds its smallest two-sided p is 0.0625).
+Wilcoxon test cannot reach small p-values: with ``n`` folds its smallest two-sided exact p is
+``2 / 2**n`` (0.0625 for 5 folds, so it can never pass 0.05 with fewer than 6 folds;
+:func:`smallest_wilcoxon_p`). Every metric is shown twice: pooled (all folds' predictions scored
+together, mean over seeds) and the mean ± SD over folds; the paired tests use the per-fold values.
+:func:`conclusion_lines` says in words which run is ahead, by how much, and whether the tests
+support it at 0.05.
 
 Runs whose fold plans differ are not comparable fold by fold, so :func:`compare_runs` refuses
 them (:class:`ConfigError` saying what differs) unless ``allow_different_folds=True``; it then
@@ -30,6 +35,13 @@ from emomix.errors import ConfigError
 from emomix.evaluate.metrics import METRIC_NAMES, METRICS, metrics_from_predictions
 
 TEST_COLUMNS = ["delta", "n_pairs", "t_stat", "p_ttest", "w_stat", "p_wilcoxon"]
+ALPHA = 0.05
+
+
+def smallest_wilcoxon_p(n: int) -> float:
+    """The smallest two-sided p the exact Wilcoxon signed-rank test can give for ``n`` paired
+    values (every difference of one sign): ``2 / 2**n``, capped at 1."""
+    return min(1.0, 2.0 / 2 ** int(n)) if n >= 1 else 1.0
 
 
 @dataclass
@@ -45,9 +57,10 @@ class _Run:
 
 def compare_runs(run_dirs: Sequence[str | Path], metric: str = "ua", allow_different_folds: bool = False) -> pd.DataFrame:
     """One row per run: ``run``, ``model``, ``corpus``, ``protocol``, ``folds``, ``seeds``, the
-    mean and SD across folds of every metric (``ua``, ``ua_sd``, ``wa``, ...), and against the
-    first run for ``metric``: ``delta``, ``n_pairs``, ``t_stat``, ``p_ttest``, ``w_stat``,
-    ``p_wilcoxon`` (NaN for the first run) and ``note``.
+    mean and SD across folds of every metric (``ua``, ``ua_sd``, ``wa``, ...), the pooled value
+    (``ua_pooled``, ...: all folds scored together, mean over seeds), and against the first run for
+    ``metric``: ``delta`` (mean over folds), ``delta_pooled``, ``n_pairs``, ``t_stat``, ``p_ttest``,
+    ``w_stat``, ``p_wilcoxon`` (NaN for the first run) and ``note``.
 
     ``table.attrs["metric"]`` holds ``metric`` and ``table.attrs["notes"]`` sentences about the
     comparison. :class:`ConfigError` for fewer than two runs, an unknown metric, or runs whose
@@ -83,15 +96,18 @@ def compare_runs(run_dirs: Sequence[str | Path], metric: str = "ua", allow_diffe
             summary = run.metrics["across_folds"][m]
             row[m] = summary["mean"]
             row[f"{m}_sd"] = summary["sd"]
+            row[f"{m}_pooled"] = run.metrics["headline"][m]
         if run is reference:
             row.update({c: math.nan for c in TEST_COLUMNS})
             row["n_pairs"] = 0
+            row["delta_pooled"] = math.nan
             row["note"] = "reference"
         else:
             row.update(paired_test(_fold_values(reference, metric), _fold_values(run, metric)))
+            row["delta_pooled"] = run.metrics["headline"][metric] - reference.metrics["headline"][metric]
         rows.append(row)
     columns = ["run", "model", "corpus", "protocol", "folds", "seeds",
-               *(c for m in METRICS for c in (m, f"{m}_sd")), *TEST_COLUMNS, "note"]
+               *(c for m in METRICS for c in (f"{m}_pooled", m, f"{m}_sd")), *TEST_COLUMNS, "delta_pooled", "note"]
     table = pd.DataFrame(rows, columns=columns)
     table.attrs["metric"] = metric
     table.attrs["notes"] = notes
@@ -157,27 +173,75 @@ def plan_difference(a: _Run, b: _Run) -> str | None:
 
 
 def format_comparison(table: pd.DataFrame, metric: str | None = None) -> str:
-    """The comparison as Markdown: the table of runs (metrics as mean ± SD across folds) and the
-    paired tests against the first run, then the notes."""
+    """The comparison as Markdown: a plain-language conclusion, the table of runs (every metric
+    pooled and as mean ± SD over folds), the paired tests against the first run, then the notes."""
     metric = metric or table.attrs.get("metric", "ua")
     name = METRIC_NAMES[metric]
-    header = ["run", "model", "corpus", "protocol", "folds", "seeds", *(METRIC_NAMES[m] for m in METRICS),
-              f"Δ{name} vs first", "folds paired", "paired t p", "Wilcoxon p"]
+    header = ["run", "model", "corpus", "protocol", "folds", "seeds",
+              *(h for m in METRICS for h in (f"{METRIC_NAMES[m]} pooled", f"{METRIC_NAMES[m]} mean ± SD over folds")),
+              f"Δ{name} pooled", f"Δ{name} mean over folds", "folds paired", "paired t p", "Wilcoxon p"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + "|"]
     for row in table.to_dict(orient="records"):
         cells = [row["run"], f"`{row['model']}`", row["corpus"], row["protocol"], row["folds"], row["seeds"]]
-        cells += [_mean_sd(row[m], row[f"{m}_sd"]) for m in METRICS]
+        for m in METRICS:
+            cells += [_value(row.get(f"{m}_pooled")), _mean_sd(row[m], row[f"{m}_sd"])]
         if row["note"] == "reference":
-            cells += ["(reference)", "", "", ""]
+            cells += ["(reference)", "", "", "", ""]
         else:
-            cells += [_signed(row["delta"]), row["n_pairs"], _p(row["p_ttest"]), _p(row["p_wilcoxon"])]
+            cells += [_signed(row.get("delta_pooled")), _signed(row["delta"]), row["n_pairs"], _p(row["p_ttest"]),
+                      _p(row["p_wilcoxon"])]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
-    out = [f"# Comparison ({name}, mean ± SD across folds)", "", *lines, ""]
+    out = [f"# Comparison ({name}, pooled and mean ± SD over folds)", "", "## Conclusion", "",
+           *conclusion_lines(table, metric), "", "## Runs", "",
+           "Pooled: all folds' test predictions scored together (mean over seeds). Mean ± SD over folds: each "
+           "fold's metric (averaged over seeds), then summarised; the paired tests compare these per-fold values.",
+           "", *lines, ""]
     notes = list(table.attrs.get("notes", []))
     notes += [f"{row['run']}: {row['note']}" for row in table.to_dict(orient="records")
               if row["note"] and row["note"] != "reference"]
     out += [f"- {n}" for n in notes]
     return "\n".join(out).rstrip() + "\n"
+
+
+def conclusion_lines(table: pd.DataFrame, metric: str | None = None, alpha: float = ALPHA) -> list[str]:
+    """In words, for every run against the first: which is ahead on ``metric``, by how much (mean
+    over folds and pooled), whether the paired t-test and the Wilcoxon test support the difference
+    at ``alpha``, and the smallest Wilcoxon p the number of folds allows."""
+    metric = metric or table.attrs.get("metric", "ua")
+    name = METRIC_NAMES[metric]
+    rows = table.to_dict(orient="records")
+    if len(rows) < 2:
+        return []
+    reference = rows[0]
+    lines = []
+    for row in rows[1:]:
+        delta, n = row["delta"], int(row["n_pairs"])
+        if not _finite(delta):
+            lines.append(f"- {row['run']} and {reference['run']} share no fold with a score: no comparison on {name}.")
+            continue
+        if abs(delta) < 5e-4:
+            lead = f"{row['run']} and {reference['run']} are level on {name} (mean over {n} folds {delta:+.3f}"
+        else:
+            ahead, behind = (row["run"], reference["run"]) if delta > 0 else (reference["run"], row["run"])
+            lead = f"{ahead} is ahead of {behind} by {abs(delta):.3f} {name} (mean over {n} folds"
+        pooled = row.get("delta_pooled")
+        lead += f"; pooled {row['run']} − {reference['run']} = {pooled:+.3f})." if _finite(pooled) else ")."
+        verdicts = []
+        for test, key in (("the paired t-test", "p_ttest"), ("the Wilcoxon test", "p_wilcoxon")):
+            p = row[key]
+            if _finite(p):
+                verdicts.append(f"{test} {'supports' if p < alpha else 'does not support'} the difference at {alpha:g} "
+                                f"(p = {_p(p)})")
+        if verdicts:
+            tests = "; ".join(verdicts)
+            tests = tests[0].upper() + tests[1:] + "."
+        else:
+            tests = f"No paired test is defined ({row['note'] or 'too few folds'})."
+        floor = smallest_wilcoxon_p(n)
+        limit = (f" With {n} folds the smallest two-sided Wilcoxon p possible is 2/2^{n} = {floor:.4g}"
+                 + (f", so that test cannot reach {alpha:g} whatever the results." if floor >= alpha else ".")) if n >= 1 else ""
+        lines.append(f"- {lead} {tests}{limit}")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,6 +286,10 @@ def _mean_sd(mean: Any, sd: Any) -> str:
     if not _finite(mean):
         return "–"
     return f"{mean:.3f} ± {sd:.3f}" if _finite(sd) else f"{mean:.3f}"
+
+
+def _value(value: Any) -> str:
+    return f"{float(value):.3f}" if _finite(value) else "–"
 
 
 def _signed(value: Any) -> str:

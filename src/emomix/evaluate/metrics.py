@@ -13,11 +13,15 @@ Metrics (``classes`` fixes the class order everywhere):
 **Classes absent from the truth.** A fold of a leave-one-speaker-out plan may hold no utterance
 of some class. Its recall is then 0/0, undefined; counting it as 0 (scikit-learn's default
 ``zero_division=0``) would punish the model for the fold's composition. We leave such a class
-out of that fold's UA and macro-F1 (both average over the classes with support > 0 — the
-behaviour of scikit-learn's ``zero_division=np.nan``) and record the class in
-``absent_classes`` so the report can say so. Per-class precision of a class that was never
-predicted is undefined too and is NaN (``null`` in JSON); its F1, ``2·TP / (2·TP + FP + FN)``,
-is defined whenever the class was present or predicted.
+out of that fold's UA (the mean recall over the classes with support > 0) and record the class
+in ``absent_classes`` so the report can say so. Macro-F1 averages the F1 of every class of the
+scheme that appears in the truth **or** the predictions — per fold and pooled alike, the classes
+scikit-learn's ``f1_score(average="macro")`` uses without ``labels=``. A class predicted in a fold
+that holds none of it has F1 = 0 (every such prediction is a false positive) and counts; leaving
+it out would score a one-class fold by that class alone (UA 0.167 but macro-F1 0.286 when a sixth
+of its utterances are right). Per-class precision of a class that was never predicted is NaN
+(``null`` in JSON); its F1, ``2·TP / (2·TP + FP + FN)``, is defined whenever the class was
+present or predicted.
 
 **Summaries.** :func:`summarise` gives mean, sample SD (``ddof=1``), ``n`` and the 95 %
 confidence interval of the mean from Student's t with ``n − 1`` degrees of freedom
@@ -97,10 +101,18 @@ def weighted_accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
 
 
 def macro_f1(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> float:
-    """The mean F1 over the classes present in ``y_true`` (NaN when ``y_true`` is empty)."""
+    """The mean F1 over the classes that appear in ``y_true`` or ``y_pred`` (NaN when ``y_true``
+    is empty); see the module doc."""
     table = per_class_metrics(y_true, y_pred, classes)
-    present = table["support"] > 0
-    return float(table.loc[present, "f1"].mean()) if present.any() else math.nan
+    return _macro_f1(table, y_pred)
+
+
+def _macro_f1(table: pd.DataFrame, y_pred: Sequence[str]) -> float:
+    predicted = set(map(str, y_pred))
+    scored = (table["support"] > 0) | table["class"].astype(str).isin(predicted)
+    if not (table["support"] > 0).any():
+        return math.nan
+    return float(table.loc[scored, "f1"].fillna(0.0).mean())
 
 
 def weighted_f1(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> float:
@@ -117,7 +129,7 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes
     """Every metric of one set of predictions.
 
     Returns ``n``, ``ua``, ``wa``, ``macro_f1``, ``weighted_f1``, ``absent_classes`` (classes
-    with no true utterance, left out of UA and macro-F1), ``per_class`` (DataFrame of
+    with no true utterance, left out of UA; out of macro-F1 too unless predicted), ``per_class`` (DataFrame of
     :func:`per_class_metrics`) and ``confusion`` (counts, ``C × C``).
     """
     classes = list(classes)
@@ -134,7 +146,7 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes
         "n": n,
         "ua": float(table.loc[present, "recall"].mean()) if present.any() else math.nan,
         "wa": float(np.trace(counts) / n) if n else math.nan,
-        "macro_f1": float(table.loc[present, "f1"].mean()) if present.any() else math.nan,
+        "macro_f1": _macro_f1(table, y_pred),
         "weighted_f1": float(np.sum(table["f1"].to_numpy()[present] * support[present]) / n) if n else math.nan,
         "absent_classes": [c for c, p in zip(classes, present) if not p],
         "per_class": table,
@@ -317,7 +329,7 @@ def _absent_class_notes(per_fold_rows: list[dict[str, Any]]) -> list[str]:
         if row["n"]:
             by_fold.setdefault(row["fold"], []).append(row)
     notes = []
-    tail = "left out of that fold's UA and macro-F1"
+    tail = "left out of that fold's UA (and of its macro-F1 unless predicted there)"
     for fold, rows in by_fold.items():
         sets = {tuple(r["absent_classes"]) for r in rows}
         if sets == {()}:

@@ -246,8 +246,20 @@ def plan_summary(plan: Any) -> dict[str, Any] | None:
     }
 
 
-def history_summary(histories: pd.DataFrame | None) -> list[dict[str, Any]]:
-    """Per fold and seed: epochs run, the best validation UA and its epoch, the last training loss."""
+MONITOR_NAMES = {"val_ua": "val UA", "val_wa": "val WA", "val_loss": "val loss"}
+
+
+def run_monitor(config: Mapping[str, Any] | None) -> str:
+    """The validation metric the run chose its saved epoch by (``training.monitor``, default ``val_ua``)."""
+    training = (config or {}).get("training") or {}
+    monitor = training.get("monitor") if isinstance(training, Mapping) else None
+    return str(monitor) if monitor else "val_ua"
+
+
+def history_summary(histories: pd.DataFrame | None, monitor: str = "val_ua") -> list[dict[str, Any]]:
+    """Per fold and seed: epochs run, the best epoch by the run's ``monitor`` (its mode: lowest
+    ``val_loss``, highest UA/WA; the first on ties, as training saved it) with ``best_<monitor>``,
+    and the last training loss."""
     if histories is None or histories.empty:
         return []
     rows = []
@@ -255,9 +267,11 @@ def history_summary(histories: pd.DataFrame | None) -> list[dict[str, Any]]:
     for (fold, seed, name), part in histories.groupby(["fold", "seed", "part"], sort=False):
         part = part.sort_values("epoch")
         record: dict[str, Any] = {"fold": str(fold), "seed": int(seed), "part": str(name), "epochs": int(part["epoch"].nunique())}
-        if "val_ua" in part.columns and part["val_ua"].notna().any():
-            best = part.loc[pd.to_numeric(part["val_ua"], errors="coerce").idxmax()]
-            record["best_val_ua"] = float(best["val_ua"])
+        if monitor in part.columns and part[monitor].notna().any():
+            values = pd.to_numeric(part[monitor], errors="coerce")
+            best = part.loc[values.idxmin() if monitor == "val_loss" else values.idxmax()]
+            record["monitor"] = monitor
+            record[f"best_{monitor}"] = float(best[monitor])
             record["best_epoch"] = int(best["epoch"])
         if "loss" in part.columns and part["loss"].notna().any():
             record["last_loss"] = float(pd.to_numeric(part["loss"], errors="coerce").dropna().iloc[-1])
@@ -296,7 +310,7 @@ def build_results(data: RunData) -> dict[str, Any]:
         "data": data.data,
         "metrics": metrics,
         "routing": routing_analysis(data.predictions, model=description["model"]),
-        "histories": history_summary(data.histories),
+        "histories": history_summary(data.histories, run_monitor(data.config)),
         "notes": notes,
     }
 
@@ -358,7 +372,7 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
     metrics = results["metrics"]
     plan = results["fold_plan"]
     out: list[str] = [f"# {run['model']} on {run['corpus']}", ""]
-    seeds = ", ".join(map(str, metrics["seeds"]))
+    seeds = f"{len(metrics['seeds'])} ({'seed' if len(metrics['seeds']) == 1 else 'seeds'} {', '.join(map(str, metrics['seeds']))})"
     out += [
         f"- **model**: `{run['model']}`",
         f"- **corpus**: {run['corpus']}",
@@ -384,12 +398,14 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
         out.append("")
 
     if results.get("data"):
-        out += ["## Data", ""] + _data_lines(results["data"]) + [""]
+        out += ["## Data", ""] + data_section(results["data"]) + [""]
 
     out += ["## Results", "",
             "Pooled: all folds' predictions scored together (mean over seeds). Across folds: the metric of each "
             "fold, averaged over seeds, then mean ± SD [95 % CI, t-distribution]. Across seeds: the pooled metric "
-            "of each seed, summarised the same way.", ""]
+            "of each seed, summarised the same way. UA averages the recall of the classes present in the truth; "
+            "macro-F1 averages the F1 of the classes present in the truth or the predictions (a class predicted "
+            "in a fold without it scores F1 0), per fold and pooled alike.", ""]
     rows = []
     for m in METRICS:
         folds = metrics["across_folds"][m]
@@ -445,10 +461,16 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
             out += [f"![learning curves]({figures['learning_curves']})", ""]
         if histories:
             parts = any(h.get("part") for h in histories)
-            out += _table(["fold", "seed", *(["model part"] if parts else []), "epochs", "best val UA", "best epoch",
+            monitor = next((h["monitor"] for h in histories if h.get("monitor")), None)
+            label = MONITOR_NAMES.get(monitor or "", monitor or "validation")
+            if monitor:
+                mode = "lowest" if monitor == "val_loss" else "highest"
+                out += [f"Best epoch: the {mode} {label}, the metric the run monitored to keep its weights.", ""]
+            out += _table(["fold", "seed", *(["model part"] if parts else []), "epochs", f"best {label}", "best epoch",
                            "last train loss"],
                           [[h["fold"], h["seed"], *([h.get("part") or "–"] if parts else []), h["epochs"],
-                            _num(h.get("best_val_ua")), h.get("best_epoch", "–"), _num(h.get("last_loss"), 4)]
+                            _num(h.get(f"best_{monitor}"), 4 if monitor == "val_loss" else 3), h.get("best_epoch", "–"),
+                            _num(h.get("last_loss"), 4)]
                            for h in histories], right=list(range(1, 7 if parts else 6)))
             out.append("")
 
@@ -630,6 +652,77 @@ def _total(value: Any) -> Any:
         return value["total"]
     numbers = [v for v in value.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return sum(numbers) if numbers else ""
+
+
+def data_section(data: Any) -> list[str]:
+    """``data.json`` (what :func:`emomix.train.run.data_summary` writes) in words and tables:
+    the corpus in one line, utterances per class, per fold and part, what the reader skipped and
+    the label scheme dropped, what feature extraction did. Keys it does not know go through
+    :func:`_data_lines`."""
+    if not isinstance(data, Mapping):
+        return _data_lines(data)
+    data = dict(data)
+    out: list[str] = []
+    head = []
+    if data.get("corpus") is not None:
+        head.append(f"corpus **{data.pop('corpus')}**")
+    else:
+        data.pop("corpus", None)
+    for key, word in (("utterances", "labelled utterances"), ("speakers", "speakers")):
+        value = data.pop(key, None)
+        if value is not None:
+            head.append(f"{value} {word}")
+    if head:
+        out += [", ".join(head) + ".", ""]
+    classes = data.pop("classes", None)
+    if isinstance(classes, Mapping) and classes:
+        total = sum(v for v in classes.values() if isinstance(v, (int, float))) or 1
+        out += _table(["class", "utterances", "share"],
+                      [[c, n, f"{100 * n / total:.1f} %"] for c, n in classes.items()], right=[1, 2]) + [""]
+    folds = data.pop("folds", None)
+    if isinstance(folds, Mapping) and folds:
+        parts = list(dict.fromkeys(k for v in folds.values() if isinstance(v, Mapping) for k in v))
+        out += ["Utterances per fold and part:", ""]
+        out += _table(["fold", *parts], [[name, *(_total(inner.get(p)) if isinstance(inner, Mapping) else "" for p in parts)]
+                                         for name, inner in folds.items()], right=list(range(1, len(parts) + 1))) + [""]
+    read = data.pop("read_report", None)
+    if isinstance(read, Mapping):
+        skipped = list(read.get("skipped") or [])
+        reasons: dict[str, int] = {}
+        for entry in skipped:
+            reason = entry.get("reason", "?") if isinstance(entry, Mapping) else str(entry)
+            reasons[reason] = reasons.get(reason, 0) + 1
+        dropped = dict(read.get("dropped_by_label") or {})
+        out.append("- skipped by the reader: " + (", ".join(f"{n} ({r})" for r, n in reasons.items()) if reasons else "none"))
+        out.append("- dropped by the label scheme: " + (", ".join(f"{n} {label}" for label, n in dropped.items())
+                                                        if dropped else "none"))
+        for note in read.get("notes") or []:
+            out.append(f"- reader note: {note}")
+        out.append("")
+    extraction = data.pop("extraction", None)
+    if isinstance(extraction, Mapping) and extraction:
+        rows = []
+        for modality, summary in extraction.items():
+            summary = summary if isinstance(summary, Mapping) else {}
+            fallbacks = summary.get("fallbacks") or {}
+            rows.append([modality, summary.get("namespace", "–"), summary.get("total", "–"), summary.get("cached", "–"),
+                         summary.get("computed", "–"), summary.get("failed", len(summary.get("failures") or [])),
+                         ", ".join(f"{k} {len(v)}" for k, v in fallbacks.items()) or "none"])
+        out += ["Feature extraction:", ""]
+        out += _table(["modality", "features", "utterances", "from the store", "computed", "failed", "fallbacks"], rows,
+                      right=[2, 3, 4, 5]) + [""]
+    failures = data.pop("feature_failures", None)
+    if failures:
+        listed = [f"{f.get('utt_id')} ({f.get('reason')})" if isinstance(f, Mapping) else str(f) for f in failures]
+        out += [f"- {len(listed)} utterance(s) without features, left out: {', '.join(listed[:5])}"
+                + (f" and {len(listed) - 5} more" if len(listed) > 5 else ""), ""]
+    elif failures is not None:
+        out += ["- every utterance has features", ""]
+    if data:
+        out += _data_lines(data)
+    while out and out[-1] == "":
+        out.pop()
+    return out
 
 
 def _data_lines(data: Any) -> list[str]:
