@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow test-faults bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -18,6 +18,10 @@ test: setup
 ## The slow tests: real corpora from ../shared/datasets and longer end-to-end runs.
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+## Fault injection: extract and train killed with SIGKILL at random moments, resumed, checked.
+test-faults: setup
+	$(PY) -m pytest -q -m faults -p no:cacheprovider
 
 clean:
 	rm -rf runs/demo .pytest_cache

@@ -1,0 +1,54 @@
+"""Fault injection (issue 13): `emomix extract` and `emomix train` killed with SIGKILL at random
+moments and resumed finish with a clean store and the predictions of an uninterrupted run.
+
+Marked ``faults`` (deselected by default; ``make test-faults`` runs it): a few minutes on one core.
+The full benchmark with 20 + 20 kills is ``python -m bench.fault_injection``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.fault_injection import predictions_equal, run_fault_injection
+
+pytestmark = pytest.mark.faults
+
+KILLS = 4
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return run_fault_injection(tmp_path_factory.mktemp("faults"), kills=KILLS, seed=1, log=lambda message: None)
+
+
+@pytest.mark.parametrize("command", ["extract", "train"])
+def test_killed_runs_resume_to_the_uninterrupted_result(record: dict, command: str) -> None:
+    result = record["results"][command]
+    assert result["kills"] == KILLS
+    assert sum(result["phases"].values()) == KILLS
+    assert result["resumes"] >= 1
+    assert result["checks"], "no round finished"
+    assert result["failures"] == []
+    for checks in result["checks"]:
+        assert checks["exit_status_0"]
+        assert all(checks.values()), checks
+    assert result["all_checks_held"]
+
+
+def test_predictions_comparison_catches_a_changed_probability(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"utt_id": ["a", "b"], "fold": "f", "seed": 0, "label": ["x", "y"], "pred": ["x", "x"],
+                          "prob_x": [0.6, 0.55], "prob_y": [0.4, 0.45]})
+    frame.to_parquet(tmp_path / "ref.parquet", index=False)
+    frame.to_parquet(tmp_path / "same.parquet", index=False)
+    assert predictions_equal(tmp_path / "same.parquet", tmp_path / "ref.parquet")
+    changed = frame.copy()
+    changed.loc[1, "prob_x"] += 2e-6
+    changed.to_parquet(tmp_path / "changed.parquet", index=False)
+    assert not predictions_equal(tmp_path / "changed.parquet", tmp_path / "ref.parquet")
+    relabelled = frame.copy()
+    relabelled.loc[1, "pred"] = "y"
+    relabelled.to_parquet(tmp_path / "relabelled.parquet", index=False)
+    assert not predictions_equal(tmp_path / "relabelled.parquet", tmp_path / "ref.parquet")
