@@ -1,0 +1,64 @@
+"""``emomix predict``: a trained run on audio files, a folder of them, or a manifest.
+
+The work happens in :class:`emomix.infer.predictor.Predictor` and :mod:`emomix.infer.batch`
+(:func:`emomix.infer.timeline.predict_timeline` for ``--timeline``). One output row per input; an
+input that fails gets a row with its error and the others go on. The exit status is 0 unless every
+input failed. Every note the predictions carry is printed once on stderr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from emomix.errors import ConfigError, MissingDataError
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``predict`` command to the ``emomix`` app."""
+    app.command("predict")(predict)
+
+
+def predict(
+    run: Path = typer.Argument(..., help="A run folder (emomix train's --out) or a checkpoint folder folds/<fold>/seed-<k>."),
+    source: Path = typer.Argument(..., help="An audio file, a folder of audio files (wav/flac/ogg/mp3), or a CSV manifest "
+                                            "with audio_path[,text,speaker]."),
+    text: Optional[str] = typer.Option(None, "--text", help="The transcript (a single audio file only; a manifest has a text column)."),
+    speaker: Optional[str] = typer.Option(None, "--speaker", help="The speaker id for speaker-normalised features (single file)."),
+    fold: Optional[str] = typer.Option(None, "--fold", help="Use this fold's model (default: the fold/seed with the best validation score)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Use this seed's model."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results to .jsonl, .csv (or .json with --timeline) "
+                                                                 "(default: JSON lines on stdout)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Inputs per feature-extraction batch."),
+    timeline: bool = typer.Option(False, "--timeline", help="Treat each input as a long recording: segment it and predict "
+                                                            "every speech segment."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="With --timeline: draw the timeline to this PNG."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Predict the emotion of every input with a trained model."""
+    from emomix.infer.batch import collect_inputs, distinct_notes, run_predictions, run_timelines, write_results
+    from emomix.infer.predictor import Predictor
+
+    if plot is not None and not timeline:
+        raise ConfigError("--plot draws a timeline: add --timeline")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    items = collect_inputs(source, text=text, speaker=speaker)
+    predictor = Predictor.from_run(run, fold=fold, seed=seed)
+    card = predictor.info()
+    typer.echo(f"model {card['name']} (fold {card['training'].get('fold')}, seed {card['training'].get('seed')}) "
+               f"from {predictor.checkpoint}; {len(items)} input(s)", err=True)
+    if timeline:
+        results = run_timelines(predictor, items, batch_size, plot, progress=not quiet)
+    else:
+        results = run_predictions(predictor, items, batch_size, progress=not quiet)
+    failed = [r for r in results if "error" in r]
+    where = write_results(results, out, predictor.classes, timeline=timeline)
+    for note, count in distinct_notes(results):
+        scope = "" if count == len(results) else f" ({count} of {len(results)} inputs)"
+        typer.echo(f"note: {note}{scope}", err=True)
+    typer.echo(f"{len(results) - len(failed)} predicted, {len(failed)} failed; results: {where}", err=True)
+    if results and len(failed) == len(results):
+        raise MissingDataError(f"every input failed ({len(failed)}); first error: {failed[0]['error']}")

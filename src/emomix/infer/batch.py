@@ -1,0 +1,193 @@
+"""Many inputs through a trained model: collect them (a file, a folder, a manifest CSV), predict
+them batch by batch or as timelines, and write the rows (JSON lines, JSON or CSV).
+
+The library side of ``emomix predict``: one output row per input; an input that fails gets a row
+with its error and the others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from emomix.errors import ConfigError, MissingDataError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+MANIFEST_COLUMNS = ("audio_path", "text", "speaker")
+
+
+def collect_inputs(source: Path, text: str | None = None, speaker: str | None = None) -> list[dict[str, Any]]:
+    """Predictor items from a file, a folder (its audio files, sorted, not recursive) or a manifest CSV."""
+    source = Path(source)
+    if not source.exists():
+        raise MissingDataError(f"{source} does not exist; give an audio file, a folder of audio files or a CSV manifest")
+    if source.is_dir():
+        if text is not None or speaker is not None:
+            raise ConfigError("--text/--speaker apply to a single file; give a manifest CSV with text and speaker columns")
+        files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        if not files:
+            raise MissingDataError(f"{source} holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+        return [{"audio": str(p)} for p in files]
+    if source.suffix.lower() == ".csv":
+        if text is not None or speaker is not None:
+            raise ConfigError("--text/--speaker apply to a single file; a manifest has text and speaker columns")
+        return read_manifest(source)
+    item: dict[str, Any] = {"audio": str(source)}
+    if text is not None:
+        item["text"] = text
+    if speaker is not None:
+        item["speaker"] = speaker
+    return [item]
+
+
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV with ``audio_path`` (relative paths are relative to the CSV) and optional
+    ``text`` and ``speaker`` columns; an empty cell means none."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "audio_path" not in columns:
+            raise ConfigError(f"{path}: a manifest needs an audio_path column (optional: text, speaker); it has "
+                              f"{', '.join(columns) or 'no header'}")
+        items = []
+        for row in reader:
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            if not row.get("audio_path"):
+                continue
+            audio = Path(row["audio_path"]).expanduser()
+            item: dict[str, Any] = {"audio": str(audio if audio.is_absolute() else path.parent / audio)}
+            if row.get("text"):
+                item["text"] = row["text"]
+            if row.get("speaker"):
+                item["speaker"] = row["speaker"]
+            items.append(item)
+    if not items:
+        raise MissingDataError(f"{path}: the manifest lists no audio file")
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+
+def run_predictions(predictor: Any, items: Sequence[Mapping[str, Any]], batch_size: int, progress: bool = True) -> list[dict[str, Any]]:
+    """``predictor.predict_many`` batch by batch under a progress bar; each result carries its ``input``."""
+    from tqdm.auto import tqdm
+
+    results: list[dict[str, Any]] = []
+    with tqdm(total=len(items), unit="file", desc="predict", disable=not progress, dynamic_ncols=True, file=sys.stderr) as bar:
+        for start in range(0, len(items), batch_size):
+            chunk = list(items[start:start + batch_size])
+            for item, result in zip(chunk, predictor.predict_many(chunk, batch_size=batch_size)):
+                results.append({"input": item["audio"], **{k: v for k, v in result.items() if k != "input"}})
+            bar.update(len(chunk))
+    return results
+
+
+def run_timelines(predictor: Any, items: Sequence[Mapping[str, Any]], batch_size: int, plot: Path | None,
+                  progress: bool = True) -> list[dict[str, Any]]:
+    """One timeline per input (a failing input gives an error row); plots when asked."""
+    from emomix.errors import EmomixError
+    from emomix.infer.timeline import plot_timeline, predict_timeline
+
+    results = []
+    for item in items:
+        try:
+            result = predict_timeline(predictor, item["audio"], text=item.get("text"), speaker=item.get("speaker"),
+                                      batch_size=batch_size, progress=progress)
+        except EmomixError as exc:
+            results.append({"input": item["audio"], "error": str(exc), "error_type": type(exc).__name__})
+            continue
+        if plot is not None:
+            target = plot if len(items) == 1 else plot.with_name(f"{plot.stem}-{Path(item['audio']).stem}{plot.suffix}")
+            result["plot"] = str(plot_timeline(result, target))
+        results.append({"input": item["audio"], **result})
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+
+def write_results(results: Sequence[Mapping[str, Any]], out: Path | None, classes: Sequence[str], timeline: bool = False) -> str:
+    """Write rows as JSON lines (stdout or ``.jsonl``), ``.json`` or ``.csv``; return where they went."""
+    if out is None:
+        for row in results:
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+        return "stdout"
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = out.suffix.lower()
+    temporary = out.with_name(out.name + ".tmp")
+    if suffix == ".jsonl":
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for row in results:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    elif suffix == ".json":
+        temporary.write_text(json.dumps(list(results), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    elif suffix == ".csv":
+        rows = list(timeline_rows(results) if timeline else results)
+        flat = [flatten_result(row, classes) for row in rows]
+        columns: list[str] = []
+        for row in flat:
+            columns.extend(c for c in row if c not in columns)
+        with open(temporary, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(flat)
+    else:
+        raise ConfigError(f"--out must end in .jsonl, .csv or .json, got {out.name}")
+    temporary.replace(out)
+    return str(out)
+
+
+def timeline_rows(results: Iterable[Mapping[str, Any]]) -> Iterable[dict[str, Any]]:
+    """One row per segment of every timeline (an input that failed keeps its error row)."""
+    for result in results:
+        if "error" in result:
+            yield dict(result)
+            continue
+        for segment in result.get("segments", []):
+            yield {"input": result["input"], **segment}
+
+
+def flatten_result(result: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
+    """A result dict as one flat CSV row: ``prob_<class>`` and ``aux_<name>[_j]`` columns."""
+    row: dict[str, Any] = {}
+    for key in ("input", "start", "end", "label"):
+        if key in result:
+            row[key] = result[key]
+    probabilities = result.get("probabilities") or {}
+    for name in classes:
+        if probabilities:
+            row[f"prob_{name}"] = probabilities.get(name)
+    for name, value in sorted((result.get("aux") or {}).items()):
+        if isinstance(value, list):
+            row.update({f"aux_{name}_{j}": v for j, v in enumerate(value)})
+        else:
+            row[f"aux_{name}"] = value
+    for key in ("transcript", "transcript_source", "duration_s"):
+        if key in result:
+            row[key] = result[key]
+    if "modalities" in result:
+        row["modalities"] = ";".join(result["modalities"])
+    if "notes" in result:
+        row["notes"] = "; ".join(result["notes"])
+    row["error"] = result.get("error", "")
+    row["error_type"] = result.get("error_type", "")
+    return row
+
+
+def distinct_notes(results: Iterable[Mapping[str, Any]]) -> list[tuple[str, int]]:
+    """Every note the rows carry, once, in first-seen order, with how many rows carry it (a note a
+    whole run shares, such as the synthetic-corpus warning, is then shown once)."""
+    counts: dict[str, int] = {}
+    for row in results:
+        for note in row.get("notes") or []:
+            counts[str(note)] = counts.get(str(note), 0) + 1
+    return list(counts.items())
