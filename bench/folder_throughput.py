@@ -90,7 +90,7 @@ def paths(predictor: Any, items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def time_cli(checkpoint: Path, folder: Path, out: Path) -> dict[str, Any]:
     """``emomix predict CHECKPOINT FOLDER --out out.csv -q`` in this process: load and predict timed apart."""
-    from emomix.cli_infer import collect_inputs, run_predictions, write_results as write_rows
+    from emomix.infer.batch import collect_inputs, run_predictions, write_results as write_rows
     from emomix.infer.predictor import Predictor
 
     with Stopwatch() as load:

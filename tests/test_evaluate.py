@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from emomix.data.protocols import make_fold_plan
 from emomix.data.schema import make_table
 from emomix.errors import ConfigError, EmomixError, LabelError, MissingDataError
-from emomix.evaluate.cli import register
+from emomix.cli.evaluate import register
 from emomix.evaluate.compare import compare_runs, format_comparison
 from emomix.evaluate.metrics import (classification_metrics, format_summary, macro_f1, metrics_from_predictions,
                                      normalise_rows, summarise, unweighted_accuracy, weighted_accuracy, weighted_f1)

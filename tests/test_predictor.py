@@ -255,7 +255,7 @@ def test_a_dialogue_model_predicts_one_utterance_or_a_conversation(mister_e_chec
 
 @pytest.fixture()
 def cli():
-    from emomix.cli_infer import register
+    from emomix.cli.predict import register
 
     app = typer.Typer()
     register(app)
