@@ -214,7 +214,8 @@ def test_no_error_answer_leaks_internals_and_the_details_reach_the_log(caplog):
 
     predictor = StandInPredictor(sleep_s=0.4)
     caplog.set_level(logging.WARNING, logger="emomix.serve")
-    with client_for(predictor, max_upload_bytes=100_000, max_duration_s=3.0, timeout_s=0.2) as test_client:
+    with client_for(predictor, max_upload_bytes=100_000, max_duration_s=3.0, timeout_s=0.2) as quick, \
+            client_for(predictor, max_upload_bytes=100_000, max_duration_s=3.0, timeout_s=30) as test_client:
         answers = {
             "corrupt": post_audio(test_client, CORRUPT, "broken.wav"),
             "raw bytes": post_audio(test_client, np.zeros(10, np.int16).tobytes()),
@@ -225,7 +226,7 @@ def test_no_error_answer_leaks_internals_and_the_details_reach_the_log(caplog):
             "content type": post_audio(test_client, wav_bytes(1.0), "notes.txt", "text/plain"),
             "silence": post_audio(test_client, sf_silence()),
             "internal": post_audio(test_client, wav_bytes(1.0), text="crash"),
-            "timeout": post_audio(test_client, wav_bytes(1.0), text="slow"),
+            "timeout": post_audio(quick, wav_bytes(1.0), text="slow"),
         }
         time.sleep(0.5)  # let the timed-out prediction finish
         batch = test_client.post("/predict/batch", files=[("files", ("b.wav", CORRUPT, "audio/wav")),
@@ -527,7 +528,7 @@ def test_real_model_serves_requests_8_at_a_time_without_errors(real_predictor, r
 def serve_cli():
     import typer
 
-    from emomix.cli_serve import register
+    from emomix.cli.serve import register
 
     app = typer.Typer()
     register(app)
@@ -562,3 +563,33 @@ def test_serve_command_builds_the_limits_and_runs_uvicorn(monkeypatch, tmp_path)
     assert (limits.max_upload_bytes, limits.max_duration_s, limits.timeout_s, limits.worker_threads) == (2 * 1024 * 1024, 12.0, 5.0, 3)
     refused = CliRunner().invoke(serve_cli(), ["serve", str(tmp_path), "--max-upload-mb", "0"])
     assert isinstance(refused.exception, ConfigError) and "--max-upload-mb" in str(refused.exception)
+
+
+def test_model_descriptions_cite_papers_not_local_paths():
+    """The model card, /model and `emomix models` show each model's paper: a citation a reader can
+    look up (title, venue), never a path into the developers' shared folder."""
+    from emomix.models import list_models
+
+    papers = {name: info.paper for name, info in list_models().items()}
+    for name, paper in papers.items():
+        assert "shared/" not in paper and ".txt" not in paper, f"{name} cites a local file: {paper}"
+    assert "Electronics" in papers["dual_routing"] and "2025" in papers["dual_routing"]
+    assert "Multi-Path Feature Fusion" in papers["mpaf_net"]
+
+
+def test_model_card_markdown_warns_about_synthetic_training_and_says_not_exported_plainly():
+    from emomix.infer.card import card_markdown
+    from emomix.infer.describe import SYNTHETIC_NOTE, training_data_notes
+
+    assert training_data_notes({"corpus": "synthetic"}, None) == [SYNTHETIC_NOTE]
+    assert training_data_notes({"corpus": "emodb"}, None) == []
+    card = {"name": "dual_routing", "classes": CLASSES, "inputs": ["audio", "text"], "warnings": [SYNTHETIC_NOTE],
+            "metrics": {"status": "not evaluated", "reason": "no report"},
+            "export": {"encoders": {"audio": {"encoder": "opensmile", "exported": False, "reason": "not requested (add --encoders)"},
+                                    "text": {"encoder": "minilm", "exported": False,
+                                             "reason": "openSMILE is a C++ library"}}}}
+    markdown = card_markdown(card)
+    assert "trained on the synthetic corpus" in markdown.split("## Features")[0]
+    assert "not exported (not requested" not in markdown and "((" not in markdown and "))" not in markdown
+    assert "`opensmile`: not exported (export it with --encoders)" in markdown
+    assert "`minilm`: not exported: openSMILE is a C++ library" in markdown

@@ -240,10 +240,18 @@ def _export_lines(export: Mapping[str, Any]) -> list[str]:
             lines.append(f"- `{entry.get('file')}`: the {modality} encoder `{entry.get('encoder')}`; parity on "
                          f"{parity.get('texts')} transcripts: max |Δ| {_sci(parity.get('max_abs'))}")
         else:
-            lines.append(f"- {modality} encoder `{entry.get('encoder')}`: not exported ({entry.get('reason')})")
+            lines.append(f"- {modality} encoder `{entry.get('encoder')}`: {_not_exported(entry.get('reason'))}")
     for note in export.get("notes") or []:
         lines.append(f"- {note}")
     return lines
+
+
+def _not_exported(reason: Any) -> str:
+    """One plain phrase for an encoder left out of an export (no "not exported (not requested (...))")."""
+    text = str(reason or "").strip()
+    if not text or text.startswith("not requested"):
+        return "not exported (export it with --encoders)"
+    return f"not exported: {text}"
 
 
 def _value(value: Any) -> str:
