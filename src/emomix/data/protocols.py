@@ -31,7 +31,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from emomix.atomic import write_json_atomic
 from emomix.errors import MissingDataError, ProtocolError
+from emomix.jsonutil import to_jsonable
 
 PLAN_FORMAT = "emomix-fold-plan"
 PLAN_VERSION = 1
@@ -134,7 +136,7 @@ class FoldPlan:
             "format": PLAN_FORMAT,
             "version": PLAN_VERSION,
             "protocol": self.protocol,
-            "params": _jsonable(self.params),
+            "params": to_jsonable(self.params),
             "seed": int(self.seed),
             "group_column": self.group_column,
             "speaker_independent": bool(self.speaker_independent),
@@ -193,9 +195,7 @@ class FoldPlan:
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as indented JSON atomically (a temporary file renamed into place)."""
-        from emomix.atomic import write_text_atomic
-
-        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n")
+        return write_json_atomic(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> "FoldPlan":
@@ -802,13 +802,3 @@ def _short(value: Any) -> str:
 
 def _plain_number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else float(value)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -39,6 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from emomix.atomic import write_parquet_atomic
 from emomix.errors import CorpusFormatError, MissingDataError
 
 COLUMNS: tuple[str, ...] = (
@@ -226,10 +227,7 @@ def save_table(table: pd.DataFrame, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     table = normalise_table(table)
     arrow = pa.Table.from_pandas(table, schema=ARROW_SCHEMA, preserve_index=False)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(arrow, tmp)
-    tmp.replace(path)
-    return path
+    return write_parquet_atomic(path, arrow)
 
 
 def load_table(path: str | Path) -> pd.DataFrame:

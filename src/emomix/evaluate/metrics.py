@@ -36,7 +36,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from emomix.constants import IGNORE_INDEX
 from emomix.errors import LabelError
+from emomix.metrics_core import unweighted_accuracy as unweighted_accuracy_of_indices
 
 METRICS: tuple[str, ...] = ("ua", "wa", "macro_f1", "weighted_f1")
 METRIC_NAMES: dict[str, str] = {"ua": "UA", "wa": "WA", "macro_f1": "macro-F1", "weighted_f1": "weighted-F1"}
@@ -85,10 +87,15 @@ def per_class_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes: Seq
 
 
 def unweighted_accuracy(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> float:
-    """UA: the mean recall over the classes present in ``y_true`` (NaN when ``y_true`` is empty)."""
-    table = per_class_metrics(y_true, y_pred, classes)
-    present = table["support"] > 0
-    return float(table.loc[present, "recall"].mean()) if present.any() else math.nan
+    """UA: the mean recall over the classes present in ``y_true`` (NaN when ``y_true`` is empty).
+
+    Labels are mapped to their index in ``classes`` (a true label outside ``classes`` is
+    skipped) and handed to :func:`emomix.metrics_core.unweighted_accuracy`.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    truth = np.array([index.get(c, IGNORE_INDEX) for c in y_true], dtype=np.int64)
+    predicted = np.array([index.get(c, -1) for c in y_pred], dtype=np.int64)
+    return unweighted_accuracy_of_indices(truth, predicted)
 
 
 def weighted_accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
@@ -144,7 +151,7 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes
     n = len(y_true)
     return {
         "n": n,
-        "ua": float(table.loc[present, "recall"].mean()) if present.any() else math.nan,
+        "ua": unweighted_accuracy(y_true, y_pred, classes),
         "wa": float(np.trace(counts) / n) if n else math.nan,
         "macro_f1": _macro_f1(table, y_pred),
         "weighted_f1": float(np.sum(table["f1"].to_numpy()[present] * support[present]) / n) if n else math.nan,

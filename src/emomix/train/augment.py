@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from emomix.atomic import write_wav_atomic
 from emomix.constants import SAMPLE_RATE
 from emomix.errors import AudioError, ConfigError
 
@@ -119,13 +120,7 @@ def training_ids_with_copies(train_ids: Sequence[str], all_ids: Sequence[str]) -
 
 
 def _write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
-    import os
-
-    import soundfile as sf
-
-    temporary = path.with_name(path.name + ".tmp.wav")
-    sf.write(str(temporary), samples, sample_rate, subtype="FLOAT")
-    os.replace(temporary, path)
+    write_wav_atomic(path, samples, sample_rate, subtype="FLOAT")
 
 
 def _seed(text: str) -> int:
