@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -135,7 +136,7 @@ def test_an_interrupted_fold_resumes_from_its_last_checkpoint(synthetic_features
 
 def test_recipe_errors_name_the_bad_key(synthetic_features, tmp_path):
     data = recipe_dict(synthetic_features)
-    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+    with pytest.raises(ConfigError, match="did you mean training.epochs"):
         Recipe.from_dict(data | {"training": {"epochz": 3}})
     with pytest.raises(ConfigError, match="unknown model"):
         Recipe.from_dict(data | {"model": {"name": "dual_routng"}})
@@ -159,3 +160,125 @@ def test_shipped_recipes_parse():
     assert recipes, "configs/ holds no recipes"
     for path in recipes:
         load_recipe(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipe errors name the file and the block path; ${datasets}; a failed attempt does not block its retry
+# ---------------------------------------------------------------------------------------------
+
+
+def test_typos_name_the_recipe_file_and_the_block_path(tmp_path):
+    source = (Path(__file__).parent.parent / "configs" / "emodb" / "functionals.yaml").read_text()
+    path = tmp_path / "x.yaml"
+    path.write_text(source.replace("  epochs: 60", "  max_epoch: 60"))
+    with pytest.raises(ConfigError) as error:
+        load_recipe(path)
+    assert str(error.value).startswith(f"{path}: training.max_epoch is not a setting; did you mean training.epochs?")
+    path.write_text(source.replace("config: {}", "config: {hiden_dim: 64}"))
+    with pytest.raises(ConfigError, match=r"x\.yaml: model\.config\.hiden_dim is not a setting; did you mean "
+                                          r"model\.config\.hidden_dim\?") as error:
+        load_recipe(path)
+    assert "Config" not in str(error.value)                    # no Python class name
+    path.write_text(source.replace("config: {}", "config: {dropout: 2}"))
+    with pytest.raises(ConfigError, match=r"x\.yaml: model\.config\.dropout must be in") as error:
+        load_recipe(path)
+    assert "Config" not in str(error.value)
+
+
+def test_raw_inputs_into_a_model_without_input_norm_are_refused_until_standardised():
+    """Issue 13: joined functionals with speaker normalisation switched off trained on raw
+    ComParE values (loss 1.6e8, UA below chance) without a word."""
+    path = Path(__file__).parent.parent / "configs" / "emodb" / "joined_functionals.yaml"
+    off = {"features.audio.speaker_normalisation": False}
+    with pytest.raises(ConfigError, match=r"input_norm: false, but features\.audio is neither speaker-normalised nor "
+                                          r"standardised.*set training\.standardise: true"):
+        load_recipe(path, off)
+    assert load_recipe(path, off | {"training.standardise": True}).training.standardise
+    assert load_recipe(path, off | {"model.config.input_norm": True}).model.config["input_norm"] is True
+    assert load_recipe(path).feature_specs()["audio"].speaker_normalisation   # the shipped recipe is scaled
+
+
+def _tiny_manifest(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    rows = ["utt_id,speaker,text,label"]
+    rows += [f"u{i},spk{i % 3},line {i},{'ang' if i % 2 else 'neu'}" for i in range(12)]
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def _tiny_recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text("name: tiny\n"
+                    "corpus: {reader: manifest, root: \"${datasets}/tiny\", scheme: null}\n"
+                    "protocol: {name: loso-speaker, params: {validation: none}}\n"
+                    "features: {text: {encoder: minilm}}\n"
+                    "model: {name: early_fusion_text}\n")
+    return path
+
+
+class _ReachedFeatures(Exception):
+    pass
+
+
+def test_missing_datasets_folder_fails_in_one_sentence_and_does_not_block_the_retry(tmp_path, monkeypatch):
+    import emomix.data.paths as paths
+    import emomix.features as features
+    from emomix.errors import MissingDataError
+    from emomix.train.run import prepare_run
+
+    def reached(*args, **kwargs):
+        raise _ReachedFeatures()
+
+    monkeypatch.setattr(features, "build_features", reached)   # the test stops where features would be built
+    monkeypatch.delenv("EMOMIX_DATASETS", raising=False)
+    monkeypatch.setattr(paths, "shared_datasets_dir", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    recipe_path = _tiny_recipe(tmp_path)
+    out = tmp_path / "runs" / "tiny"
+
+    recipe = load_recipe(recipe_path)            # the recipe still validates without the folder
+    with pytest.raises(MissingDataError) as error:
+        prepare_run(recipe, out, progress=False, log=lambda m: None)
+    message = str(error.value)
+    assert "EMOMIX_DATASETS" in message and "None" not in message and "${datasets}" in message
+    assert str(tmp_path.parent / "shared" / "datasets") in message          # the ../shared/datasets it tried
+    assert message.count(". ") == 0 and "\n" not in message                 # one sentence
+    assert not out.exists()                      # nothing written: the retry is not blocked
+
+    datasets = tmp_path / "corpora"
+    _tiny_manifest(datasets / "tiny")
+    monkeypatch.setenv("EMOMIX_DATASETS", str(datasets))
+    recipe = load_recipe(recipe_path)
+    assert recipe.corpus.root == str(datasets.resolve() / "tiny")
+    with pytest.raises(_ReachedFeatures):
+        prepare_run(recipe, out, progress=False, log=lambda m: None)
+    assert (out / "config.yaml").exists() and (out / "folds.json").exists()
+
+
+def test_a_config_left_by_an_attempt_that_never_read_its_corpus_is_replaced(tmp_path, monkeypatch):
+    """What earlier versions left after the failure above: config.yaml with root None/tiny, no
+    fold plan, no finished fold."""
+    import yaml
+
+    import emomix.features as features
+    from emomix.train.run import prepare_run
+
+    monkeypatch.setattr(features, "build_features", lambda *a, **k: (_ for _ in ()).throw(_ReachedFeatures()))
+    datasets = tmp_path / "corpora"
+    _tiny_manifest(datasets / "tiny")
+    monkeypatch.setenv("EMOMIX_DATASETS", str(datasets))
+    recipe = load_recipe(_tiny_recipe(tmp_path))
+    out = tmp_path / "runs" / "tiny"
+    out.mkdir(parents=True)
+    stale = recipe.to_dict()
+    stale["corpus"]["root"] = "None/tiny"
+    (out / "config.yaml").write_text(yaml.safe_dump(stale))
+    messages = []
+    with pytest.raises(_ReachedFeatures):
+        prepare_run(recipe, out, progress=False, log=messages.append)
+    assert yaml.safe_load((out / "config.yaml").read_text())["corpus"]["root"] == recipe.corpus.root
+    assert any("stopped before its corpus was read" in m for m in messages)
+    # a folder with a fold plan of another recipe still refuses
+    other = recipe.with_overrides(name="other")
+    with pytest.raises(ConfigError, match="holds a run of a different recipe"):
+        prepare_run(other, out, progress=False, log=messages.append)

@@ -4,14 +4,17 @@ A recipe has the blocks ``corpus``, ``protocol``, ``features``, ``model``, ``opt
 ``training`` and ``seeds`` (see ``configs/`` and docs/training.md). Every block is a dataclass
 whose ``from_dict`` names an unknown key with the nearest valid one, so a typo fails at once
 instead of silently training with a default. Strings may use ``${datasets}`` (the shared
-datasets folder, see :func:`emomix.data.paths.shared_datasets_dir`) and ``${recipe_dir}`` (the
-folder holding the recipe file).
+datasets folder: ``$EMOMIX_DATASETS``, else ``../shared/datasets``, see :func:`datasets_dir`) and
+``${recipe_dir}`` (the folder holding the recipe file). When no datasets folder exists the
+placeholder stays in the string, so a recipe still validates; reading its corpus then fails with
+:func:`missing_datasets_message`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,20 +28,33 @@ SCHEDULES = ("none", "warmup_cosine", "onecycle", "plateau")
 CLASS_BALANCE = ("weights", "sampler", "none")
 MONITORS = ("val_ua", "val_wa", "val_loss")
 AUGMENTATIONS = ("noise", "pitch")
+DATASETS_VARIABLE = "EMOMIX_DATASETS"
+DATASETS_PLACEHOLDER = "${datasets}"
 
 
-def _from_dict(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
+def unknown_keys_message(source: str, where: str, unknown: list[Any], names: list[str]) -> str:
+    """``configs/x.yaml: training.max_epoch is not a setting; did you mean training.max_epochs?``
+    (the valid keys are listed when no name is close)."""
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), names, n=1)
+        parts.append(f"{where}.{key} is not a setting; " + (f"did you mean {where}.{close[0]}?" if close
+                                                           else f"valid: {', '.join(names)}"))
+    return f"{source}: " + "; ".join(parts)
+
+
+def _from_dict(cls: type, values: Mapping[str, Any] | None, where: str, source: str = "recipe") -> Any:
+    if values is not None and not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: {where} must be a block of key: value settings, got {values!r}")
     values = dict(values or {})
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in values if k not in names]
     if unknown:
-        hints = [f"{k!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(str(k), names, n=1)) else "")
-                 for k in unknown]
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(hints)}; valid keys: {', '.join(names)}")
+        raise ConfigError(unknown_keys_message(source, where, unknown, names))
     try:
         return cls(**values)
     except TypeError as error:
-        raise ConfigError(f"{where}: {error}") from None
+        raise ConfigError(f"{source}: {where}: {error}") from None
 
 
 @dataclass
@@ -166,13 +182,13 @@ class TrainingConfig:
         if self.augment is not None:
             self.augment_config().validate()
 
-    def augment_config(self) -> AugmentConfig | None:
+    def augment_config(self, source: str = "recipe") -> AugmentConfig | None:
         if self.augment is None:
             return None
         values = dict(self.augment)
         if "kinds" in values:
             values["kinds"] = tuple(values["kinds"])
-        return _from_dict(AugmentConfig, values, "training.augment")
+        return _from_dict(AugmentConfig, values, "training.augment", source)
 
 
 @dataclass
@@ -216,30 +232,48 @@ class Recipe:
         model = data["model"]
         if isinstance(model, str):
             model = {"name": model}
-        optimiser = _from_dict(OptimiserConfig, data.get("optimiser"), "optimiser")
+        optimiser = _from_dict(OptimiserConfig, data.get("optimiser"), "optimiser", source)
         if isinstance(optimiser.betas, list):
             optimiser.betas = tuple(optimiser.betas)
         optimiser.validate()
-        training = _from_dict(TrainingConfig, data.get("training"), "training")
+        training = _from_dict(TrainingConfig, data.get("training"), "training", source)
+        if training.augment is not None:
+            training.augment_config(source)  # names the recipe file in a typo
         training.validate()
         recipe = cls(
             name=str(data.get("name") or "run"),
             description=str(data.get("description") or ""),
-            corpus=_from_dict(CorpusConfig, data["corpus"], "corpus"),
-            protocol=_from_dict(ProtocolConfig, data.get("protocol") or {}, "protocol"),
+            corpus=_from_dict(CorpusConfig, data["corpus"], "corpus", source),
+            protocol=_from_dict(ProtocolConfig, data.get("protocol") or {}, "protocol", source),
             features=dict(data["features"]),
-            model=_from_dict(ModelSection, model, "model"),
+            model=_from_dict(ModelSection, model, "model", source),
             optimiser=optimiser,
             training=training,
             seeds=tuple(int(s) for s in seeds),
         )
-        recipe.feature_specs()  # validates the features block
+        specs = recipe.feature_specs()  # validates the features block
+        config = recipe.model_config(source)  # an unknown model name, a bad config key or value fail now
+        check_input_scale(recipe, specs, config, source)
+        return recipe
+
+    def model_config(self, source: str = "recipe") -> Any:
+        """The model's validated config (its registered defaults with ``model.config`` on top);
+        errors name ``model.config.<key>`` and the recipe, not the Python class."""
         from emomix.models import model_info
 
-        info = model_info(recipe.model.name)  # an unknown model name fails now, with suggestions
-        # and so does a bad model config key or value
-        info.cls.config_class.from_dict({**info.default_overrides, **dict(recipe.model.config)})
-        return recipe
+        info = model_info(self.model.name)
+        config_class = info.cls.config_class
+        names = [f.name for f in dataclasses.fields(config_class)]
+        if not isinstance(self.model.config, Mapping):
+            raise ConfigError(f"{source}: model.config must be a block of key: value settings, got {self.model.config!r}")
+        unknown = [k for k in self.model.config if k not in names]
+        if unknown:
+            raise ConfigError(_model_keys_message(source, self.model.name, unknown, names))
+        try:
+            return config_class.from_dict({**info.default_overrides, **dict(self.model.config)})
+        except ConfigError as error:
+            text = str(error).replace(f"{config_class.__name__}.", "model.config.").replace(f"{config_class.__name__}:", "model.config:")
+            raise ConfigError(f"{source}: {text} (model {self.model.name})") from None
 
     def feature_specs(self) -> dict[str, Any]:
         from emomix.features import parse_feature_specs
@@ -259,6 +293,57 @@ class Recipe:
 
     def with_overrides(self, **changes: Any) -> "Recipe":
         return dataclasses.replace(self, **changes)
+
+
+def _model_keys_message(source: str, model: str, unknown: list[Any], names: list[str]) -> str:
+    return unknown_keys_message(source, "model.config", unknown, names) + f" (settings of model {model})"
+
+
+def check_input_scale(recipe: Recipe, specs: Mapping[str, Any], config: Any, source: str = "recipe") -> None:
+    """Refuse a model without input normalisation (``model.config.input_norm: false``) on inputs
+    nothing scales: neither ``features.<modality>.speaker_normalisation`` nor
+    ``training.standardise``. Raw openSMILE values span up to 1e6, so such a run trains on
+    numbers of every magnitude (a first-epoch loss of 1e8, UA below chance) without a warning."""
+    if getattr(config, "input_norm", True) or recipe.training.standardise:
+        return
+    modalities = tuple(getattr(config, "modalities", ()) or ())
+    raw = [m for m, spec in specs.items() if (not modalities or m in modalities)
+           and not getattr(spec, "speaker_normalisation", False) and not getattr(spec, "trainable_top_layers", 0)]
+    if raw:
+        blocks = " and ".join(f"features.{m}" for m in raw)
+        raise ConfigError(f"{source}: {recipe.model.name} has model.config.input_norm: false, but {blocks} "
+                          f"{'is' if len(raw) == 1 else 'are'} neither speaker-normalised nor standardised, so it would "
+                          "train on raw feature values; set training.standardise: true (z-scores with each fold's "
+                          "training statistics), or speaker_normalisation: true, or drop input_norm: false")
+
+
+def datasets_dir() -> Path | None:
+    """What ``${datasets}`` stands for: ``$EMOMIX_DATASETS`` when set (as given, so a wrong value
+    shows in the corpus error), else ``../shared/datasets`` beside the current folder or the
+    checkout (:func:`emomix.data.paths.shared_datasets_dir`), else None."""
+    from emomix.data import paths
+
+    env = os.environ.get(DATASETS_VARIABLE, "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
+    return paths.shared_datasets_dir()
+
+
+def datasets_candidates() -> list[Path]:
+    """The ``../shared/datasets`` folders looked for when ``$EMOMIX_DATASETS`` is not set."""
+    found = [Path.cwd().parent / "shared" / "datasets"]
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "pyproject.toml").is_file():  # the checkout (an editable install)
+            found.append(parent.parent / "shared" / "datasets")
+            break
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def missing_datasets_message(field_name: str = "corpus.root") -> str:
+    """One sentence for a recipe whose ``${datasets}`` has no folder to stand for."""
+    tried = " and ".join(str(p) for p in datasets_candidates())
+    return (f"{field_name} uses {DATASETS_PLACEHOLDER}, but no datasets folder was found (tried {tried}); set "
+            f"{DATASETS_VARIABLE} to the folder that holds the corpora (export {DATASETS_VARIABLE}=/path/to/datasets)")
 
 
 def load_recipe(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Recipe:
@@ -281,18 +366,22 @@ def load_recipe(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
 
 
 def substitute(value: Any, extra: Mapping[str, str] | None = None) -> Any:
-    """Replace ``${datasets}`` and the ``extra`` names in every string of a nested structure."""
-    from emomix.data.paths import shared_datasets_dir
+    """Replace ``${datasets}`` and the ``extra`` names in every string of a nested structure
+    (``${datasets}`` stays as written when :func:`datasets_dir` finds no folder)."""
+    datasets = datasets_dir()
+    names = {**({"datasets": str(datasets)} if datasets is not None else {}), **dict(extra or {})}
+    return _substitute(value, names)
 
-    names = {"datasets": str(shared_datasets_dir()), **dict(extra or {})}
+
+def _substitute(value: Any, names: Mapping[str, str]) -> Any:
     if isinstance(value, str):
         for name, replacement in names.items():
             value = value.replace("${" + name + "}", replacement)
         return value
     if isinstance(value, Mapping):
-        return {k: substitute(v, extra) for k, v in value.items()}
+        return {k: _substitute(v, names) for k, v in value.items()}
     if isinstance(value, list):
-        return [substitute(v, extra) for v in value]
+        return [_substitute(v, names) for v in value]
     return value
 
 

@@ -133,7 +133,6 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
     from emomix.data.protocols import FoldPlan, make_fold_plan
     from emomix.features import build_features
 
-    out.mkdir(parents=True, exist_ok=True)
     resolved = recipe.to_dict()
     config_path = out / "config.yaml"
     if config_path.exists():
@@ -143,10 +142,14 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
         except ConfigError:
             pass  # an older recipe this version no longer reads: compare as written
         if _comparable(previous) != _comparable(resolved):
-            raise ConfigError(f"{out} holds a run of a different recipe (see {config_path}); resume it with the same "
-                              "recipe, or choose another --out")
-    write_text(config_path, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+            if not _attempt_left_only_config(out):
+                raise ConfigError(f"{out} holds a run of a different recipe (see {config_path}); resume it with the same "
+                                  "recipe, or choose another --out")
+            log(f"note: {config_path} was left by an attempt that stopped before its corpus was read (no fold plan, "
+                "no finished fold); replacing it with this recipe")
 
+    # the corpus is read and the plan built before anything is written, so a failed attempt
+    # (a missing corpus, a bad protocol) leaves no run folder that would block its retry
     corpus, corpus_root = load_corpus(recipe, log)
     table = corpus.table.reset_index(drop=True)
     labelled = table[table["label"].notna()]
@@ -158,8 +161,10 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
         if previous_plan.fingerprint() != plan.fingerprint():
             raise ConfigError(f"{plan_path} holds a different fold plan ({previous_plan.fingerprint()}) than this "
                               f"corpus and protocol give ({plan.fingerprint()}); the corpus changed — use another --out")
-    else:
+    out.mkdir(parents=True, exist_ok=True)
+    if not plan_path.exists():
         plan.save(plan_path)
+    write_text(config_path, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
 
     store_path = Path(recipe.features.get("store") or out / "features")
     log(f"features: {', '.join(f'{m}={spec.encoder}' for m, spec in recipe.feature_specs().items())} → store {store_path}")
@@ -197,8 +202,11 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
 def load_corpus(recipe: Recipe, log: Callable[[str], None] = print) -> tuple[Any, Path]:
     """Read the recipe's corpus (writing the synthetic corpus first when the recipe asks for it)."""
     from emomix.data.readers import read_corpus
+    from emomix.train.recipe import DATASETS_PLACEHOLDER, datasets_dir, missing_datasets_message
 
     config = recipe.corpus
+    if DATASETS_PLACEHOLDER in str(config.root):  # no datasets folder was found when the recipe was read
+        raise MissingDataError(missing_datasets_message())
     root = Path(config.root)
     if config.reader == "synthetic" and config.generate is not None:
         from emomix.data.synthetic import SyntheticConfig, write_synthetic_corpus
@@ -206,8 +214,13 @@ def load_corpus(recipe: Recipe, log: Callable[[str], None] = print) -> tuple[Any
         log(f"synthetic corpus → {root}")
         write_synthetic_corpus(root, SyntheticConfig.from_overrides(**dict(config.generate)))
     if not root.exists():
+        datasets = datasets_dir()
+        if datasets is not None and root.resolve().is_relative_to(datasets):
+            raise MissingDataError(f"corpus folder {root} does not exist (reader {config.reader!r}, datasets folder "
+                                   f"{datasets}); put the corpus there, or set EMOMIX_DATASETS to the folder that holds "
+                                   f"{root.name}/")
         raise MissingDataError(f"corpus folder {root} does not exist (reader {config.reader!r}); fix corpus.root in the "
-                               "recipe" + (" or set EMOMIX_DATASETS" if "datasets" in str(root) else ""))
+                               "recipe or pass --set corpus.root=<folder>")
     corpus = read_corpus(config.reader, root, scheme=config.scheme, **dict(config.options))
     if corpus.table.empty:
         raise MissingDataError(f"the corpus at {root} has no utterances under scheme {config.scheme!r}")
@@ -536,6 +549,13 @@ def _classes(corpus: Any, table: pd.DataFrame) -> list[str]:
 def _apply_threads(recipe: Recipe) -> None:
     if recipe.training.threads:
         torch.set_num_threads(int(recipe.training.threads))
+
+
+def _attempt_left_only_config(out: Path) -> bool:
+    """True when ``out`` holds a ``config.yaml`` but no fold plan and no finished fold: what an
+    attempt that failed before reading its corpus left (earlier versions wrote the config
+    first), which must not block the retry."""
+    return not (out / "folds.json").exists() and not any(out.glob("folds/*/seed-*/done.json"))
 
 
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
