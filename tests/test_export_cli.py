@@ -13,11 +13,12 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from emomix.cli_export import ParityError, register
+from emomix.cli.export import register
 from emomix.errors import ConfigError, MissingDataError
 from emomix.infer.card import model_card
 from emomix.infer.export import OnnxModel, OnnxTextEncoder
 from emomix.infer.predictor import Predictor
+from emomix.infer.run_export import ParityError
 
 from synthetic_features import fold_test_items  # noqa: E402
 
@@ -178,9 +179,9 @@ def test_a_bad_run_folder_is_a_clear_error(cli, tmp_path):
 
 
 def test_a_parity_failure_fails_the_command_and_removes_the_graph(cli, trained_synthetic_run, tmp_path, monkeypatch):
-    import emomix.cli_export as cli_export
+    import emomix.infer.run_export as run_export
 
-    real = cli_export.check_parity
+    real = run_export.check_parity
 
     def against_another_model(model, path, batches, atol=1e-4):
         changed = __import__("copy").deepcopy(model)
@@ -189,7 +190,7 @@ def test_a_parity_failure_fails_the_command_and_removes_the_graph(cli, trained_s
                 parameter.add_(0.05)
         return real(changed, path, batches, atol=atol)
 
-    monkeypatch.setattr(cli_export, "check_parity", against_another_model)
+    monkeypatch.setattr(run_export, "check_parity", against_another_model)
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["export", str(trained_synthetic_run), "--onnx", "--out", str(out)])
     assert isinstance(result.exception, ParityError)
