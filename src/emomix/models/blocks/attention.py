@@ -42,7 +42,6 @@ class CrossAttentionLayer(nn.Module):
         return self.ffn_norm(hidden + self.dropout(self.ffn(hidden)))
 
 
-
 class BidirectionalCrossAttention(nn.Module):
     """Audio→text and text→audio cross-attention, ``num_layers`` deep, each direction its own weights.
 
@@ -65,7 +64,6 @@ class BidirectionalCrossAttention(nn.Module):
         for a_layer, t_layer in zip(self.audio_to_text, self.text_to_audio):
             a, t = a_layer(a, t, t_mask), t_layer(t, a, a_mask)
         return a, t
-
 
 
 class PairwiseSigmoidAttention(nn.Module):

@@ -11,12 +11,10 @@ from emomix.errors import ConfigError
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
-
 def _activation(name: str) -> nn.Module:
     if name not in _ACTIVATIONS:
         raise ConfigError(f"unknown activation {name!r}; use one of {', '.join(_ACTIVATIONS)}")
     return _ACTIVATIONS[name]()
-
 
 
 class MLP(nn.Module):
@@ -41,7 +39,6 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the MLP to the last dimension of ``x``."""
         return self.net(x)
-
 
 
 class Expert(nn.Module):

@@ -41,7 +41,6 @@ def valid_bipartite_edges(edges: torch.Tensor | None, text_mask: torch.Tensor, a
     return token_positions, frame_positions, torch.stack([tokens[keep], frames[keep] + len(token_positions)])
 
 
-
 def bipartite_edges_to_graph(text_nodes: torch.Tensor, audio_nodes: torch.Tensor, edges: torch.Tensor):
     """One utterance's graph as a torch-geometric ``Data``: nodes ``[text_nodes; audio_nodes]``
     (same feature size) and every token–frame edge in both directions.
@@ -53,7 +52,6 @@ def bipartite_edges_to_graph(text_nodes: torch.Tensor, audio_nodes: torch.Tensor
 
     undirected = torch.cat([edges, edges.flip(0)], dim=1)
     return Data(x=torch.cat([text_nodes, audio_nodes], dim=0), edge_index=undirected)
-
 
 
 class BipartiteGAT(nn.Module):

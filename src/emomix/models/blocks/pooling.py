@@ -26,7 +26,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return total / count
 
 
-
 def key_padding_mask(mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``nn.MultiheadAttention``'s key padding mask (True = ignore) from a validity mask, and the
     rows that have no valid key at all.
@@ -42,7 +41,6 @@ def key_padding_mask(mask: torch.Tensor | None) -> tuple[torch.Tensor | None, to
         valid = valid | empty.unsqueeze(1)
         return ~valid, empty
     return ~valid, None
-
 
 
 class AttentionPooling(nn.Module):

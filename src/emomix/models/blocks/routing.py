@@ -27,7 +27,6 @@ class TwoExpertRouter(nn.Module):
         return torch.softmax(self.net(x), dim=-1)
 
 
-
 def load_balance_loss(probs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Switch/Shazeer load-balancing loss ``E · Σ_e f_e · P_e`` of gate probabilities ``… × E``.
 
@@ -46,7 +45,6 @@ def load_balance_loss(probs: torch.Tensor, mask: torch.Tensor | None = None) -> 
     fraction = top1.mean(dim=0)
     mean_prob = flat.mean(dim=0)
     return num_experts * (fraction * mean_prob).sum()
-
 
 
 class TopKGate(nn.Module):
@@ -82,7 +80,6 @@ class TopKGate(nn.Module):
         weights = torch.zeros_like(probs).scatter(-1, top_index, top_values)
         weights = weights / weights.sum(dim=-1, keepdim=True)
         return weights, probs, load_balance_loss(probs, mask)
-
 
 
 class MixtureOfExperts(nn.Module):
