@@ -19,7 +19,8 @@ from emomix.encoders.base import EncoderOutput
 from emomix.encoders.mfcc import MFCCEncoder
 from emomix.encoders.normalisation import SpeakerNormaliser
 from emomix.encoders.opensmile_encoder import OpenSmileEncoder
-from emomix.encoders.speech_ssl import SpeechSSLEncoder, folder_fingerprint
+from emomix.encoders.hub import folder_fingerprint
+from emomix.encoders.speech_ssl import SpeechSSLEncoder
 from emomix.encoders.text import TextEncoder, cls_of_layer
 from emomix.encoders.video import FaceCropEncoder
 from emomix.errors import AudioError, ConfigError, MissingDataError
