@@ -179,7 +179,7 @@ def test_a_bad_run_folder_is_a_clear_error(cli, tmp_path):
 
 
 def test_a_parity_failure_fails_the_command_and_removes_the_graph(cli, trained_synthetic_run, tmp_path, monkeypatch):
-    import emomix.infer.run_export as run_export
+    from emomix.infer import run_export
 
     real = run_export.check_parity
 

@@ -7,7 +7,6 @@ Typer 0.29 raises the exceptions of its bundled copy of click (``typer._click``)
 from __future__ import annotations
 
 import importlib
-import sys
 from typing import Any
 
 import typer

@@ -10,6 +10,9 @@ from typing import List, Optional
 
 import typer
 
+from emomix.cli.evaluate import metric_summaries
+from emomix.errors import ConfigError
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``train`` command to the ``emomix`` app."""
@@ -54,8 +57,6 @@ def train(
 
 def parse_seeds(text: str) -> list[int]:
     """``"3"`` → [0, 1, 2]; ``"0,7"`` → [0, 7]."""
-    from emomix.errors import ConfigError
-
     try:
         if "," in text:
             return [int(part) for part in text.split(",") if part.strip()]
@@ -71,7 +72,6 @@ def _headline(out: Path) -> str | None:
     """The report's headline lines (pooled and across folds), as `emomix evaluate` prints them."""
     import json
 
-    from emomix.cli.evaluate import metric_summaries
     from emomix.evaluate.report import headline_lines
 
     path = out / "report" / "metrics.json"

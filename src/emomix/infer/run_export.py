@@ -270,7 +270,10 @@ def parity_inputs(predictor: Any, corpus_root: str | Path | None = None) -> Pari
         raise MissingDataError(f"fold {fold_name} of {run_dir} has {len(usable)} test utterance(s) with the inputs the "
                                f"model reads ({', '.join(predictor.modalities)}) in {root}; parity needs at least 2")
     picks = _spread(usable, EXAMPLE_UTTERANCES + sum(PARITY_UTTERANCES))
-    item = lambda u: _item(table.loc[u], root)  # noqa: E731
+
+    def item(utt_id: str) -> dict[str, Any]:
+        return _item(table.loc[utt_id], root)
+
     if len(picks) >= EXAMPLE_UTTERANCES + sum(PARITY_UTTERANCES):
         example, first, second = (picks[:EXAMPLE_UTTERANCES], picks[EXAMPLE_UTTERANCES:-PARITY_UTTERANCES[1]],
                                   picks[-PARITY_UTTERANCES[1]:])
