@@ -351,10 +351,93 @@ def test_manifest_formats(tmp_path, fmt):
 def test_manifest_scheme_yaml_becomes_the_default(tmp_path):
     scheme = {"classes": ["negative", "positive"], "map": {"happy": "positive", "angry": "negative", "sad": "negative"}}
     path = make_manifest(tmp_path, fmt="csv", scheme=scheme)
-    assert manifest.read(path).default_scheme == str(path.parent / "scheme.yaml")
+    default = manifest.read(path).default_scheme
+    assert default["classes"] == ["negative", "positive"] and default["name"] == "mycorpus-2"
     corpus = read_corpus("synthetic", path.parent)
     assert sorted(corpus.table["label"]) == ["negative", "positive"]
     assert corpus.report.dropped_by_label == {"neutral": 1}
+
+
+def test_a_manifest_corpus_and_its_scheme_are_reported_by_their_own_names(tmp_path):
+    """Issue 13: a manifest corpus showed as "manifest" and its scheme.yaml as "scheme"."""
+    from emomix.data.summary import corpus_summary, format_summary
+
+    scheme = {"classes": ["negative", "positive"], "map": {"happy": "positive", "angry": "negative", "sad": "negative"}}
+    path = make_manifest(tmp_path, fmt="csv", scheme=scheme)
+    summary = corpus_summary(read_corpus("manifest", path))
+    assert (summary["corpus"], summary["scheme"]) == ("mycorpus", "mycorpus-2")
+    assert format_summary(summary).startswith("corpus mycorpus  scheme mycorpus-2")
+    assert corpus_summary(read_corpus("manifest", path, scheme=None))["scheme"] is None      # raw labels
+    (path.parent / "scheme.yaml").write_text("name: sentiment-2\n" + (path.parent / "scheme.yaml").read_text())
+    assert corpus_summary(read_corpus("manifest", path))["scheme"] == "sentiment-2"     # its own name wins
+    renamed = path.rename(path.parent / "calls.csv")
+    assert read_corpus("manifest", renamed, scheme=None).name == "calls"                 # a named file names the corpus
+
+
+# -------------------------------------------------------------------------------------------- MELD-like
+
+
+def _meld_like(root: Path) -> Path:
+    """Almost MELD: ``friends_<split>.csv``, the dialogue in ``Scene_ID`` (text), speakers as list strings."""
+    import csv
+
+    root.mkdir(parents=True)
+    rows = {"train": [("Hi there", "['Joey']", "Joy", "s01e01", 0), ("Oh no", "['Ross', 'Rachel']", "Sadness", "s01e01", 1),
+                      ("Fine", "['Monica']", "Neutral", "s01e02", 0)],
+            "test": [("What?", "['Chandler']", "Surprise", "s02e01", 0)]}
+    for split, items in rows.items():
+        with (root / f"friends_{split}.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["Sr No.", "Utterance", "Speakers", "Emotion", "Scene_ID", "Utterance_ID"])
+            for number, row in enumerate(items, start=1):
+                writer.writerow([number, *row])
+    return root
+
+
+def test_a_meld_like_corpus_reads_with_a_column_map_and_a_file_pattern(tmp_path):
+    root = _meld_like(tmp_path / "friends")
+    with pytest.raises(MissingDataError, match=r"train_sent_emo\.csv.*pattern"):
+        meld.read(root)
+    options = {"pattern": "friends_{split}.csv", "columns": {"Dialogue_ID": "Scene_ID", "Speaker": "Speakers"}}
+    corpus = read_corpus("meld", root, **options)
+    table = corpus.table.set_index("utt_id")
+    assert sorted(table.index) == ["test_dias02e01_utt0", "train_dias01e01_utt0", "train_dias01e01_utt1",
+                                   "train_dias01e02_utt0"]
+    row = table.loc["train_dias01e01_utt1"]
+    assert (row["speaker"], row["label"], row["dialogue_id"], row["turn"], row["split"]) == (
+        "Ross & Rachel", "sadness", "train_s01e01", 1, "train")
+    assert table.loc["train_dias01e01_utt0", "speaker"] == "Joey"
+    assert any("dev" in note and "not read" in note for note in corpus.report.notes)
+    # a column the map names but the file lacks, and an option the reader does not have
+    with pytest.raises(CorpusFormatError, match=r"missing column\(s\) \['Dialog'\]"):
+        read_corpus("meld", root, pattern="friends_{split}.csv", columns={"Dialogue_ID": "Dialog", "Speaker": "Speakers"})
+    from emomix.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"no option 'patern' \(did you mean 'pattern'\?\)"):
+        read_corpus("meld", root, patern="x")
+    with pytest.raises(ConfigError, match=r"\['Scene'\] are not MELD columns"):
+        read_corpus("meld", root, pattern="friends_{split}.csv", columns={"Scene": "Scene_ID"})
+
+
+def test_meld_like_options_reach_the_reader_from_the_command_line_and_a_recipe(tmp_path):
+    from typer.testing import CliRunner
+
+    from emomix.cli import app
+    from emomix.data.readers._common import reader_options
+    from emomix.train.recipe import Recipe
+
+    root = _meld_like(tmp_path / "friends")
+    result = CliRunner().invoke(app, ["corpus", "info", "meld", str(root), "--set", "pattern=friends_{split}.csv",
+                                      "--set", "columns.Dialogue_ID=Scene_ID", "--set", "columns.Speaker=Speakers"])
+    assert result.exit_code == 0, result.output
+    assert "4 utterances, 4 speakers, 0 sessions, 3 dialogues" in result.output
+    assert reader_options(["columns.Speaker=Speakers", "splits=[train]"]) == {"columns": {"Speaker": "Speakers"},
+                                                                             "splits": ["train"]}
+    recipe = Recipe.from_dict({"corpus": {"reader": "meld", "root": str(root), "options": {
+        "pattern": "friends_{split}.csv", "columns": {"Dialogue_ID": "Scene_ID", "Speaker": "Speakers"}}},
+        "features": {"text": {"encoder": "minilm"}}, "model": "early_fusion_text"})
+    corpus = read_corpus(recipe.corpus.reader, recipe.corpus.root, **recipe.corpus.options)
+    assert len(corpus.table) == 4
 
 
 def test_manifest_misspelt_column_is_named(tmp_path):

@@ -27,12 +27,15 @@ def corpus_info(
     root: Path = typer.Argument(..., help="The corpus folder (or manifest file for `manifest`)."),
     scheme: str = typer.Option("default", help="Label scheme: 'default' (the reader's), 'none' (raw labels), a built-in name or a YAML file."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    options: list[str] = typer.Option([], "--set", help="Reader option as key=value, e.g. --set pattern={split}.csv "
+                                      "--set columns.Dialogue_ID=Scene_ID (repeatable; docs/corpora.md)."),
 ) -> None:
     """Print utterances per label, speaker, session and split, and what was skipped or dropped."""
     from emomix.data.readers import read_corpus
+    from emomix.data.readers._common import reader_options
     from emomix.data.summary import corpus_summary, format_summary
 
-    corpus = read_corpus(reader, root, scheme=scheme_option(scheme))
+    corpus = read_corpus(reader, root, scheme=scheme_option(scheme), **reader_options(options))
     summary = corpus_summary(corpus)
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
@@ -43,12 +46,14 @@ def corpus_export(
     root: Path = typer.Argument(..., help="The corpus folder (or manifest file)."),
     out: Path = typer.Argument(..., help="The Parquet file to write."),
     scheme: str = typer.Option("default", help="Label scheme: 'default', 'none', a built-in name or a YAML file."),
+    options: list[str] = typer.Option([], "--set", help="Reader option as key=value (see `emomix corpus info --help`)."),
 ) -> None:
     """Write a corpus's utterance table as Parquet."""
     from emomix.data.readers import read_corpus
+    from emomix.data.readers._common import reader_options
     from emomix.data.schema import save_table
 
-    corpus = read_corpus(reader, root, scheme=scheme_option(scheme))
+    corpus = read_corpus(reader, root, scheme=scheme_option(scheme), **reader_options(options))
     save_table(corpus.table, out)
     dropped = sum(corpus.report.dropped_by_label.values())
     typer.echo(f"wrote {len(corpus.table)} utterances to {out} ({dropped} dropped by the label scheme, "

@@ -14,6 +14,17 @@ def _counts(series: pd.Series) -> dict[str, int]:
     return {str(k): int(v) for k, v in values.value_counts().sort_index().items()}
 
 
+def scheme_name(corpus: Corpus) -> str | None:
+    """The name of the label scheme the corpus's labels follow (None for raw labels)."""
+    scheme = getattr(corpus, "scheme", None)
+    if scheme is not None:
+        return str(scheme.name)
+    default = corpus.default_scheme
+    if isinstance(default, dict):
+        return None  # a scheme spec that read_corpus did not apply: the labels are raw
+    return default
+
+
 def corpus_summary(corpus: Corpus) -> dict[str, Any]:
     """A JSON-serialisable description of a read corpus."""
     table = corpus.table
@@ -26,7 +37,7 @@ def corpus_summary(corpus: Corpus) -> dict[str, Any]:
     return {
         "corpus": corpus.name,
         "root": corpus.root,
-        "scheme": corpus.default_scheme,
+        "scheme": scheme_name(corpus),
         "utterances": int(len(table)),
         "speakers": int(table["speaker"].nunique()),
         "sessions": int(table["session"].nunique()),

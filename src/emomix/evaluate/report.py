@@ -214,6 +214,8 @@ def describe_run(run: Mapping[str, Any], config: Mapping[str, Any] | None = None
         name = corpus.get("name") or corpus.get("reader") or corpus.get("corpus")
         scheme = corpus.get("scheme")
         corpus = f"{name}" + (f" (scheme {scheme})" if scheme and scheme != "default" else "")
+    elif corpus and isinstance(run.get("scheme"), str):  # run.json names the corpus and its scheme
+        corpus = f"{corpus} (scheme {run['scheme']})"
     protocol = run.get("protocol") or config.get("protocol")
     if isinstance(protocol, Mapping):
         protocol = protocol.get("name") or protocol.get("protocol")

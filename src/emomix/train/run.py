@@ -190,7 +190,9 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
     run_json = out / "run.json"
     info = json.loads(run_json.read_text()) if run_json.exists() else {"started": _now()}
     info.update(environment_info())
-    info.update({"format": RUN_FORMAT, "name": recipe.name, "model": recipe.model.name, "corpus": recipe.corpus.reader,
+    # the corpus by its own name (a manifest's folder, not "manifest"), its reader and label scheme
+    info.update({"format": RUN_FORMAT, "name": recipe.name, "model": recipe.model.name, "corpus": str(corpus.name),
+                 "reader": recipe.corpus.reader, "scheme": getattr(getattr(corpus, "scheme", None), "name", None),
                  "corpus_root": str(corpus_root), "protocol": recipe.protocol.name, "seeds": list(recipe.seeds),
                  "classes": classes, "fold_plan": plan.fingerprint(), "store": str(store_path),
                  "input_dims": feature_set.input_dims})

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from emomix.data.labels import apply_scheme, get_scheme
+from emomix.data.readers._common import check_options
 from emomix.data.schema import Corpus
 from emomix.errors import EmomixError, MissingDataError
 
@@ -47,6 +48,7 @@ def read_corpus(reader: str, root: str | Path, scheme: Any = "default", **option
         raise MissingDataError(f"{reader} corpus folder {root} does not exist")
     module_name, default_scheme, _ = READERS[reader]
     module = import_module(module_name)
+    check_options(module.read, options, reader)
     corpus: Corpus = module.read(root, **options)
     if scheme == "default":
         scheme = corpus.default_scheme or default_scheme

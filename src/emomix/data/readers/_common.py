@@ -9,14 +9,16 @@ they pass over in the :class:`~emomix.data.schema.ReadReport`.
 from __future__ import annotations
 
 import csv
+import difflib
+import inspect
 import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from emomix.data.schema import Corpus, ReadReport, Utterance, make_table
-from emomix.errors import CorpusFormatError, MissingDataError
+from emomix.errors import ConfigError, CorpusFormatError, MissingDataError
 
 # utf-8 first (with or without BOM); cp1252 is what Windows tools wrote for latin text and
 # covers latin-1's printable range; latin-1 decodes any byte, so reading never fails on encoding.
@@ -169,8 +171,52 @@ def absolute(path: Path) -> str:
 
 
 def build_corpus(name: str, records: list[Utterance], report: ReadReport, root: Path,
-                 default_scheme: str | None = None) -> Corpus:
-    """The :class:`Corpus` of ``records`` (raw labels), validated through :func:`make_table`."""
+                 default_scheme: str | Mapping[str, Any] | None = None) -> Corpus:
+    """The :class:`Corpus` of ``records`` (raw labels), validated through :func:`make_table`;
+    ``default_scheme`` is a scheme name, YAML path or spec (what :func:`read_corpus` applies)."""
     table = make_table(records)
     return Corpus(name=name, table=table, report=report, default_scheme=default_scheme, root=absolute(root))
 
+
+
+def reader_options(pairs: Mapping[str, Any] | Iterable[str]) -> dict[str, Any]:
+    """``--set key=value`` texts (values read as YAML, else kept as text, so ``{split}.csv``
+    stays a string) or a mapping as reader keyword options, dotted keys nested:
+    ``columns.Dialogue_ID=Scene_ID`` → ``{"columns": {"Dialogue_ID": "Scene_ID"}}``."""
+    import yaml
+
+    if not isinstance(pairs, Mapping):
+        parsed: dict[str, Any] = {}
+        for text in pairs:
+            if "=" not in text:
+                raise ConfigError(f"--set expects key=value for a reader option, got {text!r}")
+            key, raw = text.split("=", 1)
+            try:
+                parsed[key.strip()] = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                parsed[key.strip()] = raw
+        pairs = parsed
+    options: dict[str, Any] = {}
+    for dotted, value in pairs.items():
+        keys = str(dotted).split(".")
+        node = options
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"reader option {dotted!r}: {key!r} is already set to a value, not a block")
+            node = child
+        node[keys[-1]] = value
+    return options
+
+
+def check_options(read: Callable[..., Any], options: Mapping[str, Any], reader: str) -> None:
+    """:class:`ConfigError` naming an option the reader's ``read`` does not take (with the nearest one)."""
+    names = [n for n in inspect.signature(read).parameters if n != "root"]
+    unknown = [k for k in options if k not in names]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"the {reader} reader has no option {', '.join(hints)}; its options are "
+                          f"{', '.join(names) or 'none'}")

@@ -6,7 +6,10 @@ and ``speaker`` are required. A column the table does not know is an error (a mi
 ``speeker`` must not vanish) unless its name starts with ``x_`` (kept out of the table, noted).
 Relative ``audio_path``/``video_path`` are resolved against the manifest's folder; in CSV,
 ``words`` is a JSON string. A ``scheme.yaml`` beside the manifest becomes the corpus's default
-label scheme (the synthetic corpus writes one).
+label scheme (the synthetic corpus writes one); without a ``name`` it is named
+``<corpus>-<number of classes>`` like the built-in schemes (``emodb-7``). The corpus is named
+by the manifest's ``corpus`` column, else its folder (or, for a file named other than
+``manifest.*``, the file's stem).
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def read(root: Path, check_audio: bool = True) -> Corpus:
     extras = sorted(c for c in columns if c.startswith(EXTRA_PREFIX))
     if extras:
         report.notes.append(f"extra column(s) {extras} ignored (not part of the utterance table)")
-    fallback_name = folder.name or "manifest"
+    fallback_name = (path.stem if not path.stem.startswith("manifest") else folder.name) or "manifest"
     records: list[Utterance] = []
     seen: dict[str, str] = {}
     for where, row in rows:
@@ -81,8 +84,25 @@ def read(root: Path, check_audio: bool = True) -> Corpus:
     names = sorted({r.corpus for r in records})
     name = names[0] if len(names) == 1 else fallback_name
     scheme = folder / SCHEME_FILE
-    corpus = build_corpus(name, records, report, path, default_scheme=str(scheme.resolve()) if scheme.is_file() else None)
-    return corpus
+    default = _named_scheme(scheme, name) if scheme.is_file() else None
+    return build_corpus(name, records, report, path, default_scheme=default)
+
+
+def _named_scheme(path: Path, corpus: str) -> dict[str, Any]:
+    """The ``scheme.yaml`` beside a manifest as a scheme spec with a name (its own, else
+    ``<corpus>-<classes>``), so reports do not call it "scheme" after the file."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(read_text(path))
+    except yaml.YAMLError as exc:
+        raise CorpusFormatError(path, f"not valid YAML ({exc})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("classes"), list):
+        raise CorpusFormatError(path, "a label scheme must hold a mapping with 'classes' (a list) and 'map'")
+    spec = dict(spec)
+    spec.setdefault("name", f"{corpus}-{len(spec['classes'])}")
+    spec.setdefault("corpus", corpus)
+    return spec
 
 
 class _Where:
