@@ -593,3 +593,15 @@ def test_model_card_markdown_warns_about_synthetic_training_and_says_not_exporte
     assert "not exported (not requested" not in markdown and "((" not in markdown and "))" not in markdown
     assert "`opensmile`: not exported (export it with --encoders)" in markdown
     assert "`minilm`: not exported: openSMILE is a C++ library" in markdown
+
+
+def test_loading_the_text_encoder_draws_no_progress_bar(capfd):
+    """transformers' "Loading weights" bar would show on every `emomix predict` and `emomix serve`."""
+    import transformers.utils.logging as transformers_logging
+
+    from emomix.encoders.text import TextEncoder
+
+    transformers_logging.enable_progress_bar()
+    TextEncoder()
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err + captured.out
