@@ -13,6 +13,8 @@ import pytest
 import soundfile
 
 from emomix.data import synthetic
+from emomix.data.synthetic import plan as synthetic_plan
+from emomix.data.synthetic import writer as synthetic_writer
 from emomix.data.readers import read_corpus
 from emomix.data.schema import COLUMNS
 from emomix.data.synthetic import (
@@ -161,7 +163,7 @@ def test_sessions_speakers_and_dialogues(big_plan):
 @pytest.mark.parametrize("quota, lo, hi", [(600, 6, 10), (11, 6, 10), (5, 6, 10), (13, 6, 6), (40, 2, 3), (7, 3, 4)])
 def test_dialogue_lengths_add_up_to_the_quota(quota, lo, hi):
     config = SyntheticConfig(size=max(quota, 2), sessions=1, turns_min=lo, turns_max=hi)
-    lengths = synthetic._dialogue_lengths(quota, config, np.random.default_rng(0))
+    lengths = synthetic_plan._dialogue_lengths(quota, config, np.random.default_rng(0))
     assert sum(lengths) == quota
     if any(n * lo <= quota <= n * hi for n in range(1, quota + 1)):
         assert all(lo <= n <= hi for n in lengths)
@@ -337,7 +339,7 @@ def test_rerun_is_a_no_op_and_a_new_config_replaces_the_old_corpus(tmp_path, mon
     write_synthetic_corpus(out, SyntheticConfig(seed=1, **SMALL))
     before = digest(out)
     calls = []
-    monkeypatch.setattr(synthetic, "render_audio", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(synthetic_writer, "render_audio", lambda *a, **k: calls.append(1))
     write_synthetic_corpus(out, SyntheticConfig(seed=1, **SMALL))
     assert calls == [] and digest(out) == before
     monkeypatch.undo()
@@ -358,7 +360,7 @@ def test_an_interrupted_run_leaves_no_manifest_and_can_be_resumed(tmp_path, monk
             raise KeyboardInterrupt
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "render_audio", failing)
+    monkeypatch.setattr(synthetic_writer, "render_audio", failing)
     with pytest.raises(KeyboardInterrupt):
         write_synthetic_corpus(out, SyntheticConfig(seed=2, **SMALL))
     assert not (out / "manifest.csv").exists() and (out / "generation.json").exists()
