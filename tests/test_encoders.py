@@ -556,3 +556,14 @@ def test_encoder_output_unpad_matches_mask(wavlm):
     stored = out.unpad(1, layers=[0])
     assert stored["states"].shape == (int(out.lengths()[1]), 32)
     assert stored["layer_0"].shape == stored["states"].shape
+
+
+@pytest.mark.parametrize("suffix", [".json", ".safetensors"])
+def test_speaker_normaliser_round_trips_through_an_atomic_save(tmp_path, suffix):
+    features, table = _speaker_data()
+    normaliser = SpeakerNormaliser().fit(features, table)
+    path = normaliser.save(tmp_path / f"normaliser{suffix}")
+    loaded = SpeakerNormaliser.load(path)
+    utt = table["utt_id"].iloc[0]
+    np.testing.assert_allclose(loaded.transform(features[utt], "s1"), normaliser.transform(features[utt], "s1"))
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left beside it

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from emomix.atomic import atomic_path, write_text_atomic
 from emomix.errors import ConfigError, MissingDataError
 
 UNSEEN_POLICIES = ("global", "error")
@@ -168,7 +169,7 @@ class SpeakerNormaliser:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".json":
-            path.write_text(json.dumps(self.state_dict()), encoding="utf-8")
+            write_text_atomic(path, json.dumps(self.state_dict()))
         elif path.suffix == ".safetensors":
             from safetensors.numpy import save_file
 
@@ -186,7 +187,8 @@ class SpeakerNormaliser:
                 "counts": json.dumps([self.count[s] for s in order]),
                 "global_count": str(self.global_count),
             }
-            save_file(tensors, str(path), metadata=metadata)
+            with atomic_path(path) as temporary:
+                save_file(tensors, str(temporary), metadata=metadata)
         else:
             raise ConfigError(f"save the speaker normaliser as .json or .safetensors, not '{path.suffix}'")
         return path
