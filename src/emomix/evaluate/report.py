@@ -21,8 +21,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from emomix.atomic import write_text_atomic
+from emomix.atomic import write_json_atomic, write_text_atomic
 from emomix.errors import ConfigError, EmomixError, MissingDataError
+from emomix.jsonutil import to_jsonable
 
 PREDICTIONS = "predictions.parquet"
 REPORT_DIR = "report"
@@ -317,34 +318,6 @@ def build_results(data: RunData) -> dict[str, Any]:
     }
 
 
-def to_jsonable(value: Any) -> Any:
-    """``value`` with DataFrames as lists of records, arrays as lists, numpy scalars as Python
-    numbers and NaN/inf as None, so :func:`json.dumps` accepts it (and stays strict JSON)."""
-    if isinstance(value, pd.DataFrame):
-        return [to_jsonable(r) for r in value.to_dict(orient="records")]
-    if isinstance(value, pd.Series):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(float(value)) else None
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (str, int)):
-        return value
-    if value is pd.NA or value is pd.NaT:
-        return None
-    return str(value)
-
-
 # --------------------------------------------------------------------------------------------
 # Markdown (pure)
 
@@ -583,13 +556,6 @@ def write_report(run_dir: str | Path) -> Path:
     payload = {"format": METRICS_FORMAT, "version": METRICS_VERSION, **results, "figures": relative}
     write_json_atomic(report_dir / "metrics.json", to_jsonable(payload))
     return write_text_atomic(report_dir / "report.md", render_markdown(results, relative))
-
-
-def write_json_atomic(path: Path, value: Any) -> Path:
-    """Write strict JSON (no NaN) through a temporary file renamed into place."""
-    return write_text_atomic(path, json.dumps(value, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
-
-
 
 
 # --------------------------------------------------------------------------------------------
