@@ -11,17 +11,17 @@ from torch import nn
 from emomix.errors import ConfigError, LabelError, MissingDataError
 from emomix.models import create_model
 from emomix.models.base import EmotionModel, ModelConfig
+from emomix.models.collate import utterance_vector
 from emomix.models.inputs import DialogueBatch, ModelOutput
+from emomix.models.losses import inverse_frequency_alpha
 from emomix.train.fit import (
     fit,
     make_batches,
     make_dialogue_batches,
     predict,
     unweighted_accuracy,
-    utterance_vector,
     weighted_accuracy,
 )
-from emomix.train.losses import inverse_frequency_alpha
 
 CLASSES = ("neg", "neu", "pos")
 

@@ -140,7 +140,8 @@ class Zoo:
 def _train_complementary(zoo: Zoo) -> tuple[torch.nn.Module, int]:
     """As the paper prescribes: the two MoE models trained separately, their per-class fusion
     weights fitted on the validation part."""
-    from emomix.models.complementary import ComplementaryFusion, fit_fusion_weights
+    from emomix.models.complementary import ComplementaryFusion
+    from emomix.train.late_fusion import fit_fusion_weights
 
     ca, spl = zoo.get("complementary_ca").model, zoo.get("complementary_spl").model
     validation = zoo.batches("utterance", "validation")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from emomix.errors import ConfigError, LabelError
 from emomix.models import blocks
-from emomix.train.losses import (
+from emomix.models.losses import (
     branch_losses,
     focal_loss,
     inverse_frequency_alpha,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from emomix.errors import ConfigError, MissingDataError
 from emomix.models import create_model
 from emomix.models.inputs import Batch, DialogueBatch, ModalityInput
-from emomix.train.losses import kl_to_gate, supervised_contrastive_loss
+from emomix.models.losses import kl_to_gate, supervised_contrastive_loss
 
 
 @pytest.fixture(autouse=True, scope="module")

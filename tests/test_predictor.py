@@ -17,13 +17,8 @@ from typer.testing import CliRunner
 
 from emomix.errors import AudioError, ConfigError, EmomixError, MissingDataError
 from emomix.infer.asr import StaticTranscriber
-from emomix.infer.predictor import (
-    AUDIO_ONLY_NOTE,
-    Predictor,
-    audio_only_prediction,
-    checkpoint_score,
-    choose_checkpoint,
-)
+from emomix.infer.checkpoint import checkpoint_score, choose_checkpoint
+from emomix.infer.predictor import AUDIO_ONLY_NOTE, Predictor, audio_only_prediction
 
 from synthetic_features import fold_test_items  # noqa: E402
 
@@ -212,8 +207,7 @@ def test_the_best_validation_score_chooses_the_checkpoint(tmp_path):
 def mister_e_checkpoint(trained_synthetic_run, tmp_path_factory):
     """An untrained MiSTER-E checkpoint on the run's features (dialogue batches)."""
     from emomix.models import create_model
-    from emomix.train.recipe import OptimiserConfig
-    from emomix.train.task import EmotionTask, save_weights
+    from emomix.models.saved import TrainedModel, save_weights
 
     card = json.loads((trained_synthetic_run / "folds" / FOLD / "seed-0" / "model.json").read_text())
     torch.manual_seed(0)
@@ -222,7 +216,7 @@ def mister_e_checkpoint(trained_synthetic_run, tmp_path_factory):
     folder = run / "folds" / FOLD / "seed-0"
     folder.mkdir(parents=True)
     shutil.copy(trained_synthetic_run / "normaliser-audio.json", run / "normaliser-audio.json")
-    save_weights(EmotionTask(model, OptimiserConfig()).trainable_state(), folder / "model.safetensors")
+    save_weights(TrainedModel(model).trainable_state(), folder / "model.safetensors")
     card.update(model="mister_e", config=model.config.to_dict(), batch_kind="dialogue")
     (folder / "model.json").write_text(json.dumps(card))
     return run

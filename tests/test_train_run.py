@@ -67,22 +67,19 @@ def test_cross_validation_writes_predictions_checkpoints_and_report(finished_run
 
 def test_saved_weights_reproduce_the_saved_predictions(finished_run, synthetic_features):
     """The checkpoint (safetensors + JSON) alone rebuilds the model that made the predictions."""
-    from emomix.models import create_model
+    from emomix.models.saved import TrainedModel, predict_rows
     from emomix.train.data import EmotionDataModule
     from emomix.train.run import prepare_run
-    from emomix.train.task import EmotionTask, load_weights, predict_rows
 
     out, _ = finished_run
     folder = out / "folds" / "ses01" / "seed-0"
     card = json.loads((folder / "model.json").read_text())
-    model = create_model(card["model"], card["config"], card["input_dims"], len(card["classes"]))
-    task = EmotionTask(model, Recipe.from_dict(recipe_dict(synthetic_features)).optimiser)
-    task.load_trainable_state(load_weights(folder / "model.safetensors"))
+    model = TrainedModel.from_pretrained(folder)  # no trainer, no optimiser config
     context = prepare_run(Recipe.from_dict(recipe_dict(synthetic_features)), out, progress=False, log=lambda m: None)
     fold = context.plan.folds[0]
     module = EmotionDataModule(context.feature_set, context.table, context.classes,
                                {"train": fold.train, "validation": fold.validation, "test": fold.test})
-    ids, probs, _, _ = predict_rows(task, module.test_dataloader())
+    ids, probs, _, _ = predict_rows(model, module.test_dataloader())
     saved = pd.read_parquet(folder / "predictions.parquet").set_index("utt_id").loc[ids]
     expected = saved[[f"prob_{c}" for c in card["classes"]]].to_numpy()
     assert abs(probs - expected).max() < 1e-5

@@ -110,3 +110,28 @@ def test_standardisation_travels_with_the_weights():
     fresh.load_trainable_state(task.trainable_state())
     fresh.eval()
     torch.testing.assert_close(fresh(batch).logits, task(batch).logits)
+
+
+def test_the_task_wraps_the_plain_saved_model_and_resumes_old_checkpoints():
+    """The task trains a TrainedModel (what inference loads); a resume checkpoint written when the
+    task held the model directly (keys ``model.*``) still loads."""
+    from emomix.models import create_model
+    from emomix.models.inputs import Batch, ModalityInput
+    from emomix.models.saved import TrainedModel
+
+    torch.manual_seed(0)
+    task = EmotionTask(create_model("early_fusion_audio", {"hidden_dim": 8}, {"audio": 5}, 3), OptimiserConfig())
+    assert isinstance(task.net, TrainedModel) and task.model is task.net.model
+    assert set(task.trainable_state()) == {f"model.{k}" for k in task.model.state_dict()}
+    old_keys = {key[len("net."):]: value.clone() for key, value in task.state_dict().items()}
+    assert all(key.startswith("model.") for key in old_keys)
+    resumed = EmotionTask(create_model("early_fusion_audio", {"hidden_dim": 8}, {"audio": 5}, 3), OptimiserConfig())
+    checkpoint = {"state_dict": old_keys}
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.load_state_dict(checkpoint["state_dict"])
+    batch = Batch(inputs={"audio": ModalityInput(states=torch.randn(2, 4, 5), mask=torch.ones(2, 4, dtype=torch.bool))})
+    task.eval(), resumed.eval()
+    torch.testing.assert_close(resumed(batch).logits, task(batch).logits)
+    current = {"state_dict": dict(task.state_dict())}
+    resumed.on_load_checkpoint(current)  # a checkpoint of this version is left as it is
+    assert set(current["state_dict"]) == set(task.state_dict())

@@ -32,11 +32,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from emomix.audio.alignment import as_word, words_to_frame_edges
+from emomix.cache.extract import PreprocessConfig, extract_features
+from emomix.constants import EDGES_KEY, MODALITIES
+from emomix.encoders.normalisation import SpeakerNormaliser
+from emomix.encoders.registry import create_encoder
 from emomix.errors import ConfigError, MissingDataError
+from emomix.models.collate import EDGE_FIELD
 
-MODALITY_NAMES = ("audio", "text", "video")
-EDGES_KEY = "edges"
-EDGE_FIELD = "token_frame"
+MODALITY_NAMES = MODALITIES
 
 
 @dataclass
@@ -100,8 +104,6 @@ class FeatureSpec:
         if self.trainable_top_layers and self.speaker_normalisation:
             raise ConfigError(f"features.{self.modality}: speaker_normalisation cannot be combined with "
                               "trainable_top_layers (it would change the encoder's internal states)")
-        from emomix.cache.extract import PreprocessConfig
-
         PreprocessConfig.from_dict(self.preprocess)  # names a bad preprocess key now, not hours later
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,7 +118,7 @@ class FeatureSet:
     """Model inputs for a table's utterances.
 
     ``features``: ``{utt_id: {modality: {field: array}, "edges": {"token_frame": 2 × E}}}`` in the
-    layout :func:`emomix.train.data.build_batch` takes; ``frame_rates`` per modality (after
+    layout the collators of :mod:`emomix.models.collate` take; ``frame_rates`` per modality (after
     striding; None for tokens); ``layers``: per modality, the stored layers stacked into
     ``layer_states``; ``input_dims``: per modality its width (and ``<modality>_pooled`` when an
     utterance-level vector is stored); ``normalisers``: the fitted speaker normalisers;
@@ -159,9 +161,6 @@ def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store:
     ``fit_ids``: the utterances speaker statistics are fitted on (default: all; augmented copies
     are left out by the trainer).
     """
-    from emomix.cache.extract import PreprocessConfig, extract_features
-    from emomix.encoders.registry import create_encoder
-
     if table.empty:
         raise ConfigError("the table has no utterances to extract features for")
     features: dict[str, dict[str, dict[str, np.ndarray]]] = {u: {} for u in table["utt_id"]}
@@ -266,8 +265,6 @@ def downsample_frames(fields: Mapping[str, np.ndarray], stride: int) -> dict[str
 def fit_speaker_normaliser(features: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]], table: pd.DataFrame,
                            modality: str) -> Any:
     """A :class:`SpeakerNormaliser` fitted on the ``states`` of the table's utterances (labels unused)."""
-    from emomix.encoders.normalisation import SpeakerNormaliser
-
     if "speaker" not in table.columns or table["speaker"].isna().any():
         raise ConfigError(f"features.{modality}.speaker_normalisation needs a speaker for every utterance")
     ids = [u for u in table["utt_id"] if u in features]
@@ -316,8 +313,6 @@ def token_frame_edges(text: str, words: Any, tokenizer: Any, frame_rate: float, 
     Every sub-word token of a word gets that word's frames; special tokens get none. An utterance
     without word timings gets no edges (the graph models then fall back as documented).
     """
-    from emomix.audio.alignment import as_word, words_to_frame_edges
-
     words = [as_word(w) for w in (list(words) if words is not None else [])]
     if not words:
         return np.zeros((2, 0), dtype=np.int64)

@@ -34,8 +34,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+import emomix
+from emomix.data.protocols import FoldPlan
 from emomix.errors import ConfigError
+from emomix.features import FeatureSpec
+from emomix.infer.checkpoint import read_metrics, resolve_checkpoint
 from emomix.infer.describe import training_data_notes
+from emomix.models.base import model_info
 
 CARD_FORMAT = "emomix-model-card/1"
 CARD_JSON = "model_card.json"
@@ -51,8 +56,6 @@ def model_card(run_or_checkpoint: str | Path, fold: str | None = None, seed: int
     Reads only JSON files; raises :class:`~emomix.errors.MissingDataError` or
     :class:`~emomix.errors.ConfigError` for a folder that is not a trained run or checkpoint.
     """
-    from emomix.infer.predictor import read_metrics, resolve_checkpoint
-
     checkpoint, run_dir, model_json = resolve_checkpoint(run_or_checkpoint, fold, seed)
     metrics = read_metrics(run_dir, model_json) if run_dir is not None else None
     return build_card(model_json, checkpoint, run_dir, metrics)
@@ -68,10 +71,6 @@ def build_card(model_json: Mapping[str, Any], checkpoint: str | Path, run_dir: s
                metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     """The card from a checkpoint's ``model.json``, its folder, its run folder (None for a
     checkpoint copied out of its run) and the run's metrics (``read_metrics``; None: not evaluated)."""
-    import emomix
-    from emomix.features import FeatureSpec
-    from emomix.models import model_info
-
     name = str(model_json["model"])
     try:
         info = model_info(name)
@@ -129,8 +128,6 @@ def fold_plan_fingerprint(run_dir: str | Path | None) -> str | None:
     plan = Path(run_dir) / "folds.json"
     if not plan.is_file():
         return None
-    from emomix.data.protocols import FoldPlan
-
     try:
         return FoldPlan.load(plan).fingerprint()
     except Exception:  # a damaged plan file: the card says "unknown" rather than failing

@@ -1,21 +1,20 @@
 """Predictions from a trained run: raw audio (+ transcript) → emotion, through the training path.
 
-:class:`Predictor` loads one trained fold/seed of a run (``emomix train``'s run folder, see
+:class:`Predictor` loads one trained fold/seed of a run (the run folder training wrote, see
 docs/training.md) and predicts files, arrays or uploaded bytes. Nothing about features is
 re-implemented here: every input becomes a row of an utterance table
 (:func:`emomix.data.schema.make_table`) and goes through :func:`emomix.features.build_features`
 — the function training used — with an in-memory store (:class:`~emomix.cache.memory.MemoryStore`,
 float16 like the run's disk store), the run's fitted speaker normalisers and encoders built once.
-The model sees batches from the training collators and its outputs are read as evaluation reads
-them (:func:`emomix.train.task.predict_rows`), so a prediction on a corpus file equals the
+The model (:class:`~emomix.models.saved.TrainedModel`, loaded without the trainer) sees batches
+from the collators training used (:mod:`emomix.models.collate`) and its outputs are read as
+evaluation reads them (:func:`emomix.models.saved.predict_rows`), so a prediction on a corpus file equals the
 prediction the run wrote for that utterance in ``predictions.parquet``.
 
 Choices, each documented in docs/inference.md:
 
 * **Which checkpoint.** A run folder holds one model per fold and seed. Without ``fold``/``seed``
-  the one with the best validation score (``model.json`` → ``training.best_score``, lower is
-  better when the monitor is ``val_loss``; a composite model's parts are averaged) is used; ties
-  and runs without validation take the first fold in name order and the lowest seed.
+  the one with the best validation score is used (:mod:`emomix.infer.checkpoint` gives the rule).
 * **Arrays and bytes** are written to a temporary WAV file in 32-bit float (no requantisation):
   bytes are first decoded by :func:`emomix.audio.io.decode_audio_bytes` to the encoder's rate,
   arrays are written at their own ``sample_rate`` and resampled by the loader like any file.
@@ -32,7 +31,6 @@ Choices, each documented in docs/inference.md:
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from contextlib import contextmanager
@@ -41,11 +39,28 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+import soundfile as sf
+import torch
 
+from emomix.audio.io import audio_duration, decode_audio_bytes, load_audio, to_mono
+from emomix.cache.extract import PreprocessConfig, extract_features
+from emomix.cache.memory import MemoryStore
+from emomix.constants import IGNORE_INDEX
+from emomix.data.schema import make_table
+from emomix.encoders.normalisation import SpeakerNormaliser
+from emomix.encoders.registry import create_encoder
 from emomix.errors import AudioError, ConfigError, EmomixError, MissingDataError
+from emomix.features import FeatureSpec, build_features
+from emomix.infer.asr import find_transcriber
+from emomix.infer.card import predictor_card
+from emomix.infer.checkpoint import read_metrics, resolve_checkpoint
 from emomix.infer.describe import training_data_notes
+from emomix.models.base import model_info
+from emomix.models.collate import DialogueCollator, UtteranceCollator, utterance_vector
+from emomix.models.dual_routing import DualRoutingModel
+from emomix.models.mister_e import MisterE
+from emomix.models.saved import WEIGHTS_FILE, TrainedModel, predict_rows
 
-MODEL_FORMAT = "emomix.model/1"
 UNKNOWN_SPEAKER = "<unknown speaker>"
 ITEM_KEYS = ("audio", "text", "sample_rate", "speaker")
 AUDIO_ONLY_NOTE = "no transcript: audio-only"
@@ -86,12 +101,12 @@ class Predictor:
     turns of one conversation. Results are plain JSON-serialisable dicts (see :meth:`predict`).
     """
 
-    def __init__(self, card: Mapping[str, Any], task: Any, specs: Mapping[str, Any], encoders: Mapping[str, Any],
+    def __init__(self, card: Mapping[str, Any], network: TrainedModel, specs: Mapping[str, Any], encoders: Mapping[str, Any],
                  normalisers: Mapping[str, Any], checkpoint: Path, run_dir: Path | None = None,
                  metrics: Mapping[str, Any] | None = None, device: str = "cpu", asr: Any = None):
         self.card = dict(card)
-        self.task = task
-        self.model = task.model
+        self.network = network
+        self.model = network.model
         self.classes: list[str] = [str(c) for c in card["classes"]]
         self.modalities: tuple[str, ...] = tuple(m for m in ("audio", "text", "video") if m in self.model.config.modalities)
         self.specs = dict(specs)
@@ -123,57 +138,34 @@ class Predictor:
 
     @classmethod
     def _load(cls, card: Mapping[str, Any], checkpoint: Path, run_dir: Path | None, device: str, asr: Any) -> "Predictor":
-        import torch
-
-        from emomix.encoders.registry import create_encoder
-        from emomix.features import FeatureSpec
-        from emomix.models import create_model, model_info
-        from emomix.train.recipe import OptimiserConfig
-        from emomix.train.task import EmotionTask, load_weights
-
-        weights = checkpoint / "model.safetensors"
-        if not weights.is_file():
-            raise MissingDataError(f"{checkpoint} has no model.safetensors; the fold did not finish training")
-        classes = list(card["classes"])
+        if not (checkpoint / WEIGHTS_FILE).is_file():
+            raise MissingDataError(f"{checkpoint} has no {WEIGHTS_FILE}; the fold did not finish training")
         info = model_info(str(card["model"]))
         modalities = tuple(card.get("config", {}).get("modalities") or info.modalities)
         if "video" in modalities:
             raise ConfigError(f"{card['model']} reads video; the predictor handles audio and text models only "
                               "(train a variant with modalities: [audio, text])")
-        dims = {k: int(v) for k, v in dict(card["input_dims"]).items() if k.split("_")[0] in modalities}
-        model = create_model(str(card["model"]), dict(card.get("config") or {}), dims, len(classes))
         specs = {m: FeatureSpec.from_dict(m, values) for m, values in dict(card["features"]).items() if m in modalities}
         missing = [m for m in modalities if m not in specs]
         if missing:
             raise ConfigError(f"{checkpoint / 'model.json'}: the model reads {', '.join(missing)} but the card names no "
                               "feature spec for it")
-        encoders, fine_tune = {}, {}
-        for modality, spec in specs.items():
-            encoder = create_encoder(spec.encoder)
-            if spec.trainable_top_layers:
-                count = int(getattr(encoder, "num_layers", 0) or 0)
-                encoder.freeze(spec.trainable_top_layers)
-                fine_tune[modality] = (encoder, count - spec.trainable_top_layers, list(spec.layers))
-            encoders[modality] = encoder
-        task = EmotionTask(model, OptimiserConfig(), fine_tune=fine_tune)
-        task.load_trainable_state(load_weights(weights))
-        task.eval()
-        task.to(device)
+        encoders = {modality: create_encoder(spec.encoder) for modality, spec in specs.items()}
+        # the fine-tuned top layers load into these very encoders, which also extract the features
+        network = TrainedModel.from_pretrained(checkpoint, encoders=encoders, device=device)
         for encoder in encoders.values():
             if isinstance(encoder, torch.nn.Module):
                 encoder.to(device)
                 encoder.eval()  # once here: Encoder.encode then skips its per-call mode switches
         normalisers = load_normalisers(card, checkpoint, run_dir, specs)
         metrics = read_metrics(run_dir, card) if run_dir is not None else None
-        return cls(card, task, specs, encoders, normalisers, checkpoint, run_dir, metrics, device, asr)
+        return cls(card, network, specs, encoders, normalisers, checkpoint, run_dir, metrics, device, asr)
 
     # -- what the model is ----------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
         """The model card: name, classes, inputs, features, training summary, corpus, protocol,
         the run's headline metrics, and how missing transcripts are handled."""
-        from emomix.infer.card import predictor_card
-
         card = self.card
         info = {
             "name": card["model"],
@@ -223,12 +215,10 @@ class Predictor:
     def model_input(self, batch: Any) -> Any:
         """``batch`` as the model's ``forward`` receives it: with fine-tuned encoder layers
         (``trainable_top_layers``) applied to the stored boundary states; otherwise unchanged."""
-        import torch
-
-        if not getattr(self.task, "boundaries", None) or self.batch_kind == "dialogue":
+        if not self.network.boundaries or self.batch_kind == "dialogue":
             return batch
         with torch.no_grad():
-            return self.task._run_top_layers(batch.to(self.device))
+            return self.network.run_top_layers(batch.to(self.device))
 
     # -- predicting ----------------------------------------------------------------------------
 
@@ -360,10 +350,6 @@ class Predictor:
         return item
 
     def _audio_file(self, audio: Any, rate: Any, scratch: "_Scratch", item: _Item) -> tuple[str, float]:
-        import soundfile as sf
-
-        from emomix.audio.io import audio_duration, decode_audio_bytes
-
         if isinstance(audio, (str, Path)):
             path = Path(audio).expanduser()
             if not path.exists():
@@ -402,8 +388,6 @@ class Predictor:
             try:
                 wave = item.wave
                 if wave is None:
-                    from emomix.audio.io import load_audio
-
                     wave = load_audio(item.audio_path, target_rate=16000)
                 words = str(transcriber.transcribe(wave)).strip()
                 reason = f"speech recognition ({transcriber.backend}) found no words"
@@ -428,18 +412,12 @@ class Predictor:
 
     def _transcriber(self) -> Any:
         if not self._asr_searched:
-            from emomix.infer.asr import find_transcriber
-
             self._asr = find_transcriber()
             self._asr_searched = True
         return self._asr or None
 
     def _features(self, items: Sequence[_Item]) -> "_Features":
         """One :func:`build_features` call for the items (one table row each)."""
-        from emomix.cache.extract import PreprocessConfig, extract_features
-        from emomix.cache.memory import MemoryStore
-        from emomix.features import build_features
-
         table = self._table(items)
         try:
             feature_set = build_features(table, self.specs, MemoryStore(), normalisers=self.normalisers,
@@ -459,8 +437,6 @@ class Predictor:
         return _Features(feature_set, {f["utt_id"]: _failure_error(f, items) for f in feature_set.failures})
 
     def _table(self, items: Sequence[_Item]) -> Any:
-        from emomix.data.schema import make_table
-
         rows = []
         for item in items:
             rows.append({"utt_id": item.utt_id, "corpus": "inference", "audio_path": item.audio_path, "text": item.text,
@@ -476,10 +452,6 @@ class Predictor:
     def _forward(self, items: Sequence[_Item], feature_set: Any, as_dialogue: bool,
                  batches: list[Any] | None = None) -> list[dict[str, Any]]:
         """The model on the items' features, as evaluation runs it (the batch is appended to ``batches``)."""
-        from emomix.train.data import DialogueCollator, UtteranceCollator
-        from emomix.train.fit import IGNORE_INDEX, utterance_vector
-        from emomix.train.task import predict_rows
-
         ids = [item.utt_id for item in items]
         if self.batch_kind == "dialogue":
             vectors = {u: {m: utterance_vector(feature_set.features[u][m], "mean", f"{u}/{m}") for m in self.modalities}
@@ -493,7 +465,7 @@ class Predictor:
             batch = collate(range(len(ids)))
         if batches is not None:
             batches.append(batch)
-        order, probs, _, aux = predict_rows(self.task, [batch])
+        order, probs, _, aux = predict_rows(self.network, [batch])
         row_of = {u: r for r, u in enumerate(order)}
         results = []
         for item in items:
@@ -543,100 +515,10 @@ class _Features:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_model_card(checkpoint: Path) -> dict[str, Any]:
-    """``model.json`` of a checkpoint folder, checked for the fields inference needs."""
-    path = Path(checkpoint) / "model.json"
-    try:
-        card = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MissingDataError(f"{path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
-    if card.get("format") != MODEL_FORMAT:
-        raise ConfigError(f"{path}: not an emomix model card (format {card.get('format')!r}, expected {MODEL_FORMAT!r})")
-    absent = [k for k in ("model", "classes", "input_dims", "features") if k not in card]
-    if absent:
-        raise ConfigError(f"{path}: the model card lacks {', '.join(absent)}")
-    return card
-
-
-def resolve_checkpoint(path: str | Path, fold: str | None = None,
-                       seed: int | None = None) -> tuple[Path, Path | None, dict[str, Any]]:
-    """(checkpoint folder, run folder or None, its ``model.json``) for a run folder (choosing a
-    fold/seed, see the module doc) or a checkpoint folder, as :meth:`Predictor.from_run` loads them."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingDataError(f"{path} does not exist; give a run folder (emomix train's --out) or a "
-                               "checkpoint folder folds/<fold>/seed-<k>")
-    if (path / "model.json").is_file():
-        checkpoint, run_dir = path, find_run_root(path)
-        card = read_model_card(checkpoint)
-        if fold is not None and str(card.get("fold")) != str(fold) or seed is not None and int(card.get("seed", -1)) != int(seed):
-            raise ConfigError(f"{path} holds fold {card.get('fold')} seed {card.get('seed')}, not fold {fold} seed {seed}; "
-                              "give the run folder to choose another")
-    elif (path / "folds").is_dir():
-        checkpoint, run_dir = choose_checkpoint(path, fold, seed), path
-        card = read_model_card(checkpoint)
-    else:
-        raise MissingDataError(f"{path} is neither a run folder (no folds/) nor a checkpoint folder (no model.json)")
-    return checkpoint, run_dir, card
-
-
-def find_run_root(checkpoint: Path) -> Path | None:
-    """The run folder above ``folds/<fold>/seed-<k>`` (None for a checkpoint copied elsewhere)."""
-    for candidate in list(Path(checkpoint).resolve().parents)[:3]:
-        if (candidate / "run.json").is_file() or any(candidate.glob("normaliser-*.json")):
-            return candidate
-    return None
-
-
-def checkpoint_score(card: Mapping[str, Any]) -> tuple[float | None, str | None]:
-    """(validation score, monitor) of a model card; a composite's parts are averaged."""
-    training = dict(card.get("training") or {})
-    if "best_score" in training:
-        return _number(training.get("best_score")), training.get("monitor")
-    parts = [v for v in training.values() if isinstance(v, Mapping) and "best_score" in v]
-    scores = [s for s in (_number(p.get("best_score")) for p in parts) if s is not None]
-    monitor = next((p.get("monitor") for p in parts if p.get("monitor")), None)
-    return (float(np.mean(scores)) if scores else None), monitor
-
-
-def choose_checkpoint(run_dir: Path, fold: str | None = None, seed: int | None = None) -> Path:
-    """The ``folds/<fold>/seed-<k>`` folder to load (see the module doc for the rule)."""
-    candidates = []
-    for card_path in sorted(Path(run_dir).glob("folds/*/seed-*/model.json")):
-        folder = card_path.parent
-        if not (folder / "model.safetensors").is_file():
-            continue
-        try:
-            folder_seed = int(folder.name.split("-", 1)[1])
-        except ValueError:
-            continue
-        candidates.append((folder.parent.name, folder_seed, folder))
-    if not candidates:
-        raise MissingDataError(f"{run_dir} has no trained fold (no folds/<fold>/seed-<k>/model.json with model.safetensors); "
-                               "train it with `emomix train`")
-    chosen = [c for c in candidates if (fold is None or c[0] == str(fold)) and (seed is None or c[1] == int(seed))]
-    if not chosen:
-        available = ", ".join(f"{f}/seed-{s}" for f, s, _ in candidates)
-        raise ConfigError(f"{run_dir} has no trained fold {fold if fold is not None else '*'} seed "
-                          f"{seed if seed is not None else '*'}; available: {available}")
-
-    def rank(candidate: tuple[str, int, Path]) -> tuple[int, float, str, int]:
-        score, monitor = checkpoint_score(read_model_card(candidate[2]))
-        if score is None:
-            return (1, 0.0, candidate[0], candidate[1])
-        return (0, score if monitor == "val_loss" else -score, candidate[0], candidate[1])
-
-    return min(chosen, key=rank)[2]
-
-
 def load_normalisers(card: Mapping[str, Any], checkpoint: Path, run_dir: Path | None,
                      specs: Mapping[str, Any]) -> dict[str, Any]:
     """The fitted speaker normalisers the model's features need (``normaliser-<modality>.json``
     at the run root, or next to the checkpoint)."""
-    from emomix.encoders.normalisation import SpeakerNormaliser
-
     normalisers = {}
     for modality, spec in specs.items():
         if not spec.speaker_normalisation:
@@ -654,32 +536,6 @@ def load_normalisers(card: Mapping[str, Any], checkpoint: Path, run_dir: Path | 
     return normalisers
 
 
-def read_metrics(run_dir: Path, card: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The run's headline metrics (report/metrics.json) and this fold/seed's own row, if present."""
-    path = Path(run_dir) / "report" / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        document = json.loads(path.read_text())
-        metrics = document.get("metrics") or {}
-    except (json.JSONDecodeError, AttributeError):
-        return None
-    own = next((row for row in metrics.get("per_fold") or []
-                if str(row.get("fold")) == str(card.get("fold")) and int(row.get("seed", -1)) == int(card.get("seed", -2))), None)
-    return {
-        "status": "evaluated",
-        "source": str(path),
-        "pooled": metrics.get("headline"),
-        "headline": metrics.get("headline"),
-        "across_folds": {k: {"mean": v.get("mean"), "sd": v.get("sd"), "n": v.get("n")}
-                         for k, v in (metrics.get("across_folds") or {}).items() if isinstance(v, Mapping)},
-        "folds": metrics.get("folds"),
-        "seeds": metrics.get("seeds"),
-        "this_checkpoint": None if own is None else {k: v for k, v in own.items() if k not in ("absent_classes",)},
-        "notes": [str(n) for n in [*(document.get("notes") or []), *(metrics.get("notes") or [])]],
-    }
-
-
 # ---------------------------------------------------------------------------------------------
 # Plain functions
 # ---------------------------------------------------------------------------------------------
@@ -688,8 +544,6 @@ def read_metrics(run_dir: Path, card: Mapping[str, Any]) -> dict[str, Any] | Non
 def as_mono_float(array: np.ndarray) -> np.ndarray:
     """A float32 mono waveform from a 1-D array or a 2-D one (samples × channels, or channels ×
     samples when the first axis is short); integer samples are scaled to [-1, 1)."""
-    from emomix.audio.io import to_mono
-
     if array.dtype.kind in "iu":
         info = np.iinfo(array.dtype)
         scale = float(-info.min) if info.min < 0 else float(info.max + 1) / 2.0
@@ -766,9 +620,6 @@ def error_result(error: BaseException, raw: Any) -> dict[str, Any]:
 
 def _audio_only_mode(model: Any) -> str | None:
     """Which audio-only reading the model's design offers (None: it has no audio-only experts)."""
-    from emomix.models.dual_routing import DualRoutingModel
-    from emomix.models.mister_e import MisterE
-
     modalities = set(model.config.modalities)
     if modalities != {"audio", "text"}:
         return None
@@ -799,14 +650,6 @@ def _failure_error(failure: Mapping[str, str], items: Sequence[_Item]) -> Emomix
 def _name(item: _Item) -> str:
     audio = item.described.get("audio")
     return str(audio) if audio is not None else f"input {item.index}"
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
 
 
 def _clean_float(value: float) -> float | None:  # type: ignore[return-value]

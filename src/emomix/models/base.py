@@ -144,7 +144,12 @@ class EmotionModel(nn.Module):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Registry entry: what ``emomix models`` prints."""
+    """Registry entry: what ``emomix models`` prints, and how the trainer builds the model.
+
+    ``late_fusion_of``: for a model that is the late fusion of separately trained registered
+    models (their names, in the order its ``from_submodels(*parts, weights)`` takes them); empty
+    for a model trained end to end. The trainer chooses its procedure from this, not the name.
+    """
 
     name: str
     cls: type[EmotionModel]
@@ -153,22 +158,29 @@ class ModelInfo:
     batch_kind: str
     description: str
     default_overrides: Mapping[str, Any]
+    late_fusion_of: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 M = TypeVar("M", bound=type[EmotionModel])
 
 
-def register_model(name: str, description: str = "", **default_overrides: Any) -> Callable[[M], M]:
+def register_model(name: str, description: str = "", *, late_fusion_of: tuple[str, ...] = (),
+                   **default_overrides: Any) -> Callable[[M], M]:
     """Register a model class under ``name``; ``default_overrides`` preset config fields, so one
-    class can serve as several named variants (e.g. ablations, single-modality versions)."""
+    class can serve as several named variants (e.g. ablations, single-modality versions).
+    ``late_fusion_of`` names the registered parts of a late-fusion model (see :class:`ModelInfo`);
+    its class then provides ``from_submodels(*parts, weights)``."""
 
     def decorator(cls: M) -> M:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
+        if late_fusion_of and not callable(getattr(cls, "from_submodels", None)):
+            raise ValueError(f"model {name!r} is declared a late fusion but {cls.__name__} has no from_submodels")
         modalities = tuple(default_overrides.get("modalities", cls.config_class().modalities))
         _REGISTRY[name] = ModelInfo(name, cls, cls.paper, modalities, cls.batch_kind,
-                                    description or (cls.__doc__ or "").strip().splitlines()[0], dict(default_overrides))
+                                    description or (cls.__doc__ or "").strip().splitlines()[0], dict(default_overrides),
+                                    tuple(late_fusion_of))
         return cls
 
     return decorator

@@ -65,7 +65,7 @@ from emomix.errors import ConfigError
 from emomix.models.base import EmotionModel, ModelConfig, register_model
 from emomix.models.blocks import MLP, masked_mean
 from emomix.models.inputs import Batch, ModalityInput, ModelOutput
-from emomix.train.losses import branch_losses, focal_loss
+from emomix.models.losses import branch_losses, focal_loss
 
 PAPERS = {
     "early_fusion": "early fusion baseline (concatenated pooled modalities → MLP), as compared in the Complementary Fusion paper",

@@ -35,8 +35,9 @@ The design, in our words:
    then their class probabilities are combined per class:
    ``p_c ∝ w_c·p^CA_c + (1−w_c)·p^SPL_c``, renormalised to sum to 1 (decision: the argmax is
    unchanged by the renormalisation; it keeps ``logits`` true log-probabilities). The weights
-   are fitted on validation data by :func:`fit_fusion_weights` (coordinate ascent over classes
-   maximising UA), or set by :func:`arousal_split_weights`, the paper's hand-assigned split.
+   are fitted on validation data by the trainer's late-fusion step (coordinate ascent over
+   classes maximising UA; the registry entry names the two parts), or set by
+   :func:`arousal_split_weights`, the paper's hand-assigned split.
 6. **Baseline** ``graph_mlp``: the graph embedding alone → MLP, part of the paper's comparison.
 
 Losses: cross-entropy (class-weighted when :meth:`set_class_weights` was called) plus
@@ -53,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emomix.constants import IGNORE_INDEX
 from emomix.errors import ConfigError, LabelError, MissingDataError
 from emomix.models.base import EmotionModel, ModelConfig, register_model
 from emomix.models.blocks import (BipartiteGAT, CrossAttentionLayer, Expert, MixtureOfExperts, MLP, TopKGate,
@@ -242,7 +244,7 @@ class _ComplementaryBase(EmotionModel):
     def loss(self, output: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Cross-entropy plus ``load_balance_weight`` × the gate's load-balancing loss."""
         weight = None if self.class_weights is None else self.class_weights.to(output.logits.device)
-        ce = F.cross_entropy(output.logits, labels, weight=weight, ignore_index=-100)
+        ce = F.cross_entropy(output.logits, labels, weight=weight, ignore_index=IGNORE_INDEX)
         total = ce
         parts = {"ce": float(ce.detach())}
         if "load_balance" in output.aux_losses:
@@ -382,7 +384,8 @@ class ComplementarySumProductMoE(_ComplementaryBase):
 # Complementary late fusion
 # ---------------------------------------------------------------------------------------------
 
-@register_model("complementary", "Complementary Fusion: per-class late fusion of the CA and SPL MoE models")
+@register_model("complementary", "Complementary Fusion: per-class late fusion of the CA and SPL MoE models",
+                late_fusion_of=("complementary_ca", "complementary_spl"))
 class ComplementaryFusion(_ComplementaryBase):
     """The complementary late fusion of :class:`ComplementaryCrossAttentionMoE` and
     :class:`ComplementarySumProductMoE`.
@@ -390,7 +393,7 @@ class ComplementaryFusion(_ComplementaryBase):
     ``logits`` are the log of ``p_c ∝ w_c·p^CA_c + (1−w_c)·p^SPL_c`` (renormalised); ``aux`` holds
     both sub-models' aux prefixed ``ca_``/``spl_`` and their logits as ``expert_logits_ca`` and
     ``expert_logits_spl``. The weights ``w`` are a buffer (saved with the weights), set from the
-    config, :meth:`set_fusion_weights`, or :func:`fit_fusion_weights`.
+    config or :meth:`set_fusion_weights` (the trainer fits them on validation data).
     """
 
     name: ClassVar[str] = "complementary"
@@ -461,7 +464,7 @@ class ComplementaryFusion(_ComplementaryBase):
             sub_total, sub_parts = model.loss(sub, labels)
             total = total + sub_total
             parts.update({f"{prefix}_{k}": v for k, v in sub_parts.items()})
-        parts["fused_nll"] = float(F.nll_loss(output.logits.detach(), labels, ignore_index=-100))
+        parts["fused_nll"] = float(F.nll_loss(output.logits.detach(), labels, ignore_index=IGNORE_INDEX))
         parts["total"] = float(total.detach())
         return total, parts
 
@@ -555,69 +558,6 @@ def fuse_probabilities(p_ca: torch.Tensor, p_spl: torch.Tensor, weights: torch.T
     weights = torch.as_tensor(weights, dtype=p_ca.dtype, device=p_ca.device)
     mixed = weights * p_ca + (1.0 - weights) * p_spl
     return mixed / mixed.sum(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def _unweighted_accuracy(predictions: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> float:
-    return float(np.mean([np.mean(predictions[labels == c] == c) for c in classes]))
-
-
-def fit_fusion_weights(p_ca: np.ndarray | torch.Tensor, p_spl: np.ndarray | torch.Tensor,
-                       labels: np.ndarray | torch.Tensor, step: float = 0.05, sweeps: int = 5) -> np.ndarray:
-    """Fit the per-class weights ``w_c`` of the complementary fusion on validation data.
-
-    ``p_ca``, ``p_spl``: ``N × C`` class probabilities of the two sub-models; ``labels``: ``N``
-    (entries -100 are ignored). Coordinate ascent over classes: for each class in turn, every
-    ``w_c`` on the grid ``{0, step, …, 1}`` is tried with the other weights fixed and the one
-    maximising UA (mean per-class recall over the classes present) is kept; ties go to the lower
-    negative log-likelihood of the fused probabilities, then to the value nearest the current one.
-    Sweeps repeat until no weight changes (at most ``sweeps``). Starts from 0.5 everywhere.
-    Returns ``C`` float weights (the cross-attention model's share).
-    """
-    p_ca = np.asarray(p_ca.detach().cpu() if isinstance(p_ca, torch.Tensor) else p_ca, dtype=np.float64)
-    p_spl = np.asarray(p_spl.detach().cpu() if isinstance(p_spl, torch.Tensor) else p_spl, dtype=np.float64)
-    labels = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
-    if p_ca.shape != p_spl.shape or p_ca.ndim != 2 or p_ca.shape[0] != labels.shape[0]:
-        raise ConfigError(f"fit_fusion_weights needs two N × C probability arrays and N labels; got "
-                          f"{p_ca.shape}, {p_spl.shape} and {labels.shape}")
-    if not 0 < step <= 1:
-        raise ConfigError(f"step must be in (0, 1]; got {step}")
-    keep = labels != -100
-    p_ca, p_spl, labels = p_ca[keep], p_spl[keep], labels[keep]
-    num_classes = p_ca.shape[1]
-    if labels.size == 0:
-        raise ConfigError("fit_fusion_weights got no labelled rows")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise LabelError(f"labels must lie in 0..{num_classes - 1}; got {labels.min()}..{labels.max()}")
-    present = np.unique(labels)
-    grid = np.round(np.arange(0.0, 1.0 + 1e-9, step), 6)
-    if grid[-1] < 1.0:
-        grid = np.append(grid, 1.0)
-    weights = np.full(num_classes, 0.5)
-
-    def score(w: np.ndarray) -> tuple[float, float]:
-        mixed = w * p_ca + (1 - w) * p_spl
-        mixed = mixed / np.clip(mixed.sum(axis=1, keepdims=True), 1e-12, None)
-        ua = _unweighted_accuracy(mixed.argmax(axis=1), labels, present)
-        nll = float(-np.mean(np.log(np.clip(mixed[np.arange(labels.size), labels], 1e-12, None))))
-        return ua, nll
-
-    for _ in range(sweeps):
-        changed = False
-        for c in range(num_classes):
-            best = None
-            for value in grid:
-                trial = weights.copy()
-                trial[c] = value
-                ua, nll = score(trial)
-                key = (ua, -round(nll, 9), -abs(value - weights[c]))
-                if best is None or key > best[0]:
-                    best = (key, value)
-            if best[1] != weights[c]:
-                weights[c] = best[1]
-                changed = True
-        if not changed:
-            break
-    return weights.astype(np.float32)
 
 
 # The paper's hypothesis: high-arousal, "clear" emotions suit the light sum-product fusion; low-arousal

@@ -85,7 +85,7 @@ from emomix.models.blocks import (
     masked_mean,
 )
 from emomix.models.inputs import Batch, ModalityInput, ModelOutput
-from emomix.train.losses import branch_losses, focal_loss, routing_entropy_loss
+from emomix.models.losses import branch_losses, focal_loss, routing_entropy_loss
 
 ROUTING_MODES = ("routed", "local", "global", "concat")
 

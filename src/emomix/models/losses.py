@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emomix.constants import IGNORE_INDEX
 from emomix.errors import ConfigError, LabelError
 from emomix.models.blocks import load_balance_loss
 
 __all__ = [
-    "IGNORE_INDEX",
     "branch_losses",
     "focal_loss",
     "inverse_frequency_alpha",
@@ -28,8 +28,6 @@ __all__ = [
     "routing_entropy_loss",
     "supervised_contrastive_loss",
 ]
-
-IGNORE_INDEX = -100
 
 # probabilities are clamped before log so a gate that saturates at exactly 0 gives a finite loss
 _EPS = 1e-8

@@ -49,11 +49,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emomix.constants import IGNORE_INDEX
 from emomix.errors import ConfigError, MissingDataError
 from emomix.models.base import EmotionModel, ModelConfig, register_model
 from emomix.models.blocks import MLP, CrossAttentionLayer, DialogueContext
 from emomix.models.inputs import DialogueBatch, ModelOutput
-from emomix.train.losses import IGNORE_INDEX, branch_losses, kl_to_gate, supervised_contrastive_loss
+from emomix.models.losses import branch_losses, kl_to_gate, supervised_contrastive_loss
 
 PAPER = ("Dutta, Balaji & Ganapathy. A Mixture-of-Experts model for multimodal emotion recognition in "
          "conversations (MiSTER-E). Computer Speech & Language 2026")

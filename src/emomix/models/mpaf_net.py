@@ -74,7 +74,7 @@ from emomix.errors import ConfigError
 from emomix.models.base import EmotionModel, ModelConfig, register_model
 from emomix.models.blocks import MLP, PairwiseSigmoidAttention
 from emomix.models.inputs import Batch, ModalityInput, ModelOutput
-from emomix.train.losses import focal_loss
+from emomix.models.losses import focal_loss
 
 # the order of the paths in the fused vector, and the short names of the pairs
 MODALITY_ORDER = ("text", "audio", "video")

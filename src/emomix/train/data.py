@@ -1,4 +1,4 @@
-"""Datasets, batch collation and the Lightning DataModule over in-memory features.
+"""The Lightning DataModule over in-memory features (the collators live in :mod:`emomix.models.collate`).
 
 Features come from :func:`emomix.features.build_features` (the store, post-processed); a fold's
 parts are lists of utterance ids. Utterance-level models get :class:`~emomix.models.inputs.Batch`
@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from emomix.constants import IGNORE_INDEX
 from emomix.errors import ConfigError
-from emomix.models.inputs import Batch, DialogueBatch, modality_input, pad_sequences
-from emomix.train.fit import EDGE_FIELD, EDGES_KEY, IGNORE_INDEX, _clip_edges, _label_indices, utterance_vector
+from emomix.models.collate import DialogueCollator, UtteranceCollator, label_indices, utterance_vector
 
 
 class _Indices(Dataset):
@@ -37,47 +37,6 @@ class _Indices(Dataset):
 
     def __getitem__(self, position: int) -> int:
         return position
-
-
-class UtteranceCollator:
-    """Builds a :class:`Batch` from positions into ``ids`` (picklable, for DataLoader workers)."""
-
-    def __init__(self, features: Mapping[str, Any], ids: Sequence[str], labels: np.ndarray, modalities: Sequence[str],
-                 frame_rates: Mapping[str, float | None], layers: Mapping[str, Sequence[int]],
-                 max_length: Mapping[str, int | None]):
-        self.features, self.ids, self.labels = features, list(ids), labels
-        self.modalities, self.frame_rates, self.layers, self.max_length = list(modalities), dict(frame_rates), dict(layers), dict(max_length)
-        self.with_edges = bool(self.ids) and all(EDGES_KEY in features[u] for u in self.ids)
-
-    def __call__(self, positions: Sequence[int]) -> Batch:
-        batch_ids = [self.ids[p] for p in positions]
-        inputs = {m: modality_input([self.features[u][m] for u in batch_ids], frame_rate=self.frame_rates.get(m),
-                                    max_length=self.max_length.get(m), layers=self.layers.get(m))
-                  for m in self.modalities}
-        edges = None
-        if self.with_edges and "text" in inputs and "audio" in inputs:
-            edges = [_clip_edges(self.features[u][EDGES_KEY][EDGE_FIELD], inputs["text"].mask[i], inputs["audio"].mask[i])
-                     for i, u in enumerate(batch_ids)]
-        labels = torch.as_tensor(self.labels[list(positions)], dtype=torch.long)
-        return Batch(inputs=inputs, labels=labels, edges=edges, utt_ids=batch_ids)
-
-
-class DialogueCollator:
-    """Builds a :class:`DialogueBatch` from positions into a list of dialogues (utterance id lists)."""
-
-    def __init__(self, vectors: Mapping[str, Mapping[str, np.ndarray]], dialogues: Sequence[Sequence[str]],
-                 labels: Mapping[str, int], modalities: Sequence[str]):
-        self.vectors, self.dialogues, self.labels, self.modalities = vectors, [list(d) for d in dialogues], labels, list(modalities)
-
-    def __call__(self, positions: Sequence[int]) -> DialogueBatch:
-        group = [self.dialogues[p] for p in positions]
-        inputs, mask = {}, None
-        for modality in self.modalities:
-            inputs[modality], mask = pad_sequences([np.stack([self.vectors[u][modality] for u in utts]) for utts in group])
-        rows, _ = pad_sequences([np.array([self.labels[u] for u in utts]) for utts in group], dtype=torch.long)
-        assert mask is not None
-        rows[~mask] = IGNORE_INDEX
-        return DialogueBatch(inputs=inputs, mask=mask, labels=rows, utt_ids=[list(u) for u in group])
 
 
 def dialogues_of(table: pd.DataFrame, ids: Sequence[str]) -> list[list[str]]:
@@ -114,7 +73,7 @@ class EmotionDataModule(L.LightningDataModule):
         self.batch_kind, self.batch_size, self.class_balance = batch_kind, int(batch_size), class_balance
         self.seed, self.num_workers, self.dialogue_pooling = int(seed), int(num_workers), dialogue_pooling
         self.modalities = list(modalities or feature_set.specs)
-        labels = _label_indices(table[["utt_id", "label"]], tuple(self.classes))
+        labels = label_indices(table[["utt_id", "label"]], tuple(self.classes))
         self.label_of = dict(zip(table["utt_id"], labels))
         self._vectors: dict[str, dict[str, np.ndarray]] | None = None
 

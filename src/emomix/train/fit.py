@@ -16,8 +16,8 @@ The Lightning trainer reuses ``model.loss`` and the batch builders; this loop st
 plain (CPU, no schedule, no checkpoint files) so that a test reads it in one go.
 
 Alignment edges of the token–frame graph travel in the features dict under the reserved key
-:data:`EDGES_KEY`: ``features[utt_id]["edges"] = {"token_frame": 2 × E int array}`` (row 0 the
-text token index, row 1 the audio frame index).
+:data:`~emomix.constants.EDGES_KEY` (see :mod:`emomix.models.collate`, whose helpers the batch
+builders share with the Lightning data module and the predictor).
 """
 
 from __future__ import annotations
@@ -31,15 +31,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emomix.errors import ConfigError, LabelError, MissingDataError
-from emomix.models.inputs import MODALITIES, Batch, DialogueBatch, modality_input, pad_sequences
-
-EDGES_KEY = "edges"
-EDGE_FIELD = "token_frame"
-IGNORE_INDEX = -100
-POOLINGS = ("mean", "mean_std", "pooled")
-
-Features = Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]
+from emomix.constants import EDGES_KEY, IGNORE_INDEX, MODALITIES
+from emomix.errors import ConfigError, MissingDataError
+from emomix.models.collate import EDGE_FIELD, POOLINGS, Features, clip_edges, label_indices, utterance_vector
+from emomix.models.inputs import Batch, DialogueBatch, modality_input, pad_sequences
+from emomix.models.losses import inverse_frequency_alpha
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,7 +63,7 @@ def make_batches(features: Features, table: pd.DataFrame, scheme: Any, batch_siz
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     ids = list(table["utt_id"])
     chosen = _choose_modalities(features, ids, modalities)
-    labels = _label_indices(table, classes)
+    labels = label_indices(table, classes)
     order = _order(len(ids), shuffle, seed)
     frame_rates = dict(frame_rates or {})
     layers = dict(layers or {})
@@ -83,7 +79,7 @@ def make_batches(features: Features, table: pd.DataFrame, scheme: Any, batch_siz
                                               max_length=limit, layers=layers.get(modality))
         edges = None
         if with_edges and "text" in inputs and "audio" in inputs:
-            edges = [_clip_edges(features[u][EDGES_KEY][EDGE_FIELD], inputs["text"].mask[i], inputs["audio"].mask[i])
+            edges = [clip_edges(features[u][EDGES_KEY][EDGE_FIELD], inputs["text"].mask[i], inputs["audio"].mask[i])
                      for i, u in enumerate(batch_ids)]
         batches.append(Batch(inputs=inputs, labels=torch.as_tensor(labels[rows], dtype=torch.long), edges=edges,
                              utt_ids=batch_ids))
@@ -114,7 +110,7 @@ def make_dialogue_batches(features: Features, table: pd.DataFrame, scheme: Any, 
                           + "; this corpus has no conversations: use an utterance-level model")
     ids = list(table["utt_id"])
     chosen = _choose_modalities(features, ids, modalities)
-    labels = dict(zip(ids, _label_indices(table, classes)))
+    labels = dict(zip(ids, label_indices(table, classes)))
     ordered = table.reset_index(drop=True)
     ordered = ordered.assign(_turn=pd.to_numeric(ordered["turn"], errors="coerce") if "turn" in ordered.columns else 0)
     ordered = ordered.sort_values(["dialogue_id", "_turn", "utt_id"], kind="stable")
@@ -134,22 +130,6 @@ def make_dialogue_batches(features: Features, table: pd.DataFrame, scheme: Any, 
         label_rows[~mask] = IGNORE_INDEX
         batches.append(DialogueBatch(inputs=inputs, mask=mask, labels=label_rows, utt_ids=[list(u) for u in group]))
     return batches
-
-
-def utterance_vector(arrays: Mapping[str, np.ndarray], pooling: str = "mean", name: str = "utterance") -> np.ndarray:
-    """One float32 vector for an utterance's stored fields (see :func:`make_dialogue_batches`)."""
-    if pooling == "pooled":
-        if "pooled" not in arrays:
-            raise MissingDataError(f"{name} has no 'pooled' field; extract with an encoder that stores one "
-                                   "(e.g. opensmile level='both') or use pooling='mean'")
-        return np.asarray(arrays["pooled"], dtype=np.float32).reshape(-1)
-    states = np.asarray(arrays["states"], dtype=np.float32)
-    if states.ndim != 2 or states.shape[0] == 0:
-        raise MissingDataError(f"{name} has states of shape {states.shape}; expected T × D with T ≥ 1")
-    mean = states.mean(axis=0)
-    if pooling == "mean":
-        return mean
-    return np.concatenate([mean, states.std(axis=0)]).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,8 +319,6 @@ def _resolve_class_weights(class_weights: str | torch.Tensor | None, batches: Se
     if isinstance(class_weights, str):
         if class_weights != "inverse_frequency":
             raise ConfigError(f"class_weights must be 'inverse_frequency', a tensor or None, got {class_weights!r}")
-        from emomix.train.losses import inverse_frequency_alpha
-
         return inverse_frequency_alpha(torch.as_tensor(batch_labels(batches)), num_classes).float()
     weights = torch.as_tensor(class_weights, dtype=torch.float32)
     if weights.shape != (num_classes,):
@@ -357,21 +335,6 @@ def _classes(scheme: Any) -> tuple[str, ...]:
     if isinstance(classes, str) or not isinstance(classes, Sequence) or len(classes) < 2:
         raise ConfigError(f"scheme must be a LabelScheme or a list of at least two class names, got {scheme!r}")
     return tuple(str(c) for c in classes)
-
-
-def _label_indices(table: pd.DataFrame, classes: tuple[str, ...]) -> np.ndarray:
-    lookup = {c: i for i, c in enumerate(classes)}
-    out = np.full(len(table), IGNORE_INDEX, dtype=np.int64)
-    if "label" not in table.columns:
-        return out
-    for row, (utt_id, label) in enumerate(zip(table["utt_id"], table["label"])):
-        if label is None or (isinstance(label, float) and math.isnan(label)):
-            continue
-        if label not in lookup:
-            raise LabelError(f"utterance {utt_id!r} has label {label!r}, which is not a class of the scheme "
-                             f"{list(classes)}; apply the scheme to the table first (read_corpus(..., scheme=...))")
-        out[row] = lookup[label]
-    return out
 
 
 def _choose_modalities(features: Features, ids: Sequence[str], modalities: Sequence[str] | None) -> list[str]:
@@ -399,10 +362,3 @@ def _choose_modalities(features: Features, ids: Sequence[str], modalities: Seque
 
 def _order(count: int, shuffle: bool, seed: int) -> np.ndarray:
     return np.random.default_rng(int(seed)).permutation(count) if shuffle else np.arange(count)
-
-
-def _clip_edges(edges: np.ndarray, text_mask: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
-    """An utterance's edges without those pointing at positions cut by ``max_length``."""
-    edges = torch.as_tensor(np.asarray(edges, dtype=np.int64)).reshape(2, -1)
-    keep = (edges[0] < int(text_mask.sum())) & (edges[1] < int(audio_mask.sum()))
-    return edges[:, keep]

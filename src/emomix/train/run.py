@@ -10,12 +10,14 @@ docs/training.md, and is safe to interrupt and re-run:
   of this invocation, so a resumed run can never mix two setups;
 * every file is written through a temporary file renamed into place.
 
-``complementary`` (the late fusion of two separately trained MoE models) trains its two parts in
-the same fold folder and fits the per-class fusion weights on the fold's validation part.
+A model registered as a late fusion of other models (``late_fusion_of``, e.g. ``complementary``)
+trains its parts in the same fold folder and fits the per-class fusion weights on the fold's
+validation part (:mod:`emomix.train.late_fusion`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -27,16 +29,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 import yaml
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from emomix.errors import ConfigError, MissingDataError
+from emomix.models import create_model, model_info
+from emomix.models.losses import inverse_frequency_alpha
+from emomix.models.saved import load_weights, predict_rows
+from emomix.train.augment import augment_table, training_ids_with_copies
+from emomix.train.data import EmotionDataModule
+from emomix.train.late_fusion import train_late_fusion
 from emomix.train.recipe import Recipe
+from emomix.train.task import BestWeights, EmotionTask, HistoryWriter
 
 RUN_FORMAT = "emomix.run/1"
-COMPOSITE_MODELS = {"complementary": ("complementary_ca", "complementary_spl")}
 
 
 @dataclass
@@ -171,9 +181,6 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
     training_table = labelled
     augment = recipe.training.augment_config()
     if augment is not None:
-        from emomix.models import model_info
-        from emomix.train.augment import augment_table
-
         if model_info(recipe.model.name).batch_kind == "dialogue":
             raise ConfigError(f"training.augment adds utterance copies; {recipe.model.name} trains on whole dialogues — "
                               "drop the augment block")
@@ -244,17 +251,14 @@ def train_fold(context: RunContext, fold: Any, seed: int) -> pd.DataFrame:
     recipe = context.recipe
     directory = fold_dir(context.out, fold.name, seed)
     directory.mkdir(parents=True, exist_ok=True)
-    from emomix.train.augment import training_ids_with_copies
-
     parts = {"train": training_ids_with_copies(fold.train, list(context.table["utt_id"])), "validation": fold.validation,
              "test": fold.test}
     started = time.perf_counter()
-    parts_of = COMPOSITE_MODELS.get(recipe.model.name)
-    if parts_of:
-        task, datamodule, epochs = _train_composite(context, parts, seed, directory, parts_of)
+    if model_info(recipe.model.name).late_fusion_of:  # separately trained parts, fused per class
+        task, datamodule, epochs = train_late_fusion(context, recipe.model.name, parts, seed, directory, fit_part=fit_model)
     else:
         task, datamodule, epochs = fit_model(context, recipe.model.name, parts, seed, directory)
-    ids, probs, labels, aux = _predict(task, datamodule.test_dataloader())
+    ids, probs, labels, aux = predict_rows(task, datamodule.test_dataloader())
     frame = predictions_frame(ids, probs, aux, context.classes, context.table, fold.name, seed)
     write_parquet(directory / "predictions.parquet", frame)
     write_json(directory / "model.json", model_card(context, recipe.model.name, task.model, epochs, fold.name, seed))
@@ -269,22 +273,12 @@ def fit_model(context: RunContext, model_name: str, parts: Mapping[str, Sequence
               weights_name: str = "model.safetensors") -> tuple[Any, Any, dict[str, Any]]:
     """Build and train one registered model on a fold's parts with Lightning; return the task
     (best weights loaded), its data module and the epoch summary."""
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
-    from emomix.models import create_model, model_info
-    from emomix.train.data import EmotionDataModule
-    from emomix.train.losses import inverse_frequency_alpha
-    from emomix.train.task import BestWeights, EmotionTask, HistoryWriter, load_weights
-
     recipe, feature_set = context.recipe, context.feature_set
     training = recipe.training
     info = model_info(model_name)
     L.seed_everything(seed, workers=True, verbose=False)
     overrides = dict(recipe.model.config)
     if model_name != recipe.model.name:  # a composite's part: only the keys its config knows
-        import dataclasses
-
         known = {f.name for f in dataclasses.fields(info.cls.config_class)}
         overrides = {k: v for k, v in overrides.items() if k in known}
     modalities = tuple(overrides.get("modalities") or info.modalities)
@@ -342,38 +336,6 @@ def training_statistics(features: Mapping[str, Any], ids: Sequence[str], modalit
     1e-6, so a constant dimension maps to 0)."""
     frames = np.concatenate([np.asarray(features[u][modality]["states"], dtype=np.float64) for u in ids])
     return frames.mean(axis=0).astype(np.float32), np.maximum(frames.std(axis=0), 1e-6).astype(np.float32)
-
-
-def _train_composite(context: RunContext, parts: Mapping[str, Sequence[str]], seed: int, directory: Path,
-                     names: tuple[str, str]) -> tuple[Any, Any, dict[str, Any]]:
-    """The Complementary framework: both MoE models trained separately, fused per class with
-    weights fitted on the validation part (equal weights when the fold has none)."""
-    from emomix.models import create_model
-    from emomix.models.complementary import ComplementaryFusion, fit_fusion_weights
-    from emomix.train.task import EmotionTask, save_weights
-
-    if context.recipe.training.standardise:
-        raise ConfigError(f"training.standardise is not supported for the composite {context.recipe.model.name}; drop it")
-    ca_task, datamodule, ca_summary = fit_model(context, names[0], parts, seed, directory, weights_name=f"{names[0]}.safetensors")
-    spl_task, _, spl_summary = fit_model(context, names[1], parts, seed, directory, weights_name=f"{names[1]}.safetensors")
-    if datamodule.parts.get("validation"):
-        loader = datamodule.val_dataloader()
-        _, p_ca, labels, _ = _predict(ca_task, loader)
-        _, p_spl, _, _ = _predict(spl_task, loader)
-        weights = fit_fusion_weights(p_ca, p_spl, labels)
-    else:
-        weights = None
-    fused = ComplementaryFusion.from_submodels(ca_task.model, spl_task.model, weights)
-    task = EmotionTask(fused, context.recipe.optimiser)
-    save_weights(task.trainable_state(), directory / "model.safetensors")
-    return task, datamodule, {names[0]: ca_summary, names[1]: spl_summary,
-                              "fusion_weights": None if weights is None else [round(float(w), 4) for w in np.asarray(weights).reshape(-1)]}
-
-
-def _predict(task: Any, loader: Any) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    from emomix.train.task import predict_rows
-
-    return predict_rows(task, loader)
 
 
 # ---------------------------------------------------------------------------------------------

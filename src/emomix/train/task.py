@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import replace
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,9 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from emomix.constants import IGNORE_INDEX
 from emomix.errors import ConfigError
+from emomix.metrics_core import unweighted_accuracy
+from emomix.models.collate import batch_rows, flat_logits
 from emomix.models.inputs import Batch, DialogueBatch, ModelOutput
-from emomix.train.fit import IGNORE_INDEX, unweighted_accuracy, weighted_accuracy
+from emomix.models.saved import TrainedModel, save_weights
 from emomix.train.recipe import OptimiserConfig
 
 _NO_DECAY = ("bias", "norm", "LayerNorm")
@@ -43,54 +46,46 @@ _NO_DECAY = ("bias", "norm", "LayerNorm")
 class EmotionTask(L.LightningModule):
     """Training and evaluation steps for one model (see module doc).
 
-    ``fine_tune``: per modality ``(encoder, boundary_layer, layers)``: the encoder whose layers
-    above ``boundary_layer`` train, and the hidden layers to stack as ``layer_states``.
+    ``model``: a registered model, or a :class:`~emomix.models.saved.TrainedModel` to train on.
+    ``fine_tune`` (with a bare model): per modality ``(encoder, boundary_layer, layers)``: the
+    encoder whose layers above ``boundary_layer`` train, and the hidden layers to stack as
+    ``layer_states``. The forward pass, weights and standardisation are the wrapped
+    :class:`TrainedModel`'s (``self.net``); this class adds the optimiser, schedules and logging.
     """
 
     def __init__(self, model: nn.Module, optimiser: OptimiserConfig, monitor: str = "val_ua",
                  fine_tune: Mapping[str, tuple[Any, int, list[int]]] | None = None, warmup_epochs: float | None = None):
         super().__init__()
-        self.model = model
+        self.net = model if isinstance(model, TrainedModel) else TrainedModel(model, fine_tune=fine_tune)
         self.optimiser_config = optimiser
         self.monitor = monitor
-        self.encoders = nn.ModuleDict({m: spec[0] for m, spec in (fine_tune or {}).items()})
-        self.boundaries = {m: (int(spec[1]), list(spec[2])) for m, spec in (fine_tune or {}).items()}
-        self.standardise: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._validation: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def model(self) -> nn.Module:
+        """The registered fusion model being trained."""
+        return self.net.model
+
+    @property
+    def encoders(self) -> nn.ModuleDict:
+        """The encoders whose top layers train (empty for frozen features)."""
+        return self.net.encoders
 
     def set_standardisation(self, modality: str, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Z-score ``modality``'s input states with statistics of the fold's training part
         (``training.standardise``); saved with the weights, so inference applies the same."""
-        self.standardise[modality] = (torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32))
-
-    # -- forward ------------------------------------------------------------------------------
+        self.net.set_standardisation(modality, mean, std)
 
     def forward(self, batch: Batch | DialogueBatch) -> ModelOutput:
-        if self.boundaries and isinstance(batch, Batch):
-            batch = self._run_top_layers(batch)
-        if self.standardise and isinstance(batch, Batch):
-            batch = self._standardised(batch)
-        return self.model(batch)
+        return self.net(batch)
 
-    def _standardised(self, batch: Batch) -> Batch:
-        inputs = dict(batch.inputs)
-        for modality, (mean, std) in self.standardise.items():
-            given = inputs[modality]
-            states = (given.states - mean.to(given.states.device)) / std.to(given.states.device)
-            inputs[modality] = replace(given, states=torch.where(given.mask.unsqueeze(-1), states, torch.zeros_like(states)))
-        return Batch(inputs=inputs, labels=batch.labels, edges=batch.edges, utt_ids=batch.utt_ids)
-
-    def _run_top_layers(self, batch: Batch) -> Batch:
-        inputs = dict(batch.inputs)
-        for modality, (boundary, layers) in self.boundaries.items():
-            given = inputs[modality]
-            out = self.encoders[modality].forward_from_layer(given.states, given.mask, boundary,
-                                                             output_hidden_states=bool(layers))
-            layer_states = None
-            if layers:
-                layer_states = torch.stack([out.hidden_states[k] for k in layers], dim=1)
-            inputs[modality] = replace(given, states=out.states, layer_states=layer_states)
-        return Batch(inputs=inputs, labels=batch.labels, edges=batch.edges, utt_ids=batch.utt_ids)
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume checkpoints (``last-*.ckpt``) written before the task wrapped a
+        :class:`TrainedModel` name the model's keys ``model.*`` / ``encoders.*``; map them to ``net.*``."""
+        state = checkpoint.get("state_dict") or {}
+        if state and not any(key.startswith("net.") for key in state):
+            checkpoint["state_dict"] = {f"net.{key}" if key.startswith(("model.", "encoders.")) else key: value
+                                        for key, value in state.items()}
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -100,14 +95,14 @@ class EmotionTask(L.LightningModule):
         if not torch.isfinite(total):
             raise ConfigError(f"the training loss became {float(total)} at epoch {self.current_epoch + 1}; lower the "
                               f"learning rate (lr={self.optimiser_config.lr}) or check the features for extreme values")
-        size = _rows(batch)
+        size = batch_rows(batch)
         self.log("train_loss", total, on_step=False, on_epoch=True, batch_size=size, prog_bar=True)
         for name, value in parts.items():
             self.log(f"train_{name}", float(value), on_step=False, on_epoch=True, batch_size=size)
         return total
 
     def validation_step(self, batch: Batch | DialogueBatch, batch_index: int) -> None:
-        logits, labels = _flat_logits(self(batch).logits, batch)
+        logits, labels = flat_logits(self(batch).logits, batch)
         self._validation.append((logits.detach().float().cpu(), labels.detach().cpu()))
 
     def on_validation_epoch_start(self) -> None:
@@ -121,9 +116,9 @@ class EmotionTask(L.LightningModule):
         keep = labels != IGNORE_INDEX
         if not keep.any():
             return
-        predictions = logits.argmax(dim=-1).numpy()
-        self.log("val_ua", unweighted_accuracy(labels.numpy(), predictions), prog_bar=True, sync_dist=True)
-        self.log("val_wa", weighted_accuracy(labels.numpy(), predictions), sync_dist=True)
+        truth, predictions = labels[keep].numpy(), logits[keep].argmax(dim=-1).numpy()
+        self.log("val_ua", unweighted_accuracy(truth, predictions), prog_bar=True, sync_dist=True)
+        self.log("val_wa", float(np.mean(predictions == truth)), sync_dist=True)
         self.log("val_loss", float(nn.functional.cross_entropy(logits[keep], labels[keep])), sync_dist=True)
         self._validation = []
 
@@ -165,28 +160,11 @@ class EmotionTask(L.LightningModule):
     # -- weights ------------------------------------------------------------------------------
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The model's full state plus the fine-tuned encoder parameters (not their frozen rest)."""
-        state = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        for modality, encoder in self.encoders.items():
-            for name, parameter in encoder.named_parameters():
-                if parameter.requires_grad:
-                    state[f"encoders.{modality}.{name}"] = parameter
-        for modality, (mean, std) in self.standardise.items():
-            state[f"standardise.{modality}.mean"], state[f"standardise.{modality}.std"] = mean, std
-        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        """What ``model.safetensors`` holds (see :meth:`TrainedModel.trainable_state`)."""
+        return self.net.trainable_state()
 
     def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        for key in state:
-            if key.startswith("standardise.") and key.endswith(".mean"):
-                modality = key.split(".")[1]
-                self.set_standardisation(modality, state[key], state[f"standardise.{modality}.std"])
-        model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-        self.model.load_state_dict(model_state)
-        encoder_state = {k[len("encoders."):]: v for k, v in state.items() if k.startswith("encoders.")}
-        if encoder_state:
-            missing = self.encoders.load_state_dict(encoder_state, strict=False)
-            if missing.unexpected_keys:
-                raise ConfigError(f"checkpoint has encoder weights this task does not have: {missing.unexpected_keys[:3]}")
+        self.net.load_trainable_state(state)
 
 
 class BestWeights(L.Callback):
@@ -229,13 +207,9 @@ class HistoryWriter(L.Callback):
         self._started = 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, task: EmotionTask) -> None:
-        import time
-
         self._started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, task: EmotionTask) -> None:
-        import time
-
         if trainer.sanity_checking or trainer.global_rank != 0:
             return
         row: dict[str, Any] = {"epoch": int(trainer.current_epoch) + 1}
@@ -262,24 +236,6 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def save_weights(state: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write tensors as safetensors through a temporary file renamed into place."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(temporary), metadata=dict(metadata or {}))
-    os.replace(temporary, path)
-    return path
-
-
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
 def append_csv_row(path: Path, row: Mapping[str, Any], key: str = "epoch") -> None:
     """Add a row, replacing an earlier row with the same ``key`` value (an epoch repeated after
     a resume); the file is rewritten with the union of columns (rows are few)."""
@@ -298,52 +254,3 @@ def append_csv_row(path: Path, row: Mapping[str, Any], key: str = "epoch") -> No
         writer.writeheader()
         writer.writerows(rows)
     os.replace(temporary, path)
-
-
-def _rows(batch: Batch | DialogueBatch) -> int:
-    if isinstance(batch, DialogueBatch):
-        return int(batch.mask.sum())
-    return batch.batch_size
-
-
-def _flat_logits(logits: torch.Tensor, batch: Batch | DialogueBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    labels = batch.labels if batch.labels is not None else torch.full(logits.shape[:-1], IGNORE_INDEX)
-    if isinstance(batch, DialogueBatch):
-        return logits[batch.mask], labels[batch.mask]
-    return logits, labels
-
-
-def predict_rows(task: EmotionTask, loader: Any) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Ids, probabilities ``N × C``, label indices and per-row aux arrays over a loader, in eval mode."""
-    was_training = task.training
-    if was_training:
-        task.eval()
-    ids: list[str] = []
-    probs, labels = [], []
-    aux: dict[str, list[np.ndarray]] = {}
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                batch = batch.to(task.device)
-                output = task(batch)
-                if isinstance(batch, DialogueBatch):
-                    mask = batch.mask
-                    ids.extend(u for dialogue in batch.utt_ids for u in dialogue)
-                    select = lambda t: t[mask] if t.dim() >= 2 and tuple(t.shape[:2]) == tuple(mask.shape) else None  # noqa: E731
-                else:
-                    rows = batch.batch_size
-                    ids.extend(batch.utt_ids)
-                    select = lambda t: t if t.dim() >= 1 and t.shape[0] == rows else None  # noqa: E731
-                logits, truth = _flat_logits(output.logits.float(), batch)
-                probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
-                labels.append(truth.cpu().numpy().astype(np.int64))
-                for name, value in output.aux.items():
-                    if isinstance(value, torch.Tensor) and (picked := select(value)) is not None:
-                        aux.setdefault(name, []).append(picked.detach().float().cpu().numpy())
-    finally:
-        if was_training:
-            task.train(True)
-    count = len(ids)
-    joined = {name: np.concatenate(parts) for name, parts in aux.items()}
-    return (ids, np.concatenate(probs) if probs else np.zeros((0, 0)), np.concatenate(labels) if labels else np.zeros(0, np.int64),
-            {name: value for name, value in joined.items() if len(value) == count})
