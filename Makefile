@@ -23,5 +23,7 @@ test-slow: setup
 test-faults: setup
 	$(PY) -m pytest -q -m faults -p no:cacheprovider
 
+## Remove what the demo and the README's commands write: every run, the synthetic corpus and the
+## feature stores (all under runs/), ONNX exports (exported/) and the pytest cache. .venv stays.
 clean:
-	rm -rf runs/demo .pytest_cache
+	rm -rf runs exported .pytest_cache

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "timeline": {"wall_s": round(watch.wall, 2), "cpu_s": round(watch.cpu, 2),
                          "real_time_factor": round(watch.wall / long_s, 4), "segments": segments,
                          "failed": result["summary"]["failed"], "segments_per_s": round(segments / watch.wall, 2),
-                         "speech_s": result["summary"]["speech_s"], "json_bytes": len(json.dumps(result)),
+                         "predicted_s": result["summary"]["predicted_s"], "json_bytes": len(json.dumps(result)),
                          "plot_s": round(plotting.wall, 2), "notes": result["notes"]},
             "memory": {"rss_before_mib": mib(baseline), "rss_peak_mib": mib(sampler.peak),
                        "rss_growth_mib": mib(sampler.peak - baseline), "rss_after_mib": mib(rss_bytes()),

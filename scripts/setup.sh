@@ -52,8 +52,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 if [ "$TORCH_SPEC" != "skip" ]; then
   echo "[setup] installing PyTorch ($TORCH_SPEC) into $VENV" >&2
+  # numpy with torch: importing a torch installed without numpy prints
+  # "UserWarning: Failed to initialize NumPy" (the check below imports it)
   # shellcheck disable=SC2086
-  "${PIP[@]}" $TORCH_SPEC 2>&1 | grep -v "is ignored: it is neither" >&2 || true
+  "${PIP[@]}" $TORCH_SPEC "numpy>=1.24" 2>&1 | grep -v "is ignored: it is neither" >&2 || true
   "$VENV/bin/python" -c "import torch" >/dev/null
 fi
 echo "[setup] installing emomix and its dependencies into $VENV" >&2

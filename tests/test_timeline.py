@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from emomix.infer.predictor import AUDIO_ONLY_NOTE, Predictor
-from emomix.infer.timeline import plot_timeline, predict_timeline
+from emomix.infer.timeline import plot_timeline, predict_timeline, timeline_json
 
 RATE = 16000
 LENGTH_S = 60.0
@@ -77,13 +77,23 @@ def test_a_minute_of_utterances_becomes_a_timeline_written_as_json_and_png(predi
     assert summary["segments"] == len(segments) and summary["failed"] == 0
     assert sum(summary["shares"].values()) == pytest.approx(1.0, abs=1e-5)
     assert sum(summary["counts"].values()) == len(segments) and summary["dominant"] in predictor.classes
-    assert summary["speech_s"] == pytest.approx(sum(s["end"] - s["start"] for s in segments), abs=1e-3)
+    # the two measures of speech time have distinct names and add up as documented
+    assert summary["predicted_s"] == pytest.approx(sum(s["end"] - s["start"] for s in segments), abs=1e-3)
+    assert summary["failed_s"] == 0.0
+    segmentation = result["segmentation"]
+    assert "speech_s" not in summary and "speech_s" not in segmentation
+    assert segmentation["segments_s"] == pytest.approx(summary["predicted_s"] + summary["failed_s"], abs=2e-3)
+    speech = sum(end - start for start, end, _ in placed)
+    assert segmentation["vad_speech_s"] == pytest.approx(speech, rel=0.25)
+    assert segmentation["vad_speech_s"] < segmentation["segments_s"], "segments add padding and pauses to the VAD's speech"
     assert result["duration_s"] == pytest.approx(LENGTH_S, abs=0.01)
     assert AUDIO_ONLY_NOTE in result["notes"]  # no transcript, no recogniser: shared by every segment
     assert all(AUDIO_ONLY_NOTE not in s["notes"] for s in segments)
     written = tmp_path / "timeline.json"
-    written.write_text(json.dumps(result))
+    written.write_text(timeline_json(result))
     assert json.loads(written.read_text())["segments"] == segments
+    lines = written.read_text().splitlines()
+    assert len(lines) > 10 * len(segments) and max(map(len, lines)) < 200, "indented: no 13 KB line"
     png = plot_timeline(result, tmp_path / "plot" / "timeline.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
@@ -113,7 +123,7 @@ def test_a_silent_recording_has_no_segments_and_says_so(predictor, tmp_path):
 
 
 def test_cli_timeline_writes_json_and_a_plot(trained_synthetic_run, recording, tmp_path):
-    from emomix.cli_infer import register
+    from emomix.cli.predict import register
 
     app = typer.Typer()
     register(app)

@@ -15,13 +15,16 @@ Transcripts: a recording rarely comes with per-segment text, so ``text`` may be
 * one string — the same transcript for every segment (said in the result's notes).
 
 The result is plain JSON: ``segments`` (start, end, label, probabilities, aux, and transcript,
-notes or an error where they apply), ``summary`` (segments, failed, speech seconds, per class the
-share of the predicted speech time and the duration-weighted mean probability, the dominant
-class), ``segmentation`` (what the segmenter saw) and ``notes`` shared by every segment.
+notes or an error where they apply), ``summary`` (segments, failed, the seconds predicted and
+failed, per class the share of the predicted time and the duration-weighted mean probability, the
+dominant class), ``segmentation`` (what the segmenter saw: the VAD's speech seconds, the seconds
+cut into segments, ...) and ``notes`` shared by every segment. :func:`timeline_json` writes it
+indented, for a file a person may open.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -86,12 +89,17 @@ def predict_timeline(predictor: Any, path: str | Path, text: Any = None, speaker
         "duration_s": round(float(stats.duration_s or total), 3),
         "segments": segments,
         "summary": summarise(segments, predictor.classes),
-        "segmentation": {"speech_s": round(stats.speech_s, 3), "segments": stats.segments, "dropped_short": stats.dropped_short,
-                         "split": stats.split, "held_cuts": stats.held_cuts, "source_rate": stats.source_rate,
-                         "channels": stats.channels},
+        "segmentation": {"vad_speech_s": round(stats.speech_s, 3), "segments_s": round(stats.segment_s, 3),
+                         "segments": stats.segments, "dropped_short": stats.dropped_short, "split": stats.split,
+                         "held_cuts": stats.held_cuts, "source_rate": stats.source_rate, "channels": stats.channels},
         "notes": notes,
         "wall_s": round(time.perf_counter() - started, 3),
     }
+
+
+def timeline_json(result: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str:
+    """A timeline result (or a list of them) as indented JSON: one key per line, not 13 KB on one."""
+    return json.dumps(result if isinstance(result, Mapping) else list(result), indent=1, ensure_ascii=False) + "\n"
 
 
 def segment_result(segment: Any, result: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,10 +117,17 @@ def segment_result(segment: Any, result: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def summarise(segments: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> dict[str, Any]:
-    """Per class: the share of predicted speech time and the duration-weighted mean probability."""
+    """Per class: the share of predicted speech time and the duration-weighted mean probability.
+
+    ``predicted_s`` is the time covered by the segments that got a prediction (padding and short
+    pauses included), ``failed_s`` that of the segments that failed; together they make the
+    segmentation's ``segments_s``. The segmentation's ``vad_speech_s`` is a different measure:
+    the frames the voice activity detector marked as speech (no padding or pauses, but counting
+    regions dropped as too short)."""
     done = [s for s in segments if s.get("label") is not None]
     durations = np.array([s["end"] - s["start"] for s in done], dtype=np.float64)
     total = float(durations.sum())
+    failed_s = float(sum(s["end"] - s["start"] for s in segments if s.get("label") is None))
     shares = {c: 0.0 for c in classes}
     mean = {c: 0.0 for c in classes}
     if total > 0:
@@ -124,7 +139,8 @@ def summarise(segments: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> 
     return {
         "segments": len(segments),
         "failed": len(segments) - len(done),
-        "speech_s": round(total, 3),
+        "predicted_s": round(total, 3),
+        "failed_s": round(failed_s, 3),
         "shares": {c: round(float(v), 6) for c, v in shares.items()},
         "counts": counts,
         "mean_probabilities": {c: round(float(v), 6) for c, v in mean.items()},
