@@ -13,7 +13,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from emomix.atomic import atomic_path, write_json_atomic, write_parquet_atomic, write_text_atomic, write_wav_atomic
+from emomix.atomic import (
+    atomic_path,
+    write_json_atomic,
+    write_parquet_atomic,
+    write_text_atomic,
+    write_wav_atomic,
+)
 from emomix.constants import IGNORE_INDEX
 from emomix.evaluate.metrics import unweighted_accuracy as ua_of_labels
 from emomix.jsonutil import to_jsonable

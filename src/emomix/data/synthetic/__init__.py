@@ -40,12 +40,37 @@ The package: ``cues`` (class cues and vocabulary), ``config`` (:class:`Synthetic
 """
 
 from emomix.constants import SAMPLE_RATE
-from emomix.data.synthetic.config import CORPUS_NAME, GENERATOR, GENERATOR_VERSION, SyntheticConfig
-from emomix.data.synthetic.cues import CLASS_CUES, FILLER_WORDS, ClassCue, word_syllables
-from emomix.data.synthetic.plan import CorpusPlan, SpeakerVoice, Syllable, UtterancePlan, plan_corpus
-from emomix.data.synthetic.speech import formant_filter, glottal_flow, render_audio, syllable_envelope
+from emomix.data.synthetic.config import (
+    CORPUS_NAME,
+    GENERATOR,
+    GENERATOR_VERSION,
+    SyntheticConfig,
+)
+from emomix.data.synthetic.cues import (
+    CLASS_CUES,
+    FILLER_WORDS,
+    ClassCue,
+    word_syllables,
+)
+from emomix.data.synthetic.plan import (
+    CorpusPlan,
+    SpeakerVoice,
+    Syllable,
+    UtterancePlan,
+    plan_corpus,
+)
+from emomix.data.synthetic.speech import (
+    formant_filter,
+    glottal_flow,
+    render_audio,
+    syllable_envelope,
+)
 from emomix.data.synthetic.video import draw_faces, render_video
-from emomix.data.synthetic.writer import load_generation, manifest_frame, write_synthetic_corpus
+from emomix.data.synthetic.writer import (
+    load_generation,
+    manifest_frame,
+    write_synthetic_corpus,
+)
 
 __all__ = [
     "CLASS_CUES",

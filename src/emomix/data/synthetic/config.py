@@ -13,7 +13,6 @@ import numpy as np
 from emomix.data.synthetic.cues import CLASS_CUES
 from emomix.errors import ConfigError
 
-
 GENERATOR = "emomix.data.synthetic"
 # Bump whenever the same config would render different files, so a stale folder is rewritten.
 GENERATOR_VERSION = 1

@@ -11,7 +11,6 @@ from emomix.constants import SAMPLE_RATE
 from emomix.data.synthetic.config import SyntheticConfig
 from emomix.data.synthetic.plan import SpeakerVoice, UtterancePlan
 
-
 # Formants (Hz) of five vowels for an adult male vocal tract; scaled per speaker.
 _VOWEL_FORMANTS: dict[str, tuple[float, float, float]] = {
     "a": (730.0, 1090.0, 2440.0),

@@ -10,7 +10,12 @@ import numpy as np
 
 from emomix.atomic import atomic_path, write_text_atomic, write_wav_atomic
 from emomix.constants import SAMPLE_RATE
-from emomix.data.synthetic.config import CORPUS_NAME, GENERATOR, GENERATOR_VERSION, SyntheticConfig
+from emomix.data.synthetic.config import (
+    CORPUS_NAME,
+    GENERATOR,
+    GENERATOR_VERSION,
+    SyntheticConfig,
+)
 from emomix.data.synthetic.cues import CLASS_CUES
 from emomix.data.synthetic.plan import CorpusPlan, plan_corpus
 from emomix.data.synthetic.speech import render_audio

@@ -89,7 +89,13 @@ from emomix.infer.export.spec import (
     load_spec,
     spec_path_for,
 )
-from emomix.infer.export.sweep import CHECK_DIMS, CheckRow, check_all, example_batch_for, format_check_table
+from emomix.infer.export.sweep import (
+    CHECK_DIMS,
+    CheckRow,
+    check_all,
+    example_batch_for,
+    format_check_table,
+)
 from emomix.infer.export.text_encoder import (
     SEQUENCE_AXIS,
     TEXT_ENCODER_FORMAT,

@@ -18,10 +18,15 @@ import numpy as np
 import torch
 
 from emomix.errors import ConfigError
-from emomix.infer.export.spec import UTTERANCE_AXIS, BatchWrapper, batch_feed, length_axis, load_spec
+from emomix.infer.export.spec import (
+    UTTERANCE_AXIS,
+    BatchWrapper,
+    batch_feed,
+    length_axis,
+    load_spec,
+)
 from emomix.models.base import EmotionModel
 from emomix.models.inputs import Batch, DialogueBatch, ModalityInput
-
 
 LONG_VERIFICATION_LENGTH = 300
 """Frames/tokens of the long verification batch (6 s of 50 Hz frames, past ``max_frames=128``)."""

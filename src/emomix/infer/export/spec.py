@@ -20,7 +20,6 @@ from emomix.errors import ConfigError
 from emomix.models.base import EmotionModel
 from emomix.models.inputs import Batch, DialogueBatch, ModalityInput
 
-
 SPEC_FORMAT = "emomix-onnx-io/1"
 
 

@@ -16,7 +16,6 @@ from emomix.infer.export.fusion import export_onnx
 from emomix.infer.export.parity import check_parity, random_batch_like
 from emomix.models.inputs import Batch, DialogueBatch, ModalityInput
 
-
 CHECK_DIMS = {"audio": 12, "text": 16, "video": 8}
 """Tiny input widths of :func:`check_all` (the models' own default widths are kept)."""
 

@@ -31,7 +31,6 @@ from emomix.infer.export.parity import (
 )
 from emomix.infer.export.spec import BATCH_AXIS, DEFAULT_OPSET, spec_path_for
 
-
 TEXT_ENCODER_FORMAT = "emomix-onnx-text-encoder/1"
 
 

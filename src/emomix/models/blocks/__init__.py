@@ -19,12 +19,25 @@ One module per block family, every public name re-exported here: ``pooling``
 (:class:`DialogueContext`).
 """
 
-from emomix.models.blocks.attention import BidirectionalCrossAttention, CrossAttentionLayer, PairwiseSigmoidAttention
+from emomix.models.blocks.attention import (
+    BidirectionalCrossAttention,
+    CrossAttentionLayer,
+    PairwiseSigmoidAttention,
+)
 from emomix.models.blocks.context import DialogueContext
 from emomix.models.blocks.feedforward import MLP, Expert
-from emomix.models.blocks.graph import BipartiteGAT, bipartite_edges_to_graph, valid_bipartite_edges
+from emomix.models.blocks.graph import (
+    BipartiteGAT,
+    bipartite_edges_to_graph,
+    valid_bipartite_edges,
+)
 from emomix.models.blocks.pooling import AttentionPooling, masked_mean
-from emomix.models.blocks.routing import MixtureOfExperts, TopKGate, TwoExpertRouter, load_balance_loss
+from emomix.models.blocks.routing import (
+    MixtureOfExperts,
+    TopKGate,
+    TwoExpertRouter,
+    load_balance_loss,
+)
 
 __all__ = [
     "AttentionPooling",

@@ -7,7 +7,6 @@ from torch import nn
 
 from emomix.errors import ConfigError
 
-
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
