@@ -39,6 +39,35 @@ class _Indices(Dataset):
         return position
 
 
+def random_state() -> dict[str, Any]:
+    """The global generators' states (torch, CUDA, NumPy, Python) in types a ``weights_only`` load accepts."""
+    import random
+
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                                       "pos": int(position), "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`random_state` returned (parts that are missing are left alone)."""
+    import random
+
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def dialogues_of(table: pd.DataFrame, ids: Sequence[str]) -> list[list[str]]:
     """The ids grouped by ``dialogue_id`` and ordered by ``turn`` (dialogues sorted by id)."""
     if "dialogue_id" not in table.columns:
@@ -76,6 +105,8 @@ class EmotionDataModule(L.LightningDataModule):
         labels = label_indices(table[["utt_id", "label"]], tuple(self.classes))
         self.label_of = dict(zip(table["utt_id"], labels))
         self._vectors: dict[str, dict[str, np.ndarray]] | None = None
+        self._train_generator: torch.Generator | None = None
+        self._resume_state: dict[str, Any] | None = None
 
     # -- what the trainer asks for ----------------------------------------------------------
 
@@ -104,6 +135,8 @@ class EmotionDataModule(L.LightningDataModule):
     def _loader(self, part: str | list[str], shuffle: bool) -> DataLoader:
         ids = self.parts[part] if isinstance(part, str) else [u for u in part if u in self.feature_set.features]
         generator = torch.Generator().manual_seed(self.seed)
+        if part == "train":
+            generator = self._training_generator(generator)
         if self.batch_kind == "dialogue":
             dialogues = dialogues_of(self.table, ids)
             collate = DialogueCollator(self._dialogue_vectors(), dialogues, self.label_of, self.modalities)
@@ -122,6 +155,28 @@ class EmotionDataModule(L.LightningDataModule):
             shuffle = False
         return DataLoader(_Indices(len(ids)), batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
                           collate_fn=collate, generator=generator, num_workers=self.num_workers)
+
+    # -- resuming -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The randomness a resumed fit continues from, saved in Lightning's checkpoint: the
+        training order's generator and the global generators (dropout, augmentation), so a fold
+        killed and resumed trains exactly as an uninterrupted one."""
+        state = random_state()
+        if self._train_generator is not None:
+            state["train_generator"] = self._train_generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (Lightning calls it before it builds the loaders)."""
+        set_random_state(state)
+        self._resume_state = dict(state)
+
+    def _training_generator(self, generator: torch.Generator) -> torch.Generator:
+        if self._resume_state is not None and "train_generator" in self._resume_state:
+            generator.set_state(self._resume_state.pop("train_generator"))
+        self._train_generator = generator
+        return generator
 
     def _dialogue_vectors(self) -> dict[str, dict[str, np.ndarray]]:
         if self._vectors is None:
