@@ -145,15 +145,14 @@ def write_offline_checkpoint(folder: Path, seed: int = 0) -> Path:
     import torch
 
     from emomix.models import create_model
-    from emomix.train.recipe import OptimiserConfig
-    from emomix.train.task import EmotionTask, save_weights
+    from emomix.models.saved import TrainedModel, save_weights
 
     specs = offline_specs()
     dims = {"audio": 25, "text": 384}
     torch.manual_seed(seed)
     model = create_model("dual_routing", OFFLINE_HEAD, dims, len(CLASSES))
     folder.mkdir(parents=True, exist_ok=True)
-    save_weights(EmotionTask(model, OptimiserConfig()).trainable_state(), folder / "model.safetensors")
+    save_weights(TrainedModel(model).trainable_state(), folder / "model.safetensors")
     card = {"format": "emomix.model/1", "model": "dual_routing", "config": model.config.to_dict(), "classes": CLASSES,
             "input_dims": dims, "batch_kind": "utterance", "features": {m: s.to_dict() for m, s in specs.items()},
             "edges": False, "frame_rates": {"audio": 25.0, "text": None}, "normalisers": [], "fold": "bench", "seed": seed,
@@ -178,8 +177,7 @@ def build_predictor(kind: str, quick: bool = False, folder: Path | None = None) 
     from emomix.encoders.text import TextEncoder
     from emomix.features import FeatureSpec
     from emomix.models import create_model
-    from emomix.train.recipe import OptimiserConfig
-    from emomix.train.task import EmotionTask
+    from emomix.models.saved import TrainedModel
 
     from bench.model_costs import roberta_config
 
@@ -191,12 +189,12 @@ def build_predictor(kind: str, quick: bool = False, folder: Path | None = None) 
     dims = {"audio": int(speech.output_size), "text": int(text.output_size)}
     torch.manual_seed(0)
     model = create_model("dual_routing", {}, dims, len(CLASSES))
-    task = EmotionTask(model, OptimiserConfig())
-    task.eval()
+    network = TrainedModel(model)
+    network.eval()
     card = {"format": "emomix.model/1", "model": "dual_routing", "config": model.config.to_dict(), "classes": CLASSES,
             "input_dims": dims, "batch_kind": "utterance", "features": {m: s.to_dict() for m, s in specs.items()},
             "edges": False, "training": {}}
-    return Predictor(card, task, specs, {"audio": speech, "text": text}, {}, Path("<benchmark>"), asr=False)
+    return Predictor(card, network, specs, {"audio": speech, "text": text}, {}, Path("<benchmark>"), asr=False)
 
 
 def bare_path(predictor: Any, clip: Path, sentence: str = SENTENCE):

@@ -4,8 +4,8 @@
 model, the input standardisation fitted on the training part (``training.standardise``), any
 fine-tuned top layers of an encoder (``trainable_top_layers``), and the model card
 (``model.json``: name, config, classes, input sizes, feature specs, training summary). The
-Lightning task (:class:`emomix.train.task.EmotionTask`) wraps one for training; the predictor
-loads one with :meth:`TrainedModel.from_pretrained`.
+Lightning task of the training floor wraps one (optimiser, schedules, logging); the predictor
+loads one with :meth:`TrainedModel.from_pretrained`, without the trainer.
 
 On disk a checkpoint folder (``folds/<fold>/seed-<k>/`` of a run) holds
 
