@@ -29,17 +29,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
 import emomix
 from emomix.data.protocols import FoldPlan
+from emomix.atomic import write_text_atomic
 from emomix.errors import ConfigError
 from emomix.features import FeatureSpec
 from emomix.infer.checkpoint import read_metrics, resolve_checkpoint
 from emomix.infer.describe import training_data_notes
+from emomix.jsonutil import to_jsonable
 from emomix.models.base import model_info
 
 CARD_FORMAT = "emomix-model-card/1"
@@ -146,8 +147,8 @@ def write_model_card(path: str | Path, card: Mapping[str, Any]) -> tuple[Path, P
     else:
         json_path, markdown_path = path / CARD_JSON, path / CARD_MARKDOWN
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(json_path, json.dumps(_jsonable(card), indent=2) + "\n")
-    _write_atomic(markdown_path, card_markdown(card))
+    write_text_atomic(json_path, json.dumps(to_jsonable(card), indent=2) + "\n")
+    write_text_atomic(markdown_path, card_markdown(card))
     return json_path, markdown_path
 
 
@@ -261,24 +262,3 @@ def _value(value: Any) -> str:
 
 def _sci(value: Any) -> str:
     return f"{value:.1e}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN → None and tuples/paths → lists/strings, so the JSON file is strict JSON."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return _jsonable(value.item())
-    return value
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

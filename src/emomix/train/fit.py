@@ -33,6 +33,7 @@ import torch
 
 from emomix.constants import EDGES_KEY, IGNORE_INDEX, MODALITIES
 from emomix.errors import ConfigError, MissingDataError
+from emomix.metrics_core import unweighted_accuracy
 from emomix.models.collate import EDGE_FIELD, POOLINGS, Features, clip_edges, label_indices, utterance_vector
 from emomix.models.inputs import Batch, DialogueBatch, modality_input, pad_sequences
 from emomix.models.losses import inverse_frequency_alpha
@@ -283,17 +284,6 @@ def predict(model: torch.nn.Module, batches: Sequence[Batch | DialogueBatch],
 # --------------------------------------------------------------------------------------------
 # Plain helpers
 # --------------------------------------------------------------------------------------------
-
-
-def unweighted_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
-    """UA: the mean of per-class recalls over the classes present in ``labels`` (-100 ignored)."""
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
-    keep = labels != IGNORE_INDEX
-    labels, predictions = labels[keep], predictions[keep]
-    if labels.size == 0:
-        return float("nan")
-    recalls = [float(np.mean(predictions[labels == c] == c)) for c in np.unique(labels)]
-    return float(np.mean(recalls))
 
 
 def weighted_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:

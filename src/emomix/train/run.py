@@ -36,7 +36,9 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from emomix.atomic import write_parquet_atomic
 from emomix.errors import ConfigError, MissingDataError
+from emomix.jsonutil import to_jsonable
 from emomix.models import create_model, model_info
 from emomix.models.losses import inverse_frequency_alpha
 from emomix.models.saved import load_weights, predict_rows
@@ -409,7 +411,7 @@ def model_card(context: RunContext, name: str, model: Any, summary: Mapping[str,
     return {
         "format": "emomix.model/1",
         "model": name,
-        "config": _jsonable(config),
+        "config": to_jsonable(config),
         "classes": list(context.classes),
         "input_dims": dict(feature_set.input_dims),
         "batch_kind": getattr(model, "batch_kind", "utterance"),
@@ -421,7 +423,7 @@ def model_card(context: RunContext, name: str, model: Any, summary: Mapping[str,
         "seed": seed,
         "corpus": context.recipe.corpus.reader,
         "protocol": context.recipe.protocol.name,
-        "training": _jsonable(dict(summary)),
+        "training": to_jsonable(dict(summary)),
         "emomix_version": emomix.__version__,
     }
 
@@ -472,15 +474,11 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    return write_text(path, json.dumps(_jsonable(data), indent=1, ensure_ascii=False) + "\n")
+    return write_text(path, json.dumps(to_jsonable(data), indent=1, ensure_ascii=False) + "\n")
 
 
 def write_parquet(path: Path, frame: pd.DataFrame) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    frame.to_parquet(temporary, index=False)
-    os.replace(temporary, path)
-    return path
+    return write_parquet_atomic(path, frame)
 
 
 def _update_run_json(out: Path, **values: Any) -> None:
@@ -526,22 +524,6 @@ def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a resolved recipe that must not change between a run and its resumption
     (the seed list may grow: new seeds just add fold/seed folders)."""
     return {k: v for k, v in dict(config).items() if k not in ("seeds", "description")}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return None if np.isnan(value) else float(value)
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _now() -> str:
