@@ -105,7 +105,9 @@ def test_upload_a_clip_with_its_transcript_and_see_the_bars(server, browser, cli
     path, text = clip
     browser.get(url + "/")
     wait_for(browser, lambda d: "dual_routing" in d.find_element("id", "model-line").text, "the model line never showed the model")
+    assert not visible(browser, "preview"), "no empty audio player before a file is chosen"
     browser.find_element("id", "audio-file").send_keys(str(path))
+    wait_for(browser, lambda d: visible(d, "preview"), "the chosen file's player never appeared")
     transcript = browser.find_element("id", "transcript")
     transcript.clear()
     transcript.send_keys(text)
@@ -119,9 +121,17 @@ def test_upload_a_clip_with_its_transcript_and_see_the_bars(server, browser, cli
     values = [float(m.get_attribute("aria-valuenow")) for m in browser.find_elements("css selector", "#probabilities [role=meter]")]
     assert abs(sum(values) - 1) < 1e-3 and values == sorted(values, reverse=True)
     assert visible(browser, "aux-section")
-    groups = {g.get_attribute("aria-label"): g for g in browser.find_elements("css selector", "#aux .aux-group")}
+    groups = {g.get_attribute("data-name"): g for g in browser.find_elements("css selector", "#aux .aux-group[data-name]")}
     assert {"route_audio", "route_text"} <= set(groups)
-    assert groups["route_audio"].find_element("tag name", "h4").text == "route_audio"
+    # human labels, not the machine names
+    assert groups["route_audio"].find_element("tag name", "h4").text == "audio routing: local / global"
+    assert "route_" not in browser.find_element("id", "aux").text
+    flags = {f.get_attribute("data-name"): f.text for f in browser.find_elements("css selector", "#aux .flag-row")}
+    assert "vad_fallback" in flags and flags["vad_fallback"].startswith("no speech found: whole clip used")
+    assert flags["vad_fallback"].split()[-1] in ("yes", "no")
+    # a model trained on the synthetic corpus says so: a banner and a note on the result
+    assert visible(browser, "model-warning") and "synthetic corpus" in browser.find_element("id", "model-warning").text
+    assert any("synthetic corpus" in n.text for n in browser.find_elements("css selector", "#notes li"))
     route = groups["route_audio"]
     assert [e.text for e in route.find_elements("css selector", ".bar-name")] == ["local", "global"]
     shares = [float(m.get_attribute("aria-valuenow")) for m in route.find_elements("css selector", "[role=meter]")]
@@ -140,9 +150,11 @@ def test_a_corrupt_file_shows_the_error_message(server, browser, tmp_path):
     browser.find_element("id", "audio-file").send_keys(str(broken))
     browser.find_element("id", "transcript").send_keys("this will not be read")
     submit_with_keyboard(browser)
-    wait_for(browser, lambda d: "broken.wav" in d.find_element("id", "error").text, "the decoder's error was never shown")
+    wait_for(browser, lambda d: "broken.wav" in d.find_element("id", "error").text, "the upload's error was never shown")
     message = browser.find_element("id", "error").text
-    assert "not a readable audio file" in message and "HTTP 422" in message
+    assert "could not be read as audio" in message and "HTTP 422" in message
+    for leak in ("libsndfile", "FFmpeg", "BytesIO", "0x"):
+        assert leak not in message, message
     assert browser.find_element("id", "error").get_attribute("role") == "alert"
     assert not visible(browser, "result")
 

@@ -468,6 +468,11 @@ def test_real_model_batch_health_and_model(real_client, real_predictor, real_cli
     assert real_client.get("/health").json() == {"status": "ok", "model": "dual_routing"}
     model = real_client.get("/model").json()
     assert model["name"] == "dual_routing" and model["classes"] == classes and set(model["inputs"]) == {"audio", "text"}
+    # trained on the synthetic corpus: every prediction and the model description say so
+    from emomix.infer.describe import SYNTHETIC_NOTE
+
+    assert SYNTHETIC_NOTE in first["notes"] and SYNTHETIC_NOTE in second["notes"]
+    assert model["warnings"] == [SYNTHETIC_NOTE]
 
 
 def test_real_model_refuses_bad_uploads_then_still_predicts(real_client, real_clips):
