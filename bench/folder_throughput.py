@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from bench._util import Stopwatch, format_table, interleaved, machine_info, parse_args, set_threads, write_results
 from bench.predict_latency import build_predictor, make_bare, one_thread_unless_asked, write_offline_checkpoint
@@ -90,7 +90,8 @@ def paths(predictor: Any, items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def time_cli(checkpoint: Path, folder: Path, out: Path) -> dict[str, Any]:
     """``emomix predict CHECKPOINT FOLDER --out out.csv -q`` in this process: load and predict timed apart."""
-    from emomix.infer.batch import collect_inputs, run_predictions, write_results as write_rows
+    from emomix.infer.batch import collect_inputs, run_predictions
+    from emomix.infer.batch import write_results as write_rows
     from emomix.infer.predictor import Predictor
 
     with Stopwatch() as load:

@@ -24,7 +24,8 @@ the work itself and hardly moves with other processes' load, while the wall time
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,7 +127,7 @@ def roberta_config(quick: bool) -> Any:
 
 def sentence_of(encoder: Any, tokens: int) -> str:
     """A transcript that the encoder's tokenizer turns into exactly ``tokens`` tokens (special included)."""
-    words = "well i really did not expect to see you here today and honestly it makes me very happy".split()
+    words = ["well", "i", "really", "did", "not", "expect", "to", "see", "you", "here", "today", "and", "honestly", "it", "makes", "me", "very", "happy"]
     text = ""
     for index in range(1000):
         candidate = (text + " " + words[index % len(words)]).strip()

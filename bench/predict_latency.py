@@ -31,8 +31,9 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -173,13 +174,12 @@ def build_predictor(kind: str, quick: bool = False, folder: Path | None = None) 
         if folder is None:
             raise ValueError("the offline predictor needs a folder for its checkpoint")
         return Predictor.from_run(write_offline_checkpoint(folder), asr=False)
+    from bench.model_costs import roberta_config
     from emomix.encoders.speech_ssl import SpeechSSLEncoder
     from emomix.encoders.text import TextEncoder
     from emomix.features import FeatureSpec
     from emomix.models import create_model
     from emomix.models.saved import TrainedModel
-
-    from bench.model_costs import roberta_config
 
     speech = SpeechSSLEncoder.from_config(wavlm_config(quick), seed=0)
     text = TextEncoder.from_config(roberta_config(quick), seed=0)

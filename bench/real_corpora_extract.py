@@ -24,8 +24,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from bench._util import format_table, machine_info, parse_args, set_threads, shared_corpus, write_results
 

@@ -27,8 +27,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -161,7 +162,7 @@ class ServerProcess:
             run_server(create_app(predictor, limits), port={self.port}, log_level="warning")
         """)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         self.process = subprocess.Popen([sys.executable, "-c", self.code], cwd=ROOT)
         import httpx
 

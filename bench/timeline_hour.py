@@ -25,8 +25,9 @@ import tempfile
 import threading
 import time
 import tracemalloc
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -133,7 +134,7 @@ class RssSampler:
             self.count += 1
             time.sleep(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self.peak = rss_bytes()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()

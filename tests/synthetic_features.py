@@ -31,16 +31,17 @@ from __future__ import annotations
 
 import fcntl
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 # The post-processing is the package's own (emomix.features), the same a training run applies.
-from emomix.features import downsample_frames, normalise_per_speaker, token_frame_edges  # noqa: F401
+from emomix.features import downsample_frames, normalise_per_speaker, token_frame_edges
 
 AUDIO_ENCODER = "opensmile:eGeMAPSv02"
 TEXT_ENCODER = "minilm"

@@ -54,10 +54,9 @@ def test_files_get_the_normal_permissions(tmp_path):
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "table.parquet"
     write_text_atomic(target, "old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as temporary:
-            temporary.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(target) as temporary:
+        temporary.write_text("half")
+        raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert _leftovers(tmp_path) == []
     with pytest.raises(ValueError):  # NaN is refused when conversion is off: strict JSON only

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import scipy.signal
+import soundfile as sf
 
 from emomix.audio import chunking, features, io, vad
 from emomix.audio.io import audio_duration, decode_audio_bytes, load_audio

@@ -8,8 +8,15 @@ import pytest
 import soundfile as sf
 
 from emomix.errors import AudioError, ConfigError
-from emomix.train.augment import (add_noise, augment_table, augmented_classes, is_augmented, render, source_of,
-                                  training_ids_with_copies)
+from emomix.train.augment import (
+    add_noise,
+    augment_table,
+    augmented_classes,
+    is_augmented,
+    render,
+    source_of,
+    training_ids_with_copies,
+)
 from emomix.train.recipe import AugmentConfig
 
 

@@ -10,11 +10,16 @@ import torch.nn.functional as F
 
 from emomix.errors import ConfigError, LabelError, MissingDataError
 from emomix.models import create_model
-from emomix.models.complementary import (ComplementaryFusion, arousal_split_weights, fuse_probabilities, pool_frames,
-                                         remap_edges, spread_token_edges)
+from emomix.models.complementary import (
+    ComplementaryFusion,
+    arousal_split_weights,
+    fuse_probabilities,
+    pool_frames,
+    remap_edges,
+    spread_token_edges,
+)
 from emomix.models.inputs import Batch, ModalityInput, pad_sequences
 from emomix.train.late_fusion import fit_fusion_weights
-
 
 
 @pytest.fixture(autouse=True, scope="module")

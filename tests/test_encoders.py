@@ -16,10 +16,10 @@ import torch
 
 from emomix.encoders import create_encoder, list_encoders
 from emomix.encoders.base import EncoderOutput
+from emomix.encoders.hub import folder_fingerprint
 from emomix.encoders.mfcc import MFCCEncoder
 from emomix.encoders.normalisation import SpeakerNormaliser
 from emomix.encoders.opensmile_encoder import OpenSmileEncoder
-from emomix.encoders.hub import folder_fingerprint
 from emomix.encoders.speech_ssl import SpeechSSLEncoder
 from emomix.encoders.text import TextEncoder, cls_of_layer
 from emomix.encoders.video import FaceCropEncoder

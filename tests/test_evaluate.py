@@ -12,13 +12,22 @@ import typer
 from scipy import stats
 from typer.testing import CliRunner
 
+from emomix.cli.evaluate import register
 from emomix.data.protocols import make_fold_plan
 from emomix.data.schema import make_table
 from emomix.errors import ConfigError, EmomixError, LabelError, MissingDataError
-from emomix.cli.evaluate import register
 from emomix.evaluate.compare import compare_runs, format_comparison
-from emomix.evaluate.metrics import (classification_metrics, format_summary, macro_f1, metrics_from_predictions,
-                                     normalise_rows, summarise, unweighted_accuracy, weighted_accuracy, weighted_f1)
+from emomix.evaluate.metrics import (
+    classification_metrics,
+    format_summary,
+    macro_f1,
+    metrics_from_predictions,
+    normalise_rows,
+    summarise,
+    unweighted_accuracy,
+    weighted_accuracy,
+    weighted_f1,
+)
 from emomix.evaluate.report import PredictionsError, load_predictions, write_report
 from emomix.evaluate.routing import expert_shares, routing_analysis, routing_shares
 

@@ -19,8 +19,7 @@ from emomix.infer.card import model_card
 from emomix.infer.export import OnnxModel, OnnxTextEncoder
 from emomix.infer.predictor import Predictor
 from emomix.infer.run_export import ParityError
-
-from synthetic_features import fold_test_items  # noqa: E402
+from synthetic_features import fold_test_items
 
 FOLD = "ses01"
 

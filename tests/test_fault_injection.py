@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from bench.fault_injection import predictions_equal, run_fault_injection
 
 pytestmark = pytest.mark.faults

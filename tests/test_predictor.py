@@ -19,8 +19,7 @@ from emomix.errors import AudioError, ConfigError, EmomixError, MissingDataError
 from emomix.infer.asr import StaticTranscriber
 from emomix.infer.checkpoint import checkpoint_score, choose_checkpoint
 from emomix.infer.predictor import AUDIO_ONLY_NOTE, Predictor, audio_only_prediction
-
-from synthetic_features import fold_test_items  # noqa: E402
+from synthetic_features import fold_test_items
 
 FOLD = "ses01"
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import random
 
 import pytest
 
 from emomix.data.protocols import (
+    PROTOCOLS,
     Fold,
     FoldPlan,
-    PROTOCOLS,
     leave_one_session_out,
     leave_one_speaker_out,
     make_fold_plan,

@@ -17,8 +17,7 @@ from corpus_fixtures import (
     make_savee,
     write_wav,
 )
-from emomix.data.readers import read_corpus
-from emomix.data.readers import emodb, iemocap, manifest, meld, mosi, ravdess, savee
+from emomix.data.readers import emodb, iemocap, manifest, meld, mosi, ravdess, read_corpus, savee
 from emomix.data.schema import COLUMNS
 from emomix.errors import CorpusFormatError, MissingDataError
 

@@ -13,8 +13,6 @@ import pytest
 import soundfile
 
 from emomix.data import synthetic
-from emomix.data.synthetic import plan as synthetic_plan
-from emomix.data.synthetic import writer as synthetic_writer
 from emomix.data.readers import read_corpus
 from emomix.data.schema import COLUMNS
 from emomix.data.synthetic import (
@@ -25,6 +23,8 @@ from emomix.data.synthetic import (
     plan_corpus,
     write_synthetic_corpus,
 )
+from emomix.data.synthetic import plan as synthetic_plan
+from emomix.data.synthetic import writer as synthetic_writer
 from emomix.errors import ConfigError
 
 SMALL = dict(size=12, sessions=2, turns_min=3, turns_max=6)

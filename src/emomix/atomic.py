@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from emomix.jsonutil import to_jsonable
 
@@ -97,7 +98,7 @@ def write_json_atomic(path: str | Path, value: Any, indent: int | None = 1, *, c
     return write_text_atomic(path, text + "\n")
 
 
-def write_parquet_atomic(path: str | Path, table: "pd.DataFrame | pa.Table", *, index: bool = False) -> Path:
+def write_parquet_atomic(path: str | Path, table: pd.DataFrame | pa.Table, *, index: bool = False) -> Path:
     """Write a DataFrame (without its index unless ``index``) or an Arrow table as Parquet atomically."""
     import pyarrow.parquet as pq
 
@@ -110,7 +111,7 @@ def write_parquet_atomic(path: str | Path, table: "pd.DataFrame | pa.Table", *, 
     return path
 
 
-def write_wav_atomic(path: str | Path, samples: "np.ndarray", sample_rate: int, subtype: str = "PCM_16") -> Path:
+def write_wav_atomic(path: str | Path, samples: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
     """Write ``samples`` (frames or frames × channels) as a WAV file atomically.
 
     ``subtype`` is soundfile's: ``PCM_16`` (floats in [-1, 1] are scaled by soundfile, integers

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,7 @@ class FeatureSpec:
     batch_size: int = 8
 
     @classmethod
-    def from_dict(cls, modality: str, values: Mapping[str, Any]) -> "FeatureSpec":
+    def from_dict(cls, modality: str, values: Mapping[str, Any]) -> FeatureSpec:
         """Build from a recipe block; unknown keys are named with the nearest valid one."""
         if modality not in MODALITY_NAMES:
             raise ConfigError(f"features: unknown modality {modality!r}; choose from {', '.join(MODALITY_NAMES)}")

@@ -27,10 +27,10 @@ import functools
 import importlib.util
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -186,7 +186,7 @@ def whisper_words(wave: np.ndarray, rate: int, whisper_model: str | None, langua
     if _installed("faster_whisper"):
         try:
             model = _load_faster_whisper(str(whisper_model))
-        except Exception as exc:  # noqa: BLE001 - any loading failure means "not available here"
+        except Exception as exc:
             return None, f"faster-whisper model {whisper_model!r} is not available locally ({type(exc).__name__}: {exc})"
         segments, _info = model.transcribe(audio, word_timestamps=True, language=language)
         words = [Word(w.word.strip(), float(w.start), float(w.end)) for segment in segments for w in (segment.words or [])]

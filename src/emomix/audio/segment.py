@@ -40,9 +40,9 @@ libsndfile (WAV, FLAC, OGG/Vorbis, AIFF, CAF, …); convert others with ffmpeg.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import soundfile as sf

@@ -20,8 +20,9 @@ already are face crops).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def read_video_frames(path: str | Path, start: float | None = None, end: float |
         raise MissingDataError(f"video file {path} does not exist; check the table's video_path")
     if path.is_dir() or path.stat().st_size == 0:
         raise VideoError(f"{path}: is empty (0 bytes) or a folder, not a video file")
-    if start is not None and start < 0 or (start is not None and end is not None and end <= start):
+    if (start is not None and start < 0) or (start is not None and end is not None and end <= start):
         raise VideoError(f"{path}: invalid span {start}–{end} s; give 0 ≤ start < end seconds")
     if max_frames is not None and max_frames <= 0:
         raise ConfigError(f"max_frames must be positive, got {max_frames!r}")

@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -96,7 +97,7 @@ class PreprocessConfig:
             raise ConfigError("preprocess.vad_mode='mask' cannot be combined with chunking; use vad_mode='trim'")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "PreprocessConfig":
+    def from_dict(cls, values: Mapping[str, Any] | None) -> PreprocessConfig:
         """Build from a plain dict (a recipe's ``preprocess:`` block); unknown keys are errors."""
         values = dict(values or {})
         known = set(cls.__dataclass_fields__)

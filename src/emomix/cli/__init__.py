@@ -13,7 +13,8 @@ usage errors and :class:`emomix.errors.EmomixError` exit with status 2, Ctrl-C w
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import typer
 
@@ -42,7 +43,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Optional[bool] = typer.Option(None, "--version", is_eager=True, callback=_print_version,
+    version: bool | None = typer.Option(None, "--version", is_eager=True, callback=_print_version,
                                            help="Print the version and exit."),
 ) -> None:
     """Emotion recognition from speech and transcript with mixture-of-experts fusion models."""

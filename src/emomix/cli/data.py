@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -91,7 +90,7 @@ def folds(
     root: Path = typer.Argument(..., help="The corpus folder (or manifest file)."),
     protocol: str = typer.Option(..., help="loso (leave-one-session-out), loso-speaker, speaker-split, official, kfold."),
     scheme: str = typer.Option("default", help="Label scheme."),
-    out: Optional[Path] = typer.Option(None, help="Write the fold plan as JSON here."),
+    out: Path | None = typer.Option(None, help="Write the fold plan as JSON here."),
     overrides: list[str] = typer.Option([], "--set", help="Protocol parameter as key=value (e.g. validation=speaker), repeatable."),
 ) -> None:
     """Build a cross-validation fold plan for a corpus and print it."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -37,7 +36,7 @@ def evaluate(
 
 def compare(
     runs: list[Path] = typer.Argument(..., help="Two or more run directories; every run is compared with the first."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the Markdown table to this file."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the Markdown table to this file."),
     metric: str = typer.Option("ua", "--metric", help="Metric of the paired tests: ua, wa, macro_f1, weighted_f1."),
     allow_different_folds: bool = typer.Option(False, "--allow-different-folds",
                                                help="Compare runs whose fold plans differ (pairs the folds sharing a name)."),

@@ -15,7 +15,6 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,15 +32,15 @@ def export(
     onnx: bool = typer.Option(False, "--onnx", help="Export the model to ONNX (checked on the run's test utterances) "
                                                     "and write its model card."),
     card_only: bool = typer.Option(False, "--card-only", help="Write only the model card (model_card.json, MODEL_CARD.md)."),
-    fold: Optional[str] = typer.Option(None, "--fold", help="Export this fold's model (default: the fold/seed with the "
+    fold: str | None = typer.Option(None, "--fold", help="Export this fold's model (default: the fold/seed with the "
                                                             "best validation score)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Export this seed's model."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write into (default: <checkpoint>/export)."),
+    seed: int | None = typer.Option(None, "--seed", help="Export this seed's model."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder to write into (default: <checkpoint>/export)."),
     encoders: bool = typer.Option(False, "--encoders/--no-encoders", help="Also export the text encoder when it is a "
                                                                           "transformers model (default: no)."),
     atol: float = typer.Option(1e-4, "--atol", help="Largest allowed abs difference of logits and probabilities "
                                                     "(default 1e-4)."),
-    corpus_root: Optional[Path] = typer.Option(None, "--corpus-root", help="Where the run's corpus is now, when it "
+    corpus_root: Path | None = typer.Option(None, "--corpus-root", help="Where the run's corpus is now, when it "
                                                                            "moved since training (parity reads its "
                                                                            "test utterances)."),
 ) -> None:
@@ -70,7 +69,7 @@ def export(
 
 def export_check(
     models: str = typer.Option("", "--models", help="Comma-separated model names (default: every registered model)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON to this file."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the rows as JSON to this file."),
     threads: int = typer.Option(1, "--threads", help="torch threads (default 1)."),
 ) -> None:
     """Export every registered model (or --models) to ONNX with tiny inputs and check parity on other shapes.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -30,27 +29,27 @@ def extract(
     root: Path = typer.Argument(..., help="The corpus folder (or manifest file)."),
     encoder: str = typer.Option(..., "--encoder", help="Encoder spec, e.g. mfcc, opensmile:eGeMAPSv02, minilm, wavlm-base, speech:<folder>."),
     layers: str = typer.Option("", help="Hidden layers to store as layer_<k> fields, comma separated (e.g. 4,8,12)."),
-    boundary_layer: Optional[int] = typer.Option(None, help="Store the states entering this layer (negative: from the top, -2 = "
+    boundary_layer: int | None = typer.Option(None, help="Store the states entering this layer (negative: from the top, -2 = "
                                                             "the top two layers run at training time via forward_from_layer)."),
     store: Path = typer.Option(DEFAULT_STORE, help="Feature store folder."),
     batch_size: int = typer.Option(8, help="Utterances encoded together (sorted by length, so padding is small)."),
     num_workers: int = typer.Option(0, help="DataLoader processes that load and preprocess audio."),
     dtype: str = typer.Option("float16", help="Storage type of float arrays: float16 or float32."),
     scheme: str = typer.Option("default", help="Label scheme ('none' keeps every utterance with its raw label)."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N utterances of the table."),
+    limit: int | None = typer.Option(None, help="Only the first N utterances of the table."),
     flush_every: int = typer.Option(256, help="Write a shard every N computed utterances (a kill loses at most one)."),
-    vad: Optional[str] = typer.Option(None, help="Voice activity detection: webrtc or silero (default: none)."),
+    vad: str | None = typer.Option(None, help="Voice activity detection: webrtc or silero (default: none)."),
     vad_mode: str = typer.Option("mask", help="mask: store a speech_mask per frame; trim: cut to the speech regions."),
     normalise_loudness: bool = typer.Option(False, "--normalise-loudness", help="Scale audio to -23 dBFS gated RMS first."),
-    chunk_max_s: Optional[float] = typer.Option(None, help="Cut longer audio into pieces of at most this many seconds."),
+    chunk_max_s: float | None = typer.Option(None, help="Cut longer audio into pieces of at most this many seconds."),
     text_normalisation: str = typer.Option("strip", help="Transcript normalisation before hashing and encoding: strip or none."),
-    shard_index: Optional[int] = typer.Option(None, help="Process only this share of the corpus (0-based; with --num-shards)."),
+    shard_index: int | None = typer.Option(None, help="Process only this share of the corpus (0-based; with --num-shards)."),
     num_shards: int = typer.Option(1, help="Split the corpus into this many shares; without --shard-index, run them all here "
                                            "as parallel processes and merge."),
     devices: str = typer.Option("cpu", help="Device(s) for the encoder, comma separated (cuda:0,cuda:1 runs one process each)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    summary_json: Optional[Path] = typer.Option(None, help="Also write the summary as JSON to this file."),
+    summary_json: Path | None = typer.Option(None, help="Also write the summary as JSON to this file."),
 ) -> None:
     """Extract encoder features for a corpus into the feature store, computing only what is missing."""
     from emomix.cache.extract import ExtractSummary

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 def models(
-    name: Optional[str] = typer.Argument(None, help="Show this model's paper, inputs and config fields with their defaults."),
+    name: str | None = typer.Argument(None, help="Show this model's paper, inputs and config fields with their defaults."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """List every registered model (name, paper, inputs, batch kind, description), or show one."""

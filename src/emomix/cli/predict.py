@@ -9,7 +9,6 @@ input failed. Every note the predictions carry is printed once on stderr.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,16 +24,16 @@ def predict(
     run: Path = typer.Argument(..., help="A run folder (emomix train's --out) or a checkpoint folder folds/<fold>/seed-<k>."),
     source: Path = typer.Argument(..., help="An audio file, a folder of audio files (wav/flac/ogg/mp3), or a CSV manifest "
                                             "with audio_path[,text,speaker]."),
-    text: Optional[str] = typer.Option(None, "--text", help="The transcript (a single audio file only; a manifest has a text column)."),
-    speaker: Optional[str] = typer.Option(None, "--speaker", help="The speaker id for speaker-normalised features (single file)."),
-    fold: Optional[str] = typer.Option(None, "--fold", help="Use this fold's model (default: the fold/seed with the best validation score)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Use this seed's model."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results to .jsonl, .csv (or .json with --timeline) "
+    text: str | None = typer.Option(None, "--text", help="The transcript (a single audio file only; a manifest has a text column)."),
+    speaker: str | None = typer.Option(None, "--speaker", help="The speaker id for speaker-normalised features (single file)."),
+    fold: str | None = typer.Option(None, "--fold", help="Use this fold's model (default: the fold/seed with the best validation score)."),
+    seed: int | None = typer.Option(None, "--seed", help="Use this seed's model."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write results to .jsonl, .csv (or .json with --timeline) "
                                                                  "(default: JSON lines on stdout)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Inputs per feature-extraction batch."),
     timeline: bool = typer.Option(False, "--timeline", help="Treat each input as a long recording: segment it and predict "
                                                             "every speech segment."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="With --timeline: draw the timeline to this PNG."),
+    plot: Path | None = typer.Option(None, "--plot", help="With --timeline: draw the timeline to this PNG."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict the emotion of every input with a trained model."""

@@ -6,7 +6,6 @@ The app is :func:`emomix.serve.app.create_app`, run by :func:`emomix.serve.serve
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -22,17 +21,17 @@ def serve(
     run: Path = typer.Argument(..., help="A run folder (emomix train's --out) or a checkpoint folder folds/<fold>/seed-<k>."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for every interface)."),
     port: int = typer.Option(8000, help="TCP port."),
-    fold: Optional[str] = typer.Option(None, help="Serve this fold's model (default: the checkpoint with the best validation score)."),
-    seed: Optional[int] = typer.Option(None, help="Serve this seed's model (default: the best one)."),
+    fold: str | None = typer.Option(None, help="Serve this fold's model (default: the checkpoint with the best validation score)."),
+    seed: int | None = typer.Option(None, help="Serve this seed's model (default: the best one)."),
     max_upload_mb: float = typer.Option(20.0, help="Largest audio upload per file, in MB (413 above)."),
     max_duration_s: float = typer.Option(60.0, help="Longest audio in seconds (422 above)."),
     max_batch_items: int = typer.Option(16, help="Most files in one /predict/batch request."),
     timeout_s: float = typer.Option(30.0, help="Seconds a prediction may take, queueing included (504 after)."),
     threads: int = typer.Option(1, "--threads", help="Threads decoding uploads and running predictions "
                                 "(the model itself runs one request at a time)."),
-    workers_threads: Optional[int] = typer.Option(None, "--workers-threads", hidden=True,
+    workers_threads: int | None = typer.Option(None, "--workers-threads", hidden=True,
                                                   help="The old spelling of --threads."),
-    torch_threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's choice)."),
+    torch_threads: int | None = typer.Option(None, help="torch intra-op threads (default: torch's choice)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve a trained model over HTTP: POST /predict, /predict/batch, GET /health, /model, the web page at /."""

@@ -6,7 +6,6 @@ The work happens in :func:`emomix.train.run.train_recipe`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -21,10 +20,10 @@ def register(app: typer.Typer) -> None:
 
 def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML (see configs/)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: runs/<recipe name>)."),
-    fold: Optional[List[str]] = typer.Option(None, "--fold", help="Train only this fold (repeatable); default: every fold."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="A count N (seeds 0..N-1) or a comma list, e.g. 0,7; overrides the recipe."),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe value, e.g. --set training.epochs=3 (repeatable)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default: runs/<recipe name>)."),
+    fold: list[str] | None = typer.Option(None, "--fold", help="Train only this fold (repeatable); default: every fold."),
+    seeds: str | None = typer.Option(None, "--seeds", help="A count N (seeds 0..N-1) or a comma list, e.g. 0,7; overrides the recipe."),
+    overrides: list[str] | None = typer.Option(None, "--set", help="Override a recipe value, e.g. --set training.epochs=3 (repeatable)."),
     restart: bool = typer.Option(False, "--restart", help="Delete the run folder first instead of resuming it."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report/ after training."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),

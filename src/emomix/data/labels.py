@@ -8,11 +8,12 @@ Applying a scheme never drops an utterance silently: what falls outside is count
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -53,7 +54,7 @@ class LabelScheme:
         return {"name": self.name, "classes": list(self.classes), "map": dict(self.mapping), "corpus": self.corpus}
 
     @classmethod
-    def from_dict(cls, name: str, spec: Mapping[str, Any]) -> "LabelScheme":
+    def from_dict(cls, name: str, spec: Mapping[str, Any]) -> LabelScheme:
         """Build a scheme from ``{"classes": [...], "map": {...}}``; ``map`` defaults to identity."""
         unknown = set(spec) - {"classes", "map", "corpus", "name"}
         if unknown:

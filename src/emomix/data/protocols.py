@@ -24,9 +24,10 @@ import inspect
 import json
 import math
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,7 +79,7 @@ class Fold:
         }
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "fold") -> "Fold":
+    def from_dict(cls, data: Any, where: str = "fold") -> Fold:
         """Rebuild a fold from :meth:`to_dict` output; :class:`ProtocolError` naming the bad key."""
         if not isinstance(data, dict):
             raise ProtocolError(f"{where}: expected an object with name/train/validation/test, got {type(data).__name__}")
@@ -146,7 +147,7 @@ class FoldPlan:
         }
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "fold plan") -> "FoldPlan":
+    def from_dict(cls, data: Any, source: str = "fold plan") -> FoldPlan:
         """Rebuild a plan from :meth:`to_dict` output.
 
         A stored ``fingerprint`` that does not match the folds means the file was edited or
@@ -198,7 +199,7 @@ class FoldPlan:
         return write_json_atomic(path, self.to_dict(), indent=1)
 
     @classmethod
-    def load(cls, path: str | Path) -> "FoldPlan":
+    def load(cls, path: str | Path) -> FoldPlan:
         """Read a plan written by :meth:`save`.
 
         :class:`MissingDataError` when the file does not exist, :class:`ProtocolError` naming the

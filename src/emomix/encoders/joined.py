@@ -10,7 +10,8 @@ covers every part, so a cached entry can never mix parts from two configurations
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -9,7 +9,8 @@ LSTM, say) belong to the model, not here.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import librosa
 import numpy as np

@@ -16,8 +16,9 @@ State is saved as JSON or safetensors (never pickle).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class SpeakerNormaliser:
         """Speakers with their own statistics."""
         return sorted(self.mean)
 
-    def fit(self, features_by_utt: Mapping[str, Any], speaker_of_utt: Any) -> "SpeakerNormaliser":
+    def fit(self, features_by_utt: Mapping[str, Any], speaker_of_utt: Any) -> SpeakerNormaliser:
         """Fit the statistics of every speaker and the global fallback, replacing earlier ones.
 
         ``features_by_utt``: utterance id → ``T × D`` frames or a ``D`` vector.
@@ -87,7 +88,7 @@ class SpeakerNormaliser:
         self.global_count = int(pooled.shape[0])
         return self
 
-    def fit_speaker(self, speaker: str, utterances: Iterable[Any]) -> "SpeakerNormaliser":
+    def fit_speaker(self, speaker: str, utterances: Iterable[Any]) -> SpeakerNormaliser:
         """Add (or replace) one speaker's statistics from that speaker's own utterances.
 
         For inference on a new speaker: pass a few of their utterances' features. The global
@@ -149,7 +150,7 @@ class SpeakerNormaliser:
         }
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> "SpeakerNormaliser":
+    def from_state_dict(cls, state: Mapping[str, Any]) -> SpeakerNormaliser:
         """Rebuild a normaliser from :meth:`state_dict`."""
         if state.get("format") != _FORMAT:
             raise ConfigError(f"not a speaker normaliser state (format {state.get('format')!r}, expected {_FORMAT!r})")
@@ -194,7 +195,7 @@ class SpeakerNormaliser:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "SpeakerNormaliser":
+    def load(cls, path: str | Path) -> SpeakerNormaliser:
         """Read a state written by :meth:`save`."""
         path = Path(path)
         if not path.is_file():

@@ -12,7 +12,8 @@ a caller can drop them. Silence encodes normally.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

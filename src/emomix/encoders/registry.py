@@ -11,7 +11,8 @@ parametrised ``opensmile:<feature set>``, ``text:<hub name or folder>`` and
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from emomix.encoders.base import Encoder
 from emomix.errors import ConfigError

@@ -24,8 +24,9 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -149,7 +150,7 @@ class SpeechSSLEncoder(FrozenEvalMixin, Encoder):
         *,
         feature_extractor: Any = None,
         seed: int = 0,
-    ) -> "SpeechSSLEncoder":
+    ) -> SpeechSSLEncoder:
         """A randomly initialised encoder (weights from ``seed``) for tests and benchmarks."""
         return cls(
             None,
@@ -189,9 +190,7 @@ class SpeechSSLEncoder(FrozenEvalMixin, Encoder):
             model.encoder.pos_conv_embed,
             model.encoder.dropout,
         ]
-        if not self.stable_layer_norm:
-            frozen.append(model.encoder.layer_norm)
-        elif self.trainable_top_layers == 0:
+        if not self.stable_layer_norm or self.trainable_top_layers == 0:
             frozen.append(model.encoder.layer_norm)
         frozen.extend(self._layer_modules()[: self.num_layers - self.trainable_top_layers])
         if self.trainable_top_layers == 0 and getattr(model, "adapter", None) is not None:

@@ -18,8 +18,9 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -138,7 +139,7 @@ class TextEncoder(FrozenEvalMixin, Encoder):
         trainable_top_layers: int = 0,
         *,
         seed: int = 0,
-    ) -> "TextEncoder":
+    ) -> TextEncoder:
         """A randomly initialised encoder (weights from ``seed``); tokenizer defaults to MiniLM's."""
         return cls(
             None,

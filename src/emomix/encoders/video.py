@@ -9,7 +9,8 @@ weights so that any cached output is tied to the exact weights that made it.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

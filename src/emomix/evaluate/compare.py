@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -249,7 +250,7 @@ def conclusion_lines(table: pd.DataFrame, metric: str | None = None, alpha: floa
 
 
 def _load(path: Path) -> _Run:
-    from emomix.evaluate.report import load_run, describe_run
+    from emomix.evaluate.report import describe_run, load_run
 
     data = load_run(path)
     metrics = metrics_from_predictions(data.predictions, data.classes)

@@ -31,7 +31,8 @@ confidence interval of the mean from Student's t with ``n − 1`` degrees of fre
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -8,8 +8,8 @@ data it is given (arrays and tidy tables from :mod:`emomix.evaluate.metrics` and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -20,7 +20,7 @@ rows are pooled: a share is a mean over all test rows of all seeds.
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd

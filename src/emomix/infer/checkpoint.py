@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def resolve_checkpoint(path: str | Path, fold: str | None = None,
     if (path / "model.json").is_file():
         checkpoint, run_dir = path, find_run_root(path)
         card = read_model_card(checkpoint)
-        if fold is not None and str(card.get("fold")) != str(fold) or seed is not None and int(card.get("seed", -1)) != int(seed):
+        if (fold is not None and str(card.get("fold")) != str(fold)) or (seed is not None and int(card.get("seed", -1)) != int(seed)):
             raise ConfigError(f"{path} holds fold {card.get('fold')} seed {card.get('seed')}, not fold {fold} seed {seed}; "
                               "give the run folder to choose another")
     elif (path / "folds").is_dir():

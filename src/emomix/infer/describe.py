@@ -8,8 +8,9 @@ prediction of a model trained on the synthetic corpus carries.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 SYNTHETIC_READER = "synthetic"
 SYNTHETIC_NOTE = ("trained on the synthetic corpus: its labels are not meaningful on real speech; "
@@ -77,7 +78,7 @@ def corpus_readers(card: Mapping[str, Any], run_dir: str | Path | None) -> set[s
             import yaml
 
             reader = ((yaml.safe_load(config.read_text()) or {}).get("corpus") or {}).get("reader")
-        except Exception:  # noqa: BLE001 — no or unreadable config: model.json decides
+        except Exception:
             reader = None
         if reader:
             readers.add(str(reader))

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,7 @@ def export_run(run: str | Path, out: str | Path | None = None, fold: str | None 
     return card
 
 
-def check_model_parity(predictor: Any, path: Path, inputs: "ParityInputs", atol: float) -> dict[str, Any]:
+def check_model_parity(predictor: Any, path: Path, inputs: ParityInputs, atol: float) -> dict[str, Any]:
     """PyTorch against onnxruntime on the real parity batches (:func:`check_parity`), and the
     probabilities onnxruntime gives against the predictor's own results for the same items."""
     from emomix.infer.export import OnnxModel
@@ -156,7 +157,7 @@ def check_model_parity(predictor: Any, path: Path, inputs: "ParityInputs", atol:
     }
 
 
-def export_encoders(predictor: Any, folder: Path, inputs: "ParityInputs", atol: float,
+def export_encoders(predictor: Any, folder: Path, inputs: ParityInputs, atol: float,
                     echo: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Export each encoder that can be (a transformers text encoder) and check it on the parity
     utterances' transcripts; the others get the reason they are not exported."""

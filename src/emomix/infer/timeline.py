@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -151,10 +152,10 @@ def summarise(segments: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> 
 def plot_timeline(result: Mapping[str, Any], png_path: str | Path) -> Path:
     """Draw a timeline result: a band coloured by each segment's label over the probability of
     every class per segment, against time (minutes beyond ten minutes). Returns the PNG path."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
-    import matplotlib
 
     classes = list(result["classes"])
     segments = [s for s in result["segments"] if s.get("label") is not None]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ class ModelConfig:
     modalities: tuple[str, ...] = ("audio", "text")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None = None) -> "ModelConfig":
+    def from_dict(cls, values: Mapping[str, Any] | None = None) -> ModelConfig:
         """Build the config, naming any unknown key (with the nearest valid one)."""
         values = dict(values or {})
         names = {f.name: f for f in dataclasses.fields(cls)}

@@ -46,8 +46,9 @@ Losses: cross-entropy (class-weighted when :meth:`set_class_weights` was called)
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -57,8 +58,7 @@ from torch import nn
 from emomix.constants import IGNORE_INDEX
 from emomix.errors import ConfigError, LabelError, MissingDataError
 from emomix.models.base import EmotionModel, ModelConfig, register_model
-from emomix.models.blocks import (BipartiteGAT, CrossAttentionLayer, Expert, MixtureOfExperts, MLP, TopKGate,
-                                  masked_mean)
+from emomix.models.blocks import MLP, BipartiteGAT, CrossAttentionLayer, Expert, MixtureOfExperts, TopKGate, masked_mean
 from emomix.models.inputs import Batch, ModalityInput, ModelOutput
 
 PAPER = "Yi, Kwak & Shin. A Complementary Fusion Framework for Robust Multimodal Emotion Recognition. Electronics 2025"
@@ -412,7 +412,7 @@ class ComplementaryFusion(_ComplementaryBase):
 
     @classmethod
     def from_submodels(cls, ca: ComplementaryCrossAttentionMoE, spl: ComplementarySumProductMoE,
-                       weights: Sequence[float] | np.ndarray | torch.Tensor | None = None) -> "ComplementaryFusion":
+                       weights: Sequence[float] | np.ndarray | torch.Tensor | None = None) -> ComplementaryFusion:
         """Combine two separately trained sub-models (same inputs and classes) with weights ``w_c``."""
         if not isinstance(ca, ComplementaryCrossAttentionMoE) or not isinstance(spl, ComplementarySumProductMoE):
             raise ConfigError("from_submodels takes a complementary_ca model and a complementary_spl model, in that order")

@@ -68,8 +68,8 @@ and the trainer/evaluator predicts an utterance by averaging its chunks' logits.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import nn

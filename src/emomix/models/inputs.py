@@ -10,8 +10,8 @@ Utterance-level models take a :class:`Batch`; conversation models (MiSTER-E) tak
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ class ModalityInput:
     def dim(self) -> int:
         return int(self.states.shape[-1])
 
-    def to(self, device: torch.device | str) -> "ModalityInput":
+    def to(self, device: torch.device | str) -> ModalityInput:
         """A copy with every tensor on ``device``."""
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
                                 if isinstance(getattr(self, f.name), torch.Tensor)})
@@ -80,7 +80,7 @@ class Batch:
     def modalities(self) -> tuple[str, ...]:
         return tuple(m for m in MODALITIES if m in self.inputs)
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(
             inputs={k: v.to(device) for k, v in self.inputs.items()},
             labels=None if self.labels is None else self.labels.to(device),
@@ -111,7 +111,7 @@ class DialogueBatch:
     def modalities(self) -> tuple[str, ...]:
         return tuple(m for m in MODALITIES if m in self.inputs)
 
-    def to(self, device: torch.device | str) -> "DialogueBatch":
+    def to(self, device: torch.device | str) -> DialogueBatch:
         return DialogueBatch(
             inputs={k: v.to(device) for k, v in self.inputs.items()},
             mask=self.mask.to(device),

@@ -9,7 +9,7 @@ step on an all-padding batch does nothing instead of producing NaN.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

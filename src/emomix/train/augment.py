@@ -20,8 +20,9 @@ copy index, so a re-run writes identical files (and hits the feature cache).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -10,8 +10,9 @@ inference is the fused model's own forward pass (in :mod:`emomix.models`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -209,7 +210,7 @@ class Recipe:
     # -- building -----------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "recipe") -> "Recipe":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "recipe") -> Recipe:
         """Validate a parsed recipe; every error names the block and key."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: expected a mapping of blocks, got {type(data).__name__}")
@@ -291,7 +292,7 @@ class Recipe:
         data["optimiser"]["betas"] = list(self.optimiser.betas)
         return _plain(data)
 
-    def with_overrides(self, **changes: Any) -> "Recipe":
+    def with_overrides(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)
 
 

@@ -13,9 +13,10 @@ import difflib
 import inspect
 import io
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from emomix.data.schema import Corpus, ReadReport, Utterance, make_table
 from emomix.errors import ConfigError, CorpusFormatError, MissingDataError

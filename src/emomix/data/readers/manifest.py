@@ -17,8 +17,9 @@ from __future__ import annotations
 import difflib
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from emomix.data.readers._common import absolute, build_corpus, read_csv_rows, read_text
 from emomix.data.schema import COLUMNS, REQUIRED, Corpus, ReadReport, Utterance, Word

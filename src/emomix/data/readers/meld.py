@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
 
 from emomix.data.readers._common import absolute, build_corpus, parse_int, read_csv_rows, require_values
 from emomix.data.schema import Corpus, ReadReport, Utterance

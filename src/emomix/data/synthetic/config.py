@@ -93,7 +93,7 @@ class SyntheticConfig:
         return [item.name for item in dataclasses.fields(cls)]
 
     @classmethod
-    def from_overrides(cls, **overrides: Any) -> "SyntheticConfig":
+    def from_overrides(cls, **overrides: Any) -> SyntheticConfig:
         """The default config with some knobs changed; an unknown knob raises :class:`ConfigError`."""
         valid = cls.field_names()
         unknown = [key for key in overrides if key not in valid]

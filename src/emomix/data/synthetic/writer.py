@@ -69,7 +69,7 @@ def write_synthetic_corpus(out_dir: str | Path, config: SyntheticConfig | None =
     return manifest_path
 
 
-def manifest_frame(plan: CorpusPlan) -> "pd.DataFrame":
+def manifest_frame(plan: CorpusPlan) -> pd.DataFrame:
     """The manifest as a DataFrame with the utterance-table columns (``words`` as JSON text)."""
     import pandas as pd
 

@@ -40,13 +40,13 @@ from emomix.models.blocks.routing import (
 )
 
 __all__ = [
+    "MLP",
     "AttentionPooling",
     "BidirectionalCrossAttention",
     "BipartiteGAT",
     "CrossAttentionLayer",
     "DialogueContext",
     "Expert",
-    "MLP",
     "MixtureOfExperts",
     "PairwiseSigmoidAttention",
     "TopKGate",
