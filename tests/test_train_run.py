@@ -279,3 +279,34 @@ def test_a_config_left_by_an_attempt_that_never_read_its_corpus_is_replaced(tmp_
     other = recipe.with_overrides(name="other")
     with pytest.raises(ConfigError, match="holds a run of a different recipe"):
         prepare_run(other, out, progress=False, log=messages.append)
+
+
+def test_a_late_fusion_model_trains_its_parts_and_loads_as_one(synthetic_features, tmp_path, one_thread):
+    """``complementary`` is chosen by its registry entry (late_fusion_of): both parts are trained and
+    saved, the fused weights are fitted, and the fused checkpoint reloads to the saved predictions."""
+    from emomix.models.saved import TrainedModel, predict_rows
+    from emomix.train.data import EmotionDataModule
+    from emomix.train.run import prepare_run
+
+    data = recipe_dict(synthetic_features)
+    data["model"] = {"name": "complementary", "config": {"hidden_dim": 16, "ca_heads": 2, "graph_heads": 2,
+                                                         "num_experts": 2, "graph": "spread"}}
+    data["training"].update(epochs=1)
+    recipe = Recipe.from_dict(data)
+    out = tmp_path / "complementary"
+    train_recipe(recipe, out, folds=["ses01"], progress=False, log=None, report=False)
+    folder = out / "folds" / "ses01" / "seed-0"
+    assert {p.name for p in folder.glob("*.safetensors")} == {"model.safetensors", "complementary_ca.safetensors",
+                                                               "complementary_spl.safetensors"}
+    card = json.loads((folder / "model.json").read_text())
+    assert set(card["training"]) == {"complementary_ca", "complementary_spl", "fusion_weights"}
+    assert len(card["training"]["fusion_weights"]) == len(card["classes"])
+    model = TrainedModel.from_pretrained(folder)
+    assert model.model.fusion_weights.tolist() == pytest.approx(card["training"]["fusion_weights"], abs=1e-4)
+    context = prepare_run(recipe, out, progress=False, log=lambda m: None)
+    fold = context.plan.folds[0]
+    module = EmotionDataModule(context.feature_set, context.table, context.classes,
+                               {"train": fold.train, "validation": fold.validation, "test": fold.test})
+    ids, probs, _, _ = predict_rows(model, module.test_dataloader())
+    saved = pd.read_parquet(folder / "predictions.parquet").set_index("utt_id").loc[ids]
+    assert abs(probs - saved[[f"prob_{c}" for c in card["classes"]]].to_numpy()).max() < 1e-5
