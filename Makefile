@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-slow test-faults bench clean
+.PHONY: setup demo test test-slow test-faults bench clean lint format
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,18 @@ test-slow: setup
 ## Fault injection: extract and train killed with SIGKILL at random moments, resumed, checked.
 test-faults: setup
 	$(PY) -m pytest -q -m faults -p no:cacheprovider
+
+## Style, types and import contracts: ruff check, ruff format --check, mypy on src/, lint-imports.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-logo
+
+## Apply ruff's safe fixes and the formatter.
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 ## Remove what the demo and the README's commands write: every run, the synthetic corpus and the
 ## feature stores (all under runs/), ONNX exports (exported/) and the pytest cache. .venv stays.
