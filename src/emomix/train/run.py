@@ -10,9 +10,9 @@ docs/training.md, and is safe to interrupt and re-run:
   of this invocation, so a resumed run can never mix two setups;
 * every file is written through a temporary file renamed into place.
 
-A model registered as a late fusion of other models (``late_fusion_of``, e.g. ``complementary``)
+A model whose registry entry declares it the late fusion of other models (``late_fusion_of``)
 trains its parts in the same fold folder and fits the per-class fusion weights on the fold's
-validation part (:mod:`emomix.train.late_fusion`).
+validation part (:mod:`emomix.train.late_fusion`); this module names no model.
 """
 
 from __future__ import annotations
