@@ -139,6 +139,11 @@ def test_cli_timeline_writes_json_and_a_plot(trained_synthetic_run, recording, t
     assert result.exit_code == 0, result.output
     [written] = json.loads(out.read_text())
     assert written["input"] == str(path) and written["plot"] == str(plot) and plot.exists() and written["segments"]
+    printed = CliRunner().invoke(app, ["predict", str(trained_synthetic_run), str(path), "--timeline", "-q"])
+    assert printed.exit_code == 0, printed.output
+    document = printed.stdout
+    assert json.loads(document)["segments"] == written["segments"]
+    assert max(map(len, document.splitlines())) < 200, "a timeline on stdout is indented, not one long line"
     csv_out = tmp_path / "segments.csv"
     result = CliRunner().invoke(app, ["predict", str(trained_synthetic_run), str(path), "--timeline", "--out", str(csv_out), "-q"])
     assert result.exit_code == 0, result.output

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from emomix.errors import ConfigError, MissingDataError
+from emomix.infer.timeline import timeline_json
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 MANIFEST_COLUMNS = ("audio_path", "text", "speaker")
@@ -118,8 +119,9 @@ def run_timelines(predictor: Any, items: Sequence[Mapping[str, Any]], batch_size
 def write_results(results: Sequence[Mapping[str, Any]], out: Path | None, classes: Sequence[str], timeline: bool = False) -> str:
     """Write rows as JSON lines (stdout or ``.jsonl``), ``.json`` or ``.csv``; return where they went."""
     if out is None:
-        for row in results:
-            print(json.dumps(row, ensure_ascii=False), flush=True)
+        for row in results:  # a timeline is a document per recording: indented, not kilobytes on one line
+            print(timeline_json(row) if timeline else json.dumps(row, ensure_ascii=False), end="" if timeline else "\n",
+                  flush=True)
         return "stdout"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
