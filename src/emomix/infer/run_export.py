@@ -290,12 +290,12 @@ def parity_inputs(predictor: Any, corpus_root: str | Path | None = None) -> Pari
 
 
 def _corpus_block(config: Any, path: Path) -> dict[str, Any]:
-    """The ``corpus`` block of a run's ``config.yaml`` (the resolved recipe ``emomix train`` wrote):
+    """The ``corpus`` block of a run's ``config.yaml`` (the resolved recipe written by the training command):
     reader, root, scheme and reader options."""
     corpus = config.get("corpus") if isinstance(config, Mapping) else None
     if not isinstance(corpus, Mapping) or not corpus.get("reader") or not corpus.get("root"):
-        raise ConfigError(f"{path} has no corpus block with a reader and a root; is this a run folder written by "
-                          "`emomix train`?")
+        raise ConfigError(f"{path} has no corpus block with a reader and a root; is this a run folder written by the "
+                          "`train` command (see `emomix --help --help`)?")
     return {"reader": str(corpus["reader"]), "root": str(corpus["root"]), "scheme": corpus.get("scheme", "default"),
             "options": dict(corpus.get("options") or {})}
 
@@ -333,7 +333,8 @@ def _item(row: Any, root: Path) -> dict[str, Any]:
 
 
 def _first_dialogue(table: Any, usable: Sequence[str]) -> list[str]:
-    """The turns (in order, at most :data:`MAX_DIALOGUE_TURNS`) of the first test dialogue with two or more usable turns."""
+    """The turns (in order, at most :data:`MAX_DIALOGUE_TURNS`) of the first test dialogue with two or
+    more usable turns."""
     if "dialogue_id" not in table.columns:
         return []
     rows = table.loc[list(usable)]
