@@ -295,7 +295,7 @@ def _corpus_block(config: Any, path: Path) -> dict[str, Any]:
     corpus = config.get("corpus") if isinstance(config, Mapping) else None
     if not isinstance(corpus, Mapping) or not corpus.get("reader") or not corpus.get("root"):
         raise ConfigError(f"{path} has no corpus block with a reader and a root; is this a run folder written by the "
-                          "`train` command (see `emomix --help --help`)?")
+                          "`train` command (see `emomix --help`)?")
     return {"reader": str(corpus["reader"]), "root": str(corpus["root"]), "scheme": corpus.get("scheme", "default"),
             "options": dict(corpus.get("options") or {})}
 
