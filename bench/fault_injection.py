@@ -69,7 +69,7 @@ optimiser:
   warmup_epochs: 1
 training:
   epochs: {epochs}
-  batch_size: 8
+  batch_size: 4
   patience: null
   monitor: val_ua
   class_balance: weights
@@ -268,6 +268,7 @@ def run_once(argv: Sequence[str], log_path: Path, delay: float | None = None,
 
     Returns (exit status or None when killed, phase or None, seconds)."""
     started = time.perf_counter()
+    offset = log_path.stat().st_size if log_path.exists() else 0  # the phase is read from this attempt's output
     with open(log_path, "ab") as log:
         process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=child_env(),
                                    start_new_session=True)
@@ -278,7 +279,10 @@ def run_once(argv: Sequence[str], log_path: Path, delay: float | None = None,
             pass
         # Freeze the whole process group first so the files read below are exactly what the kill leaves.
         os.killpg(process.pid, signal.SIGSTOP)
-        seen = phase(log_path.read_text(errors="replace")) if phase else None
+        with open(log_path, "rb") as stream:
+            stream.seek(offset)
+            text = stream.read().decode("utf-8", errors="replace")
+        seen = phase(text) if phase else None
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     return None, seen, time.perf_counter() - started
@@ -354,7 +358,7 @@ def reference_run(command: Command, folder: Path) -> float:
     return seconds
 
 
-def run_fault_injection(work: Path, kills: int = 20, seed: int = 0, epochs: int = 4,
+def run_fault_injection(work: Path, kills: int = 20, seed: int = 0, epochs: int = 30,
                         commands: Sequence[str] = ("extract", "train"),
                         log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole benchmark in ``work``; returns the result record (see the module doc)."""
@@ -406,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs per command (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus and of the kill delays")
-    parser.add_argument("--epochs", type=int, default=4, help="training epochs of the tiny recipe")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs of the tiny recipe")
     parser.add_argument("--only", choices=("extract", "train"), default=None, help="inject into one command only")
     parser.add_argument("--out", type=Path, default=RESULTS, help="result JSON")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one, removed)")

@@ -99,3 +99,50 @@ def test_a_fit_killed_after_an_epoch_resumes_to_the_uninterrupted_weights(tmp_pa
     resumed = fit(tmp_path / "killed")
     for name, value in expected.items():
         assert torch.equal(resumed[name], value), name
+
+
+def test_a_killed_checkpoint_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from emomix.train import checkpoint as checkpoint_module
+    from emomix.train.checkpoint import AtomicCheckpointIO
+
+    path = tmp_path / "last-model.ckpt"
+    io_ = AtomicCheckpointIO()
+    io_.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def half_written(obj, stream):
+        stream.write(b"PK\x03\x04 half")
+        raise KeyboardInterrupt  # the process dies mid-write
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        io_.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last-model.ckpt"]
+
+
+def test_a_truncated_checkpoint_is_set_aside_so_the_fold_starts_over(tmp_path):
+    from emomix.train.checkpoint import usable_checkpoint
+
+    good, bad = tmp_path / "good.ckpt", tmp_path / "bad.ckpt"
+    torch.save({"epoch": 3, "w": torch.ones(100)}, good)
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # a copy killed half way
+    assert usable_checkpoint(good) == good and good.exists()
+    with pytest.warns(UserWarning, match="incomplete"):
+        assert usable_checkpoint(bad) is None
+    assert not bad.exists()
+    assert usable_checkpoint(tmp_path / "absent.ckpt") is None
+
+
+def test_stale_temporaries_are_removed_outside_the_store(tmp_path):
+    from emomix.train.checkpoint import remove_stale_temporaries
+
+    (tmp_path / "report").mkdir()
+    (tmp_path / "features" / "shards").mkdir(parents=True)
+    leftovers = [tmp_path / "run.json.k2j3.tmp", tmp_path / "report" / "metrics.json.x1.tmp"]
+    for path in [*leftovers, tmp_path / "features" / "shards" / ".main-0123456789abcdef.safetensors.tmp",
+                 tmp_path / "run.json"]:
+        path.write_text("x")
+    assert sorted(remove_stale_temporaries(tmp_path, skip=[tmp_path / "features"])) == sorted(leftovers)
+    assert (tmp_path / "run.json").exists()
+    assert (tmp_path / "features" / "shards" / ".main-0123456789abcdef.safetensors.tmp").exists()

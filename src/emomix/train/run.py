@@ -43,6 +43,7 @@ from emomix.models import create_model, model_info
 from emomix.models.losses import inverse_frequency_alpha
 from emomix.models.saved import load_weights, predict_rows
 from emomix.train.augment import augment_table, training_ids_with_copies
+from emomix.train.checkpoint import AtomicCheckpointIO, remove_stale_temporaries, usable_checkpoint
 from emomix.train.data import EmotionDataModule
 from emomix.train.late_fusion import train_late_fusion
 from emomix.train.recipe import Recipe
@@ -128,6 +129,7 @@ def train_recipe(recipe: Recipe, out: str | Path | None = None, folds: Sequence[
     result.predictions = pool_predictions(out, context.plan, recipe.seeds)
     if report and result.predictions is not None:
         result.report = write_run_report(out)
+    remove_stale_temporaries(out, skip=[Path(recipe.features.get("store") or out / "features")])  # killed writes' leftovers
     result.seconds["total"] = time.perf_counter() - started
     if result.trained:  # a re-run that only re-reads finished folds keeps the timing of the real one
         _update_run_json(out, finished=_now(), seconds=result.seconds)
@@ -266,6 +268,7 @@ def train_fold(context: RunContext, fold: Any, seed: int) -> pd.DataFrame:
     write_json(directory / "model.json", model_card(context, recipe.model.name, task.model, epochs, fold.name, seed))
     for leftover in directory.glob("*.ckpt"):
         leftover.unlink()
+    remove_stale_temporaries(directory)
     write_json(directory / "done.json", {"fold": fold.name, "seed": seed, "finished": _now(),
                                          "seconds": round(time.perf_counter() - started, 2), "test_rows": len(frame)})
     return frame
@@ -320,8 +323,10 @@ def fit_model(context: RunContext, model_name: str, parts: Mapping[str, Sequence
                         num_nodes=training.num_nodes, strategy=training.strategy, precision=training.precision,
                         accumulate_grad_batches=training.accumulate_grad_batches, gradient_clip_val=training.grad_clip,
                         callbacks=callbacks, logger=False, enable_progress_bar=context.progress, enable_model_summary=False,
-                        num_sanity_val_steps=0, default_root_dir=str(directory), limit_val_batches=None if has_validation else 0)
+                        num_sanity_val_steps=0, default_root_dir=str(directory), limit_val_batches=None if has_validation else 0,
+                        plugins=[AtomicCheckpointIO()])
     last = directory / f"last-{stem}.ckpt"
+    usable_checkpoint(last)  # deletes a truncated one: the fold then starts over instead of failing
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None,
                 weights_only=True if last.exists() else None)
     if not weights_path.exists():
