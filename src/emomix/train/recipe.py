@@ -52,10 +52,38 @@ def _from_dict(cls: type, values: Mapping[str, Any] | None, where: str, source: 
     unknown = [k for k in values if k not in names]
     if unknown:
         raise ConfigError(unknown_keys_message(source, where, unknown, names))
+    for spec in dataclasses.fields(cls):  # a number written as a word fails here, naming its key
+        value = values.get(spec.name)
+        if spec.name in values and isinstance(spec.default, (int, float)) and not isinstance(spec.default, bool):
+            if value is not None and not _is_number(value):
+                raise ConfigError(f"{source}: {where}.{spec.name} must be a number, got {value!r}")
     try:
         return cls(**values)
     except TypeError as error:
         raise ConfigError(f"{source}: {where}: {error}") from None
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float (not a bool), or a string YAML left unparsed such as ``1e-3``."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return isinstance(value, str)
+
+
+def _validate(config: Any, source: str) -> None:
+    """``config.validate()`` with the recipe file named and a wrongly typed value as a ConfigError."""
+    try:
+        config.validate()
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{source}: a value has the wrong type ({error}); see docs/recipes.md") from None
 
 
 @dataclass
@@ -236,11 +264,11 @@ class Recipe:
         optimiser = _from_dict(OptimiserConfig, data.get("optimiser"), "optimiser", source)
         if isinstance(optimiser.betas, list):
             optimiser.betas = tuple(optimiser.betas)
-        optimiser.validate()
+        _validate(optimiser, source)
         training = _from_dict(TrainingConfig, data.get("training"), "training", source)
         if training.augment is not None:
             training.augment_config(source)  # names the recipe file in a typo
-        training.validate()
+        _validate(training, source)
         recipe = cls(
             name=str(data.get("name") or "run"),
             description=str(data.get("description") or ""),
