@@ -234,7 +234,7 @@ def test_no_error_answer_leaks_internals_and_the_details_reach_the_log(caplog):
     statuses = {name: response.status_code for name, response in answers.items()}
     assert statuses == {"corrupt": 422, "raw bytes": 422, "mp3 name": 422, "empty": 422, "too long": 422, "too large": 413,
                         "content type": 415, "silence": 422, "internal": 500, "timeout": 504}
-    for name, response in answers.items():
+    for response in answers.values():
         assert_one_clean_sentence(response.json()["error"]["message"])
     for item in batch:
         assert_one_clean_sentence(item["error"]["message"])
@@ -546,9 +546,10 @@ def serve_cli():
 
 
 def test_serve_command_builds_the_limits_and_runs_uvicorn(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
     import emomix.infer.predictor as predictor_module
     import emomix.serve.server as server_module
-    from typer.testing import CliRunner
 
     calls = {}
 

@@ -145,7 +145,8 @@ def test_cli_timeline_writes_json_and_a_plot(trained_synthetic_run, recording, t
     assert json.loads(document)["segments"] == written["segments"]
     assert max(map(len, document.splitlines())) < 200, "a timeline on stdout is indented, not one long line"
     csv_out = tmp_path / "segments.csv"
-    result = CliRunner().invoke(app, ["predict", str(trained_synthetic_run), str(path), "--timeline", "--out", str(csv_out), "-q"])
+    result = CliRunner().invoke(app, ["predict", str(trained_synthetic_run), str(path), "--timeline", "--out", str(csv_out),
+                                      "-q"])
     assert result.exit_code == 0, result.output
     header = csv_out.read_text().splitlines()[0].split(",")
     assert header[:4] == ["input", "start", "end", "label"] and "prob_angry" in header

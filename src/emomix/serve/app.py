@@ -28,11 +28,12 @@ import asyncio
 import logging
 import re
 import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Awaitable, Callable, Optional, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from fastapi import FastAPI, File, Form, UploadFile
@@ -344,7 +345,7 @@ class PredictionService:
         try:
             with self.lock:
                 return self.predictor.predict(**upload.predictor_item())
-        except Exception as exc:  # noqa: BLE001 — answered with one sentence, logged in full
+        except Exception as exc:  # answered with one sentence, logged in full
             raise error_for_exception(exc, upload.name) from exc
 
     def _predict_batch(self, uploads: list[_Upload | ServiceError]) -> list[dict[str, Any]]:
@@ -357,7 +358,7 @@ class PredictionService:
             try:
                 self._decode(item)
                 ready.append(index)
-            except Exception as exc:  # noqa: BLE001 — one bad item must not fail the batch
+            except Exception as exc:  # one bad item must not fail the batch
                 results[index] = error_for_exception(exc, item.name).payload()
         if ready:
             items = [uploads[i].predictor_item() for i in ready]  # type: ignore[union-attr]
@@ -381,7 +382,7 @@ class PredictionService:
             except asyncio.TimeoutError:
                 raise ServiceError(504, "timeout", f"the prediction took longer than {timeout:g} s; send a shorter "
                                    "recording or retry when the server is less busy") from None
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise error_for_exception(exc) from exc
         finally:
             self.pending -= 1
@@ -461,8 +462,8 @@ def create_app(predictor: PredictorLike, limits: ServiceLimits | None = None) ->
     @app.post("/predict", summary="Predict the emotion of one recording (and its transcript)")
     async def predict(
         file: UploadFile = File(..., description="The audio file (WAV, FLAC, OGG, MP3, WebM/Opus, M4A, …)."),
-        text: Optional[str] = Form(None, description="The transcript; when absent the model's own fallback applies."),
-        speaker: Optional[str] = Form(None, description="Speaker id, for per-speaker normalisation when the run has statistics for it."),
+        text: str | None = Form(None, description="The transcript; when absent the model's own fallback applies."),
+        speaker: str | None = Form(None, description="Speaker id, for per-speaker normalisation when the run has statistics for it."),
     ) -> JSONResponse:
         data = await file.read()
         name = service.check_upload(data, file.filename, file.content_type)
@@ -472,8 +473,8 @@ def create_app(predictor: PredictorLike, limits: ServiceLimits | None = None) ->
     @app.post("/predict/batch", summary="Predict several recordings; a bad item gets an error in its slot")
     async def predict_batch(
         files: list[UploadFile] = File(..., description="The audio files, in order."),
-        texts: Optional[list[str]] = Form(None, description="Transcripts, one per file in order (empty for none)."),
-        speakers: Optional[list[str]] = Form(None, description="Speaker ids, one per file in order (empty for none)."),
+        texts: list[str] | None = Form(None, description="Transcripts, one per file in order (empty for none)."),
+        speakers: list[str] | None = Form(None, description="Speaker ids, one per file in order (empty for none)."),
     ) -> JSONResponse:
         if len(files) > limits.max_batch_items:
             raise ServiceError(422, "too_many_items", f"{len(files)} files in one batch; the limit is {limits.max_batch_items}")
@@ -528,5 +529,5 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("emomix")
-    except Exception:  # noqa: BLE001 — an uninstalled checkout
+    except Exception:  # an uninstalled checkout
         return "0"
