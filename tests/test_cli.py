@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import typer
@@ -66,7 +67,7 @@ def test_a_usage_error_is_one_line_with_status_2(argv, message, capsys):
 
 
 def test_user_errors_print_one_line_without_traceback(tmp_path, capsys):
-    code, out, err = run(["corpus", "info", "no-such-reader", str(tmp_path)], capsys)
+    code, _out, err = run(["corpus", "info", "no-such-reader", str(tmp_path)], capsys)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("emomix: error: ") and "unknown corpus reader 'no-such-reader'" in err
     assert "Traceback" not in err
@@ -125,7 +126,7 @@ def test_predict_prints_each_note_once(monkeypatch, tmp_path, capsys):
     synthetic = "trained on the synthetic corpus: its labels are not meaningful on real speech"
 
     class StandIn:
-        classes = ["happy", "sad"]
+        classes: ClassVar[list[str]] = ["happy", "sad"]
         checkpoint = tmp_path
 
         def info(self):
@@ -163,3 +164,19 @@ def test_python_dash_m_emomix_runs_the_same_command(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "does not exist" in result.stderr
+
+
+def test_predict_human_summary_names_aux_readings_in_words():
+    """The terminal summary of a prediction says what the aux readings are, never their raw keys."""
+    from emomix.cli.predict import human_summary
+
+    lines = human_summary([
+        {"input": "clip.wav", "label": "sad", "probabilities": {"sad": 0.7, "happy": 0.3},
+         "aux": {"route_audio": [0.25, 0.75], "vad_fallback": 1}},
+        {"input": "bad.wav", "error": "bad.wav could not be read as audio"},
+    ])
+    assert lines[0] == "clip.wav: sad (0.70)"
+    assert any("local 0.250" in line and "global 0.750" in line for line in lines)
+    joined = "\n".join(lines)
+    assert "route_audio" not in joined and "vad_fallback" not in joined
+    assert lines[-1] == "bad.wav: failed: bad.wav could not be read as audio"

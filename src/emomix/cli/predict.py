@@ -9,10 +9,32 @@ input failed. Every note the predictions carry is printed once on stderr.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from emomix.errors import ConfigError, MissingDataError
+
+
+HUMAN_SUMMARY_MAX = 10
+"""Up to this many inputs, each prediction is also summarised in words on stderr."""
+
+
+def human_summary(results: list[dict[str, Any]]) -> list[str]:
+    """``clip.wav: happy (0.62)`` and one indented line per aux reading in words
+    (e.g. ``audio routing: local 0.250 / global 0.750``), for the person at the terminal."""
+    from emomix.infer.describe import describe_aux
+
+    lines = []
+    for row in results:
+        if "error" in row:
+            lines.append(f"{row.get('input')}: failed: {row['error']}")
+            continue
+        probability = (row.get("probabilities") or {}).get(row.get("label"))
+        score = f" ({probability:.2f})" if isinstance(probability, (int, float)) else ""
+        lines.append(f"{row.get('input')}: {row.get('label')}{score}")
+        lines.extend(f"  {line}" for line in describe_aux(row.get("aux") or {}))
+    return lines
 
 
 def register(app: typer.Typer) -> None:
@@ -55,6 +77,9 @@ def predict(
         results = run_predictions(predictor, items, batch_size, progress=not quiet)
     failed = [r for r in results if "error" in r]
     where = write_results(results, out, predictor.classes, timeline=timeline)
+    if not timeline and not quiet and len(results) <= HUMAN_SUMMARY_MAX:
+        for line in human_summary(results):
+            typer.echo(line, err=True)
     for note, count in distinct_notes(results):
         scope = "" if count == len(results) else f" ({count} of {len(results)} inputs)"
         typer.echo(f"note: {note}{scope}", err=True)
