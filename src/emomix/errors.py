@@ -49,3 +49,11 @@ class VideoError(AudioError):
 
 class ProtocolError(EmomixError):
     """A cross-validation protocol cannot be built on the given table."""
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parser error as ``line L, column C: <problem>`` (1-based), without the parser's
+    multi-line excerpt of the text, so it fits the one-line messages above."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else str(problem)

@@ -147,7 +147,11 @@ class FeatureStore:
         main_path = self.root / INDEX_NAME
         if not create and worker is None and not main_path.exists():
             raise MissingDataError(f"{self.root} is not a feature store (no {INDEX_NAME})")
-        self._main = _connect(main_path)
+        try:
+            self._main = _connect(main_path)
+        except sqlite3.DatabaseError as exc:  # a truncated or overwritten index.sqlite
+            raise StoreError(f"{main_path} is damaged ({exc}); restore it from a backup, or delete the store "
+                             "folder and run `emomix extract` again") from None
         if worker is None:
             self._write_db = self._main
         else:

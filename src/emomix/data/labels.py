@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from emomix.errors import LabelError
+from emomix.errors import LabelError, yaml_problem
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,10 @@ def get_scheme(scheme: str | LabelScheme | Mapping[str, Any]) -> LabelScheme:
         return LabelScheme.from_dict(key, specs[key])
     path = Path(str(scheme))
     if path.suffix in {".yaml", ".yml", ".json"} and path.exists():
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        try:
+            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise LabelError(f"label scheme file {path} is not valid YAML ({yaml_problem(exc)})") from None
         if not isinstance(spec, Mapping):
             raise LabelError(f"label scheme file {path} must hold a mapping with 'classes' and 'map'")
         return LabelScheme.from_dict(str(spec.get("name", path.stem)), spec)

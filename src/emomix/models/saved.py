@@ -213,8 +213,11 @@ def save_weights(state: Mapping[str, torch.Tensor], path: str | Path, metadata: 
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file (on the CPU)."""
-    return load_file(str(path))
+    """The tensors of a safetensors file (on the CPU); a damaged file is a ConfigError naming it."""
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) for a damaged file
+        raise ConfigError(f"{path} is damaged ({type(exc).__name__}); copy the checkpoint again or retrain the fold") from None
 
 
 def predict_rows(module: nn.Module, batches: Iterable[Batch | DialogueBatch]

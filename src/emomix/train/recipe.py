@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from emomix.errors import ConfigError
+from emomix.errors import ConfigError, yaml_problem
 
 OPTIMISERS = ("adamw", "adam")
 SCHEDULES = ("none", "warmup_cosine", "onecycle", "plateau")
@@ -384,7 +384,7 @@ def load_recipe(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ConfigError(f"recipe {path} is not valid YAML: {error}") from None
+        raise ConfigError(f"recipe {path} is not valid YAML ({yaml_problem(error)}); fix that line") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must hold a mapping of blocks (corpus, protocol, features, model, ...)")
     data.setdefault("name", path.stem)

@@ -23,7 +23,7 @@ from typing import Any
 
 from emomix.data.readers._common import absolute, build_corpus, read_csv_rows, read_text
 from emomix.data.schema import COLUMNS, REQUIRED, Corpus, ReadReport, Utterance, Word
-from emomix.errors import CorpusFormatError, MissingDataError
+from emomix.errors import CorpusFormatError, MissingDataError, yaml_problem
 
 FORMATS = (".csv", ".jsonl", ".parquet")
 EXTRA_PREFIX = "x_"
@@ -97,7 +97,7 @@ def _named_scheme(path: Path, corpus: str) -> dict[str, Any]:
     try:
         spec = yaml.safe_load(read_text(path))
     except yaml.YAMLError as exc:
-        raise CorpusFormatError(path, f"not valid YAML ({exc})") from None
+        raise CorpusFormatError(path, f"not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("classes"), list):
         raise CorpusFormatError(path, "a label scheme must hold a mapping with 'classes' (a list) and 'map'")
     spec = dict(spec)
