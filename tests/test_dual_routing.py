@@ -45,7 +45,7 @@ def pad_more(batch: Batch, extra: int = 5, seed: int = 99) -> Batch:
     generator = torch.Generator().manual_seed(seed)
     inputs = {}
     for name, item in batch.inputs.items():
-        rows, length, dim = item.states.shape
+        rows, _length, dim = item.states.shape
         pad_mask = torch.zeros(rows, extra, dtype=torch.bool)
         padded = replace(
             item,
@@ -199,13 +199,105 @@ def test_global_routing_does_not_depend_on_local_inputs():
     assert not torch.allclose(full(batch).logits, full(perturbed).logits, atol=1e-3)
 
 
-def test_cross_attention_attends_over_three_tokens_per_modality():
-    for name, tokens in (("dual_routing", 3), ("dual_routing_concat", 3), ("dual_routing_local", 1)):
-        model = build(name).eval()
-        seen = []
-        model.fusion.register_forward_hook(lambda module, args, out: seen.append((args[0].shape, args[2].shape)))
-        model(make_batch())
-        assert seen == [(torch.Size([5, tokens, TEXT_DIM]), torch.Size([5, tokens, TEXT_DIM]))], name
+ROUTING_VARIANTS = ("dual_routing", "dual_routing_local", "dual_routing_global", "dual_routing_concat")
+
+
+def _count(module: torch.nn.Module | None) -> int:
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+@pytest.mark.parametrize("name", ROUTING_VARIANTS)
+def test_cross_attention_attends_over_three_distinct_tokens_per_modality(name):
+    model = build(name).eval()
+    seen = []
+    model.fusion.register_forward_hook(lambda module, args, out: seen.append((args[0], args[2])))
+    model(make_batch())
+    (audio, text), = seen
+    assert audio.shape == text.shape == (5, 3, TEXT_DIM)
+    # the experts' tokens differ, so attention is never a softmax over identical keys
+    assert not torch.allclose(audio[:, 1], audio[:, 2]) and not torch.allclose(text[:, 1], text[:, 2])
+
+
+def test_ablations_keep_the_routed_models_fusion_capacity():
+    models = {name: build(name) for name in ROUTING_VARIANTS}
+    full = models["dual_routing"]
+    for name, model in models.items():
+        # the same cross-attention and classifier, the same two experts with their heads per modality
+        assert _count(model.fusion) == _count(full.fusion) > 0, name
+        assert _count(model.classifier) == _count(full.classifier), name
+        for m in ("audio", "text"):
+            moe, ref = model.moe[m], full.moe[m]
+            assert moe.expert_slots == ("local", "global"), name
+            assert _count(moe.local_expert) + _count(moe.global_expert) == _count(ref.local_expert) + _count(ref.global_expert)
+        # only the routing part differs: the router (routed) or the combining MLP (concat)
+        extra = sum(_count(model.moe[m].router) + _count(model.moe[m].combine) for m in ("audio", "text"))
+        assert (extra > 0) == (name in ("dual_routing", "dual_routing_concat")), name
+        assert set(model.branch_keys) == {f"expert_logits_{m}_{s}" for m in ("audio", "text") for s in ("local", "global")}
+
+
+@pytest.mark.parametrize("routing", ["local", "global"])
+def test_single_scale_ablation_routes_everything_to_its_scale(routing):
+    model = build(f"dual_routing_{routing}").eval()
+    captured = {}
+    model.moe["audio"].register_forward_hook(lambda module, args, out: captured.update(out=out, args=args))
+    model(make_batch())
+    local_in, global_in = captured["args"]
+    # only the scale in use was computed; both expert slots read it
+    assert (local_in is None) == (routing == "global") and (global_in is None) == (routing == "local")
+    tokens = captured["out"]["tokens"]
+    slot = 1 if routing == "local" else 2  # p fixed to (1, 0) or (0, 1)
+    assert torch.equal(tokens[:, 0], tokens[:, slot])
+    assert not torch.allclose(tokens[:, 0], tokens[:, 3 - slot])
+
+
+def test_cross_attention_ffn_is_a_config_field_off_by_default():
+    plain, with_ffn = build(), build(cross_attention_ffn=True, cross_ffn_mult=3)
+    assert plain.config.cross_attention_ffn is False  # the paper's cross-attention has no FFN sublayer
+    layers = list(plain.fusion.audio_to_text) + list(plain.fusion.text_to_audio)
+    assert all(layer.ffn is None and layer.ffn_norm is None for layer in layers)
+    ffn_layers = list(with_ffn.fusion.audio_to_text) + list(with_ffn.fusion.text_to_audio)
+    assert all(layer.ffn[0].out_features == 3 * TEXT_DIM for layer in ffn_layers)
+    per_layer_ffn = 2 * 3 * TEXT_DIM * TEXT_DIM + 3 * TEXT_DIM + TEXT_DIM + 2 * TEXT_DIM  # two linears + LayerNorm
+    assert _count(with_ffn.fusion) - _count(plain.fusion) == 4 * per_layer_ffn
+    # without the FFN a layer's output is exactly LayerNorm(q + attention)
+    layer = plain.fusion.audio_to_text[0].eval()
+    q, kv = torch.randn(2, 3, TEXT_DIM), torch.randn(2, 3, TEXT_DIM)
+    attended, _ = layer.attention(q, kv, kv, need_weights=False)
+    assert torch.allclose(layer(q, kv), layer.attention_norm(q + attended), atol=1e-6)
+    for model in (plain, with_ffn):
+        assert model.eval()(make_batch()).logits.shape == (5, CLASSES)
+    with pytest.raises(ConfigError, match="cross_ffn_mult"):
+        build(cross_ffn_mult=0)
+
+
+def _legacy_state(model: DualRoutingModel, ffn: bool, single_token: bool) -> dict:
+    """A state dict in the layout models had before the FFN field and the three-token ablations."""
+    from emomix.models.dual_routing import DualRoutingMoE
+
+    torch.manual_seed(1)
+    config = model.config
+    if ffn:
+        model.fusion = type(model.fusion)(model.model_dim, heads=config.cross_heads, num_layers=config.cross_layers,
+                                          dropout=config.dropout, ffn=True)
+    if single_token:
+        for m in model.modalities:
+            model.moe[m] = DualRoutingMoE(model.model_dim, CLASSES, routing=config.routing, single_token=True)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ["dual_routing", "dual_routing_local", "dual_routing_global"])
+def test_checkpoints_of_the_earlier_layout_still_load(name):
+    legacy = build(name)
+    state = _legacy_state(legacy, ffn=True, single_token=name != "dual_routing")
+    batch = make_batch()
+    expected = legacy.eval()(batch).logits
+    fresh = build(name, seed=5).eval()  # built from a card without the new fields
+    fresh.load_state_dict(state)
+    assert fresh.config.cross_attention_ffn is True
+    assert torch.allclose(fresh.eval()(batch).logits, expected, atol=1e-6)
+    if name != "dual_routing":
+        assert fresh(batch).aux.keys() >= {f"expert_logits_audio_{name.split('_')[-1]}"}
+        assert len(fresh.branch_keys) == 2
 
 
 def test_routed_vector_is_the_route_weighted_sum_of_the_experts():
@@ -272,7 +364,7 @@ def test_same_seed_gives_identical_outputs(name):
     assert torch.equal(outputs[0], outputs[1])
 
 
-@pytest.mark.parametrize("name", VARIANTS + ("concat_mean",))
+@pytest.mark.parametrize("name", (*VARIANTS, "concat_mean"))
 def test_every_parameter_gets_a_gradient(name):
     config = {"routing": "concat", "concat_mode": "mean"} if name == "concat_mean" else {}
     model = build("dual_routing" if name == "concat_mean" else name, **config)

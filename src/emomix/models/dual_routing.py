@@ -39,13 +39,26 @@ Decisions where the paper is silent or ambiguous (each one a :class:`DualRouting
   Without a ``speech_mask`` in the batch every valid frame counts as speech. Likewise, a text row
   with no content token falls back to all valid tokens (``aux["text_content_fallback"]``); a batch
   without ``special_tokens`` pools over every valid token.
-- ``routing``: ``"routed"`` (the full model), ``"local"`` / ``"global"`` (single-scale ablations:
-  ``z`` is the one expert's output and the other scale is never computed, so the output does not
-  depend on it; each modality is then a single token, so the cross-attention reduces to a learned
-  exchange between the two vectors — losing that is part of what the ablation removes), ``"concat"``
-  (no router: ``z = MLP([E_loc(l); E_glob(g)])``, or their mean with ``concat_mode="mean"``; the
-  token sequence keeps three tokens as in the full model, so only the routing differs).
+- ``routing``: ``"routed"`` (the full model), ``"local"`` / ``"global"`` (the paper's single-scale
+  ablations, "a model using only local / only global representations") and ``"concat"`` (no
+  router). Every variant keeps the full model's fusion capacity: two experts with their heads and
+  branch losses, and the three-token sequence ``[z, expert 1, expert 2]`` per modality into the
+  same cross-attention, so an ablation differs from the routed model only in how ``z`` is formed
+  and in which scale the experts read. ``"local"``: the other scale is never computed; both expert
+  slots read ``l`` and ``z = E_loc(l)`` (``p`` fixed to (1, 0)); ``"global"`` likewise reads ``g``
+  only with ``z = E_glob(g)`` (``p`` fixed to (0, 1)), so the output does not depend on the scale
+  left out. Two experts over one scale keep two distinct keys, so attention never degenerates to a
+  softmax over identical keys. ``"concat"``: ``z = MLP([E_loc(l); E_glob(g)])`` (2D → D → D, back
+  to the model width), or their mean with ``concat_mode="mean"``. No ablation has a router or a
+  routing-entropy term, and none reports ``route_*``. (Models saved before this layout, whose
+  single-scale ablations had one expert and a one-token sequence, still load in their layout.)
 - ``cross_layers=2``, ``cross_heads=4``, ``dropout=0.1``: the bidirectional cross-attention.
+- ``cross_attention_ffn=False``: each cross-attention layer is attention + residual + LayerNorm
+  only. The paper defines a direction by its queries, keys and values, the scaled dot-product
+  attention output, and the concatenation of the two directions; it describes no feed-forward
+  sublayer, and adding one would give the fusion capacity the paper does not have.
+  ``cross_attention_ffn=True`` adds the usual position-wise FFN (``cross_ffn_mult=2``: width
+  2D) after each attention sublayer; models saved before the field existed had it and load with it.
 - ``classifier_hidden=None`` (= ``model_dim``), ``classifier_dropout=0.1``: a two-layer MLP.
 - single modality (``dual_routing_audio``, ``dual_routing_text``): there is nothing to cross-attend,
   so ``single_modality_pooling="attention"`` pools the modality's token sequence with one
@@ -55,9 +68,13 @@ Decisions where the paper is silent or ambiguous (each one a :class:`DualRouting
   comes from :meth:`DualRoutingModel.set_class_weights` (inverse training frequency, set by the
   trainer; uniform when unset). The branch cross-entropies are unweighted, as in the paper.
 
-Chunks: the paper cuts utterances longer than 3 s into 2–3 s chunks. The model is per chunk and
-knows nothing about it: the data pipeline gives one row per chunk carrying the utterance's label,
-and the trainer/evaluator predicts an utterance by averaging its chunks' logits.
+Chunks: the paper cuts utterances longer than 3 s into 2–3 s chunks. This project does not train
+on chunks or average chunk predictions: a row is always one utterance. With
+``preprocess.chunk_max_s`` (and ``vad_mode="trim"``, since the store refuses a speech mask with
+chunking) the audio encoder runs on each 2–3 s piece separately and the pieces' frame states are
+concatenated back into one utterance sequence, which the model reads whole; so chunking bounds
+the encoder's context, not the unit of training or prediction. The paper recipe keeps the speech
+mask, which the local expert needs, and encodes utterances whole.
 
 ``aux`` per row: ``route_audio`` / ``route_text`` (B×2: p_local, p_global; routed variant only),
 ``expert_logits_<modality>_local`` / ``_global`` (B×C, for the scales in use), ``vad_fallback``
@@ -69,7 +86,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -106,6 +124,8 @@ class DualRoutingConfig(ModelConfig):
     expert_dropout: float = 0.1
     cross_layers: int = 2
     cross_heads: int = 4
+    cross_attention_ffn: bool = False
+    cross_ffn_mult: int = 2
     dropout: float = 0.1
     classifier_hidden: int | None = None
     classifier_dropout: float = 0.1
@@ -122,7 +142,8 @@ class DualRoutingConfig(ModelConfig):
             raise ConfigError(f"{name}.modalities: Dual Routing takes audio and text only, got {', '.join(unsupported)}")
         self.require_choice(routing=ROUTING_MODES, concat_mode=("mlp", "mean"), text_global=("layers", "cls"),
                             expert_kind=("mlp", "linear"), single_modality_pooling=("attention", "z"))
-        self.require_positive("pooling_heads", "text_global_layers", "router_hidden", "cross_layers", "cross_heads")
+        self.require_positive("pooling_heads", "text_global_layers", "router_hidden", "cross_layers", "cross_heads",
+                              "cross_ffn_mult")
         self.require_positive("model_dim", "classifier_hidden", allow_none=True)
         self.require_fraction("expert_dropout", "dropout", "classifier_dropout")
         self.require_non_negative("focal_gamma", "branch_weight", "balance_weight")
@@ -213,48 +234,68 @@ class TextScales(nn.Module):
 
 
 class DualRoutingMoE(nn.Module):
-    """One modality's Dual Routing MoE: router over ``[l; g]``, a local and a global expert each
-    with its own classification head, and the routed vector ``z``.
+    """One modality's Dual Routing MoE: router over ``[l; g]``, two experts (a local slot and a
+    global slot) each with its own classification head, and the routed vector ``z``.
 
-    ``forward(local, global_) -> dict`` with ``z`` (B×D), ``tokens`` (B×S×D, the sequence the fusion
-    attends over: ``[z, E_loc(l), E_glob(g)]``, or ``[z]`` for a single-scale ablation),
-    ``route`` (B×2, routed mode only) and ``logits_local`` / ``logits_global`` (B×C, for the scales
-    in use). ``routing`` is one of ``routed``, ``local``, ``global``, ``concat``.
+    ``forward(local, global_) -> dict`` with ``z`` (B×D), ``tokens`` (B×3×D, the sequence the fusion
+    attends over: ``[z, E_loc(·), E_glob(·)]``), ``route`` (B×2, routed mode only) and
+    ``logits_local`` / ``logits_global`` (B×C, one per expert slot). ``routing`` is one of
+    ``routed``, ``local``, ``global``, ``concat``. In the single-scale ablations both experts read
+    the one scale in use and ``z`` is that scale's own slot (``p`` fixed to (1, 0) for ``local``,
+    (0, 1) for ``global``), so the experts, heads and token count equal the routed model's and
+    only the routing (and the missing scale) differ.
+
+    ``single_token=True`` rebuilds the layout of models saved before that change (one expert,
+    a one-token sequence) so that their checkpoints still load; new models never use it.
     """
 
     def __init__(self, dim: int, num_classes: int, routing: str = "routed", router_hidden: int = 128,
-                 expert_kind: str = "mlp", dropout: float = 0.1, concat_mode: str = "mlp"):
+                 expert_kind: str = "mlp", dropout: float = 0.1, concat_mode: str = "mlp", single_token: bool = False):
         super().__init__()
         if routing not in ROUTING_MODES:
             raise ConfigError(f"routing must be one of {', '.join(ROUTING_MODES)}; got {routing!r}")
         self.routing = routing
         self.concat_mode = concat_mode
-        self.local_expert = (Expert(dim, dim, kind=expert_kind, dropout=dropout, num_classes=num_classes)
-                             if routing != "global" else None)
-        self.global_expert = (Expert(dim, dim, kind=expert_kind, dropout=dropout, num_classes=num_classes)
-                              if routing != "local" else None)
+        self.single_token = bool(single_token) and routing in ("local", "global")
+        self.local_expert: Expert | None = None
+        self.global_expert: Expert | None = None
+        if not (self.single_token and routing == "global"):
+            self.local_expert = Expert(dim, dim, kind=expert_kind, dropout=dropout, num_classes=num_classes)
+        if not (self.single_token and routing == "local"):
+            self.global_expert = Expert(dim, dim, kind=expert_kind, dropout=dropout, num_classes=num_classes)
         self.router = TwoExpertRouter(2 * dim, hidden_dim=router_hidden) if routing == "routed" else None
         self.combine = (MLP(2 * dim, dim, dim, num_layers=2, dropout=dropout)
                         if routing == "concat" and concat_mode == "mlp" else None)
 
+    @property
+    def expert_slots(self) -> tuple[str, ...]:
+        """The expert slots that exist (both, except in the legacy single-token layout)."""
+        return tuple(scale for scale, expert in (("local", self.local_expert), ("global", self.global_expert))
+                     if expert is not None)
+
     def forward(self, local: torch.Tensor | None, global_: torch.Tensor | None) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        if self.local_expert is not None:
-            local_z, out["logits_local"] = self.local_expert(local)
-        if self.global_expert is not None:
-            global_z, out["logits_global"] = self.global_expert(global_)
         if self.routing == "local":
-            out["z"] = local_z
-            out["tokens"] = local_z.unsqueeze(1)
+            local_in = global_in = local  # only the local scale exists
+        elif self.routing == "global":
+            local_in = global_in = global_
+        else:
+            local_in, global_in = local, global_
+        if self.single_token:  # legacy layout: one expert, one token
+            expert = self.local_expert if self.routing == "local" else self.global_expert
+            z, out[f"logits_{self.routing}"] = expert(local_in)  # type: ignore[misc]
+            out["z"], out["tokens"] = z, z.unsqueeze(1)
             return out
-        if self.routing == "global":
-            out["z"] = global_z
-            out["tokens"] = global_z.unsqueeze(1)
-            return out
+        local_z, out["logits_local"] = self.local_expert(local_in)  # type: ignore[misc]
+        global_z, out["logits_global"] = self.global_expert(global_in)  # type: ignore[misc]
         if self.routing == "routed":
-            route = self.router(torch.cat([local, global_], dim=-1))
+            route = self.router(torch.cat([local, global_], dim=-1))  # type: ignore[misc]
             out["route"] = route
             z = route[:, 0:1] * local_z + route[:, 1:2] * global_z
+        elif self.routing == "local":
+            z = local_z
+        elif self.routing == "global":
+            z = global_z
         elif self.combine is not None:
             z = self.combine(torch.cat([local_z, global_z], dim=-1))
         else:
@@ -271,13 +312,14 @@ class DualRoutingMoE(nn.Module):
                 routing="concat")
 @register_model("dual_routing_audio", "Dual Routing MoE on audio only (no cross-attention)", modalities=("audio",))
 @register_model("dual_routing_text", "Dual Routing MoE on text only (no cross-attention)", modalities=("text",))
-class DualRoutingModel(EmotionModel):
+class DualRoutingModel(EmotionModel[Batch]):
     """Dual Routing MoE for speech + text emotion recognition (see the module docstring)."""
 
     name = "dual_routing"
     paper = ("Dual Routing Mixture-of-Experts for Multi-Scale Representation Learning in Multimodal Emotion "
              "Recognition. Electronics 14(24), 4972, 2025")
     config_class = DualRoutingConfig
+    config: DualRoutingConfig
     batch_kind = "utterance"
     supported_modalities = ("audio", "text")
 
@@ -312,8 +354,7 @@ class DualRoutingModel(EmotionModel):
         })
         hidden = int(config.classifier_hidden or model_dim)
         if len(self.modalities) == 2:
-            self.fusion = BidirectionalCrossAttention(model_dim, heads=config.cross_heads,
-                                                      num_layers=config.cross_layers, dropout=config.dropout)
+            self.fusion = self._build_fusion(config)
             self.single_pooling = None
             classifier_in = 2 * model_dim
         else:
@@ -322,8 +363,36 @@ class DualRoutingModel(EmotionModel):
                                    if config.single_modality_pooling == "attention" else None)
             classifier_in = model_dim
         self.classifier = MLP(classifier_in, hidden, num_classes, num_layers=2, dropout=config.classifier_dropout)
-        self.branch_keys = tuple(f"expert_logits_{m}_{scale}" for m in self.modalities
-                                 for scale, used in (("local", config.uses_local), ("global", config.uses_global)) if used)
+
+    @property
+    def branch_keys(self) -> tuple[str, ...]:
+        """The aux keys of the expert logits the branch loss reads (every expert slot)."""
+        return tuple(f"expert_logits_{m}_{slot}" for m in self.modalities for slot in self.moe[m].expert_slots)
+
+    def _build_fusion(self, config: DualRoutingConfig) -> BidirectionalCrossAttention:
+        return BidirectionalCrossAttention(self.model_dim, heads=config.cross_heads, num_layers=config.cross_layers,
+                                           dropout=config.dropout, ffn=config.cross_attention_ffn,
+                                           ffn_mult=config.cross_ffn_mult)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load weights; a checkpoint saved before the cross-attention FFN became a config field
+        (it always had one) or before the single-scale ablations kept three tokens (one expert,
+        one token) is loaded by first rebuilding those parts in its layout."""
+        keys = set(state_dict)
+        config = self.config
+        device = next(self.parameters()).device
+        if (self.fusion is not None and not config.cross_attention_ffn
+                and any(k.startswith("fusion.") and ".ffn." in k for k in keys)):
+            self.config = config = replace(config, cross_attention_ffn=True)
+            self.fusion = self._build_fusion(config).to(device)
+        if config.routing in ("local", "global"):
+            other = "global" if config.routing == "local" else "local"
+            for m in self.modalities:
+                if not any(k.startswith(f"moe.{m}.{other}_expert.") for k in keys):
+                    self.moe[m] = DualRoutingMoE(self.model_dim, self.num_classes, routing=config.routing,
+                                                 router_hidden=config.router_hidden, expert_kind=config.expert_kind,
+                                                 dropout=config.expert_dropout, single_token=True).to(device)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
     def forward(self, batch: Batch) -> ModelOutput:
@@ -341,7 +410,7 @@ class DualRoutingModel(EmotionModel):
             if self.config.uses_local:
                 aux["vad_fallback" if modality == "audio" else "text_content_fallback"] = fallback
             routed = self.moe[modality](local, global_)
-            for scale in ("local", "global"):
+            for scale in self.moe[modality].expert_slots:
                 if f"logits_{scale}" in routed:
                     aux[f"expert_logits_{modality}_{scale}"] = routed[f"logits_{scale}"]
             if "route" in routed:
