@@ -52,6 +52,15 @@ Decisions where the paper is silent or ambiguous (each one a :class:`DualRouting
   to the model width), or their mean with ``concat_mode="mean"``. No ablation has a router or a
   routing-entropy term, and none reports ``route_*``. (Models saved before this layout, whose
   single-scale ablations had one expert and a one-token sequence, still load in their layout.)
+- ``audio_global="frames"`` / ``text_global``: what the global expert reads. The paper's global
+  vectors (the mean of the audio frames; the text's first-token layers) are the default, so saved
+  models and old recipes are unchanged. ``"pooled"`` reads the modality's utterance vector instead
+  (the batch's ``pooled``: e.g. ComParE functionals declared as ``features.audio.utterance``, or
+  MiniLM's sentence vector), through LayerNorm → Linear(P→D); the local expert keeps reading the
+  VAD-masked frames / content tokens. On real corpora the hand-crafted functionals are the
+  strongest single view (an MLP on them beats these models on LLD frames), so the scale recipes
+  (``configs/*/moe_scales.yaml``) set it. Decided per model, not "when present", because a feature
+  set may carry a ``pooled`` vector the model was not trained to read (openSMILE ``level: both``).
 - ``cross_layers=2``, ``cross_heads=4``, ``dropout=0.1``: the bidirectional cross-attention.
 - ``cross_attention_ffn=False``: each cross-attention layer is attention + residual + LayerNorm
   only. The paper defines a direction by its queries, keys and values, the scaled dot-product
@@ -106,6 +115,8 @@ from emomix.models.inputs import Batch, ModalityInput, ModelOutput
 from emomix.models.losses import branch_losses, focal_loss, routing_entropy_loss
 
 ROUTING_MODES = ("routed", "local", "global", "concat")
+AUDIO_GLOBAL_SOURCES = ("frames", "pooled")
+TEXT_GLOBAL_SOURCES = ("layers", "cls", "pooled")
 
 
 @dataclass
@@ -119,6 +130,7 @@ class DualRoutingConfig(ModelConfig):
     pooling_heads: int = 4
     text_global: str = "layers"
     text_global_layers: int = 4
+    audio_global: str = "frames"
     router_hidden: int = 128
     expert_kind: str = "mlp"
     expert_dropout: float = 0.1
@@ -140,13 +152,14 @@ class DualRoutingConfig(ModelConfig):
         unsupported = [m for m in self.modalities if m not in ("audio", "text")]
         if unsupported:
             raise ConfigError(f"{name}.modalities: Dual Routing takes audio and text only, got {', '.join(unsupported)}")
-        self.require_choice(routing=ROUTING_MODES, concat_mode=("mlp", "mean"), text_global=("layers", "cls"),
+        self.require_choice(routing=ROUTING_MODES, concat_mode=("mlp", "mean"), text_global=TEXT_GLOBAL_SOURCES,
                             expert_kind=("mlp", "linear"), single_modality_pooling=("attention", "z"))
         self.require_positive("pooling_heads", "text_global_layers", "router_hidden", "cross_layers", "cross_heads",
                               "cross_ffn_mult")
         self.require_positive("model_dim", "classifier_hidden", allow_none=True)
         self.require_fraction("expert_dropout", "dropout", "classifier_dropout")
         self.require_non_negative("focal_gamma", "branch_weight", "balance_weight")
+        self.require_choice(audio_global=AUDIO_GLOBAL_SOURCES)
 
     @property
     def uses_local(self) -> bool:
@@ -165,11 +178,13 @@ class AudioScales(nn.Module):
     """
 
     def __init__(self, in_dim: int, model_dim: int, heads: int = 4, dropout: float = 0.1,
-                 use_local: bool = True, use_global: bool = True):
+                 use_local: bool = True, use_global: bool = True, pooled_dim: int | None = None):
         super().__init__()
         self.project = nn.Identity() if in_dim == model_dim else nn.Linear(in_dim, model_dim)
         self.pooling = AttentionPooling(model_dim, heads=heads, dropout=dropout) if use_local else None
         self.use_global = use_global
+        # audio_global="pooled": the global expert reads the utterance vector, not the frame mean
+        self.pooled_map = pooled_vector_map(pooled_dim, model_dim) if use_global and pooled_dim else None
 
     def forward(self, inputs: ModalityInput) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         mask = inputs.mask.bool()
@@ -179,7 +194,21 @@ class AudioScales(nn.Module):
         speech = torch.where(fallback.unsqueeze(1), mask, speech)
         local = self.pooling(states, speech) if self.pooling is not None else None
         global_ = masked_mean(states, mask) if self.use_global else None
+        if self.pooled_map is not None:
+            global_ = self.pooled_map(require_pooled(inputs, "audio"))
         return local, global_, fallback
+
+
+def pooled_vector_map(pooled_dim: int, model_dim: int) -> nn.Module:
+    """LayerNorm → Linear(P→D): an utterance vector (``pooled``) into the model width."""
+    return nn.Sequential(nn.LayerNorm(pooled_dim), nn.Linear(pooled_dim, model_dim))
+
+
+def require_pooled(inputs: ModalityInput, modality: str) -> torch.Tensor:
+    if inputs.pooled is None:
+        raise ConfigError(f"dual_routing: {modality}_global='pooled' needs the {modality} utterance vector, but the batch "
+                          f"has no {modality} pooled field; declare features.{modality}.utterance in the recipe")
+    return inputs.pooled
 
 
 class TextScales(nn.Module):
@@ -191,7 +220,7 @@ class TextScales(nn.Module):
 
     def __init__(self, in_dim: int, model_dim: int, heads: int = 4, dropout: float = 0.1,
                  global_source: str = "layers", num_layers: int = 4, use_local: bool = True,
-                 use_global: bool = True):
+                 use_global: bool = True, pooled_dim: int | None = None):
         super().__init__()
         self.global_source = global_source
         self.num_layers = num_layers
@@ -200,7 +229,9 @@ class TextScales(nn.Module):
             self.pooling = AttentionPooling(model_dim, heads=heads, dropout=dropout)
         else:
             self.project, self.pooling = None, None
-        self.global_map = nn.Linear(num_layers * in_dim, model_dim) if use_global else None
+        self.global_map = nn.Linear(num_layers * in_dim, model_dim) if use_global and global_source != "pooled" else None
+        self.pooled_map = (pooled_vector_map(int(pooled_dim or 0), model_dim)
+                           if use_global and global_source == "pooled" else None)
 
     def first_tokens(self, inputs: ModalityInput) -> torch.Tensor:
         """``B × (num_layers·D)``: the first token of each of the last ``num_layers`` layers."""
@@ -230,6 +261,8 @@ class TextScales(nn.Module):
         if self.pooling is not None:
             local = self.pooling(self.project(inputs.states), content)
         global_ = self.global_map(self.first_tokens(inputs)) if self.global_map is not None else None
+        if self.pooled_map is not None:
+            global_ = self.pooled_map(require_pooled(inputs, "text"))
         return local, global_, fallback
 
 
@@ -338,14 +371,18 @@ class DualRoutingModel(EmotionModel[Batch]):
                 raise ConfigError(f"dual_routing: model width {model_dim} is not divisible by {field_name}={heads}; "
                                   "set model_dim or the number of heads so that it divides")
         self.model_dim = model_dim
+        pooled = {m: self._pooled_width(input_dims, m) for m in self.modalities
+                  if (config.audio_global if m == "audio" else config.text_global) == "pooled"}
         self.encoders = nn.ModuleDict()
         if "audio" in self.modalities:
             self.encoders["audio"] = AudioScales(dims["audio"], model_dim, config.pooling_heads, config.dropout,
-                                                 use_local=config.uses_local, use_global=config.uses_global)
+                                                 use_local=config.uses_local, use_global=config.uses_global,
+                                                 pooled_dim=pooled.get("audio"))
         if "text" in self.modalities:
             self.encoders["text"] = TextScales(dims["text"], model_dim, config.pooling_heads, config.dropout,
                                                global_source=config.text_global, num_layers=config.text_global_layers,
-                                               use_local=config.uses_local, use_global=config.uses_global)
+                                               use_local=config.uses_local, use_global=config.uses_global,
+                                               pooled_dim=pooled.get("text"))
         self.moe = nn.ModuleDict({
             m: DualRoutingMoE(model_dim, num_classes, routing=config.routing, router_hidden=config.router_hidden,
                               expert_kind=config.expert_kind, dropout=config.expert_dropout,
@@ -363,6 +400,15 @@ class DualRoutingModel(EmotionModel[Batch]):
                                    if config.single_modality_pooling == "attention" else None)
             classifier_in = model_dim
         self.classifier = MLP(classifier_in, hidden, num_classes, num_layers=2, dropout=config.classifier_dropout)
+
+    @staticmethod
+    def _pooled_width(input_dims: Mapping[str, int], modality: str) -> int:
+        key = f"{modality}_pooled"
+        if key not in input_dims:
+            raise ConfigError(f"dual_routing: {modality}_global='pooled' reads the {modality} utterance vector, but the "
+                              f"features carry none; declare features.{modality}.utterance (e.g. "
+                              "{name: opensmile:ComParE_2016, level: functionals}) or use the default global source")
+        return int(input_dims[key])
 
     @property
     def branch_keys(self) -> tuple[str, ...]:
