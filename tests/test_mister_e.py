@@ -12,13 +12,8 @@ from emomix.models.inputs import Batch, DialogueBatch, ModalityInput
 from emomix.models.losses import kl_to_gate, supervised_contrastive_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: thread start-up costs more than it saves, badly so on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Torch on one thread for the whole module (the one_thread fixture in conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 AUDIO_DIM, TEXT_DIM, CLASSES = 16, 24, 4
@@ -185,10 +180,113 @@ def test_kl_term_trains_experts_not_the_gate_by_default():
     for detach, gate_moves in ((True, False), (False, True)):
         model = build(dropout=0.0, lambda_expert=0.0, lambda_scl=0.0, kl_detach_gate=detach)
         out = model(batch)
-        total, parts = model.loss(out, batch.labels)
+        total, _parts = model.loss(out, batch.labels)
         kl_only = (total - F.nll_loss(out.logits[batch.mask], batch.labels[batch.mask])) / model.config.lambda_kl
         kl_only.backward()
         gate_grad = sum(float(p.grad.abs().sum()) for p in model.gate.parameters())
         head_grad = sum(float(p.grad.abs().sum()) for p in model.heads.parameters())
         assert head_grad > 0
         assert (gate_grad > 0) == gate_moves
+
+
+# -- ablations -------------------------------------------------------------------------------
+
+ABLATIONS = {"mister_e_no_supcon": {"lambda_scl": 0.0}, "mister_e_no_kl": {"lambda_kl": 0.0},
+             "mister_e_uniform_gate": {"gate": "uniform"}}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_each_ablation_changes_only_its_own_setting(name):
+    from emomix.models import list_models
+
+    info = list_models()[name]
+    assert dict(info.default_overrides) == ABLATIONS[name]
+    full, ablation = build().config.to_dict(), build(name).config.to_dict()
+    assert {k for k in full if full[k] != ablation[k]} == set(ABLATIONS[name])
+
+
+@pytest.mark.parametrize("name,absent,present", [("mister_e_no_supcon", "scl", "kl"), ("mister_e_no_kl", "kl", "scl")])
+def test_loss_ablations_drop_exactly_their_term(name, absent, present):
+    batch = make_batch()
+    full, ablation = build().eval(), build(name).eval()  # same seed, same weights
+    out_full, out_ablation = full(batch), ablation(batch)
+    assert torch.equal(out_full.logits, out_ablation.logits)
+    total_full, parts_full = full.loss(out_full, batch.labels)
+    total_ablation, parts_ablation = ablation.loss(out_ablation, batch.labels)
+    assert absent not in parts_ablation and present in parts_ablation and absent in parts_full
+    weight = full.config.lambda_scl if absent == "scl" else full.config.lambda_kl
+    assert parts_full[absent] > 0
+    assert float((total_full - total_ablation).detach()) == pytest.approx(weight * parts_full[absent], rel=1e-4, abs=1e-7)
+
+
+def test_uniform_gate_mixes_the_three_experts_equally():
+    batch = make_batch()
+    model = build("mister_e_uniform_gate").eval()
+    assert model.gate is None
+    full = build()
+    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in model.parameters()) == \
+        sum(p.numel() for p in full.gate.parameters())
+    out = model(batch)
+    assert torch.equal(out.aux["gate_weights"][batch.mask], torch.full((int(batch.mask.sum()), 3), 1 / 3))
+    experts = torch.stack([out.aux[f"expert_logits_{n}"].softmax(-1) for n in ("speech", "text", "cross")], dim=-2)
+    assert torch.allclose(out.logits.exp()[batch.mask], experts.mean(dim=-2)[batch.mask], atol=1e-5)
+    _, parts = model.loss(out, batch.labels)
+    assert {"nll", "expert_ce", "scl", "kl"} <= set(parts)
+    with pytest.raises(ConfigError, match="gate"):
+        build(gate="fixed")
+
+
+# -- no speaker identity: training statistics instead of per-speaker ones ---------------------------
+
+def test_input_standardise_uses_training_statistics_and_ignores_padding():
+    batch = make_batch(extra=2)
+    model = build(input_standardise=True)
+    model.train()
+    model(batch)
+    norm = model.standardise["speech"].norm
+    valid = batch.inputs["audio"][batch.mask]
+    assert torch.allclose(norm.running_mean, valid.mean(dim=0), atol=1e-5)  # padding not counted
+    model.eval()
+    x = model.standardise["speech"](batch.inputs["audio"], batch.mask)
+    expected = (valid - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+    assert torch.allclose(x[batch.mask], expected, atol=1e-5)
+    assert torch.equal(x[~batch.mask], torch.zeros_like(x[~batch.mask]))
+    # a model saved before the field existed (no standardise.* weights) loads and computes as saved
+    plain = build()
+    loaded = build(input_standardise=True, seed=3)
+    loaded.load_state_dict(plain.state_dict())
+    assert loaded.standardise is None and loaded.config.input_standardise is False
+    assert torch.allclose(loaded.eval()(batch).logits, plain.eval()(batch).logits, atol=1e-6)
+
+
+def _shipped_recipes():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    return sorted(root.rglob("*.yaml"))
+
+
+def test_no_shipped_recipe_gives_a_speaker_free_model_speaker_statistics():
+    from emomix.models import model_info
+    from emomix.train.recipe import load_recipe
+
+    speaker_free = 0
+    for path in _shipped_recipes():
+        recipe = load_recipe(path)  # the loader itself refuses the combination
+        if getattr(model_info(recipe.model.name).cls, "uses_speaker_identity", True):
+            continue
+        speaker_free += 1
+        assert not any(spec.speaker_normalisation for spec in recipe.feature_specs().values()), path
+    assert speaker_free >= 4  # the MiSTER-E recipes: synthetic, the three papers, MELD-text
+
+
+@pytest.mark.parametrize("name", ["mister_e", "mister_e_text", "mister_e_uniform_gate"])
+def test_recipe_loader_refuses_speaker_normalisation_for_mister_e(name):
+    from emomix.train.recipe import load_recipe
+
+    path = [p for p in _shipped_recipes() if p.name == "mister_e.yaml"][0]
+    with pytest.raises(ConfigError, match="uses no speaker identity.*speaker_normalisation"):
+        load_recipe(path, {"model.name": name, "features.audio.speaker_normalisation": True})
+    # the same recipe with another model may normalise per speaker
+    load_recipe(path, {"model.name": "early_fusion", "model.config": {},
+                       "features.audio.speaker_normalisation": True})

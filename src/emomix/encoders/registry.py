@@ -91,7 +91,8 @@ def _call(factory: Callable[..., Encoder], name: str, options: dict[str, Any], *
     if unknown:
         allowed = [p for p in positional if parameters[p].kind is not inspect.Parameter.VAR_POSITIONAL]
         raise ConfigError(
-            f"encoder '{name}' has no option {', '.join(repr(k) for k in unknown)}; its options are {', '.join(allowed) or 'none'}"
+            f"encoder '{name}' has no option {', '.join(repr(k) for k in unknown)}; "
+            f"its options are {', '.join(allowed) or 'none'}"
         )
     return factory(*arguments, **options)
 

@@ -43,8 +43,8 @@ No speaker identity is used anywhere.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -80,9 +80,12 @@ class MisterEConfig(ModelConfig):
     lambda_kl: float = 0.1
     scl_temperature: float = 0.1
     kl_detach_gate: bool = True
+    gate: str = "learned"
+    input_standardise: bool = False
 
     def validate(self) -> None:
         super().validate()
+        self.require_choice(gate=("learned", "uniform"))
         if "video" in self.modalities:
             raise ConfigError("MisterEConfig.modalities: MiSTER-E has speech and text experts only; drop 'video'")
         if self.hidden_dim < 2 or self.hidden_dim % 2:
@@ -98,24 +101,59 @@ class MisterEConfig(ModelConfig):
             raise ConfigError(f"MisterEConfig.scl_temperature must be positive; got {self.scl_temperature}")
 
 
+class TrainingStandardiser(nn.Module):
+    """Z-scores each input dimension with statistics of the training utterances, with no speaker
+    identity: a masked ``BatchNorm1d`` without affine parameters whose running statistics are the
+    cumulative average over every training batch (``momentum=None``). Training batches are
+    standardised with their own statistics, evaluation with the running ones; padded utterances
+    are neither counted nor changed (they stay zero)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False, momentum=None)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x`` ``B × N × D``, ``mask`` ``B × N`` → ``B × N × D``."""
+        keep = mask.unsqueeze(-1)
+        if not self.training or int(mask.sum()) < 2:  # one utterance has no variance: the running statistics
+            mean, var = self.norm.running_mean, self.norm.running_var
+            assert mean is not None and var is not None
+            return torch.where(keep, (x - mean) / torch.sqrt(var + self.norm.eps), torch.zeros_like(x))
+        out = x.new_zeros(x.shape)
+        out[mask] = self.norm(x[mask]).to(x.dtype)
+        return out
+
+
 @register_model("mister_e", "MiSTER-E: speech, text and cross-modal experts over dialogue context, gated per utterance")
 @register_model("mister_e_no_context", "MiSTER-E ablation: no context modelling (per-utterance MLP)", context=False)
+@register_model("mister_e_no_supcon", "MiSTER-E ablation: no supervised contrastive loss", lambda_scl=0.0)
+@register_model("mister_e_no_kl", "MiSTER-E ablation: no KL term between the experts and the gated prediction",
+                lambda_kl=0.0)
+@register_model("mister_e_uniform_gate", "MiSTER-E ablation: no gate (uniform mixture of the three experts)",
+                gate="uniform")
 @register_model("mister_e_text", "MiSTER-E with text only (the text expert alone)", modalities=("text",))
 @register_model("mister_e_audio", "MiSTER-E with speech only (the speech expert alone)", modalities=("audio",))
-class MisterE(EmotionModel):
+class MisterE(EmotionModel[DialogueBatch]):
     """MiSTER-E: per-modality dialogue context, speech/text/cross-modal experts and a learned gate."""
 
     name: ClassVar[str] = "mister_e"
     paper: ClassVar[str] = PAPER
     config_class: ClassVar[type[ModelConfig]] = MisterEConfig
+    config: MisterEConfig
     batch_kind: ClassVar[str] = "dialogue"
     supported_modalities: ClassVar[tuple[str, ...]] = ("audio", "text")
+    #: the paper uses no speaker identity: recipes may not fit per-speaker statistics for it
+    uses_speaker_identity: ClassVar[bool] = False
 
     def __init__(self, config: MisterEConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__(config, input_dims, num_classes)
         hidden = config.hidden_dim
         self.streams = tuple(name for name in ("speech", "text") if _MODALITY_OF[name] in config.modalities)
         self.expert_names = self.streams + (("cross",) if len(self.streams) == 2 else ())
+        self.standardise: nn.ModuleDict | None = None
+        if config.input_standardise:
+            self.standardise = nn.ModuleDict({name: TrainingStandardiser(input_dims[_MODALITY_OF[name]])
+                                              for name in self.streams})
         self.project = nn.ModuleDict({
             name: nn.Sequential(nn.Linear(input_dims[_MODALITY_OF[name]], hidden), nn.GELU(), nn.Dropout(config.dropout))
             for name in self.streams
@@ -132,10 +170,18 @@ class MisterE(EmotionModel):
             self.speech_over_text = CrossAttentionLayer(hidden, heads=config.cross_heads, dropout=config.dropout)
             self.text_over_speech = CrossAttentionLayer(hidden, heads=config.cross_heads, dropout=config.dropout)
             self.heads["cross"] = MLP(2 * hidden, hidden, num_classes, num_layers=2, dropout=config.dropout)
+        self.gate: MLP | None = None
+        if len(self.expert_names) > 1 and config.gate == "learned":
             self.gate = MLP(2 * hidden, config.gate_hidden, len(self.expert_names), num_layers=2, dropout=config.dropout)
-        else:
-            self.gate = None
 
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load weights; a checkpoint saved without input standardisation (every model before the
+        field existed) drops it, so the model computes what it computed when saved."""
+        if self.standardise is not None and not any(k.startswith("standardise.") for k in state_dict):
+            self.standardise = None
+            self.config = replace(self.config, input_standardise=False)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, batch: DialogueBatch) -> ModelOutput:
         """Gated log-probabilities ``B × N × C`` for every utterance of every dialogue."""
@@ -148,11 +194,11 @@ class MisterE(EmotionModel):
         mask = batch.mask.to(torch.bool)
         enriched = {}
         for name in self.streams:
-            x = self.project[name](batch.inputs[_MODALITY_OF[name]])
-            if self.config.context:
-                h = self.context[name](x, mask)
-            else:
-                h = self.context[name](x)
+            x = batch.inputs[_MODALITY_OF[name]]
+            if self.standardise is not None:
+                x = self.standardise[name](x, mask)
+            x = self.project[name](x)
+            h = self.context[name](x, mask) if self.config.context else self.context[name](x)
             enriched[name] = h.masked_fill(~mask.unsqueeze(-1), 0.0)
 
         logits = {name: self.heads[name](enriched[name]) for name in self.streams}
@@ -168,9 +214,11 @@ class MisterE(EmotionModel):
                 cross = torch.cat([self.speech_over_text(flat_s, flat_t), self.text_over_speech(flat_t, flat_s)],
                                   dim=-1).reshape(*mask.shape, -1)
             logits["cross"] = self.heads["cross"](cross)
-            gate = torch.softmax(self.gate(torch.cat([speech, text], dim=-1)), dim=-1)
-        else:
-            gate = mask.new_ones(*mask.shape, 1, dtype=enriched[self.streams[0]].dtype)
+        if self.gate is not None:
+            gate = torch.softmax(self.gate(torch.cat([enriched["speech"], enriched["text"]], dim=-1)), dim=-1)
+        else:  # one expert (weight 1) or the uniform-gate ablation (1/3 each)
+            count = len(self.expert_names)
+            gate = mask.new_full((*mask.shape, count), 1.0 / count, dtype=enriched[self.streams[0]].dtype)
 
         probs = torch.stack([logits[name].softmax(dim=-1) for name in self.expert_names], dim=-2)
         prediction = (gate.unsqueeze(-1) * probs).sum(dim=-2)
@@ -196,14 +244,17 @@ class MisterE(EmotionModel):
         expert = branch_losses(expert_logits, labels, weight)
         total = nll + config.lambda_expert * expert
         parts = {"nll": float(nll.detach()), "expert_ce": float(expert.detach())}
-        if len(self.streams) == 2:
+        if len(self.streams) == 2 and config.lambda_scl > 0:
             scl = supervised_contrastive_loss(output.aux["embedding_speech"], output.aux["embedding_text"], labels,
                                               temperature=config.scl_temperature)
+            total = total + config.lambda_scl * scl
+            parts["scl"] = float(scl.detach())
+        if len(self.streams) == 2 and config.lambda_kl > 0:
             gated = output.logits.exp()
             if config.kl_detach_gate:
                 gated = gated.detach()
             kl = kl_to_gate([x.softmax(dim=-1) for x in expert_logits], gated, mask=output.aux.get("utterance_mask"))
-            total = total + config.lambda_scl * scl + config.lambda_kl * kl
-            parts.update(scl=float(scl.detach()), kl=float(kl.detach()))
+            total = total + config.lambda_kl * kl
+            parts["kl"] = float(kl.detach())
         parts["total"] = float(total.detach())
         return total, parts

@@ -141,7 +141,7 @@ class LastStateLSTM(nn.Module):
 @register_model("mpaf_net_text", "MPAF-Net on text only (the text vector alone into the classifier)", modalities=("text",))
 @register_model("mpaf_net_audio", "MPAF-Net on audio only (the audio LSTM state alone into the classifier)",
                 modalities=("audio",))
-class MPAFNetModel(EmotionModel):
+class MPAFNetModel(EmotionModel[Batch]):
     """MPAF-Net: multi-path attention fusion of text, audio and video vectors (see the module docstring)."""
 
     name = "mpaf_net"
@@ -203,6 +203,7 @@ class MPAFNetModel(EmotionModel):
     def forward(self, batch: Batch) -> ModelOutput:
         missing = [m for m in self.modalities if m not in batch.inputs]
         if missing:
+    config: MPAFConfig
             raise ConfigError(f"{self.name} was built for {', '.join(self.modalities)} but the batch has no "
                               f"{', '.join(missing)} input")
         vectors = {m: self.encode(m, batch.inputs[m]) for m in self.modalities}

@@ -283,6 +283,7 @@ class Recipe:
         specs = recipe.feature_specs()  # validates the features block
         config = recipe.model_config(source)  # an unknown model name, a bad config key or value fail now
         check_input_scale(recipe, specs, config, source)
+        check_speaker_identity(recipe, specs, source)
         return recipe
 
     def model_config(self, source: str = "recipe") -> Any:
@@ -344,6 +345,22 @@ def check_input_scale(recipe: Recipe, specs: Mapping[str, Any], config: Any, sou
                           f"{'is' if len(raw) == 1 else 'are'} neither speaker-normalised nor standardised, so it would "
                           "train on raw feature values; set training.standardise: true (z-scores with each fold's "
                           "training statistics), or speaker_normalisation: true, or drop input_norm: false")
+
+
+def check_speaker_identity(recipe: Recipe, specs: Mapping[str, Any], source: str = "recipe") -> None:
+    """Refuse per-speaker normalisation for a model whose design uses no speaker identity (its
+    class sets ``uses_speaker_identity = False``, e.g. MiSTER-E): speaker normalisation fits
+    statistics per speaker, test speakers included, which would bring identity back in."""
+    from emomix.models import model_info
+
+    if getattr(model_info(recipe.model.name).cls, "uses_speaker_identity", True):
+        return
+    normalised = [m for m, spec in specs.items() if getattr(spec, "speaker_normalisation", False)]
+    if normalised:
+        blocks = " and ".join(f"features.{m}.speaker_normalisation" for m in normalised)
+        raise ConfigError(f"{source}: {recipe.model.name} uses no speaker identity, but {blocks} fits statistics per "
+                          "speaker (test speakers included); set it to false (MiSTER-E can standardise its inputs with "
+                          "training statistics: model.config.input_standardise: true)")
 
 
 def datasets_dir() -> Path | None:
