@@ -1,24 +1,60 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures.
+
+Expensive inputs are built once per session: the synthetic corpus with its extracted features
+(``synthetic_features``), a small trained run on it (``trained_synthetic_run``) and that run's
+predictor (``synthetic_predictor``). ``one_thread`` runs torch on one thread (small models train
+and predict faster on one thread than on two that compete with other processes for the cores);
+``background_server`` serves an app with uvicorn in a thread on a free port.
+
+Suites (markers registered in pyproject.toml): the default run leaves out ``slow`` (real corpora),
+``learning`` (the paper-claim learning tests) and ``e2e`` (long end-to-end runs); ``make
+test-learning``, ``make test-e2e``, ``make test-slow`` and ``make test-all`` run them.
+"""
 
 from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import pytest
 
 
+def cache_dir(config: pytest.Config, name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder under the pytest cache (kept between sessions), or a session temporary folder
+    when the cache plugin is off (``-p no:cacheprovider``)."""
+    cache = getattr(config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir(name))
+    return tmp_path_factory.mktemp(name, numbered=False)
+
+
 @pytest.fixture(scope="session")
-def synthetic_features(request):
+def synthetic_features(request, tmp_path_factory):
     """The synthetic corpus with openSMILE + MiniLM features and alignment edges (see
-    ``tests/synthetic_features.py``), cached under the pytest cache so re-runs skip extraction."""
+    ``tests/synthetic_features.py``), built once per session and cached under the pytest cache so
+    re-runs skip extraction."""
     from synthetic_features import build_synthetic_features
 
-    return build_synthetic_features(request.config.cache.mkdir("emomix-synthetic"))
+    return build_synthetic_features(cache_dir(request.config, "emomix-synthetic", tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the module, the previous count restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
 def trained_synthetic_run(synthetic_features, tmp_path_factory):
     """A small trained run folder (Path): Dual Routing on the synthetic corpus, fold ses01 only,
-    seed 0, two epochs, features from the pytest synthetic cache (so only the first session pays
-    for extraction). Inference and service tests share it."""
+    seed 0, two epochs, features from the synthetic cache (so only the first session pays for
+    extraction). Inference, export and service tests share it."""
     import torch
 
     from emomix.train.recipe import Recipe
@@ -34,3 +70,23 @@ def trained_synthetic_run(synthetic_features, tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_predictor(trained_synthetic_run):
+    """The :class:`~emomix.infer.predictor.Predictor` of ``trained_synthetic_run`` (default fold,
+    seed and ASR), loaded once; the service and browser tests share it."""
+    from emomix.infer.predictor import Predictor
+
+    return Predictor.from_run(trained_synthetic_run)
+
+
+@pytest.fixture(scope="module")
+def background_server() -> Iterator[Callable[[Any], str]]:
+    """``url = background_server(app)``: ``app`` served by uvicorn in a daemon thread on a free
+    port (:class:`~emomix.serve.server.BackgroundServer`); every server started stops when the
+    module's tests are done."""
+    from emomix.serve.server import BackgroundServer
+
+    with ExitStack() as servers:
+        yield lambda app: servers.enter_context(BackgroundServer(app))

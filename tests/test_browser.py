@@ -1,5 +1,6 @@
 """The web page in a real browser: the system Chromium (headless) driven by Selenium against the
-real service (uvicorn in a thread) and the real Predictor of a trained synthetic run.
+real service (uvicorn in a thread) and the real Predictor of a trained synthetic run. Part of the
+``e2e`` suite (``make test-e2e``).
 
 Chromium and chromedriver are Debian's (``apt-get install chromium chromium-driver``, done by
 scripts/setup.sh as root); the driver path is given explicitly, so Selenium Manager never
@@ -13,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from emomix.serve.app import ServiceLimits, create_app
-from emomix.serve.server import BackgroundServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -32,26 +32,13 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_missing() is not None, reason=_missing() or "")]
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def server(trained_synthetic_run, one_thread):
-    from emomix.infer.predictor import Predictor
-
-    predictor = Predictor.from_run(trained_synthetic_run)
-    with BackgroundServer(create_app(predictor, ServiceLimits(timeout_s=WAIT_S))) as url:
-        yield url, predictor.info()["classes"]
+def server(synthetic_predictor, background_server, one_thread):
+    url = background_server(create_app(synthetic_predictor, ServiceLimits(timeout_s=WAIT_S)))
+    return url, synthetic_predictor.info()["classes"]
 
 
 @pytest.fixture(scope="module")

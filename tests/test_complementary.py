@@ -22,13 +22,8 @@ from emomix.models.inputs import Batch, ModalityInput, pad_sequences
 from emomix.train.late_fusion import fit_fusion_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: thread start-up costs more than it saves, badly so on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Torch on one thread for the whole module (the one_thread fixture in conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TEXT_DIM, AUDIO_DIM, CLASSES = 24, 16, 3

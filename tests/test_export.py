@@ -28,12 +28,8 @@ CLASSES = ["angry", "happy", "neutral", "sad"]
 EXPORTABLE = ["dual_routing", "mpaf_net", "early_fusion", "mister_e", "tfn"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Torch on one thread for the whole module (the one_thread fixture in conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name: str, seed: int = 0, **config):

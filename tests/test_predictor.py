@@ -24,12 +24,8 @@ from synthetic_features import fold_test_items
 FOLD = "ses01"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Torch on one thread for the whole module (the one_thread fixture in conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -408,20 +408,9 @@ def test_concurrent_requests_on_a_real_server_all_succeed():
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def real_predictor(trained_synthetic_run, one_thread):
-    from emomix.infer.predictor import Predictor
-
-    return Predictor.from_run(trained_synthetic_run)
+def real_predictor(synthetic_predictor, one_thread):
+    """The shared predictor of the trained synthetic run (conftest), used on one torch thread."""
+    return synthetic_predictor
 
 
 @pytest.fixture(scope="module")
@@ -501,10 +490,10 @@ def test_real_model_reads_a_browser_recording(real_client, real_clips):
     assert response.json()["duration_s"] == pytest.approx(wave.size / rate, abs=0.05)
 
 
-@pytest.mark.parametrize("count", [40, pytest.param(200, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("count", [40, pytest.param(200, marks=pytest.mark.e2e)])
 def test_real_model_serves_requests_8_at_a_time_without_errors(real_predictor, real_clips, count):
     """Every concurrent answer equals the answer to the same request made alone. 40 requests in
-    the fast suite (about 0.1-0.3 s each on two shared cores); the full 200 with ``-m slow`` and
+    the fast suite (about 0.1-0.3 s each on two shared cores); the full 200 with ``-m e2e`` and
     in ``bench/serve_load.py``."""
     limits = ServiceLimits(worker_threads=2, timeout_s=120)
     references = {}

@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 import typer
 from typer.testing import CliRunner
 
@@ -20,12 +19,8 @@ RATE = 16000
 LENGTH_S = 60.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Torch on one thread for the whole module (the one_thread fixture in conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from emomix.errors import ConfigError
 from emomix.train.recipe import Recipe, load_recipe
@@ -20,14 +19,6 @@ FOLDS = ["ses01", "ses02"]
 
 def recipe_dict(synthetic_features, **model_config):
     return synthetic_recipe(synthetic_features, **model_config)
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

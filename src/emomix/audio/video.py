@@ -69,14 +69,17 @@ def read_video_frames(path: str | Path, start: float | None = None, end: float |
             raise VideoError(f"{path}: has no video stream; give the corpus's video file or drop the video modality")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        origin = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        time_base = stream.time_base
+        if time_base is None:
+            raise VideoError(f"{path}: its video stream declares no time base; the file is corrupt or truncated")
+        origin = float(stream.start_time * time_base) if stream.start_time is not None else 0.0
         # Half a frame of slack: a frame whose time stamp rounds to just before ``start`` is the
         # one on screen at ``start``.
         rate = float(stream.average_rate) if stream.average_rate else 25.0
         slack = 0.5 / rate
         try:
             if start:
-                container.seek(int((origin + start) / stream.time_base), stream=stream, backward=True, any_frame=False)
+                container.seek(int((origin + start) / time_base), stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 time = (float(frame.time) - origin) if frame.time is not None else len(frames) / rate
                 if start is not None and time < start - slack:
@@ -108,9 +111,10 @@ def _haar_cascade() -> Any:
             f"OpenCV {cv2.__version__} has no Haar cascade detector (OpenCV 5 moved it out of the main "
             "package); install opencv-python-headless<5, or use face_crops(detector='none')"
         )
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + HAAR_CASCADE)
+    folder = str(cv2.data.haarcascades)  # type: ignore[attr-defined]  # OpenCV's stubs omit cv2.data
+    cascade = cv2.CascadeClassifier(folder + HAAR_CASCADE)
     if cascade.empty():
-        raise ConfigError(f"OpenCV's {HAAR_CASCADE} was not found in {cv2.data.haarcascades}; reinstall opencv-python-headless<5")
+        raise ConfigError(f"OpenCV's {HAAR_CASCADE} was not found in {folder}; reinstall opencv-python-headless<5")
     return cascade
 
 
