@@ -8,6 +8,7 @@ writes ``bench/results/<name>.json`` (``<name>.quick.json`` for smoke runs, not 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -44,10 +45,8 @@ def set_threads(threads: int) -> int:
     import torch
 
     torch.set_num_threads(int(threads))
-    try:
+    with contextlib.suppress(RuntimeError):  # already set in this process (settable only once)
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass  # already set in this process (interop threads can be set only once)
     return torch.get_num_threads()
 
 

@@ -21,7 +21,8 @@ built with ``SpeechSSLEncoder.from_config``) and openSMILE LLDs (eGeMAPSv02, Com
 Every path uses the same torch thread count and is warmed up first; the timed repeats are
 interleaved (bare, project, bare, project, ...) so load from other processes hits both alike, and
 the fastest repeat is reported (WavLM: one timed repeat per path in the full run, to stay near
-five minutes; the CPU seconds are reported too, as they depend less on the machine's load). Run: ``python -m bench.extraction_throughput [--quick] [--corpus savee|emodb|synthetic]``.
+five minutes; the CPU seconds are reported too, as they depend less on the machine's load).
+Run: ``python -m bench.extraction_throughput [--quick] [--corpus savee|emodb|synthetic]``.
 """
 
 from __future__ import annotations

@@ -60,12 +60,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             batch = (dialogue_batch(info.modalities, batch_size, sizes) if info.batch_kind == "dialogue"
                      else utterance_batch(info.modalities, batch_size, sizes))
             utterances = batch_size * (sizes["dialogue"] if info.batch_kind == "dialogue" else 1)
-            wall, cpu = _time(lambda: model(batch), sizes["repeats"])
+            wall, cpu = _time(lambda model=model, batch=batch: model(batch), sizes["repeats"])
             record[f"ms_per_utterance_batch{batch_size}"] = round(wall * 1000 / utterances, 3)
             record[f"cpu_ms_per_utterance_batch{batch_size}"] = round(cpu * 1000 / utterances, 3)
         results["models"][name] = record
         print(f"{name:26s} {record['parameters']:>11,d} params  {record['ms_per_utterance_batch1']:8.2f} ms "
-              f"(CPU {record['cpu_ms_per_utterance_batch1']:.2f}) batch 1  {record['ms_per_utterance_batch8']:8.2f} ms/utt "
+              f"(CPU {record['cpu_ms_per_utterance_batch1']:.2f}) batch 1  "
+              f"{record['ms_per_utterance_batch8']:8.2f} ms/utt "
               f"(CPU {record['cpu_ms_per_utterance_batch8']:.2f}) batch 8", flush=True)
     results["encoders"] = time_encoders(args.quick, sizes)
     for record in results["models"].values():
@@ -106,7 +107,7 @@ def time_encoders(quick: bool, sizes: dict[str, Any]) -> dict[str, dict[str, Any
     out = {}
     for modality, label, encoder, inputs in (("audio", "WavLM-Base-sized (random)", speech, [wave]),
                                              ("text", "RoBERTa-base-sized (random)", text, [sentence])):
-        wall, cpu = _time(lambda: encoder.encode(inputs), sizes["encoder_repeats"])
+        wall, cpu = _time(lambda encoder=encoder, inputs=inputs: encoder.encode(inputs), sizes["encoder_repeats"])
         frames = int(encoder.encode(inputs).mask.sum())
         out[modality] = {"label": label, "parameters": sum(p.numel() for p in encoder.parameters()),
                          "ms_per_utterance": round(wall * 1000, 1), "cpu_ms_per_utterance": round(cpu * 1000, 1),

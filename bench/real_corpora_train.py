@@ -11,7 +11,8 @@ Results: ``bench/results/real_corpora_train.json`` — per corpus and model, the
 macro-F1 and weighted-F1 as mean ± SD over seeds, the wall time, and how it splits between
 feature extraction and training; ``--table`` prints the Markdown table for docs/benchmarks.md.
 
-    python -m bench.real_corpora_train --recipe configs/emodb/early_fusion_audio.yaml --models speech_cnn,dual_routing_audio --seeds 3
+    python -m bench.real_corpora_train --recipe configs/emodb/early_fusion_audio.yaml \
+        --models speech_cnn,dual_routing_audio --seeds 3
     python -m bench.real_corpora_train --table
 """
 
@@ -38,9 +39,9 @@ def applicable(model: str, recipe: Any, has_dialogues: bool) -> str | None:
         return f"needs {', '.join(missing)}, which the corpus recipe does not provide"
     if info.batch_kind == "dialogue" and not has_dialogues:
         return "a conversation model; the corpus has no dialogues"
-    if model == "complementary" or model.startswith("complementary_ca") or model == "graph_mlp":
-        if not recipe.edges:
-            return "needs token–frame alignment edges (word timings); the recipe has none"
+    needs_edges = model == "complementary" or model.startswith("complementary_ca") or model == "graph_mlp"
+    if needs_edges and not recipe.edges:
+        return "needs token–frame alignment edges (word timings); the recipe has none"
     return None
 
 

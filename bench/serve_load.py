@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             [f"load, {args.concurrency} at a time", requests, args.concurrency,
              *(summary["latency_ms"][k] for k in ("p50", "p95", "max")), summary["throughput_rps"], summary["errors"]]]
     print(format_table(["run", "requests", "in flight", "p50 ms", "p95 ms", "max ms", "req/s", "errors"], rows))
-    print(f"server CPU per request: {summary['server_cpu_s_per_request'] * 1000:.0f} ms; p99 {summary['latency_ms']['p99']} ms")
+    print(f"server CPU per request: {summary['server_cpu_s_per_request'] * 1000:.0f} ms; "
+          f"p99 {summary['latency_ms']['p99']} ms")
     payload = {"machine": machine_info(args.threads), "run": str(run), "summary": summary}
     print(f"results: {write_results(NAME, payload, args.quick, args.out)}")
     return payload

@@ -241,7 +241,7 @@ def make_savee(base: Path) -> Path:
     ``info.wav`` (not ``SS_Enn``), which must be skipped. Returns the folder.
     """
     root = base / "savee"
-    for name in SAVEE_FILES + ("DC_zz01.wav", "XY_a01.wav", "info.wav"):
+    for name in (*SAVEE_FILES, "DC_zz01.wav", "XY_a01.wav", "info.wav"):
         write_wav(root / name)
     return root
 

@@ -9,7 +9,8 @@ with ``read_corpus("synthetic", ...)`` and extracts features into a feature stor
   frames are then averaged in non-overlapping windows of ``frame_stride=4`` (25 frames/s, a frame
   every 40 ms; a window is speech when most of its frames are) so that the attention and LSTM
   models stay fast on two CPU cores — the papers' WavLM gives 50 frames/s, and the synthetic
-  corpus's local events (0.15-0.35 s) still span 4-9 frames. Then the states are z-scored per speaker with :class:`~emomix.encoders.normalisation.SpeakerNormaliser` (fitted on
+  corpus's local events (0.15-0.35 s) still span 4-9 frames. Then the states are z-scored per speaker with
+  :class:`~emomix.encoders.normalisation.SpeakerNormaliser` (fitted on
   every utterance of the speaker, labels unused), because the generator makes speakers differ as
   much as emotions do;
 * text: the bundled MiniLM (6 layers, 384-d) with hidden layers 3-6 stored, so

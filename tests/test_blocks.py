@@ -89,7 +89,7 @@ def test_attention_pooling_row_without_valid_frames_is_finite():
 def test_mlp_layer_count_and_activation():
     mlp = MLP(8, 16, 3, num_layers=3, activation="relu")
     linears = [m for m in mlp.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(8, 16), (16, 16), (16, 3)]
+    assert [(layer.in_features, layer.out_features) for layer in linears] == [(8, 16), (16, 16), (16, 3)]
     assert sum(isinstance(m, torch.nn.ReLU) for m in mlp.modules()) == 2
     assert MLP(8, 16, 3)(torch.randn(5, 8)).shape == (5, 3)
     with pytest.raises(ConfigError, match="activation 'tanh'"):
@@ -171,7 +171,7 @@ def test_mixture_of_experts_is_weighted_sum_and_unselected_experts_get_no_gradie
     experts = [Expert(6, 4, kind="linear") for _ in range(4)]
     moe = MixtureOfExperts(experts, TopKGate(6, 4, k=1)).eval()
     gate_input, x = torch.randn(1, 6), torch.randn(1, 6)
-    output, aux, balance = moe(gate_input, x)
+    output, aux, _balance = moe(gate_input, x)
     manual = sum(aux["gate_weights"][:, e:e + 1] * experts[e](x)[0] for e in range(4))
     assert torch.allclose(output, manual, atol=ATOL)
     assert aux["expert_outputs"].shape == (1, 4, 4)

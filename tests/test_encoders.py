@@ -445,7 +445,7 @@ def test_face_crop_encoder_shapes_masks_and_identity():
     encoder = FaceCropEncoder(out_dim=16)
     rng = np.random.default_rng(0)
     stacks = [rng.integers(0, 256, (5, 64, 64), dtype=np.uint8), rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)]
-    out = encoder.encode(stacks + [np.zeros((0, 64, 64), dtype=np.uint8)])
+    out = encoder.encode([*stacks, np.zeros((0, 64, 64), dtype=np.uint8)])
     assert out.states.shape == (3, 5, 16) and out.lengths().tolist() == [5, 3, 1]
     assert out.extras["empty"] == [False, False, True]
     torch.testing.assert_close(out.states[1, :3], encoder.encode([stacks[1]]).states[0], atol=1e-5, rtol=1e-4)

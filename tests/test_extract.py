@@ -159,7 +159,8 @@ def test_counts_arrays_fallbacks_and_failures(tmp_path):
     table = make_audio_corpus(tmp_path / "wav", 8)
     sf.write(tmp_path / "silent.wav", np.zeros(3200, np.float32), RATE)
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage")
-    rows = table.to_dict("records") + [
+    rows = [
+        *table.to_dict("records"),
         {"utt_id": "silent", "corpus": "tones", "speaker": "s0", "audio_path": "silent.wav"},  # relative to base_dir
         {"utt_id": "corrupt", "corpus": "tones", "speaker": "s0", "audio_path": str(tmp_path / "corrupt.wav")},
         {"utt_id": "absent", "corpus": "tones", "speaker": "s0", "audio_path": str(tmp_path / "absent.wav")},
@@ -387,7 +388,7 @@ def test_cli_extract_with_mfcc_and_store_commands(tmp_path, capsys):
     argv = ["extract", "manifest", str(manifest), "--encoder", "mfcc", "--store", str(store),
             "--no-progress", "--batch-size", "2", "--dtype", "float32"]
 
-    code, out, _ = run_cli(argv + ["--json"], capsys)
+    code, out, _ = run_cli([*argv, "--json"], capsys)
     assert code == 0, out
     summary = json.loads(out)
     assert (summary["total"], summary["computed"], summary["failed"]) == (5, 4, 1)
@@ -403,9 +404,9 @@ def test_cli_extract_with_mfcc_and_store_commands(tmp_path, capsys):
     assert code == 0 and "4 entries in 1 shards" in out
     code, out, _ = run_cli(["store", "verify", str(store)], capsys)
     assert code == 0 and "checked 4 entries: 0 bad" in out
-    code, _, err = run_cli(argv + ["--layers", "4,x"], capsys)
+    code, _, err = run_cli([*argv, "--layers", "4,x"], capsys)
     assert code == 2 and "--layers expects comma-separated integers" in err
-    code, _, err = run_cli(argv + ["--shard-index", "2", "--num-shards", "2"], capsys)
+    code, _, err = run_cli([*argv, "--shard-index", "2", "--num-shards", "2"], capsys)
     assert code == 2 and "--shard-index 2 is outside 0..1" in err
     code, _, err = run_cli(["store", "info", str(tmp_path / "nowhere")], capsys)
     assert code == 2 and "does not exist" in err
@@ -415,11 +416,11 @@ def test_two_worker_processes_shard_the_corpus_and_merge(tmp_path, capsys):
     manifest = make_manifest_corpus(tmp_path / "corpus", 12)
     # openSMILE starts faster than MFCC (no librosa/numba warm-up) in each fresh worker process.
     base = ["extract", "manifest", str(manifest), "--encoder", "opensmile:eGeMAPSv02", "--no-progress", "--json"]
-    code, out, _ = run_cli(base + ["--store", str(tmp_path / "reference")], capsys)
+    code, out, _ = run_cli([*base, "--store", str(tmp_path / "reference")], capsys)
     assert code == 0
     reference = json.loads(out)
 
-    code, out, err = run_cli(base + ["--store", str(tmp_path / "store"), "--num-shards", "2"], capsys)
+    code, out, err = run_cli([*base, "--store", str(tmp_path / "store"), "--num-shards", "2"], capsys)
     assert code == 0, err
     combined = json.loads(out)
     assert combined["workers"] == 2 and (combined["total"], combined["computed"], combined["failed"]) == (12, 12, 0)
@@ -432,7 +433,7 @@ def test_two_worker_processes_shard_the_corpus_and_merge(tmp_path, capsys):
         np.testing.assert_array_equal(got[key]["states"], want[key]["states"])
     with FeatureStore(tmp_path / "store", create=False) as opened:
         assert opened.verify().ok
-    code, out, _ = run_cli(base + ["--store", str(tmp_path / "store")], capsys)
+    code, out, _ = run_cli([*base, "--store", str(tmp_path / "store")], capsys)
     assert code == 0 and (json.loads(out)["cached"], json.loads(out)["computed"]) == (12, 0)
 
 

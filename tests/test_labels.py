@@ -8,7 +8,7 @@ from emomix.errors import LabelError
 
 
 def _table(labels):
-    return make_table([{"utt_id": f"u{i}", "corpus": "c", "speaker": "s", "label": l} for i, l in enumerate(labels)])
+    return make_table([{"utt_id": f"u{i}", "corpus": "c", "speaker": "s", "label": label} for i, label in enumerate(labels)])
 
 
 def test_builtin_schemes_are_the_published_ones():

@@ -363,9 +363,9 @@ def test_check_catches_tampered_plans():
     plan.check(table)
     first = plan.folds[0]
     with pytest.raises(ProtocolError, match=r"fold 'spk00': 1 utterance\(s\) in both train and test, e\.g\. 'spk01_00'"):
-        tampered(plan, edits=[(0, "test", first.test + ["spk01_00"])]).check(table)
+        tampered(plan, edits=[(0, "test", [*first.test, "spk01_00"])]).check(table)
     with pytest.raises(ProtocolError, match="not in the table, e.g. 'ghost'"):
-        tampered(plan, edits=[(0, "train", first.train + ["ghost"])]).check(table)
+        tampered(plan, edits=[(0, "train", [*first.train, "ghost"])]).check(table)
     with pytest.raises(ProtocolError, match="listed twice in test"):
         tampered(plan, edits=[(0, "test", first.test + first.test[:1])]).check(table)
     # a speaker moved wholesale: groups say spk00, speakers disagree
@@ -378,7 +378,7 @@ def test_check_catches_tampered_plans():
     with pytest.raises(ProtocolError, match="the test part is empty"):
         tampered(plan, edits=[(0, "test", [])]).check(table)
     second = plan.folds[1]
-    no_groups = tampered(plan, edits=[(1, "test_groups", []), (1, "test", second.test + ["spk02_00"]),
+    no_groups = tampered(plan, edits=[(1, "test_groups", []), (1, "test", [*second.test, "spk02_00"]),
                                       (1, "train", [u for u in second.train if u != "spk02_00"])])
     with pytest.raises(ProtocolError, match="speaker\\(s\\) 'spk02' appear in both train and test"):
         no_groups.check(table)
@@ -401,7 +401,7 @@ def test_format_names_each_held_out_group_and_counts():
     header = lines[2]
     assert "test groups" in header and "train utt/spk" in header and "test:angry" in header
     for fold in plan.folds:
-        (line,) = [l for l in lines if l.startswith(fold.name + " ")]
+        (line,) = [row for row in lines if row.startswith(fold.name + " ")]
         cells = line.split()
         assert cells[:3] == [fold.name, fold.name, fold.validation_groups[0]]
         assert cells[3:6] == ["72/6", "24/2", "24/2"] and cells[6:] == ["6", "6", "6", "6"]

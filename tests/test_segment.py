@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import tracemalloc
 
 import numpy as np
@@ -94,14 +95,14 @@ def test_pauses_merge_short_regions_drop_and_long_regions_split(tmp_path):
     sf.write(str(path), wave, RATE)
     stats = SegmentationStats()
     segments = list(segment_recording(path, stats=stats))
-    first, click, third, fourth, long = spans
+    first, _click, third, fourth, long = spans
     # the 0.1 s tone is dropped, the 0.2 s pause does not split, the 20 s tone is cut in 3 equal pieces
     assert_matches(segments[:2], [first, (third[0], fourth[1])])
     pieces = segments[2:]
     assert len(pieces) == 3 and all(p.duration <= 8.0 for p in pieces)
     assert pieces[0].start == pytest.approx(long[0] - PAD, abs=0.04)
     assert pieces[-1].end == pytest.approx(long[1] + PAD, abs=HANGOVER)
-    assert all(a.end == b.start for a, b in zip(pieces, pieces[1:]))  # contiguous cuts
+    assert all(a.end == b.start for a, b in itertools.pairwise(pieces))  # contiguous cuts
     assert max(p.duration for p in pieces) - min(p.duration for p in pieces) < 1e-3
     assert (stats.dropped_short, stats.split, stats.segments) == (1, 1, 5)
     # the samples are the file's, at 16 kHz
@@ -177,7 +178,7 @@ def test_continuous_speech_is_cut_at_the_memory_bound_without_gaps():
     segments = segment_waveform(wave, max_segment_s=2.0, max_held_s=4.0, stats=stats)
     assert stats.held_cuts >= 2 and stats.dropped_short == 0  # the short rest of the tone is kept
     assert all(s.duration <= 2.0 + 1e-9 for s in segments)
-    assert all(a.end == b.start for a, b in zip(segments, segments[1:]))
+    assert all(a.end == b.start for a, b in itertools.pairwise(segments))
     assert segments[0].start == pytest.approx(span[0] - PAD, abs=0.04)
     assert segments[-1].end == pytest.approx(span[1] + PAD, abs=HANGOVER)
     joined = np.concatenate([s.samples for s in segments])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,7 +61,7 @@ def test_audio_key_changes_with_bytes_span_encoder_and_preprocessing(tmp_path):
     b = write_wav(tmp_path / "b.wav", freq=330.0)
     same_as_a = tmp_path / "moved" / "copy.wav"
     same_as_a.parent.mkdir()
-    same_as_a.write_bytes(open(a, "rb").read())
+    same_as_a.write_bytes(Path(a).read_bytes())
     table = audio_table([
         {"audio_path": a},
         {"audio_path": b},
@@ -195,7 +196,8 @@ def test_round_trip_keeps_shapes_without_padding(tmp_path, dtype):
         assert stats["bytes"] == shard.stat().st_size
     # The shard is plain safetensors: one tensor per field, rows concatenated, no padding.
     with safe_open(str(shard), framework="numpy") as handle:
-        shapes = {name.split(".", 1)[1]: handle.get_slice(name).get_shape() for name in handle.keys()}
+        shapes = {name.split(".", 1)[1]: handle.get_slice(name).get_shape()
+                  for name in handle.keys()}  # noqa: SIM118 - safe_open has keys() but is not iterable
         meta = handle.metadata()
     total_frames = sum(3 + 2 * i for i in range(6))
     assert shapes["states"] == [total_frames, 8] and shapes["layer_1"] == [total_frames, 8]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -156,7 +157,7 @@ def test_sessions_speakers_and_dialogues(big_plan):
         assert [u.turn for u in turns] == list(range(len(turns)))
         assert 6 <= len(turns) <= 10
         speakers = [u.speaker for u in turns]
-        assert all(a != b for a, b in zip(speakers, speakers[1:])), "turns must alternate speakers"
+        assert all(a != b for a, b in itertools.pairwise(speakers)), "turns must alternate speakers"
         assert len({u.session for u in turns}) == 1
 
 
@@ -182,14 +183,14 @@ def test_speakers_differ_as_much_as_the_emotion_cues(big_plan):
 
 def test_emotion_persists_between_turns(big_plan):
     utterances = big_plan.utterances
-    later = [(u, prev) for prev, u in zip(utterances, utterances[1:]) if u.turn > 0]
+    later = [(u, prev) for prev, u in itertools.pairwise(utterances) if u.turn > 0]
     persisted = np.mean([u.persisted for u, _ in later])
     same = np.mean([u.label == prev.label for u, prev in later])
     assert persisted == pytest.approx(0.7, abs=0.03)
     assert same == pytest.approx(0.7 + 0.3 / 4, abs=0.03)
     assert all(u.label == prev.label for u, prev in later if u.persisted)
     independent = plan_corpus(SyntheticConfig(seed=1, size=1500, persistence=0.0)).utterances
-    same = np.mean([u.label == prev.label for prev, u in zip(independent, independent[1:]) if u.turn > 0])
+    same = np.mean([u.label == prev.label for prev, u in itertools.pairwise(independent) if u.turn > 0])
     assert same == pytest.approx(0.25, abs=0.04)
 
 
@@ -260,7 +261,7 @@ def test_word_and_event_times_lie_inside_the_utterance_and_are_monotone(big_plan
 
 def frame_levels(path: Path) -> np.ndarray:
     """Short-time level in dB (25 ms frames, 10 ms hop) of the speech frames of a WAV."""
-    audio, rate = soundfile.read(path)
+    audio, _rate = soundfile.read(path)
     frames = np.lib.stride_tricks.sliding_window_view(audio, 400)[::160]
     level = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
     return level[level > np.percentile(level, 5) + 15.0]

@@ -42,7 +42,7 @@ def _configured(schedule: str, monkeypatch, **options):
 
 @pytest.mark.parametrize("schedule", ["warmup_cosine", "onecycle", "plateau", "none"])
 def test_optimiser_groups_give_head_and_encoder_their_own_rates(schedule, monkeypatch):
-    task, configured = _configured(schedule, monkeypatch)
+    _task, configured = _configured(schedule, monkeypatch)
     optimiser = configured["optimizer"] if isinstance(configured, dict) else configured
     # the configured rate: OneCycle's peak, a schedule's base rate, or the plain rate
     key = {"onecycle": "max_lr", "warmup_cosine": "initial_lr"}.get(schedule, "lr")

@@ -52,10 +52,7 @@ class WordTimings(NamedTuple):
 
 
 def _field(row: Any, name: str) -> Any:
-    if isinstance(row, Mapping):
-        value = row.get(name)
-    else:
-        value = getattr(row, name, None)
+    value = row.get(name) if isinstance(row, Mapping) else getattr(row, name, None)
     if value is None:
         return None
     if isinstance(value, float) and math.isnan(value):
@@ -260,16 +257,16 @@ def words_to_frame_edges(words: Sequence[Word | Mapping[str, Any]], frame_rate: 
     """
     if frame_rate <= 0:
         raise ConfigError(f"frame_rate must be positive, got {frame_rate!r}")
-    words = [as_word(word) for word in words]
-    if not words or num_frames <= 0:
+    timed = [as_word(word) for word in words]
+    if not timed or num_frames <= 0:
         return np.zeros((2, 0), dtype=np.int64)
-    starts = np.array([word.start for word in words])[:, None]
-    ends = np.array([word.end for word in words])[:, None]
+    starts = np.array([word.start for word in timed])[:, None]
+    ends = np.array([word.end for word in timed])[:, None]
     centres = (np.arange(num_frames) + 0.5) / frame_rate
     inside = (centres[None, :] >= starts - 1e-9) & (centres[None, :] <= ends + 1e-9)
     if nearest_if_empty:
         for i in np.flatnonzero(~inside.any(axis=1)):
-            middle = (words[i].start + words[i].end) / 2.0
+            middle = (timed[i].start + timed[i].end) / 2.0
             nearest = int(np.clip(np.floor(middle * frame_rate), 0, num_frames - 1))
             inside[i, nearest] = True
     tokens, frames = np.nonzero(inside)

@@ -15,6 +15,7 @@ Utterances of at most ``max_s`` stay whole.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -32,7 +33,7 @@ def chunk_bounds(num_samples: int, rate: int = SAMPLE_RATE, max_s: float = 3.0, 
         return [(0, num_samples)]
     count = math.ceil(num_samples / max_len)
     edges = np.linspace(0, num_samples, count + 1).round().astype(np.int64)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
 def chunk_waveform(wave: np.ndarray, rate: int = SAMPLE_RATE, max_s: float = 3.0, min_s: float = 2.0) -> list[np.ndarray]:
@@ -56,6 +57,6 @@ def pad_or_cut(wave: np.ndarray, length_s: float = 8.0, rate: int = SAMPLE_RATE)
     wave = np.asarray(wave)
     length = int(round(length_s * rate))
     valid = min(wave.shape[0], length)
-    out = np.zeros((length,) + wave.shape[1:], dtype=wave.dtype if wave.dtype.kind == "f" else np.float32)
+    out = np.zeros((length, *wave.shape[1:]), dtype=wave.dtype if wave.dtype.kind == "f" else np.float32)
     out[:valid] = wave[:valid]
     return out, valid

@@ -230,13 +230,16 @@ def _read_pyav(source: str | BinaryIO, name: str, start: float | None, end: floa
             _check_span_inside(name, start, end, duration)
         # Times are relative to the stream's own start (MP3 encoders delay it by their priming),
         # so that a span equals the same slice of the whole file.
-        origin = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        time_base = stream.time_base
+        if time_base is None:
+            raise AudioError(f"{name}: its audio stream declares no time base; the file is corrupt or truncated")
+        origin = float(stream.start_time * time_base) if stream.start_time is not None else 0.0
         try:
             if start and start > SEEK_PREROLL_S:
                 # Seek to a key point before ``start`` less a pre-roll (decoders of MP3/AAC need a
                 # frame or two of history after a seek); the surplus is trimmed below.
                 target = origin + start - SEEK_PREROLL_S
-                container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
+                container.seek(int(target / time_base), stream=stream, backward=True, any_frame=False)
             resampler = av.AudioResampler(format="fltp")
             pieces: list[np.ndarray] = []
             first_sample: int | None = None

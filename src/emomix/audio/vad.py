@@ -166,7 +166,8 @@ def vad_mask(wave: np.ndarray, backend: str = "webrtc", rate: int = SAMPLE_RATE,
         return webrtc_vad_mask(wave, rate, frame_ms=frame_ms, **options)
     unknown = set(options) - {"threshold", "min_speech_ms", "min_silence_ms", "speech_pad_ms"}
     if unknown:
-        raise ConfigError(f"unknown silero VAD option(s) {sorted(unknown)}; known: threshold, min_speech_ms, min_silence_ms, speech_pad_ms")
+        raise ConfigError(f"unknown silero VAD option(s) {sorted(unknown)}; "
+                          "known: threshold, min_speech_ms, min_silence_ms, speech_pad_ms")
     return silero_vad_mask(wave, rate, frame_ms=frame_ms, **options)
 
 

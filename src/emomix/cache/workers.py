@@ -56,7 +56,7 @@ def extract_with_workers(reader: str, root: Path, options: dict[str, Any], num_s
                 argv += [flag] if value else []
             elif value is not None and value != "":
                 argv.append(f"{flag}={value}")  # '=' keeps a negative --boundary-layer a value
-        log = open(folder / f"{index}.log", "w")
+        log = open(folder / f"{index}.log", "w")  # noqa: SIM115 - the worker writes it; closed once it exits
         processes.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log))
     failed = []
     for index, (process, log) in enumerate(processes):

@@ -36,10 +36,17 @@ USAGE_ERRORS = _classes("UsageError")
 NO_ARGS_IS_HELP = _classes("NoArgsIsHelpError")
 EXITS = _classes("Exit")
 ABORTS = _classes("Abort")
+INTERRUPTS: tuple[type[BaseException], ...] = (KeyboardInterrupt, *ABORTS)
 
 
 def _one_line(text: str) -> str:
     return "; ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
+
+
+def _message(exc: BaseException) -> str:
+    """click's formatted message (every click exception has ``format_message``), else ``str(exc)``."""
+    format_message = getattr(exc, "format_message", None)
+    return str(format_message()) if callable(format_message) else str(exc)
 
 
 def _error(message: str) -> None:
@@ -60,19 +67,20 @@ def run_app(app: Any, argv: list[str] | None = None) -> int:
         _error(str(exc))
         return USAGE_STATUS
     except NO_ARGS_IS_HELP as exc:  # `emomix` or `emomix store` alone: the help, as --help prints it
-        typer.echo(exc.ctx.get_help() if getattr(exc, "ctx", None) is not None else exc.format_message())
+        context = getattr(exc, "ctx", None)
+        typer.echo(context.get_help() if context is not None else _message(exc))
         return 0
     except USAGE_ERRORS as exc:
         context = getattr(exc, "ctx", None)
         hint = f"; see '{context.command_path} --help'" if context is not None else ""
-        _error(exc.format_message().strip().rstrip(".") + hint)
+        _error(_message(exc).strip().rstrip(".") + hint)
         return USAGE_STATUS
     except CLICK_ERRORS as exc:  # a file option that cannot be opened and the like
-        _error(exc.format_message())
+        _error(_message(exc))
         return int(getattr(exc, "exit_code", 1) or 1)
     except EXITS as exc:
         status = getattr(exc, "exit_code", 0)
-    except (KeyboardInterrupt, *ABORTS):
+    except INTERRUPTS:
         status = INTERRUPTED_STATUS
     if status == INTERRUPTED_STATUS:
         typer.echo("emomix: interrupted", err=True)

@@ -250,7 +250,8 @@ class FoldPlan:
                 absent = sorted(set(ids) - known)
                 if absent:
                     raise ProtocolError(
-                        f"fold {fold.name!r}: {len(absent)} {part} utterance(s) are not in the table, e.g. {_examples(absent)}; "
+                        f"fold {fold.name!r}: {len(absent)} {part} utterance(s) are not in the table, "
+                        f"e.g. {_examples(absent)}; "
                         "the plan was built on another version of the corpus or label scheme — rebuild it"
                     )
             if self.group_column is not None and fold.test_groups:
@@ -259,7 +260,8 @@ class FoldPlan:
                     values = rows.loc[parts[part], self.group_column] if parts[part] else pd.Series([], dtype=object)
                     leaked = sorted(set(values.dropna()) & held)
                     if leaked:
-                        raise ProtocolError(f"fold {fold.name!r}: {self.group_column} {leaked} is held out for test but appears in {part}")
+                        raise ProtocolError(f"fold {fold.name!r}: {self.group_column} {leaked} is held out for test "
+                                            f"but appears in {part}")
             if self.speaker_independent:
                 test_speakers = set(rows.loc[fold.test, "speaker"])
                 for part in ("train", "validation"):
@@ -276,11 +278,13 @@ class FoldPlan:
                     tested[utt] = tested.get(utt, 0) + 1
             twice = sorted(u for u, n in tested.items() if n > 1)
             if twice:
-                raise ProtocolError(f"{self.protocol} plan tests {len(twice)} utterance(s) in more than one fold, e.g. {_examples(twice)}")
+                raise ProtocolError(f"{self.protocol} plan tests {len(twice)} utterance(s) in more than one fold, "
+                                    f"e.g. {_examples(twice)}")
             never = sorted(known - set(tested))
             if never:
                 raise ProtocolError(
-                    f"{self.protocol} plan never tests {len(never)} utterance(s) of the table, e.g. {_examples(never)}; "
+                    f"{self.protocol} plan never tests {len(never)} utterance(s) of the table, "
+                    f"e.g. {_examples(never)}; "
                     "the table has changed since the plan was built — rebuild it"
                 )
 
@@ -296,7 +300,8 @@ class FoldPlan:
         independence = "speaker-independent" if self.speaker_independent else "NOT speaker-independent"
         lines = [
             f"fold plan: {self.protocol} ({settings})",
-            f"{len(self.folds)} fold(s), {independence}, held out by {self.group_column or 'nothing (stratified by label)'}, "
+            f"{len(self.folds)} fold(s), {independence}, "
+            f"held out by {self.group_column or 'nothing (stratified by label)'}, "
             f"fingerprint {self.fingerprint()}",
         ]
         records = []
@@ -433,7 +438,8 @@ def official_split(table: pd.DataFrame, validation: str = "dev", seed: int = 0) 
     test_speakers = set(table.loc[split == "test", "speaker"])
     shared = test_speakers & set(table.loc[split == "train", "speaker"])
     if shared:
-        notes.append(f"{len(shared)} of {len(test_speakers)} test speakers also speak in train (the official split is not speaker-independent)")
+        notes.append(f"{len(shared)} of {len(test_speakers)} test speakers also speak in train "
+                     "(the official split is not speaker-independent)")
     if validation == "dev" and not parts["dev"]:
         notes.append("the corpus has no dev split: no validation part")
     return FoldPlan("official", {"validation": validation}, [fold], seed=seed, group_column="split",
@@ -478,7 +484,8 @@ def stratified_kfold(
         groups = table[group].to_numpy()
         n_groups = len(set(groups))
         if n_groups < k:
-            raise ProtocolError(f"kfold with group={group!r} needs at least k={k} {group}s, the table has {n_groups}; lower k or use group=None")
+            raise ProtocolError(f"kfold with group={group!r} needs at least k={k} {group}s, "
+                                f"the table has {n_groups}; lower k or use group=None")
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         splits = splitter.split(ids, labels, groups)
     else:

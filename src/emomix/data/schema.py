@@ -30,7 +30,7 @@ Columns
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,7 +273,7 @@ class Corpus:
     name: str
     table: pd.DataFrame
     report: ReadReport = field(default_factory=ReadReport)
-    default_scheme: str | None = None
+    default_scheme: str | Mapping[str, Any] | None = None  # a scheme name, YAML path or spec
     root: str | None = None
     scheme: Any = None  # the LabelScheme applied by read_corpus (its classes give the index order)
 

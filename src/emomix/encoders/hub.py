@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -199,7 +199,7 @@ class FrozenEvalMixin:
         return []
 
     def train(self, mode: bool = True):  # type: ignore[override]
-        nn.Module.train(self, mode)  # type: ignore[arg-type]
+        nn.Module.train(cast(nn.Module, self), mode)  # the mixin is only used with nn.Module encoders
         if mode:
             for module in self._frozen_modules():
                 module.eval()

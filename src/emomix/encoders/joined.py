@@ -40,11 +40,15 @@ class JoinedEncoder(Encoder):
         self.output_size = sum(int(part.output_size or 0) for part in parts)
         self.num_layers = 0
 
+    def _encoders(self) -> list[Encoder]:
+        """The parts, typed (a ModuleList yields plain modules)."""
+        return [part for part in self.parts if isinstance(part, Encoder)]
+
     def config(self) -> dict[str, Any]:
-        return {"join": [{"class": type(part).__name__, **part.config()} for part in self.parts]}
+        return {"join": [{"class": type(part).__name__, **part.config()} for part in self._encoders()]}
 
     def forward(self, inputs: Sequence[Any], output_hidden_states: bool = False) -> EncoderOutput:
-        outputs = [part(inputs) for part in self.parts]
+        outputs = [part(inputs) for part in self._encoders()]
         frames = min(int(out.states.shape[1]) for out in outputs)
         states = torch.cat([out.states[:, :frames].float() for out in outputs], dim=-1)
         mask = outputs[0].mask[:, :frames]

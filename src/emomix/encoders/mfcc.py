@@ -53,7 +53,7 @@ class MFCCEncoder(Encoder):
         """Coefficient and band counts, framing, fixed duration and the librosa version."""
         return {
             "name": "mfcc",
-            "revision": f"librosa-{librosa.__version__}",
+            "revision": f"librosa-{librosa.__version__}",  # type: ignore[attr-defined]  # lazy-loaded, untyped
             "n_mfcc": self.n_mfcc,
             "n_mels": self.n_mels,
             "win_ms": 25.0,

@@ -141,7 +141,7 @@ class SpeakerNormaliser:
             "format": _FORMAT,
             "unseen": self.unseen,
             "global": None
-            if self.global_mean is None
+            if self.global_mean is None or self.global_std is None
             else {"mean": self.global_mean.tolist(), "std": self.global_std.tolist(), "count": self.global_count},
             "speakers": {
                 speaker: {"mean": self.mean[speaker].tolist(), "std": self.std[speaker].tolist(), "count": self.count[speaker]}
@@ -174,7 +174,7 @@ class SpeakerNormaliser:
         elif path.suffix == ".safetensors":
             from safetensors.numpy import save_file
 
-            if self.global_mean is None:
+            if self.global_mean is None or self.global_std is None:
                 raise ConfigError("cannot save an unfitted speaker normaliser as safetensors")
             tensors = {"global.mean": self.global_mean, "global.std": self.global_std}
             order = self.speakers
@@ -211,7 +211,7 @@ class SpeakerNormaliser:
 
             with safe_open(str(path), framework="numpy") as handle:
                 metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is not iterable
             if metadata.get("format") != _FORMAT:
                 raise ConfigError(f"{path}: not a speaker normaliser file")
             order = json.loads(metadata["speakers"])

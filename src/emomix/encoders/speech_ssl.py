@@ -90,7 +90,8 @@ class SpeechSSLEncoder(FrozenEvalMixin, Encoder):
             # A private copy: the model keeps (and this class edits) the config object it is built from.
             config = copy.deepcopy(config)
             self.revision = f"config:{config_fingerprint(config)}:seed{seed}"
-            self.model = seeded_from_config(AutoModel.from_config, config, seed)
+            # Any: the transformers class AutoModel picks at run time (attributes differ per family)
+            self.model: Any = seeded_from_config(AutoModel.from_config, config, seed)
             self.name = f"random:{config.model_type}"
             if feature_extractor is None:
                 # wav2vec2's convention: layer-normalised CNNs were trained with attention masks.

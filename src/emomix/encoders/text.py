@@ -101,7 +101,8 @@ class TextEncoder(FrozenEvalMixin, Encoder):
                 )
             config = copy.deepcopy(config)
             self.revision = f"config:{config_fingerprint(config)}:seed{seed}|tokenizer:{tokenizer_name}:{tokenizer_revision}"
-            self.model = seeded_from_config(AutoModel.from_config, config, seed)
+            # Any: the transformers class AutoModel picks at run time (attributes differ per family)
+            self.model: Any = seeded_from_config(AutoModel.from_config, config, seed)
             self.name = f"random:{config.model_type}"
         else:
             if name_or_path is None:

@@ -348,7 +348,8 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
     metrics = results["metrics"]
     plan = results["fold_plan"]
     out: list[str] = [f"# {run['model']} on {run['corpus']}", ""]
-    seeds = f"{len(metrics['seeds'])} ({'seed' if len(metrics['seeds']) == 1 else 'seeds'} {', '.join(map(str, metrics['seeds']))})"
+    seed_list = metrics["seeds"]
+    seeds = f"{len(seed_list)} ({'seed' if len(seed_list) == 1 else 'seeds'} {', '.join(map(str, seed_list))})"
     out += [
         f"- **model**: `{run['model']}`",
         f"- **corpus**: {run['corpus']}",
@@ -364,7 +365,8 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
     if plan is not None:
         independence = "speaker-independent" if plan["speaker_independent"] else "**not speaker-independent**"
         out += ["## Fold plan", "",
-                f"{len(plan['folds'])} fold(s), {independence}, held out by {plan['group_column'] or 'nothing (stratified)'}; "
+                f"{len(plan['folds'])} fold(s), {independence}, "
+                f"held out by {plan['group_column'] or 'nothing (stratified)'}; "
                 f"fingerprint `{plan['fingerprint']}`.", ""]
         out += _table(["fold", "test groups", "validation groups", "train", "validation", "test"],
                       [[f["name"], _groups(f["test_groups"]), _groups(f["validation_groups"]), f["train"], f["validation"], f["test"]]
@@ -374,7 +376,7 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
         out.append("")
 
     if results.get("data"):
-        out += ["## Data", ""] + data_section(results["data"]) + [""]
+        out += ["## Data", "", *data_section(results["data"]), ""]
 
     out += ["## Results", "",
             "Pooled: all folds' predictions scored together (mean over seeds). Across folds: the metric of each "
@@ -646,14 +648,12 @@ def data_section(data: Any) -> list[str]:
     classes = data.pop("classes", None)
     if isinstance(classes, Mapping) and classes:
         total = sum(v for v in classes.values() if isinstance(v, (int, float))) or 1
-        out += _table(["class", "utterances", "share"],
-                      [[c, n, f"{100 * n / total:.1f} %"] for c, n in classes.items()], right=[1, 2]) + [""]
+        out += [*_table(["class", "utterances", "share"], [[c, n, f"{100 * n / total:.1f} %"] for c, n in classes.items()], right=[1, 2]), ""]
     folds = data.pop("folds", None)
     if isinstance(folds, Mapping) and folds:
         parts = list(dict.fromkeys(k for v in folds.values() if isinstance(v, Mapping) for k in v))
         out += ["Utterances per fold and part:", ""]
-        out += _table(["fold", *parts], [[name, *(_total(inner.get(p)) if isinstance(inner, Mapping) else "" for p in parts)]
-                                         for name, inner in folds.items()], right=list(range(1, len(parts) + 1))) + [""]
+        out += [*_table(["fold", *parts], [[name, *(_total(inner.get(p)) if isinstance(inner, Mapping) else "" for p in parts)] for name, inner in folds.items()], right=list(range(1, len(parts) + 1))), ""]
     read = data.pop("read_report", None)
     if isinstance(read, Mapping):
         skipped = list(read.get("skipped") or [])
@@ -678,8 +678,7 @@ def data_section(data: Any) -> list[str]:
                          summary.get("computed", "–"), summary.get("failed", len(summary.get("failures") or [])),
                          ", ".join(f"{k} {len(v)}" for k, v in fallbacks.items()) or "none"])
         out += ["Feature extraction:", ""]
-        out += _table(["modality", "features", "utterances", "from the store", "computed", "failed", "fallbacks"], rows,
-                      right=[2, 3, 4, 5]) + [""]
+        out += [*_table(["modality", "features", "utterances", "from the store", "computed", "failed", "fallbacks"], rows, right=[2, 3, 4, 5]), ""]
     failures = data.pop("feature_failures", None)
     if failures:
         listed = [f"{f.get('utt_id')} ({f.get('reason')})" if isinstance(f, Mapping) else str(f) for f in failures]

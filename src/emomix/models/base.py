@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -53,7 +53,8 @@ class ModelConfig:
         """Check ranges and combinations; raise :class:`ConfigError` naming the field."""
         bad = [m for m in self.modalities if m not in ("audio", "text", "video")]
         if bad or not self.modalities:
-            raise ConfigError(f"{type(self).__name__}.modalities must be a non-empty subset of audio, text, video; got {self.modalities}")
+            raise ConfigError(f"{type(self).__name__}.modalities must be a non-empty subset of audio, text, video; "
+                              f"got {self.modalities}")
 
     # -- checks shared by the models' validate() methods; each names the field and the value --
 
@@ -91,8 +92,14 @@ class ModelConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-class EmotionModel(nn.Module):
+BatchT = TypeVar("BatchT", Batch, DialogueBatch)
+
+
+class EmotionModel(nn.Module, Generic[BatchT]):
     """Base class: subclasses set the class attributes and implement ``forward`` and ``loss``.
+
+    Generic in the batch it takes: ``EmotionModel[Batch]`` (utterances) or
+    ``EmotionModel[DialogueBatch]`` (conversations, ``batch_kind = "dialogue"``).
 
     ``input_dims`` maps each available modality to its feature size D (and, for designs that need
     them, extra keys such as ``"audio_pooled"``); ``num_classes`` is C.
@@ -115,7 +122,8 @@ class EmotionModel(nn.Module):
             )
         unsupported = [m for m in config.modalities if m not in self.supported_modalities]
         if unsupported:
-            raise ConfigError(f"model {self.name!r} does not take {', '.join(unsupported)}; it takes {', '.join(self.supported_modalities)}")
+            raise ConfigError(f"model {self.name!r} does not take {', '.join(unsupported)}; "
+                              f"it takes {', '.join(self.supported_modalities)}")
         if num_classes < 2:
             raise ConfigError(f"model {self.name!r} needs at least 2 classes, got {num_classes}")
         self.config = config
@@ -135,7 +143,7 @@ class EmotionModel(nn.Module):
                 weights = weights.to(parameter.device)
         self.class_weights = weights
 
-    def forward(self, batch: Batch | DialogueBatch) -> ModelOutput:  # pragma: no cover - abstract
+    def forward(self, batch: BatchT) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def loss(self, output: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

@@ -54,6 +54,7 @@ Padded positions are assumed to follow the valid ones in every row (as
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -69,8 +70,10 @@ from emomix.models.inputs import Batch, ModalityInput, ModelOutput
 from emomix.models.losses import branch_losses, focal_loss
 
 PAPERS = {
-    "early_fusion": "early fusion baseline (concatenated pooled modalities → MLP), as compared in the Complementary Fusion paper",
-    "late_fusion": "late fusion baseline (average of unimodal classifiers), as compared in the Complementary Fusion paper",
+    "early_fusion": "early fusion baseline (concatenated pooled modalities → MLP), "
+                    "as compared in the Complementary Fusion paper",
+    "late_fusion": "late fusion baseline (average of unimodal classifiers), "
+                   "as compared in the Complementary Fusion paper",
     "tfn": "Zadeh et al., Tensor Fusion Network for Multimodal Sentiment Analysis, EMNLP 2017 (baseline in MPAF-Net)",
     "ef_lstm": "EF-LSTM: early-fusion LSTM baseline, as compared in MPAF-Net",
     "lf_lstm": "LF-LSTM: late-fusion LSTM baseline, as compared in MPAF-Net",
@@ -176,10 +179,11 @@ class SpeechCNNConfig(BaselineConfig):
 # Shared parts of the baselines
 # ---------------------------------------------------------------------------------------------
 
-class BaselineModel(EmotionModel):
+class BaselineModel(EmotionModel[Batch]):
     """What every baseline shares: the modality check, class weights and the weighted CE loss."""
 
     config_class: ClassVar[type[ModelConfig]] = BaselineConfig
+    config: BaselineConfig
     supported_modalities: ClassVar[tuple[str, ...]] = ALL_MODALITIES
 
     def __init__(self, config: BaselineConfig, input_dims: Mapping[str, int], num_classes: int):
@@ -334,6 +338,7 @@ class EarlyFusionLSTM(BaselineModel):
     name = "ef_lstm"
     paper = PAPERS["ef_lstm"]
     config_class = LSTMBaselineConfig
+    config: LSTMBaselineConfig
 
     def __init__(self, config: LSTMBaselineConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__(config, input_dims, num_classes)
@@ -421,7 +426,7 @@ class SpeechCNN(BaselineModel):
         self.norm = _input_norm(dim, config.input_norm)
         widths = [dim, *[int(c) for c in config.channels]]
         self.convs = nn.ModuleList(nn.Conv1d(a, b, config.kernel_size, padding=config.kernel_size // 2)
-                                   for a, b in zip(widths[:-1], widths[1:]))
+                                   for a, b in itertools.pairwise(widths))
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = MLP(2 * widths[-1], config.hidden_dim, num_classes, num_layers=config.num_layers,
                               dropout=config.dropout)

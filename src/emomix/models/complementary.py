@@ -39,6 +39,9 @@ The design, in our words:
    classes maximising UA; the registry entry names the two parts), or set by
    :func:`arousal_split_weights`, the paper's hand-assigned split.
 6. **Baseline** ``graph_mlp``: the graph embedding alone → MLP, part of the paper's comparison.
+7. **The paper's comparisons** are settings, not separate classes: top-1 vs top-2 routing is
+   ``top_k``, graph vs no graph is ``graph="none"``; the late-fusion trainer passes them to both
+   parts (recipes ``configs/synthetic/complementary_top1.yaml`` and ``complementary_no_graph.yaml``).
 
 Losses: cross-entropy (class-weighted when :meth:`set_class_weights` was called) plus
 ``load_balance_weight`` × the gate's load-balancing loss.
@@ -208,11 +211,12 @@ def _front_end(batch: Batch, max_tokens: int, max_frames: int, modalities: Seque
     return text, audio, edges
 
 
-class _ComplementaryBase(EmotionModel):
+class _ComplementaryBase(EmotionModel[Batch]):
     """What the CA, SPL and graph-MLP models share: projections, the graph, class weights, CE loss."""
 
     paper: ClassVar[str] = PAPER
     supported_modalities: ClassVar[tuple[str, ...]] = ("audio", "text")
+    config: ComplementaryConfig | GraphMLPConfig
 
     def _build_front(self, config: ComplementaryConfig | GraphMLPConfig, input_dims: Mapping[str, int],
                      project: bool = True) -> None:
@@ -288,6 +292,7 @@ class ComplementaryCrossAttentionMoE(_ComplementaryBase):
 
     name: ClassVar[str] = "complementary_ca"
     config_class: ClassVar[type[ModelConfig]] = ComplementaryConfig
+    config: ComplementaryConfig
 
     def __init__(self, config: ComplementaryConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__(config, input_dims, num_classes)
@@ -352,6 +357,7 @@ class ComplementarySumProductMoE(_ComplementaryBase):
 
     name: ClassVar[str] = "complementary_spl"
     config_class: ClassVar[type[ModelConfig]] = ComplementaryConfig
+    config: ComplementaryConfig
 
     def __init__(self, config: ComplementaryConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__(config, input_dims, num_classes)
@@ -398,6 +404,7 @@ class ComplementaryFusion(_ComplementaryBase):
 
     name: ClassVar[str] = "complementary"
     config_class: ClassVar[type[ModelConfig]] = ComplementaryFusionConfig
+    config: ComplementaryFusionConfig
 
     def __init__(self, config: ComplementaryFusionConfig, input_dims: Mapping[str, int], num_classes: int,
                  ca: ComplementaryCrossAttentionMoE | None = None, spl: ComplementarySumProductMoE | None = None):
@@ -480,6 +487,7 @@ class GraphMLP(_ComplementaryBase):
 
     name: ClassVar[str] = "graph_mlp"
     config_class: ClassVar[type[ModelConfig]] = GraphMLPConfig
+    config: GraphMLPConfig
 
     def __init__(self, config: GraphMLPConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__(config, input_dims, num_classes)

@@ -67,7 +67,8 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: torch.Tensor 
     if alpha is not None:
         alpha = alpha.to(device=log_p.device, dtype=log_p.dtype)
         if alpha.shape != (flat_logits.shape[-1],):
-            raise ConfigError(f"focal_loss: alpha has shape {tuple(alpha.shape)}, expected ({flat_logits.shape[-1]},) — one weight per class")
+            raise ConfigError(f"focal_loss: alpha has shape {tuple(alpha.shape)}, "
+                              f"expected ({flat_logits.shape[-1]},) — one weight per class")
         weight = weight * alpha[safe_targets]
     per_row = -weight * modulation * log_p
     if reduction == "none":
@@ -161,7 +162,7 @@ def supervised_contrastive_loss(a: torch.Tensor, b: torch.Tensor, labels: torch.
     flat_a, flat_b, flat_labels = flat_a[valid], flat_b[valid], flat_labels[valid]
     similarity = F.normalize(flat_a, dim=-1) @ F.normalize(flat_b, dim=-1).T / temperature
     positives = (flat_labels.unsqueeze(0) == flat_labels.unsqueeze(1)).to(similarity.dtype)
-    loss = 0.0
+    loss = torch.zeros((), dtype=similarity.dtype, device=similarity.device)
     for logits in (similarity, similarity.T):
         log_prob = F.log_softmax(logits, dim=-1)
         loss = loss + (-(positives * log_prob).sum(dim=-1) / positives.sum(dim=-1)).mean()

@@ -85,8 +85,9 @@ def _read_session(folder: Path, session: str, report: ReadReport, require_audio:
         # renumbering its neighbours (turns stay the same whatever media a copy holds)
         for turn, item in enumerate(ordered):
             utt = item["utt"]
-            wav: Path | None = folder / "sentences" / "wav" / dialog / f"{utt}.wav"
-            if not wav.is_file():
+            wav_file = folder / "sentences" / "wav" / dialog / f"{utt}.wav"
+            wav: Path | None = wav_file
+            if not wav_file.is_file():
                 if require_audio:
                     report.skip(utt, "audio missing")
                     continue

@@ -134,11 +134,11 @@ def _rows(path: Path) -> Iterable[tuple[_Where, dict[str, Any]]]:
         for line, row in rows:
             yield _Where(line=line), {k: (v if v.strip() != "" else None) for k, v in row.items()}
     elif suffix == ".jsonl":
-        for number, line in enumerate(read_text(path).splitlines(), start=1):
-            if not line.strip():
+        for number, text in enumerate(read_text(path).splitlines(), start=1):
+            if not text.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise CorpusFormatError(path, f"not valid JSON ({exc.msg})", line=number) from None
             if not isinstance(row, dict):
@@ -185,7 +185,7 @@ def _empty(value: Any) -> bool:
 
 
 def _record(path: Path, folder: Path, where: _Where, row: dict[str, Any], fallback_name: str) -> Utterance:
-    values = {c: (None if _empty(row.get(c)) else row.get(c)) for c in COLUMNS}
+    values: dict[str, Any] = {c: (None if _empty(row.get(c)) else row.get(c)) for c in COLUMNS}
     for name in _MANIFEST_REQUIRED:
         if values[name] is None:
             raise where.error(path, f"no value in required column {name!r}")

@@ -40,7 +40,8 @@ CLASS_CUES: dict[str, ClassCue] = {
     ),
     "happy": ClassCue(
         kind="local",
-        description="1..local_event_count laugh-like events (3-4 breathy 'ha' pulses, ~0.3 s) rising from +5 to +10 semitones, +7 dB",
+        description="1..local_event_count laugh-like events (3-4 breathy 'ha' pulses, ~0.3 s) "
+                    "rising from +5 to +10 semitones, +7 dB",
         event="laugh",
         face=(1.0, 0.0, -0.2, 0.05),
         words=("wonderful", "great", "love", "glad", "fantastic", "lovely"),

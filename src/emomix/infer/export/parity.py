@@ -107,7 +107,7 @@ def random_batch_like(example: Batch | DialogueBatch, batch_size: int, lengths: 
         mask = _prefix_mask(row_lengths(width), width)
         inputs = {m: torch.randn(batch_size, width, int(x.shape[-1]), generator=generator) for m, x in example.inputs.items()}
         return DialogueBatch(inputs=inputs, mask=mask)
-    inputs = {}
+    items: dict[str, ModalityInput] = {}
     for modality, source in example.inputs.items():
         width = size_of(modality, int(source.states.shape[1]))
         valid = row_lengths(width)
@@ -126,8 +126,8 @@ def random_batch_like(example: Batch | DialogueBatch, batch_size: int, lengths: 
                                             generator=generator)
         if source.pooled is not None:
             item.pooled = torch.randn(batch_size, int(source.pooled.shape[-1]), generator=generator)
-        inputs[modality] = item
-    return Batch(inputs=inputs)
+        items[modality] = item
+    return Batch(inputs=items)
 
 
 def verification_batches(example: Batch | DialogueBatch) -> list[Batch | DialogueBatch]:

@@ -74,7 +74,7 @@ def check_all(names: Sequence[str] | None = None, workdir: str | Path | None = N
     rows = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for model_name in names or list(registry):
-            info = registry[model_name] if model_name in registry else None
+            info = registry.get(model_name)
             if info is None:
                 raise ConfigError(f"unknown model {model_name!r}; available: {', '.join(registry)}")
             torch.manual_seed(seed)
@@ -134,8 +134,11 @@ def format_check_table(rows: Sequence[CheckRow]) -> str:
     """A Markdown table of :func:`check_all` rows."""
     lines = ["| model | batch | exports | max abs Δ logits | max abs Δ probs | MB | inputs the graph ignores | why not |",
              "|---|---|---|---|---|---|---|---|"]
+
+    def diff(v: float | None) -> str:
+        return "—" if v is None else f"{v:.1e}"
+
     for row in rows:
-        diff = (lambda v: "—" if v is None else f"{v:.1e}")
         lines.append(f"| `{row.model}` | {row.batch_kind} | {'yes' if row.exports else '**no**'} | "
                      f"{diff(row.max_abs_logits)} | {diff(row.max_abs_probs)} | "
                      f"{'—' if row.megabytes is None else f'{row.megabytes:.2f}'} | "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -29,7 +31,7 @@ class MLP(nn.Module):
             raise ConfigError(f"MLP needs at least one layer, got num_layers={num_layers}")
         sizes = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
         layers: list[nn.Module] = []
-        for index, (size_in, size_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for index, (size_in, size_out) in enumerate(itertools.pairwise(sizes)):
             if index > 0:
                 layers += [_activation(activation), nn.Dropout(dropout)]
             layers.append(nn.Linear(size_in, size_out))
