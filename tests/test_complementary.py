@@ -373,3 +373,28 @@ def test_loss_is_weighted_cross_entropy_plus_load_balance():
 def test_config_errors_name_the_field(values, message):
     with pytest.raises(ConfigError, match=message):
         create_model("complementary_ca", values, DIMS, CLASSES)
+
+
+def test_ablation_recipes_differ_from_the_main_recipe_in_one_setting_that_reaches_both_parts():
+    """configs/synthetic/complementary_{top1,no_graph}.yaml: the paper's top-1 and no-graph comparisons."""
+    from pathlib import Path
+
+    from emomix.train.recipe import load_recipe
+
+    configs = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
+    main = load_recipe(configs / "complementary.yaml").to_dict()
+    for stem, setting in (("complementary_top1", {"top_k": 1}), ("complementary_no_graph", {"graph": "none"})):
+        recipe = load_recipe(configs / f"{stem}.yaml")
+        data = recipe.to_dict()
+        assert data["model"]["name"] == "complementary"
+        assert data["model"]["config"] == {**main["model"]["config"], **setting}, stem
+        assert {k: v for k, v in data.items() if k not in ("model", "name", "description")} == \
+            {k: v for k, v in main.items() if k not in ("model", "name", "description")}, stem
+        # each part honours the setting (the late-fusion trainer passes model.config to both)
+        for part in ("complementary_ca", "complementary_spl"):
+            model = build(part, **setting).eval()
+            out = model(make_batch())
+            if "top_k" in setting:
+                assert ((out.aux["gate_weights"] > 0).sum(-1) == 1).all()
+            else:
+                assert model.graph is None and "graph_approximate" not in out.aux

@@ -235,7 +235,7 @@ class _ComplementaryBase(EmotionModel[Batch]):
         text, audio, edges = _front_end(batch, config.max_tokens, config.max_frames, config.modalities)
         sequences = {m: x for m, x in (("text", text), ("audio", audio)) if x is not None}
         extras: dict[str, torch.Tensor] = {}
-        if self.graph is not None:
+        if self.graph is not None and text is not None and audio is not None:  # built only with both
             extras["graph"], extras["graph_approximate"] = self.graph(text, audio.states, audio.mask, edges)
         pooled = {}
         if hasattr(self, "project"):
@@ -405,6 +405,7 @@ class ComplementaryFusion(_ComplementaryBase):
     name: ClassVar[str] = "complementary"
     config_class: ClassVar[type[ModelConfig]] = ComplementaryFusionConfig
     config: ComplementaryFusionConfig
+    fusion_weights: torch.Tensor  # a registered buffer
 
     def __init__(self, config: ComplementaryFusionConfig, input_dims: Mapping[str, int], num_classes: int,
                  ca: ComplementaryCrossAttentionMoE | None = None, spl: ComplementarySumProductMoE | None = None):
@@ -553,7 +554,7 @@ def spread_token_edges(token_mask: torch.Tensor, frame_mask: torch.Tensor) -> to
     if tokens.numel() == 0 or num_frames == 0:
         return torch.zeros(2, 0, dtype=torch.long, device=token_mask.device)
     count = tokens.numel()
-    pairs = []
+    pairs: list[tuple[int, int]] = []
     for k, token in enumerate(tokens.tolist()):
         start = k * num_frames // count
         stop = max((k + 1) * num_frames // count, start + 1)

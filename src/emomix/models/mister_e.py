@@ -33,11 +33,22 @@ config field (defaults in brackets) and is named here.
 6. **Missing modality**: with one modality only its own expert exists and the gate is the constant
    1 (``mister_e_text`` for MELD's text, ``mister_e_audio``); the contrastive and KL terms, which
    need two modalities or two experts, drop out.
+7. **Ablations** (the paper reports ablations of each part), each one setting of ``mister_e``:
+   ``mister_e_no_supcon`` (``lambda_scl=0``) and ``mister_e_no_kl`` (``lambda_kl=0``): a term with
+   weight 0 is not computed and is absent from the loss parts; ``mister_e_uniform_gate``
+   (``gate="uniform"``, default ``"learned"``): no gate network, the experts are mixed with equal
+   weights; ``mister_e_no_context`` (above).
+8. **No speaker identity** (as the paper states): the class sets ``uses_speaker_identity = False``
+   and the recipe loader refuses per-speaker feature normalisation for it. ``input_standardise``
+   [False] z-scores each input dimension with statistics of the training utterances
+   (:class:`TrainingStandardiser`) for inputs that need scaling, such as openSMILE values.
+9. **Encoders are frozen.** The paper fine-tunes its encoders; here the model reads pooled utterance
+   vectors and the trainer refuses ``trainable_top_layers`` for dialogue models (the batches would
+   have to carry each utterance's token states; see docs/models.md).
 
 ``aux``: ``gate_weights`` (``B × N × 3``, always in the order speech, text, cross, zero for an
 expert that does not exist), ``expert_logits_speech`` / ``_text`` / ``_cross`` (those that exist),
 ``embedding_speech`` / ``embedding_text`` (the context-enriched vectors) and ``utterance_mask``.
-No speaker identity is used anywhere.
 """
 
 from __future__ import annotations
