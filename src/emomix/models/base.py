@@ -20,6 +20,9 @@ from emomix.errors import ConfigError
 from emomix.models.inputs import Batch, DialogueBatch, ModelOutput
 
 
+ConfigT = TypeVar("ConfigT", bound="ModelConfig")
+
+
 @dataclass
 class ModelConfig:
     """Base of every model's config: plain typed values, filled from YAML or a dict.
@@ -31,7 +34,7 @@ class ModelConfig:
     modalities: tuple[str, ...] = ("audio", "text")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None = None) -> ModelConfig:
+    def from_dict(cls: type[ConfigT], values: Mapping[str, Any] | None = None) -> ConfigT:
         """Build the config, naming any unknown key (with the nearest valid one)."""
         values = dict(values or {})
         names = {f.name: f for f in dataclasses.fields(cls)}
@@ -110,6 +113,7 @@ class EmotionModel(nn.Module, Generic[BatchT]):
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     batch_kind: ClassVar[str] = "utterance"  # or "dialogue"
     supported_modalities: ClassVar[tuple[str, ...]] = ("audio", "text")
+    class_weights: torch.Tensor | None  # a registered (non-persistent) buffer
 
     def __init__(self, config: ModelConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__()

@@ -370,11 +370,12 @@ class LateFusionLSTM(BaselineModel):
     def __init__(self, config: LSTMBaselineConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__(config, input_dims, num_classes)
         self.norms = nn.ModuleDict({m: _input_norm(int(input_dims[m]), config.input_norm) for m in self.modalities})
-        self.lstms = nn.ModuleDict({
+        lstms = {
             m: LSTMEncoder(int(input_dims[m]), config.hidden_dim, config.lstm_layers, config.bidirectional, config.dropout)
             for m in self.modalities
-        })
-        width = sum(self.lstms[m].out_dim for m in self.modalities)
+        }
+        self.lstms = nn.ModuleDict(lstms)
+        width = sum(lstm.out_dim for lstm in lstms.values())
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = MLP(width, config.classifier_hidden, num_classes, num_layers=config.num_layers, dropout=config.dropout)
 

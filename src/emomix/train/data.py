@@ -140,8 +140,9 @@ class EmotionDataModule(L.LightningDataModule):
             generator = self._training_generator(generator)
         if self.batch_kind == "dialogue":
             dialogues = dialogues_of(self.table, ids)
-            collate = DialogueCollator(self._dialogue_vectors(), dialogues, self.label_of, self.modalities)
-            return DataLoader(_Indices(len(dialogues)), batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate,
+            dialogue_collate = DialogueCollator(self._dialogue_vectors(), dialogues, self.label_of, self.modalities)
+            return DataLoader(_Indices(len(dialogues)), batch_size=self.batch_size, shuffle=shuffle,
+                              collate_fn=dialogue_collate,
                               generator=generator, num_workers=self.num_workers)
         labels = np.array([self.label_of[u] for u in ids], dtype=np.int64)
         specs = self.feature_set.specs
@@ -151,7 +152,7 @@ class EmotionDataModule(L.LightningDataModule):
         if shuffle and self.class_balance == "sampler":
             counts = np.bincount(labels[labels != IGNORE_INDEX], minlength=len(self.classes)).astype(float)
             weights = np.where(labels == IGNORE_INDEX, 0.0, 1.0 / np.maximum(counts[np.clip(labels, 0, None)], 1.0))
-            sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(ids),
+            sampler = WeightedRandomSampler(weights.astype(np.float64).tolist(), num_samples=len(ids),
                                             replacement=True, generator=generator)
             shuffle = False
         return DataLoader(_Indices(len(ids)), batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,

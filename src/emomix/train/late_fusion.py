@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -47,12 +47,15 @@ def train_late_fusion(context: Any, model_name: str, parts: Mapping[str, Sequenc
         trained.append(task)
         summaries[name] = summary
     weights = None
+    if datamodule is None:  # unreachable: names holds at least two parts
+        raise ConfigError(f"{model_name}: late fusion needs its parts")
     if datamodule.parts.get("validation"):
         loader = datamodule.val_dataloader()
         _, first, labels, _ = predict_rows(trained[0], loader)
         _, second, _, _ = predict_rows(trained[1], loader)
         weights = fit_fusion_weights(first, second, labels)
-    fused = TrainedModel(info.cls.from_submodels(*(task.model for task in trained), weights))
+    # register_model checked that a late-fusion class provides from_submodels
+    fused = TrainedModel(cast(Any, info.cls).from_submodels(*(task.model for task in trained), weights))
     fused.save(directory)
     rounded = None if weights is None else [round(float(w), 4) for w in np.asarray(weights).reshape(-1)]
     return fused, datamodule, {**summaries, "fusion_weights": rounded}
@@ -73,19 +76,19 @@ def fit_fusion_weights(p_ca: np.ndarray | torch.Tensor, p_spl: np.ndarray | torc
     """
     p_ca = np.asarray(p_ca.detach().cpu() if isinstance(p_ca, torch.Tensor) else p_ca, dtype=np.float64)
     p_spl = np.asarray(p_spl.detach().cpu() if isinstance(p_spl, torch.Tensor) else p_spl, dtype=np.float64)
-    labels = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
-    if p_ca.shape != p_spl.shape or p_ca.ndim != 2 or p_ca.shape[0] != labels.shape[0]:
+    y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
+    if p_ca.shape != p_spl.shape or p_ca.ndim != 2 or p_ca.shape[0] != y.shape[0]:
         raise ConfigError(f"fit_fusion_weights needs two N × C probability arrays and N labels; got "
-                          f"{p_ca.shape}, {p_spl.shape} and {labels.shape}")
+                          f"{p_ca.shape}, {p_spl.shape} and {y.shape}")
     if not 0 < step <= 1:
         raise ConfigError(f"step must be in (0, 1]; got {step}")
-    keep = labels != IGNORE_INDEX
-    p_ca, p_spl, labels = p_ca[keep], p_spl[keep], labels[keep]
+    keep = y != IGNORE_INDEX
+    p_ca, p_spl, y = p_ca[keep], p_spl[keep], y[keep]
     num_classes = p_ca.shape[1]
-    if labels.size == 0:
+    if y.size == 0:
         raise ConfigError("fit_fusion_weights got no labelled rows")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise LabelError(f"labels must lie in 0..{num_classes - 1}; got {labels.min()}..{labels.max()}")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise LabelError(f"labels must lie in 0..{num_classes - 1}; got {y.min()}..{y.max()}")
     grid = np.round(np.arange(0.0, 1.0 + 1e-9, step), 6)
     if grid[-1] < 1.0:
         grid = np.append(grid, 1.0)
@@ -94,14 +97,14 @@ def fit_fusion_weights(p_ca: np.ndarray | torch.Tensor, p_spl: np.ndarray | torc
     def score(w: np.ndarray) -> tuple[float, float]:
         mixed = w * p_ca + (1 - w) * p_spl
         mixed = mixed / np.clip(mixed.sum(axis=1, keepdims=True), 1e-12, None)
-        ua = unweighted_accuracy(labels, mixed.argmax(axis=1))
-        nll = float(-np.mean(np.log(np.clip(mixed[np.arange(labels.size), labels], 1e-12, None))))
+        ua = unweighted_accuracy(y, mixed.argmax(axis=1))
+        nll = float(-np.mean(np.log(np.clip(mixed[np.arange(y.size), y], 1e-12, None))))
         return ua, nll
 
     for _ in range(sweeps):
         changed = False
         for c in range(num_classes):
-            best = None
+            best: tuple[tuple[float, float, float], float] | None = None
             for value in grid:
                 trial = weights.copy()
                 trial[c] = value
@@ -109,7 +112,7 @@ def fit_fusion_weights(p_ca: np.ndarray | torch.Tensor, p_spl: np.ndarray | torc
                 key = (ua, -round(nll, 9), -abs(value - weights[c]))
                 if best is None or key > best[0]:
                     best = (key, value)
-            if best[1] != weights[c]:
+            if best is not None and best[1] != weights[c]:
                 weights[c] = best[1]
                 changed = True
         if not changed:

@@ -120,7 +120,7 @@ def _tie_packed_output(original: Any) -> Any:
     return forward
 
 
-_ORIGINAL_FORWARD: dict[type, Any] = {cls: cls.forward for cls in (nn.MultiheadAttention, nn.LSTM, nn.GRU)}
+_ORIGINAL_FORWARD: dict[type[nn.Module], Any] = {cls: cls.forward for cls in (nn.MultiheadAttention, nn.LSTM, nn.GRU)}
 
 
 @contextlib.contextmanager
@@ -161,6 +161,8 @@ def _export_dynamo(wrapper: BatchWrapper, args: tuple[torch.Tensor, ...], path: 
         input_names=[s.name for s in specs], output_names=[o.name for o in outputs],
         dynamic_shapes=(tuple(per_input),), external_data=False,
     )
+    if program is None:  # only the legacy exporter (dynamo=False) returns nothing
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNX program")
     program.save(str(path))
 
 
@@ -190,7 +192,7 @@ def export_onnx(model: EmotionModel, example_batch: Batch | DialogueBatch, path:
     expected = getattr(model, "batch_kind", kind)
     if expected != kind:
         raise ConfigError(f"model {name!r} takes {expected} batches but the example is a {kind} batch")
-    if not dialogue and example_batch.edges is not None:
+    if isinstance(example_batch, Batch) and example_batch.edges is not None:
         raise ConfigError(f"model {name!r}: ONNX export takes no token–frame edges (per-utterance tensors of varying "
                           "size); give an example batch without edges (graph models then use their spread fallback, "
                           "if they export at all) or serve the PyTorch model")
@@ -204,14 +206,14 @@ def export_onnx(model: EmotionModel, example_batch: Batch | DialogueBatch, path:
     module = copy.deepcopy(model).cpu().eval()
     specs = input_specs(example_batch)
     args = flatten_batch(example_batch, specs)
-    frame_rates = {} if dialogue else {m: x.frame_rate for m, x in example_batch.inputs.items()}
+    frame_rates = {m: x.frame_rate for m, x in example_batch.inputs.items()} if isinstance(example_batch, Batch) else {}
     with torch.no_grad():
         probe = module(BatchWrapper(module, specs, [], frame_rates, dialogue).rebuild(args))
     aux_keys = aux_output_keys(probe.aux, example_batch.batch_size)
     wrapper = BatchWrapper(module, specs, aux_keys, frame_rates, dialogue).eval()
     with torch.no_grad():
         example_outputs = wrapper(*args)
-    outputs = output_specs(example_outputs, aux_keys, int(example_batch.mask.shape[1]) if dialogue else None)
+    outputs = output_specs(example_outputs, aux_keys, int(example_batch.mask.shape[1]) if isinstance(example_batch, DialogueBatch) else None)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     geometric = any(type(m).__module__.startswith("torch_geometric") for m in module.modules())
@@ -343,6 +345,6 @@ def _spec_document(inputs: list[TensorSpec], ignored: list[str], trace_warnings:
         "classes": list(classes) if classes is not None else None,
         "num_classes": getattr(model, "num_classes", None),
         "input_dims": dict(getattr(model, "input_dims", {})),
-        "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
+        "model_config": config.to_dict() if config is not None and hasattr(config, "to_dict") else None,
         "frozen_by_tracer": [m.split(": ", 1)[0] for m in trace_warnings],
     }
