@@ -15,7 +15,6 @@ import typer
 
 from emomix.errors import ConfigError, MissingDataError
 
-
 HUMAN_SUMMARY_MAX = 10
 """Up to this many inputs, each prediction is also summarised in words on stderr."""
 

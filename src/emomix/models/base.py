@@ -19,7 +19,6 @@ from torch import nn
 from emomix.errors import ConfigError
 from emomix.models.inputs import Batch, DialogueBatch, ModelOutput
 
-
 ConfigT = TypeVar("ConfigT", bound="ModelConfig")
 
 
