@@ -10,12 +10,21 @@ is pure cache hits), then post-processes the stored arrays the same way every ti
    window is speech when at least half of its frames are);
 2. with ``speaker_normalisation``, each utterance's states z-scored with its speaker's own
    statistics (:class:`~emomix.encoders.normalisation.SpeakerNormaliser`, labels never used;
-   an unseen speaker at inference gets the pooled statistics);
+   an unseen speaker at inference gets the pooled statistics). When speakers and labels are
+   confounded (the fold plan's ``confounding`` is high) a speaker's mean *is* its label, so
+   ``speaker_statistics: auto`` falls back to global statistics and says so in
+   :attr:`FeatureSet.warnings`;
 3. with ``trainable_top_layers = k``, the states entering the encoder's top ``k`` layers are
    stored instead (``boundary_layer``) and the trainer runs those layers
    (:meth:`forward_from_layer`) with their own learning rate;
 4. optional token–frame alignment edges for the time-aligned graph, from the corpus's word
    timings mapped onto the tokenizer's tokens.
+
+A modality may also declare an ``utterance`` encoder: its vector becomes the modality's
+``pooled`` field (e.g. ComParE functionals beside the LLD frames, MiniLM's sentence vector beside
+its tokens). It goes through the store under its own identity and is speaker-normalised with its
+own statistics (``<modality>_pooled``). An encoder that reads files (``file``/``features:PATH``)
+is copied into the store by ``utt_id`` instead of being run.
 
 Utterances whose extraction fails are left out and listed in :attr:`FeatureSet.failures` (the
 run's ``data.json`` reports them); nothing is silently dropped.
@@ -25,6 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +45,8 @@ import numpy as np
 import pandas as pd
 
 from emomix.audio.alignment import as_word, words_to_frame_edges
-from emomix.cache.extract import PreprocessConfig, extract_features
+from emomix.cache.extract import ExtractSummary, PreprocessConfig, extract_features, namespace_for
+from emomix.cache.keys import encoder_part, feature_key
 from emomix.constants import EDGES_KEY, MODALITIES
 from emomix.encoders.normalisation import SpeakerNormaliser
 from emomix.encoders.registry import create_encoder
@@ -42,6 +54,10 @@ from emomix.errors import ConfigError, MissingDataError
 from emomix.models.collate import EDGE_FIELD
 
 MODALITY_NAMES = MODALITIES
+#: How the ``utterance`` vector is read from its encoder's stored fields.
+UTTERANCE_POOLS = ("auto", "pooled", "mean", "first", "sentence")
+#: Which statistics ``speaker_normalisation`` z-scores with.
+SPEAKER_STATISTICS = ("auto", "speaker", "global")
 
 
 @dataclass
@@ -56,6 +72,13 @@ class FeatureSpec:
     encoder's top ``k`` layers from stored boundary states (0 = frozen encoder);
     ``max_length``: frames/tokens kept per utterance (None = all); ``batch_size``: utterances per
     encoder call during extraction.
+    ``utterance``: an optional second encoder spec whose vector becomes the modality's ``pooled``
+    field, with an optional ``pool`` key (:data:`UTTERANCE_POOLS`: ``auto`` = the encoder's own
+    ``pooled`` vector, else the mean of its states; ``mean``; ``first`` = the first token;
+    ``sentence`` = the mean of all tokens, L2-normalised, as sentence-transformers pools MiniLM)
+    and ``preprocess`` (default: the modality's, without a VAD mask, which only marks frames).
+    ``speaker_statistics``: ``auto`` (per speaker, unless the fold plan finds speakers and labels
+    confounded: then global, with a warning), ``speaker`` or ``global``.
     """
 
     modality: str
@@ -67,6 +90,8 @@ class FeatureSpec:
     trainable_top_layers: int = 0
     max_length: int | None = None
     batch_size: int = 8
+    utterance: Any = None
+    speaker_statistics: str = "auto"
 
     @classmethod
     def from_dict(cls, modality: str, values: Mapping[str, Any]) -> FeatureSpec:
@@ -99,6 +124,12 @@ class FeatureSpec:
             raise ConfigError(f"features.{self.modality}.max_length must be at least 1 or null, got {self.max_length}")
         if int(self.batch_size) < 1:
             raise ConfigError(f"features.{self.modality}.batch_size must be at least 1, got {self.batch_size}")
+        if self.speaker_statistics not in SPEAKER_STATISTICS:
+            raise ConfigError(f"features.{self.modality}.speaker_statistics must be one of "
+                              f"{', '.join(SPEAKER_STATISTICS)}, got {self.speaker_statistics!r}")
+        if self.utterance is not None:
+            self.utterance_encoder_spec()
+            PreprocessConfig.from_dict(self.utterance_preprocess())
         if self.trainable_top_layers and self.frame_stride > 1:
             raise ConfigError(f"features.{self.modality}: frame_stride cannot be combined with trainable_top_layers "
                               "(the encoder's top layers need its own frame rate)")
@@ -113,6 +144,45 @@ class FeatureSpec:
         del data["modality"]
         return data
 
+    # -- the utterance vector ---------------------------------------------------------------------
+
+    def _utterance_block(self) -> dict[str, Any]:
+        block = self.utterance
+        if isinstance(block, str):
+            return {"name": block}
+        if not isinstance(block, Mapping):
+            raise ConfigError(f"features.{self.modality}.utterance must be an encoder name or a mapping with 'name' "
+                              f"(e.g. {{name: opensmile:ComParE_2016, level: functionals}}), got {block!r}")
+        return dict(block)
+
+    def utterance_encoder_spec(self) -> Any:
+        """The ``utterance`` block without its ``pool``/``preprocess`` keys: an encoder spec."""
+        block = self._utterance_block()
+        pool = block.get("pool", "auto")
+        if pool not in UTTERANCE_POOLS:
+            raise ConfigError(f"features.{self.modality}.utterance.pool must be one of {', '.join(UTTERANCE_POOLS)}, "
+                              f"got {pool!r}")
+        spec = {k: v for k, v in block.items() if k not in ("pool", "preprocess")}
+        if "join" not in spec and "name" not in spec:
+            raise ConfigError(f"features.{self.modality}.utterance needs a 'name' (an encoder, e.g. "
+                              "opensmile:ComParE_2016 with level: functionals)")
+        return spec if set(spec) != {"name"} else spec["name"]
+
+    def utterance_pool(self) -> str:
+        return str(self._utterance_block().get("pool", "auto"))
+
+    def utterance_preprocess(self) -> dict[str, Any]:
+        """The utterance encoder's preprocessing: its own block, else the modality's without a VAD
+        mask (a mask marks frames; an utterance vector has none — trimming is kept)."""
+        block = self._utterance_block()
+        if "preprocess" in block:
+            return dict(block["preprocess"] or {})
+        preprocess = dict(self.preprocess)
+        if preprocess.get("vad") and preprocess.get("vad_mode", "mask") == "mask":
+            for key in ("vad", "vad_options", "vad_mode"):
+                preprocess.pop(key, None)
+        return preprocess
+
 
 @dataclass
 class FeatureSet:
@@ -124,7 +194,10 @@ class FeatureSet:
     ``layer_states``; ``input_dims``: per modality its width (and ``<modality>_pooled`` when an
     utterance-level vector is stored); ``normalisers``: the fitted speaker normalisers;
     ``boundary``: per fine-tuned modality, ``(encoder, boundary_layer)``; ``failures``: utterances
-    left out, with the reason; ``summaries``: what each extraction did.
+    left out, with the reason; ``summaries``: what each extraction did (``<modality>_pooled`` for
+    an utterance encoder); ``statistics``: per normalised input (``audio``, ``audio_pooled``...)
+    ``speaker`` or ``global``; ``warnings``: sentences a run logs and records (a fallback to
+    global statistics).
     """
 
     features: dict[str, dict[str, dict[str, np.ndarray]]]
@@ -136,6 +209,8 @@ class FeatureSet:
     boundary: dict[str, tuple[Any, int]] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    statistics: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def utt_ids(self) -> list[str]:
@@ -153,14 +228,19 @@ def parse_feature_specs(block: Mapping[str, Any] | None) -> dict[str, FeatureSpe
 
 def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store: Any, base_dir: str | Path | None = None,
                    edges: bool = False, normalisers: Mapping[str, Any] | None = None, encoders: Mapping[str, Any] | None = None,
-                   progress: bool = True, fit_ids: Sequence[str] | None = None) -> FeatureSet:
+                   progress: bool = True, fit_ids: Sequence[str] | None = None,
+                   confounding: Mapping[str, Any] | None = None) -> FeatureSet:
     """Extract (or reuse) every spec's features for ``table`` and post-process them (see module doc).
 
-    ``normalisers``: already fitted speaker normalisers per modality (inference); without them
-    they are fitted on ``table`` (all of each speaker's utterances, labels unused).
+    ``normalisers``: already fitted speaker normalisers per modality (inference; ``<modality>_pooled``
+    for an utterance vector); without them they are fitted on ``table`` (all of each speaker's
+    utterances, labels unused).
     ``encoders``: already built encoders per modality (inference reuses its loaded models).
     ``fit_ids``: the utterances speaker statistics are fitted on (default: all; augmented copies
     are left out by the trainer).
+    ``confounding``: the fold plan's speaker–label confounding
+    (:func:`emomix.data.protocols.plan_confounding`); when ``high``, ``speaker_statistics: auto``
+    falls back to global statistics.
     """
     if table.empty:
         raise ConfigError("the table has no utterances to extract features for")
@@ -168,9 +248,11 @@ def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store:
     result = FeatureSet(features=features, specs=dict(specs), frame_rates={}, layers={}, input_dims={})
     failed: dict[str, dict[str, str]] = {}
     built_encoders: dict[str, Any] = {}
+    pooled_ids: dict[str, dict[str, np.ndarray]] = {}
     for modality, spec in specs.items():
         encoder = (encoders or {}).get(modality) or create_encoder(spec.encoder)
         built_encoders[modality] = encoder
+        _adopt_modality(encoder, modality)
         if getattr(encoder, "modality", modality) != modality:
             raise ConfigError(f"features.{modality}: encoder {spec.encoder!r} takes {encoder.modality}, not {modality}")
         boundary = None
@@ -180,16 +262,14 @@ def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store:
                 raise ConfigError(f"features.{modality}.trainable_top_layers={spec.trainable_top_layers} but the encoder "
                                   f"has {count} layers")
             boundary = count - spec.trainable_top_layers
-        summary = extract_features(table, encoder, store, preprocess=PreprocessConfig.from_dict(spec.preprocess),
-                                   batch_size=spec.batch_size, layers=spec.layers, boundary_layer=boundary,
-                                   base_dir=base_dir, progress=progress)
+        arrays, summary = _stored_arrays(table, encoder, store, spec.preprocess, spec.batch_size, spec.layers, boundary,
+                                         base_dir, progress)
         result.summaries[modality] = summary.to_dict()
         for failure in summary.failures:
             failed.setdefault(failure["utt_id"], {**failure, "modality": modality})
-        keys = {u: k for u, k in summary.keys.items() if u in features}
-        arrays = store.get_many(list(keys.values()))
-        for utt_id, key in keys.items():
-            fields = {name: np.asarray(value) for name, value in arrays[key].items()}
+        for utt_id, fields in arrays.items():
+            if utt_id not in features:
+                continue
             if boundary is not None:
                 fields["states"] = fields[f"layer_{boundary}"]
             features[utt_id][modality] = postprocess_fields(fields, spec.frame_stride)
@@ -200,8 +280,29 @@ def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store:
         if boundary is not None:
             encoder.freeze(spec.trainable_top_layers)
             result.boundary[modality] = (encoder, boundary)
+        if spec.utterance is not None:
+            key = f"{modality}_pooled"
+            utterance_encoder = (encoders or {}).get(key) or _utterance_encoder(spec, encoder)
+            _adopt_modality(utterance_encoder, modality)
+            if getattr(utterance_encoder, "modality", modality) != modality:
+                raise ConfigError(f"features.{modality}.utterance: encoder {spec.utterance!r} takes "
+                                  f"{utterance_encoder.modality}, not {modality}")
+            built_encoders[key] = utterance_encoder
+            vectors, summary = _stored_arrays(table, utterance_encoder, store, spec.utterance_preprocess(),
+                                              spec.batch_size, (), None, base_dir, progress)
+            result.summaries[key] = summary.to_dict()
+            for failure in summary.failures:
+                failed.setdefault(failure["utt_id"], {**failure, "modality": key})
+            pooled_ids[modality] = {u: utterance_vector_of(fields, spec.utterance_pool(), f"{u}/{key}")
+                                    for u, fields in vectors.items() if u in features}
+    for modality, vectors in pooled_ids.items():
+        for utt_id, vector in vectors.items():
+            if modality in features[utt_id]:
+                features[utt_id][modality]["pooled"] = vector
     for utt_id in list(features):
-        if utt_id in failed or any(m not in features[utt_id] for m in specs):
+        incomplete = any(m not in features[utt_id] for m in specs) or any(
+            "pooled" not in features[utt_id][m] for m in pooled_ids if m in features[utt_id])
+        if utt_id in failed or incomplete:
             failed.setdefault(utt_id, {"utt_id": utt_id, "reason": "missing features", "message": "no stored features"})
             del features[utt_id]
     result.failures = sorted(failed.values(), key=lambda f: f["utt_id"])
@@ -209,12 +310,27 @@ def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store:
         raise MissingDataError(f"feature extraction failed for every utterance ({len(failed)}); first failure: "
                                f"{result.failures[0] if result.failures else 'unknown'}")
     kept = table[table["utt_id"].isin(features)]
+    fit_table = kept[kept["utt_id"].isin(set(fit_ids))] if fit_ids is not None else None
     for modality, spec in specs.items():
-        if spec.speaker_normalisation:
-            normaliser = (normalisers or {}).get(modality)
-            if normaliser is None and fit_ids is not None:
-                normaliser = fit_speaker_normaliser(features, kept[kept["utt_id"].isin(set(fit_ids))], modality)
-            result.normalisers[modality] = normalise_per_speaker(features, kept, modality, normaliser)
+        if not spec.speaker_normalisation:
+            continue
+        statistics = resolve_speaker_statistics(spec, confounding)
+        if spec.speaker_statistics == "auto" and statistics == "global" and not normalisers:
+            result.warnings.append(
+                f"features.{modality}: speakers and labels are confounded in the training parts "
+                f"({_confounding_figures(confounding)}), so per-speaker z-scores would erase the label; "
+                "normalising with global statistics instead (set speaker_statistics: speaker to force per-speaker)")
+        for key, field_name in ((modality, "states"), (f"{modality}_pooled", "pooled")):
+            if field_name == "pooled" and spec.utterance is None:
+                continue  # an encoder's own pooled vector stays as it was (old recipes unchanged)
+            normaliser = (normalisers or {}).get(key)
+            if normaliser is None:
+                normaliser = fit_speaker_normaliser(features, fit_table if fit_table is not None else kept, modality,
+                                                    field_name)
+                if statistics == "global":
+                    normaliser = global_only(normaliser)
+            result.normalisers[key] = normalise_per_speaker(features, kept, modality, normaliser, field_name)
+            result.statistics[key] = "global" if not normaliser.mean else "speaker"
     if edges:
         if "text" not in specs or "audio" not in specs:
             raise ConfigError("features.edges needs both audio and text features")
@@ -225,6 +341,109 @@ def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store:
         if "pooled" in first[modality]:
             result.input_dims[f"{modality}_pooled"] = int(np.asarray(first[modality]["pooled"]).reshape(-1).shape[0])
     return result
+
+
+def resolve_speaker_statistics(spec: FeatureSpec, confounding: Mapping[str, Any] | None) -> str:
+    """``speaker`` or ``global`` for a speaker-normalised spec (``auto`` → global when confounded)."""
+    if spec.speaker_statistics != "auto":
+        return spec.speaker_statistics
+    return "global" if confounding is not None and confounding.get("high") else "speaker"
+
+
+def global_only(normaliser: Any) -> Any:
+    """The normaliser with its per-speaker statistics dropped: every speaker gets the global ones."""
+    normaliser.mean, normaliser.std, normaliser.count = {}, {}, {}
+    return normaliser
+
+
+def _confounding_figures(confounding: Mapping[str, Any] | None) -> str:
+    worst = dict((confounding or {}).get("max") or {})
+    return (f"Cramér's V {float(worst.get('cramers_v', 0)):.2f}, "
+            f"{100 * float(worst.get('dominated_share', 0)):.0f} % of speakers mostly one label")
+
+
+def _adopt_modality(encoder: Any, modality: str) -> None:
+    """A file encoder without a declared modality takes the block's (``features.<modality>``)."""
+    if getattr(encoder, "reads_files", False) and not getattr(encoder, "modality_given", True):
+        encoder.modality = modality
+
+
+_UTTERANCE_ENCODERS: dict[str, Any] = {}
+
+
+def _utterance_encoder(spec: FeatureSpec, frame_encoder: Any) -> Any:
+    """The utterance encoder: the frame encoder itself when the specs are equal, else built once
+    per process (the predictor calls :func:`build_features` per request)."""
+    encoder_spec = spec.utterance_encoder_spec()
+    if encoder_spec == spec.encoder:
+        return frame_encoder
+    key = json.dumps(encoder_spec, sort_keys=True, default=str)
+    if key not in _UTTERANCE_ENCODERS:
+        _UTTERANCE_ENCODERS[key] = create_encoder(encoder_spec)
+    return _UTTERANCE_ENCODERS[key]
+
+
+def _stored_arrays(table: pd.DataFrame, encoder: Any, store: Any, preprocess: Mapping[str, Any], batch_size: int,
+                   layers: Sequence[int], boundary: int | None, base_dir: str | Path | None,
+                   progress: bool) -> tuple[dict[str, dict[str, np.ndarray]], ExtractSummary]:
+    """Every utterance's stored fields for one encoder (extracted, or copied from a feature file)."""
+    if getattr(encoder, "reads_files", False):
+        summary = store_file_features(table, encoder, store)
+    else:
+        summary = extract_features(table, encoder, store, preprocess=PreprocessConfig.from_dict(preprocess),
+                                   batch_size=batch_size, layers=layers, boundary_layer=boundary,
+                                   base_dir=base_dir, progress=progress)
+    keys = dict(summary.keys)
+    arrays = store.get_many(list(keys.values()))
+    return {u: {name: np.asarray(value) for name, value in arrays[k].items()} for u, k in keys.items()}, summary
+
+
+def store_file_features(table: pd.DataFrame, encoder: Any, store: Any) -> ExtractSummary:
+    """Copy a feature file's arrays for the table's utterances into the store (a
+    :class:`~emomix.encoders.file_features.FileFeatureEncoder`); keys are the file's content hash,
+    the utterance id and the storage dtype, so a second run is pure cache hits."""
+    started = time.perf_counter()
+    namespace = namespace_for(encoder)
+    summary = ExtractSummary(namespace=namespace, store=str(store.root), total=len(table))
+    part = encoder_part(encoder.identity(), (), store.dtype)
+    ids = [str(u) for u in table["utt_id"]]
+    keys = {u: feature_key({"utt_id": u}, part, {}) for u in ids}
+    missing = set(store.missing(keys.values()))
+    todo = [u for u in ids if keys[u] in missing]
+    summary.cached = len(ids) - len(todo)
+    if todo:
+        store.acquire_writer()
+        read = encoder.read(todo)
+        description = {"class": type(encoder).__name__, "identity": encoder.identity(), "config": encoder.config(),
+                       "modality": encoder.modality, "frame_rate": encoder.frame_rate,
+                       "output_size": encoder.output_size, "num_layers": 0}
+        summary.entries_written = store.put_many({keys[u]: read[u] for u in todo}, namespace=namespace,
+                                                 description=description)
+        summary.shards_written = 1
+        summary.computed = len(todo)
+    summary.keys = keys
+    summary.bytes_on_disk = int(store.stats().get("bytes", 0))
+    summary.wall_seconds = time.perf_counter() - started
+    return summary
+
+
+def utterance_vector_of(fields: Mapping[str, np.ndarray], pool: str = "auto", name: str = "utterance") -> np.ndarray:
+    """One float32 vector from an utterance encoder's stored fields (see :data:`UTTERANCE_POOLS`)."""
+    pooled = fields.get("pooled")
+    if pool in ("auto", "pooled") and pooled is not None:
+        vector = np.asarray(pooled, dtype=np.float32)
+        return vector.mean(axis=0) if vector.ndim > 1 else vector  # chunked audio: one row per chunk
+    if pool == "pooled":
+        raise MissingDataError(f"{name}: the utterance encoder stores no 'pooled' vector; use pool: mean or auto")
+    states = np.asarray(fields["states"], dtype=np.float32)
+    if states.ndim != 2 or states.shape[0] == 0:
+        raise MissingDataError(f"{name} has states of shape {states.shape}; expected T × D with T ≥ 1")
+    if pool == "first":
+        return states[0]
+    vector = states.mean(axis=0)
+    if pool == "sentence":
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+    return vector.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,28 +483,31 @@ def downsample_frames(fields: Mapping[str, np.ndarray], stride: int) -> dict[str
 
 
 def fit_speaker_normaliser(features: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]], table: pd.DataFrame,
-                           modality: str) -> Any:
-    """A :class:`SpeakerNormaliser` fitted on the ``states`` of the table's utterances (labels unused)."""
+                           modality: str, field_name: str = "states") -> Any:
+    """A :class:`SpeakerNormaliser` fitted on the ``field_name`` arrays (``states`` or ``pooled``)
+    of the table's utterances (labels unused)."""
     if "speaker" not in table.columns or table["speaker"].isna().any():
         raise ConfigError(f"features.{modality}.speaker_normalisation needs a speaker for every utterance")
     ids = [u for u in table["utt_id"] if u in features]
-    return SpeakerNormaliser().fit({u: features[u][modality]["states"] for u in ids}, table[table["utt_id"].isin(set(ids))])
+    return SpeakerNormaliser().fit({u: features[u][modality][field_name] for u in ids},
+                                   table[table["utt_id"].isin(set(ids))])
 
 
 def normalise_per_speaker(features: dict[str, dict[str, dict[str, np.ndarray]]], table: pd.DataFrame, modality: str,
-                          normaliser: Any = None) -> Any:
-    """Z-score every utterance's ``states`` of ``modality`` with its speaker's statistics, in place.
+                          normaliser: Any = None, field_name: str = "states") -> Any:
+    """Z-score every utterance's ``field_name`` (``states`` or ``pooled``) of ``modality`` with its
+    speaker's statistics, in place.
 
     Fits a :class:`SpeakerNormaliser` on the table's utterances when none is given; returns it.
     """
     ids = [u for u in table["utt_id"] if u in features]
     if normaliser is None:
-        normaliser = fit_speaker_normaliser(features, table, modality)
+        normaliser = fit_speaker_normaliser(features, table, modality, field_name)
     speakers = dict(zip(table["utt_id"], table["speaker"])) if "speaker" in table.columns else {}
     for utt_id in ids:
         speaker = speakers.get(utt_id)
         speaker = None if speaker is None or (isinstance(speaker, float) and np.isnan(speaker)) else str(speaker)
-        features[utt_id][modality]["states"] = normaliser.transform(features[utt_id][modality]["states"], speaker)
+        features[utt_id][modality][field_name] = normaliser.transform(features[utt_id][modality][field_name], speaker)
     return normaliser
 
 

@@ -116,6 +116,7 @@ class FoldPlan:
     group_column: str | None = None
     speaker_independent: bool = True
     notes: list[str] = field(default_factory=list)
+    confounding: dict[str, Any] | None = None
 
     # ---- identity -------------------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class FoldPlan:
             "speaker_independent": bool(self.speaker_independent),
             "notes": list(self.notes),
             "fingerprint": self.fingerprint(),
+            **({"confounding": to_jsonable(self.confounding)} if self.confounding is not None else {}),
             "folds": [f.to_dict() for f in self.folds],
         }
 
@@ -164,7 +166,7 @@ class FoldPlan:
         if missing:
             raise ProtocolError(f"{source}: missing key(s) {missing}")
         known = {"format", "version", "protocol", "params", "seed", "group_column", "speaker_independent", "notes",
-                 "fingerprint", "folds"}
+                 "fingerprint", "folds", "confounding"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ProtocolError(f"{source}: unknown key(s) {unknown}")
@@ -185,6 +187,7 @@ class FoldPlan:
             group_column=data.get("group_column"),
             speaker_independent=bool(data.get("speaker_independent", True)),
             notes=[str(n) for n in data.get("notes", [])],
+            confounding=dict(data["confounding"]) if isinstance(data.get("confounding"), dict) else None,
         )
         stored = data.get("fingerprint")
         if stored is not None and stored != plan.fingerprint():
@@ -323,6 +326,8 @@ class FoldPlan:
                 record[f"test:{label}"] = int(counts.get(label, 0))
             records.append(record)
         lines.extend(_text_table(records))
+        if self.confounding is not None:
+            lines.append(confounding_sentence(self.confounding))
         for note in self.notes:
             lines.append(f"note: {note}")
         if missing_total:
@@ -525,7 +530,7 @@ def stratified_kfold(
             test_groups=_natural_sorted({group_of[u] for u in test}) if group is not None else [],
             validation_groups=validation_groups,
         ))
-    params = {"k": k, "group": group, "validation": validation}
+    params: dict[str, Any] = {"k": k, "group": group, "validation": validation}
     if validation == "random":
         params["validation_fraction"] = _fraction(validation_fraction)
     independent = group == "speaker" or (group is not None and _speakers_within_groups(table, group))
@@ -572,7 +577,93 @@ def make_fold_plan(table: pd.DataFrame, protocol: str, **params: Any) -> FoldPla
         raise ProtocolError("the utterance table is empty: nothing to split (check the reader and label scheme)")
     plan = function(table, **params)
     plan.check(table)
+    plan.confounding = plan_confounding(plan, table)
     return plan
+
+
+# --------------------------------------------------------------------------------------------
+# Speaker–label confounding
+
+#: Speakers with fewer labelled utterances than this are left out of the measures (a speaker
+#: with one utterance is trivially "one label" and would inflate them).
+CONFOUNDING_MIN_UTTERANCES = 5
+#: A speaker is dominated when at least this share of its utterances carry one label.
+DOMINANT_LABEL_SHARE = 0.8
+#: The training part is confounded when the bias-corrected Cramér's V between speaker and label
+#: reaches this value, or when this share of its speakers are dominated by one label.
+CONFOUNDING_V_THRESHOLD = 0.5
+CONFOUNDING_SHARE_THRESHOLD = 0.5
+
+
+def speaker_label_confounding(table: pd.DataFrame, min_utterances: int = CONFOUNDING_MIN_UTTERANCES) -> dict[str, Any]:
+    """How much the speaker tells about the label in ``table`` (its labelled rows).
+
+    Per-speaker z-scoring removes each speaker's mean; when speakers and labels are confounded
+    (most of a speaker's utterances carry one emotion) that mean *is* the label, and the
+    normalisation erases it. Returned: ``cramers_v`` (bias-corrected, Bergsma 2013; 0 = independent,
+    1 = the speaker fixes the label), ``nmi`` (mutual information over the label entropy: the
+    share of the label's uncertainty the speaker removes), ``dominated`` / ``speakers`` (speakers
+    with ≥ :data:`DOMINANT_LABEL_SHARE` of their utterances in one label, of those counted),
+    ``utterances`` counted, and ``high`` (either threshold reached). Speakers with fewer than
+    ``min_utterances`` labelled utterances are left out.
+    """
+    rows = table[table["label"].notna() & table["speaker"].notna()] if "speaker" in table.columns else table.iloc[0:0]
+    counts = rows.groupby("speaker").size() if len(rows) else pd.Series(dtype=int)
+    kept = rows[rows["speaker"].isin(counts[counts >= min_utterances].index)]
+    result: dict[str, Any] = {"speakers": 0, "dominated": 0, "dominated_share": 0.0, "cramers_v": 0.0, "nmi": 0.0,
+                              "utterances": int(len(kept)), "high": False}
+    if kept.empty:
+        return result
+    contingency = pd.crosstab(kept["speaker"].astype(str), kept["label"].astype(str)).to_numpy(dtype=np.float64)
+    n = contingency.sum()
+    r, k = contingency.shape
+    shares = contingency.max(axis=1) / contingency.sum(axis=1)
+    dominated = int((shares >= DOMINANT_LABEL_SHARE).sum())
+    result.update(speakers=int(r), dominated=dominated, dominated_share=round(dominated / r, 4))
+    if r > 1 and k > 1:
+        expected = contingency.sum(axis=1, keepdims=True) * contingency.sum(axis=0, keepdims=True) / n
+        chi2 = float(((contingency - expected) ** 2 / expected).sum())
+        phi2 = max(0.0, chi2 / n - (k - 1) * (r - 1) / (n - 1))
+        r_c, k_c = r - (r - 1) ** 2 / (n - 1), k - (k - 1) ** 2 / (n - 1)
+        denominator = min(k_c - 1, r_c - 1)
+        result["cramers_v"] = round(math.sqrt(phi2 / denominator), 4) if denominator > 0 else 0.0
+        joint = contingency / n
+        ps, pl = joint.sum(axis=1, keepdims=True), joint.sum(axis=0, keepdims=True)
+        nonzero = joint > 0
+        mutual = float((joint[nonzero] * np.log(joint[nonzero] / (ps @ pl)[nonzero])).sum())
+        entropy = float(-(pl[pl > 0] * np.log(pl[pl > 0])).sum())
+        result["nmi"] = round(mutual / entropy, 4) if entropy > 0 else 0.0
+    result["high"] = bool(result["cramers_v"] >= CONFOUNDING_V_THRESHOLD
+                          or result["dominated_share"] >= CONFOUNDING_SHARE_THRESHOLD)
+    return result
+
+
+def plan_confounding(plan: FoldPlan, table: pd.DataFrame) -> dict[str, Any]:
+    """Speaker–label confounding of each fold's training part (:func:`speaker_label_confounding`)
+    and the worst fold's figures; ``high`` when any fold's training part is confounded."""
+    rows = table.set_index("utt_id", drop=False)
+    folds = {}
+    for fold in plan.folds:
+        ids = [u for u in fold.train if u in rows.index]
+        folds[fold.name] = speaker_label_confounding(rows.loc[ids].reset_index(drop=True))
+    worst = {key: max((f[key] for f in folds.values()), default=0) for key in ("cramers_v", "nmi", "dominated_share")}
+    return {"measured_on": "training part of each fold", "thresholds": {
+                "cramers_v": CONFOUNDING_V_THRESHOLD, "dominated_share": CONFOUNDING_SHARE_THRESHOLD,
+                "dominant_label_share": DOMINANT_LABEL_SHARE, "min_utterances": CONFOUNDING_MIN_UTTERANCES},
+            "max": worst, "high": any(f["high"] for f in folds.values()), "folds": folds}
+
+
+def confounding_sentence(confounding: dict[str, Any]) -> str:
+    """One line for the plan printout and the report."""
+    worst = confounding.get("max") or {}
+    level = "HIGH" if confounding.get("high") else "low"
+    line = (f"speaker–label confounding ({confounding.get('measured_on', 'training parts')}, worst fold): "
+            f"Cramér's V {worst.get('cramers_v', 0):.2f}, NMI {worst.get('nmi', 0):.2f}, "
+            f"{100 * float(worst.get('dominated_share', 0)):.0f} % of speakers with ≥ "
+            f"{100 * DOMINANT_LABEL_SHARE:.0f} % one label — {level}")
+    if confounding.get("high"):
+        line += " (per-speaker normalisation would erase the label; speaker_statistics 'auto' falls back to global)"
+    return line
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ to the encoder's constructor and an option it does not take is a :class:`ConfigE
 
 Names: the fixed ones registered below (``mfcc``, ``minilm``, ``wavlm-base`` …) and the
 parametrised ``opensmile:<feature set>``, ``text:<hub name or folder>`` and
-``speech:<hub name or folder>``.
+``speech:<hub name or folder>``; ``file`` (``{name: file, path: feats.npz, frame_rate: 100}``) or
+``features:<path>`` reads pre-extracted features by ``utt_id`` (:mod:`emomix.encoders.file_features`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def list_encoders() -> list[str]:
 
     names = set(_REGISTRY)
     names.update(f"opensmile:{feature_set}" for feature_set in FEATURE_SETS)
-    names.update({"text:<hub name or folder>", "speech:<hub name or folder>"})
+    names.update({"text:<hub name or folder>", "speech:<hub name or folder>", "features:<file>"})
     return sorted(names)
 
 
@@ -109,6 +110,20 @@ def _opensmile(feature_set: str, level: str = "lld") -> Encoder:
     return OpenSmileEncoder(feature_set=feature_set, level=level)
 
 
+@register_encoder("file")
+def _file(path: str, frame_rate: Any = "utterance", modality: str | None = None, column: str | None = None,
+          group: str | None = None) -> Encoder:
+    from emomix.encoders.file_features import FileFeatureEncoder
+
+    return FileFeatureEncoder(path, frame_rate=frame_rate, modality=modality, column=column, group=group)
+
+
+@register_encoder("features:")
+def _features_file(path: str, frame_rate: Any = "utterance", modality: str | None = None, column: str | None = None,
+                   group: str | None = None) -> Encoder:
+    return _file(path, frame_rate=frame_rate, modality=modality, column=column, group=group)
+
+
 @register_encoder("mfcc")
 def _mfcc(n_mfcc: int = 40, pad_seconds: float | None = None, n_mels: int | None = None) -> Encoder:
     from emomix.encoders.mfcc import MFCCEncoder
@@ -122,6 +137,31 @@ def _face_cnn(out_dim: int = 128, crop_size: int = 64, channels: tuple[int, ...]
     from emomix.encoders.video import FaceCropEncoder
 
     return FaceCropEncoder(out_dim=out_dim, crop_size=crop_size, channels=channels, frame_rate=frame_rate)
+
+
+@register_encoder("mfcc")
+def _mfcc(n_mfcc: int = 40, pad_seconds: float | None = None, n_mels: int | None = None) -> Encoder:
+    from emomix.encoders.mfcc import MFCCEncoder
+
+    return MFCCEncoder(n_mfcc=n_mfcc, pad_seconds=pad_seconds, n_mels=n_mels)
+
+
+@register_encoder("face-cnn")
+def _face_cnn(out_dim: int = 128, crop_size: int = 64, channels: tuple[int, ...] = (16, 32, 64),
+              frame_rate: float | None = None) -> Encoder:
+    from emomix.encoders.video import FaceCropEncoder
+
+    return FaceCropEncoder(out_dim=out_dim, crop_size=crop_size, channels=channels, frame_rate=frame_rate)
+
+
+@register_encoder("faces")
+def _faces(size: int = 64, num_frames: int = 150, pad: bool = False, frame_step: int = 1, detector: str = "haar",
+           detection_width: int = 320, min_face_fraction: float = 0.1, detect_every: int = 1) -> Encoder:
+    from emomix.encoders.video import FaceStackEncoder
+
+    return FaceStackEncoder(size=size, num_frames=num_frames, pad=pad, frame_step=frame_step, detector=detector,
+                            detection_width=detection_width, min_face_fraction=min_face_fraction,
+                            detect_every=detect_every)
 
 
 @register_encoder("text:")

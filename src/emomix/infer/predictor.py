@@ -524,15 +524,17 @@ def load_normalisers(card: Mapping[str, Any], checkpoint: Path, run_dir: Path | 
         if not spec.speaker_normalisation:
             continue
         places = ([run_dir] if run_dir is not None else []) + [checkpoint]
-        for place in places:
-            path = Path(place) / f"normaliser-{modality}.json"
-            if path.is_file():
-                normalisers[modality] = SpeakerNormaliser.load(path)
-                break
-        else:
-            raise MissingDataError(f"the model's {modality} features are speaker-normalised but normaliser-{modality}.json "
-                                   f"is in none of {', '.join(str(p) for p in places)}; load the checkpoint from inside "
-                                   "its run folder or copy the file next to model.json")
+        # a declared utterance vector has its own statistics (normaliser-<modality>_pooled.json)
+        for name in (modality, *([f"{modality}_pooled"] if getattr(spec, "utterance", None) is not None else [])):
+            for place in places:
+                path = Path(place) / f"normaliser-{name}.json"
+                if path.is_file():
+                    normalisers[name] = SpeakerNormaliser.load(path)
+                    break
+            else:
+                raise MissingDataError(f"the model's {modality} features are speaker-normalised but "
+                                       f"normaliser-{name}.json is in none of {', '.join(str(p) for p in places)}; load the checkpoint from "
+                                       "inside its run folder or copy the file next to model.json")
     return normalisers
 
 

@@ -102,6 +102,12 @@ class TrainedModel(nn.Module):
     def _standardised(self, batch: Batch) -> Batch:
         inputs = dict(batch.inputs)
         for modality, (mean, std) in self.standardise.items():
+            if modality.endswith("_pooled"):  # an utterance vector declared beside the frames
+                given = inputs[modality[: -len("_pooled")]]
+                if given.pooled is not None:
+                    pooled = (given.pooled - mean.to(given.pooled.device)) / std.to(given.pooled.device)
+                    inputs[modality[: -len("_pooled")]] = replace(given, pooled=pooled)
+                continue
             given = inputs[modality]
             states = (given.states - mean.to(given.states.device)) / std.to(given.states.device)
             inputs[modality] = replace(given, states=torch.where(given.mask.unsqueeze(-1), states, torch.zeros_like(states)))

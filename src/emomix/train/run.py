@@ -194,7 +194,10 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
         training_table = augment_table(labelled, augment, store_path / "augmented", base_dir=corpus_root)
     with FeatureStore(store_path) as store:
         feature_set = build_features(training_table, recipe.feature_specs(), store, base_dir=corpus_root,
-                                     edges=recipe.edges, progress=progress, fit_ids=list(labelled["utt_id"]))
+                                     edges=recipe.edges, progress=progress, fit_ids=list(labelled["utt_id"]),
+                                     confounding=plan.confounding)
+    for warning in feature_set.warnings:  # e.g. per-speaker statistics replaced by global ones (confounding)
+        log(f"warning: {warning}")
     for modality, normaliser in feature_set.normalisers.items():
         write_text(out / f"normaliser-{modality}.json", json.dumps(normaliser.state_dict()))
     write_json(out / "data.json", data_summary(corpus, labelled, classes, plan, feature_set))
@@ -206,7 +209,9 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
                  "reader": recipe.corpus.reader, "scheme": getattr(getattr(corpus, "scheme", None), "name", None),
                  "corpus_root": str(corpus_root), "protocol": recipe.protocol.name, "seeds": list(recipe.seeds),
                  "classes": classes, "fold_plan": plan.fingerprint(), "store": str(store_path),
-                 "input_dims": feature_set.input_dims})
+                 "input_dims": feature_set.input_dims,
+                 "speaker_confounding": plan.confounding, "speaker_statistics": feature_set.statistics,
+                 "feature_warnings": list(feature_set.warnings)})
     write_json(run_json, info)
     return RunContext(recipe=recipe, out=out, table=training_table.reset_index(drop=True), classes=classes, plan=plan,
                       feature_set=feature_set, corpus_root=corpus_root, progress=progress)
@@ -309,6 +314,10 @@ def fit_model(context: RunContext, model_name: str, parts: Mapping[str, Sequence
         for modality in modalities:
             mean, std = training_statistics(feature_set.features, datamodule.parts["train"], modality)
             task.set_standardisation(modality, mean, std)
+            spec = feature_set.specs.get(modality)
+            if spec is not None and spec.utterance is not None:  # the declared utterance vector too
+                mean, std = training_statistics(feature_set.features, datamodule.parts["train"], modality, "pooled")
+                task.set_standardisation(f"{modality}_pooled", mean, std)
     has_validation = bool(datamodule.parts.get("validation"))
     weights_path = directory / weights_name
     stem = weights_name.split(".")[0]
@@ -338,10 +347,12 @@ def fit_model(context: RunContext, model_name: str, parts: Mapping[str, Sequence
     return task, datamodule, summary
 
 
-def training_statistics(features: Mapping[str, Any], ids: Sequence[str], modality: str) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and SD of every dimension over all frames of the training utterances (SD floored at
-    1e-6, so a constant dimension maps to 0)."""
-    frames = np.concatenate([np.asarray(features[u][modality]["states"], dtype=np.float64) for u in ids])
+def training_statistics(features: Mapping[str, Any], ids: Sequence[str], modality: str,
+                        field_name: str = "states") -> tuple[np.ndarray, np.ndarray]:
+    """Mean and SD of every dimension over all frames (or ``pooled`` vectors) of the training
+    utterances (SD floored at 1e-6, so a constant dimension maps to 0)."""
+    arrays = [np.asarray(features[u][modality][field_name], dtype=np.float64) for u in ids]
+    frames = np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays])
     return frames.mean(axis=0).astype(np.float32), np.maximum(frames.std(axis=0), 1e-6).astype(np.float32)
 
 
