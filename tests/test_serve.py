@@ -490,11 +490,11 @@ def test_real_model_reads_a_browser_recording(real_client, real_clips):
     assert response.json()["duration_s"] == pytest.approx(wave.size / rate, abs=0.05)
 
 
-@pytest.mark.parametrize("count", [40, pytest.param(200, marks=pytest.mark.e2e)])
+@pytest.mark.parametrize("count", [8, pytest.param(40, marks=pytest.mark.e2e), pytest.param(200, marks=pytest.mark.e2e)])
 def test_real_model_serves_requests_8_at_a_time_without_errors(real_predictor, real_clips, count):
-    """Every concurrent answer equals the answer to the same request made alone. 40 requests in
-    the fast suite (about 0.1-0.3 s each on two shared cores); the full 200 with ``-m e2e`` and
-    in ``bench/serve_load.py``."""
+    """Every concurrent answer equals the answer to the same request made alone. 8 requests in
+    the fast suite (about 0.1-0.3 s each on two shared cores); 40 and 200 with ``-m e2e``, and
+    ``bench/serve_load.py``."""
     limits = ServiceLimits(worker_threads=2, timeout_s=120)
     references = {}
     with BackgroundServer(create_app(real_predictor, limits)) as url, httpx.Client(base_url=url, timeout=120) as http:

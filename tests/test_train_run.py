@@ -29,6 +29,7 @@ def finished_run(synthetic_features, tmp_path_factory, one_thread):
     return out, result
 
 
+@pytest.mark.e2e  # cross-validation training (make test-e2e)
 def test_cross_validation_writes_predictions_checkpoints_and_report(finished_run, synthetic_features):
     out, result = finished_run
     assert sorted(result.trained) == [f"{f}/seed-0" for f in FOLDS] and not result.skipped
@@ -56,6 +57,7 @@ def test_cross_validation_writes_predictions_checkpoints_and_report(finished_run
     assert (out / "report" / "report.md").exists() and (out / "report" / "metrics.json").exists()
 
 
+@pytest.mark.e2e  # cross-validation training (make test-e2e)
 def test_saved_weights_reproduce_the_saved_predictions(finished_run, synthetic_features):
     """The checkpoint (safetensors + JSON) alone rebuilds the model that made the predictions."""
     from emomix.models.saved import TrainedModel, predict_rows
@@ -76,6 +78,7 @@ def test_saved_weights_reproduce_the_saved_predictions(finished_run, synthetic_f
     assert abs(probs - expected).max() < 1e-5
 
 
+@pytest.mark.e2e  # cross-validation training (make test-e2e)
 def test_rerun_skips_finished_folds(finished_run, synthetic_features):
     out, _ = finished_run
     before = (out / "folds" / "ses01" / "seed-0" / "model.safetensors").stat().st_mtime_ns
@@ -84,6 +87,7 @@ def test_rerun_skips_finished_folds(finished_run, synthetic_features):
     assert (out / "folds" / "ses01" / "seed-0" / "model.safetensors").stat().st_mtime_ns == before
 
 
+@pytest.mark.e2e  # cross-validation training (make test-e2e)
 def test_a_run_folder_refuses_a_different_recipe(finished_run, synthetic_features):
     out, _ = finished_run
     changed = recipe_dict(synthetic_features, model_dim=48)
@@ -91,6 +95,7 @@ def test_a_run_folder_refuses_a_different_recipe(finished_run, synthetic_feature
         train_recipe(Recipe.from_dict(changed), out, folds=FOLDS, progress=False, log=None)
 
 
+@pytest.mark.e2e  # cross-validation training (make test-e2e)
 def test_an_interrupted_fold_resumes_from_its_last_checkpoint(synthetic_features, tmp_path, monkeypatch, one_thread):
     from emomix.train import task as task_module
 
