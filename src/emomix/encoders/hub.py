@@ -198,7 +198,7 @@ class FrozenEvalMixin:
     def _frozen_modules(self) -> list[nn.Module]:  # pragma: no cover - overridden
         return []
 
-    def train(self, mode: bool = True):  # type: ignore[override]
+    def train(self, mode: bool = True):
         nn.Module.train(cast(nn.Module, self), mode)  # the mixin is only used with nn.Module encoders
         if mode:
             for module in self._frozen_modules():
