@@ -34,10 +34,11 @@ def train(
     continues from its last checkpoint.
     """
     from emomix.train.recipe import load_recipe, parse_override
-    from emomix.train.run import remove_run, train_recipe
 
     loaded = load_recipe(recipe, dict(parse_override(text) for text in overrides or []))
     chosen_seeds = parse_seeds(seeds) if seeds else None
+    from emomix.train.run import remove_run, train_recipe  # the trainer loads only once the recipe is valid
+
     target = out or Path("runs") / loaded.name
     if restart:
         remove_run(target)
