@@ -228,11 +228,13 @@ def test_ablations_keep_the_routed_models_fusion_capacity():
         for m in ("audio", "text"):
             moe, ref = model.moe[m], full.moe[m]
             assert moe.expert_slots == ("local", "global"), name
-            assert _count(moe.local_expert) + _count(moe.global_expert) == _count(ref.local_expert) + _count(ref.global_expert)
+            experts, ref_experts = (_count(x.local_expert) + _count(x.global_expert) for x in (moe, ref))
+            assert experts == ref_experts, name
         # only the routing part differs: the router (routed) or the combining MLP (concat)
         extra = sum(_count(model.moe[m].router) + _count(model.moe[m].combine) for m in ("audio", "text"))
         assert (extra > 0) == (name in ("dual_routing", "dual_routing_concat")), name
-        assert set(model.branch_keys) == {f"expert_logits_{m}_{s}" for m in ("audio", "text") for s in ("local", "global")}
+        slots = {f"expert_logits_{m}_{s}" for m in ("audio", "text") for s in ("local", "global")}
+        assert set(model.branch_keys) == slots, name
 
 
 @pytest.mark.parametrize("routing", ["local", "global"])

@@ -216,7 +216,8 @@ def test_loss_ablations_drop_exactly_their_term(name, absent, present):
     assert absent not in parts_ablation and present in parts_ablation and absent in parts_full
     weight = full.config.lambda_scl if absent == "scl" else full.config.lambda_kl
     assert parts_full[absent] > 0
-    assert float((total_full - total_ablation).detach()) == pytest.approx(weight * parts_full[absent], rel=1e-4, abs=1e-7)
+    difference = float((total_full - total_ablation).detach())
+    assert difference == pytest.approx(weight * parts_full[absent], rel=1e-4, abs=1e-7)
 
 
 def test_uniform_gate_mixes_the_three_experts_equally():
@@ -284,7 +285,7 @@ def test_no_shipped_recipe_gives_a_speaker_free_model_speaker_statistics():
 def test_recipe_loader_refuses_speaker_normalisation_for_mister_e(name):
     from emomix.train.recipe import load_recipe
 
-    path = [p for p in _shipped_recipes() if p.name == "mister_e.yaml"][0]
+    path = next(p for p in _shipped_recipes() if p.name == "mister_e.yaml")
     with pytest.raises(ConfigError, match="uses no speaker identity.*speaker_normalisation"):
         load_recipe(path, {"model.name": name, "features.audio.speaker_normalisation": True})
     # the same recipe with another model may normalise per speaker

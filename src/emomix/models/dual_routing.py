@@ -224,11 +224,11 @@ class TextScales(nn.Module):
         super().__init__()
         self.global_source = global_source
         self.num_layers = num_layers
+        self.project: nn.Module | None = None
+        self.pooling: AttentionPooling | None = None
         if use_local:
             self.project = nn.Identity() if in_dim == model_dim else nn.Linear(in_dim, model_dim)
             self.pooling = AttentionPooling(model_dim, heads=heads, dropout=dropout)
-        else:
-            self.project, self.pooling = None, None
         self.global_map = nn.Linear(num_layers * in_dim, model_dim) if use_global and global_source != "pooled" else None
         self.pooled_map = (pooled_vector_map(int(pooled_dim or 0), model_dim)
                            if use_global and global_source == "pooled" else None)
@@ -258,7 +258,7 @@ class TextScales(nn.Module):
         fallback = ~content.any(dim=1)
         content = torch.where(fallback.unsqueeze(1), mask, content)
         local = None
-        if self.pooling is not None:
+        if self.pooling is not None and self.project is not None:
             local = self.pooling(self.project(inputs.states), content)
         global_ = self.global_map(self.first_tokens(inputs)) if self.global_map is not None else None
         if self.pooled_map is not None:
@@ -315,14 +315,15 @@ class DualRoutingMoE(nn.Module):
         else:
             local_in, global_in = local, global_
         if self.single_token:  # legacy layout: one expert, one token
-            expert = self.local_expert if self.routing == "local" else self.global_expert
-            z, out[f"logits_{self.routing}"] = expert(local_in)  # type: ignore[misc]
+            z, out[f"logits_{self.routing}"] = _apply(self.local_expert if self.routing == "local"
+                                                      else self.global_expert, local_in)
             out["z"], out["tokens"] = z, z.unsqueeze(1)
             return out
-        local_z, out["logits_local"] = self.local_expert(local_in)  # type: ignore[misc]
-        global_z, out["logits_global"] = self.global_expert(global_in)  # type: ignore[misc]
+        local_z, out["logits_local"] = _apply(self.local_expert, local_in)
+        global_z, out["logits_global"] = _apply(self.global_expert, global_in)
         if self.routing == "routed":
-            route = self.router(torch.cat([local, global_], dim=-1))  # type: ignore[misc]
+            assert self.router is not None and local is not None and global_ is not None
+            route = self.router(torch.cat([local, global_], dim=-1))
             out["route"] = route
             z = route[:, 0:1] * local_z + route[:, 1:2] * global_z
         elif self.routing == "local":
@@ -336,6 +337,14 @@ class DualRoutingMoE(nn.Module):
         out["z"] = z
         out["tokens"] = torch.stack([z, local_z, global_z], dim=1)
         return out
+
+
+def _apply(expert: Expert | None, x: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """An expert's ``(z, logits)`` (every Dual Routing expert has its classification head)."""
+    assert expert is not None and x is not None
+    z, logits = expert(x)
+    assert logits is not None
+    return z, logits
 
 
 @register_model("dual_routing", "Dual Routing MoE: routed local/global experts per modality, bidirectional cross-attention")
@@ -390,12 +399,12 @@ class DualRoutingModel(EmotionModel[Batch]):
             for m in self.modalities
         })
         hidden = int(config.classifier_hidden or model_dim)
+        self.fusion: BidirectionalCrossAttention | None = None
         if len(self.modalities) == 2:
             self.fusion = self._build_fusion(config)
             self.single_pooling = None
             classifier_in = 2 * model_dim
         else:
-            self.fusion = None
             self.single_pooling = (AttentionPooling(model_dim, heads=config.pooling_heads, dropout=config.dropout)
                                    if config.single_modality_pooling == "attention" else None)
             classifier_in = model_dim
@@ -413,7 +422,12 @@ class DualRoutingModel(EmotionModel[Batch]):
     @property
     def branch_keys(self) -> tuple[str, ...]:
         """The aux keys of the expert logits the branch loss reads (every expert slot)."""
-        return tuple(f"expert_logits_{m}_{slot}" for m in self.modalities for slot in self.moe[m].expert_slots)
+        return tuple(f"expert_logits_{m}_{slot}" for m in self.modalities for slot in self._moe(m).expert_slots)
+
+    def _moe(self, modality: str) -> DualRoutingMoE:
+        module = self.moe[modality]
+        assert isinstance(module, DualRoutingMoE)
+        return module
 
     def _build_fusion(self, config: DualRoutingConfig) -> BidirectionalCrossAttention:
         return BidirectionalCrossAttention(self.model_dim, heads=config.cross_heads, num_layers=config.cross_layers,
@@ -456,7 +470,7 @@ class DualRoutingModel(EmotionModel[Batch]):
             if self.config.uses_local:
                 aux["vad_fallback" if modality == "audio" else "text_content_fallback"] = fallback
             routed = self.moe[modality](local, global_)
-            for scale in self.moe[modality].expert_slots:
+            for scale in self._moe(modality).expert_slots:
                 if f"logits_{scale}" in routed:
                     aux[f"expert_logits_{modality}_{scale}"] = routed[f"logits_{scale}"]
             if "route" in routed:

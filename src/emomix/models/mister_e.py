@@ -183,7 +183,8 @@ class MisterE(EmotionModel[DialogueBatch]):
             self.heads["cross"] = MLP(2 * hidden, hidden, num_classes, num_layers=2, dropout=config.dropout)
         self.gate: MLP | None = None
         if len(self.expert_names) > 1 and config.gate == "learned":
-            self.gate = MLP(2 * hidden, config.gate_hidden, len(self.expert_names), num_layers=2, dropout=config.dropout)
+            self.gate = MLP(2 * hidden, config.gate_hidden, len(self.expert_names), num_layers=2,
+                            dropout=config.dropout)
 
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
