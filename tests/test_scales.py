@@ -187,5 +187,10 @@ def test_run_trains_with_file_features_and_predicts(tmp_path):
     assert (tmp_path / "run" / "normaliser-audio_pooled.json").is_file()
     frame = pd.read_parquet(tmp_path / "run" / "folds" / "s0" / "seed-0" / "predictions.parquet")
     assert len(frame) == 12 and result.out == tmp_path / "run"
+    from emomix.evaluate.report import write_report
+
+    write_report(tmp_path / "run")
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "Speaker–label confounding (training part of each fold, worst fold)" in report and "— low" in report
     predictor = Predictor.from_run(tmp_path / "run")
     assert set(predictor.normalisers) == {"audio", "audio_pooled"}

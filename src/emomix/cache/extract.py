@@ -110,6 +110,8 @@ class PreprocessConfig:
         """The settings that affect inputs of ``modality``, as they enter the feature key."""
         if modality == "text":
             return {"text_normalisation": self.text_normalisation}
+        if modality == "video":
+            return {}  # the face-crop settings are the faces encoder's options, part of its identity
         values = asdict(self)
         del values["text_normalisation"]
         if not self.normalise_loudness:
@@ -272,16 +274,17 @@ def utterance_keys(table: pd.DataFrame, encoder: Any, store: FeatureStore, prepr
                 continue
             keys[row["utt_id"]] = feature_key(text_input(row["text"], preprocess.text_normalisation), spec, prep)
         return keys, failures
-    paths = {row["utt_id"]: _resolve(row["audio_path"], base_dir) for row in rows}
+    paths = {row["utt_id"]: _resolve(_media_path(row, modality), base_dir) for row in rows}
     digests, errors = store.file_digests([p for p in paths.values() if p is not None], threads=hash_threads)
     for row in rows:
         path = paths[row["utt_id"]]
         if path is None:
-            failures.append(_failure(row["utt_id"], "no audio path", "the table has no audio file for this utterance"))
+            failures.append(_failure(row["utt_id"], f"no {modality} path", f"the table has no {modality} file for this utterance"))
         elif path in errors:
             failures.append(_failure(row["utt_id"], "missing file", errors[path]))
         else:
-            keys[row["utt_id"]] = feature_key(audio_input(digests[path], _span(row["start"]), _span(row["end"])), spec, prep)
+            start, end = _media_span(row, modality)
+            keys[row["utt_id"]] = feature_key(audio_input(digests[path], start, end), spec, prep)
     return keys, failures
 
 
@@ -320,7 +323,7 @@ def extract_features(table: pd.DataFrame, encoder: Any, store: FeatureStore, pre
     store.acquire_writer()  # fail early if another process writes as this writer
 
     if num_shards > 1:
-        owned = [_locator(row, modality) for row in table[["audio_path", "start", "end", "text"]].to_dict("records")]
+        owned = [_locator(row, modality) for row in table.to_dict("records")]
         mask = np.array([locator_shard(loc, num_shards) == shard_index for loc in owned], dtype=bool)
         summary.other_workers = int((~mask).sum())
         table = table[mask]
@@ -337,9 +340,9 @@ def extract_features(table: pd.DataFrame, encoder: Any, store: FeatureStore, pre
         key = keys.get(row["utt_id"])
         if key is None or key in present:
             continue
-        path = _resolve(row["audio_path"], base_dir) if modality == "audio" else None
-        work.append(_WorkItem(row["utt_id"], key, path, _span(row["start"]), _span(row["end"]), row["text"],
-                              _length(modality, path, row)))
+        path = _resolve(_media_path(row, modality), base_dir) if modality != "text" else None
+        start, end = _media_span(row, modality)
+        work.append(_WorkItem(row["utt_id"], key, path, start, end, row["text"], _length(modality, path, row)))
     description = {"class": type(encoder).__name__, "identity": encoder.identity(), "config": encoder.config(),
                    "modality": modality, "frame_rate": getattr(encoder, "frame_rate", None),
                    "output_size": getattr(encoder, "output_size", None), "num_layers": getattr(encoder, "num_layers", 0)}
@@ -367,7 +370,7 @@ def _run(work: list[_WorkItem], encoder: Any, store: FeatureStore, preprocess: P
     order = sorted(range(len(work)), key=lambda i: (-work[i].length, work[i].utt_id))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     frame_rate = getattr(encoder, "frame_rate", None)
-    dataset = _InputDataset(work, modality, preprocess)
+    dataset = _InputDataset(work, modality, preprocess, getattr(encoder, "settings", None) if modality == "video" else None)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=_collate, num_workers=num_workers,
                         persistent_workers=False)
     pending: dict[str, dict[str, np.ndarray]] = {}
@@ -502,10 +505,12 @@ def _extras_flags(extras: Mapping[str, Any], count: int) -> list[list[str]]:
 class _InputDataset:
     """Map-style dataset: position -> one prepared input, or the reason it could not be read."""
 
-    def __init__(self, work: list[_WorkItem], modality: str, preprocess: PreprocessConfig):
+    def __init__(self, work: list[_WorkItem], modality: str, preprocess: PreprocessConfig,
+                 video_settings: Mapping[str, Any] | None = None):
         self.work = work
         self.modality = modality
         self.preprocess = preprocess
+        self.video_settings = dict(video_settings or {})
 
     def __len__(self) -> int:
         return len(self.work)
@@ -519,6 +524,10 @@ class _InputDataset:
                 if not text.strip():
                     out["fallbacks"].append(EMPTY_TEXT)
                 out["input"] = text
+            elif self.modality == "video":
+                from emomix.audio.video import prepare_video
+
+                out.update(prepare_video(item.audio_path, item.start, item.end, **self.video_settings))
             else:
                 out.update(prepare_audio(item.audio_path, item.start, item.end, self.preprocess))
         except MissingDataError as exc:
@@ -526,7 +535,7 @@ class _InputDataset:
         except ConfigError as exc:
             out["error"] = ("preprocessing error", str(exc))
         except EmomixError as exc:
-            out["error"] = ("unreadable audio", str(exc))
+            out["error"] = (f"unreadable {self.modality}", str(exc))
         except Exception as exc:  # a loader bug must not kill hours of extraction; it is reported
             out["error"] = (f"error: {type(exc).__name__}", str(exc))
         return out
@@ -583,9 +592,22 @@ def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _modality(encoder: Any) -> str:
     modality = getattr(encoder, "modality", None)
-    if modality not in ("audio", "text"):
-        raise ConfigError(f"the feature store extracts audio and text encoders; {type(encoder).__name__} has modality {modality!r}")
+    if modality not in ("audio", "text", "video"):
+        raise ConfigError(f"the feature store extracts audio, text and video encoders; {type(encoder).__name__} "
+                          f"has modality {modality!r}")
     return modality
+
+
+def _media_path(row: Mapping[str, Any], modality: str) -> Any:
+    """The file an audio or video encoder reads for a row (``audio_path`` or ``video_path``)."""
+    return row.get("video_path") if modality == "video" else row["audio_path"]
+
+
+def _media_span(row: Mapping[str, Any], modality: str) -> tuple[float | None, float | None]:
+    """The row's span in that file (``video_start``/``video_end`` for video)."""
+    if modality == "video":
+        return _span(row.get("video_start")), _span(row.get("video_end"))
+    return _span(row["start"]), _span(row["end"])
 
 
 def _resolve(path: Any, base_dir: str | Path | None) -> str | None:
@@ -609,15 +631,18 @@ def _locator(row: Mapping[str, Any], modality: str) -> str:
     # agree on the split.
     if modality == "text":
         return f"text:{row['text']}"
-    return f"audio:{row['audio_path']}|{_span(row['start'])}|{_span(row['end'])}"
+    start, end = _media_span(row, modality)
+    return f"{modality}:{_media_path(row, modality)}|{start}|{end}"
 
 
 def _length(modality: str, path: str | None, row: Mapping[str, Any]) -> float:
     if modality == "text":
         return float(len(row["text"] or ""))
-    start, end = _span(row["start"]), _span(row["end"])
+    start, end = _media_span(row, modality)
     if end is not None:
         return end - (start or 0.0)
+    if modality == "video":
+        return 0.0  # probing every video's duration would cost a decode; sizes are alike anyway
     try:
         from emomix.audio.io import audio_duration
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from emomix.atomic import write_json_atomic, write_text_atomic
+from emomix.data.protocols import confounding_sentence
 from emomix.errors import ConfigError, EmomixError, MissingDataError
 from emomix.jsonutil import to_jsonable
 
@@ -232,12 +233,15 @@ def describe_run(run: Mapping[str, Any], config: Mapping[str, Any] | None = None
     }
 
 
-def plan_summary(plan: Any) -> dict[str, Any] | None:
+def plan_summary(plan: Any, run: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """The fold plan as plain values for the report: protocol, parameters, fingerprint,
-    speaker independence, notes and per fold the held-out groups and part sizes."""
+    speaker independence, notes, speaker–label confounding (with the run's normalisation
+    warnings) and per fold the held-out groups and part sizes."""
     if plan is None:
         return None
     return {
+        "confounding": getattr(plan, "confounding", None),
+        "normalisation_warnings": list((run or {}).get("feature_warnings") or []),
         "protocol": plan.protocol,
         "params": plan.params,
         "seed": plan.seed,
@@ -310,7 +314,7 @@ def build_results(data: RunData) -> dict[str, Any]:
             notes.append(f"no predictions for seed(s) {', '.join(map(str, absent))} listed in run.json")
     return {
         "run": {**description, "classes": list(data.classes), "run_dir": str(data.run_dir)},
-        "fold_plan": plan_summary(data.plan),
+        "fold_plan": plan_summary(data.plan, data.run),
         "data": data.data,
         "metrics": metrics,
         "routing": routing_analysis(data.predictions, model=description["model"]),
@@ -373,6 +377,10 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
                        for f in plan["folds"]], right=[3, 4, 5])
         for note in plan["notes"]:
             out.append(f"\n> note: {note}")
+        if plan.get("confounding"):
+            out.append(f"\n{confounding_sentence(plan['confounding']).capitalize()}.")
+        for warning in plan.get("normalisation_warnings") or []:
+            out.append(f"\n> warning: {warning}")
         out.append("")
 
     if results.get("data"):
