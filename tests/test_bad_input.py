@@ -17,8 +17,8 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -88,7 +88,9 @@ def manifest(root: Path, body: str, header: str = MANIFEST_HEADER, encoding: str
 
 def recipe(tmp: Path, name: str, change: Callable[[dict], None] | None = None, text: str | None = None) -> str:
     """A copy of the synthetic Dual Routing recipe (paths inside ``tmp``), changed by ``change``."""
-    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "dual_routing.yaml").read_text())
+    data = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "dual_routing.yaml").read_text()
+    )
     data["corpus"]["root"] = str(tmp / "corpus")
     data["features"]["store"] = str(tmp / "store")
     if change:
@@ -122,8 +124,15 @@ def checkpoint(tmp_path_factory) -> Path:
 
     dim = int(create_encoder("mfcc").encode([tone()]).states.shape[-1])
     folder = tmp_path_factory.mktemp("bad-input") / "run" / "folds" / "f1" / "seed-0"
-    card = {"model": "early_fusion_audio", "classes": ["angry", "happy"], "input_dims": {"audio": dim},
-            "features": {"audio": {"encoder": "mfcc"}}, "fold": "f1", "seed": 0, "config": {}}
+    card = {
+        "model": "early_fusion_audio",
+        "classes": ["angry", "happy"],
+        "input_dims": {"audio": dim},
+        "features": {"audio": {"encoder": "mfcc"}},
+        "fold": "f1",
+        "seed": 0,
+        "config": {},
+    }
     torch.manual_seed(0)
     TrainedModel(create_model("early_fusion_audio", {}, {"audio": dim}, 2), metadata=card).save(folder)
     return folder
@@ -145,8 +154,9 @@ def client(checkpoint):
 class Context:
     """What a case needs: a fresh folder, the tiny checkpoint, the service client, the CLI runner."""
 
-    def __init__(self, tmp: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture,
-                 monkeypatch: pytest.MonkeyPatch):
+    def __init__(
+        self, tmp: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+    ):
         self.tmp, self.request, self.capsys, self.monkeypatch = tmp, request, capsys, monkeypatch
 
     @property
@@ -168,7 +178,9 @@ class Context:
     def post(self, data: bytes = b"", name: str = "clip.wav", kind: str = "audio/wav", **form) -> tuple[int, str]:
         client = self.request.getfixturevalue("client")
         response = client.post("/predict", files={"file": (name, data, kind)}, data=form)
-        return response.status_code, response.json()["error"]["message"] if response.status_code >= 400 else response.text
+        return response.status_code, response.json()["error"][
+            "message"
+        ] if response.status_code >= 400 else response.text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,10 +195,12 @@ def case(row_id: str):
         assert row_id not in CASES, row_id
         CASES[row_id] = function
         return function
+
     return register
 
 
 # -- audio (emomix predict) -------------------------------------------------------------------
+
 
 @case("audio-missing-file")
 def _(c: Context):
@@ -251,6 +265,7 @@ def _(c: Context):
 
 # -- text ----------------------------------------------------------------------------------------
 
+
 @case("text-empty-transcript")
 def _(c: Context):
     return c.predict(write_wav(c.tmp / "a.wav"), "--text", "")
@@ -282,6 +297,7 @@ def _(c: Context):
 
 
 # -- labels --------------------------------------------------------------------------------------
+
 
 @case("label-unknown-scheme")
 def _(c: Context):
@@ -324,6 +340,7 @@ def _(c: Context):
 
 # -- manifests -----------------------------------------------------------------------------------
 
+
 @case("manifest-missing-column")
 def _(c: Context):
     root = manifest(c.tmp / "corpus", "u1,audio/u1.wav,hi,happy\n", header="utt_id,audio_path,text,label\n")
@@ -361,8 +378,11 @@ def _(c: Context):
 
 @case("manifest-bad-words-json")
 def _(c: Context):
-    root = manifest(c.tmp / "corpus", 'u1,s1,audio/u1.wav,hi,happy,"[{""token"": ""hi"""\n',
-                    header="utt_id,speaker,audio_path,text,label,words\n")
+    root = manifest(
+        c.tmp / "corpus",
+        'u1,s1,audio/u1.wav,hi,happy,"[{""token"": ""hi"""\n',
+        header="utt_id,speaker,audio_path,text,label,words\n",
+    )
     return c.cli("corpus", "info", "manifest", root)
 
 
@@ -379,6 +399,7 @@ def _(c: Context):
 
 
 # -- recipes (emomix train) ----------------------------------------------------------------------
+
 
 @case("recipe-missing-file")
 def _(c: Context):
@@ -402,12 +423,16 @@ def _(c: Context):
 
 @case("recipe-model-config-typo")
 def _(c: Context):
-    return c.cli("train", recipe(c.tmp, "typo", lambda r: r["model"]["config"].update(model_dimm=8)), "--out", c.tmp / "run")
+    return c.cli(
+        "train", recipe(c.tmp, "typo", lambda r: r["model"]["config"].update(model_dimm=8)), "--out", c.tmp / "run"
+    )
 
 
 @case("recipe-unknown-model")
 def _(c: Context):
-    return c.cli("train", recipe(c.tmp, "typo", lambda r: r["model"].update(name="dual_routng")), "--out", c.tmp / "run")
+    return c.cli(
+        "train", recipe(c.tmp, "typo", lambda r: r["model"].update(name="dual_routng")), "--out", c.tmp / "run"
+    )
 
 
 @case("recipe-bad-value-type")
@@ -449,12 +474,15 @@ def _(c: Context):
 def _(c: Context):
     run = c.tmp / "run"
     run.mkdir()
-    (run / "config.yaml").write_text(Path(recipe(c.tmp, "other", lambda r: r["training"].update(epochs=99))).read_text())
+    (run / "config.yaml").write_text(
+        Path(recipe(c.tmp, "other", lambda r: r["training"].update(epochs=99))).read_text()
+    )
     (run / "folds.json").write_text("{}")
     return c.cli("train", recipe(c.tmp, "fine"), "--out", run)
 
 
 # -- command line --------------------------------------------------------------------------------
+
 
 @case("cli-no-arguments")
 def _(c: Context):
@@ -502,6 +530,7 @@ def _(c: Context):
 
 
 # -- uploads (emomix serve) ----------------------------------------------------------------------
+
 
 @case("upload-corrupt")
 def _(c: Context):
@@ -551,6 +580,7 @@ def _(c: Context):
 
 # -- feature stores ------------------------------------------------------------------------------
 
+
 @case("store-missing")
 def _(c: Context):
     return c.cli("store", "verify", c.tmp / "no-store")
@@ -586,6 +616,7 @@ def _(c: Context):
 
 
 # -- run and checkpoint folders ------------------------------------------------------------------
+
 
 @case("run-missing-predict")
 def _(c: Context):
@@ -687,9 +718,11 @@ def test_the_table_and_the_cases_name_the_same_rows():
 
 def test_the_table_parser_reads_ids_fragments_and_statuses(tmp_path):
     doc = tmp_path / "t.md"
-    doc.write_text("| id | input | message | status |\n|---|---|---|---|\n"
-                   "| `a-b` | x | `one fragment` (then words) and `another` | 422 |\n"
-                   "| `c-d2` | y | `two` | 2 (usage) |\nnot a row\n")
+    doc.write_text(
+        "| id | input | message | status |\n|---|---|---|---|\n"
+        "| `a-b` | x | `one fragment` (then words) and `another` | 422 |\n"
+        "| `c-d2` | y | `two` | 2 (usage) |\nnot a row\n"
+    )
     assert read_table(doc) == {"a-b": ("one fragment", 422), "c-d2": ("two", 2)}
 
 

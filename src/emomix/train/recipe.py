@@ -54,9 +54,9 @@ def _from_dict(cls: type, values: Mapping[str, Any] | None, where: str, source: 
         raise ConfigError(unknown_keys_message(source, where, unknown, names))
     for spec in dataclasses.fields(cls):  # a number written as a word fails here, naming its key
         value = values.get(spec.name)
-        if spec.name in values and isinstance(spec.default, (int, float)) and not isinstance(spec.default, bool):
-            if value is not None and not _is_number(value):
-                raise ConfigError(f"{source}: {where}.{spec.name} must be a number, got {value!r}")
+        numeric = isinstance(spec.default, (int, float)) and not isinstance(spec.default, bool)
+        if numeric and spec.name in values and value is not None and not _is_number(value):
+            raise ConfigError(f"{source}: {where}.{spec.name} must be a number, got {value!r}")
     try:
         return cls(**values)
     except TypeError as error:
