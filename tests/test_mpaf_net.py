@@ -12,8 +12,9 @@ from emomix.errors import ConfigError
 from emomix.models import Batch, ModalityInput, create_model, list_models
 from emomix.models.mpaf_net import ConcatFusionModel, LastStateLSTM, MPAFConfig, MPAFNetModel
 
-TEXT_DIM, MFCC_DIM, VIDEO_DIM, CLASSES = 24, 40, 12, 5
-SMALL = {"audio_hidden": 16, "video_hidden": 20, "pair_dim": 8, "pair_hidden": 8, "classifier_hidden": 16}
+TEXT_DIM, MFCC_DIM, VIDEO_DIM, CLASSES = 24, 40, 16, 5  # VIDEO_DIM: the side of the face crops
+SMALL = {"audio_hidden": 16, "video_hidden": 20, "pair_dim": 8, "pair_hidden": 8, "classifier_hidden": 16,
+         "video_cnn_channels": [4, 8], "video_frame_dim": 8}
 DIMS = {"text": TEXT_DIM, "audio": MFCC_DIM, "video": VIDEO_DIM}
 
 
@@ -25,10 +26,16 @@ def make_batch(seed: int = 0, batch: int = 6, frames: int = 15, tokens: int = 7,
         states = torch.randn(batch, steps, dim, generator=generator) * mask[..., None]
         return ModalityInput(states=states, mask=mask)
 
+    def faces(lengths: list[int], steps: int) -> ModalityInput:
+        """Face crops as the ``faces`` encoder stores them: ``B × T × S × S``, values 0–255."""
+        mask = torch.arange(steps)[None, :] < torch.tensor(lengths)[:, None]
+        states = torch.randint(0, 256, (batch, steps, VIDEO_DIM, VIDEO_DIM), generator=generator).float()
+        return ModalityInput(states=states * mask[..., None, None], mask=mask)
+
     return Batch(inputs={
         "text": modality([7, 4, 6, 2, 5, 3][:batch], tokens, TEXT_DIM),
         "audio": modality([15, 9, 3, 12, 1, 7][:batch], frames, MFCC_DIM),
-        "video": modality([10, 6, 8, 2, 9, 4][:batch], video_frames, VIDEO_DIM),
+        "video": faces([10, 6, 8, 2, 9, 4][:batch], video_frames),
     }, labels=torch.arange(batch) % CLASSES)
 
 
@@ -40,10 +47,10 @@ def pad_more(batch: Batch, extra: int = 6, seed: int = 5) -> Batch:
     generator = torch.Generator().manual_seed(seed)
     inputs = {}
     for name, item in batch.inputs.items():
-        rows, _, dim = item.states.shape
+        rows, _, *tail = item.states.shape
         inputs[name] = replace(
             item,
-            states=torch.cat([item.states, torch.randn(rows, extra, dim, generator=generator) * 10], dim=1),
+            states=torch.cat([item.states, torch.randn(rows, extra, *tail, generator=generator) * 10], dim=1),
             mask=torch.cat([item.mask, torch.zeros(rows, extra, dtype=torch.bool)], dim=1))
     return Batch(inputs=inputs, labels=batch.labels)
 
@@ -239,3 +246,110 @@ def test_chrono_initialisation_sets_forget_and_input_gate_biases():
     assert LastStateLSTM(5, 16, init="pytorch").lstm.bias_ih_l0.abs().sum() > 0
     with pytest.raises(ConfigError, match="lstm_init"):
         MPAFConfig.from_dict({"lstm_init": "xavier"})
+
+
+# ---------------------------------------------------------------------------------------------
+# The video path: face crops → CNN → LSTM, trained with the model, with rotate/crop augmentation
+# ---------------------------------------------------------------------------------------------
+
+
+def mouth_faces(labels: torch.Tensor, frames: int = 4, seed: int = 0) -> ModalityInput:
+    """Noisy 16×16 "faces" whose only class cue is where the bright mouth bar sits (high or low)."""
+    generator = torch.Generator().manual_seed(seed)
+    states = torch.randint(40, 120, (len(labels), frames, VIDEO_DIM, VIDEO_DIM), generator=generator).float()
+    for row, label in enumerate(labels.tolist()):
+        top = 9 if label == 0 else 12
+        states[row, :, top:top + 2, 4:12] = 230.0
+    lengths = torch.randint(1, frames + 1, (len(labels),), generator=generator)
+    mask = torch.arange(frames)[None, :] < lengths[:, None]
+    return ModalityInput(states=states * mask[..., None, None], mask=mask)
+
+
+def test_the_video_cnn_and_lstm_learn_a_mouth_cue_in_a_few_steps():
+    torch.manual_seed(0)
+    model = create_model("mpaf_net",
+                         {**SMALL, "modalities": ["video"], "video_augment": False, "classifier_dropout": 0.0,
+                          "feature_dropout": 0.0}, {"video": VIDEO_DIM}, 2)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    labels = torch.arange(32) % 2
+    for step in range(15):
+        batch = Batch(inputs={"video": mouth_faces(labels, seed=step)}, labels=labels)
+        loss, _ = model.loss(model(batch), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    held_out = torch.arange(40) % 2
+    with torch.no_grad():
+        predicted = model(Batch(inputs={"video": mouth_faces(held_out, seed=999)})).logits.argmax(1)
+    assert float((predicted == held_out).float().mean()) >= 0.95
+
+
+@pytest.mark.parametrize("name", ["mpaf_net", "concat_fusion"])
+def test_gradients_reach_the_video_cnn_of_a_trimodal_batch(name):
+    model = build(name, modalities=TRIMODAL)
+    batch = make_batch()
+    total, _ = model.loss(model(batch), batch.labels)
+    total.backward()
+    cnn = model.encoders["video"].cnn
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in cnn.parameters())
+    assert model(batch).aux["h_video"].shape == (6, 20)
+
+
+def test_video_augmentation_applies_in_training_only_and_is_seeded(monkeypatch):
+    import emomix.models.mpaf_net as mpaf
+
+    calls = []
+    original = mpaf.random_rotate_crop
+    monkeypatch.setattr(mpaf, "random_rotate_crop", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
+    batch = only(make_batch(), "video", "text", "audio")
+    model = build(modalities=TRIMODAL, feature_dropout=0.0, pair_dropout=0.0, classifier_dropout=0.0)
+    valid_frames = int(batch.inputs["video"].mask.sum())
+
+    def run(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return model(batch).aux["h_video"]
+
+    first, again, other = run(1), run(1), run(2)
+    assert calls == [(valid_frames, VIDEO_DIM, VIDEO_DIM)] * 3  # valid frames only, every training step
+    assert torch.equal(first, again) and not torch.allclose(first, other)
+    model.eval()
+    calls.clear()
+    assert torch.equal(run(1), run(2)) and calls == []  # evaluation and inference see the crops as they are
+    plain = build(modalities=TRIMODAL, video_augment=False)
+    plain.train()
+    assert torch.equal(*(plain(batch).aux["h_video"] for _ in range(2))) and calls == []
+
+
+def test_rotate_crop_keeps_the_frame_without_change_moves_it_otherwise_and_treats_a_clip_alike():
+    from emomix.encoders.video import random_rotate_crop
+
+    frames = torch.rand(5, VIDEO_DIM, VIDEO_DIM)
+    rows = torch.tensor([0, 0, 0, 1, 1])
+    same = random_rotate_crop(frames, rows, 2, max_degrees=0.0, min_scale=1.0)
+    torch.testing.assert_close(same, frames, atol=1e-5, rtol=0)
+    repeated = frames[:1].expand(5, -1, -1).clone()
+    moved = random_rotate_crop(repeated, rows, 2, max_degrees=20.0, min_scale=0.7,
+                               generator=torch.Generator().manual_seed(0))
+    assert moved.shape == frames.shape and not torch.allclose(moved[0], repeated[0], atol=1e-3)
+    torch.testing.assert_close(moved[0], moved[2])  # one transform per utterance
+    assert not torch.allclose(moved[0], moved[3], atol=1e-3)  # another for the next utterance
+    assert float(moved.min()) >= float(repeated.min()) - 1e-5 and float(moved.max()) <= float(repeated.max()) + 1e-5
+    again = random_rotate_crop(repeated, rows, 2, max_degrees=20.0, min_scale=0.7,
+                               generator=torch.Generator().manual_seed(0))
+    assert torch.equal(moved, again)
+
+
+def test_video_input_errors_name_the_faces_encoder():
+    model = build(modalities=TRIMODAL).eval()
+    batch = make_batch()
+    video = batch.inputs["video"]
+    batch.inputs["video"] = replace(video, states=video.states[..., 0])  # B × T × D vectors, not crops
+    with pytest.raises(ConfigError, match="'faces' encoder"):
+        model(batch)
+    frames = build(modalities=TRIMODAL, video_frontend="frames").eval()  # per-frame vectors: LSTM only
+    assert frames(batch).logits.shape == (6, CLASSES)
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        create_model("mpaf_net", {**SMALL, "modalities": list(TRIMODAL)}, {**DIMS, "video": 18}, CLASSES)
+    with pytest.raises(ConfigError, match="video_rotate_degrees"):
+        MPAFConfig.from_dict({"video_rotate_degrees": 90})

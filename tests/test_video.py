@@ -185,3 +185,62 @@ def test_fit_length():
     stack = np.arange(3)[:, None]
     assert fit_length(stack, 5)[:, 0].tolist() == [0, 1, 2, 2, 2]
     assert fit_length(stack, 2)[:, 0].tolist() == [0, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The faces encoder: face crops as stored features; clips without a face are dropped and counted
+# ---------------------------------------------------------------------------------------------
+
+
+def test_prepare_video_steps_frames_cuts_without_padding_and_flags_missed_faces(tmp_path):
+    from emomix.audio.video import FACE_BOX_REUSED, prepare_video
+
+    path = write_video(tmp_path / "ramp.mp4", numbered_frames(9))
+    out = prepare_video(path, None, None, size=16, num_frames=7, frame_step=2, detector="none")
+    assert out["input"].shape == (4, 16, 16) and out["input"].dtype == np.uint8  # frames 0, 2, 4, 6 of the first 7
+    np.testing.assert_allclose(out["input"][:, 8, 8], [10, 50, 90, 130], atol=6)
+    assert "error" not in out and out["fallbacks"] == []
+    padded = prepare_video(path, None, None, size=16, num_frames=12, pad=True, detector="none")["input"]
+    assert padded.shape == (12, 16, 16) and (padded[9:] == padded[8]).all()
+    face = portrait()
+    mixed = write_video(tmp_path / "mixed.mp4", np.stack([face, np.full_like(face, 128), face]))
+    assert prepare_video(mixed, None, None)["fallbacks"] == [FACE_BOX_REUSED]
+
+
+def test_faces_encoder_keeps_uint8_crops_and_checks_shapes():
+    from emomix.encoders.registry import create_encoder
+
+    encoder = create_encoder({"name": "faces", "size": 16, "frame_step": 2})
+    assert (encoder.modality, encoder.output_size, encoder.config()["frame_step"]) == ("video", 16, 2)
+    assert encoder.identity() != create_encoder({"name": "faces", "size": 16}).identity()
+    stacks = [np.full((3, 16, 16), 200, np.uint8), np.full((1, 16, 16), 7, np.uint8)]
+    output = encoder.encode(stacks)
+    assert output.states.shape == (2, 3, 16, 16) and output.mask.sum(1).tolist() == [3, 1]
+    second = output.unpad(1)
+    assert second["states"].dtype == np.uint8 and second["states"].shape == (1, 16, 16)
+    assert (second["states"] == 7).all()
+    with pytest.raises(AudioError, match="expected N × 16 × 16"):
+        encoder.encode([np.zeros((2, 8, 8), np.uint8)])
+    with pytest.raises(ConfigError, match="detector"):
+        create_encoder({"name": "faces", "detector": "mtcnn"})
+
+
+def test_extraction_drops_and_counts_a_clip_without_a_face(tmp_path):
+    import pandas as pd
+
+    from emomix.cache.memory import MemoryStore
+    from emomix.features import FeatureSpec, build_features
+
+    face = portrait()
+    write_video(tmp_path / "face.mp4", np.stack([face, face]))
+    write_video(tmp_path / "noface.mp4", noise_frames(3, 192, 160))
+    table = pd.DataFrame({"utt_id": ["a", "b"], "audio_path": [None, None], "start": [None, None], "end": [None, None],
+                          "text": ["x", "y"], "video_path": ["face.mp4", "noface.mp4"], "video_start": [None, None],
+                          "video_end": [None, None], "speaker": ["s", "s"]})
+    spec = FeatureSpec(modality="video", encoder={"name": "faces", "size": 32, "num_frames": 4})
+    result = build_features(table, {"video": spec}, MemoryStore(), base_dir=tmp_path, progress=False)
+    assert result.utt_ids == ["a"]
+    assert [(f["utt_id"], f["reason"]) for f in result.failures] == [("b", "no face found")]
+    assert result.summaries["video"]["failed"] == 1
+    assert result.features["a"]["video"]["states"].shape == (2, 32, 32)
+    assert result.input_dims["video"] == 32

@@ -13,6 +13,10 @@ The video branch of the models sees a fixed stack of ``num_frames`` grayscale fa
 3. if no frame has a face, the result is ``None``: the caller drops the sample and counts it;
 4. the stack is cut to its first ``num_frames`` crops, or padded by repeating the last crop.
 
+:func:`prepare_video` is what feature extraction runs per utterance for the ``faces`` encoder
+(:class:`emomix.encoders.video.FaceStackEncoder`): decode, keep every ``frame_step``-th frame,
+crop; a clip without a face anywhere comes back as the failure :data:`NO_FACE`.
+
 ``detector="none"`` skips detection and resizes whole frames (for synthetic video whose frames
 already are face crops).
 """
@@ -30,6 +34,10 @@ from emomix.errors import ConfigError, MissingDataError, VideoError
 
 DETECTORS = ("haar", "none")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+#: The failure reason extraction records for a clip in which no frame has a face.
+NO_FACE = "no face found"
+#: The fallback recorded when some (not all) frames had no face and reused a neighbour's box.
+FACE_BOX_REUSED = "face missed in some frames"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,8 +180,10 @@ def _detect_scaled(gray: np.ndarray, detection_width: int, min_face_fraction: fl
 
 def face_crops(frames: np.ndarray | Sequence[np.ndarray], size: int = 64, num_frames: int = 150,
                detector: str = "haar", detection_width: int = 320, min_face_fraction: float = 0.1,
-               detect_every: int = 1) -> tuple[np.ndarray, int] | None:
+               detect_every: int = 1, pad: bool = True) -> tuple[np.ndarray, int] | None:
     """A ``num_frames × size × size`` uint8 grayscale stack of face crops (see the module's rules).
+
+    With ``pad=False`` a clip shorter than ``num_frames`` keeps its own length (cut, never padded).
 
     Detection runs on a copy at most ``detection_width`` pixels wide, looks for faces of at least
     ``min_face_fraction`` of that copy's shorter side, and only on every ``detect_every``-th frame
@@ -213,7 +223,8 @@ def face_crops(frames: np.ndarray | Sequence[np.ndarray], size: int = 64, num_fr
         for gray, box in zip(grays, boxes):
             previous = box if box is not None else previous
             crops.append(crop(gray, previous))
-    return fit_length(np.stack(crops), num_frames), found
+    stack = np.stack(crops)
+    return (fit_length(stack, num_frames) if pad else np.ascontiguousarray(stack[:num_frames])), found
 
 
 def fit_length(stack: np.ndarray, length: int) -> np.ndarray:
@@ -224,3 +235,33 @@ def fit_length(stack: np.ndarray, length: int) -> np.ndarray:
         return np.ascontiguousarray(stack[:length])
     padding = np.repeat(stack[-1:], length - stack.shape[0], axis=0)
     return np.concatenate([stack, padding])
+
+
+def prepare_video(path: str | Path, start: float | None, end: float | None, size: int = 64, num_frames: int = 150,
+                  pad: bool = False, frame_step: int = 1, detector: str = "haar", detection_width: int = 320,
+                  min_face_fraction: float = 0.1, detect_every: int = 1) -> dict[str, Any]:
+    """One utterance's face crops as extraction stores them (the ``faces`` encoder's settings).
+
+    Decodes the clip's first ``num_frames`` frames in the ``start``–``end`` span, keeps every
+    ``frame_step``-th, and crops faces (:func:`face_crops`). Returns ``input`` (``T × size × size``
+    uint8), ``seconds`` (0: no audio is encoded), ``fallbacks`` and ``vad`` (None); when no frame
+    has a face, ``input`` is None and ``error`` is ``(NO_FACE, message)`` so the caller drops and
+    counts the sample. A missing or unreadable file raises as :func:`read_video_frames` does.
+    """
+    if frame_step <= 0:
+        raise ConfigError(f"frame_step must be a positive whole number, got {frame_step!r}")
+    frames = read_video_frames(path, start=start, end=end, max_frames=num_frames)[::frame_step]
+    kept = -(-num_frames // frame_step)
+    result = face_crops(frames, size=size, num_frames=kept, detector=detector, detection_width=detection_width,
+                        min_face_fraction=min_face_fraction, detect_every=detect_every, pad=pad)
+    out: dict[str, Any] = {"input": None, "seconds": 0.0, "fallbacks": [], "vad": None}
+    if result is None:
+        out["error"] = (NO_FACE, f"{path}: no face found in any of its {len(frames)} frames (OpenCV {detector} "
+                                 "detector); the utterance is left out")
+        return out
+    crops, found = result
+    attempted = len(frames) if detector == "none" else -(-len(frames) // detect_every)
+    if found < attempted:
+        out["fallbacks"].append(FACE_BOX_REUSED)
+    out["input"] = crops
+    return out

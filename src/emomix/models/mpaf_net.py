@@ -4,8 +4,9 @@ The design (shared/papers/mpaf-net.txt; MODELS.md §2), in our words:
 
 1. **One vector per modality.** Text: the first-token ([CLS]) state of the text encoder's last layer
    ``h_t``. Audio: MFCC frames through a unidirectional LSTM(128), the state after the last valid
-   frame ``h_a``. Video: per-frame face features through a unidirectional LSTM(256), the state after
-   the last valid frame ``h_v``.
+   frame ``h_a``. Video: grayscale face crops through a small per-frame CNN, then a unidirectional
+   LSTM(256), the state after the last valid frame ``h_v``; the CNN and LSTM train with the model
+   (:class:`FaceVideoEncoder`).
 2. **Pairwise sigmoid attention.** For each pair of modalities, both vectors are projected to a
    common width (ReLU, dropout), a small MLP scores the pair from the raw and projected vectors,
    and ``α = sigmoid(score)`` mixes the two projections: ``f = α·p1 + (1−α)·p2``. Three modules:
@@ -22,6 +23,10 @@ Decisions where the paper is silent or ambiguous (each one a :class:`MPAFConfig`
 
 - ``text_source="cls"``: ``h_t`` is the first token of the last layer's states; ``"pooled"`` reads
   the text input's ``pooled`` vector instead (its width given as ``input_dims["text_pooled"]``).
+- ``audio_source="lstm"``: ``h_a`` is the audio LSTM's last state, as in the paper. ``"pooled"``
+  reads the audio input's utterance vector instead (``features.audio.utterance``, e.g. ComParE
+  functionals; its width ``input_dims["audio_pooled"]``), as ``text_source="pooled"`` does for text:
+  off by default because the paper's audio path is the LSTM over frames.
 - ``audio_hidden=128``, ``video_hidden=256``: LSTM widths. The audio LSTM reads whatever frame
   features the batch carries (40 MFCC in the paper's recipe; openSMILE LLDs or SSL frames work the
   same). The paper pads every signal to 8 s and reads the LSTM after the padding; we read the state
@@ -38,6 +43,19 @@ Decisions where the paper is silent or ambiguous (each one a :class:`MPAFConfig`
   over five seeds; a trial that also re-initialised the weights gave a mean UA of 0.70-0.73 for
   ``chrono_max_frames`` from 20 to 400). The architecture and the "last state"
   reading are unchanged. ``lstm_init="pytorch"`` keeps PyTorch's initialisation.
+- Video (``video_frontend="cnn"``): the batch's video ``states`` are ``B × T × S × S`` face crops,
+  0–255, as the ``faces`` encoder stores them (Haar-cascade face, grayscale, 64×64, at most 150
+  frames; see :mod:`emomix.audio.video`); ``input_dims["video"]`` is the crop side ``S``. The paper
+  does not describe its per-frame encoder: ours is conv-BN-ReLU-maxpool per
+  ``video_cnn_channels`` (16, 32, 64) → linear → ReLU (``video_frame_dim=128``). Clips are not
+  padded to 150 frames: as for audio, the LSTM state after the last valid frame is read.
+  ``video_frontend="frames"`` instead runs the LSTM on per-frame feature vectors (``B × T × D``).
+- Video augmentation (the paper's rotation and crop): in training mode only, each utterance's
+  frames get one random rotation (±``video_rotate_degrees``, 10) and square crop (side a
+  fraction ``video_crop_scale``–1 of the frame, 0.85) resized back, drawn from the seeded global
+  torch generator; ``video_augment=False`` turns it off. It applies to every training utterance;
+  with ``training.augment``, minority-class copies share their source's stored crops and get
+  their own random views, which is the paper's minority-class video augmentation.
 - Input scale: the LSTMs read the frame features as they come, without normalising them. Give
   them standardised features (the pipeline z-scores frames per speaker with ``SpeakerNormaliser``);
   raw MFCCs, whose first coefficient is in the hundreds, saturate the gates.
@@ -70,6 +88,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from emomix.encoders.video import FaceFrameCNN, random_rotate_crop
 from emomix.errors import ConfigError
 from emomix.models.base import EmotionModel, ModelConfig, register_model
 from emomix.models.blocks import MLP, PairwiseSigmoidAttention
@@ -80,6 +99,7 @@ from emomix.models.losses import focal_loss
 MODALITY_ORDER = ("text", "audio", "video")
 SHORT = {"text": "t", "audio": "a", "video": "v"}
 LSTM_INITS = ("chrono", "pytorch")
+VIDEO_FRONTENDS = ("cnn", "frames")
 
 
 @dataclass
@@ -89,6 +109,7 @@ class MPAFConfig(ModelConfig):
     modalities: tuple[str, ...] = ("audio", "text")
     fusion: str = "multipath"
     text_source: str = "cls"
+    audio_source: str = "lstm"
     audio_hidden: int = 128
     video_hidden: int = 256
     pair_dim: int = 128
@@ -101,16 +122,71 @@ class MPAFConfig(ModelConfig):
     focal_gamma: float = 2.0
     lstm_init: str = "chrono"
     chrono_max_frames: float = 100.0
+    video_frontend: str = "cnn"
+    video_cnn_channels: tuple[int, ...] = (16, 32, 64)
+    video_frame_dim: int = 128
+    video_augment: bool = True
+    video_rotate_degrees: float = 10.0
+    video_crop_scale: float = 0.85
 
     def validate(self) -> None:
         super().validate()
-        self.require_choice(fusion=("multipath", "concat"), text_source=("cls", "pooled"), lstm_init=LSTM_INITS)
+        self.require_choice(fusion=("multipath", "concat"), text_source=("cls", "pooled"), lstm_init=LSTM_INITS,
+                            video_frontend=VIDEO_FRONTENDS)
+        self.require_choice(audio_source=("lstm", "pooled"))
+        self.video_cnn_channels = tuple(int(c) for c in self.video_cnn_channels)
+        if not self.video_cnn_channels or any(c <= 0 for c in self.video_cnn_channels):
+            raise ConfigError(f"{type(self).__name__}.video_cnn_channels: expected positive channel widths, "
+                              f"got {list(self.video_cnn_channels)}")
+        if not 0 <= self.video_rotate_degrees <= 45:
+            raise ConfigError(f"{type(self).__name__}.video_rotate_degrees: expected 0 to 45 degrees, "
+                              f"got {self.video_rotate_degrees}")
+        if not 0.5 <= self.video_crop_scale <= 1:
+            raise ConfigError(f"{type(self).__name__}.video_crop_scale: expected a fraction from 0.5 to 1, "
+                              f"got {self.video_crop_scale}")
+        self.require_positive("video_frame_dim")
         if not self.chrono_max_frames > 2:
             raise ConfigError(f"{type(self).__name__}.chrono_max_frames: expected more than 2 frames, "
                               f"got {self.chrono_max_frames}")
         self.require_positive("audio_hidden", "video_hidden", "pair_dim", "pair_hidden", "classifier_hidden", "classifier_layers")
         self.require_fraction("pair_dropout", "feature_dropout", "classifier_dropout")
         self.require_non_negative("focal_gamma")
+
+
+class FaceVideoEncoder(nn.Module):
+    """MPAF-Net's video path, trained with the model: face crops → per-frame CNN → LSTM, last valid state.
+
+    Reads ``states`` of ``B × T × S × S`` grayscale face crops with values 0–255 (the ``faces``
+    encoder's stored stacks) and its ``B × T`` mask. Only the valid frames go through the CNN (so
+    batch-norm statistics never see padding). In training mode, with ``video_augment``, each
+    utterance's frames are rotated and cropped by one random transform (:func:`random_rotate_crop`,
+    drawn from the global torch generator, which the trainer seeds); in eval mode the crops are
+    used as they are.
+    """
+
+    def __init__(self, crop_size: int, config: MPAFConfig):
+        super().__init__()
+        self.crop_size = int(crop_size)
+        self.augment = bool(config.video_augment)
+        self.rotate_degrees, self.crop_scale = float(config.video_rotate_degrees), float(config.video_crop_scale)
+        self.cnn = FaceFrameCNN(self.crop_size, config.video_cnn_channels, config.video_frame_dim)
+        self.lstm = LastStateLSTM(config.video_frame_dim, config.video_hidden, config.lstm_init,
+                                  config.chrono_max_frames)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if states.dim() != 4 or tuple(states.shape[2:]) != (self.crop_size, self.crop_size):
+            raise ConfigError(f"MPAF-Net's video CNN reads B × T × {self.crop_size} × {self.crop_size} face crops, got "
+                              f"video states of shape {tuple(states.shape)}; extract video with the 'faces' encoder "
+                              "(or set model.config.video_frontend: frames for per-frame feature vectors)")
+        mask = mask.bool()
+        frames = states[mask].float() / 255.0
+        if self.training and self.augment:
+            rows = torch.arange(states.shape[0], device=states.device).unsqueeze(1).expand_as(mask)[mask]
+            frames = random_rotate_crop(frames, rows, states.shape[0], self.rotate_degrees, self.crop_scale)
+        encoded = self.cnn(frames)
+        per_frame = encoded.new_zeros(*mask.shape, encoded.shape[-1])
+        per_frame[mask] = encoded
+        return self.lstm(per_frame, mask)
 
 
 class LastStateLSTM(nn.Module):
@@ -148,6 +224,7 @@ class MPAFNetModel(EmotionModel[Batch]):
     paper = ("Li, Qi, Deng & Shi. Research on Multimodal Emotion Recognition Method Based on Multi-Path Feature "
              "Fusion and Comprehensive Optimization Strategy (MPAF-Net). Current Science (currentscience.info)")
     config_class = MPAFConfig
+    config: MPAFConfig
     batch_kind = "utterance"
     supported_modalities = ("audio", "text", "video")
 
@@ -164,13 +241,21 @@ class MPAFNetModel(EmotionModel[Batch]):
                 widths["text"] = int(input_dims["text_pooled"])
             else:
                 widths["text"] = int(input_dims["text"])
-        if "audio" in self.modalities:
+        if "audio" in self.modalities and config.audio_source == "pooled":  # the utterance vector, no LSTM
+            if "audio_pooled" not in input_dims:
+                raise ConfigError(f"{self.name}: audio_source='pooled' needs the audio utterance vector "
+                                  "(input_dims['audio_pooled']); declare features.audio.utterance or set audio_source='lstm'")
+            widths["audio"] = int(input_dims["audio_pooled"])
+        elif "audio" in self.modalities:
             self.encoders["audio"] = LastStateLSTM(int(input_dims["audio"]), config.audio_hidden, config.lstm_init,
                                                    config.chrono_max_frames)
             widths["audio"] = config.audio_hidden
         if "video" in self.modalities:
-            self.encoders["video"] = LastStateLSTM(int(input_dims["video"]), config.video_hidden, config.lstm_init,
-                                                   config.chrono_max_frames)
+            if config.video_frontend == "cnn":
+                self.encoders["video"] = FaceVideoEncoder(int(input_dims["video"]), config)
+            else:
+                self.encoders["video"] = LastStateLSTM(int(input_dims["video"]), config.video_hidden, config.lstm_init,
+                                                       config.chrono_max_frames)
             widths["video"] = config.video_hidden
         self.widths = widths
         self.feature_dropout = nn.Dropout(config.feature_dropout)
@@ -198,12 +283,16 @@ class MPAFNetModel(EmotionModel[Batch]):
                                       "vectors; extract them or set text_source='cls'")
                 return inputs.pooled
             return inputs.states[:, 0, :]
+        if modality == "audio" and self.config.audio_source == "pooled":
+            if inputs.pooled is None:
+                raise ConfigError(f"{self.name}: audio_source='pooled' but the batch's audio input has no pooled "
+                                  "vectors; declare features.audio.utterance or set audio_source='lstm'")
+            return inputs.pooled
         return self.encoders[modality](inputs.states, inputs.mask)
 
     def forward(self, batch: Batch) -> ModelOutput:
         missing = [m for m in self.modalities if m not in batch.inputs]
         if missing:
-    config: MPAFConfig
             raise ConfigError(f"{self.name} was built for {', '.join(self.modalities)} but the batch has no "
                               f"{', '.join(missing)} input")
         vectors = {m: self.encode(m, batch.inputs[m]) for m in self.modalities}
