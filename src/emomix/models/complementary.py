@@ -91,11 +91,12 @@ class ComplementaryConfig(ModelConfig):
     ca_layers: int = 1
     dropout: float = 0.1
     load_balance_weight: float = 0.01
+    spl_audio_source: str = "frames"
 
     def validate(self) -> None:
         super().validate()
         name = type(self).__name__
-        self.require_choice(graph=GRAPH_MODES)
+        self.require_choice(graph=GRAPH_MODES, spl_audio_source=("frames", "pooled"))
         self.require_positive("hidden_dim", "max_tokens", "max_frames", "graph_layers", "graph_heads", "num_experts",
                               "ca_heads", "ca_layers")
         if not 1 <= self.top_k <= self.num_experts:
@@ -353,6 +354,10 @@ class ComplementarySumProductMoE(_ComplementaryBase):
 
     ``aux``: ``gate_weights`` (B × E), ``gate_probs`` (B × E), and with both modalities
     ``graph_approximate`` (B).
+
+    ``spl_audio_source``: the experts' speech vector is the mean of the projected frames
+    (``"frames"``, the paper's) or the audio utterance vector (``"pooled"``: ``features.audio.utterance``,
+    e.g. ComParE functionals, through LayerNorm → Linear to ``hidden_dim``); off by default.
     """
 
     name: ClassVar[str] = "complementary_spl"
@@ -371,10 +376,23 @@ class ComplementarySumProductMoE(_ComplementaryBase):
         self.moe = MixtureOfExperts(experts, TopKGate(gate_in, config.num_experts, k=config.top_k,
                                                       noise_std=config.gate_noise_std))
         self.classifier = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(hidden, num_classes))
+        self.audio_pooled_map = None
+        if config.spl_audio_source == "pooled" and "audio" in config.modalities:
+            if "audio_pooled" not in input_dims:
+                raise ConfigError(f"{self.name}: spl_audio_source='pooled' needs the audio utterance vector "
+                                  "(input_dims['audio_pooled']); declare features.audio.utterance or use 'frames'")
+            width = int(input_dims["audio_pooled"])
+            self.audio_pooled_map = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden))
 
     def forward(self, batch: Batch) -> ModelOutput:
         """Logits ``B × C`` from the gated sum-product experts."""
         pooled, _, extras = self._inputs(batch)
+        if self.audio_pooled_map is not None:
+            vector = batch.inputs["audio"].pooled
+            if vector is None:
+                raise ConfigError(f"{self.name}: spl_audio_source='pooled' but the batch's audio input has no pooled "
+                                  "vectors; declare features.audio.utterance or use 'frames'")
+            pooled["audio"] = self.audio_pooled_map(vector)
         vectors = [pooled[m] for m in ("text", "audio") if m in pooled]
         graph = extras.get("graph")
         gate_input = torch.cat(vectors + ([graph] if graph is not None else []), dim=-1)
