@@ -20,8 +20,8 @@ def scheme_name(corpus: Corpus) -> str | None:
     if scheme is not None:
         return str(scheme.name)
     default = corpus.default_scheme
-    if isinstance(default, dict):
-        return None  # a scheme spec that read_corpus did not apply: the labels are raw
+    if not isinstance(default, str):
+        return None  # none, or a scheme spec that read_corpus did not apply: the labels are raw
     return default
 
 

@@ -296,10 +296,13 @@ class SpeechSSLEncoder(FrozenEvalMixin, Encoder):
                     for layer, states in enumerate(group_hidden):
                         hidden[layer][index] = states[row, :length]
 
-        mask = _lengths_to_mask(lengths, device=last[0].device)
+        first = last[0]
+        mask = _lengths_to_mask(lengths, device=first.device if first is not None else None)
         last_padded = _pad(last)
         hidden_padded = tuple(_pad(per_layer) for per_layer in hidden) if need_hidden else None
-        states = last_padded if self.state_layer == self.num_layers else hidden_padded[self.state_layer]
+        # need_hidden holds whenever the states come from a lower layer
+        states = last_padded if hidden_padded is None or self.state_layer == self.num_layers \
+            else hidden_padded[self.state_layer]
         return EncoderOutput(
             states=states,
             mask=mask,
@@ -336,7 +339,7 @@ class SpeechSSLEncoder(FrozenEvalMixin, Encoder):
         batch, frames, _ = states.shape
         if self.model_type == "wavlm":
             # Only WavLM's first layer owns the relative position embedding; later layers reuse it.
-            attention = layers[0].attention
+            attention: Any = layers[0].attention  # WavLM's attention (transformers; untyped attributes)
             bias = attention.compute_bias(frames, frames)
             position_bias = bias.unsqueeze(0).repeat(batch, 1, 1, 1).view(batch * attention.num_heads, frames, frames)
             # The full forward passes no mask when nothing is padded; do the same (and avoid
@@ -368,6 +371,7 @@ class SpeechSSLEncoder(FrozenEvalMixin, Encoder):
             last = self.model.adapter(last)
         valid = mask.unsqueeze(-1).to(last.dtype)
         selected = last if self.state_layer == self.num_layers else collected[self.state_layer]
+        assert selected is not None  # state_layer >= start_layer is checked above
         hidden_out = (
             tuple(None if h is None else h * valid for h in collected) if output_hidden_states else None
         )

@@ -235,7 +235,9 @@ class TextEncoder(FrozenEvalMixin, Encoder):
         need_hidden = output_hidden_states or self.state_layer != self.num_layers
         output = self.model(**model_inputs, output_hidden_states=need_hidden)
         hidden = tuple(output.hidden_states) if need_hidden else None
-        states = output.last_hidden_state if self.state_layer == self.num_layers else hidden[self.state_layer]
+        # need_hidden holds whenever the states come from a lower layer
+        states = output.last_hidden_state if hidden is None or self.state_layer == self.num_layers \
+            else hidden[self.state_layer]
         return EncoderOutput(
             states=states,
             mask=mask,

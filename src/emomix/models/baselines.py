@@ -265,6 +265,7 @@ class LateFusion(BaselineModel):
     name = "late_fusion"
     paper = PAPERS["late_fusion"]
     config_class = LateFusionConfig
+    config: LateFusionConfig
 
     def __init__(self, config: LateFusionConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__(config, input_dims, num_classes)

@@ -135,7 +135,7 @@ def _export_friendly_modules() -> Iterator[None]:
         yield
     finally:
         for cls, forward in current.items():
-            cls.forward = forward  # type: ignore[method-assign]
+            cls.forward = forward
 
 
 def _export_torchscript(wrapper: BatchWrapper, args: tuple[torch.Tensor, ...], path: Path, specs: list[TensorSpec],

@@ -152,7 +152,7 @@ class BatchWrapper(nn.Module):
             return DialogueBatch(inputs=inputs, mask=mask)
         fields: dict[str, dict[str, torch.Tensor]] = {}
         for spec, tensor in zip(self.specs, tensors):
-            if spec.modality is not None:  # only a dialogue's mask has none
+            if spec.modality is not None and spec.field is not None:  # only a dialogue's mask has none
                 fields.setdefault(spec.modality, {})[spec.field] = tensor
         return Batch(inputs={m: ModalityInput(**values, frame_rate=self.frame_rates.get(m)) for m, values in fields.items()})
 
