@@ -21,7 +21,6 @@ from emomix.models.complementary import (
 from emomix.models.inputs import Batch, ModalityInput, pad_sequences
 from emomix.train.late_fusion import fit_fusion_weights
 
-
 # Torch on one thread for the whole module (the one_thread fixture in conftest).
 pytestmark = pytest.mark.usefixtures("one_thread")
 

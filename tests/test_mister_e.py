@@ -11,7 +11,6 @@ from emomix.models import create_model
 from emomix.models.inputs import Batch, DialogueBatch, ModalityInput
 from emomix.models.losses import kl_to_gate, supervised_contrastive_loss
 
-
 # Torch on one thread for the whole module (the one_thread fixture in conftest).
 pytestmark = pytest.mark.usefixtures("one_thread")
 
