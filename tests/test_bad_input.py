@@ -257,10 +257,11 @@ def _(c: Context):
 
 @case("audio-no-speech-found")
 def _(c: Context):
-    from emomix.audio.vad import speech_mask_or_all
-
-    mask, fell_back = speech_mask_or_all(np.zeros(50, bool))  # what the VAD gives a clip without speech
-    return 0, f"{int(mask.sum())} of {mask.size} frames kept, fell_back={fell_back}"
+    folder = _copy_checkpoint(c)  # the same model behind a Silero VAD that trims to speech
+    card = json.loads((folder / "model.json").read_text())
+    card["features"]["audio"]["preprocess"] = {"vad": "silero", "vad_mode": "trim"}
+    (folder / "model.json").write_text(json.dumps(card))
+    return c.cli("predict", folder, write_wav(c.tmp / "tone.wav"), "-q")  # a steady tone: sound, no speech
 
 
 # -- text ----------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from emomix.constants import IGNORE_INDEX
 from emomix.data.schema import make_table
 from emomix.encoders.normalisation import SpeakerNormaliser
 from emomix.encoders.registry import create_encoder
-from emomix.errors import AudioError, ConfigError, EmomixError, MissingDataError
+from emomix.errors import AudioError, ConfigError, EmomixError, MissingDataError, VideoError
 from emomix.features import FeatureSpec, build_features
 from emomix.infer.asr import find_transcriber
 from emomix.infer.card import predictor_card
@@ -62,7 +62,7 @@ from emomix.models.mister_e import MisterE
 from emomix.models.saved import WEIGHTS_FILE, TrainedModel, predict_rows
 
 UNKNOWN_SPEAKER = "<unknown speaker>"
-ITEM_KEYS = ("audio", "text", "sample_rate", "speaker")
+ITEM_KEYS = ("audio", "text", "sample_rate", "speaker", "video")
 AUDIO_ONLY_NOTE = "no transcript: audio-only"
 EMPTY_TEXT_NOTE = "no transcript: the model ran on an empty transcript (text encoder special tokens only)"
 # aux entries that are internal tensors, not per-row routing/gate readings worth returning (the
@@ -72,7 +72,8 @@ _AUX_SKIP_PREFIX = ("h_",)
 MAX_AUX_WIDTH = 16
 # failure reasons of emomix.cache.extract → the error type a caller gets
 _FAILURE_TYPES = {"missing file": MissingDataError, "unreadable audio": AudioError, "preprocessing error": ConfigError,
-                  "no transcript": ConfigError, "no audio path": ConfigError}
+                  "no transcript": ConfigError, "no audio path": ConfigError, "no video path": ConfigError,
+                  "unreadable video": VideoError, "no face found": VideoError}
 
 
 @dataclass
@@ -83,6 +84,7 @@ class _Item:
     utt_id: str
     described: dict[str, Any]
     audio_path: str | None = None
+    video_path: str | None = None
     text: str | None = None          # what the text encoder reads ("" for the placeholder)
     transcript: str | None = None    # what the result reports
     transcript_source: str | None = None
@@ -142,9 +144,6 @@ class Predictor:
             raise MissingDataError(f"{checkpoint} has no {WEIGHTS_FILE}; the fold did not finish training")
         info = model_info(str(card["model"]))
         modalities = tuple(card.get("config", {}).get("modalities") or info.modalities)
-        if "video" in modalities:
-            raise ConfigError(f"{card['model']} reads video; the predictor handles audio and text models only "
-                              "(train a variant with modalities: [audio, text])")
         specs = {m: FeatureSpec.from_dict(m, values) for m, values in dict(card["features"]).items() if m in modalities}
         missing = [m for m in modalities if m not in specs]
         if missing:
@@ -223,18 +222,20 @@ class Predictor:
     # -- predicting ----------------------------------------------------------------------------
 
     def predict(self, audio: Any = None, text: str | None = None, sample_rate: int | None = None,
-                speaker: str | None = None) -> dict[str, Any]:
+                speaker: str | None = None, video: str | Path | None = None) -> dict[str, Any]:
         """Predict one utterance.
 
         ``audio``: a file path, a numpy array (mono, or samples × channels) with ``sample_rate``,
         or the bytes of an audio file (any format :func:`emomix.audio.io.decode_audio_bytes`
         reads). ``text``: the transcript (None: see the module doc). ``speaker``: used by
-        speaker-normalised features. Returns ``{"label", "probabilities": {class: p}, "aux":
+        speaker-normalised features. ``video``: the utterance's video file, for models that read
+        video (face crops are made as in training; a clip without a face is a ``VideoError``). Returns ``{"label", "probabilities": {class: p}, "aux":
         {name: float | [floats]}, "modalities", "transcript", "transcript_source" ("given",
         "asr:<backend>" or None), "duration_s", "notes": [...]}``. User errors (a missing or
         corrupt file, silent audio, empty text) raise :class:`~emomix.errors.EmomixError` types.
         """
-        result = self._run([{"audio": audio, "text": text, "sample_rate": sample_rate, "speaker": speaker}])[0]
+        result = self._run([{"audio": audio, "text": text, "sample_rate": sample_rate, "speaker": speaker,
+                             "video": video}])[0]
         if isinstance(result, BaseException):
             raise result
         return result
@@ -324,14 +325,14 @@ class Predictor:
         unknown = sorted(set(raw) - set(ITEM_KEYS))
         if unknown:
             raise ConfigError(f"unknown item key(s) {unknown}; an item takes {', '.join(ITEM_KEYS)}")
-        audio, text, rate, speaker = (raw.get(k) for k in ITEM_KEYS)
+        audio, text, rate, speaker, video = (raw.get(k) for k in ITEM_KEYS)
         item = _Item(index=position, utt_id=f"item-{number:06d}", described=describe_input(raw),
                      speaker=None if speaker is None else str(speaker))
         if text is not None:
             if not isinstance(text, str):
                 raise ConfigError(f"text must be a string, got {type(text).__name__}")
             if not text.strip():
-                raise ConfigError("the transcript is empty; pass text=None to predict without one")
+                raise ConfigError("the transcript is empty; leave it out (no --text, or text=None in Python) to predict without one")
         needs_audio = "audio" in self.modalities
         if audio is None:
             if needs_audio:
@@ -342,6 +343,14 @@ class Predictor:
                 item.audio_path, item.duration_s = self._audio_file(audio, rate, scratch, item)
         else:
             item.audio_path, item.duration_s = self._audio_file(audio, rate, scratch, item)
+        if "video" in self.modalities:
+            if not isinstance(video, (str, Path)):
+                raise ConfigError(f"{self.card['model']} reads video: give the utterance's video file (video=PATH)")
+            if not Path(video).expanduser().is_file():
+                raise MissingDataError(f"video file {video} does not exist")
+            item.video_path = str(Path(video).expanduser())
+        elif video is not None:
+            item.notes.append(f"video ignored: {self.card['model']} does not read video")
         if "text" in self.modalities and text is not None:
             item.text, item.transcript, item.transcript_source = text, text, "given"
         elif text is not None:
@@ -440,7 +449,8 @@ class Predictor:
         rows = []
         for item in items:
             rows.append({"utt_id": item.utt_id, "corpus": "inference", "audio_path": item.audio_path, "text": item.text,
-                         "speaker": item.speaker or UNKNOWN_SPEAKER, "dialogue_id": "inference", "turn": item.index})
+                         "speaker": item.speaker or UNKNOWN_SPEAKER, "dialogue_id": "inference", "turn": item.index,
+                         "video_path": item.video_path})
             if self.card.get("edges"):
                 item.notes.append("no word timings at inference: the token–frame graph uses the model's fallback")
             for modality, normaliser in self.normalisers.items():
@@ -454,8 +464,9 @@ class Predictor:
         """The model on the items' features, as evaluation runs it (the batch is appended to ``batches``)."""
         ids = [item.utt_id for item in items]
         if self.batch_kind == "dialogue":
-            vectors = {u: {m: utterance_vector(feature_set.features[u][m], "mean", f"{u}/{m}") for m in self.modalities}
-                       for u in ids}
+            pooling = getattr(self.network.model, "dialogue_pooling", None) or {}  # as the model was trained
+            vectors = {u: {m: utterance_vector(feature_set.features[u][m], pooling.get(m, "mean"), f"{u}/{m}")
+                           for m in self.modalities} for u in ids}
             dialogues = [ids] if as_dialogue else [[u] for u in ids]
             batch = DialogueCollator(vectors, dialogues, {u: IGNORE_INDEX for u in ids}, self.modalities)(range(len(dialogues)))
         else:
