@@ -194,3 +194,50 @@ def test_run_trains_with_file_features_and_predicts(tmp_path):
     assert "Speaker–label confounding (training part of each fold, worst fold)" in report and "— low" in report
     predictor = Predictor.from_run(tmp_path / "run")
     assert set(predictor.normalisers) == {"audio", "audio_pooled"}
+
+
+@pytest.mark.parametrize(
+    ("model", "config"),
+    [
+        ("mpaf_net_audio", {"audio_source": "pooled"}),
+        ("complementary_spl", {"spl_audio_source": "pooled", "graph": "none"}),
+        ("mister_e_audio", {"speech_source": "pooled"}),
+    ],
+)
+def test_other_designs_read_the_utterance_vector_when_asked(model, config):
+    dims = {"audio": 6, "audio_pooled": 9, "text": 8}
+    with pytest.raises(ConfigError, match="utterance vector"):
+        create_model(model, config, {"audio": 6, "text": 8}, 3)
+    net = create_model(model, config, dims, 3)
+    assert net.config.to_dict()[next(iter(config))] == "pooled"
+    default = create_model(model, {k: v for k, v in config.items() if k == "graph"}, dims, 3)
+    assert not getattr(default, "dialogue_pooling", None)  # off by default: the papers' inputs
+
+
+def test_mister_e_speech_expert_gets_pooled_dialogue_vectors(tmp_path):
+    from emomix.train.data import EmotionDataModule
+
+    table = make_table(rows())
+    lld, functionals = write_files(tmp_path, rows())
+    specs = parse_feature_specs(
+        {
+            "audio": {
+                "encoder": {"name": "file", "path": lld, "frame_rate": 100},
+                "utterance": {"name": "file", "path": functionals},
+            }
+        }
+    )
+    built = build_features(table, specs, MemoryStore(dtype="float32"), progress=False)
+    net = create_model("mister_e_audio", {"speech_source": "pooled"}, built.input_dims, 3)
+    ids = list(table["utt_id"])
+    module = EmotionDataModule(
+        built,
+        table,
+        list(LABELS),
+        {"train": ids[:24], "validation": [], "test": ids[24:]},
+        batch_kind="dialogue",
+        modalities=["audio"],
+        dialogue_pooling=net.dialogue_pooling,
+    )
+    vectors = module._dialogue_vectors()
+    np.testing.assert_allclose(vectors["s0_01"]["audio"], built.features["s0_01"]["audio"]["pooled"])

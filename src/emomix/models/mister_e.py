@@ -93,10 +93,11 @@ class MisterEConfig(ModelConfig):
     kl_detach_gate: bool = True
     gate: str = "learned"
     input_standardise: bool = False
+    speech_source: str = "mean"
 
     def validate(self) -> None:
         super().validate()
-        self.require_choice(gate=("learned", "uniform"))
+        self.require_choice(gate=("learned", "uniform"), speech_source=("mean", "pooled"))
         if "video" in self.modalities:
             raise ConfigError("MisterEConfig.modalities: MiSTER-E has speech and text experts only; drop 'video'")
         if self.hidden_dim < 2 or self.hidden_dim % 2:
@@ -159,6 +160,15 @@ class MisterE(EmotionModel[DialogueBatch]):
     def __init__(self, config: MisterEConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__(config, input_dims, num_classes)
         hidden = config.hidden_dim
+        # speech_source="pooled": the speech expert reads the audio utterance vector (features.audio.utterance,
+        # e.g. ComParE functionals) instead of the mean of the audio frames; the data pipeline pools by this map
+        self.dialogue_pooling = {"audio": "pooled"} if config.speech_source == "pooled" else {}
+        input_dims = dict(input_dims)
+        if self.dialogue_pooling and "audio" in config.modalities:
+            if "audio_pooled" not in input_dims:
+                raise ConfigError(f"{self.name}: speech_source='pooled' needs the audio utterance vector "
+                                  "(input_dims['audio_pooled']); declare features.audio.utterance or use 'mean'")
+            input_dims["audio"] = input_dims["audio_pooled"]
         self.streams = tuple(name for name in ("speech", "text") if _MODALITY_OF[name] in config.modalities)
         self.expert_names = self.streams + (("cross",) if len(self.streams) == 2 else ())
         self.standardise: nn.ModuleDict | None = None

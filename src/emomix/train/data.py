@@ -94,7 +94,8 @@ class EmotionDataModule(L.LightningDataModule):
 
     def __init__(self, feature_set: Any, table: pd.DataFrame, classes: Sequence[str], parts: Mapping[str, Sequence[str]],
                  batch_kind: str = "utterance", batch_size: int = 16, modalities: Sequence[str] | None = None,
-                 class_balance: str = "weights", seed: int = 0, num_workers: int = 0, dialogue_pooling: str = "mean"):
+                 class_balance: str = "weights", seed: int = 0, num_workers: int = 0,
+                 dialogue_pooling: str | Mapping[str, str] = "mean"):
         super().__init__()
         self.feature_set, self.table, self.classes = feature_set, table, list(classes)
         self.parts = {k: [u for u in v if u in feature_set.features] for k, v in parts.items()}
@@ -182,6 +183,8 @@ class EmotionDataModule(L.LightningDataModule):
 
     def _dialogue_vectors(self) -> dict[str, dict[str, np.ndarray]]:
         if self._vectors is None:
-            self._vectors = {u: {m: utterance_vector(fields[m], self.dialogue_pooling, f"{u}/{m}") for m in self.modalities}
+            pooling = self.dialogue_pooling  # one pooling, or one per modality (a model's dialogue_pooling)
+            self._vectors = {u: {m: utterance_vector(fields[m], pooling if isinstance(pooling, str) else pooling.get(m, "mean"),
+                                                     f"{u}/{m}") for m in self.modalities}
                              for u, fields in self.feature_set.features.items()}
         return self._vectors

@@ -301,7 +301,8 @@ def fit_model(context: RunContext, model_name: str, parts: Mapping[str, Sequence
     model = create_model(model_name, overrides, dims, len(context.classes))
     datamodule = EmotionDataModule(feature_set, context.table, context.classes, parts, batch_kind=info.batch_kind,
                                    batch_size=training.batch_size, modalities=modalities,
-                                   class_balance=training.class_balance, seed=seed, num_workers=training.num_workers)
+                                   class_balance=training.class_balance, seed=seed, num_workers=training.num_workers,
+                                   dialogue_pooling=getattr(model, "dialogue_pooling", None) or "mean")
     if training.class_balance == "weights":
         model.set_class_weights(inverse_frequency_alpha(torch.as_tensor(datamodule.train_labels()), len(context.classes)).float())
     fine_tune = {m: (encoder, boundary, [k for k in feature_set.specs[m].layers])
