@@ -348,8 +348,12 @@ def _apply(expert: Expert | None, x: torch.Tensor | None) -> tuple[torch.Tensor,
 
 
 @register_model("dual_routing", "Dual Routing MoE: routed local/global experts per modality, bidirectional cross-attention")
-@register_model("dual_routing_local", "Dual Routing ablation: local scale only (no router, no global expert)", routing="local")
-@register_model("dual_routing_global", "Dual Routing ablation: global scale only (no router, no local expert)", routing="global")
+@register_model("dual_routing_local",
+                "Dual Routing ablation: local scale only (no router; both experts read it, same fusion)",
+                routing="local")
+@register_model("dual_routing_global",
+                "Dual Routing ablation: global scale only (no router; both experts read it, same fusion)",
+                routing="global")
 @register_model("dual_routing_concat", "Dual Routing ablation: no router, local and global experts combined by an MLP",
                 routing="concat")
 @register_model("dual_routing_audio", "Dual Routing MoE on audio only (no cross-attention)", modalities=("audio",))
