@@ -47,6 +47,8 @@ def predict(
                                             "with audio_path[,text,speaker]."),
     text: str | None = typer.Option(None, "--text", help="The transcript (a single audio file only; a manifest has a text column)."),
     speaker: str | None = typer.Option(None, "--speaker", help="The speaker id for speaker-normalised features (single file)."),
+    video: Path | None = typer.Option(None, "--video", help="The utterance's video file, for a model that reads video "
+                                                            "(single file; a manifest has a video_path column)."),
     fold: str | None = typer.Option(None, "--fold", help="Use this fold's model (default: the fold/seed with the best validation score)."),
     seed: int | None = typer.Option(None, "--seed", help="Use this seed's model."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write results to .jsonl, .csv (or .json with --timeline) "
@@ -65,7 +67,7 @@ def predict(
         raise ConfigError("--plot draws a timeline: add --timeline")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    items = collect_inputs(source, text=text, speaker=speaker)
+    items = collect_inputs(source, text=text, speaker=speaker, video=video)
     predictor = Predictor.from_run(run, fold=fold, seed=seed)
     card = predictor.info()
     typer.echo(f"model {card['name']} (fold {card['training'].get('fold')}, seed {card['training'].get('seed')}) "

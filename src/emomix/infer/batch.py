@@ -21,8 +21,12 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 MANIFEST_COLUMNS = ("audio_path", "text", "speaker")
 
 
-def collect_inputs(source: Path, text: str | None = None, speaker: str | None = None) -> list[dict[str, Any]]:
-    """Predictor items from a file, a folder (its audio files, sorted, not recursive) or a manifest CSV."""
+def collect_inputs(source: Path, text: str | None = None, speaker: str | None = None,
+                   video: Path | None = None) -> list[dict[str, Any]]:
+    """Predictor items from a file, a folder (its audio files, sorted, not recursive) or a manifest CSV;
+    ``video``: the single file's video (for models that read video)."""
+    if video is not None and (source.is_dir() or source.suffix.lower() == ".csv"):
+        raise ConfigError("--video applies to a single file; give a manifest CSV with a video_path column")
     source = Path(source)
     if not source.exists():
         raise MissingDataError(f"{source} does not exist; give an audio file, a folder of audio files or a CSV manifest")
@@ -42,12 +46,14 @@ def collect_inputs(source: Path, text: str | None = None, speaker: str | None = 
         item["text"] = text
     if speaker is not None:
         item["speaker"] = speaker
+    if video is not None:
+        item["video"] = str(video)
     return [item]
 
 
 def read_manifest(path: Path) -> list[dict[str, Any]]:
     """Rows of a CSV with ``audio_path`` (relative paths are relative to the CSV) and optional
-    ``text`` and ``speaker`` columns; an empty cell means none."""
+    ``text``, ``speaker`` and ``video_path`` columns; an empty cell means none."""
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in reader.fieldnames or []]
@@ -65,6 +71,9 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
                 item["text"] = row["text"]
             if row.get("speaker"):
                 item["speaker"] = row["speaker"]
+            if row.get("video_path"):
+                video = Path(row["video_path"]).expanduser()
+                item["video"] = str(video if video.is_absolute() else path.parent / video)
             items.append(item)
     if not items:
         raise MissingDataError(f"{path}: the manifest lists no audio file")

@@ -229,9 +229,10 @@ class Predictor:
         or the bytes of an audio file (any format :func:`emomix.audio.io.decode_audio_bytes`
         reads). ``text``: the transcript (None: see the module doc). ``speaker``: used by
         speaker-normalised features. ``video``: the utterance's video file, for models that read
-        video (face crops are made as in training; a clip without a face is a ``VideoError``). Returns ``{"label", "probabilities": {class: p}, "aux":
-        {name: float | [floats]}, "modalities", "transcript", "transcript_source" ("given",
-        "asr:<backend>" or None), "duration_s", "notes": [...]}``. User errors (a missing or
+        video (face crops are made as in training; a clip without a face is a ``VideoError``).
+        Returns ``{"label", "probabilities": {class: p}, "aux": {name: float | [floats]},
+        "modalities", "transcript", "transcript_source" ("given", "asr:<backend>" or None),
+        "duration_s", "notes": [...]}``. User errors (a missing or
         corrupt file, silent audio, empty text) raise :class:`~emomix.errors.EmomixError` types.
         """
         result = self._run([{"audio": audio, "text": text, "sample_rate": sample_rate, "speaker": speaker,
