@@ -142,29 +142,30 @@ def extract_phase(folder: Path, log: str) -> str:
 
 
 def train_phase(folder: Path, log: str) -> str:
+    """The phase of an `emomix train` attempt from its files and its own output (``log``: this
+    attempt's stdout/stderr; "features:" is printed once the corpus is read, "Epoch" by the
+    progress bar once a fit runs)."""
     run = folder / "run"
     store = store_phase(run / "features")
     if store:
         return f"features: {store}"
-    if not (run / "data.json").exists():
-        return "startup" if "features:" not in log else "features: encoding"
+    if "features:" not in log:
+        return "startup"
+    if "Epoch" not in log and "trained " not in log:
+        return "features"
     folds = sorted((run / "folds").glob("*/seed-*")) if (run / "folds").exists() else []
-    unfinished = [f for f in folds if not (f / "done.json").exists()]
-    plan = json.loads((run / "folds.json").read_text()) if (run / "folds.json").exists() else {}
-    total = len(plan.get("folds", [])) or len(folds)
-    for fold in unfinished:
-        if any(fold.glob("*.tmp")) or any(fold.glob(".*.tmp")) or any(fold.glob("*.ckpt.tmp*")):
-            names = {p.name for p in fold.iterdir()}
-            if any(n.startswith("predictions") for n in names if n.endswith(".tmp")):
-                return "predictions write"
+    for fold in (f for f in folds if not (f / "done.json").exists()):
+        temporary = [p.name for p in fold.iterdir() if p.name.endswith(".tmp")]
+        if any(name.lstrip(".").startswith("predictions") for name in temporary):
+            return "predictions write"
+        if temporary:
             return "checkpoint write"
         if (fold / "predictions.parquet").exists():
-            return "fold records (model.json, done.json)"
+            return "fold records"
         return "epoch"
-    if len(folds) < total or not folds:
+    plan = json.loads((run / "folds.json").read_text()) if (run / "folds.json").exists() else {}
+    if len(folds) < len(plan.get("folds", [])):
         return "between folds"
-    if (run / "report").exists() and any((run / "report").rglob("*")):
-        return "report"
     return "pooling / report"
 
 

@@ -19,7 +19,7 @@ KILLS = 4
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return run_fault_injection(tmp_path_factory.mktemp("faults"), kills=KILLS, seed=1, log=lambda message: None)
+    return run_fault_injection(tmp_path_factory.mktemp("faults"), kills=KILLS, seed=1, epochs=12, log=lambda message: None)
 
 
 @pytest.mark.parametrize("command", ["extract", "train"])
