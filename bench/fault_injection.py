@@ -278,6 +278,10 @@ def run_once(argv: Sequence[str], log_path: Path, delay: float | None = None,
             return process.returncode, None, time.perf_counter() - started
         except subprocess.TimeoutExpired:
             pass
+        except BaseException:  # interrupted ourselves (Ctrl-C, a test timeout): leave no process behind
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
         # Freeze the whole process group first so the files read below are exactly what the kill leaves.
         os.killpg(process.pid, signal.SIGSTOP)
         with open(log_path, "rb") as stream:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from bench.fault_injection import predictions_equal, run_fault_injection
 
-pytestmark = pytest.mark.faults
+# Two uninterrupted runs and about ten killed ones: well past the default 300 s test timeout on 2 busy cores.
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(2400)]
 
 KILLS = 4
 
