@@ -244,3 +244,18 @@ def test_extraction_drops_and_counts_a_clip_without_a_face(tmp_path):
     assert result.summaries["video"]["failed"] == 1
     assert result.features["a"]["video"]["states"].shape == (2, 32, 32)
     assert result.input_dims["video"] == 32
+
+
+def test_prediction_inputs_carry_the_video_file(tmp_path):
+    from emomix.infer.batch import collect_inputs
+
+    (tmp_path / "a.wav").write_bytes(b"")
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("audio_path,text,video_path\na.wav,hello,clips/a.mp4\nb.wav,,\n", encoding="utf-8")
+    items = collect_inputs(manifest)
+    assert items[0] == {"audio": str(tmp_path / "a.wav"), "text": "hello", "video": str(tmp_path / "clips" / "a.mp4")}
+    assert "video" not in items[1]
+    single = collect_inputs(tmp_path / "a.wav", text="hi", video=tmp_path / "a.mp4")
+    assert single == [{"audio": str(tmp_path / "a.wav"), "text": "hi", "video": str(tmp_path / "a.mp4")}]
+    with pytest.raises(ConfigError, match="--video applies to a single file"):
+        collect_inputs(manifest, video=tmp_path / "a.mp4")
