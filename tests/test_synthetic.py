@@ -19,6 +19,7 @@ from emomix.data.schema import COLUMNS
 from emomix.data.synthetic import (
     CLASS_CUES,
     FILLER_WORDS,
+    PHRASE_WORDS,
     SyntheticConfig,
     draw_faces,
     plan_corpus,
@@ -39,7 +40,7 @@ def digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "corpus"
-    write_synthetic_corpus(out, SyntheticConfig(seed=3, size=120, sessions=2))
+    write_synthetic_corpus(out, SyntheticConfig(seed=3, size=240, sessions=2))
     return out
 
 
@@ -105,7 +106,7 @@ def test_same_seed_writes_identical_bytes_and_another_seed_differs(tmp_path):
 def test_manifest_is_read_by_the_synthetic_reader(corpus_dir):
     corpus = read_corpus("synthetic", corpus_dir)
     table = corpus.table
-    assert len(table) == 120 and corpus.report.skipped == [] and corpus.report.dropped_by_label == {}
+    assert len(table) == 240 and corpus.report.skipped == [] and corpus.report.dropped_by_label == {}
     assert corpus.name == "synthetic" and corpus.default_scheme == "synthetic-4"
     assert sorted(table["label"].unique()) == ["angry", "happy", "neutral", "sad"]
     assert set(table["alignment"]) == {"synthetic"} and table["video_path"].isna().all()
@@ -131,11 +132,14 @@ def test_wavs_are_16k_mono_pcm16_with_the_planned_duration(corpus_dir):
 def test_generation_json_records_config_speakers_and_facts(corpus_dir):
     record = synthetic.load_generation(corpus_dir)
     assert record["generator"] == "emomix.data.synthetic" and record["seed"] == 3
-    assert record["config"]["size"] == 120 and record["config"]["persistence"] == 0.7
-    assert record["classes"]["angry"]["cue"] == "local" and record["classes"]["sad"]["cue"] == "global"
+    assert record["config"]["size"] == 240 and record["config"]["persistence"] == 0.7
+    assert record["version"] == synthetic.GENERATOR_VERSION == 2
+    assert record["classes"]["angry"]["cue"] == "cued" and record["classes"]["neutral"]["cue"] == "none"
+    assert record["classes"]["angry"]["arousal"] == "high" and record["classes"]["sad"]["arousal"] == "low"
     assert len(record["speakers"]) == 4 and {s["sex"] for s in record["speakers"]} == {"F", "M"}
     fact = record["utterances"][0]
-    for key in ("label", "persisted", "cue_kind", "audio_cue", "text_cue", "text_class", "disagree", "events", "duration"):
+    for key in ("label", "persisted", "cue_kind", "audio_cue", "evidence", "local_class", "global_class", "arousal",
+                "text_cue", "text_class", "text_evidence", "disagree", "events", "duration"):
         assert key in fact
 
 
@@ -178,7 +182,7 @@ def test_speakers_differ_as_much_as_the_emotion_cues(big_plan):
     male = [v.f0_base for v in voices if v.sex == "M"]
     assert min(female) > max(male)
     loudness = np.array([v.loudness_db for v in voices])
-    assert loudness.max() - loudness.min() > 3.0  # the sad cue is -5 dB at full intensity
+    assert loudness.max() - loudness.min() > 3.0  # as much as a sob (+3 dB) or more
 
 
 def test_emotion_persists_between_turns(big_plan):
@@ -206,34 +210,66 @@ def test_text_cue_and_disagreement_shares(big_plan):
     utterances = big_plan.utterances
     assert np.mean([u.text_cue for u in utterances]) == pytest.approx(0.6, abs=0.03)
     assert np.mean([u.disagree for u in utterances]) == pytest.approx(0.1, abs=0.02)
+    assert np.mean([u.text_evidence == "global" for u in utterances]) == pytest.approx(0.6 * 0.4, abs=0.03)
+    fillers = set(FILLER_WORDS) - set(PHRASE_WORDS)
     for u in utterances:
-        cue_words = [t for t in u.tokens if t not in FILLER_WORDS]
+        cue_words = [t for t in u.tokens if t not in fillers]
         if u.text_class is None:
-            assert cue_words == []
+            assert cue_words == [] and u.text_evidence == "none"
+        elif u.text_evidence == "global":
+            # the class's phrase, in its order: every phrase uses the same words
+            phrase = list(CLASS_CUES[u.text_class].phrase)
+            assert cue_words == phrase and sorted(phrase) == sorted(PHRASE_WORDS)
+            start = u.tokens.index(phrase[0])
+            assert u.tokens[start:start + len(phrase)] == phrase
         else:
             assert len(cue_words) == 1 and cue_words[0] in CLASS_CUES[u.text_class].words
+            assert u.text_evidence == ("conflict" if u.disagree else "local")
         assert u.text_cue == (u.text_class == u.label)
         if u.disagree:
             assert u.text_class != u.label
             # the label follows the audio, whose cue is then always present
             assert u.audio_cue == (u.label != "neutral")
-    non_neutral = [u for u in utterances if u.label != "neutral" and not u.disagree]
-    assert np.mean([u.audio_cue for u in non_neutral]) == pytest.approx(0.7, abs=0.03)
+    clear = [u for u in utterances if u.arousal == "high" and not u.disagree]
+    complex_ = [u for u in utterances if u.label == "sad" and not u.disagree]
+    assert np.mean([u.audio_cue for u in clear]) == pytest.approx(0.85, abs=0.03)
+    assert np.mean([u.audio_cue for u in complex_]) == pytest.approx(0.6, abs=0.05)
     assert not any(u.audio_cue for u in utterances if u.label == "neutral")
     lowered = plan_corpus(SyntheticConfig(seed=11, size=1500, text_cue_share=0.3, disagree_share=0.0)).utterances
     assert np.mean([u.text_cue for u in lowered]) == pytest.approx(0.3, abs=0.035)
     assert not any(u.disagree for u in lowered)
 
 
-def test_cue_kinds_follow_the_class_table(big_plan):
+def test_evidence_scales_follow_the_plan(big_plan):
+    cued = [u for u in big_plan.utterances if u.audio_cue]
+    shares = Counter(u.evidence for u in cued)
+    for evidence, share in (("local", 0.35), ("global", 0.35), ("conflict", 0.1), ("both", 0.2)):
+        assert shares[evidence] / len(cued) == pytest.approx(share, abs=0.03), evidence
     for u in big_plan.utterances:
-        expected = CLASS_CUES[u.label].kind if u.audio_cue else "none"
-        assert u.cue_kind == expected
+        assert u.cue_kind == u.evidence
         kinds = {e["kind"] for e in u.events}
-        if u.cue_kind == "local":
-            assert kinds == {CLASS_CUES[u.label].event} and 1 <= len(u.events) <= 2
-        else:
+        if u.local_class is None:
             assert not u.events
+        else:
+            assert kinds == {CLASS_CUES[u.local_class].event} and 1 <= len(u.events) <= 2
+        scales = {"local": u.local_class, "global": u.global_class}
+        if u.evidence == "local":
+            assert scales == {"local": u.label, "global": None}
+        elif u.evidence == "global":
+            assert scales == {"local": None, "global": u.label}
+        elif u.evidence == "both":
+            assert scales == {"local": u.label, "global": u.label}
+        elif u.evidence == "conflict":
+            # one scale carries the label, the other another class's cue
+            assert sorted([u.local_class == u.label, u.global_class == u.label]) == [False, True]
+            assert None not in scales.values()
+        else:
+            # no cue, or (a complex neutral utterance) a faint cue of another class on one scale
+            assert u.local_class is None or u.global_class is None
+            assert u.label not in scales.values()
+    mixed = [u for u in big_plan.utterances if u.label == "neutral" and (u.local_class or u.global_class)]
+    neutral = [u for u in big_plan.utterances if u.label == "neutral"]
+    assert len(mixed) / len(neutral) == pytest.approx(0.15, abs=0.03)
 
 
 def test_word_and_event_times_lie_inside_the_utterance_and_are_monotone(big_plan):
@@ -250,8 +286,8 @@ def test_word_and_event_times_lie_inside_the_utterance_and_are_monotone(big_plan
             assert 0.0 < e["start"] < e["end"] <= u.duration
             assert 0.1 <= e["end"] - e["start"] <= 0.4
             inside_word = [w for w in u.words if w["start"] - 1e-6 <= e["start"] and e["end"] <= w["end"] + 1e-6]
-            if e["kind"] == "burst":
-                assert len(inside_word) == 1  # a shouted word
+            if e["kind"] in ("burst", "sob", "whoop"):
+                assert len(inside_word) == 1  # a shouted, sobbed or whooped word
             else:
                 assert not any(w["start"] < e["end"] and e["start"] < w["end"] for w in u.words)  # a laugh between words
 
@@ -267,26 +303,35 @@ def frame_levels(path: Path) -> np.ndarray:
     return level[level > np.percentile(level, 5) + 15.0]
 
 
-def test_local_cues_raise_the_peak_but_not_the_mean_and_global_cues_shift_the_mean(corpus_dir):
+def test_local_cues_raise_the_peak_but_not_the_mean_and_global_cues_change_the_pausing(corpus_dir):
     record = synthetic.load_generation(corpus_dir)
     rows = []
     for fact in record["utterances"]:
+        audio, _rate = soundfile.read(corpus_dir / "wav" / f"{fact['utt_id']}.wav")
         level = frame_levels(corpus_dir / "wav" / f"{fact['utt_id']}.wav")
         peak = np.convolve(level, np.ones(5) / 5, mode="valid").max()  # 50 ms window
-        rows.append({"speaker": fact["speaker"], "label": fact["label"], "cue": fact["audio_cue"],
-                     "mean": level.mean(), "contrast": peak - np.median(level)})
+        frames = 1 + (len(audio) - 400) // 160
+        rows.append({"speaker": fact["speaker"], "label": fact["label"], "local": fact["local_class"],
+                     "global": fact["global_class"], "mean": level.mean(), "contrast": peak - np.median(level),
+                     "silence": 1.0 - len(level) / frames})
     table = pd.DataFrame(rows)
     # Per-speaker normalisation of the mean level, as a model would do.
     table["mean"] -= table.groupby("speaker")["mean"].transform("median")
-    neutral = table[table.label == "neutral"]
+    plain = table[table.local.isna() & table["global"].isna()]
     for label in ("angry", "happy"):
-        cued = table[(table.label == label) & table.cue]
-        assert len(cued) >= 15
-        assert cued.contrast.median() > neutral.contrast.median() + 2.0, label
-        assert abs(cued["mean"].median() - neutral["mean"].median()) < 1.5, label
-    sad = table[(table.label == "sad") & table.cue]
-    assert sad["mean"].median() < neutral["mean"].median() - 2.0
-    assert abs(sad.contrast.median() - neutral.contrast.median()) < 2.0
+        local = table[(table.local == label) & table["global"].isna()]
+        assert len(local) >= 8, label
+        assert local.contrast.median() > plain.contrast.median() + 2.0, label
+        assert abs(local["mean"].median() - plain["mean"].median()) < 1.5, label
+        assert abs(local.silence.median() - plain.silence.median()) < 0.06, label
+    # Global cues change how much of the utterance is pause, not its short-time level.
+    by_global = {label: table[(table["global"] == label) & table.local.isna()] for label in ("angry", "happy", "sad")}
+    assert by_global["angry"].silence.median() < plain.silence.median() - 0.04
+    assert by_global["happy"].silence.median() > plain.silence.median() + 0.08
+    assert by_global["sad"].silence.median() > plain.silence.median() + 0.08
+    for label, rows_ in by_global.items():
+        assert len(rows_) >= 5, label
+        assert abs(rows_.contrast.median() - plain.contrast.median()) < 2.0, label
 
 
 def frame_pitch(audio: np.ndarray, rate: int) -> np.ndarray:
@@ -298,9 +343,9 @@ def frame_pitch(audio: np.ndarray, rate: int) -> np.ndarray:
     return rate / (low + np.argmax(autocorrelation[:, low:high], axis=1))
 
 
-def test_local_events_are_higher_pitched_than_the_rest(corpus_dir):
+def test_local_events_are_pitched_away_from_the_rest(corpus_dir):
     record = synthetic.load_generation(corpus_dir)
-    shifts = {"burst": [], "laugh": []}
+    shifts = {"burst": [], "laugh": [], "sob": []}
     for fact in [f for f in record["utterances"] if f["events"]]:
         audio, rate = soundfile.read(corpus_dir / "wav" / f"{fact['utt_id']}.wav")
         f0 = frame_pitch(audio, rate)
@@ -313,9 +358,11 @@ def test_local_events_are_higher_pitched_than_the_rest(corpus_dir):
         speech = level > np.percentile(level, 5) + 15.0
         semitones = 12 * np.log2(np.median(f0[inside & speech]) / np.median(f0[~inside & speech]))
         shifts[fact["events"][0]["kind"]].append(semitones)
-    for kind, values in shifts.items():
-        assert len(values) >= 10, kind
-        assert np.median(values) > 4.0, kind  # +7 (burst) and +5..+10 (laugh) semitones at full intensity
+    for kind in ("burst", "laugh"):
+        assert len(shifts[kind]) >= 10, kind
+        assert np.median(shifts[kind]) > 4.0, kind  # +7 (burst) and +5..+10 (laugh) semitones at full intensity
+    assert len(shifts["sob"]) >= 5
+    assert np.median(shifts["sob"]) < -2.0  # -5 falling by 4 more, at the weaker (complex) intensity
 
 
 def test_audio_cue_strength_zero_removes_the_audio_cue():

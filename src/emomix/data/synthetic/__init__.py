@@ -49,6 +49,7 @@ from emomix.data.synthetic.config import (
 from emomix.data.synthetic.cues import (
     CLASS_CUES,
     FILLER_WORDS,
+    PHRASE_WORDS,
     ClassCue,
     word_syllables,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "FILLER_WORDS",
     "GENERATOR",
     "GENERATOR_VERSION",
+    "PHRASE_WORDS",
     "SAMPLE_RATE",
     "ClassCue",
     "CorpusPlan",

@@ -15,7 +15,7 @@ from emomix.errors import ConfigError
 
 GENERATOR = "emomix.data.synthetic"
 # Bump whenever the same config would render different files, so a stale folder is rewritten.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 CORPUS_NAME = "synthetic"
 
 
@@ -38,10 +38,17 @@ class SyntheticConfig:
     balance_labels: bool = True
     min_duration: float = 1.5
     max_duration: float = 4.0
-    audio_cue_share: float = 0.7
+    audio_cue_share: float = 0.85
+    complex_cue_share: float = 0.6
+    complex_cue_scale: float = 0.7
     audio_cue_strength: float = 1.0
+    local_share: float = 0.35
+    global_share: float = 0.35
+    conflict_share: float = 0.1
+    mixed_share: float = 0.15
     local_event_count: int = 2
     text_cue_share: float = 0.6
+    text_order_share: float = 0.4
     disagree_share: float = 0.1
     snr_db: float = 30.0
     speaker_spread: float = 1.0
@@ -73,10 +80,14 @@ class SyntheticConfig:
         need(len(set(self.classes)) == len(self.classes), "classes", "a class is listed twice")
         unknown = [c for c in self.classes if c not in CLASS_CUES]
         need(not unknown, "classes", f"unknown class(es) {unknown}; the generator knows {sorted(CLASS_CUES)}")
-        for name in ("persistence", "audio_cue_share", "text_cue_share", "disagree_share", "video_cue_share"):
+        for name in ("persistence", "audio_cue_share", "complex_cue_share", "complex_cue_scale", "local_share",
+                     "global_share", "conflict_share", "mixed_share", "text_cue_share", "text_order_share",
+                     "disagree_share", "video_cue_share"):
             need(0.0 <= getattr(self, name) <= 1.0, name, "expected a share between 0 and 1")
         need(self.text_cue_share + self.disagree_share <= 1.0, "disagree_share",
              f"text_cue_share + disagree_share must not exceed 1 (text_cue_share={self.text_cue_share})")
+        need(self.local_share + self.global_share + self.conflict_share <= 1.0, "conflict_share",
+             "local_share + global_share + conflict_share must not exceed 1 (the rest carries both scales)")
         need(0.0 <= self.audio_cue_strength <= 3.0, "audio_cue_strength", "expected 0 (no cue) to 3")
         need(1 <= self.local_event_count <= 4, "local_event_count", "expected 1 to 4 events")
         need(1.0 <= self.min_duration <= 30.0, "min_duration", "expected 1 to 30 seconds")

@@ -9,71 +9,101 @@ from dataclasses import dataclass
 class ClassCue:
     """How one emotion class shows in audio, video and text.
 
-    ``kind`` is ``"global"`` (the whole utterance's prosody shifts), ``"local"`` (short events in
-    an otherwise neutral utterance) or ``"none"``. Global shifts are given at full intensity and
-    scaled per utterance: ``f0_shift_st`` semitones, ``range_scale`` and ``rate_scale`` factors,
-    ``loudness_db`` and ``tension_scale`` (the glottal closing phase; below 1 is tenser and
-    brighter). ``event`` names the local event (``"burst"`` or ``"laugh"``). ``face`` gives the
-    video expression at full intensity: mouth curvature (+ smile), brow tilt (+ inner ends up),
-    eye openness change and brow raise.
+    ``kind`` is ``"cued"`` (the class has a local and a global audio signature) or ``"none"``
+    (neutral). ``arousal`` is ``"high"`` (a *clear* class: frequent, strong audio cues) or
+    ``"low"`` (a *complex* class: rarer, weaker audio cues). The **local** signature is a short
+    ``event`` (``"burst"``, ``"laugh"``, ``"sob"`` or ``"whoop"``). The **global** signature is the
+    utterance's pausing and tempo: gaps between words of ``word_gap_s`` seconds, a phrase pause of
+    ``pause_s`` after a share ``pause_share`` of the words, and a speaking-rate factor
+    ``rate_scale`` (neutral values are the baseline every utterance without a global cue gets).
+    ``face`` gives the video expression at full intensity: mouth curvature (+ smile), brow tilt
+    (+ inner ends up), eye openness change and brow raise. ``words`` are the class's keywords
+    (local text evidence); ``phrase`` is its word-order phrase (global text evidence: every class's
+    phrase uses the same words).
     """
 
     kind: str
+    arousal: str
     description: str
-    f0_shift_st: float = 0.0
-    range_scale: float = 1.0
-    rate_scale: float = 1.0
-    loudness_db: float = 0.0
-    tension_scale: float = 1.0
     event: str | None = None
+    word_gap_s: tuple[float, float] = (0.04, 0.09)
+    pause_share: float = 0.12
+    pause_s: tuple[float, float] = (0.15, 0.3)
+    rate_scale: float = 1.0
     face: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     words: tuple[str, ...] = ()
+    phrase: tuple[str, ...] = ()
 
 
 CLASS_CUES: dict[str, ClassCue] = {
     "angry": ClassCue(
-        kind="local",
-        description="1..local_event_count brief (150-300 ms) bursts on a word: +8 dB, +7 semitones, tense voice, rough",
+        kind="cued",
+        arousal="high",
+        description="local: 150-300 ms bursts on a word (+8 dB, +7 semitones held, tense, rough); "
+                    "global: clipped, rushed delivery (word gaps 0-20 ms, no phrase pauses, rate x1.15)",
         event="burst",
+        word_gap_s=(0.0, 0.02),
+        pause_share=0.0,
+        rate_scale=1.15,
         face=(-0.4, -1.0, -0.35, -0.08),
         words=("furious", "hate", "annoyed", "outrageous", "stupid", "enough"),
+        phrase=("all", "again", "over"),
     ),
     "happy": ClassCue(
-        kind="local",
-        description="1..local_event_count laugh-like events (3-4 breathy 'ha' pulses, ~0.3 s) "
-                    "rising from +5 to +10 semitones, +7 dB",
+        kind="cued",
+        arousal="high",
+        description="local: laugh-like events (3-4 breathy 'ha' pulses, ~0.3 s, +5 to +10 semitones, +7 dB); "
+                    "global: bouncy delivery with many short breaks (word gaps 120-200 ms, a 150-250 ms pause "
+                    "after half of the words)",
         event="laugh",
+        word_gap_s=(0.12, 0.2),
+        pause_share=0.5,
+        pause_s=(0.15, 0.25),
         face=(1.0, 0.0, -0.2, 0.05),
         words=("wonderful", "great", "love", "glad", "fantastic", "lovely"),
+        phrase=("all", "over", "again"),
     ),
     "neutral": ClassCue(
         kind="none",
-        description="no audio or video cue",
+        arousal="low",
+        description="no audio or video cue; ordinary pausing",
         words=("okay", "fine", "usual", "alright", "normal", "regular"),
+        phrase=("over", "all", "again"),
     ),
     "sad": ClassCue(
-        kind="global",
-        description="whole utterance: -3 semitones, F0 range x0.5, rate x0.8, -5 dB, lax (darker) voice",
-        f0_shift_st=-3.0,
-        range_scale=0.5,
-        rate_scale=0.8,
-        loudness_db=-5.0,
-        tension_scale=1.35,
+        kind="cued",
+        arousal="low",
+        description="local: 150-300 ms sob-like breaks on a word (-5 semitones falling, breathy, trembling); "
+                    "global: hesitant delivery (a 500-900 ms pause after 60 % of the words, rate x0.85)",
+        event="sob",
+        word_gap_s=(0.05, 0.1),
+        pause_share=0.6,
+        pause_s=(0.5, 0.9),
+        rate_scale=0.85,
         face=(-0.9, 0.8, -0.3, 0.0),
         words=("miss", "lonely", "sorry", "tired", "lost", "hopeless"),
+        phrase=("again", "all", "over"),
     ),
     "excited": ClassCue(
-        kind="global",
-        description="whole utterance: +3 semitones, F0 range x1.6, rate x1.2, +4 dB, tense (brighter) voice",
-        f0_shift_st=3.0,
-        range_scale=1.6,
+        kind="cued",
+        arousal="high",
+        description="local: 150-300 ms whoops on a word (+10 semitones rising, +6 dB, tense); "
+                    "global: fast delivery with brief breaks (word gaps 20-50 ms, a 100-200 ms pause after "
+                    "25 % of the words, rate x1.2)",
+        event="whoop",
+        word_gap_s=(0.02, 0.05),
+        pause_share=0.25,
+        pause_s=(0.1, 0.2),
         rate_scale=1.2,
-        loudness_db=4.0,
-        tension_scale=0.75,
         face=(0.8, 0.0, 0.4, 0.1),
         words=("amazing", "wow", "awesome", "finally", "yes", "unbelievable"),
+        phrase=("over", "again", "all"),
     ),
 }
+
+# The words of the word-order phrases: every class's phrase is an ordering of these, so no single
+# word (and no bag of words) says which class a phrase belongs to.
+PHRASE_WORDS: tuple[str, ...] = ("all", "over", "again")
 
 
 # Syllable counts of the cue words (every word is 1-3 syllables; "unbelievable" is sung as 3).
@@ -83,6 +113,7 @@ _CUE_SYLLABLES: dict[str, int] = {
     "okay": 2, "fine": 1, "usual": 3, "alright": 2, "normal": 2, "regular": 3,
     "miss": 1, "lonely": 2, "sorry": 2, "tired": 2, "lost": 1, "hopeless": 2,
     "amazing": 3, "wow": 1, "awesome": 2, "finally": 3, "yes": 1, "unbelievable": 3,
+    "all": 1, "again": 2,
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from emomix.data.synthetic.config import SyntheticConfig
-from emomix.data.synthetic.cues import CLASS_CUES, FILLER_WORDS, word_syllables
+from emomix.data.synthetic.cues import CLASS_CUES, FILLER_WORDS, PHRASE_WORDS, word_syllables
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Syllable:
     start: float
     duration: float
     vowel: str
-    kind: str = "speech"  # "speech", "burst" or "laugh"
+    kind: str = "speech"  # "speech", or an event: "burst", "sob", "whoop" or "laugh"
     word: int | None = None  # index of its word, None for a laugh pulse
     f0_start_st: float = 0.0
     f0_end_st: float = 0.0
@@ -72,8 +72,13 @@ class UtterancePlan:
     cue_kind: str
     audio_cue: bool
     cue_intensity: float
+    evidence: str
+    local_class: str | None
+    global_class: str | None
+    arousal: str
     text_cue: bool
     text_class: str | None
+    text_evidence: str
     disagree: bool
     video_cue: bool
     tokens: list[str]
@@ -102,8 +107,13 @@ class UtterancePlan:
             "cue_kind": self.cue_kind,
             "audio_cue": self.audio_cue,
             "cue_intensity": round(self.cue_intensity, 4),
+            "evidence": self.evidence,
+            "local_class": self.local_class,
+            "global_class": self.global_class,
+            "arousal": self.arousal,
             "text_cue": self.text_cue,
             "text_class": self.text_class,
+            "text_evidence": self.text_evidence,
             "disagree": self.disagree,
             "video_cue": self.video_cue,
             "events": self.events,
@@ -243,66 +253,122 @@ def _plan_utterance(
 ) -> UtterancePlan:
     cue = CLASS_CUES[label]
     classes = list(config.classes)
+    others = [c for c in classes if c != label]
+    cued_others = [c for c in others if CLASS_CUES[c].kind != "none"]
 
-    # Text and cue decisions are drawn first and always in the same order, so changing one share
-    # moves as few other facts as possible.
-    u_text = rng.random()
-    u_audio = rng.random()
-    u_video = rng.random()
+    # Every decision is drawn first and always in the same order, so changing one share moves as
+    # few other facts as possible.
+    u_text, u_audio, u_video, u_evidence, u_side, u_order = rng.random(6)
     intensity = float(config.audio_cue_strength * rng.uniform(0.6, 1.0))
+    other_pick = int(rng.integers(1 << 30))
     if u_text < config.text_cue_share:
         text_class, disagree = label, False
     elif u_text < config.text_cue_share + config.disagree_share:
-        others = [c for c in classes if c != label]
-        text_class, disagree = others[int(rng.integers(len(others)))], True
+        text_class, disagree = others[other_pick % len(others)], True
     else:
         text_class, disagree = None, False
-    audio_cue = cue.kind != "none" and (disagree or u_audio < config.audio_cue_share) and intensity > 0.0
-    video_cue = cue.kind != "none" and u_video < config.video_cue_share
-    s = intensity if audio_cue else 0.0
-    global_cue = audio_cue and cue.kind == "global"
-    local_cue = audio_cue and cue.kind == "local"
+    text_order = text_class is not None and not disagree and u_order < config.text_order_share
+    text_evidence = "none" if text_class is None else "conflict" if disagree else "global" if text_order else "local"
 
-    rate = voice.rate * math.exp(rng.normal(0.0, 0.04))
-    if global_cue:
-        rate *= cue.rate_scale ** s
+    # Audio evidence: which scale carries which class's cue.
+    local_class: str | None = None
+    global_class: str | None = None
+    local_s = global_s = 0.0
+    if cue.kind != "none":
+        share = config.audio_cue_share if cue.arousal == "high" else config.complex_cue_share
+        if cue.arousal != "high":
+            intensity *= config.complex_cue_scale
+        if (disagree or u_audio < share) and intensity > 0.0:
+            if u_evidence < config.local_share:
+                evidence = "local"
+                local_class, local_s = label, intensity
+            elif u_evidence < config.local_share + config.global_share:
+                evidence = "global"
+                global_class, global_s = label, intensity
+            elif u_evidence < config.local_share + config.global_share + config.conflict_share and cued_others:
+                # One scale carries the label's cue, the other a weaker cue of another class.
+                evidence = "conflict"
+                decoy = cued_others[other_pick % len(cued_others)]
+                if u_side < 0.5:
+                    local_class, local_s, global_class, global_s = label, intensity, decoy, 0.5 * intensity
+                else:
+                    local_class, local_s, global_class, global_s = decoy, 0.5 * intensity, label, intensity
+            else:
+                evidence = "both"
+                local_class, global_class, local_s, global_s = label, label, intensity, intensity
+        else:
+            evidence = "none"
+    else:
+        evidence = "none"
+        if cued_others and u_audio < config.mixed_share and config.audio_cue_strength > 0.0:
+            # A complex (mixed) neutral utterance: a faint cue of another class on one scale.
+            decoy = cued_others[other_pick % len(cued_others)]
+            if u_side < 0.5:
+                local_class, local_s = decoy, 0.4 * intensity
+            else:
+                global_class, global_s = decoy, 0.4 * intensity
+    audio_cue = evidence != "none"
+    video_cue = cue.kind != "none" and u_video < config.video_cue_share
+    local_cue = CLASS_CUES[local_class] if local_class else None
+    tempo = CLASS_CUES[global_class] if global_class else CLASS_CUES["neutral"]
+    baseline = CLASS_CUES["neutral"]
+
+    # The tempo moves from the neutral one towards the class's by the global cue's weight: full for
+    # a cue at 0.625 or more of full strength, partial for weaker (complex, decoy, mixed) ones.
+    weight = min(1.0, 1.6 * global_s) if global_class else 0.0
+
+    def blend(neutral: float, value: float) -> float:
+        return neutral + weight * (value - neutral)
+
+    base_rate = voice.rate * math.exp(rng.normal(0.0, 0.04))
+    rate = base_rate * tempo.rate_scale ** weight
     syllable_time = 1.0 / rate
     target = rng.uniform(config.min_duration, config.max_duration)
-    lead, trail = rng.uniform(0.12, 0.3), rng.uniform(0.15, 0.35)
+    lead, trail = rng.uniform(0.12, 0.2), rng.uniform(0.15, 0.25)
     n_events = int(rng.integers(1, config.local_event_count + 1)) if local_cue else 0
-    laugh_time = 0.37 * n_events if (local_cue and cue.event == "laugh") else 0.0
-    budget = max(target - lead - trail - laugh_time, 0.3)
+    budget = max(target - lead - trail, 0.3)
+    gap_lo = blend(baseline.word_gap_s[0], tempo.word_gap_s[0])
+    gap_hi = blend(baseline.word_gap_s[1], tempo.word_gap_s[1])
+    pause_share = blend(baseline.pause_share, tempo.pause_share)
+    pause_lo = blend(baseline.pause_s[0], tempo.pause_s[0])
+    pause_hi = blend(baseline.pause_s[1], tempo.pause_s[1])
+    # Expected time a word adds besides its syllables: the gap after it and its share of pauses.
+    per_word = (gap_lo + gap_hi) / 2 + pause_share * (pause_lo + pause_hi) / 2 + 0.015
 
     def estimate(tokens: list[str]) -> float:
-        return sum(word_syllables(t) * syllable_time + 0.065 for t in tokens)
+        return sum(word_syllables(t) * syllable_time + per_word for t in tokens)
 
-    cue_word = None
+    cue_tokens: list[str] = []
     if text_class is not None:
-        pool = CLASS_CUES[text_class].words
-        cue_word = pool[int(rng.integers(len(pool)))]
-    filler_pool = list(FILLER_WORDS)
+        if text_order:
+            cue_tokens = list(CLASS_CUES[text_class].phrase)
+        else:
+            pool = CLASS_CUES[text_class].words
+            cue_tokens = [pool[int(rng.integers(len(pool)))]]
+    filler_pool = [w for w in FILLER_WORDS if w not in PHRASE_WORDS]
     fillers: list[str] = []
-    while estimate(fillers + ([cue_word] if cue_word else [])) < budget or len(fillers) < 1:
+    while estimate(fillers + cue_tokens) < budget or len(fillers) < 1:
         fillers.append(filler_pool[int(rng.integers(len(filler_pool)))])
     if len(fillers) > 1:
-        with_last = estimate(fillers + ([cue_word] if cue_word else []))
-        without_last = with_last - (word_syllables(fillers[-1]) * syllable_time + 0.065)
+        with_last = estimate(fillers + cue_tokens)
+        without_last = with_last - (word_syllables(fillers[-1]) * syllable_time + per_word)
         if abs(without_last - budget) < abs(with_last - budget):
             fillers.pop()
     tokens = list(fillers)
-    if cue_word is not None:
-        tokens.insert(int(rng.integers(len(tokens) + 1)), cue_word)
+    at = int(rng.integers(len(tokens) + 1))
+    tokens[at:at] = cue_tokens
 
     # Lay out syllables, pauses and events on the time axis.
-    burst_words: dict[int, float] = {}
+    event_words: dict[int, float] = {}
     laugh_before: set[int] = set()
-    if local_cue and cue.event == "burst":
-        chosen = rng.choice(len(tokens), size=min(n_events, len(tokens)), replace=False)
-        burst_words = {int(w): float(rng.uniform(0.15, 0.30)) for w in chosen}
-    elif local_cue and cue.event == "laugh":
+    if local_cue is not None and local_cue.event == "laugh":
         slots = list(range(1, len(tokens))) if len(tokens) >= 2 else [len(tokens)]
         chosen = rng.choice(len(slots), size=min(n_events, len(slots)), replace=False)
         laugh_before = {slots[int(c)] for c in chosen}
+    elif local_cue is not None:
+        chosen = rng.choice(len(tokens), size=min(n_events, len(tokens)), replace=False)
+        event_words = {int(w): float(rng.uniform(0.15, 0.30)) for w in chosen}
+    event_kind = local_cue.event if local_cue is not None else None
 
     syllables: list[Syllable] = []
     events: list[dict[str, Any]] = []
@@ -313,32 +379,32 @@ def _plan_utterance(
             t = _lay_out_laugh(t, rng, syllables, events)
         n_syll = word_syllables(token)
         vowels = _word_vowels(token, n_syll)
-        n_burst = min(n_syll, int(rng.integers(1, 3))) if w in burst_words else 0
+        n_event = min(n_syll, int(rng.integers(1, 3))) if w in event_words else 0
         word_start = t
         for j in range(n_syll):
             duration = syllable_time * rng.uniform(0.75, 1.25)
             kind = "speech"
-            if j < n_burst:
-                duration = burst_words[w] / n_burst
-                kind = "burst"
+            if j < n_event:
+                duration = event_words[w] / n_event
+                kind = str(event_kind)
             syllables.append(Syllable(start=t, duration=duration, vowel=vowels[j], kind=kind, word=w,
                                       onset=bool(rng.random() < 0.5)))
             t += duration
             if j < n_syll - 1:
                 t += rng.uniform(0.005, 0.025)
-        if n_burst:
-            burst = [x for x in syllables if x.word == w and x.kind == "burst"]
-            events.append({"kind": "burst", "start": round(burst[0].start, 4), "end": round(burst[-1].end, 4)})
+        if n_event:
+            marked = [x for x in syllables if x.word == w and x.kind == event_kind]
+            events.append({"kind": event_kind, "start": round(marked[0].start, 4), "end": round(marked[-1].end, 4)})
         words.append({"token": token, "start": round(word_start, 4), "end": round(t, 4)})
-        t += rng.uniform(0.04, 0.09)
-        if w < len(tokens) - 1 and rng.random() < 0.12:
-            t += rng.uniform(0.15, 0.3)
+        t += rng.uniform(gap_lo, gap_hi)
+        if w < len(tokens) - 1 and rng.random() < pause_share:
+            t += rng.uniform(pause_lo, pause_hi)
     if len(tokens) in laugh_before:
         t = _lay_out_laugh(t, rng, syllables, events)
     speech_end = t
     duration = speech_end + trail
     if duration > config.max_duration:
-        # Compress the speech part in time; the rare overshoot is at most about one word.
+        # Compress in time (the share of silence, which the global cue sets, is kept).
         factor = (config.max_duration - lead - trail) / (speech_end - lead)
         _scale_times(syllables, words, events, lead, factor)
         duration = config.max_duration
@@ -346,20 +412,14 @@ def _plan_utterance(
 
     f0_offset = float(rng.normal(0.0, 0.6))
     level = voice.loudness_db + float(rng.normal(0.0, 1.0))
-    f0_range = voice.f0_range_st
-    tension = voice.tension
-    if global_cue:
-        f0_offset += cue.f0_shift_st * s
-        f0_range *= cue.range_scale ** s
-        level += cue.loudness_db * s
-        tension *= cue.tension_scale ** s
-    _shape_prosody(syllables, duration, f0_range, tension, voice.breath, s, rng)
+    _shape_prosody(syllables, duration, voice.f0_range_st, voice.tension, voice.breath, local_s, rng)
 
-    cue_kind = cue.kind if audio_cue else "none"
+    cue_intensity = max(local_s if local_class == label else 0.0, global_s if global_class == label else 0.0)
     return UtterancePlan(
         index=index, utt_id=utt_id, session=voice.session, speaker=voice.speaker, dialogue_id=dialogue_id,
-        turn=turn, label=label, persisted=persisted, cue_kind=cue_kind, audio_cue=bool(audio_cue),
-        cue_intensity=intensity if audio_cue else 0.0, text_cue=text_class == label, text_class=text_class,
+        turn=turn, label=label, persisted=persisted, cue_kind=evidence, audio_cue=bool(audio_cue),
+        cue_intensity=cue_intensity, evidence=evidence, local_class=local_class, global_class=global_class,
+        arousal=cue.arousal, text_cue=text_class == label, text_class=text_class, text_evidence=text_evidence,
         disagree=disagree, video_cue=bool(video_cue), tokens=tokens, words=words, events=events,
         duration=float(duration), level_db=float(level), f0_offset_st=f0_offset, rate=float(rate), syllables=syllables,
     )
@@ -421,6 +481,20 @@ def _shape_prosody(syllables: list[Syllable], duration: float, f0_range: float, 
             x.f0_end_st = x.f0_start_st  # a held, shouted pitch
             x.tension = tension * (1.0 - 0.5 * min(s, 1.0))
             x.roughness = 0.35 * min(s, 1.0)
+        elif x.kind == "sob":
+            # A low, breathy, trembling break that falls through the syllable.
+            event_f0[i] = -5.0 * s
+            event_gain[i] = 3.0 * s
+            x.f0_end_st = x.f0_start_st - 4.0 * s
+            x.breath = max(breath, 0.25 * min(s, 1.0))
+            x.tension = tension * (1.0 + 0.5 * min(s, 1.0))
+            x.roughness = 0.5 * min(s, 1.0)
+        elif x.kind == "whoop":
+            # A high, tense, rising shout.
+            event_f0[i] = 10.0 * s
+            event_gain[i] = 6.0 * s
+            x.f0_end_st = x.f0_start_st + 4.0 * s
+            x.tension = tension * (1.0 - 0.4 * min(s, 1.0))
     for k, i in enumerate(laugh_ids):
         x = syllables[i]
         # Each pulse rises, and the laugh as a whole climbs from +5 to +10 semitones.

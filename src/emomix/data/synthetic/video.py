@@ -19,7 +19,7 @@ def render_video(plan: UtterancePlan, config: SyntheticConfig) -> np.ndarray:
     intensity = np.zeros(n_frames)
     if plan.video_cue:
         strength = rng.uniform(0.6, 1.0)
-        if cue.kind == "local" and plan.events:
+        if plan.evidence == "local" and plan.events:
             centres = np.array([(e["start"] + e["end"]) / 2 for e in plan.events])
             bumps = np.exp(-((times[:, None] - centres[None, :]) ** 2) / (2 * 0.35**2)).max(axis=1)
             intensity = strength * (0.3 + 0.7 * bumps)

@@ -123,7 +123,9 @@ def _generation_record(plan: CorpusPlan) -> dict[str, Any]:
         "sample_rate": SAMPLE_RATE,
         "config": config.to_dict(),
         "classes": {
-            name: {"cue": CLASS_CUES[name].kind, "audio": CLASS_CUES[name].description, "words": list(CLASS_CUES[name].words)}
+            name: {"cue": CLASS_CUES[name].kind, "arousal": CLASS_CUES[name].arousal,
+                   "audio": CLASS_CUES[name].description, "event": CLASS_CUES[name].event,
+                   "words": list(CLASS_CUES[name].words), "phrase": list(CLASS_CUES[name].phrase)}
             for name in config.classes
         },
         "speakers": [voice.to_dict() for voice in plan.speakers.values()],
