@@ -378,7 +378,8 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
         for note in plan["notes"]:
             out.append(f"\n> note: {note}")
         if plan.get("confounding"):
-            out.append(f"\n{confounding_sentence(plan['confounding']).capitalize()}.")
+            sentence = confounding_sentence(plan["confounding"])
+            out.append(f"\n{sentence[0].upper()}{sentence[1:]}.")
         for warning in plan.get("normalisation_warnings") or []:
             out.append(f"\n> warning: {warning}")
         out.append("")
