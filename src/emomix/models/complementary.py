@@ -252,7 +252,7 @@ class _ComplementaryBase(EmotionModel[Batch]):
         ce = F.cross_entropy(output.logits, labels, weight=weight, ignore_index=IGNORE_INDEX)
         total = ce
         parts = {"ce": float(ce.detach())}
-        if "load_balance" in output.aux_losses:
+        if "load_balance" in output.aux_losses and isinstance(self.config, ComplementaryConfig):  # the MoE models
             balance = output.aux_losses["load_balance"]
             total = total + self.config.load_balance_weight * balance
             parts["load_balance"] = float(balance.detach())
