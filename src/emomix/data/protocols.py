@@ -632,7 +632,7 @@ def speaker_label_confounding(table: pd.DataFrame, min_utterances: int = CONFOUN
         nonzero = joint > 0
         mutual = float((joint[nonzero] * np.log(joint[nonzero] / (ps @ pl)[nonzero])).sum())
         entropy = float(-(pl[pl > 0] * np.log(pl[pl > 0])).sum())
-        result["nmi"] = round(mutual / entropy, 4) if entropy > 0 else 0.0
+        result["nmi"] = round(max(0.0, mutual / entropy), 4) if entropy > 0 else 0.0  # no -0.0 from rounding
     result["high"] = bool(result["cramers_v"] >= CONFOUNDING_V_THRESHOLD
                           or result["dominated_share"] >= CONFOUNDING_SHARE_THRESHOLD)
     return result
