@@ -148,6 +148,7 @@ def test_batch_carries_pooled_and_dual_routing_global_expert_reads_it(tmp_path):
     assert torch.allclose(frames_only(batch).logits, frames_only(collate(range(5))).logits)  # ignores pooled
 
 
+@pytest.mark.slow  # ~25 s on two shared cores (Lightning, report); the fast tests cover each part
 def test_run_trains_with_file_features_and_predicts(tmp_path):
     """A recipe over a manifest corpus with bring-your-own frames + vectors: one fold, two epochs,
     standardised, speaker-normalised; the run records its statistics and the predictor rebuilds both."""
