@@ -139,21 +139,6 @@ def _face_cnn(out_dim: int = 128, crop_size: int = 64, channels: tuple[int, ...]
     return FaceCropEncoder(out_dim=out_dim, crop_size=crop_size, channels=channels, frame_rate=frame_rate)
 
 
-@register_encoder("mfcc")
-def _mfcc(n_mfcc: int = 40, pad_seconds: float | None = None, n_mels: int | None = None) -> Encoder:
-    from emomix.encoders.mfcc import MFCCEncoder
-
-    return MFCCEncoder(n_mfcc=n_mfcc, pad_seconds=pad_seconds, n_mels=n_mels)
-
-
-@register_encoder("face-cnn")
-def _face_cnn(out_dim: int = 128, crop_size: int = 64, channels: tuple[int, ...] = (16, 32, 64),
-              frame_rate: float | None = None) -> Encoder:
-    from emomix.encoders.video import FaceCropEncoder
-
-    return FaceCropEncoder(out_dim=out_dim, crop_size=crop_size, channels=channels, frame_rate=frame_rate)
-
-
 @register_encoder("faces")
 def _faces(size: int = 64, num_frames: int = 150, pad: bool = False, frame_step: int = 1, detector: str = "haar",
            detection_width: int = 320, min_face_fraction: float = 0.1, detect_every: int = 1) -> Encoder:
