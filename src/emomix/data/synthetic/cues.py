@@ -13,9 +13,9 @@ class ClassCue:
     (neutral). ``arousal`` is ``"high"`` (a *clear* class: frequent, strong audio cues) or
     ``"low"`` (a *complex* class: rarer, weaker audio cues). The **local** signature is a short
     ``event`` (``"burst"``, ``"laugh"``, ``"sob"`` or ``"whoop"``). The **global** signature is the
-    utterance's pausing and tempo: gaps between words of ``word_gap_s`` seconds, a phrase pause of
-    ``pause_s`` after a share ``pause_share`` of the words, and a speaking-rate factor
-    ``rate_scale`` (neutral values are the baseline every utterance without a global cue gets).
+    utterance's pausing: a pause of ``pause_s`` seconds after a share ``pause_share`` of the
+    words (neutral's is what every utterance without a global cue gets). Only long pauses, which a
+    voice-activity detector leaves out, change: the voiced frames are those of any utterance.
     ``face`` gives the video expression at full intensity: mouth curvature (+ smile), brow tilt
     (+ inner ends up), eye openness change and brow raise. ``words`` are the class's keywords
     (local text evidence); ``phrase`` is its word-order phrase (global text evidence: every class's
@@ -26,10 +26,8 @@ class ClassCue:
     arousal: str
     description: str
     event: str | None = None
-    word_gap_s: tuple[float, float] = (0.04, 0.09)
-    pause_share: float = 0.12
-    pause_s: tuple[float, float] = (0.15, 0.3)
-    rate_scale: float = 1.0
+    pause_share: float = 0.25
+    pause_s: tuple[float, float] = (0.25, 0.4)
     face: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     words: tuple[str, ...] = ()
     phrase: tuple[str, ...] = ()
@@ -40,11 +38,9 @@ CLASS_CUES: dict[str, ClassCue] = {
         kind="cued",
         arousal="high",
         description="local: 150-300 ms bursts on a word (+8 dB, +7 semitones held, tense, rough); "
-                    "global: clipped, rushed delivery (word gaps 0-20 ms, no phrase pauses, rate x1.15)",
+                    "global: clipped delivery without a single pause",
         event="burst",
-        word_gap_s=(0.0, 0.02),
         pause_share=0.0,
-        rate_scale=1.15,
         face=(-0.4, -1.0, -0.35, -0.08),
         words=("furious", "hate", "annoyed", "outrageous", "stupid", "enough"),
         phrase=("all", "again", "over"),
@@ -53,12 +49,10 @@ CLASS_CUES: dict[str, ClassCue] = {
         kind="cued",
         arousal="high",
         description="local: laugh-like events (3-4 breathy 'ha' pulses, ~0.3 s, +5 to +10 semitones, +7 dB); "
-                    "global: bouncy delivery with many short breaks (word gaps 120-200 ms, a 150-250 ms pause "
-                    "after half of the words)",
+                    "global: bouncy delivery, a 300-450 ms pause after half of the words",
         event="laugh",
-        word_gap_s=(0.12, 0.2),
         pause_share=0.5,
-        pause_s=(0.15, 0.25),
+        pause_s=(0.3, 0.45),
         face=(1.0, 0.0, -0.2, 0.05),
         words=("wonderful", "great", "love", "glad", "fantastic", "lovely"),
         phrase=("all", "over", "again"),
@@ -66,7 +60,9 @@ CLASS_CUES: dict[str, ClassCue] = {
     "neutral": ClassCue(
         kind="none",
         arousal="low",
-        description="no audio or video cue; ordinary pausing",
+        description="no audio or video cue; a 250-400 ms pause after a quarter of the words",
+        pause_share=0.25,
+        pause_s=(0.25, 0.4),
         words=("okay", "fine", "usual", "alright", "normal", "regular"),
         phrase=("over", "all", "again"),
     ),
@@ -74,12 +70,10 @@ CLASS_CUES: dict[str, ClassCue] = {
         kind="cued",
         arousal="low",
         description="local: 150-300 ms sob-like breaks on a word (-5 semitones falling, breathy, trembling); "
-                    "global: hesitant delivery (a 500-900 ms pause after 60 % of the words, rate x0.85)",
+                    "global: hesitant delivery, a 550-900 ms pause after 65 % of the words",
         event="sob",
-        word_gap_s=(0.05, 0.1),
-        pause_share=0.6,
-        pause_s=(0.5, 0.9),
-        rate_scale=0.85,
+        pause_share=0.65,
+        pause_s=(0.55, 0.9),
         face=(-0.9, 0.8, -0.3, 0.0),
         words=("miss", "lonely", "sorry", "tired", "lost", "hopeless"),
         phrase=("again", "all", "over"),
@@ -88,13 +82,10 @@ CLASS_CUES: dict[str, ClassCue] = {
         kind="cued",
         arousal="high",
         description="local: 150-300 ms whoops on a word (+10 semitones rising, +6 dB, tense); "
-                    "global: fast delivery with brief breaks (word gaps 20-50 ms, a 100-200 ms pause after "
-                    "25 % of the words, rate x1.2)",
+                    "global: a 250-350 ms pause after 40 % of the words",
         event="whoop",
-        word_gap_s=(0.02, 0.05),
-        pause_share=0.25,
-        pause_s=(0.1, 0.2),
-        rate_scale=1.2,
+        pause_share=0.4,
+        pause_s=(0.25, 0.35),
         face=(0.8, 0.0, 0.4, 0.1),
         words=("amazing", "wow", "awesome", "finally", "yes", "unbelievable"),
         phrase=("over", "again", "all"),

@@ -313,7 +313,7 @@ def _plan_utterance(
     tempo = CLASS_CUES[global_class] if global_class else CLASS_CUES["neutral"]
     baseline = CLASS_CUES["neutral"]
 
-    # The tempo moves from the neutral one towards the class's by the global cue's weight: full for
+    # The pausing moves from the neutral one towards the class's by the global cue's weight: full for
     # a cue at 0.625 or more of full strength, partial for weaker (complex, decoy, mixed) ones.
     weight = min(1.0, 1.6 * global_s) if global_class else 0.0
 
@@ -321,14 +321,13 @@ def _plan_utterance(
         return neutral + weight * (value - neutral)
 
     base_rate = voice.rate * math.exp(rng.normal(0.0, 0.04))
-    rate = base_rate * tempo.rate_scale ** weight
+    rate = base_rate
     syllable_time = 1.0 / rate
     target = rng.uniform(config.min_duration, config.max_duration)
     lead, trail = rng.uniform(0.12, 0.2), rng.uniform(0.15, 0.25)
     n_events = int(rng.integers(1, config.local_event_count + 1)) if local_cue else 0
     budget = max(target - lead - trail, 0.3)
-    gap_lo = blend(baseline.word_gap_s[0], tempo.word_gap_s[0])
-    gap_hi = blend(baseline.word_gap_s[1], tempo.word_gap_s[1])
+    gap_lo, gap_hi = 0.04, 0.09
     pause_share = blend(baseline.pause_share, tempo.pause_share)
     pause_lo = blend(baseline.pause_s[0], tempo.pause_s[0])
     pause_hi = blend(baseline.pause_s[1], tempo.pause_s[1])
