@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from torch.utils.data import Dataset
 
 from emomix.cache.keys import (
     TEXT_NORMALISATIONS,
@@ -502,7 +503,7 @@ def _extras_flags(extras: Mapping[str, Any], count: int) -> list[list[str]]:
 # ---------------------------------------------------------------------- loading (DataLoader workers)
 
 
-class _InputDataset:
+class _InputDataset(Dataset[dict[str, Any]]):
     """Map-style dataset: position -> one prepared input, or the reason it could not be read."""
 
     def __init__(self, work: list[_WorkItem], modality: str, preprocess: PreprocessConfig,
@@ -528,6 +529,8 @@ class _InputDataset:
                 from emomix.audio.video import prepare_video
 
                 out.update(prepare_video(item.audio_path, item.start, item.end, **self.video_settings))
+            elif item.audio_path is None:
+                raise MissingDataError(f"{item.utt_id}: the table gives no audio file")
             else:
                 out.update(prepare_audio(item.audio_path, item.start, item.end, self.preprocess))
         except MissingDataError as exc:
@@ -641,7 +644,7 @@ def _length(modality: str, path: str | None, row: Mapping[str, Any]) -> float:
     start, end = _media_span(row, modality)
     if end is not None:
         return end - (start or 0.0)
-    if modality == "video":
+    if modality == "video" or path is None:
         return 0.0  # probing every video's duration would cost a decode; sizes are alike anyway
     try:
         from emomix.audio.io import audio_duration
