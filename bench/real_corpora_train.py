@@ -14,6 +14,15 @@ feature extraction and training; ``--table`` prints the Markdown table for docs/
     python -m bench.real_corpora_train --recipe configs/emodb/early_fusion_audio.yaml \
         --models speech_cnn,dual_routing_audio --seeds 3
     python -m bench.real_corpora_train --table
+
+The mixture-of-experts condition (issue 11): ``--moe`` on a ``moe_scales`` recipe trains the routed
+model, its local-only and global-only ablations (which keep the recipe's model config, e.g.
+``audio_global: pooled``) and the single-scale models on the same features — an MLP on the
+utterance vector alone (``early_fusion_audio@utterance``: the recipe's ``utterance`` encoder as
+the modality's only input) and an MLP on the mean of the frames (``early_fusion_audio``) — all
+under the recipe's own fold plan and training settings, so ``emomix compare`` pairs them over folds:
+
+    python -m bench.real_corpora_train --recipe configs/emodb/moe_scales.yaml --moe --seeds 1
 """
 
 from __future__ import annotations
@@ -27,6 +36,44 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results" / "real_corpora_train.json"
 RUNS = Path("runs/bench")
 
+#: The MoE condition per modality: the routed model first (the recipe's own), then its
+#: single-scale ablations and the single-scale baselines on the same features.
+MOE_MODELS = {
+    "audio": ("dual_routing_audio", "dual_routing_local", "dual_routing_global", "early_fusion_audio@utterance",
+              "early_fusion_audio"),
+    "text": ("dual_routing_text", "dual_routing_local", "dual_routing_global", "early_fusion_text"),
+}
+
+
+def split_variant(entry: str) -> tuple[str, str]:
+    """``"early_fusion_audio@utterance"`` → ``("early_fusion_audio", "utterance")``; no variant → ``""``."""
+    model, _, variant = entry.partition("@")
+    return model, variant
+
+
+def variant_overrides(recipe_path: Path, variant: str) -> dict[str, Any]:
+    """Recipe overrides of a model variant. ``utterance``: each modality that declares an
+    ``utterance`` encoder reads that encoder alone (no frames, no VAD mask, no stride), keeping the
+    modality's speaker normalisation — the single-scale utterance-vector model on the same store."""
+    if not variant:
+        return {}
+    if variant != "utterance":
+        from emomix.errors import ConfigError
+
+        raise ConfigError(f"unknown model variant {variant!r}; the benchmark knows '@utterance'")
+    import yaml
+
+    features = (yaml.safe_load(recipe_path.read_text()) or {}).get("features") or {}
+    overrides: dict[str, Any] = {}
+    for modality, block in features.items():
+        if not isinstance(block, dict) or not block.get("utterance"):
+            continue
+        spec = block["utterance"]
+        spec = {"name": spec} if isinstance(spec, str) else {k: v for k, v in spec.items() if k not in ("pool", "preprocess")}
+        kept = {k: v for k, v in block.items() if k in ("speaker_normalisation", "speaker_statistics")}
+        overrides[f"features.{modality}"] = {"encoder": spec, **kept}
+    return overrides
+
 
 def applicable(model: str, recipe: Any, has_dialogues: bool) -> str | None:
     """None when ``model`` can train on the recipe's inputs, else the reason it cannot."""
@@ -34,7 +81,10 @@ def applicable(model: str, recipe: Any, has_dialogues: bool) -> str | None:
 
     info = model_info(model)
     available = set(recipe.feature_specs())
-    missing = [m for m in info.modalities if m not in available]
+    wanted = info.modalities
+    if _keeps_config(model, recipe):  # the recipe's config (e.g. modalities: [audio]) decides
+        wanted = tuple((recipe.model.config or {}).get("modalities") or wanted)
+    missing = [m for m in wanted if m not in available]
     if missing:
         return f"needs {', '.join(missing)}, which the corpus recipe does not provide"
     if info.batch_kind == "dialogue" and not has_dialogues:
@@ -54,15 +104,21 @@ def run_one(recipe_path: Path, model: str, seeds: list[int], threads: int, overr
 
     torch.set_num_threads(threads)
     overrides = dict(overrides or {})
+    model, variant = split_variant(model)
+    label = f"{model}@{variant}" if variant else model
+    overrides = {**overrides, **variant_overrides(recipe_path, variant)}
     recipe = load_recipe(recipe_path, overrides)
-    if recipe.model.name != model:  # the recipe's model config belongs to its own model
-        recipe = load_recipe(recipe_path, {**overrides, "model.name": model, "model.config": {}})
-    out = RUNS / recipe.corpus.reader / (recipe_path.stem + tag) / model
+    if recipe.model.name != model:
+        # the recipe's model config is kept for a model of the same family (Dual Routing's ablations
+        # take audio_global: pooled too), else the model takes its own defaults
+        config = recipe.model.config if _keeps_config(model, recipe) else {}
+        recipe = load_recipe(recipe_path, {**overrides, "model.name": model, "model.config": config})
+    out = RUNS / recipe.corpus.reader / (recipe_path.stem + tag) / label
     started = time.perf_counter()
     result = train_recipe(recipe, out, seeds=seeds, progress=False, log=None)
     metrics = json.loads((out / "report" / "metrics.json").read_text())["metrics"]
     return {
-        "recipe": str(recipe_path) + tag, "model": model, "seeds": seeds, "run": str(out), "overrides": overrides,
+        "recipe": str(recipe_path) + tag, "model": label, "seeds": seeds, "run": str(out), "overrides": overrides,
         "across_seeds": {k: {"mean": v["mean"], "sd": v["sd"]} for k, v in metrics["across_seeds"].items()},
         "pooled": metrics.get("pooled"),
         # the run's own timing (kept from the run that trained, not from a re-read of finished folds)
@@ -70,6 +126,15 @@ def run_one(recipe_path: Path, model: str, seeds: list[int], threads: int, overr
         "seconds": {k: round(float(v), 1) for k, v in _run_seconds(out, result).items()},
         "trained": len(result.trained), "reused": len(result.skipped),
     }
+
+
+def _keeps_config(model: str, recipe: Any) -> bool:
+    """Whether ``model`` takes the recipe's model config: same config class as the recipe's model."""
+    from emomix.models import model_info
+
+    if model == recipe.model.name:
+        return True
+    return model_info(model).cls.config_class is model_info(recipe.model.name).cls.config_class
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", action="store_true", help="print the Markdown table of the saved results and exit")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override a recipe value for every run, e.g. --set training.epochs=15 (kept in the results)")
+    parser.add_argument("--moe", action="store_true",
+                        help="the MoE condition: the routed model, its ablations and the single-scale models (MOE_MODELS)")
     parser.add_argument("--only-not-applicable", action="store_true",
                         help="record which models cannot run on each recipe, train nothing")
     parser.add_argument("--not-run-reason", default="not run in this session's compute budget",
@@ -104,9 +171,12 @@ def main(argv: list[str] | None = None) -> None:
         recipe = load_recipe(recipe_path)
         corpus = read_corpus(recipe.corpus.reader, recipe.corpus.root, scheme=recipe.corpus.scheme)
         has_dialogues = "dialogue_id" in corpus.table.columns and corpus.table["dialogue_id"].notna().all()
-        for model in models:
+        recipe_models = models
+        if args.moe:
+            recipe_models = [m for modality in recipe.feature_specs() for m in MOE_MODELS.get(modality, ())]
+        for model in recipe_models:
             key = f"{recipe_path}{tag}::{model}"
-            reason = applicable(model, recipe, has_dialogues)
+            reason = applicable(split_variant(model)[0], recipe, has_dialogues)
             if reason:
                 results[key] = {"recipe": str(recipe_path) + tag, "model": model, "not_applicable": reason}
                 continue
