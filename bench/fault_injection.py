@@ -387,7 +387,9 @@ def run_fault_injection(work: Path, kills: int = 20, seed: int = 0, epochs: int 
         results[name] = {**asdict(outcome), "all_checks_held": outcome.all_checks_held}
     return {
         "benchmark": "fault_injection",
-        "command": " ".join(["python -m bench.fault_injection", "--kills", str(kills), "--seed", str(seed)]),
+        "command": " ".join(["python -m bench.fault_injection", "--kills", str(kills), "--seed", str(seed)]
+                            + (["--only", commands[0]] if len(commands) == 1 else [])
+                            + (["--epochs", str(epochs)] if epochs != 30 else [])),
         "kills_per_command": kills,
         "seed": seed,
         "corpus": SYNTH_SETTINGS,
