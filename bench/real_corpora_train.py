@@ -69,7 +69,9 @@ def variant_overrides(recipe_path: Path, variant: str) -> dict[str, Any]:
         if not isinstance(block, dict) or not block.get("utterance"):
             continue
         spec = block["utterance"]
-        spec = {"name": spec} if isinstance(spec, str) else {k: v for k, v in spec.items() if k not in ("pool", "preprocess")}
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        spec = {k: v for k, v in spec.items() if k not in ("pool", "preprocess")}
         kept = {k: v for k, v in block.items() if k in ("speaker_normalisation", "speaker_statistics")}
         overrides[f"features.{modality}"] = {"encoder": spec, **kept}
     return overrides
