@@ -43,8 +43,16 @@ BATCH_SIZE = 16
 DIALOGUES_PER_BATCH = 4
 # Small widths keep a cell to seconds on one CPU thread; a model gets each value only for the
 # config fields it has. The designs' other defaults stay as they are.
-SMALL = {"hidden_dim": 32, "model_dim": 32, "pair_dim": 32, "pair_hidden": 32, "router_hidden": 32,
-         "gate_hidden": 32, "subnet_hidden": 32, "classifier_hidden": 64}
+SMALL = {
+    "hidden_dim": 32,
+    "model_dim": 32,
+    "pair_dim": 32,
+    "pair_hidden": 32,
+    "router_hidden": 32,
+    "gate_hidden": 32,
+    "subnet_hidden": 32,
+    "classifier_hidden": 64,
+}
 ALPHA = 0.05
 ROUTING_MARGIN = 0.10  # mean p_local on local-evidence minus on global-evidence utterances
 EVIDENCE_FIELD = "evidence"  # the generator's per-utterance latent: local | global | both | conflict
@@ -54,8 +62,15 @@ BASE_RECIPE = RECIPES / "complementary.yaml"  # audio + text + token–frame edg
 VIDEO_RECIPE = RECIPES / "mpaf_net_video.yaml"  # the corpus written with face video, + the faces encoder
 # MPAF-Net's trimodal configuration, as configs/synthetic/mpaf_net_video.yaml sets it; the
 # concatenation baseline gets the same encoders.
-VIDEO_CONFIG = {"modalities": ["audio", "text", "video"], "audio_hidden": 32, "pair_dim": 32, "pair_hidden": 32,
-                "classifier_hidden": 64, "video_cnn_channels": [8, 16, 32], "video_frame_dim": 64}
+VIDEO_CONFIG = {
+    "modalities": ["audio", "text", "video"],
+    "audio_hidden": 32,
+    "pair_dim": 32,
+    "pair_hidden": 32,
+    "classifier_hidden": 64,
+    "video_cnn_channels": [8, 16, 32],
+    "video_frame_dim": 64,
+}
 
 
 @dataclass(frozen=True)
@@ -70,19 +85,30 @@ class ModelSpec:
     parts: tuple[str, str] | None = None
 
 
-MODEL_SPECS: dict[str, ModelSpec] = {spec.key: spec for spec in [
-    ModelSpec("complementary", "complementary", parts=("complementary_ca", "complementary_spl")),
-    ModelSpec("complementary_no_graph", "complementary", {"graph": "none"},
-              parts=("complementary_ca_no_graph", "complementary_spl_no_graph")),
-    ModelSpec("complementary_ca_no_graph", "complementary_ca", {"graph": "none"}),
-    ModelSpec("complementary_spl_no_graph", "complementary_spl", {"graph": "none"}),
-    ModelSpec("complementary_top1", "complementary", {"top_k": 1},
-              parts=("complementary_ca_top1", "complementary_spl_top1")),
-    ModelSpec("complementary_ca_top1", "complementary_ca", {"top_k": 1}),
-    ModelSpec("complementary_spl_top1", "complementary_spl", {"top_k": 1}),
-    ModelSpec("mpaf_net_video", "mpaf_net", VIDEO_CONFIG, data="video"),
-    ModelSpec("concat_fusion_video", "concat_fusion", VIDEO_CONFIG, data="video"),
-]}
+MODEL_SPECS: dict[str, ModelSpec] = {
+    spec.key: spec
+    for spec in [
+        ModelSpec("complementary", "complementary", parts=("complementary_ca", "complementary_spl")),
+        ModelSpec(
+            "complementary_no_graph",
+            "complementary",
+            {"graph": "none"},
+            parts=("complementary_ca_no_graph", "complementary_spl_no_graph"),
+        ),
+        ModelSpec("complementary_ca_no_graph", "complementary_ca", {"graph": "none"}),
+        ModelSpec("complementary_spl_no_graph", "complementary_spl", {"graph": "none"}),
+        ModelSpec(
+            "complementary_top1",
+            "complementary",
+            {"top_k": 1},
+            parts=("complementary_ca_top1", "complementary_spl_top1"),
+        ),
+        ModelSpec("complementary_ca_top1", "complementary_ca", {"top_k": 1}),
+        ModelSpec("complementary_spl_top1", "complementary_spl", {"top_k": 1}),
+        ModelSpec("mpaf_net_video", "mpaf_net", VIDEO_CONFIG, data="video"),
+        ModelSpec("concat_fusion_video", "concat_fusion", VIDEO_CONFIG, data="video"),
+    ]
+}
 
 
 def model_spec(key: str) -> ModelSpec:
@@ -109,38 +135,108 @@ class Claim:
 
     @property
     def test(self) -> str:
-        base = "tests/test_learning.py::test_paper_claim" if self.asserted else "tests/test_learning.py::test_reported_ablation"
+        base = (
+            "tests/test_learning.py::test_paper_claim"
+            if self.asserted
+            else "tests/test_learning.py::test_reported_ablation"
+        )
         return f"{base}[{self.name}]"
 
 
 CLAIMS: list[Claim] = [
-    Claim("dual_routing>local", "Dual Routing", "routed beats the local-only ablation", "dual_routing", "dual_routing_local"),
-    Claim("dual_routing>global", "Dual Routing", "routed beats the global-only ablation", "dual_routing",
-          "dual_routing_global"),
-    Claim("dual_routing>concat", "Dual Routing", "routed beats the concatenation ablation (no router)", "dual_routing",
-          "dual_routing_concat"),
-    Claim("dual_routing:router", "Dual Routing",
-          f"the audio router's mean p_local is ≥ {ROUTING_MARGIN:.2f} higher on local-evidence than on global-evidence "
-          "utterances", "dual_routing", kind="routing"),
-    Claim("mpaf_net>concat_fusion", "MPAF-Net", "MPAF-Net (text, audio, video) beats concatenation of the same encoders",
-          "mpaf_net_video", "concat_fusion_video"),
-    Claim("complementary>ca", "Complementary", "the per-class fusion beats its CA MoE part", "complementary",
-          "complementary_ca"),
-    Claim("complementary>spl", "Complementary", "the per-class fusion beats its SPL MoE part", "complementary",
-          "complementary_spl"),
-    Claim("complementary:graph", "Complementary", "with the time-aligned graph beats without it", "complementary",
-          "complementary_no_graph"),
-    Claim("complementary:top2", "Complementary", "top-2 routing beats top-1 (reported)", "complementary",
-          "complementary_top1", asserted=False),
-    Claim("mister_e>no_context", "MiSTER-E", "dialogue context beats per-utterance prediction", "mister_e",
-          "mister_e_no_context"),
-    Claim("mister_e>audio", "MiSTER-E", "the gated mixture beats the speech expert alone", "mister_e", "mister_e_audio"),
+    Claim(
+        "dual_routing>local",
+        "Dual Routing",
+        "routed beats the local-only ablation",
+        "dual_routing",
+        "dual_routing_local",
+    ),
+    Claim(
+        "dual_routing>global",
+        "Dual Routing",
+        "routed beats the global-only ablation",
+        "dual_routing",
+        "dual_routing_global",
+    ),
+    Claim(
+        "dual_routing>concat",
+        "Dual Routing",
+        "routed beats the concatenation ablation (no router)",
+        "dual_routing",
+        "dual_routing_concat",
+    ),
+    Claim(
+        "dual_routing:router",
+        "Dual Routing",
+        f"the audio router's mean p_local is ≥ {ROUTING_MARGIN:.2f} higher on local-evidence than on global-evidence "
+        "utterances",
+        "dual_routing",
+        kind="routing",
+    ),
+    Claim(
+        "mpaf_net>concat_fusion",
+        "MPAF-Net",
+        "MPAF-Net (text, audio, video) beats concatenation of the same encoders",
+        "mpaf_net_video",
+        "concat_fusion_video",
+    ),
+    Claim(
+        "complementary>ca",
+        "Complementary",
+        "the per-class fusion beats its CA MoE part",
+        "complementary",
+        "complementary_ca",
+    ),
+    Claim(
+        "complementary>spl",
+        "Complementary",
+        "the per-class fusion beats its SPL MoE part",
+        "complementary",
+        "complementary_spl",
+    ),
+    Claim(
+        "complementary:graph",
+        "Complementary",
+        "with the time-aligned graph beats without it",
+        "complementary",
+        "complementary_no_graph",
+    ),
+    Claim(
+        "complementary:top2",
+        "Complementary",
+        "top-2 routing beats top-1 (reported)",
+        "complementary",
+        "complementary_top1",
+        asserted=False,
+    ),
+    Claim(
+        "mister_e>no_context",
+        "MiSTER-E",
+        "dialogue context beats per-utterance prediction",
+        "mister_e",
+        "mister_e_no_context",
+    ),
+    Claim(
+        "mister_e>audio", "MiSTER-E", "the gated mixture beats the speech expert alone", "mister_e", "mister_e_audio"
+    ),
     Claim("mister_e>text", "MiSTER-E", "the gated mixture beats the text expert alone", "mister_e", "mister_e_text"),
-    Claim("mister_e>no_supcon", "MiSTER-E", "the supervised contrastive loss helps (reported)", "mister_e",
-          "mister_e_no_supcon", asserted=False),
+    Claim(
+        "mister_e>no_supcon",
+        "MiSTER-E",
+        "the supervised contrastive loss helps (reported)",
+        "mister_e",
+        "mister_e_no_supcon",
+        asserted=False,
+    ),
     Claim("mister_e>no_kl", "MiSTER-E", "the KL term helps (reported)", "mister_e", "mister_e_no_kl", asserted=False),
-    Claim("mister_e>uniform_gate", "MiSTER-E", "the learned gate beats a uniform mixture (reported)", "mister_e",
-          "mister_e_uniform_gate", asserted=False),
+    Claim(
+        "mister_e>uniform_gate",
+        "MiSTER-E",
+        "the learned gate beats a uniform mixture (reported)",
+        "mister_e",
+        "mister_e_uniform_gate",
+        asserted=False,
+    ),
 ]
 CLAIMS_BY_NAME = {claim.name: claim for claim in CLAIMS}
 
@@ -174,10 +270,16 @@ class ClaimData:
     @classmethod
     def from_synthetic_features(cls, built: Any) -> ClaimData:
         """From the tests' ``SyntheticFeatures`` (same pipeline, already extracted)."""
-        return cls(table=built.table, classes=tuple(built.classes), features=built.features,
-                   frame_rates=dict(built.frame_rates), layers={k: list(v) for k, v in built.layers.items()},
-                   input_dims=dict(built.input_dims), facts=built.facts,
-                   fingerprint=generation_fingerprint(Path(built.root)))
+        return cls(
+            table=built.table,
+            classes=tuple(built.classes),
+            features=built.features,
+            frame_rates=dict(built.frame_rates),
+            layers={k: list(v) for k, v in built.layers.items()},
+            input_dims=dict(built.input_dims),
+            facts=built.facts,
+            fingerprint=generation_fingerprint(Path(built.root)),
+        )
 
     @property
     def fold_names(self) -> list[str]:
@@ -206,8 +308,9 @@ def generation_fingerprint(corpus_dir: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.exists() else ""
 
 
-def load_recipe_data(recipe_path: Path, corpus_dir: Path, store_dir: Path, progress: bool = False,
-                     log: Callable[[str], None] = print) -> ClaimData:
+def load_recipe_data(
+    recipe_path: Path, corpus_dir: Path, store_dir: Path, progress: bool = False, log: Callable[[str], None] = print
+) -> ClaimData:
     """Write (or reuse) the recipe's synthetic corpus in ``corpus_dir`` and extract (or reuse) its
     features into ``store_dir`` with the recipe's feature settings — the path a training run takes."""
     from emomix.cache.store import FeatureStore
@@ -224,20 +327,38 @@ def load_recipe_data(recipe_path: Path, corpus_dir: Path, store_dir: Path, progr
     plan = make_fold_plan(table, recipe.protocol.name, **dict(recipe.protocol.params))
     started = time.perf_counter()
     with FeatureStore(Path(store_dir)) as store:
-        feature_set = build_features(table, recipe.feature_specs(), store, base_dir=root, edges=recipe.edges,
-                                     progress=progress, fit_ids=list(table["utt_id"]), confounding=plan.confounding)
+        feature_set = build_features(
+            table,
+            recipe.feature_specs(),
+            store,
+            base_dir=root,
+            edges=recipe.edges,
+            progress=progress,
+            fit_ids=list(table["utt_id"]),
+            confounding=plan.confounding,
+        )
     if feature_set.failures:
         from emomix.errors import MissingDataError
 
-        raise MissingDataError(f"{len(feature_set.failures)} utterances of {root} have no features (first: "
-                               f"{feature_set.failures[0]}); delete {store_dir} and run again")
+        raise MissingDataError(
+            f"{len(feature_set.failures)} utterances of {root} have no features (first: "
+            f"{feature_set.failures[0]}); delete {store_dir} and run again"
+        )
     log(f"features of {root}: {time.perf_counter() - started:.0f} s")
     generation = load_generation(root)
     classes = tuple(generation["config"]["classes"])
     facts = {fact["utt_id"]: fact for fact in generation["utterances"]}
-    return ClaimData(table=table, classes=classes, features=feature_set.features, frame_rates=dict(feature_set.frame_rates),
-                     layers={k: list(v) for k, v in feature_set.layers.items()}, input_dims=dict(feature_set.input_dims),
-                     facts=facts, fingerprint=generation_fingerprint(root), plan=plan)
+    return ClaimData(
+        table=table,
+        classes=classes,
+        features=feature_set.features,
+        frame_rates=dict(feature_set.frame_rates),
+        layers={k: list(v) for k, v in feature_set.layers.items()},
+        input_dims=dict(feature_set.input_dims),
+        facts=facts,
+        fingerprint=generation_fingerprint(root),
+        plan=plan,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +385,11 @@ class Cell:
     def summary(self, data: ClaimData) -> dict[str, Any]:
         """What the bench stores: UA, epochs, seconds, and the audio router's mean p_local per
         evidence kind when the model routes and the corpus records evidence."""
-        record: dict[str, Any] = {"ua": round(float(self.ua), 4), "epochs": self.epochs, "seconds": round(self.seconds, 1)}
+        record: dict[str, Any] = {
+            "ua": round(float(self.ua), 4),
+            "epochs": self.epochs,
+            "seconds": round(self.seconds, 1),
+        }
         routing = p_local_by_evidence(self, data)
         if routing is not None:
             record["p_local"] = routing
@@ -279,8 +404,10 @@ def p_local_by_evidence(cell: Cell, data: ClaimData) -> dict[str, dict[str, floa
     if route is None or evidence is None:
         return None
     p_local = np.asarray(route)[:, 0]
-    return {str(kind): {"mean": round(float(p_local[evidence == kind].mean()), 4), "n": int((evidence == kind).sum())}
-            for kind in sorted(set(evidence.tolist()))}
+    return {
+        str(kind): {"mean": round(float(p_local[evidence == kind].mean()), 4), "n": int((evidence == kind).sum())}
+        for kind in sorted(set(evidence.tolist()))
+    }
 
 
 class Lab:
@@ -317,11 +444,20 @@ class Lab:
             table = data.table.set_index("utt_id", drop=False).loc[ids].reset_index(drop=True)
             shuffle = part == "train"
             if batch_kind == "dialogue":
-                built = make_dialogue_batches(data.features, table, data.classes, batch_size=DIALOGUES_PER_BATCH,
-                                              seed=seed, shuffle=shuffle)
+                built = make_dialogue_batches(
+                    data.features, table, data.classes, batch_size=DIALOGUES_PER_BATCH, seed=seed, shuffle=shuffle
+                )
             else:
-                built = make_batches(data.features, table, data.classes, batch_size=BATCH_SIZE, seed=seed, shuffle=shuffle,
-                                     frame_rates=data.frame_rates, layers=data.layers)
+                built = make_batches(
+                    data.features,
+                    table,
+                    data.classes,
+                    batch_size=BATCH_SIZE,
+                    seed=seed,
+                    shuffle=shuffle,
+                    frame_rates=data.frame_rates,
+                    layers=data.layers,
+                )
             self._batches[key] = built
         return self._batches[key]
 
@@ -339,10 +475,33 @@ class Lab:
         test = self.batches(spec.data, batch_kind, fold, "test", seed)
         probs, labels, aux = predict(model, test, with_aux=True)
         ids = [u for batch in test for u in _flat(batch.utt_ids)]
-        cell = Cell(key, fold, seed, unweighted_accuracy(labels, probs.argmax(axis=1)), ids, probs, labels, aux,
-                    model if self.keep_models else None, epochs, time.perf_counter() - started)
+        cell = Cell(
+            key,
+            fold,
+            seed,
+            unweighted_accuracy(labels, probs.argmax(axis=1)),
+            ids,
+            probs,
+            labels,
+            aux,
+            model if self.keep_models else None,
+            epochs,
+            time.perf_counter() - started,
+        )
         self.cells[(key, fold, seed)] = cell
         return cell
+
+    def judge_claim(self, claim: Claim, seeds: Sequence[int], folds: Sequence[str] | None = None) -> dict[str, Any]:
+        """Train every cell ``claim`` needs (``folds`` default: all of the base corpus's) and judge it."""
+        folds = list(folds) if folds is not None else self.data("base").fold_names
+        cells: dict[str, dict[str, dict[str, Any]]] = {}
+        for seed in seeds:
+            for model in claim.models:
+                data = self.data(model_spec(model).data)
+                for fold in folds:
+                    summary = self.cell(model, fold, seed).summary(data)
+                    cells.setdefault(model, {}).setdefault(str(seed), {})[fold] = summary
+        return judge(claim, cells, seeds, folds)
 
     def _fit(self, spec: ModelSpec, batch_kind: str, fold: str, seed: int) -> tuple[torch.nn.Module, int]:
         from emomix.models import create_model, list_models
@@ -354,9 +513,15 @@ class Lab:
         overrides = {**{k: v for k, v in SMALL.items() if k in fields}, **spec.overrides}
         torch.manual_seed(seed)
         model = create_model(spec.model, overrides, data.input_dims, len(data.classes))
-        result = fit(model, self.batches(spec.data, batch_kind, fold, "train", seed),
-                     self.batches(spec.data, batch_kind, fold, "validation", seed),
-                     epochs=EPOCHS, lr=LEARNING_RATE, seed=seed, patience=PATIENCE)
+        result = fit(
+            model,
+            self.batches(spec.data, batch_kind, fold, "train", seed),
+            self.batches(spec.data, batch_kind, fold, "validation", seed),
+            epochs=EPOCHS,
+            lr=LEARNING_RATE,
+            seed=seed,
+            patience=PATIENCE,
+        )
         return model, len(result.history)
 
     def _composite(self, spec: ModelSpec, fold: str, seed: int) -> tuple[torch.nn.Module, int]:
@@ -402,53 +567,97 @@ def routing_difference(record: Mapping[str, Any]) -> float:
     return float(routing["local"]["mean"]) - float(routing["global"]["mean"])
 
 
-def judge(claim: Claim, cells: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]],
-          seeds: Sequence[int], folds: Sequence[str]) -> dict[str, Any]:
+def judge(
+    claim: Claim,
+    cells: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]],
+    seeds: Sequence[int],
+    folds: Sequence[str],
+) -> dict[str, Any]:
     """The claim's result from cell summaries ``cells[model][str(seed)][fold]`` (as
     :meth:`Cell.summary` writes them): per-seed values per fold, the paired tests over folds,
     and ``holds`` (None when a cell is missing)."""
     from emomix.evaluate.compare import paired_test
 
     seeds_s = [str(s) for s in seeds]
-    missing = [f"{m}/seed {s}/{f}" for m in claim.models for s in seeds_s for f in folds
-               if f not in cells.get(m, {}).get(s, {})]
-    result: dict[str, Any] = {"claim": claim.name, "paper": claim.paper, "statement": claim.statement,
-                              "models": claim.models, "test": claim.test, "asserted": claim.asserted,
-                              "seeds": [int(s) for s in seeds], "folds": list(folds)}
+    missing = [
+        f"{m}/seed {s}/{f}"
+        for m in claim.models
+        for s in seeds_s
+        for f in folds
+        if f not in cells.get(m, {}).get(s, {})
+    ]
+    result: dict[str, Any] = {
+        "claim": claim.name,
+        "paper": claim.paper,
+        "statement": claim.statement,
+        "models": claim.models,
+        "test": claim.test,
+        "asserted": claim.asserted,
+        "seeds": [int(s) for s in seeds],
+        "folds": list(folds),
+    }
     if missing:
         return {**result, "holds": None, "missing": missing[:5], "missing_count": len(missing)}
     if claim.kind == "routing":
         per_seed = {s: {f: routing_difference(cells[claim.model][s][f]) for f in folds} for s in seeds_s}
-        means = {s: float(np.nanmean(list(v.values()))) for s, v in per_seed.items()}
+        means = {s: _mean_or_nan(list(v.values())) for s, v in per_seed.items()}
         if any(math.isnan(v) for v in means.values()):
-            return {**result, "holds": None, "note": f"the corpus records no per-utterance {EVIDENCE_FIELD!r} "
-                                                     "(local/global) for the router criterion"}
-        return {**result, "criterion": f"mean p_local(local) − mean p_local(global) ≥ {ROUTING_MARGIN} on every seed",
-                "per_seed": {s: {"difference_per_fold": {f: round(v, 4) for f, v in per_seed[s].items()},
-                                 "difference": round(means[s], 4),
-                                 "p_local_per_fold": {f: cells[claim.model][s][f].get("p_local") for f in folds}}
-                             for s in seeds_s},
-                "difference": round(float(np.mean(list(means.values()))), 4),
-                "holds": bool(all(v >= ROUTING_MARGIN for v in means.values()))}
+            return {
+                **result,
+                "holds": None,
+                "note": f"the corpus records no per-utterance {EVIDENCE_FIELD!r} "
+                "(local/global) for the router criterion",
+            }
+        return {
+            **result,
+            "criterion": f"mean p_local(local) − mean p_local(global) ≥ {ROUTING_MARGIN} on every seed",
+            "per_seed": {
+                s: {
+                    "difference_per_fold": {f: round(v, 4) for f, v in per_seed[s].items()},
+                    "difference": round(means[s], 4),
+                    "p_local_per_fold": {f: cells[claim.model][s][f].get("p_local") for f in folds},
+                }
+                for s in seeds_s
+            },
+            "difference": round(float(np.mean(list(means.values()))), 4),
+            "holds": bool(all(v >= ROUTING_MARGIN for v in means.values())),
+        }
     assert claim.baseline is not None
     per_seed: dict[str, Any] = {}
     for s in seeds_s:
         ua = {m: pd.Series({f: float(cells[m][s][f]["ua"]) for f in folds}) for m in claim.models}
         test = paired_test(ua[claim.baseline], ua[claim.model])
-        per_seed[s] = {"ua": {m: {f: round(v, 4) for f, v in ua[m].items()} for m in claim.models},
-                       "mean_ua": {m: round(float(ua[m].mean()), 4) for m in claim.models},
-                       "delta": round(test["delta"], 4), "p_ttest": _round(test["p_ttest"]),
-                       "p_wilcoxon": _round(test["p_wilcoxon"])}
-    fold_means = {m: pd.Series({f: float(np.mean([cells[m][s][f]["ua"] for s in seeds_s])) for f in folds})
-                  for m in claim.models}
+        per_seed[s] = {
+            "ua": {m: {f: round(v, 4) for f, v in ua[m].items()} for m in claim.models},
+            "mean_ua": {m: round(float(ua[m].mean()), 4) for m in claim.models},
+            "delta": round(test["delta"], 4),
+            "p_ttest": _round(test["p_ttest"]),
+            "p_wilcoxon": _round(test["p_wilcoxon"]),
+        }
+    fold_means = {
+        m: pd.Series({f: float(np.mean([cells[m][s][f]["ua"] for s in seeds_s])) for f in folds}) for m in claim.models
+    }
     pooled = paired_test(fold_means[claim.baseline], fold_means[claim.model])
     delta = float(pooled["delta"])
     holds = delta > 0 and (len(folds) < 2 or (not math.isnan(pooled["p_ttest"]) and pooled["p_ttest"] < ALPHA))
-    return {**result, "criterion": f"mean ΔUA > 0 and paired t p < {ALPHA} over folds (UA averaged over seeds)"
-            if len(folds) > 1 else "ΔUA > 0 (one fold: no test)",
-            "per_seed": per_seed, "mean_ua": {m: round(float(fold_means[m].mean()), 4) for m in claim.models},
-            "delta": round(delta, 4), "p_ttest": _round(pooled["p_ttest"]), "p_wilcoxon": _round(pooled["p_wilcoxon"]),
-            "n_folds": len(folds), "holds": bool(holds)}
+    return {
+        **result,
+        "criterion": f"mean ΔUA > 0 and paired t p < {ALPHA} over folds (UA averaged over seeds)"
+        if len(folds) > 1
+        else "ΔUA > 0 (one fold: no test)",
+        "per_seed": per_seed,
+        "mean_ua": {m: round(float(fold_means[m].mean()), 4) for m in claim.models},
+        "delta": round(delta, 4),
+        "p_ttest": _round(pooled["p_ttest"]),
+        "p_wilcoxon": _round(pooled["p_wilcoxon"]),
+        "n_folds": len(folds),
+        "holds": bool(holds),
+    }
+
+
+def _mean_or_nan(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def _round(value: float) -> float | None:
@@ -469,5 +678,7 @@ def describe(result: Mapping[str, Any]) -> str:
     model, baseline = result["models"]
     ua = result["mean_ua"]
     p = result["p_ttest"]
-    return (f"{name}: {model} {ua[model]:.3f} vs {baseline} {ua[baseline]:.3f}, ΔUA {result['delta']:+.3f}, paired t p "
-            f"{'n/a' if p is None else f'{p:.3g}'} ({result['n_folds']} folds, seeds {seeds}) → {verdict}")
+    return (
+        f"{name}: {model} {ua[model]:.3f} vs {baseline} {ua[baseline]:.3f}, ΔUA {result['delta']:+.3f}, paired t p "
+        f"{'n/a' if p is None else f'{p:.3g}'} ({result['n_folds']} folds, seeds {seeds}) → {verdict}"
+    )

@@ -32,10 +32,17 @@ START, END = "<!-- paper-claims:start -->", "<!-- paper-claims:end -->"
 
 def settings() -> dict[str, Any]:
     """What a cell depends on besides the corpus; a stored result with other settings is not reused."""
-    return {"epochs": claims_lib.EPOCHS, "patience": claims_lib.PATIENCE, "lr": claims_lib.LEARNING_RATE,
-            "batch_size": claims_lib.BATCH_SIZE, "dialogues_per_batch": claims_lib.DIALOGUES_PER_BATCH,
-            "small": claims_lib.SMALL, "video_config": claims_lib.VIDEO_CONFIG, "alpha": claims_lib.ALPHA,
-            "routing_margin": claims_lib.ROUTING_MARGIN}
+    return {
+        "epochs": claims_lib.EPOCHS,
+        "patience": claims_lib.PATIENCE,
+        "lr": claims_lib.LEARNING_RATE,
+        "batch_size": claims_lib.BATCH_SIZE,
+        "dialogues_per_batch": claims_lib.DIALOGUES_PER_BATCH,
+        "small": claims_lib.SMALL,
+        "video_config": claims_lib.VIDEO_CONFIG,
+        "alpha": claims_lib.ALPHA,
+        "routing_margin": claims_lib.ROUTING_MARGIN,
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,8 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--folds", default="all", help="all, or comma-separated fold names (e.g. ses01)")
     parser.add_argument("--claims", default="", help="comma-separated claim names (default: every claim)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "paper_claims.json")
-    parser.add_argument("--root", type=Path, default=Path("runs/paper_claims"),
-                        help="where the synthetic corpora and their feature store are written")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path("runs/paper_claims"),
+        help="where the synthetic corpora and their feature store are written",
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="write the claims table into this Markdown file")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--judge-only", action="store_true", help="train nothing; judge and print what the JSON holds")
@@ -68,11 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [claims_lib.CLAIMS_BY_NAME[n] for n in names]
 
     stored = json.loads(args.out.read_text()) if args.out.exists() else {}
-    lab = claims_lib.Lab({
-        "base": lambda: claims_lib.load_recipe_data(claims_lib.BASE_RECIPE, args.root / "corpus", args.root / "features"),
-        "video": lambda: claims_lib.load_recipe_data(claims_lib.VIDEO_RECIPE, args.root / "corpus_video",
-                                                     args.root / "features"),
-    })
+    lab = claims_lib.Lab(
+        {
+            "base": lambda: claims_lib.load_recipe_data(
+                claims_lib.BASE_RECIPE, args.root / "corpus", args.root / "features"
+            ),
+            "video": lambda: claims_lib.load_recipe_data(
+                claims_lib.VIDEO_RECIPE, args.root / "corpus_video", args.root / "features"
+            ),
+        }
+    )
     base = lab.data("base")
     folds = base.fold_names if args.folds == "all" else [f.strip() for f in args.folds.split(",") if f.strip()]
     for fold in folds:
@@ -87,13 +103,21 @@ def main(argv: list[str] | None = None) -> int:
             cells = {m: v for m, v in cells.items() if claims_lib.model_spec(m).data != "video"}
     elif stored:
         print(f"note: {args.out} holds results of another corpus or other settings; starting afresh", file=sys.stderr)
-    payload: dict[str, Any] = {"benchmark": "paper_claims", "machine": machine_info(args.threads),
-                               "settings": settings(), "corpora": {**stored.get("corpora", {}), **corpora},
-                               "cells": cells, "claims": []}
+    payload: dict[str, Any] = {
+        "benchmark": "paper_claims",
+        "machine": machine_info(args.threads),
+        "settings": settings(),
+        "corpora": {**stored.get("corpora", {}), **corpora},
+        "cells": cells,
+        "claims": [],
+    }
 
     def save() -> None:
-        payload["claims"] = [claims_lib.judge(c, cells, seeds, folds) for c in claims_lib.CLAIMS
-                             if c in chosen or all(m in cells for m in c.models)]
+        payload["claims"] = [
+            claims_lib.judge(c, cells, seeds, folds)
+            for c in claims_lib.CLAIMS
+            if c in chosen or all(m in cells for m in c.models)
+        ]
         write_json(args.out, payload)
 
     if not args.judge_only:
@@ -110,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                         cell = lab.cell(model, fold, seed)
                         cells.setdefault(model, {}).setdefault(str(seed), {})[fold] = cell.summary(data)
                         save()
-                        print(f"seed {seed} {fold} {model}: UA {cell.ua:.3f} ({time.perf_counter() - started:.0f} s)",
-                              flush=True)
+                        print(
+                            f"seed {seed} {fold} {model}: UA {cell.ua:.3f} ({time.perf_counter() - started:.0f} s)",
+                            flush=True,
+                        )
                 print(claims_lib.describe(claims_lib.judge(claim, cells, [seed], folds)), flush=True)
     save()
     print()
@@ -128,24 +154,34 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """paper claim → test → result per seed and over seeds → holds."""
-    lines = ["| paper | claim | test | result (mean UA over folds; ΔUA, paired t p over folds) | holds |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| paper | claim | test | result (mean UA over folds; ΔUA, paired t p over folds) | holds |",
+        "|---|---|---|---|---|",
+    ]
     for r in results:
         test = f"`test_learning.py::{r['test'].split('::')[1]}`"
         if r.get("holds") is None:
             result, holds = (r.get("note") or f"{r.get('missing_count')} cells still to train"), "—"
         elif "mean_ua" in r:
             model, baseline = r["models"]
-            seeds = "; ".join(f"s{s}: {v['mean_ua'][model]:.3f} vs {v['mean_ua'][baseline]:.3f}"
-                              for s, v in r["per_seed"].items())
+            seeds = "; ".join(
+                f"s{s}: {v['mean_ua'][model]:.3f} vs {v['mean_ua'][baseline]:.3f}" for s, v in r["per_seed"].items()
+            )
             p = r["p_ttest"]
-            result = (f"`{model}` {r['mean_ua'][model]:.3f} vs `{baseline}` {r['mean_ua'][baseline]:.3f}: "
-                      f"ΔUA {r['delta']:+.3f}, p {'n/a' if p is None else f'{p:.2g}'} ({r['n_folds']} folds × "
-                      f"{len(r['seeds'])} seeds; {seeds})")
-            holds = ("yes" if r["holds"] else "**no**") if r["asserted"] else ("yes" if r["holds"] else "no") + " (reported)"
+            result = (
+                f"`{model}` {r['mean_ua'][model]:.3f} vs `{baseline}` {r['mean_ua'][baseline]:.3f}: "
+                f"ΔUA {r['delta']:+.3f}, p {'n/a' if p is None else f'{p:.2g}'} ({r['n_folds']} folds × "
+                f"{len(r['seeds'])} seeds; {seeds})"
+            )
+            holds = (
+                ("yes" if r["holds"] else "**no**")
+                if r["asserted"]
+                else ("yes" if r["holds"] else "no") + " (reported)"
+            )
         else:
             seeds = "; ".join(f"s{s}: {v['difference']:+.3f}" for s, v in r["per_seed"].items())
-            result = f"p_local(local) − p_local(global) {r['difference']:+.3f} ({seeds}; ≥ {claims_lib.ROUTING_MARGIN} needed)"
+            margin = claims_lib.ROUTING_MARGIN
+            result = f"p_local(local) − p_local(global) {r['difference']:+.3f} ({seeds}; ≥ {margin} needed)"
             holds = "yes" if r["holds"] else "**no**"
         lines.append(f"| {r['paper']} | {r['statement']} | {test} | {result} | {holds} |")
     return "\n".join(lines)
