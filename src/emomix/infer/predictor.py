@@ -214,9 +214,11 @@ class Predictor:
     def model_input(self, batch: Any) -> Any:
         """``batch`` as the model's ``forward`` receives it: with fine-tuned encoder layers
         (``trainable_top_layers``) applied to the stored boundary states; otherwise unchanged."""
-        if not self.network.boundaries or self.batch_kind == "dialogue":
+        if not self.network.boundaries:
             return batch
         with torch.no_grad():
+            if self.batch_kind == "dialogue":  # the layers run on each utterance's tokens, then pool
+                return self.network.pool_top_layers(batch.to(self.device))
             return self.network.run_top_layers(batch.to(self.device))
 
     # -- predicting ----------------------------------------------------------------------------
@@ -466,10 +468,12 @@ class Predictor:
         ids = [item.utt_id for item in items]
         if self.batch_kind == "dialogue":
             pooling = getattr(self.network.model, "dialogue_pooling", None) or {}  # as the model was trained
+            tuned = [m for m in self.modalities if m in self.network.boundaries]  # their token states travel
             vectors = {u: {m: utterance_vector(feature_set.features[u][m], pooling.get(m, "mean"), f"{u}/{m}")
-                           for m in self.modalities} for u in ids}
+                           for m in self.modalities if m not in tuned} for u in ids}
             dialogues = [ids] if as_dialogue else [[u] for u in ids]
-            batch = DialogueCollator(vectors, dialogues, {u: IGNORE_INDEX for u in ids}, self.modalities)(range(len(dialogues)))
+            batch = DialogueCollator(vectors, dialogues, {u: IGNORE_INDEX for u in ids}, self.modalities,
+                                     tokens=feature_set.features, token_modalities=tuned)(range(len(dialogues)))
         else:
             labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
             collate = UtteranceCollator(feature_set.features, ids, labels, self.modalities, feature_set.frame_rates,

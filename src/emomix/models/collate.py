@@ -20,7 +20,7 @@ import torch
 
 from emomix.constants import EDGES_KEY, IGNORE_INDEX
 from emomix.errors import LabelError, MissingDataError
-from emomix.models.inputs import Batch, DialogueBatch, modality_input, pad_sequences
+from emomix.models.inputs import Batch, DialogueBatch, ModalityInput, modality_input, pad_sequences
 
 __all__ = ["EDGE_FIELD", "POOLINGS", "DialogueCollator", "Features", "UtteranceCollator", "batch_rows", "clip_edges",
            "flat_logits", "label_indices", "utterance_vector"]
@@ -57,21 +57,36 @@ class UtteranceCollator:
 
 
 class DialogueCollator:
-    """Builds a :class:`DialogueBatch` from positions into a list of dialogues (utterance id lists)."""
+    """Builds a :class:`DialogueBatch` from positions into a list of dialogues (utterance id lists).
+
+    ``vectors``: per utterance, its pooled vector per modality. ``token_modalities``: the
+    modalities whose encoder's top layers fine-tune; their stored boundary states (``tokens``:
+    features as the store returns them, ``states`` read) travel as the batch's ``tokens``, which
+    :class:`~emomix.models.saved.TrainedModel` runs through the layers and pools, instead of vectors.
+    """
 
     def __init__(self, vectors: Mapping[str, Mapping[str, np.ndarray]], dialogues: Sequence[Sequence[str]],
-                 labels: Mapping[str, int], modalities: Sequence[str]):
-        self.vectors, self.dialogues, self.labels, self.modalities = vectors, [list(d) for d in dialogues], labels, list(modalities)
+                 labels: Mapping[str, int], modalities: Sequence[str], tokens: Features | None = None,
+                 token_modalities: Sequence[str] = ()):
+        self.vectors, self.dialogues, self.labels = vectors, [list(d) for d in dialogues], labels
+        self.token_modalities = [m for m in modalities if m in token_modalities]
+        if self.token_modalities and tokens is None:
+            raise ValueError("DialogueCollator: token_modalities need the stored features (tokens=...)")
+        self.tokens: Features = tokens or {}
+        self.modalities = [m for m in modalities if m not in self.token_modalities]
 
     def __call__(self, positions: Sequence[int]) -> DialogueBatch:
         group = [self.dialogues[p] for p in positions]
-        inputs, mask = {}, None
-        for modality in self.modalities:
-            inputs[modality], mask = pad_sequences([np.stack([self.vectors[u][modality] for u in utts]) for utts in group])
-        rows, _ = pad_sequences([np.array([self.labels[u] for u in utts]) for utts in group], dtype=torch.long)
-        assert mask is not None
+        inputs = {modality: pad_sequences([np.stack([self.vectors[u][modality] for u in utts]) for utts in group])[0]
+                  for modality in self.modalities}
+        rows, mask = pad_sequences([np.array([self.labels[u] for u in utts]) for utts in group], dtype=torch.long)
         rows[~mask] = IGNORE_INDEX
-        return DialogueBatch(inputs=inputs, mask=mask, labels=rows, utt_ids=[list(u) for u in group])
+        flat = [u for utts in group for u in utts]  # mask's True positions, row-major
+        tokens = {}
+        for modality in self.token_modalities:
+            states, token_mask = pad_sequences([self.tokens[u][modality]["states"] for u in flat])
+            tokens[modality] = ModalityInput(states=states, mask=token_mask)
+        return DialogueBatch(inputs=inputs, mask=mask, labels=rows, utt_ids=[list(u) for u in group], tokens=tokens)
 
 
 def utterance_vector(arrays: Mapping[str, np.ndarray], pooling: str = "mean", name: str = "utterance") -> np.ndarray:

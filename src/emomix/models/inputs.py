@@ -95,13 +95,18 @@ class DialogueBatch:
 
     ``inputs`` maps a modality to ``B × N × D`` utterance vectors; ``mask``: ``B × N`` bool, True
     on real utterances; ``labels``: ``B × N`` class indices (-100 where padded or unlabelled);
-    ``utt_ids``: per dialogue, the utterance ids in order.
+    ``utt_ids``: per dialogue, the utterance ids in order. ``tokens``: per modality whose encoder's
+    top layers fine-tune (``trainable_top_layers``), the stored boundary states of the batch's
+    real utterances, ``M × T × D`` with their ``M × T`` mask, in ``mask``'s row-major order
+    (``M = mask.sum()``); such a modality has no ``inputs`` entry until
+    :class:`~emomix.models.saved.TrainedModel` runs the layers and pools each utterance.
     """
 
     inputs: dict[str, torch.Tensor]
     mask: torch.Tensor
     labels: torch.Tensor | None = None
     utt_ids: list[list[str]] = field(default_factory=list)
+    tokens: dict[str, ModalityInput] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -109,7 +114,7 @@ class DialogueBatch:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return tuple(m for m in MODALITIES if m in self.inputs)
+        return tuple(m for m in MODALITIES if m in self.inputs or m in self.tokens)
 
     def to(self, device: torch.device | str) -> DialogueBatch:
         return DialogueBatch(
@@ -117,6 +122,7 @@ class DialogueBatch:
             mask=self.mask.to(device),
             labels=None if self.labels is None else self.labels.to(device),
             utt_ids=[list(ids) for ids in self.utt_ids],
+            tokens={k: v.to(device) for k, v in self.tokens.items()},
         )
 
 

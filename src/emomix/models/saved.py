@@ -14,6 +14,11 @@ On disk a checkpoint folder (``folds/<fold>/seed-<k>/`` of a run) holds
   and ``standardise.<modality>.mean`` / ``.std``;
 * ``model.json``: the card, format ``emomix.model/1``.
 
+A dialogue model with fine-tuned layers receives, per such modality, the stored boundary token
+states of each utterance (``DialogueBatch.tokens``); :meth:`TrainedModel.pool_top_layers` runs
+the layers and pools each utterance as the frozen path pools it (mean over valid tokens), so the
+model reads the same ``B × N × D`` vectors either way.
+
 This is the format every run has written since training moved to Lightning, so older run
 folders load unchanged. :func:`predict_rows` is the batched prediction over collated rows shared
 by evaluation (the run's ``predictions.parquet``) and the predictor.
@@ -63,6 +68,9 @@ class TrainedModel(nn.Module):
         self.model = model
         self.encoders = nn.ModuleDict({m: spec[0] for m, spec in (fine_tune or {}).items()})
         self.boundaries = {m: (int(spec[1]), list(spec[2])) for m, spec in (fine_tune or {}).items()}
+        #: a dialogue model's per-utterance pooling of each fine-tuned modality (as its frozen path pools)
+        self.token_pooling = ({m: dialogue_token_pooling(model, m) for m in self.boundaries}
+                              if getattr(model, "batch_kind", "utterance") == "dialogue" else {})
         self.standardise: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.metadata: dict[str, Any] = dict(metadata or {})
 
@@ -81,6 +89,8 @@ class TrainedModel(nn.Module):
     def forward(self, batch: Batch | DialogueBatch) -> ModelOutput:
         if self.boundaries and isinstance(batch, Batch):
             batch = self.run_top_layers(batch)
+        if self.boundaries and isinstance(batch, DialogueBatch):
+            batch = self.pool_top_layers(batch)
         if self.standardise and isinstance(batch, Batch):
             batch = self._standardised(batch)
         return self.model(batch)
@@ -98,6 +108,24 @@ class TrainedModel(nn.Module):
                 layer_states = torch.stack([out.hidden_states[k] for k in layers], dim=1)
             inputs[modality] = replace(given, states=out.states, layer_states=layer_states)
         return Batch(inputs=inputs, labels=batch.labels, edges=batch.edges, utt_ids=batch.utt_ids)
+
+    def pool_top_layers(self, batch: DialogueBatch) -> DialogueBatch:
+        """A dialogue batch whose fine-tuned modalities' ``tokens`` (boundary states of its real
+        utterances) went through the encoder's top layers and were pooled per utterance into the
+        ``B × N × D`` vectors the model reads; the other modalities are unchanged."""
+        inputs, tokens = dict(batch.inputs), dict(batch.tokens)
+        for modality, (boundary, _layers) in self.boundaries.items():
+            given = tokens.pop(modality, None)
+            if given is None:
+                raise MissingDataError(f"the dialogue batch carries no {modality} token states for the fine-tuned "
+                                       f"{modality} encoder layers; collate it with token_modalities=[{modality!r}]")
+            encoder: Any = self.encoders[modality]  # a layerwise encoder (text or speech SSL)
+            out = encoder.forward_from_layer(given.states, given.mask, boundary)
+            pooled = pool_tokens(out.states, given.mask, self.token_pooling.get(modality, "mean"))
+            vectors = pooled.new_zeros((*batch.mask.shape, pooled.shape[-1]))
+            vectors[batch.mask] = pooled
+            inputs[modality] = vectors
+        return DialogueBatch(inputs=inputs, mask=batch.mask, labels=batch.labels, utt_ids=batch.utt_ids, tokens=tokens)
 
     def _standardised(self, batch: Batch) -> Batch:
         inputs = dict(batch.inputs)
@@ -188,6 +216,31 @@ class TrainedModel(nn.Module):
         loaded.load_trainable_state(load_weights(weights))
         loaded.eval()
         return loaded.to(device)
+
+
+def dialogue_token_pooling(model: Any, modality: str) -> str:
+    """How a dialogue model's ``modality`` vector is pooled from token states (``mean`` or
+    ``mean_std``, its ``dialogue_pooling``); a model that reads a stored ``pooled`` vector
+    there cannot fine-tune that encoder, and saying so is a ConfigError."""
+    pooling = dict(getattr(model, "dialogue_pooling", None) or {}).get(modality, "mean")
+    if pooling not in ("mean", "mean_std"):
+        name = getattr(model, "name", type(model).__name__)
+        raise ConfigError(f"{name} reads the stored {pooling!r} {modality} utterance vector, not a pooling of the "
+                          f"encoder's states, so it cannot fine-tune the {modality} encoder's layers; set "
+                          f"features.{modality}.trainable_top_layers: 0 (or pool the states, e.g. speech_source: mean)")
+    return pooling
+
+
+def pool_tokens(states: torch.Tensor, mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """``M × T × D`` states → ``M × D`` (``mean`` over valid positions) or ``M × 2D`` (``mean_std``:
+    mean and population standard deviation), as :func:`~emomix.models.collate.utterance_vector` pools."""
+    weights = mask.to(states.dtype).unsqueeze(-1)
+    count = weights.sum(dim=1).clamp_min(1.0)
+    mean = (states * weights).sum(dim=1) / count
+    if pooling == "mean":
+        return mean
+    variance = (((states - mean.unsqueeze(1)) ** 2) * weights).sum(dim=1) / count
+    return torch.cat([mean, variance.sqrt()], dim=-1)
 
 
 def read_model_card(folder: str | Path) -> dict[str, Any]:

@@ -89,7 +89,9 @@ class EmotionDataModule(L.LightningDataModule):
 
     ``parts`` maps ``"train"``, ``"validation"``, ``"test"`` to utterance ids (validation may be
     empty). ``batch_kind``: ``"utterance"`` or ``"dialogue"`` (``batch_size`` then counts
-    dialogues). ``class_balance="sampler"`` draws training utterances class-balanced.
+    dialogues). ``class_balance="sampler"`` draws training utterances class-balanced. In dialogue
+    batches a modality with fine-tuned encoder layers (``feature_set.boundary``) travels as each
+    utterance's boundary token states (``DialogueBatch.tokens``), not as a pooled vector.
     """
 
     def __init__(self, feature_set: Any, table: pd.DataFrame, classes: Sequence[str], parts: Mapping[str, Sequence[str]],
@@ -104,6 +106,8 @@ class EmotionDataModule(L.LightningDataModule):
         self.batch_kind, self.batch_size, self.class_balance = batch_kind, int(batch_size), class_balance
         self.seed, self.num_workers, self.dialogue_pooling = int(seed), int(num_workers), dialogue_pooling
         self.modalities = list(modalities or feature_set.specs)
+        #: a dialogue batch's modalities whose encoder layers fine-tune: they travel as token states
+        self.token_modalities = [m for m in self.modalities if m in (getattr(feature_set, "boundary", None) or {})]
         labels = label_indices(table[["utt_id", "label"]], tuple(self.classes))
         self.label_of = dict(zip(table["utt_id"], labels))
         self._vectors: dict[str, dict[str, np.ndarray]] | None = None
@@ -141,7 +145,9 @@ class EmotionDataModule(L.LightningDataModule):
             generator = self._training_generator(generator)
         if self.batch_kind == "dialogue":
             dialogues = dialogues_of(self.table, ids)
-            dialogue_collate = DialogueCollator(self._dialogue_vectors(), dialogues, self.label_of, self.modalities)
+            dialogue_collate = DialogueCollator(self._dialogue_vectors(), dialogues, self.label_of, self.modalities,
+                                                tokens=self.feature_set.features,
+                                                token_modalities=self.token_modalities)
             return DataLoader(_Indices(len(dialogues)), batch_size=self.batch_size, shuffle=shuffle,
                               collate_fn=dialogue_collate,
                               generator=generator, num_workers=self.num_workers)
@@ -184,7 +190,8 @@ class EmotionDataModule(L.LightningDataModule):
     def _dialogue_vectors(self) -> dict[str, dict[str, np.ndarray]]:
         if self._vectors is None:
             pooling = self.dialogue_pooling  # one pooling, or one per modality (a model's dialogue_pooling)
+            pooled = [m for m in self.modalities if m not in self.token_modalities]  # token modalities pool later
             self._vectors = {u: {m: utterance_vector(fields[m], pooling if isinstance(pooling, str) else pooling.get(m, "mean"),
-                                                     f"{u}/{m}") for m in self.modalities}
+                                                     f"{u}/{m}") for m in pooled}
                              for u, fields in self.feature_set.features.items()}
         return self._vectors

@@ -293,9 +293,6 @@ def fit_model(context: RunContext, model_name: str, parts: Mapping[str, Sequence
         overrides = {k: v for k, v in overrides.items() if k in known}
     modalities = tuple(overrides.get("modalities") or info.modalities)
     dims = {k: v for k, v in feature_set.input_dims.items() if k.split("_")[0] in modalities}
-    if info.batch_kind == "dialogue" and any(spec.trainable_top_layers for spec in feature_set.specs.values()):
-        raise ConfigError(f"{model_name} works on pooled utterance vectors; it cannot fine-tune encoder layers "
-                          "(set trainable_top_layers: 0)")
     if info.batch_kind == "dialogue" and training.class_balance == "sampler":
         raise ConfigError(f"{model_name} trains on whole dialogues; class_balance 'sampler' does not apply — use 'weights'")
     model = create_model(model_name, overrides, dims, len(context.classes))
