@@ -23,6 +23,12 @@ the modality's only input) and an MLP on the mean of the frames (``early_fusion_
 under the recipe's own fold plan and training settings, so ``emomix compare`` pairs them over folds:
 
     python -m bench.real_corpora_train --recipe configs/emodb/moe_scales.yaml --moe --seeds 1
+    python -m bench.real_corpora_train --recipe configs/emodb/moe_scales.yaml --moe --compare
+
+``--compare`` trains nothing: it pairs the finished runs over folds against the routed model
+(``comparison.md`` beside the runs) and keeps each model's mean ± SD over folds and paired test in
+the results. Runs that share a feature store take turns writing to it: train the first model alone
+until its features are in the store, then the others may run in parallel.
 """
 
 from __future__ import annotations
@@ -148,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", action="store_true", help="print the Markdown table of the saved results and exit")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override a recipe value for every run, e.g. --set training.epochs=15 (kept in the results)")
+    parser.add_argument("--compare", action="store_true",
+                        help="with --moe: pair the finished runs of the MoE condition over folds (emomix compare), "
+                             "keep each one's per-fold summary and paired test against the routed model, train nothing")
     parser.add_argument("--moe", action="store_true",
                         help="the MoE condition: the routed model, its ablations and the single-scale models (MOE_MODELS)")
     parser.add_argument("--only-not-applicable", action="store_true",
@@ -176,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
         recipe_models = models
         if args.moe:
             recipe_models = [m for modality in recipe.feature_specs() for m in MOE_MODELS.get(modality, ())]
+            if args.compare:
+                print(compare_moe(recipe_path, tag, recipe_models))
+                continue
         for model in recipe_models:
             key = f"{recipe_path}{tag}::{model}"
             reason = applicable(split_variant(model)[0], recipe, has_dialogues)
@@ -195,6 +207,38 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {summary_line(results[key])}", flush=True)
     save_results(results)
     print(markdown_table(load_results()))
+
+
+def compare_moe(recipe_path: Path, tag: str, models: list[str]) -> str:
+    """Pair the MoE condition's finished runs over folds against the routed model (the first);
+    write ``comparison.md`` beside the runs and keep, in each result entry, the per-fold mean ± SD
+    and the paired test (``paired_vs_routed``). Returns the comparison's Markdown."""
+    from emomix.evaluate.compare import compare_runs, conclusion_lines, format_comparison
+    from emomix.evaluate.metrics import METRICS
+    from emomix.train.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    folder = RUNS / recipe.corpus.reader / (recipe_path.stem + tag)
+    done = [m for m in models if (folder / m / "report" / "metrics.json").exists()]
+    if len(done) < 2 or done[0] != models[0]:
+        return f"{recipe_path}: the routed model and at least one other must have finished (finished: {done})"
+    metric = "weighted_f1" if recipe.protocol.name == "official" else "ua"
+    table = compare_runs([folder / m for m in done], metric=metric)
+    text = format_comparison(table, metric) + "\n\n" + "\n".join(conclusion_lines(table, metric)) + "\n"
+    (folder / "comparison.md").write_text(text)
+    results = load_results()
+    for model, row in zip(done, table.to_dict("records"), strict=True):
+        key = f"{recipe_path}{tag}::{model}"
+        if key not in results:
+            continue
+        results[key]["across_folds"] = {m: {"mean": row[m], "sd": row[f"{m}_sd"]} for m in METRICS}
+        results[key]["folds"] = row["folds"]
+        if model != done[0]:
+            results[key]["paired_vs_routed"] = {
+                "metric": metric, "delta_mean_over_folds": row["delta"], "delta_pooled": row["delta_pooled"],
+                "n_pairs": int(row["n_pairs"]), "p_ttest": row["p_ttest"], "p_wilcoxon": row["p_wilcoxon"]}
+    save_results(results)
+    return text
 
 
 def _run_seconds(out: Path, result: Any) -> dict[str, float]:
