@@ -41,6 +41,7 @@ import numpy as np
 
 from emomix.cache.keys import sha256_file
 from emomix.errors import ConfigError, EmomixError, MissingDataError
+from emomix.faults import pause as fault_pause
 
 try:  # POSIX advisory locks; without them (Windows) one writer per writer id is the user's duty.
     import fcntl
@@ -342,6 +343,7 @@ class FeatureStore:
         try:
             save_file(tensors, str(temp), metadata=metadata)
             _fsync_file(temp)
+            fault_pause("store.shard_write")  # fault injection only (emomix.faults)
             os.replace(temp, final)
         except OSError:
             temp.unlink(missing_ok=True)  # e.g. a full disk: leave nothing half-written behind
@@ -363,6 +365,7 @@ class FeatureStore:
             if description is not None:
                 db.execute("INSERT OR REPLACE INTO namespaces VALUES (?, ?)",
                            (namespace, json.dumps(dict(description), sort_keys=True, default=str)))
+            fault_pause("store.index_commit")  # fault injection only (emomix.faults)
 
     def remove(self, keys: Iterable[str]) -> int:
         """Drop entries from this writer's index (their bytes stay in the shard until it has no live entry).

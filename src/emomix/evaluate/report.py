@@ -25,6 +25,7 @@ import pandas as pd
 from emomix.atomic import write_json_atomic, write_text_atomic
 from emomix.data.protocols import confounding_sentence
 from emomix.errors import ConfigError, EmomixError, MissingDataError
+from emomix.faults import pause as fault_pause
 from emomix.jsonutil import to_jsonable
 
 PREDICTIONS = "predictions.parquet"
@@ -567,6 +568,7 @@ def write_report(run_dir: str | Path) -> Path:
     relative = {name: path.relative_to(report_dir).as_posix() for name, path in figures.items()}
     payload = {"format": METRICS_FORMAT, "version": METRICS_VERSION, **results, "figures": relative}
     write_json_atomic(report_dir / "metrics.json", to_jsonable(payload))
+    fault_pause("run.report")  # fault injection only (emomix.faults)
     return write_text_atomic(report_dir / "report.md", render_markdown(results, relative))
 
 

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from emomix.faults import pause as fault_pause
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch checkpoint IO with the file written beside its target, fsync'd and renamed."""
@@ -37,6 +39,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, stream)
                 stream.flush()
                 os.fsync(stream.fileno())
+            fault_pause("train.checkpoint_write")  # fault injection only (emomix.faults)
             os.replace(temporary, path)
         except BaseException:
             temporary.unlink(missing_ok=True)

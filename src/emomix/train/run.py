@@ -131,7 +131,9 @@ def train_recipe(recipe: Recipe, out: str | Path | None = None, folds: Sequence[
         result.report = write_run_report(out)
     remove_stale_temporaries(out, skip=[Path(recipe.features.get("store") or out / "features")])  # killed writes' leftovers
     result.seconds["total"] = time.perf_counter() - started
-    if result.trained:  # a re-run that only re-reads finished folds keeps the timing of the real one
+    # a re-run that only re-reads finished folds keeps the timing of the real one, unless that one
+    # was killed before recording it (e.g. while writing its report): then this re-run completes the record
+    if result.trained or not _run_recorded_finished(out):
         _update_run_json(out, finished=_now(), seconds=result.seconds)
     return result
 
@@ -500,6 +502,12 @@ def _update_run_json(out: Path, **values: Any) -> None:
     info = json.loads(path.read_text()) if path.exists() else {}
     info.update(values)
     write_json(path, info)
+
+
+def _run_recorded_finished(out: Path) -> bool:
+    """True when ``run.json`` already has its ``finished`` time (the run completed once)."""
+    path = out / "run.json"
+    return path.exists() and "finished" in json.loads(path.read_text())
 
 
 def _choose_folds(plan: Any, names: Sequence[str] | None) -> list[Any]:
