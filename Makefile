@@ -1,6 +1,7 @@
 # The two commands of the README: `make demo` and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-learning test-e2e test-slow test-faults test-all bench clean lint format
 
@@ -11,9 +12,10 @@ setup:
 demo: setup
 	@bash scripts/demo.sh
 
-## Set up, then run the fast test suite (everything but the marked suites below; a few minutes).
+## Set up, then run the fast test suite (everything but the marked suites below; a few minutes) on
+## TEST_WORKERS pytest-xdist processes (whole files per worker; TEST_WORKERS=0 runs in this process).
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## The paper-claim learning tests: every registered model trained on the synthetic corpus
 ## (EMOMIX_LEARNING_SEED=1 or 2 for the other seeds the margins were set on).

@@ -9,34 +9,52 @@ and predict faster on one thread than on two that compete with other processes f
 Suites (markers registered in pyproject.toml): the default run leaves out ``slow`` (real corpora),
 ``learning`` (the paper-claim learning tests) and ``e2e`` (long end-to-end runs); ``make
 test-learning``, ``make test-e2e``, ``make test-slow`` and ``make test-all`` run them.
+
+``make test`` runs on two pytest-xdist workers (``-n 2 --dist loadfile``: a module's tests stay on
+one worker, so module fixtures are built once). The session fixtures are built once for all
+workers: a file lock on a folder they share; the first worker builds, the others wait and read.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
+from filelock import FileLock
+
+
+def session_dir(name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temporary folder for this test session, the same for every pytest-xdist worker (their
+    base folders are siblings under the session's)."""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def cache_dir(config: pytest.Config, name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder under the pytest cache (kept between sessions), or a session temporary folder
-    when the cache plugin is off (``-p no:cacheprovider``)."""
+    """A folder under the pytest cache (kept between sessions, shared by the workers), or a
+    session folder when the cache plugin is off (``-p no:cacheprovider``)."""
     cache = getattr(config, "cache", None)
     if cache is not None:
         return Path(cache.mkdir(name))
-    return tmp_path_factory.mktemp(name, numbered=False)
+    return session_dir(name, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def synthetic_features(request, tmp_path_factory):
     """The synthetic corpus with openSMILE + MiniLM features and alignment edges (see
-    ``tests/synthetic_features.py``), built once per session and cached under the pytest cache so
-    re-runs skip extraction."""
+    ``tests/synthetic_features.py``), built once (extracted in two processes) and cached under the
+    pytest cache so re-runs skip extraction; workers that find it being built wait and read it."""
     from synthetic_features import build_synthetic_features
 
-    return build_synthetic_features(cache_dir(request.config, "emomix-synthetic", tmp_path_factory))
+    folder = cache_dir(request.config, "emomix-synthetic", tmp_path_factory)
+    return build_synthetic_features(folder, num_shards=min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="module")
@@ -54,21 +72,27 @@ def one_thread() -> Iterator[None]:
 def trained_synthetic_run(synthetic_features, tmp_path_factory):
     """A small trained run folder (Path): Dual Routing on the synthetic corpus, fold ses01 only,
     seed 0, two epochs, features from the synthetic cache (so only the first session pays for
-    extraction). Inference, export and service tests share it."""
+    extraction). Inference, export and service tests share it (read-only); it is trained once for
+    all workers of the session."""
     import torch
 
     from emomix.train.recipe import Recipe
     from emomix.train.run import train_recipe
-
     from synthetic_features import synthetic_recipe
 
-    recipe = Recipe.from_dict(synthetic_recipe(synthetic_features, name="trained-synthetic", epochs=2))
-    out = tmp_path_factory.mktemp("trained-synthetic-run") / "dual"
-    threads = torch.get_num_threads()
-    try:
-        train_recipe(recipe, out, folds=["ses01"], progress=False, log=None)
-    finally:
-        torch.set_num_threads(threads)
+    folder = session_dir("trained-synthetic-run", tmp_path_factory)
+    out, done = folder / "dual", folder / "dual.done"
+    with FileLock(folder / "dual.lock"):
+        if done.exists():
+            return out
+        shutil.rmtree(out, ignore_errors=True)  # what a worker that failed half-way left
+        recipe = Recipe.from_dict(synthetic_recipe(synthetic_features, name="trained-synthetic", epochs=2))
+        threads = torch.get_num_threads()
+        try:
+            train_recipe(recipe, out, folds=["ses01"], progress=False, log=None)
+        finally:
+            torch.set_num_threads(threads)
+        done.touch()
     return out
 
 
