@@ -90,8 +90,7 @@ def fit(folder, crash: bool = False) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_a_fit_killed_after_an_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
-    torch.set_num_threads(1)
+def test_a_fit_killed_after_an_epoch_resumes_to_the_uninterrupted_weights(tmp_path, one_thread):
     expected = fit(tmp_path / "straight")
     with pytest.raises(RuntimeError, match="simulated kill"):
         fit(tmp_path / "killed", crash=True)
