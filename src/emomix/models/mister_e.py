@@ -42,9 +42,14 @@ config field (defaults in brackets) and is named here.
    and the recipe loader refuses per-speaker feature normalisation for it. ``input_standardise``
    [False] z-scores each input dimension with statistics of the training utterances
    (:class:`TrainingStandardiser`) for inputs that need scaling, such as openSMILE values.
-9. **Encoders are frozen.** The paper fine-tunes its encoders; here the model reads pooled utterance
-   vectors and the trainer refuses ``trainable_top_layers`` for dialogue models (the batches would
-   have to carry each utterance's token states; see docs/models.md).
+9. **Encoder fine-tuning** (the paper fine-tunes its encoders): with
+   ``features.text.trainable_top_layers = k`` the dialogue batch carries each utterance's stored
+   token states entering the encoder's top ``k`` layers (``DialogueBatch.tokens``); the trained
+   model wrapper (:class:`~emomix.models.saved.TrainedModel`) runs those layers and mean-pools each
+   utterance over its valid tokens, as the frozen path pools it, so this model reads the same
+   ``B × N × D`` vectors and ``k = 0`` is the frozen model unchanged. The layers train at
+   ``optimiser.encoder_lr`` and are saved with the weights. A modality read through a stored
+   ``pooled`` vector (``speech_source="pooled"``) cannot fine-tune its encoder (a ConfigError).
 
 ``aux``: ``gate_weights`` (``B × N × 3``, always in the order speech, text, cross, zero for an
 expert that does not exist), ``expert_logits_speech`` / ``_text`` / ``_cross`` (those that exist),
