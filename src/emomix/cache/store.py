@@ -32,10 +32,11 @@ import struct
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -173,7 +174,7 @@ class FeatureStore:
             _unlock(self._lock_fd)
             self._lock_fd = None
 
-    def __enter__(self) -> "FeatureStore":
+    def __enter__(self) -> FeatureStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -271,7 +272,8 @@ class FeatureStore:
         """Every indexed key (of one namespace when given)."""
         result: dict[str, None] = {}
         for db in self._dbs():
-            query, args = "SELECT key FROM entries", ()
+            query = "SELECT key FROM entries"
+            args: tuple[str, ...] = ()
             if namespace is not None:
                 query, args = query + " WHERE namespace = ?", (namespace,)
             result.update((row[0], None) for row in db.execute(query, args))
@@ -283,7 +285,7 @@ class FeatureStore:
     def _shard_path(self, namespace: str, shard: str) -> Path:
         return self.root / SHARDS_DIR / namespace / f"{shard}.safetensors"
 
-    def _reader(self, namespace: str, shard: str) -> "_ShardReader":
+    def _reader(self, namespace: str, shard: str) -> _ShardReader:
         reader = self._readers.get(shard)
         if reader is None:
             reader = _ShardReader(self._shard_path(namespace, shard))
@@ -403,12 +405,12 @@ class FeatureStore:
         each path that is missing or unreadable. A file rewritten with the same size within the
         same mtime tick would keep its old digest; touching it (new mtime) refreshes the cache.
         """
-        paths = list(dict.fromkeys(str(p) for p in paths))
+        unique = list(dict.fromkeys(str(p) for p in paths))
         digests: dict[str, str] = {}
         errors: dict[str, str] = {}
         to_hash: list[tuple[str, str, int, int]] = []
         stats: dict[str, tuple[str, int, int]] = {}
-        for path in paths:
+        for path in unique:
             absolute = os.path.abspath(path)
             try:
                 st = os.stat(absolute)
@@ -503,7 +505,8 @@ class FeatureStore:
         report = VerifyReport()
         bad_by_db: list[tuple[sqlite3.Connection, list[str]]] = []
         for db in self._dbs():
-            query, args = "SELECT key, namespace, shard, layout, checksum FROM entries", ()
+            query = "SELECT key, namespace, shard, layout, checksum FROM entries"
+            args: tuple[str, ...] = ()
             if namespace is not None:
                 query, args = query + " WHERE namespace = ?", (namespace,)
             by_shard: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
@@ -753,7 +756,7 @@ def _entry_checksum(arrays: Mapping[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
     for name in sorted(arrays):
         array = arrays[name]
-        digest.update(f"{name}|{array.dtype.name}|{list(array.shape)}|".encode("utf-8"))
+        digest.update(f"{name}|{array.dtype.name}|{list(array.shape)}|".encode())
         digest.update((array if array.flags.c_contiguous else array.copy(order="C")).data)
     return digest.hexdigest()
 

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import emomix
-from emomix.data.protocols import FoldPlan
 from emomix.atomic import write_text_atomic
+from emomix.data.protocols import FoldPlan
 from emomix.errors import ConfigError
 from emomix.features import FeatureSpec
 from emomix.infer.checkpoint import read_metrics, resolve_checkpoint

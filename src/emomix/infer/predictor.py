@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -58,6 +59,7 @@ from emomix.infer.describe import training_data_notes
 from emomix.models.base import model_info
 from emomix.models.collate import DialogueCollator, UtteranceCollator, utterance_vector
 from emomix.models.dual_routing import DualRoutingModel
+from emomix.models.inputs import Batch, DialogueBatch
 from emomix.models.mister_e import MisterE
 from emomix.models.saved import WEIGHTS_FILE, TrainedModel, predict_rows
 
@@ -128,7 +130,7 @@ class Predictor:
 
     @classmethod
     def from_run(cls, path: str | Path, fold: str | None = None, seed: int | None = None, device: str = "cpu",
-                 asr: Any = None) -> "Predictor":
+                 asr: Any = None) -> Predictor:
         """Load a run folder (choosing a fold/seed, see the module doc) or a checkpoint folder
         (``folds/<fold>/seed-<k>`` with ``model.json`` and ``model.safetensors``).
 
@@ -139,7 +141,7 @@ class Predictor:
         return cls._load(card, checkpoint, run_dir, device, asr)
 
     @classmethod
-    def _load(cls, card: Mapping[str, Any], checkpoint: Path, run_dir: Path | None, device: str, asr: Any) -> "Predictor":
+    def _load(cls, card: Mapping[str, Any], checkpoint: Path, run_dir: Path | None, device: str, asr: Any) -> Predictor:
         if not (checkpoint / WEIGHTS_FILE).is_file():
             raise MissingDataError(f"{checkpoint} has no {WEIGHTS_FILE}; the fold did not finish training")
         info = model_info(str(card["model"]))
@@ -270,7 +272,7 @@ class Predictor:
         for index, result in enumerate(results):
             if isinstance(result, BaseException):
                 raise type(result)(f"turn {index}: {result}") if isinstance(result, EmomixError) else result
-        return results  # type: ignore[return-value]
+        return results
 
     # -- the batch path ------------------------------------------------------------------------
 
@@ -321,7 +323,7 @@ class Predictor:
                     out[item.index] = exc
         return out
 
-    def _prepare(self, position: int, number: int, raw: Any, scratch: "_Scratch") -> _Item:
+    def _prepare(self, position: int, number: int, raw: Any, scratch: _Scratch) -> _Item:
         """Validate one input; arrays and bytes become temporary float32 WAV files."""
         if not isinstance(raw, Mapping):
             raise ConfigError(f"an item must be a dict with keys {', '.join(ITEM_KEYS)}, got {type(raw).__name__}")
@@ -361,7 +363,7 @@ class Predictor:
             item.notes.append(f"text ignored: {self.card['model']} reads audio only")
         return item
 
-    def _audio_file(self, audio: Any, rate: Any, scratch: "_Scratch", item: _Item) -> tuple[str, float]:
+    def _audio_file(self, audio: Any, rate: Any, scratch: _Scratch, item: _Item) -> tuple[str, float]:
         if isinstance(audio, (str, Path)):
             path = Path(audio).expanduser()
             if not path.exists():
@@ -428,7 +430,7 @@ class Predictor:
             self._asr_searched = True
         return self._asr or None
 
-    def _features(self, items: Sequence[_Item]) -> "_Features":
+    def _features(self, items: Sequence[_Item]) -> _Features:
         """One :func:`build_features` call for the items (one table row each)."""
         table = self._table(items)
         try:
@@ -466,6 +468,7 @@ class Predictor:
                  batches: list[Any] | None = None) -> list[dict[str, Any]]:
         """The model on the items' features, as evaluation runs it (the batch is appended to ``batches``)."""
         ids = [item.utt_id for item in items]
+        batch: Batch | DialogueBatch
         if self.batch_kind == "dialogue":
             pooling = getattr(self.network.model, "dialogue_pooling", None) or {}  # as the model was trained
             tuned = [m for m in self.modalities if m in self.network.boundaries]  # their token states travel
@@ -549,8 +552,8 @@ def load_normalisers(card: Mapping[str, Any], checkpoint: Path, run_dir: Path | 
                     break
             else:
                 raise MissingDataError(f"the model's {modality} features are speaker-normalised but "
-                                       f"normaliser-{name}.json is in none of {', '.join(str(p) for p in places)}; load the checkpoint from "
-                                       "inside its run folder or copy the file next to model.json")
+                                       f"normaliser-{name}.json is in none of {', '.join(str(p) for p in places)}; load the "
+                                       "checkpoint from inside its run folder or copy the file next to model.json")
     return normalisers
 
 
@@ -595,12 +598,15 @@ def audio_only_prediction(mode: str, aux: Mapping[str, np.ndarray], model: Any) 
         route = aux.get("route_audio")
         weights = np.asarray(route, dtype=np.float64) if route is not None else np.array([0.5, 0.5])
         return weights[0] * softmax(local) + weights[1] * softmax(global_), kept
-    return softmax(local if local is not None else global_), kept
+    expert = local if local is not None else global_
+    if expert is None:
+        raise ConfigError(f"the model's output holds no audio expert logits; audio-only prediction ({mode}) needs them")
+    return softmax(expert), kept
 
 
-def aux_values(aux: Mapping[str, np.ndarray]) -> dict[str, float | list[float]]:
-    """Per-row aux arrays as JSON numbers: a scalar → float, a vector → list of floats."""
-    out: dict[str, float | list[float]] = {}
+def aux_values(aux: Mapping[str, np.ndarray]) -> dict[str, float | list[float | None] | None]:
+    """Per-row aux arrays as JSON numbers: a scalar → float, a vector → list of floats (NaN → None)."""
+    out: dict[str, float | list[float | None] | None] = {}
     for name in sorted(aux):
         if any(part in name for part in _AUX_SKIP) or name.startswith(_AUX_SKIP_PREFIX):
             continue
@@ -670,7 +676,7 @@ def _name(item: _Item) -> str:
     return str(audio) if audio is not None else f"input {item.index}"
 
 
-def _clean_float(value: float) -> float | None:  # type: ignore[return-value]
+def _clean_float(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 

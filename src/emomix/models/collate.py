@@ -145,3 +145,12 @@ def flat_logits(logits: torch.Tensor, batch: Batch | DialogueBatch) -> tuple[tor
     if isinstance(batch, DialogueBatch):
         return logits[batch.mask], labels[batch.mask]
     return logits, labels
+
+
+def flat_rows(value: torch.Tensor, batch: Batch | DialogueBatch) -> torch.Tensor | None:
+    """A per-row tensor (first dimension B, or B × N for dialogues) over the batch's real
+    utterances, like :func:`flat_logits`; None when ``value`` is not per row (e.g. a scalar)."""
+    if isinstance(batch, DialogueBatch):
+        mask = batch.mask
+        return value[mask] if value.dim() >= 2 and tuple(value.shape[:2]) == tuple(mask.shape) else None
+    return value if value.dim() >= 1 and value.shape[0] == batch.batch_size else None

@@ -10,7 +10,7 @@ Utterance-level models take a :class:`Batch`; conversation models (MiSTER-E) tak
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -171,7 +171,7 @@ def pad_sequences(arrays: Sequence[np.ndarray | torch.Tensor], max_length: int |
     return out, mask
 
 
-def modality_input(arrays: Sequence[dict[str, np.ndarray]], frame_rate: float | None = None,
+def modality_input(arrays: Sequence[Mapping[str, np.ndarray]], frame_rate: float | None = None,
                    max_length: int | None = None, layers: Sequence[int] | None = None) -> ModalityInput:
     """Build a :class:`ModalityInput` from per-utterance field dicts (``states``, optional
     ``speech_mask``, ``special_tokens``, ``layer_<k>``, ``pooled``), as the feature store saves them.

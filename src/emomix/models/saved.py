@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -38,10 +39,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from emomix.atomic import write_json_atomic
+from emomix.encoders.base import EncoderOutput
 from emomix.encoders.registry import create_encoder
 from emomix.errors import ConfigError, MissingDataError
-from emomix.models.base import create_model, model_info
-from emomix.models.collate import flat_logits
+from emomix.models.base import EmotionModel, create_model, model_info
+from emomix.models.collate import flat_logits, flat_rows
 from emomix.models.inputs import Batch, DialogueBatch, ModelOutput
 
 __all__ = ["CARD_FILE", "MODEL_FORMAT", "WEIGHTS_FILE", "TrainedModel", "load_weights", "predict_rows",
@@ -55,6 +57,13 @@ CARD_FILE = "model.json"
 FineTune = Mapping[str, tuple[Any, int, list[int]]]
 
 
+class LayerwiseEncoder(Protocol):
+    """An encoder that runs its layers above a stored boundary state (speech SSL, text)."""
+
+    def forward_from_layer(self, hidden: torch.Tensor, mask: torch.Tensor, start_layer: int,
+                           output_hidden_states: bool = False) -> EncoderOutput: ...
+
+
 class TrainedModel(nn.Module):
     """A registered model plus its input standardisation, fine-tuned encoder layers and card.
 
@@ -63,7 +72,8 @@ class TrainedModel(nn.Module):
     layers to stack as ``layer_states``. ``metadata``: the model card (``model.json``).
     """
 
-    def __init__(self, model: nn.Module, fine_tune: FineTune | None = None, metadata: Mapping[str, Any] | None = None):
+    def __init__(self, model: EmotionModel[Any], fine_tune: FineTune | None = None,
+                 metadata: Mapping[str, Any] | None = None):
         super().__init__()
         self.model = model
         self.encoders = nn.ModuleDict({m: spec[0] for m, spec in (fine_tune or {}).items()})
@@ -79,7 +89,8 @@ class TrainedModel(nn.Module):
         """Class names in logit order (from the card)."""
         return [str(c) for c in self.metadata.get("classes") or []]
 
-    def set_standardisation(self, modality: str, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def set_standardisation(self, modality: str, mean: torch.Tensor | np.ndarray, std: torch.Tensor | np.ndarray
+                            ) -> None:
         """Z-score ``modality``'s input states with statistics of the fold's training part; saved
         with the weights, so inference applies the same."""
         self.standardise[modality] = (torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32))
@@ -101,10 +112,11 @@ class TrainedModel(nn.Module):
         inputs = dict(batch.inputs)
         for modality, (boundary, layers) in self.boundaries.items():
             given = inputs[modality]
-            out = self.encoders[modality].forward_from_layer(given.states, given.mask, boundary,
-                                                             output_hidden_states=bool(layers))
+            encoder = cast(LayerwiseEncoder, self.encoders[modality])
+            out = encoder.forward_from_layer(given.states, given.mask, boundary, output_hidden_states=bool(layers))
             layer_states = None
             if layers:
+                assert out.hidden_states is not None  # asked for with output_hidden_states
                 layer_states = torch.stack([out.hidden_states[k] for k in layers], dim=1)
             inputs[modality] = replace(given, states=out.states, layer_states=layer_states)
         return Batch(inputs=inputs, labels=batch.labels, edges=batch.edges, utt_ids=batch.utt_ids)
@@ -185,7 +197,7 @@ class TrainedModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, encoders: Mapping[str, Any] | None = None,
-                        device: str | torch.device = "cpu") -> "TrainedModel":
+                        device: str | torch.device = "cpu") -> TrainedModel:
         """Load a checkpoint folder (``model.json`` + ``model.safetensors``), in eval mode on ``device``.
 
         ``encoders``: per modality, the encoder object to fine-tune-load into (the predictor
@@ -299,18 +311,14 @@ def predict_rows(module: nn.Module, batches: Iterable[Batch | DialogueBatch]
                 batch = batch.to(device)
                 output = module(batch)
                 if isinstance(batch, DialogueBatch):
-                    mask = batch.mask
                     ids.extend(u for dialogue in batch.utt_ids for u in dialogue)
-                    select = lambda t: t[mask] if t.dim() >= 2 and tuple(t.shape[:2]) == tuple(mask.shape) else None  # noqa: E731
                 else:
-                    rows = batch.batch_size
                     ids.extend(batch.utt_ids)
-                    select = lambda t: t if t.dim() >= 1 and t.shape[0] == rows else None  # noqa: E731
                 logits, truth = flat_logits(output.logits.float(), batch)
                 probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
                 labels.append(truth.cpu().numpy().astype(np.int64))
                 for name, value in output.aux.items():
-                    if isinstance(value, torch.Tensor) and (picked := select(value)) is not None:
+                    if isinstance(value, torch.Tensor) and (picked := flat_rows(value, batch)) is not None:
                         aux.setdefault(name, []).append(picked.detach().float().cpu().numpy())
     finally:
         if was_training:
@@ -328,6 +336,6 @@ def _device_of(module: nn.Module) -> torch.device:
         return device
     for tensor in module.parameters():
         return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
+    for buffer in module.buffers():
+        return buffer.device
     return torch.device("cpu")

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -43,6 +43,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
 from emomix.audio.io import TARGET_RATE, decode_audio_bytes
@@ -68,7 +69,8 @@ class ServiceLimits:
     """What the service accepts; every field is a command-line option of ``emomix serve``."""
 
     max_upload_bytes: int = 20 * 1024 * 1024
-    """Largest audio file (per file); a larger one, or a request body larger than the files allowed plus form overhead, gets 413."""
+    """Largest audio file (per file); a larger one, or a request body larger than the files allowed plus form
+    overhead, gets 413."""
     max_duration_s: float = 60.0
     """Longest decoded audio in seconds (422)."""
     max_batch_items: int = 16
@@ -223,12 +225,12 @@ class BodyLimitMiddleware:
     the request is answered with 413 as soon as it passes the limit.
     """
 
-    def __init__(self, app: Any, limits: dict[str, int], default: int):
+    def __init__(self, app: ASGIApp, limits: dict[str, int], default: int):
         self.app = app
         self.limits = limits
         self.default = default
 
-    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
@@ -240,7 +242,7 @@ class BodyLimitMiddleware:
         received = 0
         started = False
 
-        async def counting_receive() -> dict:
+        async def counting_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
@@ -249,7 +251,7 @@ class BodyLimitMiddleware:
                     raise _BodyTooLarge(limit)
             return message
 
-        async def tracking_send(message: dict) -> None:
+        async def tracking_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -262,7 +264,7 @@ class BodyLimitMiddleware:
                 await self._refuse(send, limit)
 
     @staticmethod
-    async def _refuse(send: Callable[[dict], Awaitable[None]], limit: int) -> None:
+    async def _refuse(send: Send, limit: int) -> None:
         response = JSONResponse(error_body("payload_too_large", _too_large_message(limit)), status_code=413)
         await response({"type": "http"}, _no_receive, send)
 
@@ -271,7 +273,7 @@ def _too_large_message(limit: int) -> str:
     return f"the request body is larger than {_megabytes(limit)}; send a shorter or more compressed recording"
 
 
-async def _no_receive() -> dict:
+async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
@@ -303,7 +305,8 @@ class PredictionService:
     # -- validation in the event loop (cheap: no decoding)
 
     def check_upload(self, data: bytes, filename: str | None, content_type: str | None) -> str:
-        """Raise :class:`ServiceError` for a wrong content type, an empty or an oversize upload; return its display name."""
+        """Raise :class:`ServiceError` for a wrong content type, an empty or an oversize upload; return its
+        display name."""
         name = _display_name(filename)
         if not self.limits.accepts(content_type):
             raise ServiceError(415, "unsupported_media_type",
@@ -321,7 +324,8 @@ class PredictionService:
         if value is None or not value.strip():
             return None
         if len(value) > self.limits.max_text_chars:
-            raise ServiceError(422, "text_too_long", f"{field_name} has {len(value)} characters; the limit is {self.limits.max_text_chars}")
+            raise ServiceError(422, "text_too_long",
+                               f"{field_name} has {len(value)} characters; the limit is {self.limits.max_text_chars}")
         return value.strip()
 
     # -- work in the pool

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -34,10 +35,19 @@ import torch
 from emomix.constants import EDGES_KEY, IGNORE_INDEX, MODALITIES
 from emomix.errors import ConfigError, MissingDataError
 from emomix.metrics_core import unweighted_accuracy
-from emomix.models.collate import EDGE_FIELD, POOLINGS, Features, clip_edges, label_indices, utterance_vector
+from emomix.models.base import EmotionModel
+from emomix.models.collate import (
+    EDGE_FIELD,
+    POOLINGS,
+    Features,
+    clip_edges,
+    flat_logits,
+    flat_rows,
+    label_indices,
+    utterance_vector,
+)
 from emomix.models.inputs import Batch, DialogueBatch, modality_input, pad_sequences
 from emomix.models.losses import inverse_frequency_alpha
-
 
 # --------------------------------------------------------------------------------------------
 # Batch builders
@@ -157,7 +167,7 @@ class FitResult:
     class_weights: list[float] | None = None
 
 
-def fit(model: torch.nn.Module, train_batches: Sequence[Batch | DialogueBatch],
+def fit(model: EmotionModel[Any], train_batches: Sequence[Batch | DialogueBatch],
         val_batches: Sequence[Batch | DialogueBatch] | None = None, epochs: int = 20, lr: float = 1e-3,
         weight_decay: float = 0.01, seed: int = 0, class_weights: str | torch.Tensor | None = "inverse_frequency",
         patience: int | None = 5, grad_clip: float | None = 1.0) -> FitResult:
@@ -179,7 +189,7 @@ def fit(model: torch.nn.Module, train_batches: Sequence[Batch | DialogueBatch],
     if val_batches and batch_labels(val_batches).size == 0:
         raise ConfigError("the validation batches hold no labels; early stopping on validation UA needs them "
                           "(pass val_batches=None to train without validation)")
-    num_classes = int(getattr(model, "num_classes"))
+    num_classes = int(model.num_classes)
     weights = _resolve_class_weights(class_weights, train_batches, num_classes)
     if weights is not None and hasattr(model, "set_class_weights"):
         model.set_class_weights(weights)
@@ -237,9 +247,19 @@ def fit(model: torch.nn.Module, train_batches: Sequence[Batch | DialogueBatch],
     return result
 
 
-@torch.no_grad()
+@overload
 def predict(model: torch.nn.Module, batches: Sequence[Batch | DialogueBatch],
-            with_aux: bool = False) -> tuple[np.ndarray, ...]:
+            with_aux: Literal[False] = False) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@overload
+def predict(model: torch.nn.Module, batches: Sequence[Batch | DialogueBatch],
+            with_aux: Literal[True]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]: ...
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batches: Sequence[Batch | DialogueBatch], with_aux: bool = False
+            ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Class probabilities ``N × C`` and labels ``N`` (-100 where unknown) over all batches, in eval mode.
 
     Dialogue batches are flattened over their real utterances (mask True), dialogue by dialogue.
@@ -254,21 +274,12 @@ def predict(model: torch.nn.Module, batches: Sequence[Batch | DialogueBatch],
     try:
         for batch in batches:
             output = model(batch)
-            logits = output.logits.float()
-            rows = batch.batch_size
-            if isinstance(batch, DialogueBatch):
-                mask = batch.mask
-                probs.append(torch.softmax(logits[mask], dim=-1).cpu().numpy())
-                truth = batch.labels[mask] if batch.labels is not None else torch.full((int(mask.sum()),), IGNORE_INDEX)
-                select = lambda t: t[mask] if t.dim() >= 2 and tuple(t.shape[:2]) == tuple(mask.shape) else None  # noqa: E731
-            else:
-                probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
-                truth = batch.labels if batch.labels is not None else torch.full((rows,), IGNORE_INDEX)
-                select = lambda t: t if t.dim() >= 1 and t.shape[0] == rows else None  # noqa: E731
+            logits, truth = flat_logits(output.logits.float(), batch)
+            probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
             labels.append(truth.cpu().numpy().astype(np.int64))
             if with_aux:
                 for name, value in output.aux.items():
-                    if isinstance(value, torch.Tensor) and (picked := select(value)) is not None:
+                    if isinstance(value, torch.Tensor) and (picked := flat_rows(value, batch)) is not None:
                         aux.setdefault(name, []).append(picked.detach().float().cpu().numpy())
     finally:
         model.train(was_training)

@@ -208,8 +208,9 @@ class TrainingConfig:
             raise ConfigError("training.accumulate_grad_batches and num_nodes must be at least 1")
         if self.threads is not None and int(self.threads) < 1:
             raise ConfigError(f"training.threads must be at least 1 or null, got {self.threads}")
-        if self.augment is not None:
-            self.augment_config().validate()
+        augment = self.augment_config()
+        if augment is not None:
+            augment.validate()
 
     def augment_config(self, source: str = "recipe") -> AugmentConfig | None:
         if self.augment is None:

@@ -17,6 +17,7 @@ validation part (:mod:`emomix.train.late_fusion`); this module names no model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -25,9 +26,10 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -153,10 +155,10 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
     config_path = out / "config.yaml"
     if config_path.exists():
         previous = yaml.safe_load(config_path.read_text())
-        try:  # settings added to emomix since that run take their defaults, as they did then
+        # settings added to emomix since that run take their defaults, as they did then; an older
+        # recipe this version no longer reads is compared as written
+        with contextlib.suppress(ConfigError):
             previous = Recipe.from_dict(previous, source=str(config_path)).to_dict()
-        except ConfigError:
-            pass  # an older recipe this version no longer reads: compare as written
         if _comparable(previous) != _comparable(resolved):
             if not _attempt_left_only_config(out):
                 raise ConfigError(f"{out} holds a run of a different recipe (see {config_path}); resume it with the same "
@@ -183,7 +185,8 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
     write_text(config_path, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
 
     store_path = Path(recipe.features.get("store") or out / "features")
-    log(f"features: {', '.join(f'{m}={spec.encoder}' for m, spec in recipe.feature_specs().items())} → store {store_path}")
+    encoders = ", ".join(f"{m}={spec.encoder}" for m, spec in recipe.feature_specs().items())
+    log(f"features: {encoders} → store {store_path}")
     training_table = labelled
     augment = recipe.training.augment_config()
     if augment is not None:
@@ -269,7 +272,7 @@ def train_fold(context: RunContext, fold: Any, seed: int) -> pd.DataFrame:
         task, datamodule, epochs = train_late_fusion(context, recipe.model.name, parts, seed, directory, fit_part=fit_model)
     else:
         task, datamodule, epochs = fit_model(context, recipe.model.name, parts, seed, directory)
-    ids, probs, labels, aux = predict_rows(task, datamodule.test_dataloader())
+    ids, probs, _, aux = predict_rows(task, datamodule.test_dataloader())
     frame = predictions_frame(ids, probs, aux, context.classes, context.table, fold.name, seed)
     write_parquet(directory / "predictions.parquet", frame)
     write_json(directory / "model.json", model_card(context, recipe.model.name, task.model, epochs, fold.name, seed))

@@ -24,8 +24,9 @@ import csv
 import math
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, cast
 
 import lightning as L
 import numpy as np
@@ -35,6 +36,7 @@ from torch import nn
 from emomix.constants import IGNORE_INDEX
 from emomix.errors import ConfigError
 from emomix.metrics_core import unweighted_accuracy
+from emomix.models.base import EmotionModel
 from emomix.models.collate import batch_rows, flat_logits
 from emomix.models.inputs import Batch, DialogueBatch, ModelOutput
 from emomix.models.saved import TrainedModel, save_weights
@@ -53,7 +55,7 @@ class EmotionTask(L.LightningModule):
     :class:`TrainedModel`'s (``self.net``); this class adds the optimiser, schedules and logging.
     """
 
-    def __init__(self, model: nn.Module, optimiser: OptimiserConfig, monitor: str = "val_ua",
+    def __init__(self, model: EmotionModel[Any] | TrainedModel, optimiser: OptimiserConfig, monitor: str = "val_ua",
                  fine_tune: Mapping[str, tuple[Any, int, list[int]]] | None = None, warmup_epochs: float | None = None):
         super().__init__()
         self.net = model if isinstance(model, TrainedModel) else TrainedModel(model, fine_tune=fine_tune)
@@ -62,7 +64,7 @@ class EmotionTask(L.LightningModule):
         self._validation: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
-    def model(self) -> nn.Module:
+    def model(self) -> EmotionModel[Any]:
         """The registered fusion model being trained."""
         return self.net.model
 
@@ -71,7 +73,8 @@ class EmotionTask(L.LightningModule):
         """The encoders whose top layers train (empty for frozen features)."""
         return self.net.encoders
 
-    def set_standardisation(self, modality: str, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def set_standardisation(self, modality: str, mean: torch.Tensor | np.ndarray, std: torch.Tensor | np.ndarray
+                            ) -> None:
         """Z-score ``modality``'s input states with statistics of the fold's training part
         (``training.standardise``); saved with the weights, so inference applies the same."""
         self.net.set_standardisation(modality, mean, std)
@@ -90,6 +93,8 @@ class EmotionTask(L.LightningModule):
     # -- steps --------------------------------------------------------------------------------
 
     def training_step(self, batch: Batch | DialogueBatch, batch_index: int) -> torch.Tensor:
+        if batch.labels is None:
+            raise ConfigError("every training batch needs labels; the training part holds unlabelled utterances")
         output = self(batch)
         total, parts = self.model.loss(output, batch.labels)
         if not torch.isfinite(total):
@@ -111,7 +116,7 @@ class EmotionTask(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._validation:
             return
-        logits = torch.cat([l for l, _ in self._validation])
+        logits = torch.cat([scores for scores, _ in self._validation])
         labels = torch.cat([y for _, y in self._validation])
         keep = labels != IGNORE_INDEX
         if not keep.any():
@@ -126,9 +131,10 @@ class EmotionTask(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         config = self.optimiser_config
-        groups = []
+        groups: list[dict[str, Any]] = []
         for name, module, lr in (("head", self.model, config.lr), ("encoder", self.encoders, config.encoder_lr)):
-            decay, plain = [], []
+            decay: list[nn.Parameter] = []
+            plain: list[nn.Parameter] = []
             for parameter_name, parameter in module.named_parameters():
                 if parameter.requires_grad:
                     (plain if any(t in parameter_name for t in _NO_DECAY) else decay).append(parameter)
@@ -139,16 +145,18 @@ class EmotionTask(L.LightningModule):
         if not groups:
             raise ConfigError(f"{type(self.model).__name__} has no trainable parameters")
         optimiser_class = torch.optim.AdamW if config.name == "adamw" else torch.optim.Adam
-        optimiser = optimiser_class(groups, betas=tuple(config.betas))
+        beta1, beta2 = config.betas  # a list when the recipe came from YAML
+        optimiser = optimiser_class(groups, betas=(float(beta1), float(beta2)))
         if config.schedule == "none":
             return optimiser
         total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         if config.schedule == "plateau":
-            mode = "min" if self.monitor == "val_loss" else "max"
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode=mode, factor=config.plateau_factor,
-                                                                   patience=config.plateau_patience)
-            return {"optimizer": optimiser, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor,
+            mode: Literal["min", "max"] = "min" if self.monitor == "val_loss" else "max"
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode=mode, factor=config.plateau_factor,
+                                                                 patience=config.plateau_patience)
+            return {"optimizer": optimiser, "lr_scheduler": {"scheduler": plateau, "monitor": self.monitor,
                                                              "interval": "epoch", "strict": False}}
+        scheduler: torch.optim.lr_scheduler.LRScheduler
         if config.schedule == "onecycle":
             scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=[g["lr"] for g in groups], total_steps=total_steps)
         else:
@@ -181,7 +189,7 @@ class BestWeights(L.Callback):
         self.best_score: float | None = None
         self.best_epoch = 0
 
-    def on_train_epoch_end(self, trainer: L.Trainer, task: EmotionTask) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.global_rank != 0:
             return
         value = trainer.callback_metrics.get(self.monitor)
@@ -190,7 +198,7 @@ class BestWeights(L.Callback):
                   or (score > self.best_score if self.mode == "max" else score < self.best_score))
         if better:
             self.best_score, self.best_epoch = score, int(trainer.current_epoch) + 1
-            save_weights(task.trainable_state(), self.path)
+            save_weights(cast(EmotionTask, task).trainable_state(), self.path)  # the module Lightning trains
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_score": self.best_score, "best_epoch": self.best_epoch}
@@ -206,10 +214,10 @@ class HistoryWriter(L.Callback):
         self.path = Path(path)
         self._started = 0.0
 
-    def on_train_epoch_start(self, trainer: L.Trainer, task: EmotionTask) -> None:
+    def on_train_epoch_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         self._started = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer: L.Trainer, task: EmotionTask) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.global_rank != 0:
             return
         row: dict[str, Any] = {"epoch": int(trainer.current_epoch) + 1}
