@@ -60,6 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, default=None, help="write the claims table into this Markdown file")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--judge-only", action="store_true", help="train nothing; judge and print what the JSON holds")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="add the cells of these result files (same corpus and settings; e.g. other seeds run "
+        "in parallel with another --out) before training and judging",
+    )
     return parser.parse_args(argv)
 
 
@@ -96,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     corpora = {"base": base.fingerprint}
     if any(claims_lib.model_spec(m).data == "video" for c in chosen for m in c.models) and not args.judge_only:
         corpora["video"] = lab.data("video").fingerprint
+    elif stored.get("corpora", {}).get("video"):  # judging only: the stored video cells stand
+        corpora["video"] = stored["corpora"]["video"]
     cells: dict[str, Any] = {}
     if stored.get("settings") == settings() and stored.get("corpora", {}).get("base") == corpora["base"]:
         cells = stored.get("cells", {})
@@ -103,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             cells = {m: v for m, v in cells.items() if claims_lib.model_spec(m).data != "video"}
     elif stored:
         print(f"note: {args.out} holds results of another corpus or other settings; starting afresh", file=sys.stderr)
+    for other in args.merge:
+        merged = merge_cells(cells, json.loads(other.read_text()), corpora)
+        print(f"merged {merged} cells from {other}", file=sys.stderr)
     payload: dict[str, Any] = {
         "benchmark": "paper_claims",
         "machine": machine_info(args.threads),
@@ -150,6 +163,24 @@ def main(argv: list[str] | None = None) -> int:
         write_markdown(args.markdown, table)
     print(f"\nwritten {args.out}")
     return 0
+
+
+def merge_cells(cells: dict[str, Any], other: dict[str, Any], corpora: dict[str, str]) -> int:
+    """Add ``other``'s cells that ``cells`` lacks; refuse results of another corpus or settings."""
+    if other.get("settings") != settings() or other.get("corpora", {}).get("base") != corpora["base"]:
+        raise SystemExit(
+            "a --merge file holds results of another corpus or other settings; merge only runs of this one"
+        )
+    count = 0
+    for model, seeds in other.get("cells", {}).items():
+        if claims_lib.model_spec(model).data == "video" and other["corpora"].get("video") != corpora.get("video"):
+            continue
+        for seed, folds in seeds.items():
+            for fold, record in folds.items():
+                if fold not in cells.setdefault(model, {}).setdefault(seed, {}):
+                    cells[model][seed][fold] = record
+                    count += 1
+    return count
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
