@@ -104,7 +104,7 @@ def applicable(model: str, recipe: Any, has_dialogues: bool) -> str | None:
 
 
 def run_one(recipe_path: Path, model: str, seeds: list[int], threads: int, overrides: dict[str, Any] | None = None,
-            tag: str = "") -> dict[str, Any]:
+            tag: str = "", folds: list[str] | None = None) -> dict[str, Any] | None:
     import torch
 
     from emomix.train.recipe import load_recipe
@@ -123,7 +123,9 @@ def run_one(recipe_path: Path, model: str, seeds: list[int], threads: int, overr
         recipe = load_recipe(recipe_path, {**overrides, "model.name": model, "model.config": config})
     out = RUNS / recipe.corpus.reader / (recipe_path.stem + tag) / label
     started = time.perf_counter()
-    result = train_recipe(recipe, out, seeds=seeds, progress=False, log=None)
+    result = train_recipe(recipe, out, folds=folds or None, seeds=seeds, progress=False, log=None)
+    if folds:  # part of a run trained in parallel processes: the run without --folds reports it
+        return None
     metrics = json.loads((out / "report" / "metrics.json").read_text())["metrics"]
     return {
         "recipe": str(recipe_path) + tag, "model": label, "seeds": seeds, "run": str(out), "overrides": overrides,
@@ -154,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", action="store_true", help="print the Markdown table of the saved results and exit")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override a recipe value for every run, e.g. --set training.epochs=15 (kept in the results)")
+    parser.add_argument("--folds", default="",
+                        help="comma list of folds to train, nothing recorded: processes may share one run's folds; "
+                             "the same command without --folds then reuses them and records the result")
     parser.add_argument("--compare", action="store_true",
                         help="with --moe: pair the finished runs of the MoE condition over folds (emomix compare), "
                              "keep each one's per-fold summary and paired test against the routed model, train nothing")
@@ -199,8 +204,13 @@ def main(argv: list[str] | None = None) -> None:
                     results[key] = {"recipe": str(recipe_path) + tag, "model": model, "not_run": args.not_run_reason}
                 continue
             print(f"{recipe_path.stem} / {model} …", flush=True)
+            folds = [f for f in args.folds.split(",") if f]
             try:
-                results[key] = run_one(recipe_path, model, list(range(args.seeds)), args.threads, overrides, tag)
+                entry = run_one(recipe_path, model, list(range(args.seeds)), args.threads, overrides, tag, folds)
+                if entry is None:
+                    print(f"  trained folds {', '.join(folds)}", flush=True)
+                    continue
+                results[key] = entry
             except Exception as error:  # a failing model is reported, the benchmark goes on
                 results[key] = {"recipe": str(recipe_path) + tag, "model": model, "error": f"{type(error).__name__}: {error}"}
             save_results(results)
