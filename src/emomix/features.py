@@ -295,8 +295,8 @@ def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store:
                 failed.setdefault(failure["utt_id"], {**failure, "modality": key})
             pooled_ids[modality] = {u: utterance_vector_of(fields, spec.utterance_pool(), f"{u}/{key}")
                                     for u, fields in vectors.items() if u in features}
-    for modality, vectors in pooled_ids.items():
-        for utt_id, vector in vectors.items():
+    for modality, pooled in pooled_ids.items():
+        for utt_id, vector in pooled.items():
             if modality in features[utt_id]:
                 features[utt_id][modality]["pooled"] = vector
     for utt_id in list(features):

@@ -32,6 +32,7 @@ from emomix.cache.keys import (
     normalise_text,
     text_input,
 )
+from emomix.cache.memory import MemoryStore
 from emomix.cache.store import FeatureStore
 from emomix.constants import SAMPLE_RATE
 from emomix.errors import ConfigError, EmomixError, MissingDataError
@@ -252,7 +253,7 @@ def resolve_layers(encoder: Any, layers: Iterable[int] = (), boundary_layer: int
     return chosen, boundary_layer
 
 
-def utterance_keys(table: pd.DataFrame, encoder: Any, store: FeatureStore, preprocess: PreprocessConfig | None = None,
+def utterance_keys(table: pd.DataFrame, encoder: Any, store: FeatureStore | MemoryStore, preprocess: PreprocessConfig | None = None,
                    layers: Iterable[int] = (), boundary_layer: int | None = None, base_dir: str | Path | None = None,
                    hash_threads: int = 2) -> tuple[dict[str, str], list[dict[str, str]]]:
     """Store keys of a table's utterances, as :func:`extract_features` computes them.
@@ -289,7 +290,7 @@ def utterance_keys(table: pd.DataFrame, encoder: Any, store: FeatureStore, prepr
     return keys, failures
 
 
-def extract_features(table: pd.DataFrame, encoder: Any, store: FeatureStore, preprocess: PreprocessConfig | Mapping[str, Any] | None = None,
+def extract_features(table: pd.DataFrame, encoder: Any, store: FeatureStore | MemoryStore, preprocess: PreprocessConfig | Mapping[str, Any] | None = None,
                      batch_size: int = 8, num_workers: int = 0, progress: bool = True, layers: Iterable[int] = (),
                      boundary_layer: int | None = None, flush_every: int = 256, base_dir: str | Path | None = None,
                      shard_index: int = 0, num_shards: int = 1, flush_bytes: int = 256 << 20) -> ExtractSummary:
@@ -360,7 +361,7 @@ def extract_features(table: pd.DataFrame, encoder: Any, store: FeatureStore, pre
 # ---------------------------------------------------------------------- the loop
 
 
-def _run(work: list[_WorkItem], encoder: Any, store: FeatureStore, preprocess: PreprocessConfig, modality: str,
+def _run(work: list[_WorkItem], encoder: Any, store: FeatureStore | MemoryStore, preprocess: PreprocessConfig, modality: str,
          layers: list[int], namespace: str, description: dict[str, Any], summary: ExtractSummary, batch_size: int,
          num_workers: int, flush_every: int, flush_bytes: int, progress: bool, started: float) -> None:
     from torch.utils.data import DataLoader
@@ -525,12 +526,12 @@ class _InputDataset(Dataset[dict[str, Any]]):
                 if not text.strip():
                     out["fallbacks"].append(EMPTY_TEXT)
                 out["input"] = text
+            elif item.audio_path is None:
+                raise MissingDataError(f"{item.utt_id}: the table gives no {self.modality} file")
             elif self.modality == "video":
                 from emomix.audio.video import prepare_video
 
                 out.update(prepare_video(item.audio_path, item.start, item.end, **self.video_settings))
-            elif item.audio_path is None:
-                raise MissingDataError(f"{item.utt_id}: the table gives no audio file")
             else:
                 out.update(prepare_audio(item.audio_path, item.start, item.end, self.preprocess))
         except MissingDataError as exc:

@@ -72,18 +72,19 @@ class FileFeatureEncoder(Encoder):
                 f"feature file {self.path} does not exist; give the path of an .npz, .parquet or .h5 file "
                 "holding one array per utt_id"
             )
-        self.format = FILE_FORMATS.get(self.path.suffix.lower())
-        if self.format is None:
+        file_format = FILE_FORMATS.get(self.path.suffix.lower())
+        if file_format is None:
             raise ConfigError(
                 f"feature file {self.path} has suffix {self.path.suffix!r}; use .npz, .parquet, .h5 or .hdf5"
             )
+        self.format: str = file_format
         if modality is not None and modality not in MODALITY_CHOICES:
             raise ConfigError(f"file features: modality must be one of {', '.join(MODALITY_CHOICES)}, got {modality!r}")
         if frame_rate in (None, "utterance"):
             self.frame_rate = None
         else:
             try:
-                self.frame_rate = float(frame_rate)  # type: ignore[arg-type]
+                self.frame_rate = float(frame_rate)
             except (TypeError, ValueError):
                 raise ConfigError(
                     f"file features: frame_rate must be a number of frames per second or 'utterance', "
