@@ -35,6 +35,7 @@ Run: ``python -m bench.fault_injection [--kills 20] [--seed 0] [--out bench/resu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -287,7 +288,8 @@ class CommandResult:
 
 
 def run_once(argv: Sequence[str], log_path: Path, delay: float | None = None,
-             phase: Callable[[str], str] | None = None, pauses: str | None = None) -> tuple[int | None, str | None, float]:
+             phase: Callable[[str], str] | None = None,
+             pauses: str | None = None) -> tuple[int | None, str | None, float]:
     """Run ``argv``; with ``delay``, stop it after that many seconds, read its phase, then SIGKILL it.
 
     Returns (exit status or None when killed, phase or None, seconds)."""
@@ -354,7 +356,7 @@ def inject(command: Command, work: Path, reference: Path, kills: int, duration: 
                                         lambda text: command.phase(folder, text))
         killed = phase is not None
         result.attempts.append(Attempt(round_no, round(delay, 3), killed, phase, round(seconds, 2), code))
-        if killed:
+        if phase is not None:
             result.kills += 1
             result.phases[phase] = result.phases.get(phase, 0) + 1
             log(f"  {command.name} kill {result.kills}/{kills} after {delay:.1f} s: {phase}")
@@ -472,7 +474,7 @@ def inject_window(command: Command, window: str, work: Path, reference: Path, ki
             remaining = max(1, markers - seen_in_round)  # a resumed run passes through what is left (about)
             target = rng.randint(1, max(1, remaining // slots))
             code, inside, seen, seconds = run_to_marker(command.argv(folder), folder / "log.txt", window, target, pause,
-                                                        lambda: window_evidence(window, folder))
+                                                        functools.partial(window_evidence, window, folder))
             result.resumes += int(attempts > 0)
             attempts += 1
             killed = code is None
