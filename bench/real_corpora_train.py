@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             recipe_models = [m for modality in recipe.feature_specs() for m in MOE_MODELS.get(modality, ())]
             if args.compare:
                 print(compare_moe(recipe_path, tag, recipe_models))
+                print(partial_moe(recipe_path, tag, recipe_models))
                 continue
         for model in recipe_models:
             key = f"{recipe_path}{tag}::{model}"
@@ -215,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
                 results[key] = {"recipe": str(recipe_path) + tag, "model": model, "error": f"{type(error).__name__}: {error}"}
             save_results(results)
             print(f"  {summary_line(results[key])}", flush=True)
+    if args.compare:
+        return
     save_results(results)
     print(markdown_table(load_results()))
 
@@ -251,6 +254,58 @@ def compare_moe(recipe_path: Path, tag: str, models: list[str]) -> str:
     return text
 
 
+def partial_moe(recipe_path: Path, tag: str, models: list[str]) -> str:
+    """The MoE condition over the folds that every started run has finished (seed 0): per model
+    the pooled and mean ± SD over folds of UA / weighted-F1, and the paired test against the routed
+    model — a like-for-like view while the full runs are still training. Kept under ``partial``."""
+    import pandas as pd
+
+    from emomix.evaluate.compare import paired_test
+    from emomix.evaluate.metrics import unweighted_accuracy, weighted_f1
+    from emomix.train.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    folder = RUNS / recipe.corpus.reader / (recipe_path.stem + tag)
+    finished = {m: sorted(p.parent.parent.name for p in (folder / m / "folds").glob("*/seed-0/done.json"))
+                for m in models}
+    finished = {m: f for m, f in finished.items() if f}
+    if models[0] not in finished:
+        return f"{recipe_path}: the routed model has finished no fold yet"
+    common = sorted(set.intersection(*(set(f) for f in finished.values())))
+    metric_name, metric = (("weighted_f1", weighted_f1) if recipe.protocol.name == "official"
+                           else ("ua", unweighted_accuracy))
+    rows, per_fold = [], {}
+    for model in finished:
+        frames = [pd.read_parquet(folder / model / "folds" / fold / "seed-0" / "predictions.parquet") for fold in common]
+        pooled = pd.concat(frames)
+        classes = sorted(pooled["label"].astype(str).unique())
+        per_fold[model] = pd.Series([metric(f["label"].astype(str), f["pred"].astype(str), classes) for f in frames],
+                                    index=common)
+        rows.append({"model": model, "folds": len(common),
+                     f"{metric_name}_pooled": metric(pooled["label"].astype(str), pooled["pred"].astype(str), classes),
+                     f"{metric_name}_mean": float(per_fold[model].mean()),
+                     f"{metric_name}_sd": float(per_fold[model].std(ddof=1)) if len(common) > 1 else None})
+    for row in rows[1:]:
+        test = paired_test(per_fold[models[0]], per_fold[row["model"]])
+        row.update({k: test.get(k) for k in ("delta", "p_ttest", "p_wilcoxon")})
+    lines = [f"{recipe_path}: seed 0, the {len(common)} fold(s) every started run has finished: {', '.join(common)}",
+             f"| model | {metric_name} pooled | mean ± SD over folds | Δ vs routed (folds) | p t-test | p Wilcoxon |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        sd = row[f"{metric_name}_sd"]
+        spread = f"{row[f'{metric_name}_mean']:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+        test = (f"{row['delta']:+.3f} | {_fmt(row['p_ttest'])} | {_fmt(row['p_wilcoxon'])}" if "delta" in row
+                else "reference | | ")
+        lines.append(f"| {row['model']} | {row[f'{metric_name}_pooled']:.3f} | {spread} | {test} |")
+    save_results({}, {f"{recipe_path}{tag}": {"folds": common, "finished": finished, "rows": rows,
+                                              "per_fold": {m: v.round(4).to_dict() for m, v in per_fold.items()}}})
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None or value != value else f"{value:.3f}"
+
+
 def _run_seconds(out: Path, result: Any) -> dict[str, float]:
     info = json.loads((out / "run.json").read_text())
     return dict(info.get("seconds") or result.seconds)
@@ -260,16 +315,21 @@ def load_results() -> dict[str, Any]:
     return json.loads(RESULTS.read_text())["results"] if RESULTS.exists() else {}
 
 
-def save_results(results: dict[str, Any]) -> None:
-    """Merge ``results`` into the file (several benchmark processes may run at once)."""
+def save_results(results: dict[str, Any], partial: dict[str, Any] | None = None) -> None:
+    """Merge ``results`` (and ``partial``: comparisons over the folds finished so far) into the file
+    (several benchmark processes may run at once)."""
     import os
     import platform
 
-    results = {**load_results(), **results}
+    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = {**saved.get("results", {}), **results}
+    partial = {**saved.get("partial", {}), **(partial or {})}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    temporary = RESULTS.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-                                     "results": results}, indent=1) + "\n")
+    temporary = RESULTS.with_suffix(f".{os.getpid()}.tmp")
+    content: dict[str, Any] = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "results": results}
+    if partial:
+        content["partial"] = partial
+    temporary.write_text(json.dumps(content, indent=1) + "\n")
     temporary.replace(RESULTS)
 
 
