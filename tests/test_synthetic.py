@@ -243,7 +243,7 @@ def test_text_cue_and_disagreement_shares(big_plan):
 def test_evidence_scales_follow_the_plan(big_plan):
     cued = [u for u in big_plan.utterances if u.audio_cue]
     shares = Counter(u.evidence for u in cued)
-    for evidence, share in (("local", 0.35), ("global", 0.35), ("conflict", 0.1), ("both", 0.2)):
+    for evidence, share in (("local", 0.45), ("global", 0.45), ("conflict", 0.1), ("both", 0.0)):
         assert shares[evidence] / len(cued) == pytest.approx(share, abs=0.03), evidence
     for u in big_plan.utterances:
         assert u.cue_kind == u.evidence
