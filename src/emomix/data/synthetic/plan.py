@@ -15,7 +15,6 @@ import numpy as np
 from emomix.data.synthetic.config import SyntheticConfig
 from emomix.data.synthetic.cues import CLASS_CUES, FILLER_WORDS, PHRASE_WORDS, word_syllables
 
-
 # Intensity of the other class's cue in a conflict, relative to the label's cue.
 DECOY_SCALE = 0.3
 
