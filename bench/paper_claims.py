@@ -186,7 +186,7 @@ def merge_cells(cells: dict[str, Any], other: dict[str, Any], corpora: dict[str,
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """paper claim → test → result per seed and over seeds → holds."""
     lines = [
-        "| paper | claim | test | result (mean UA over folds; ΔUA, paired t p over folds) | holds |",
+        "| paper | claim | test | result (mean UA over folds and seeds; ΔUA, paired t p over folds) | holds |",
         "|---|---|---|---|---|",
     ]
     for r in results:
@@ -201,8 +201,8 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             p = r["p_ttest"]
             result = (
                 f"`{model}` {r['mean_ua'][model]:.3f} vs `{baseline}` {r['mean_ua'][baseline]:.3f}: "
-                f"ΔUA {r['delta']:+.3f}, p {'n/a' if p is None else f'{p:.2g}'} ({r['n_folds']} folds × "
-                f"{len(r['seeds'])} seeds; {seeds})"
+                f"ΔUA {r['delta']:+.3f}, p {'n/a' if p is None else f'{p:.2g}'} ({r['n_folds']} folds"
+                + (f"; per seed {seeds})" if len(r["seeds"]) > 1 else f", seed {r['seeds'][0]})")
             )
             holds = (
                 ("yes" if r["holds"] else "**no**")
@@ -212,7 +212,10 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         else:
             seeds = "; ".join(f"s{s}: {v['difference']:+.3f}" for s, v in r["per_seed"].items())
             margin = claims_lib.ROUTING_MARGIN
-            result = f"p_local(local) − p_local(global) {r['difference']:+.3f} ({seeds}; ≥ {margin} needed)"
+            folds = len(r["folds"])
+            result = (
+                f"p_local(local) − p_local(global) {r['difference']:+.3f} ({folds} folds; {seeds}; ≥ {margin} needed)"
+            )
             holds = "yes" if r["holds"] else "**no**"
         lines.append(f"| {r['paper']} | {r['statement']} | {test} | {result} | {holds} |")
     return "\n".join(lines)
