@@ -208,9 +208,9 @@ def test_labels_are_balanced(big_plan):
 
 def test_text_cue_and_disagreement_shares(big_plan):
     utterances = big_plan.utterances
-    assert np.mean([u.text_cue for u in utterances]) == pytest.approx(0.6, abs=0.03)
+    assert np.mean([u.text_cue for u in utterances]) == pytest.approx(0.35, abs=0.03)
     assert np.mean([u.disagree for u in utterances]) == pytest.approx(0.1, abs=0.02)
-    assert np.mean([u.text_evidence == "global" for u in utterances]) == pytest.approx(0.6 * 0.4, abs=0.03)
+    assert np.mean([u.text_evidence == "global" for u in utterances]) == pytest.approx(0.35 * 0.4, abs=0.03)
     fillers = set(FILLER_WORDS) - set(PHRASE_WORDS)
     for u in utterances:
         cue_words = [t for t in u.tokens if t not in fillers]
@@ -497,15 +497,18 @@ def test_each_modality_alone_is_imperfect_and_fusion_and_context_help(tmp_path):
     features = []
     for path in table["audio_path"]:
         level = frame_levels(out / path)
+        frames = 1 + (soundfile.info(out / path).frames - 400) // 160
         smooth = np.convolve(level, np.ones(5) / 5, mode="valid")
         top = np.sort(smooth)[-max(3, len(smooth) // 20):]
         features.append([level.mean(), np.median(level), np.percentile(level, 90) - np.median(level),
-                         top.mean() - np.median(level), smooth.max() - np.median(level), len(level) / 100.0])
+                         top.mean() - np.median(level), smooth.max() - np.median(level), len(level) / 100.0,
+                         1.0 - len(level) / frames])  # local contrasts, and the share of pauses (global)
     audio = np.array(features)
     for speaker in table["speaker"].unique():
         rows = (table["speaker"] == speaker).to_numpy()
         audio[rows] = (audio[rows] - audio[rows].mean(0)) / (audio[rows].std(0) + 1e-9)
-    text = CountVectorizer(token_pattern=r"\S+").fit_transform(table["text"]).toarray()
+    # Bigrams, so the word-order phrases (global text evidence) are visible as well as the keywords.
+    text = CountVectorizer(token_pattern=r"\S+", ngram_range=(1, 2)).fit_transform(table["text"]).toarray()
     labels = table["label"].to_numpy()
     sessions = table["session"].to_numpy()
 
@@ -530,7 +533,9 @@ def test_each_modality_alone_is_imperfect_and_fusion_and_context_help(tmp_path):
     following = np.vstack([np.where(same_dialogue, fused_p[1:], 0.25), np.full(4, 0.25)])
     context_acc, _ = loso(np.hstack([np.log(fused_p), np.log(previous), np.log(following)]))
     print(f"audio {audio_acc:.3f} text {text_acc:.3f} fused {fused_acc:.3f} with context {context_acc:.3f}")
-    assert 0.5 < audio_acc < 0.8
-    assert 0.5 < text_acc < 0.72
+    # Version 2 (measured: audio 0.46, text 0.44, fused 0.54, with context 0.60): each modality is
+    # far from enough alone, fusion and context each add clearly.
+    assert 0.35 < audio_acc < 0.7
+    assert 0.35 < text_acc < 0.6
     assert fused_acc > max(audio_acc, text_acc) + 0.05
-    assert context_acc > fused_acc + 0.02
+    assert context_acc > fused_acc + 0.03
