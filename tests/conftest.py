@@ -114,3 +114,36 @@ def background_server() -> Iterator[Callable[[Any], str]]:
 
     with ExitStack() as servers:
         yield lambda app: servers.enter_context(BackgroundServer(app))
+
+
+MARKED_SUITES = {
+    "learning": "make test-learning",
+    "e2e": "make test-e2e",
+    "slow": "make test-slow",
+    "faults": "make test-faults",
+}
+"""The marked suites the default run leaves out, and the target that runs each."""
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Say which marked suites the run left out and how to run them, so a deselected or skipped
+    test is never a silent gap (with pytest-xdist the controller has no per-test counts: names only)."""
+    expression = str(config.option.markexpr or "")
+    left_out = [name for name in MARKED_SUITES if f"not {name}" in expression]
+    if not left_out:
+        return
+    counts: dict[str, int] = {}
+    for item in terminalreporter.stats.get("deselected", []):
+        for name in left_out:
+            if item.get_closest_marker(name) is not None:
+                counts[name] = counts.get(name, 0) + 1
+                break
+    parts = [f"{counts[name]} {name}" if name in counts else name for name in left_out]
+    terminalreporter.write_line(
+        "left out of this run: " + ", ".join(f"{part} ({MARKED_SUITES[name]})" for part, name in zip(parts, left_out))
+    )
+    if "slow" in left_out:
+        terminalreporter.write_line(
+            "the slow tests read the real corpora in ../shared/datasets or $EMOMIX_DATASETS and are skipped "
+            "with that reason when those are absent"
+        )
