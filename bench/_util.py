@@ -29,12 +29,18 @@ RATE = 16_000
 # ---------------------------------------------------------------------- command line and threads
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+def parse_args(
+    description: str, argv: Sequence[str] | None = None, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
     """The options every benchmark takes: ``--quick``, ``--threads``, ``--out``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="a smoke run with tiny sizes (seconds)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads for every timed path (default 2)")
-    parser.add_argument("--out", type=Path, default=None, help="result JSON path (default bench/results/<name>[.quick].json)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch intra-op threads for every timed path (default 2)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="result JSON path (default bench/results/<name>[.quick].json)"
+    )
     if extra is not None:
         extra(parser)
     return parser.parse_args(argv)
@@ -81,8 +87,12 @@ class Timing:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the result JSON."""
-        return {"best_s": round(self.best, 4), "median_s": round(self.median, 4), "repeats_s": [round(s, 4) for s in self.seconds],
-                "cpu_s": [round(s, 3) for s in self.cpu_seconds]}
+        return {
+            "best_s": round(self.best, 4),
+            "median_s": round(self.median, 4),
+            "repeats_s": [round(s, 4) for s in self.seconds],
+            "cpu_s": [round(s, 3) for s in self.cpu_seconds],
+        }
 
 
 class Stopwatch:
@@ -97,7 +107,9 @@ class Stopwatch:
         self.cpu = time.process_time() - self._cpu
 
 
-def time_repeats(run: Callable[[], Any], repeats: int = 3, warmup: int = 1, before: Callable[[], Any] | None = None) -> Timing:
+def time_repeats(
+    run: Callable[[], Any], repeats: int = 3, warmup: int = 1, before: Callable[[], Any] | None = None
+) -> Timing:
     """Time ``run()`` ``repeats`` times after ``warmup`` untimed calls; ``before()`` runs untimed before each call."""
     for _ in range(warmup):
         if before is not None:
@@ -113,7 +125,9 @@ def time_repeats(run: Callable[[], Any], repeats: int = 3, warmup: int = 1, befo
     return timing
 
 
-def interleaved(runs: dict[str, Callable[[], Any]], repeats: int, before: dict[str, Callable[[], Any]] | None = None) -> dict[str, Timing]:
+def interleaved(
+    runs: dict[str, Callable[[], Any]], repeats: int, before: dict[str, Callable[[], Any]] | None = None
+) -> dict[str, Timing]:
     """Time several paths in turn (A B A B ...), so a burst of load from other processes hits both alike."""
     before = before or {}
     timings = {name: Timing() for name in runs}
@@ -137,8 +151,15 @@ def wavlm_config(quick: bool = False) -> Any:
 
     if not quick:
         return WavLMConfig()
-    return WavLMConfig(hidden_size=32, num_hidden_layers=12, num_attention_heads=2, intermediate_size=64,
-                       conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    return WavLMConfig(
+        hidden_size=32,
+        num_hidden_layers=12,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
 
 
 def bert_base_config(quick: bool = False) -> Any:
@@ -209,8 +230,9 @@ def shared_corpus(name: str) -> Path | None:
 AUDIO_CORPORA = {"savee": "*.wav", "emodb": "wav/*.wav"}
 
 
-def benchmark_audio_table(count: int, min_s: float, max_s: float, folder: Path, corpus: str = "auto",
-                          seed: int = 0) -> tuple[Any, str]:
+def benchmark_audio_table(
+    count: int, min_s: float, max_s: float, folder: Path, corpus: str = "auto", seed: int = 0
+) -> tuple[Any, str]:
     """An utterance table of ``count`` files of ``min_s``..``max_s`` seconds, and where they come from.
 
     ``corpus``: ``"savee"`` or ``"emodb"`` (the shared copy; files in that duration range, in name
@@ -227,7 +249,7 @@ def benchmark_audio_table(count: int, min_s: float, max_s: float, folder: Path, 
         raise SystemExit(f"unknown benchmark corpus {corpus!r}; use auto, synthetic, {', '.join(AUDIO_CORPORA)}")
     paths: list[Path] = []
     source = "synthetic"
-    for name in (["savee"] if corpus == "auto" else [corpus] if corpus in AUDIO_CORPORA else []):
+    for name in ["savee"] if corpus == "auto" else [corpus] if corpus in AUDIO_CORPORA else []:
         root = shared_corpus(name)
         if root is None:
             if corpus != "auto":

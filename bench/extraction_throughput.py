@@ -53,25 +53,39 @@ NAME = "extraction_throughput"
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table and write ``bench/results/extraction_throughput.json``."""
-    args = parse_args(__doc__.splitlines()[0], argv, extra=lambda parser: parser.add_argument(
-        "--corpus", default="auto", help="auto (SAVEE if present, else synthetic), savee, emodb or synthetic"))
+    args = parse_args(
+        __doc__.splitlines()[0],
+        argv,
+        extra=lambda parser: parser.add_argument(
+            "--corpus", default="auto", help="auto (SAVEE if present, else synthetic), savee, emodb or synthetic"
+        ),
+    )
     name = NAME if args.corpus == "auto" else f"{NAME}-{args.corpus}"
     threads = set_threads(args.threads)
-    sizes = ({"utterances": 4, "repeats_ssl": 1, "repeats_smile": 1, "wavlm": "tiny (32 dims, 12 layers)"} if args.quick
-             else {"utterances": 64, "repeats_ssl": 1, "repeats_smile": 3, "wavlm": "base (WavLMConfig() defaults)"})
+    sizes = (
+        {"utterances": 4, "repeats_ssl": 1, "repeats_smile": 1, "wavlm": "tiny (32 dims, 12 layers)"}
+        if args.quick
+        else {"utterances": 64, "repeats_ssl": 1, "repeats_smile": 3, "wavlm": "base (WavLMConfig() defaults)"}
+    )
     batch_size = 8
     work = Path(tempfile.mkdtemp(prefix="emomix-bench-extract-"))
     try:
         table, source = benchmark_audio_table(sizes["utterances"], 2.0, 4.0, work / "audio", corpus=args.corpus)
         order = _project_order(table)
         audio_seconds = float(sum(_frames(p) for p in order) / 16000)
-        print(f"corpus: {source}; {len(order)} utterances, {audio_seconds:.1f} s of audio; batch size {batch_size}; "
-              f"torch threads {threads}")
+        print(
+            f"corpus: {source}; {len(order)} utterances, {audio_seconds:.1f} s of audio; batch size {batch_size}; "
+            f"torch threads {threads}"
+        )
         results = {
             "name": name,
             "machine": machine_info(threads),
-            "corpus": {"source": source, "utterances": len(order), "audio_seconds": round(audio_seconds, 2),
-                       "durations_s": [2.0, 4.0]},
+            "corpus": {
+                "source": source,
+                "utterances": len(order),
+                "audio_seconds": round(audio_seconds, 2),
+                "durations_s": [2.0, 4.0],
+            },
             "batch_size": batch_size,
             "padding": _padding_stats(order, batch_size),
             "encoders": {},
@@ -83,11 +97,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ssl = SpeechSSLEncoder.from_config(wavlm_config(args.quick), seed=0)
         label = "wavlm-tiny-random" if args.quick else "wavlm-base-random"
         results["encoders"][label] = _compare(
-            label, ssl, table, order, batch_size, sizes["repeats_ssl"], work, audio_seconds, unpadded=True)
+            label, ssl, table, order, batch_size, sizes["repeats_ssl"], work, audio_seconds, unpadded=True
+        )
         for feature_set in ("eGeMAPSv02", "ComParE_2016"):
             smile = create_encoder(f"opensmile:{feature_set}")
             results["encoders"][f"opensmile-{feature_set}-lld"] = _compare(
-                f"opensmile-{feature_set}-lld", smile, table, order, batch_size, sizes["repeats_smile"], work, audio_seconds)
+                f"opensmile-{feature_set}-lld",
+                smile,
+                table,
+                order,
+                batch_size,
+                sizes["repeats_smile"],
+                work,
+                audio_seconds,
+            )
         results["sizes"] = sizes
         print()
         print(render(results))
@@ -98,8 +121,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _compare(label: str, encoder: Any, table: Any, order: list[str], batch_size: int, repeats: int, work: Path,
-             audio_seconds: float, unpadded: bool = False) -> dict[str, Any]:
+def _compare(
+    label: str,
+    encoder: Any,
+    table: Any,
+    order: list[str],
+    batch_size: int,
+    repeats: int,
+    work: Path,
+    audio_seconds: float,
+    unpadded: bool = False,
+) -> dict[str, Any]:
     """Bare loop(s) vs ``extract_features`` into a cold store, then the warm re-run."""
     from emomix.cache import FeatureStore, extract_features, utterance_keys
 
@@ -115,7 +147,9 @@ def _compare(label: str, encoder: Any, table: Any, order: list[str], batch_size:
     def project() -> Any:
         return extract_features(table, encoder, stores[0], batch_size=batch_size, num_workers=0, progress=False)
 
-    bare = _bare_ssl(encoder, order, batch_size) if hasattr(encoder, "feature_extractor") else _bare_smile(encoder, order)
+    bare = (
+        _bare_ssl(encoder, order, batch_size) if hasattr(encoder, "feature_extractor") else _bare_smile(encoder, order)
+    )
     bare_one = _bare_ssl(encoder, order, 1) if unpadded else None
     hybrid = _hybrid_ssl(encoder, order, batch_size) if unpadded else None
 
@@ -142,9 +176,12 @@ def _compare(label: str, encoder: Any, table: Any, order: list[str], batch_size:
 
     out: dict[str, Any] = {}
     for name, timing in timings.items():
-        out[name] = {**timing.to_dict(), "cpu_best_s": round(min(timing.cpu_seconds), 3),
-                     "utt_per_s": round(len(order) / timing.best, 3),
-                     "audio_s_per_s": round(audio_seconds / timing.best, 3)}
+        out[name] = {
+            **timing.to_dict(),
+            "cpu_best_s": round(min(timing.cpu_seconds), 3),
+            "utt_per_s": round(len(order) / timing.best, 3),
+            "audio_s_per_s": round(audio_seconds / timing.best, 3),
+        }
     out["warm_rerun"] = {**warm.to_dict(), "cached": last.cached, "computed": last.computed}
     out["hashing_s"] = round(hashing, 4)
     out["ratio_project_to_bare"] = round(timings["bare"].best / timings["project"].best, 3)
@@ -153,16 +190,35 @@ def _compare(label: str, encoder: Any, table: Any, order: list[str], batch_size:
     if "bare_unpadded" in timings:
         out["ratio_project_to_bare_unpadded"] = round(timings["bare_unpadded"].best / timings["project"].best, 3)
         out["cpu_ratio_project_to_bare_unpadded"] = round(cpu["bare_unpadded"] / cpu["project"], 3)
-    out["summary"] = {"computed": cold.computed, "failed": cold.failed, "entries_written": cold.entries_written,
-                      "shards_written": cold.shards_written, "bytes_on_disk": cold.bytes_on_disk,
-                      "audio_seconds": round(cold.audio_seconds, 2), "fallbacks": {k: len(v) for k, v in cold.fallbacks.items()}}
+    out["summary"] = {
+        "computed": cold.computed,
+        "failed": cold.failed,
+        "entries_written": cold.entries_written,
+        "shards_written": cold.shards_written,
+        "bytes_on_disk": cold.bytes_on_disk,
+        "audio_seconds": round(cold.audio_seconds, 2),
+        "fallbacks": {k: len(v) for k, v in cold.fallbacks.items()},
+    }
     if hasattr(encoder, "feature_extractor"):
         out["project_forward_calls"] = _distinct_length_groups(order, batch_size)
     if hybrid is not None:
         out["bare_cnn_alone_max_abs_diff"] = _hybrid_difference(encoder, order[:batch_size])
-    print(format_table(["path", "best s", "median s", "cpu s (min)", "utt/s", "audio s/s"],
-                       [[n, out[n]["best_s"], out[n]["median_s"], out[n]["cpu_best_s"], out[n]["utt_per_s"],
-                         out[n]["audio_s_per_s"]] for n in timings]))
+    print(
+        format_table(
+            ["path", "best s", "median s", "cpu s (min)", "utt/s", "audio s/s"],
+            [
+                [
+                    n,
+                    out[n]["best_s"],
+                    out[n]["median_s"],
+                    out[n]["cpu_best_s"],
+                    out[n]["utt_per_s"],
+                    out[n]["audio_s_per_s"],
+                ]
+                for n in timings
+            ],
+        )
+    )
     print(f"ratio project/bare {out['ratio_project_to_bare']}; warm re-run {warm.best:.3f} s")
     return out
 
@@ -178,7 +234,7 @@ def _bare_ssl(encoder: Any, order: list[str], batch_size: int):
         model.eval()
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
-                waves = [soundfile.read(path, dtype="float32")[0] for path in order[start:start + batch_size]]
+                waves = [soundfile.read(path, dtype="float32")[0] for path in order[start : start + batch_size]]
                 inputs = extractor(waves, sampling_rate=16000, padding=True, return_tensors="pt")
                 model(inputs["input_values"]).last_hidden_state.numpy()
 
@@ -193,7 +249,7 @@ def _hybrid_ssl(encoder: Any, order: list[str], batch_size: int):
 
     def run() -> None:
         for start in range(0, len(order), batch_size):
-            waves = [soundfile.read(path, dtype="float32")[0] for path in order[start:start + batch_size]]
+            waves = [soundfile.read(path, dtype="float32")[0] for path in order[start : start + batch_size]]
             _hybrid_forward(encoder, waves).numpy()
 
     return run
@@ -207,8 +263,10 @@ def _hybrid_forward(encoder: Any, waves: list[np.ndarray]) -> Any:
     with torch.inference_mode(), warnings.catch_warnings():
         # torch warns about WavLM's bool padding mask next to its float position bias; harmless.
         warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
-        features = [model.feature_extractor(extractor([w], sampling_rate=16000, return_tensors="pt")["input_values"])[0].T
-                    for w in waves]
+        features = [
+            model.feature_extractor(extractor([w], sampling_rate=16000, return_tensors="pt")["input_values"])[0].T
+            for w in waves
+        ]
         lengths = torch.tensor([f.shape[0] for f in features])
         padded = torch.nn.utils.rnn.pad_sequence(features, batch_first=True)
         mask = torch.arange(padded.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
@@ -231,8 +289,10 @@ def _bare_smile(encoder: Any, order: list[str]):
     import opensmile
     import soundfile
 
-    smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, encoder.feature_set),
-                            feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
+    smile = opensmile.Smile(
+        feature_set=getattr(opensmile.FeatureSet, encoder.feature_set),
+        feature_level=opensmile.FeatureLevel.LowLevelDescriptors,
+    )
 
     def run() -> None:
         for path in order:
@@ -253,17 +313,20 @@ def _frames(path: str) -> int:
 
 def _project_order(table: Any) -> list[str]:
     """Audio paths in the order extraction encodes them: longest first, then by utterance id."""
-    rows = sorted(table[["utt_id", "audio_path"]].itertuples(index=False), key=lambda r: (-_frames(r.audio_path), r.utt_id))
+    rows = sorted(
+        table[["utt_id", "audio_path"]].itertuples(index=False), key=lambda r: (-_frames(r.audio_path), r.utt_id)
+    )
     return [row.audio_path for row in rows]
 
 
 def _padding_stats(order: list[str], batch_size: int) -> dict[str, float]:
     """Share of padded samples in the bare loop's batches, sorted (as run) and in file order."""
+
     def share(paths: list[str]) -> float:
         lengths = [_frames(p) for p in paths]
         padded = total = 0
         for start in range(0, len(lengths), batch_size):
-            batch = lengths[start:start + batch_size]
+            batch = lengths[start : start + batch_size]
             padded += max(batch) * len(batch) - sum(batch)
             total += max(batch) * len(batch)
         return round(padded / total, 4) if total else 0.0
@@ -273,7 +336,7 @@ def _padding_stats(order: list[str], batch_size: int) -> dict[str, float]:
 
 def _distinct_length_groups(order: list[str], batch_size: int) -> int:
     """Model calls the project makes: one per distinct sample count inside each batch."""
-    return sum(len({_frames(p) for p in order[i:i + batch_size]}) for i in range(0, len(order), batch_size))
+    return sum(len({_frames(p) for p in order[i : i + batch_size]}) for i in range(0, len(order), batch_size))
 
 
 def render(results: dict[str, Any]) -> str:
@@ -284,11 +347,25 @@ def render(results: dict[str, Any]) -> str:
             if name in out:
                 ratio = round(out["bare"]["best_s"] / out[name]["best_s"], 3)
                 cpu_ratio = round(out["bare"]["cpu_best_s"] / out[name]["cpu_best_s"], 3)
-                rows.append([label, name, out[name]["best_s"], out[name]["median_s"], out[name]["cpu_best_s"],
-                             out[name]["utt_per_s"], out[name]["audio_s_per_s"], ratio, cpu_ratio])
-        rows.append([label, "warm re-run", out["warm_rerun"]["best_s"], out["warm_rerun"]["median_s"], "-", "-", "-", "-", "-"])
-    return format_table(["encoder", "path", "best s", "median s", "cpu s", "utt/s", "audio s/s", "speed vs bare (wall)",
-                         "(cpu)"], rows)
+                rows.append(
+                    [
+                        label,
+                        name,
+                        out[name]["best_s"],
+                        out[name]["median_s"],
+                        out[name]["cpu_best_s"],
+                        out[name]["utt_per_s"],
+                        out[name]["audio_s_per_s"],
+                        ratio,
+                        cpu_ratio,
+                    ]
+                )
+        rows.append(
+            [label, "warm re-run", out["warm_rerun"]["best_s"], out["warm_rerun"]["median_s"], "-", "-", "-", "-", "-"]
+        )
+    return format_table(
+        ["encoder", "path", "best s", "median s", "cpu s", "utt/s", "audio s/s", "speed vs bare (wall)", "(cpu)"], rows
+    )
 
 
 if __name__ == "__main__":

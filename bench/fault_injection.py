@@ -55,11 +55,14 @@ TOLERANCE = 1e-6
 FAULT_ENV = "EMOMIX_FAULT_PAUSE"  # see emomix.faults
 MARKER = "FAULT-WINDOW"
 #: The targeted windows and the command whose run passes through them.
-WINDOWS = {"store.shard_write": "extract", "store.index_commit": "extract",
-           "train.checkpoint_write": "train", "run.report": "train"}
+WINDOWS = {
+    "store.shard_write": "extract",
+    "store.index_commit": "extract",
+    "train.checkpoint_write": "train",
+    "run.report": "train",
+}
 
-SYNTH_SETTINGS = {"size": 48, "sessions": 3, "turns_min": 4, "turns_max": 6,
-                  "min_duration": 1.0, "max_duration": 2.0}
+SYNTH_SETTINGS = {"size": 48, "sessions": 3, "turns_min": 4, "turns_max": 6, "min_duration": 1.0, "max_duration": 2.0}
 ENCODER = "opensmile:eGeMAPSv02"
 
 RECIPE = """\
@@ -107,8 +110,15 @@ def child_env(pauses: str | None = None) -> dict[str, str]:
     """The commands' environment: one thread each; fault pauses only when ``pauses`` is given."""
     env = dict(os.environ)
     env.pop(FAULT_ENV, None)
-    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if pauses is not None:
         env[FAULT_ENV] = pauses
     return env
@@ -130,14 +140,30 @@ class Command:
 def extract_argv(corpus: Path) -> Callable[[Path], list[str]]:
     def argv(folder: Path) -> list[str]:
         # Small flushes give many shard writes and index commits to land in.
-        return [emomix_executable(), "extract", "synthetic", str(corpus), "--encoder", ENCODER,
-                "--store", str(folder / "store"), "--vad", "webrtc", "--flush-every", "2", "--batch-size", "2"]
+        return [
+            emomix_executable(),
+            "extract",
+            "synthetic",
+            str(corpus),
+            "--encoder",
+            ENCODER,
+            "--store",
+            str(folder / "store"),
+            "--vad",
+            "webrtc",
+            "--flush-every",
+            "2",
+            "--batch-size",
+            "2",
+        ]
+
     return argv
 
 
 def train_argv(recipe: Path) -> Callable[[Path], list[str]]:
     def argv(folder: Path) -> list[str]:
         return [emomix_executable(), "train", str(recipe), "--out", str(folder / "run")]
+
     return argv
 
 
@@ -221,7 +247,8 @@ def train_check(folder: Path, reference: Path) -> dict[str, bool]:
     folds = sorted(p.relative_to(run) for p in (run / "folds").glob("*/seed-*"))
     checks["every_fold_done"] = folds == ref_folds and all((run / f / "done.json").exists() for f in folds)
     checks["no_leftover_checkpoints_or_temp_files"] = not any(
-        p for p in run.rglob("*") if p.suffix in (".ckpt", ".tmp") or p.name.endswith(".tmp"))
+        p for p in run.rglob("*") if p.suffix in (".ckpt", ".tmp") or p.name.endswith(".tmp")
+    )
     same = checks["every_fold_done"]
     for relative in [*(f / "predictions.parquet" for f in ref_folds), Path("predictions.parquet")]:
         same = same and predictions_equal(run / relative, ref / relative)
@@ -246,14 +273,16 @@ def predictions_equal(path: Path, reference: Path, tolerance: float = TOLERANCE)
         if column in a.columns and not a[column].equals(b[column]):
             return False
     numeric = [c for c in a.columns if c.startswith(("prob_", "aux_"))]
-    return bool(np.allclose(a[numeric].to_numpy(float), b[numeric].to_numpy(float), rtol=0.0, atol=tolerance,
-                            equal_nan=True))
+    return bool(
+        np.allclose(a[numeric].to_numpy(float), b[numeric].to_numpy(float), rtol=0.0, atol=tolerance, equal_nan=True)
+    )
 
 
 def verify_clean(store: Path) -> bool:
     """``emomix store verify STORE`` exits 0 and reports no bad entry."""
-    done = subprocess.run([emomix_executable(), "store", "verify", str(store)], env=child_env(),
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [emomix_executable(), "store", "verify", str(store)], env=child_env(), capture_output=True, text=True
+    )
     return done.returncode == 0 and ": 0 bad" in done.stdout
 
 
@@ -287,17 +316,22 @@ class CommandResult:
         return bool(self.checks) and not self.failures and all(all(c.values()) for c in self.checks)
 
 
-def run_once(argv: Sequence[str], log_path: Path, delay: float | None = None,
-             phase: Callable[[str], str] | None = None,
-             pauses: str | None = None) -> tuple[int | None, str | None, float]:
+def run_once(
+    argv: Sequence[str],
+    log_path: Path,
+    delay: float | None = None,
+    phase: Callable[[str], str] | None = None,
+    pauses: str | None = None,
+) -> tuple[int | None, str | None, float]:
     """Run ``argv``; with ``delay``, stop it after that many seconds, read its phase, then SIGKILL it.
 
     Returns (exit status or None when killed, phase or None, seconds)."""
     started = time.perf_counter()
     offset = log_path.stat().st_size if log_path.exists() else 0  # the phase is read from this attempt's output
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=child_env(pauses),
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            list(argv), stdout=log, stderr=subprocess.STDOUT, env=child_env(pauses), start_new_session=True
+        )
         try:
             process.wait(timeout=delay)
             return process.returncode, None, time.perf_counter() - started
@@ -318,8 +352,15 @@ def run_once(argv: Sequence[str], log_path: Path, delay: float | None = None,
     return None, seen, time.perf_counter() - started
 
 
-def inject(command: Command, work: Path, reference: Path, kills: int, duration: float, rng: random.Random,
-           log: Callable[[str], None] = print) -> CommandResult:
+def inject(
+    command: Command,
+    work: Path,
+    reference: Path,
+    kills: int,
+    duration: float,
+    rng: random.Random,
+    log: Callable[[str], None] = print,
+) -> CommandResult:
     """Kill ``command`` ``kills`` times at random moments, resuming after each; check every finished round."""
     result = CommandResult(command.name, reference_seconds=round(duration, 2))
     round_no = 0
@@ -340,8 +381,10 @@ def inject(command: Command, work: Path, reference: Path, kills: int, duration: 
                 result.failures.append(f"round {round_no}: {', '.join(bad)} (folder {folder})")
             else:
                 shutil.rmtree(folder, ignore_errors=True)
-        log(f"  {command.name} round {round_no}: {attempts_in_round} attempt(s), "
-            f"checks {'held' if code == 0 and all(result.checks[-1].values()) else 'FAILED'}")
+        log(
+            f"  {command.name} round {round_no}: {attempts_in_round} attempt(s), "
+            f"checks {'held' if code == 0 and all(result.checks[-1].values()) else 'FAILED'}"
+        )
         round_no += 1
         folder = work / f"round-{round_no}"
         attempts_in_round = 0
@@ -352,8 +395,9 @@ def inject(command: Command, work: Path, reference: Path, kills: int, duration: 
         if attempts_in_round:
             result.resumes += 1
         attempts_in_round += 1
-        code, phase, seconds = run_once(command.argv(folder), folder / "log.txt", delay,
-                                        lambda text: command.phase(folder, text))
+        code, phase, seconds = run_once(
+            command.argv(folder), folder / "log.txt", delay, lambda text: command.phase(folder, text)
+        )
         killed = phase is not None
         result.attempts.append(Attempt(round_no, round(delay, 3), killed, phase, round(seconds, 2), code))
         if phase is not None:
@@ -404,8 +448,15 @@ class TargetedAttempt:
     returncode: int | None
 
 
-def run_to_marker(argv: Sequence[str], log_path: Path, window: str, target: int, pause: float,
-                  evidence: Callable[[], bool], poll: float = 0.01) -> tuple[int | None, bool | None, int, float]:
+def run_to_marker(
+    argv: Sequence[str],
+    log_path: Path,
+    window: str,
+    target: int,
+    pause: float,
+    evidence: Callable[[], bool],
+    poll: float = 0.01,
+) -> tuple[int | None, bool | None, int, float]:
     """Run ``argv`` with a ``pause``-second fault window at ``window``; when this attempt's ``target``-th
     marker appears, stop the process group, check ``evidence`` and SIGKILL it.
 
@@ -414,8 +465,9 @@ def run_to_marker(argv: Sequence[str], log_path: Path, window: str, target: int,
     offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log, open(log_path, "rb") as reader:
         reader.seek(offset)
-        process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
-                                   env=child_env(f"{window}:{pause}"), start_new_session=True)
+        process = subprocess.Popen(
+            list(argv), stdout=log, stderr=subprocess.STDOUT, env=child_env(f"{window}:{pause}"), start_new_session=True
+        )
         text, seen = "", 0
         try:
             while True:
@@ -453,12 +505,26 @@ class WindowResult:
 
     @property
     def all_checks_held(self) -> bool:
-        return (bool(self.checks) and not self.failures and self.kills_in_window == self.kills
-                and all(all(c.values()) for c in self.checks))
+        return (
+            bool(self.checks)
+            and not self.failures
+            and self.kills_in_window == self.kills
+            and all(all(c.values()) for c in self.checks)
+        )
 
 
-def inject_window(command: Command, window: str, work: Path, reference: Path, kills: int, markers: int, pause: float,
-                  rng: random.Random, per_round: int = 3, log: Callable[[str], None] = print) -> WindowResult:
+def inject_window(
+    command: Command,
+    window: str,
+    work: Path,
+    reference: Path,
+    kills: int,
+    markers: int,
+    pause: float,
+    rng: random.Random,
+    per_round: int = 3,
+    log: Callable[[str], None] = print,
+) -> WindowResult:
     """``kills`` SIGKILLs inside ``window``, up to ``per_round`` per folder; each folder is then resumed
     without pauses to completion and checked."""
     result = WindowResult(window, command.name, markers_in_reference=markers, pause=pause)
@@ -473,8 +539,14 @@ def inject_window(command: Command, window: str, work: Path, reference: Path, ki
         while slots:
             remaining = max(1, markers - seen_in_round)  # a resumed run passes through what is left (about)
             target = rng.randint(1, max(1, remaining // slots))
-            code, inside, seen, seconds = run_to_marker(command.argv(folder), folder / "log.txt", window, target, pause,
-                                                        functools.partial(window_evidence, window, folder))
+            code, inside, seen, seconds = run_to_marker(
+                command.argv(folder),
+                folder / "log.txt",
+                window,
+                target,
+                pause,
+                functools.partial(window_evidence, window, folder),
+            )
             result.resumes += int(attempts > 0)
             attempts += 1
             killed = code is None
@@ -485,8 +557,10 @@ def inject_window(command: Command, window: str, work: Path, reference: Path, ki
             slots -= 1
             result.kills += 1
             result.kills_in_window += bool(inside)
-            log(f"  {window} kill {result.kills}/{kills} at marker {target}: "
-                f"{'inside the window' if inside else 'NOT proven inside the window'}")
+            log(
+                f"  {window} kill {result.kills}/{kills} at marker {target}: "
+                f"{'inside the window' if inside else 'NOT proven inside the window'}"
+            )
         if result.attempts[-1].killed:  # resume to completion, no pauses
             result.resumes += 1
             code, _, seconds = run_once(command.argv(folder), folder / "log.txt")
@@ -526,10 +600,17 @@ def reference_run(command: Command, folder: Path) -> tuple[float, dict[str, int]
     return seconds, {window: count_markers(text, window) for window in WINDOWS}
 
 
-def run_fault_injection(work: Path, kills: int = 20, seed: int = 0, epochs: int = 30,
-                        commands: Sequence[str] = ("extract", "train"),
-                        log: Callable[[str], None] = print, window_kills: int = 0, pause: float = 0.5,
-                        per_round: int = 3) -> dict[str, Any]:
+def run_fault_injection(
+    work: Path,
+    kills: int = 20,
+    seed: int = 0,
+    epochs: int = 30,
+    commands: Sequence[str] = ("extract", "train"),
+    log: Callable[[str], None] = print,
+    window_kills: int = 0,
+    pause: float = 0.5,
+    per_round: int = 3,
+) -> dict[str, Any]:
     """The whole benchmark in ``work``; returns the result record (see the module doc).
 
     ``kills`` random kills per command (0: none), then ``window_kills`` targeted kills per fault
@@ -557,18 +638,31 @@ def run_fault_injection(work: Path, kills: int = 20, seed: int = 0, epochs: int 
             results[name] = {**asdict(outcome), "all_checks_held": outcome.all_checks_held}
         for window in (w for w, owner in WINDOWS.items() if owner == name and window_kills):
             log(f"{name}: injecting {window_kills} kills inside {window} ({markers[window]} in the uninterrupted run)")
-            targeted = inject_window(command, window, work / name / window, reference, window_kills, markers[window],
-                                     pause, rng, per_round=per_round, log=log)
+            targeted = inject_window(
+                command,
+                window,
+                work / name / window,
+                reference,
+                window_kills,
+                markers[window],
+                pause,
+                rng,
+                per_round=per_round,
+                log=log,
+            )
             windows[window] = {**asdict(targeted), "all_checks_held": targeted.all_checks_held}
     held = [r["all_checks_held"] for r in (*results.values(), *windows.values())]
     argv = ["python -m bench.fault_injection"] + (["--targeted"] if window_kills and not kills else [])
     return {
         "benchmark": "fault_injection",
-        "command": " ".join(argv + ["--kills", str(kills or window_kills), "--seed", str(seed)]
-                            + (["--only", commands[0]] if len(commands) == 1 else [])
-                            + (["--epochs", str(epochs)] if epochs != 30 else [])
-                            + (["--pause", str(pause)] if window_kills and pause != 0.5 else [])
-                            + (["--kills-per-round", str(per_round)] if window_kills and per_round != 3 else [])),
+        "command": " ".join(
+            argv
+            + ["--kills", str(kills or window_kills), "--seed", str(seed)]
+            + (["--only", commands[0]] if len(commands) == 1 else [])
+            + (["--epochs", str(epochs)] if epochs != 30 else [])
+            + (["--pause", str(pause)] if window_kills and pause != 0.5 else [])
+            + (["--kills-per-round", str(per_round)] if window_kills and per_round != 3 else [])
+        ),
         "kills_per_command": kills,
         "kills_per_window": window_kills,
         "pause_seconds": pause if window_kills else None,
@@ -588,13 +682,17 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     lines = []
     for name, r in record["results"].items():
         phases = ", ".join(f"{k} {v}" for k, v in sorted(r["phases"].items(), key=lambda kv: -kv[1]))
-        lines.append(f"{name}: {r['kills']} kills ({phases}); {r['resumes']} resumes over {r['rounds']} round(s); "
-                     f"uninterrupted {r['reference_seconds']} s; checks {'held' if r['all_checks_held'] else 'FAILED'}")
+        lines.append(
+            f"{name}: {r['kills']} kills ({phases}); {r['resumes']} resumes over {r['rounds']} round(s); "
+            f"uninterrupted {r['reference_seconds']} s; checks {'held' if r['all_checks_held'] else 'FAILED'}"
+        )
         lines.extend(f"  failure: {f}" for f in r["failures"])
     for window, r in record.get("windows", {}).items():
-        lines.append(f"{window} ({r['command']}): {r['kills']} kills, {r['kills_in_window']} proven inside the window; "
-                     f"{r['resumes']} resumes over {r['rounds']} round(s); {r['markers_in_reference']} passes in the "
-                     f"uninterrupted run; checks {'held' if r['all_checks_held'] else 'FAILED'}")
+        lines.append(
+            f"{window} ({r['command']}): {r['kills']} kills, {r['kills_in_window']} proven inside the window; "
+            f"{r['resumes']} resumes over {r['rounds']} round(s); {r['markers_in_reference']} passes in the "
+            f"uninterrupted run; checks {'held' if r['all_checks_held'] else 'FAILED'}"
+        )
         lines.extend(f"  failure: {f}" for f in r["failures"])
     lines.append(f"wall time {record['wall_seconds']} s; all checks held: {record['all_checks_held']}")
     return lines
@@ -606,21 +704,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus and of the kill delays")
     parser.add_argument("--epochs", type=int, default=30, help="training epochs of the tiny recipe")
     parser.add_argument("--only", choices=("extract", "train"), default=None, help="inject into one command only")
-    parser.add_argument("--targeted", action="store_true",
-                        help="kill inside the fault windows instead (--kills per window; see the module doc)")
+    parser.add_argument(
+        "--targeted",
+        action="store_true",
+        help="kill inside the fault windows instead (--kills per window; see the module doc)",
+    )
     parser.add_argument("--pause", type=float, default=0.5, help="seconds each targeted window lasts (default 0.5)")
-    parser.add_argument("--kills-per-round", type=int, default=3,
-                        help="targeted kills into one folder before it is resumed to completion and checked")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="result JSON (default bench/results/fault_injection.json, -targeted.json with --targeted)")
+    parser.add_argument(
+        "--kills-per-round",
+        type=int,
+        default=3,
+        help="targeted kills into one folder before it is resumed to completion and checked",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="result JSON (default bench/results/fault_injection.json, -targeted.json with --targeted)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one, removed)")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="emomix-faults-"))
     commands = (args.only,) if args.only else ("extract", "train")
     try:
         if args.targeted:
-            record = run_fault_injection(work, kills=0, seed=args.seed, epochs=args.epochs, commands=commands,
-                                         window_kills=args.kills, pause=args.pause, per_round=args.kills_per_round)
+            record = run_fault_injection(
+                work,
+                kills=0,
+                seed=args.seed,
+                epochs=args.epochs,
+                commands=commands,
+                window_kills=args.kills,
+                pause=args.pause,
+                per_round=args.kills_per_round,
+            )
         else:
             record = run_fault_injection(work, kills=args.kills, seed=args.seed, epochs=args.epochs, commands=commands)
     finally:

@@ -59,16 +59,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         timings = interleaved(paths(predictor, items), repeats)
         errors = [r for r in predictor.predict_many(items, batch_size=16) if "error" in r]
         cli = time_cli(checkpoint, folder, work / "out.csv")
-        results: dict[str, Any] = {"name": NAME, "machine": machine_info(threads), "clips": len(items),
-                                   "audio_s": round(audio_s, 2), "encoders": "opensmile:eGeMAPSv02 (VAD mask, stride 4) + minilm",
-                                   "failed_items": len(errors), "paths": {}}
+        results: dict[str, Any] = {
+            "name": NAME,
+            "machine": machine_info(threads),
+            "clips": len(items),
+            "audio_s": round(audio_s, 2),
+            "encoders": "opensmile:eGeMAPSv02 (VAD mask, stride 4) + minilm",
+            "failed_items": len(errors),
+            "paths": {},
+        }
         for name, timing in timings.items():
-            results["paths"][name] = {**timing.to_dict(), "cpu_best_s": round(min(timing.cpu_seconds), 3),
-                                      "utt_per_s": round(len(items) / timing.best, 2),
-                                      "audio_s_per_s": round(audio_s / timing.best, 2),
-                                      "vs_bare": round(timings["bare_loop"].best / timing.best, 3)}
-        results["paths"]["cli_folder"] = {**cli, "utt_per_s": round(len(items) / cli["predict_s"], 2),
-                                          "audio_s_per_s": round(audio_s / cli["predict_s"], 2)}
+            results["paths"][name] = {
+                **timing.to_dict(),
+                "cpu_best_s": round(min(timing.cpu_seconds), 3),
+                "utt_per_s": round(len(items) / timing.best, 2),
+                "audio_s_per_s": round(audio_s / timing.best, 2),
+                "vs_bare": round(timings["bare_loop"].best / timing.best, 3),
+            }
+        results["paths"]["cli_folder"] = {
+            **cli,
+            "utt_per_s": round(len(items) / cli["predict_s"], 2),
+            "audio_s_per_s": round(audio_s / cli["predict_s"], 2),
+        }
         print()
         print(render(results))
         path = write_results(NAME, results, args.quick, args.out)
@@ -102,13 +114,27 @@ def time_cli(checkpoint: Path, folder: Path, out: Path) -> dict[str, Any]:
         write_rows(rows, out, predictor.classes)
     failed = sum(1 for r in rows if "error" in r)
     notes = sorted({n for r in rows for n in r.get("notes", [])})
-    return {"load_s": round(load.wall, 3), "predict_s": round(run.wall, 3), "cpu_s": round(run.cpu, 3), "failed": failed,
-            "notes": notes}
+    return {
+        "load_s": round(load.wall, 3),
+        "predict_s": round(run.wall, 3),
+        "cpu_s": round(run.cpu, 3),
+        "failed": failed,
+        "notes": notes,
+    }
 
 
 def render(results: dict[str, Any]) -> str:
-    rows = [[name, r.get("best_s", r.get("predict_s")), r.get("cpu_best_s", r.get("cpu_s")), r["utt_per_s"], r["audio_s_per_s"],
-             r.get("vs_bare", "")] for name, r in results["paths"].items()]
+    rows = [
+        [
+            name,
+            r.get("best_s", r.get("predict_s")),
+            r.get("cpu_best_s", r.get("cpu_s")),
+            r["utt_per_s"],
+            r["audio_s_per_s"],
+            r.get("vs_bare", ""),
+        ]
+        for name, r in results["paths"].items()
+    ]
     return format_table(["path", "wall s", "CPU s", "utt/s", "audio s/s", "speed vs bare"], rows)
 
 

@@ -34,10 +34,28 @@ from bench._util import format_table, machine_info, parse_args, set_threads, wav
 
 NAME = "model_costs"
 SIZES = {
-    "full": {"dim": 768, "frames": 225, "tokens": 40, "text_layers": 4, "dialogue": 8, "audio_seconds": 4.5,
-             "repeats": 5, "encoder_repeats": 5, "classes": 4},
-    "quick": {"dim": 32, "frames": 50, "tokens": 12, "text_layers": 4, "dialogue": 4, "audio_seconds": 1.0,
-              "repeats": 1, "encoder_repeats": 1, "classes": 4},
+    "full": {
+        "dim": 768,
+        "frames": 225,
+        "tokens": 40,
+        "text_layers": 4,
+        "dialogue": 8,
+        "audio_seconds": 4.5,
+        "repeats": 5,
+        "encoder_repeats": 5,
+        "classes": 4,
+    },
+    "quick": {
+        "dim": 32,
+        "frames": 50,
+        "tokens": 12,
+        "text_layers": 4,
+        "dialogue": 4,
+        "audio_seconds": 1.0,
+        "repeats": 1,
+        "encoder_repeats": 1,
+        "classes": 4,
+    },
 }
 FRAME_RATE = 50.0
 
@@ -54,27 +72,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         dims = {m: sizes["dim"] for m in info.modalities}
         torch.manual_seed(0)
         model = create_model(name, {}, dims, sizes["classes"]).eval()
-        record: dict[str, Any] = {"inputs": list(info.modalities), "batch_kind": info.batch_kind,
-                                  "parameters": sum(p.numel() for p in model.parameters())}
+        record: dict[str, Any] = {
+            "inputs": list(info.modalities),
+            "batch_kind": info.batch_kind,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
         for batch_size in (1, 8):
-            batch = (dialogue_batch(info.modalities, batch_size, sizes) if info.batch_kind == "dialogue"
-                     else utterance_batch(info.modalities, batch_size, sizes))
+            batch = (
+                dialogue_batch(info.modalities, batch_size, sizes)
+                if info.batch_kind == "dialogue"
+                else utterance_batch(info.modalities, batch_size, sizes)
+            )
             utterances = batch_size * (sizes["dialogue"] if info.batch_kind == "dialogue" else 1)
             wall, cpu = _time(lambda model=model, batch=batch: model(batch), sizes["repeats"])
             record[f"ms_per_utterance_batch{batch_size}"] = round(wall * 1000 / utterances, 3)
             record[f"cpu_ms_per_utterance_batch{batch_size}"] = round(cpu * 1000 / utterances, 3)
         results["models"][name] = record
-        print(f"{name:26s} {record['parameters']:>11,d} params  {record['ms_per_utterance_batch1']:8.2f} ms "
-              f"(CPU {record['cpu_ms_per_utterance_batch1']:.2f}) batch 1  "
-              f"{record['ms_per_utterance_batch8']:8.2f} ms/utt "
-              f"(CPU {record['cpu_ms_per_utterance_batch8']:.2f}) batch 8", flush=True)
+        print(
+            f"{name:26s} {record['parameters']:>11,d} params  {record['ms_per_utterance_batch1']:8.2f} ms "
+            f"(CPU {record['cpu_ms_per_utterance_batch1']:.2f}) batch 1  "
+            f"{record['ms_per_utterance_batch8']:8.2f} ms/utt "
+            f"(CPU {record['cpu_ms_per_utterance_batch8']:.2f}) batch 8",
+            flush=True,
+        )
     results["encoders"] = time_encoders(args.quick, sizes)
     for record in results["models"].values():
         used = [results["encoders"][m] for m in record["inputs"] if m in results["encoders"]]
-        record["ms_per_utterance_with_encoders"] = round(sum(e["ms_per_utterance"] for e in used)
-                                                         + record["ms_per_utterance_batch1"], 1)
-        record["cpu_ms_per_utterance_with_encoders"] = round(sum(e["cpu_ms_per_utterance"] for e in used)
-                                                             + record["cpu_ms_per_utterance_batch1"], 1)
+        record["ms_per_utterance_with_encoders"] = round(
+            sum(e["ms_per_utterance"] for e in used) + record["ms_per_utterance_batch1"], 1
+        )
+        record["cpu_ms_per_utterance_with_encoders"] = round(
+            sum(e["cpu_ms_per_utterance"] for e in used) + record["cpu_ms_per_utterance_batch1"], 1
+        )
     print()
     print(render(results))
     path = write_results(NAME, results, args.quick, args.out)
@@ -84,14 +113,45 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def render(results: dict[str, Any]) -> str:
     """The Markdown tables of a result (models, then encoders)."""
-    rows = [(name, "+".join(r["inputs"]), r["batch_kind"], f"{r['parameters'] / 1e6:.2f} M",
-             r["cpu_ms_per_utterance_batch1"], r["cpu_ms_per_utterance_batch8"], r["ms_per_utterance_batch1"],
-             r["cpu_ms_per_utterance_with_encoders"]) for name, r in results["models"].items()]
-    models = format_table(("model", "inputs", "batch", "parameters", "CPU ms/utt, batch 1", "CPU ms/utt, batch 8",
-                           "wall ms/utt, batch 1", "CPU ms/utt with encoders"), rows)
-    encoders = format_table(("encoder", "parameters", "positions", "CPU ms/utterance", "wall ms/utterance"),
-                            [(e["label"], f"{e['parameters'] / 1e6:.1f} M", e["positions"], e["cpu_ms_per_utterance"],
-                              e["ms_per_utterance"]) for e in results["encoders"].values()])
+    rows = [
+        (
+            name,
+            "+".join(r["inputs"]),
+            r["batch_kind"],
+            f"{r['parameters'] / 1e6:.2f} M",
+            r["cpu_ms_per_utterance_batch1"],
+            r["cpu_ms_per_utterance_batch8"],
+            r["ms_per_utterance_batch1"],
+            r["cpu_ms_per_utterance_with_encoders"],
+        )
+        for name, r in results["models"].items()
+    ]
+    models = format_table(
+        (
+            "model",
+            "inputs",
+            "batch",
+            "parameters",
+            "CPU ms/utt, batch 1",
+            "CPU ms/utt, batch 8",
+            "wall ms/utt, batch 1",
+            "CPU ms/utt with encoders",
+        ),
+        rows,
+    )
+    encoders = format_table(
+        ("encoder", "parameters", "positions", "CPU ms/utterance", "wall ms/utterance"),
+        [
+            (
+                e["label"],
+                f"{e['parameters'] / 1e6:.1f} M",
+                e["positions"],
+                e["cpu_ms_per_utterance"],
+                e["ms_per_utterance"],
+            )
+            for e in results["encoders"].values()
+        ],
+    )
     return models + "\n\n" + encoders
 
 
@@ -105,15 +165,24 @@ def time_encoders(quick: bool, sizes: dict[str, Any]) -> dict[str, dict[str, Any
     text = TextEncoder.from_config(roberta_config(quick), seed=0)
     sentence = sentence_of(text, sizes["tokens"])
     out = {}
-    for modality, label, encoder, inputs in (("audio", "WavLM-Base-sized (random)", speech, [wave]),
-                                             ("text", "RoBERTa-base-sized (random)", text, [sentence])):
+    for modality, label, encoder, inputs in (
+        ("audio", "WavLM-Base-sized (random)", speech, [wave]),
+        ("text", "RoBERTa-base-sized (random)", text, [sentence]),
+    ):
         wall, cpu = _time(lambda encoder=encoder, inputs=inputs: encoder.encode(inputs), sizes["encoder_repeats"])
         frames = int(encoder.encode(inputs).mask.sum())
-        out[modality] = {"label": label, "parameters": sum(p.numel() for p in encoder.parameters()),
-                         "ms_per_utterance": round(wall * 1000, 1), "cpu_ms_per_utterance": round(cpu * 1000, 1),
-                         "positions": frames}
-        print(f"{label:30s} {out[modality]['parameters']:>12,d} params {wall * 1000:9.1f} ms (CPU {cpu * 1000:.1f}; "
-              f"{frames} positions)", flush=True)
+        out[modality] = {
+            "label": label,
+            "parameters": sum(p.numel() for p in encoder.parameters()),
+            "ms_per_utterance": round(wall * 1000, 1),
+            "cpu_ms_per_utterance": round(cpu * 1000, 1),
+            "positions": frames,
+        }
+        print(
+            f"{label:30s} {out[modality]['parameters']:>12,d} params {wall * 1000:9.1f} ms (CPU {cpu * 1000:.1f}; "
+            f"{frames} positions)",
+            flush=True,
+        )
     return out
 
 
@@ -128,7 +197,26 @@ def roberta_config(quick: bool) -> Any:
 
 def sentence_of(encoder: Any, tokens: int) -> str:
     """A transcript that the encoder's tokenizer turns into exactly ``tokens`` tokens (special included)."""
-    words = ["well", "i", "really", "did", "not", "expect", "to", "see", "you", "here", "today", "and", "honestly", "it", "makes", "me", "very", "happy"]
+    words = [
+        "well",
+        "i",
+        "really",
+        "did",
+        "not",
+        "expect",
+        "to",
+        "see",
+        "you",
+        "here",
+        "today",
+        "and",
+        "honestly",
+        "it",
+        "makes",
+        "me",
+        "very",
+        "happy",
+    ]
     text = ""
     for index in range(1000):
         candidate = (text + " " + words[index % len(words)]).strip()
@@ -150,19 +238,27 @@ def utterance_batch(modalities: Sequence[str], batch_size: int, sizes: dict[str,
         edge = max(1, frames // 10)
         speech[:, :edge] = False
         speech[:, -edge:] = False
-        inputs["audio"] = ModalityInput(states=torch.randn(batch_size, frames, dim, generator=generator),
-                                        mask=torch.ones(batch_size, frames, dtype=torch.bool), speech_mask=speech,
-                                        frame_rate=FRAME_RATE)
+        inputs["audio"] = ModalityInput(
+            states=torch.randn(batch_size, frames, dim, generator=generator),
+            mask=torch.ones(batch_size, frames, dtype=torch.bool),
+            speech_mask=speech,
+            frame_rate=FRAME_RATE,
+        )
     if "text" in modalities:
         special = torch.zeros(batch_size, tokens, dtype=torch.bool)
         special[:, 0] = special[:, -1] = True
         inputs["text"] = ModalityInput(
             states=torch.randn(batch_size, tokens, dim, generator=generator),
-            mask=torch.ones(batch_size, tokens, dtype=torch.bool), special_tokens=special,
-            layer_states=torch.randn(batch_size, sizes["text_layers"], tokens, dim, generator=generator))
+            mask=torch.ones(batch_size, tokens, dtype=torch.bool),
+            special_tokens=special,
+            layer_states=torch.randn(batch_size, sizes["text_layers"], tokens, dim, generator=generator),
+        )
     if "video" in modalities:
-        inputs["video"] = ModalityInput(states=torch.randn(batch_size, 45, dim, generator=generator),
-                                        mask=torch.ones(batch_size, 45, dtype=torch.bool), frame_rate=10.0)
+        inputs["video"] = ModalityInput(
+            states=torch.randn(batch_size, 45, dim, generator=generator),
+            mask=torch.ones(batch_size, 45, dtype=torch.bool),
+            frame_rate=10.0,
+        )
     edges = None
     if "audio" in modalities and "text" in modalities:
         edges = [spread_edges(tokens, frames)] * batch_size

@@ -48,9 +48,16 @@ from bench._util import (
 NAME = "partial_finetune"
 
 FALLBACK_TEXTS = [
-    "I can't believe you did that!", "Okay.", "Where were you last night?", "That's the best news I've heard all week.",
-    "Oh my God, are you serious?", "Fine, whatever you say.", "I just don't think it's a good idea right now.",
-    "Could you please pass me the salt?", "No way.", "We need to talk about what happened at the party.",
+    "I can't believe you did that!",
+    "Okay.",
+    "Where were you last night?",
+    "That's the best news I've heard all week.",
+    "Oh my God, are you serious?",
+    "Fine, whatever you say.",
+    "I just don't think it's a good idea right now.",
+    "Could you please pass me the salt?",
+    "No way.",
+    "We need to talk about what happened at the party.",
 ]
 
 
@@ -70,11 +77,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         speech = SpeechSSLEncoder.from_config(wavlm_config(args.quick), trainable_top_layers=4, seed=0)
         size = "tiny" if args.quick else "base"
-        batches = {"8 x 4.0 s": [synthetic_wave(4.0, rng) for _ in range(8)],
-                   "8 x 3.5-4.5 s": [synthetic_wave(float(s), rng) for s in rng.uniform(3.5, 4.5, 8)]}
+        batches = {
+            "8 x 4.0 s": [synthetic_wave(4.0, rng) for _ in range(8)],
+            "8 x 3.5-4.5 s": [synthetic_wave(float(s), rng) for s in rng.uniform(3.5, 4.5, 8)],
+        }
         for name, waves in batches.items():
             results["cases"][f"wavlm-{size}-random top 4/12, {name}"] = run_case(
-                speech, waves, 8, repeats, work / f"speech-{len(results['cases'])}")
+                speech, waves, 8, repeats, work / f"speech-{len(results['cases'])}"
+            )
         texts, text_source = meld_texts(32)
         minilm = TextEncoder(trainable_top_layers=2)
         results["cases"]["minilm (bundled) top 2/6, 32 texts"] = run_case(minilm, texts, 4, repeats, work / "minilm")
@@ -109,8 +119,13 @@ def run_case(encoder: Any, inputs: list[Any], start_layer: int, repeats: int, st
 
     with FeatureStore(store_dir) as store:
         keys = [f"{i:064x}" for i in range(len(inputs))]
-        store.put_many({key: {f"layer_{start_layer}": boundary[i, : int(output.mask[i].sum())].numpy()}
-                        for i, key in enumerate(keys)}, namespace="boundary")
+        store.put_many(
+            {
+                key: {f"layer_{start_layer}": boundary[i, : int(output.mask[i].sum())].numpy()}
+                for i, key in enumerate(keys)
+            },
+            namespace="boundary",
+        )
     reader = FeatureStore(store_dir, create=False)
 
     head = nn.Linear(encoder.output_size, 4)
@@ -154,16 +169,22 @@ def run_case(encoder: Any, inputs: list[Any], start_layer: int, repeats: int, st
     reader.close()
     ratio = timings["full"].best / timings["boundary"].best
     result = {
-        "layers": encoder.num_layers, "trainable_top_layers": encoder.trainable_top_layers, "start_layer": start_layer,
-        "batch": len(inputs), "frames_or_tokens": int(output.mask.shape[1]),
+        "layers": encoder.num_layers,
+        "trainable_top_layers": encoder.trainable_top_layers,
+        "start_layer": start_layer,
+        "batch": len(inputs),
+        "frames_or_tokens": int(output.mask.shape[1]),
         "trainable_parameters": int(sum(p.numel() for p in trainable)),
         "parameters": int(sum(p.numel() for p in encoder.parameters())),
         "max_abs_diff_eval": max_diff,
-        "full": timings["full"].to_dict(), "boundary": timings["boundary"].to_dict(),
+        "full": timings["full"].to_dict(),
+        "boundary": timings["boundary"].to_dict(),
         "speedup": round(ratio, 2),
     }
-    print(f"{type(encoder).__name__} start {start_layer}: full {timings['full'].best:.3f} s, boundary "
-          f"{timings['boundary'].best:.3f} s -> {ratio:.1f}x; eval max |diff| {max_diff:.2e}")
+    print(
+        f"{type(encoder).__name__} start {start_layer}: full {timings['full'].best:.3f} s, boundary "
+        f"{timings['boundary'].best:.3f} s -> {ratio:.1f}x; eval max |diff| {max_diff:.2e}"
+    )
     return result
 
 
@@ -182,9 +203,20 @@ def render(results: dict[str, Any]) -> str:
     """The summary table of a result dict."""
     rows = []
     for name, case in results["cases"].items():
-        rows.append([name, case["frames_or_tokens"], f"{case['trainable_parameters'] / 1e6:.1f} M",
-                     case["full"]["best_s"], case["boundary"]["best_s"], case["speedup"], f"{case['max_abs_diff_eval']:.1e}"])
-    return format_table(["case", "max T", "trainable", "full step s", "boundary step s", "speed-up", "eval |diff|"], rows)
+        rows.append(
+            [
+                name,
+                case["frames_or_tokens"],
+                f"{case['trainable_parameters'] / 1e6:.1f} M",
+                case["full"]["best_s"],
+                case["boundary"]["best_s"],
+                case["speedup"],
+                f"{case['max_abs_diff_eval']:.1e}",
+            ]
+        )
+    return format_table(
+        ["case", "max T", "trainable", "full step s", "boundary step s", "speed-up", "eval |diff|"], rows
+    )
 
 
 if __name__ == "__main__":

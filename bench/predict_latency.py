@@ -53,8 +53,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="emomix-bench-latency-"))
     try:
         clip = write_clip(work / "clip.wav", 3.0)
-        results: dict[str, Any] = {"name": NAME, "machine": machine_info(threads), "clip_s": 3.0, "text": SENTENCE,
-                                   "repeats": repeats, "configs": {}}
+        results: dict[str, Any] = {
+            "name": NAME,
+            "machine": machine_info(threads),
+            "clip_s": 3.0,
+            "text": SENTENCE,
+            "repeats": repeats,
+            "configs": {},
+        }
         for kind in ("offline", "base"):
             predictor = build_predictor(kind, args.quick, folder=work / "checkpoint")
             results["configs"][kind] = compare(kind, predictor, clip, repeats[kind])
@@ -91,10 +97,24 @@ def compare(kind: str, predictor: Any, clip: Path, repeats: int) -> dict[str, An
         out[f"cpu_ratio_{name}_to_bare"] = round(min(timings[name].cpu_seconds) / min(timings["bare"].cpu_seconds), 3)
     reference = bare()
     predicted = predictor.predict(audio=str(clip), text=SENTENCE)
-    out["max_abs_prob_difference"] = float(np.abs(reference - np.array([predicted["probabilities"][c] for c in CLASSES])).max())
-    print(format_table(["path", "best ms", "median ms", "CPU ms (min)", "vs bare (best)"],
-                       [[n, out[n]["best_s"] * 1000, out[n]["median_s"] * 1000, out[n]["cpu_best_s"] * 1000,
-                         out.get(f"ratio_{n}_to_bare", 1.0)] for n in timings]))
+    out["max_abs_prob_difference"] = float(
+        np.abs(reference - np.array([predicted["probabilities"][c] for c in CLASSES])).max()
+    )
+    print(
+        format_table(
+            ["path", "best ms", "median ms", "CPU ms (min)", "vs bare (best)"],
+            [
+                [
+                    n,
+                    out[n]["best_s"] * 1000,
+                    out[n]["median_s"] * 1000,
+                    out[n]["cpu_best_s"] * 1000,
+                    out.get(f"ratio_{n}_to_bare", 1.0),
+                ]
+                for n in timings
+            ],
+        )
+    )
     print(f"bare vs predict probabilities: max |difference| {out['max_abs_prob_difference']:.2e}")
     return out
 
@@ -103,8 +123,16 @@ def render(results: dict[str, Any]) -> str:
     rows = []
     for kind, r in results["configs"].items():
         for name in ("bare", "predict_path", "predict_array"):
-            rows.append([kind if name == "bare" else "", name, r[name]["best_s"] * 1000, r[name]["median_s"] * 1000,
-                         r[name]["cpu_best_s"] * 1000, r.get(f"ratio_{name}_to_bare", 1.0)])
+            rows.append(
+                [
+                    kind if name == "bare" else "",
+                    name,
+                    r[name]["best_s"] * 1000,
+                    r[name]["median_s"] * 1000,
+                    r[name]["cpu_best_s"] * 1000,
+                    r.get(f"ratio_{name}_to_bare", 1.0),
+                ]
+            )
     return format_table(["encoders", "path", "best ms", "median ms", "CPU ms", "× bare"], rows)
 
 
@@ -133,9 +161,13 @@ def write_clip(path: Path, seconds: float, seed: int = 0) -> Path:
 def offline_specs() -> dict[str, Any]:
     from emomix.features import FeatureSpec
 
-    return {"audio": FeatureSpec.from_dict("audio", {"encoder": "opensmile:eGeMAPSv02", "frame_stride": 4,
-                                                     "preprocess": {"vad": "webrtc", "vad_mode": "mask"}}),
-            "text": FeatureSpec.from_dict("text", {"encoder": "minilm", "layers": [3, 4, 5, 6]})}
+    return {
+        "audio": FeatureSpec.from_dict(
+            "audio",
+            {"encoder": "opensmile:eGeMAPSv02", "frame_stride": 4, "preprocess": {"vad": "webrtc", "vad_mode": "mask"}},
+        ),
+        "text": FeatureSpec.from_dict("text", {"encoder": "minilm", "layers": [3, 4, 5, 6]}),
+    }
 
 
 def write_offline_checkpoint(folder: Path, seed: int = 0) -> Path:
@@ -154,10 +186,23 @@ def write_offline_checkpoint(folder: Path, seed: int = 0) -> Path:
     model = create_model("dual_routing", OFFLINE_HEAD, dims, len(CLASSES))
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(TrainedModel(model).trainable_state(), folder / "model.safetensors")
-    card = {"format": "emomix.model/1", "model": "dual_routing", "config": model.config.to_dict(), "classes": CLASSES,
-            "input_dims": dims, "batch_kind": "utterance", "features": {m: s.to_dict() for m, s in specs.items()},
-            "edges": False, "frame_rates": {"audio": 25.0, "text": None}, "normalisers": [], "fold": "bench", "seed": seed,
-            "corpus": "none", "protocol": "none", "training": {"best_score": None, "note": "random weights (benchmark)"}}
+    card = {
+        "format": "emomix.model/1",
+        "model": "dual_routing",
+        "config": model.config.to_dict(),
+        "classes": CLASSES,
+        "input_dims": dims,
+        "batch_kind": "utterance",
+        "features": {m: s.to_dict() for m, s in specs.items()},
+        "edges": False,
+        "frame_rates": {"audio": 25.0, "text": None},
+        "normalisers": [],
+        "fold": "bench",
+        "seed": seed,
+        "corpus": "none",
+        "protocol": "none",
+        "training": {"best_score": None, "note": "random weights (benchmark)"},
+    }
     (folder / "model.json").write_text(json.dumps(card, indent=1))
     return folder
 
@@ -184,16 +229,30 @@ def build_predictor(kind: str, quick: bool = False, folder: Path | None = None) 
     speech = SpeechSSLEncoder.from_config(wavlm_config(quick), seed=0)
     text = TextEncoder.from_config(roberta_config(quick), seed=0)
     top = text.num_layers
-    specs = {"audio": FeatureSpec.from_dict("audio", {"encoder": "wavlm-base-random", "preprocess": {"vad": "webrtc", "vad_mode": "mask"}}),
-             "text": FeatureSpec.from_dict("text", {"encoder": "roberta-base-random", "layers": list(range(top - 3, top + 1))})}
+    specs = {
+        "audio": FeatureSpec.from_dict(
+            "audio", {"encoder": "wavlm-base-random", "preprocess": {"vad": "webrtc", "vad_mode": "mask"}}
+        ),
+        "text": FeatureSpec.from_dict(
+            "text", {"encoder": "roberta-base-random", "layers": list(range(top - 3, top + 1))}
+        ),
+    }
     dims = {"audio": int(speech.output_size), "text": int(text.output_size)}
     torch.manual_seed(0)
     model = create_model("dual_routing", {}, dims, len(CLASSES))
     network = TrainedModel(model)
     network.eval()
-    card = {"format": "emomix.model/1", "model": "dual_routing", "config": model.config.to_dict(), "classes": CLASSES,
-            "input_dims": dims, "batch_kind": "utterance", "features": {m: s.to_dict() for m, s in specs.items()},
-            "edges": False, "training": {}}
+    card = {
+        "format": "emomix.model/1",
+        "model": "dual_routing",
+        "config": model.config.to_dict(),
+        "classes": CLASSES,
+        "input_dims": dims,
+        "batch_kind": "utterance",
+        "features": {m: s.to_dict() for m, s in specs.items()},
+        "edges": False,
+        "training": {},
+    }
     return Predictor(card, network, specs, {"audio": speech, "text": text}, {}, Path("<benchmark>"), asr=False)
 
 
@@ -229,8 +288,12 @@ def make_bare(predictor: Any):
         audio["speech_mask"] = map_mask_to_frames(mask, frame_s, 1.0 / rate, audio["states"].shape[0]).astype(np.uint8)
         audio = postprocess_fields(audio, audio_spec.frame_stride)
         text = text_encoder.encode([sentence], output_hidden_states=True).unpad(0, layers)
-        batch = Batch(inputs={"audio": modality_input([audio], frame_rate=rate / audio_spec.frame_stride),
-                              "text": modality_input([text], layers=layers)})
+        batch = Batch(
+            inputs={
+                "audio": modality_input([audio], frame_rate=rate / audio_spec.frame_stride),
+                "text": modality_input([text], layers=layers),
+            }
+        )
         with torch.no_grad():
             return torch.softmax(model(batch).logits, dim=-1)[0].numpy().astype(np.float64)
 
@@ -241,8 +304,11 @@ def describe_encoders(predictor: Any) -> dict[str, Any]:
     out = {}
     for modality, encoder in predictor.encoders.items():
         parameters = sum(p.numel() for p in encoder.parameters()) if hasattr(encoder, "parameters") else 0
-        out[modality] = {"spec": str(predictor.specs[modality].encoder), "class": type(encoder).__name__,
-                         "parameters": int(parameters)}
+        out[modality] = {
+            "spec": str(predictor.specs[modality].encoder),
+            "class": type(encoder).__name__,
+            "parameters": int(parameters),
+        }
     return out
 
 

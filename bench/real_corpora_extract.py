@@ -36,8 +36,20 @@ NAME = "real_corpora_extract"
 JOBS = [
     ("emodb / eGeMAPSv02 lld+functionals", "emodb", "emodb", {"name": "opensmile:eGeMAPSv02", "level": "both"}, 8),
     ("savee / eGeMAPSv02 lld+functionals", "savee", "savee", {"name": "opensmile:eGeMAPSv02", "level": "both"}, 8),
-    ("emodb / ComParE_2016 functionals", "emodb", "emodb", {"name": "opensmile:ComParE_2016", "level": "functionals"}, 8),
-    ("savee / ComParE_2016 functionals", "savee", "savee", {"name": "opensmile:ComParE_2016", "level": "functionals"}, 8),
+    (
+        "emodb / ComParE_2016 functionals",
+        "emodb",
+        "emodb",
+        {"name": "opensmile:ComParE_2016", "level": "functionals"},
+        8,
+    ),
+    (
+        "savee / ComParE_2016 functionals",
+        "savee",
+        "savee",
+        {"name": "opensmile:ComParE_2016", "level": "functionals"},
+        8,
+    ),
     ("meld train+dev+test / minilm", "meld", "meld-text", "minilm", 32),
 ]
 
@@ -48,8 +60,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     threads = set_threads(args.threads)
     base = Path(args.store or os.environ.get("EMOMIX_BENCH_STORE") or tempfile.gettempdir())
     store_root = base / f"emomix-bench-real-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    results: dict[str, Any] = {"name": NAME, "machine": machine_info(threads), "store": str(store_root), "jobs": {},
-                               "limit": 20 if args.quick else None}
+    results: dict[str, Any] = {
+        "name": NAME,
+        "machine": machine_info(threads),
+        "store": str(store_root),
+        "jobs": {},
+        "limit": 20 if args.quick else None,
+    }
     try:
         for label, reader, folder, spec, batch_size in JOBS:
             root = shared_corpus(folder)
@@ -57,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 print(f"skip {label}: ../shared/datasets/{folder} is absent (set EMOMIX_DATASETS)")
                 results["jobs"][label] = {"skipped": f"{folder} absent"}
                 continue
-            results["jobs"][label] = run_job(reader, root, spec, batch_size, store_root, results["limit"], args.num_workers)
+            results["jobs"][label] = run_job(
+                reader, root, spec, batch_size, store_root, results["limit"], args.num_workers
+            )
         print()
         print(render(results))
         path = write_results(NAME, results, args.quick, args.out)
@@ -69,13 +88,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _options(parser: Any) -> None:
-    parser.add_argument("--store", type=Path, default=None, help="folder to create the store in (default $EMOMIX_BENCH_STORE or /tmp)")
+    parser.add_argument(
+        "--store", type=Path, default=None, help="folder to create the store in (default $EMOMIX_BENCH_STORE or /tmp)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the store afterwards")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader processes for audio loading (default 0)")
 
 
-def run_job(reader: str, root: Path, spec: Any, batch_size: int, store_root: Path, limit: int | None,
-            num_workers: int) -> dict[str, Any]:
+def run_job(
+    reader: str, root: Path, spec: Any, batch_size: int, store_root: Path, limit: int | None, num_workers: int
+) -> dict[str, Any]:
     """Extract one corpus with one encoder twice; assert the second run is pure cache hits."""
     from emomix.cache import FeatureStore, extract_features
     from emomix.data.readers import read_corpus
@@ -87,33 +109,55 @@ def run_job(reader: str, root: Path, spec: Any, batch_size: int, store_root: Pat
     runs = []
     for attempt in ("cold", "warm"):
         with FeatureStore(store_root) as store:
-            summary = extract_features(table, encoder, store, batch_size=batch_size, num_workers=num_workers,
-                                       progress=False, base_dir=corpus.root)
+            summary = extract_features(
+                table,
+                encoder,
+                store,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                progress=False,
+                base_dir=corpus.root,
+            )
             namespace = store.stats()["namespaces"].get(summary.namespace, {})
         runs.append(summarise(attempt, summary, namespace))
-        print(f"{reader} {summary.namespace} {attempt}: {summary.computed} computed, {summary.cached} cached, "
-              f"{summary.failed} failed in {summary.wall_seconds:.1f} s")
+        print(
+            f"{reader} {summary.namespace} {attempt}: {summary.computed} computed, {summary.cached} cached, "
+            f"{summary.failed} failed in {summary.wall_seconds:.1f} s"
+        )
     first, second = runs
     assert second["computed"] == 0 and second["entries_written"] == 0, f"the second run computed {second['computed']}"
     assert second["cached"] == first["computed"] + first["cached"], "every utterance of the first run is a cache hit"
-    return {"reader": reader, "encoder": spec, "batch_size": batch_size, "utterances": len(table),
-            "unique_inputs": first["entries_written"], "runs": runs,
-            "second_run_pure_cache_hits": True}
+    return {
+        "reader": reader,
+        "encoder": spec,
+        "batch_size": batch_size,
+        "utterances": len(table),
+        "unique_inputs": first["entries_written"],
+        "runs": runs,
+        "second_run_pure_cache_hits": True,
+    }
 
 
 def summarise(attempt: str, summary: Any, namespace: dict[str, Any]) -> dict[str, Any]:
     """The numbers of one run (no utterance → key map: the result JSON stays small)."""
     return {
-        "run": attempt, "total": summary.total, "cached": summary.cached, "computed": summary.computed,
-        "failed": summary.failed, "failures_by_reason": summary.failures_by_reason(),
+        "run": attempt,
+        "total": summary.total,
+        "cached": summary.cached,
+        "computed": summary.computed,
+        "failed": summary.failed,
+        "failures_by_reason": summary.failures_by_reason(),
         "failed_ids": [f["utt_id"] for f in summary.failures][:20],
         "fallbacks": {kind: len(ids) for kind, ids in sorted(summary.fallbacks.items())},
         "fallback_ids": {kind: ids[:10] for kind, ids in sorted(summary.fallbacks.items())},
-        "entries_written": summary.entries_written, "shards_written": summary.shards_written,
-        "wall_s": round(summary.wall_seconds, 2), "audio_s": round(summary.audio_seconds, 1),
+        "entries_written": summary.entries_written,
+        "shards_written": summary.shards_written,
+        "wall_s": round(summary.wall_seconds, 2),
+        "audio_s": round(summary.audio_seconds, 1),
         "real_time_factor": None if summary.real_time_factor is None else round(summary.real_time_factor, 4),
         "utt_per_s": round(summary.total / summary.wall_seconds, 1) if summary.wall_seconds else None,
-        "namespace": summary.namespace, "namespace_entries": namespace.get("entries"),
+        "namespace": summary.namespace,
+        "namespace_entries": namespace.get("entries"),
         "namespace_bytes": namespace.get("bytes"),
     }
 
@@ -127,10 +171,23 @@ def render(results: dict[str, Any]) -> str:
             continue
         for run in job["runs"]:
             fallbacks = ", ".join(f"{k}: {v}" for k, v in run["fallbacks"].items()) or "-"
-            rows.append([label, run["run"], run["total"], run["computed"], run["cached"], run["failed"], fallbacks,
-                         run["wall_s"], "-" if run["real_time_factor"] is None else run["real_time_factor"],
-                         f"{(run['namespace_bytes'] or 0) / 2**20:.1f} MiB"])
-    return format_table(["job", "run", "utts", "computed", "cached", "failed", "fallbacks", "wall s", "RTF", "size"], rows)
+            rows.append(
+                [
+                    label,
+                    run["run"],
+                    run["total"],
+                    run["computed"],
+                    run["cached"],
+                    run["failed"],
+                    fallbacks,
+                    run["wall_s"],
+                    "-" if run["real_time_factor"] is None else run["real_time_factor"],
+                    f"{(run['namespace_bytes'] or 0) / 2**20:.1f} MiB",
+                ]
+            )
+    return format_table(
+        ["job", "run", "utts", "computed", "cached", "failed", "fallbacks", "wall s", "RTF", "size"], rows
+    )
 
 
 if __name__ == "__main__":

@@ -41,9 +41,15 @@ CLIPS = 16
 
 
 def _extra(parser: Any) -> None:
-    parser.add_argument("--run", type=Path, default=None, help="a trained run folder to serve (default: train a small synthetic run)")
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-serve", help="where the synthetic corpus and run are kept")
-    parser.add_argument("--requests", type=int, default=None, help="requests in the load run (default 200; 24 with --quick)")
+    parser.add_argument(
+        "--run", type=Path, default=None, help="a trained run folder to serve (default: train a small synthetic run)"
+    )
+    parser.add_argument(
+        "--work", type=Path, default=ROOT / "runs" / "bench-serve", help="where the synthetic corpus and run are kept"
+    )
+    parser.add_argument(
+        "--requests", type=int, default=None, help="requests in the load run (default 200; 24 with --quick)"
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
     parser.add_argument("--worker-threads", type=int, default=1, help="the service's worker threads (default 1)")
 
@@ -54,9 +60,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     requests = args.requests or (24 if args.quick else 200)
     run = args.run or train_synthetic_run(args.work, args.threads)
     clips = benchmark_clips(run)
-    print(f"serving {run} ({len(clips)} clips, mean {np.mean([c['seconds'] for c in clips]):.2f} s of audio); "
-          f"{requests} requests, {args.concurrency} at a time, {args.worker_threads} worker thread(s), "
-          f"{args.threads} torch thread(s)")
+    print(
+        f"serving {run} ({len(clips)} clips, mean {np.mean([c['seconds'] for c in clips]):.2f} s of audio); "
+        f"{requests} requests, {args.concurrency} at a time, {args.worker_threads} worker thread(s), "
+        f"{args.threads} torch thread(s)"
+    )
     with ServerProcess(run, args.threads, args.worker_threads) as server:
         sequential = asyncio.run(load(server.url, clips, len(clips), 1))
         cpu_before = server.cpu_seconds()
@@ -65,23 +73,44 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         wall = time.perf_counter() - started
         cpu = server.cpu_seconds() - cpu_before
     summary = {
-        "requests": requests, "concurrency": args.concurrency, "worker_threads": args.worker_threads,
-        "torch_threads": args.threads, "errors": sum(1 for r in loaded if r["status"] != 200),
-        "statuses": _count(r["status"] for r in loaded), "wall_s": round(wall, 3),
-        "throughput_rps": round(requests / wall, 3), "latency_ms": percentiles([r["ms"] for r in loaded]),
+        "requests": requests,
+        "concurrency": args.concurrency,
+        "worker_threads": args.worker_threads,
+        "torch_threads": args.threads,
+        "errors": sum(1 for r in loaded if r["status"] != 200),
+        "statuses": _count(r["status"] for r in loaded),
+        "wall_s": round(wall, 3),
+        "throughput_rps": round(requests / wall, 3),
+        "latency_ms": percentiles([r["ms"] for r in loaded]),
         "sequential_latency_ms": percentiles([r["ms"] for r in sequential]),
         "sequential_errors": sum(1 for r in sequential if r["status"] != 200),
         "server_cpu_s_per_request": round(cpu / requests, 4),
         "clip_seconds_mean": round(float(np.mean([c["seconds"] for c in clips])), 3),
         "first_errors": [r for r in loaded if r["status"] != 200][:3],
     }
-    rows = [["alone, one at a time", len(clips), 1, *(summary["sequential_latency_ms"][k] for k in ("p50", "p95", "max")), "",
-             summary["sequential_errors"]],
-            [f"load, {args.concurrency} at a time", requests, args.concurrency,
-             *(summary["latency_ms"][k] for k in ("p50", "p95", "max")), summary["throughput_rps"], summary["errors"]]]
+    rows = [
+        [
+            "alone, one at a time",
+            len(clips),
+            1,
+            *(summary["sequential_latency_ms"][k] for k in ("p50", "p95", "max")),
+            "",
+            summary["sequential_errors"],
+        ],
+        [
+            f"load, {args.concurrency} at a time",
+            requests,
+            args.concurrency,
+            *(summary["latency_ms"][k] for k in ("p50", "p95", "max")),
+            summary["throughput_rps"],
+            summary["errors"],
+        ],
+    ]
     print(format_table(["run", "requests", "in flight", "p50 ms", "p95 ms", "max ms", "req/s", "errors"], rows))
-    print(f"server CPU per request: {summary['server_cpu_s_per_request'] * 1000:.0f} ms; "
-          f"p99 {summary['latency_ms']['p99']} ms")
+    print(
+        f"server CPU per request: {summary['server_cpu_s_per_request'] * 1000:.0f} ms; "
+        f"p99 {summary['latency_ms']['p99']} ms"
+    )
     payload = {"machine": machine_info(args.threads), "run": str(run), "summary": summary}
     print(f"results: {write_results(NAME, payload, args.quick, args.out)}")
     return payload
@@ -99,21 +128,30 @@ def train_synthetic_run(work: Path, threads: int) -> Path:
     from emomix.train.recipe import Recipe
     from emomix.train.run import train_recipe
 
-    recipe = Recipe.from_dict({
-        "name": "bench-serve",
-        "corpus": {"reader": "synthetic", "root": str(work / "corpus"), "generate": {"seed": 0, "size": 120}},
-        "protocol": {"name": "loso", "params": {"validation": "group"}},
-        "features": {
-            "store": str(work / "features"),
-            "audio": {"encoder": "opensmile:eGeMAPSv02", "preprocess": {"vad": "webrtc", "vad_mode": "mask"},
-                      "frame_stride": 4, "speaker_normalisation": True},
-            "text": {"encoder": "minilm", "layers": [3, 4, 5, 6]},
-        },
-        "model": {"name": "dual_routing", "config": {"model_dim": 32, "router_hidden": 32, "classifier_hidden": 64}},
-        "optimiser": {"lr": 2e-3, "schedule": "warmup_cosine", "warmup_epochs": 1},
-        "training": {"epochs": 2, "batch_size": 16, "patience": 3, "threads": threads},
-        "seeds": [0],
-    })
+    recipe = Recipe.from_dict(
+        {
+            "name": "bench-serve",
+            "corpus": {"reader": "synthetic", "root": str(work / "corpus"), "generate": {"seed": 0, "size": 120}},
+            "protocol": {"name": "loso", "params": {"validation": "group"}},
+            "features": {
+                "store": str(work / "features"),
+                "audio": {
+                    "encoder": "opensmile:eGeMAPSv02",
+                    "preprocess": {"vad": "webrtc", "vad_mode": "mask"},
+                    "frame_stride": 4,
+                    "speaker_normalisation": True,
+                },
+                "text": {"encoder": "minilm", "layers": [3, 4, 5, 6]},
+            },
+            "model": {
+                "name": "dual_routing",
+                "config": {"model_dim": 32, "router_hidden": 32, "classifier_hidden": 64},
+            },
+            "optimiser": {"lr": 2e-3, "schedule": "warmup_cosine", "warmup_epochs": 1},
+            "training": {"epochs": 2, "batch_size": 16, "patience": 3, "threads": threads},
+            "seeds": [0],
+        }
+    )
     print(f"training a small synthetic run into {out} (first time only)")
     train_recipe(recipe, out, folds=["ses01"], progress=False, log=None)
     return out
@@ -136,8 +174,15 @@ def benchmark_clips(run: Path) -> list[dict[str, Any]]:
     clips = []
     for row in table.itertuples():
         path = Path(row.audio_path) if Path(row.audio_path).is_absolute() else root / row.audio_path
-        clips.append({"name": path.name, "data": path.read_bytes(), "text": row.text, "speaker": row.speaker,
-                      "seconds": soundfile.info(str(path)).duration})
+        clips.append(
+            {
+                "name": path.name,
+                "data": path.read_bytes(),
+                "text": row.text,
+                "speaker": row.speaker,
+                "seconds": soundfile.info(str(path)).duration,
+            }
+        )
     return clips
 
 
@@ -201,17 +246,29 @@ async def load(url: str, clips: list[dict[str, Any]], count: int, concurrency: i
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+
         async def one(index: int) -> dict[str, Any]:
             clip = clips[index % len(clips)]
             async with gate:
                 started = time.perf_counter()
                 try:
-                    response = await client.post("/predict", files={"file": (clip["name"], clip["data"], "audio/wav")},
-                                                 data={"text": clip["text"], "speaker": clip["speaker"]})
-                    status, detail = response.status_code, (None if response.status_code == 200 else response.text[:300])
+                    response = await client.post(
+                        "/predict",
+                        files={"file": (clip["name"], clip["data"], "audio/wav")},
+                        data={"text": clip["text"], "speaker": clip["speaker"]},
+                    )
+                    status, detail = (
+                        response.status_code,
+                        (None if response.status_code == 200 else response.text[:300]),
+                    )
                 except httpx.HTTPError as error:
                     status, detail = -1, f"{type(error).__name__}: {error}"
-                return {"index": index, "status": status, "ms": (time.perf_counter() - started) * 1000, "detail": detail}
+                return {
+                    "index": index,
+                    "status": status,
+                    "ms": (time.perf_counter() - started) * 1000,
+                    "detail": detail,
+                }
 
         return list(await asyncio.gather(*(one(i) for i in range(count))))
 
@@ -219,9 +276,13 @@ async def load(url: str, clips: list[dict[str, Any]], count: int, concurrency: i
 def percentiles(values: Sequence[float]) -> dict[str, float]:
     """p50, p95, p99, mean and max of latencies in ms (linear interpolation)."""
     array = np.asarray(values, dtype=np.float64)
-    return {"p50": round(float(np.percentile(array, 50)), 1), "p95": round(float(np.percentile(array, 95)), 1),
-            "p99": round(float(np.percentile(array, 99)), 1), "mean": round(float(statistics.fmean(array)), 1),
-            "max": round(float(array.max()), 1)}
+    return {
+        "p50": round(float(np.percentile(array, 50)), 1),
+        "p95": round(float(np.percentile(array, 95)), 1),
+        "p99": round(float(np.percentile(array, 99)), 1),
+        "mean": round(float(statistics.fmean(array)), 1),
+        "max": round(float(array.max()), 1),
+    }
 
 
 def _count(values: Any) -> dict[str, int]:

@@ -52,20 +52,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table and write ``bench/results/store_epoch.json``."""
     args = parse_args(__doc__.splitlines()[0], argv)
     threads = set_threads(args.threads)
-    sizes = ({"utterances": 200, "dim": 768, "batch": 32, "encoder_sample": 4, "put_many_chunk": 50} if args.quick
-             else {"utterances": 5000, "dim": 768, "batch": 32, "encoder_sample": 32, "put_many_chunk": 250})
+    sizes = (
+        {"utterances": 200, "dim": 768, "batch": 32, "encoder_sample": 4, "put_many_chunk": 50}
+        if args.quick
+        else {"utterances": 5000, "dim": 768, "batch": 32, "encoder_sample": 32, "put_many_chunk": 250}
+    )
     rng = np.random.default_rng(0)
     seconds = corpus_durations(sizes["utterances"], rng)
     frames = np.array([wavlm_frames(s) for s in seconds])
     work = Path(os.environ.get("EMOMIX_BENCH_STORE") or tempfile.gettempdir()) / f"emomix-bench-epoch-{os.getpid()}"
-    print(f"{sizes['utterances']} utterances, {seconds.sum() / 3600:.2f} h of audio (mean {seconds.mean():.2f} s), "
-          f"{frames.sum():,} frames (mean {frames.mean():.0f}) x {sizes['dim']}; torch threads {threads}; store {work}")
-    results: dict[str, Any] = {"name": NAME, "machine": machine_info(threads), "sizes": sizes,
-                               "corpus": {"seconds_total": round(float(seconds.sum()), 1),
-                                          "seconds_mean": round(float(seconds.mean()), 3),
-                                          "seconds_p50_p95_max": [round(float(np.percentile(seconds, q)), 2) for q in (50, 95, 100)],
-                                          "frames_total": int(frames.sum()), "frames_mean": round(float(frames.mean()), 1),
-                                          "durations": f"log-normal, mean {MEAN_SECONDS} s, sigma {SIGMA}, clipped to 0.5-30 s"}}
+    print(
+        f"{sizes['utterances']} utterances, {seconds.sum() / 3600:.2f} h of audio (mean {seconds.mean():.2f} s), "
+        f"{frames.sum():,} frames (mean {frames.mean():.0f}) x {sizes['dim']}; torch threads {threads}; store {work}"
+    )
+    results: dict[str, Any] = {
+        "name": NAME,
+        "machine": machine_info(threads),
+        "sizes": sizes,
+        "corpus": {
+            "seconds_total": round(float(seconds.sum()), 1),
+            "seconds_mean": round(float(seconds.mean()), 3),
+            "seconds_p50_p95_max": [round(float(np.percentile(seconds, q)), 2) for q in (50, 95, 100)],
+            "frames_total": int(frames.sum()),
+            "frames_mean": round(float(frames.mean()), 1),
+            "durations": f"log-normal, mean {MEAN_SECONDS} s, sigma {SIGMA}, clipped to 0.5-30 s",
+        },
+    }
     try:
         from emomix.cache import FeatureStore
 
@@ -74,8 +86,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             with Stopwatch() as write:
                 write_states(store, keys, frames, sizes["dim"], sizes["put_many_chunk"], rng)
             size = directory_bytes(work)
-            results["write"] = {"seconds": round(write.wall, 2), "bytes_on_disk": size,
-                                "mb_per_s": round(size / 1e6 / write.wall, 1), "shards": store.stats()["shards"]}
+            results["write"] = {
+                "seconds": round(write.wall, 2),
+                "bytes_on_disk": size,
+                "mb_per_s": round(size / 1e6 / write.wall, 1),
+                "shards": store.stats()["shards"],
+            }
             print(f"wrote {size / 1e9:.2f} GB in {write.wall:.1f} s ({size / 1e6 / write.wall:.0f} MB/s)")
             epochs = []
             for label, cold in (("cold (page cache dropped)", True), ("warm (page cache)", False)):
@@ -88,15 +104,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 if cold:
                     epoch["page_cache_dropped_files"] = dropped
                 epochs.append(epoch)
-                print(f"epoch {label}: {epoch['seconds']:.2f} s (lookup {epoch['lookup_s']:.2f}, read+pad "
-                      f"{epoch['read_pad_s']:.2f}, head {epoch['head_s']:.2f})")
+                print(
+                    f"epoch {label}: {epoch['seconds']:.2f} s (lookup {epoch['lookup_s']:.2f}, read+pad "
+                    f"{epoch['read_pad_s']:.2f}, head {epoch['head_s']:.2f})"
+                )
             results["epochs"] = epochs
 
         recompute = encoder_epoch_estimate(sizes["encoder_sample"], float(seconds.sum()), rng, args.quick)
         results["recompute"] = recompute
         best_epoch = min(e["seconds"] for e in epochs)
         results["ratio_recompute_to_store_epoch"] = round(recompute["extrapolated_epoch_s"] / best_epoch, 1)
-        results["ratio_recompute_to_cold_store_epoch"] = round(recompute["extrapolated_epoch_s"] / epochs[0]["seconds"], 1)
+        results["ratio_recompute_to_cold_store_epoch"] = round(
+            recompute["extrapolated_epoch_s"] / epochs[0]["seconds"], 1
+        )
         print()
         print(render(results))
         path = write_results(NAME, results, args.quick, args.out)
@@ -106,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def write_states(store: Any, keys: list[str], frames: np.ndarray, dim: int, chunk: int, rng: np.random.Generator) -> None:
+def write_states(
+    store: Any, keys: list[str], frames: np.ndarray, dim: int, chunk: int, rng: np.random.Generator
+) -> None:
     """Put random float16 ``T × dim`` states for every key, ``chunk`` entries per ``put_many``.
 
     The values are slices of one random pool at random offsets: the content does not change read
@@ -119,7 +141,7 @@ def write_states(store: Any, keys: list[str], frames: np.ndarray, dim: int, chun
         for index in range(start, min(start + chunk, len(keys))):
             count = int(frames[index]) * dim
             offset = int(rng.integers(0, pool.size - count))
-            items[keys[index]] = {"states": pool[offset:offset + count].reshape(int(frames[index]), dim)}
+            items[keys[index]] = {"states": pool[offset : offset + count].reshape(int(frames[index]), dim)}
         store.put_many(items, namespace="bench-random-states")
 
 
@@ -145,7 +167,7 @@ def run_epoch(store: Any, keys: list[str], dim: int, batch: int, seed: int) -> d
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     with Stopwatch() as total:
         for start in range(0, len(order), batch):
-            chosen = order[start:start + batch]
+            chosen = order[start : start + batch]
             with Stopwatch() as read:
                 arrays = store.get_many([keys[i] for i in chosen], mmap=True)
             with Stopwatch() as pad:
@@ -163,9 +185,16 @@ def run_epoch(store: Any, keys: list[str], dim: int, batch: int, seed: int) -> d
                 optimiser.step()
             read_s, pad_s, head_s = read_s + read.wall, pad_s + pad.wall, head_s + step.wall
             frames += int(lengths.sum())
-    return {"seconds": round(total.wall, 3), "cpu_s": round(total.cpu, 3), "lookup_s": round(read_s, 3),
-            "read_pad_s": round(pad_s, 3), "head_s": round(head_s, 3), "batches": -(-len(order) // batch),
-            "utt_per_s": round(len(order) / total.wall, 1), "frames": frames}
+    return {
+        "seconds": round(total.wall, 3),
+        "cpu_s": round(total.cpu, 3),
+        "lookup_s": round(read_s, 3),
+        "read_pad_s": round(pad_s, 3),
+        "head_s": round(head_s, 3),
+        "batches": -(-len(order) // batch),
+        "utt_per_s": round(len(order) / total.wall, 1),
+        "frames": frames,
+    }
 
 
 def encoder_epoch_estimate(sample: int, corpus_seconds: float, rng: np.random.Generator, quick: bool) -> dict[str, Any]:
@@ -178,14 +207,19 @@ def encoder_epoch_estimate(sample: int, corpus_seconds: float, rng: np.random.Ge
     encoder.encode([synthetic_wave(2.0, rng)])  # warm-up
     with Stopwatch() as watch:
         for start in range(0, len(waves), 8):  # extraction's default batch size
-            encoder.encode(waves[start:start + 8])
+            encoder.encode(waves[start : start + 8])
     rate = watch.wall / float(seconds.sum())
-    return {"model": "WavLM " + ("tiny (quick)" if quick else "base size, random weights (WavLMConfig())"),
-            "sample_utterances": sample, "sample_audio_s": round(float(seconds.sum()), 1),
-            "sample_wall_s": round(watch.wall, 2), "sample_cpu_s": round(watch.cpu, 2),
-            "real_time_factor": round(rate, 4), "extrapolated_epoch_s": round(rate * corpus_seconds, 1),
-            "note": f"measured on {sample} utterances, extrapolated by audio duration to {corpus_seconds:.0f} s; "
-                    "audio loading not included"}
+    return {
+        "model": "WavLM " + ("tiny (quick)" if quick else "base size, random weights (WavLMConfig())"),
+        "sample_utterances": sample,
+        "sample_audio_s": round(float(seconds.sum()), 1),
+        "sample_wall_s": round(watch.wall, 2),
+        "sample_cpu_s": round(watch.cpu, 2),
+        "real_time_factor": round(rate, 4),
+        "extrapolated_epoch_s": round(rate * corpus_seconds, 1),
+        "note": f"measured on {sample} utterances, extrapolated by audio duration to {corpus_seconds:.0f} s; "
+        "audio loading not included",
+    }
 
 
 # ---------------------------------------------------------------------- plain helpers
@@ -193,7 +227,7 @@ def encoder_epoch_estimate(sample: int, corpus_seconds: float, rng: np.random.Ge
 
 def corpus_durations(count: int, rng: np.random.Generator) -> np.ndarray:
     """Log-normal utterance durations in seconds with mean :data:`MEAN_SECONDS`, clipped to 0.5-30 s."""
-    mu = np.log(MEAN_SECONDS) - SIGMA ** 2 / 2
+    mu = np.log(MEAN_SECONDS) - SIGMA**2 / 2
     return np.clip(rng.lognormal(mu, SIGMA, size=count), 0.5, 30.0)
 
 
@@ -222,16 +256,42 @@ def render(results: dict[str, Any]) -> str:
     """The summary table of a result dict."""
     rows = [["write (put_many)", results["write"]["seconds"], "-", "-", "-", "-"]]
     for epoch in results["epochs"]:
-        rows.append([f"epoch from store, {epoch['label']}", epoch["seconds"], epoch["lookup_s"], epoch["read_pad_s"], epoch["head_s"],
-                     epoch["utt_per_s"]])
+        rows.append(
+            [
+                f"epoch from store, {epoch['label']}",
+                epoch["seconds"],
+                epoch["lookup_s"],
+                epoch["read_pad_s"],
+                epoch["head_s"],
+                epoch["utt_per_s"],
+            ]
+        )
     recompute = results["recompute"]
-    rows.append([f"encoder recompute, {recompute['sample_utterances']} utt measured", recompute["sample_wall_s"], "-", "-", "-",
-                 round(recompute["sample_utterances"] / recompute["sample_wall_s"], 2)])
-    rows.append(["encoder recompute, extrapolated epoch", recompute["extrapolated_epoch_s"], "-", "-", "-",
-                 round(results["sizes"]["utterances"] / recompute["extrapolated_epoch_s"], 2)])
+    rows.append(
+        [
+            f"encoder recompute, {recompute['sample_utterances']} utt measured",
+            recompute["sample_wall_s"],
+            "-",
+            "-",
+            "-",
+            round(recompute["sample_utterances"] / recompute["sample_wall_s"], 2),
+        ]
+    )
+    rows.append(
+        [
+            "encoder recompute, extrapolated epoch",
+            recompute["extrapolated_epoch_s"],
+            "-",
+            "-",
+            "-",
+            round(results["sizes"]["utterances"] / recompute["extrapolated_epoch_s"], 2),
+        ]
+    )
     table = format_table(["step", "seconds", "lookup s", "read+pad s", "head s", "utt/s"], rows)
-    return table + (f"\nrecompute / store epoch: {results['ratio_recompute_to_store_epoch']}x (warm), "
-                    f"{results['ratio_recompute_to_cold_store_epoch']}x (cold)")
+    return table + (
+        f"\nrecompute / store epoch: {results['ratio_recompute_to_store_epoch']}x (warm), "
+        f"{results['ratio_recompute_to_cold_store_epoch']}x (cold)"
+    )
 
 
 if __name__ == "__main__":

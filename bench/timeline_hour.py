@@ -50,8 +50,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         with Stopwatch() as generation:
             recording, placed = write_recording(work / "hour.wav", long_s, work / "corpus")
         short, _ = write_recording(work / "short.wav", short_s, work / "corpus")
-        print(f"wrote {long_s / 60:.0f} min ({recording.stat().st_size / 2**20:.0f} MiB, {placed} utterances) in "
-              f"{generation.wall:.1f} s; torch threads {threads}", flush=True)
+        print(
+            f"wrote {long_s / 60:.0f} min ({recording.stat().st_size / 2**20:.0f} MiB, {placed} utterances) in "
+            f"{generation.wall:.1f} s; torch threads {threads}",
+            flush=True,
+        )
         predictor = build_predictor("offline", folder=work / "checkpoint")
         predictor.predict(audio=str(recording.parent / "corpus" / "warmup.wav"), text="warm up")  # first-call costs
         baseline = rss_bytes()
@@ -66,20 +69,40 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         _, traced_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         results = {
-            "name": NAME, "machine": machine_info(threads),
-            "recording": {"seconds": long_s, "bytes": recording.stat().st_size, "utterances_placed": placed,
-                          "generation_s": round(generation.wall, 2)},
-            "timeline": {"wall_s": round(watch.wall, 2), "cpu_s": round(watch.cpu, 2),
-                         "real_time_factor": round(watch.wall / long_s, 4), "segments": segments,
-                         "failed": result["summary"]["failed"], "segments_per_s": round(segments / watch.wall, 2),
-                         "predicted_s": result["summary"]["predicted_s"], "json_bytes": len(json.dumps(result)),
-                         "plot_s": round(plotting.wall, 2), "notes": result["notes"]},
-            "memory": {"rss_before_mib": mib(baseline), "rss_peak_mib": mib(sampler.peak),
-                       "rss_growth_mib": mib(sampler.peak - baseline), "rss_after_mib": mib(rss_bytes()),
-                       "ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                       "samples": sampler.count},
-            "short_tracemalloc": {"seconds": short_s, "wall_s": round(short_watch.wall, 2),
-                                  "segments": short_result["summary"]["segments"], "traced_peak_mib": mib(traced_peak)},
+            "name": NAME,
+            "machine": machine_info(threads),
+            "recording": {
+                "seconds": long_s,
+                "bytes": recording.stat().st_size,
+                "utterances_placed": placed,
+                "generation_s": round(generation.wall, 2),
+            },
+            "timeline": {
+                "wall_s": round(watch.wall, 2),
+                "cpu_s": round(watch.cpu, 2),
+                "real_time_factor": round(watch.wall / long_s, 4),
+                "segments": segments,
+                "failed": result["summary"]["failed"],
+                "segments_per_s": round(segments / watch.wall, 2),
+                "predicted_s": result["summary"]["predicted_s"],
+                "json_bytes": len(json.dumps(result)),
+                "plot_s": round(plotting.wall, 2),
+                "notes": result["notes"],
+            },
+            "memory": {
+                "rss_before_mib": mib(baseline),
+                "rss_peak_mib": mib(sampler.peak),
+                "rss_growth_mib": mib(sampler.peak - baseline),
+                "rss_after_mib": mib(rss_bytes()),
+                "ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "samples": sampler.count,
+            },
+            "short_tracemalloc": {
+                "seconds": short_s,
+                "wall_s": round(short_watch.wall, 2),
+                "segments": short_result["summary"]["segments"],
+                "traced_peak_mib": mib(traced_peak),
+            },
         }
         print(render(results))
         path = write_results(NAME, results, args.quick, args.out)
@@ -152,11 +175,13 @@ def mib(value: float) -> float:
 
 def render(results: dict[str, Any]) -> str:
     t, m, s = results["timeline"], results["memory"], results["short_tracemalloc"]
-    rows = [["recording", f"{results['recording']['seconds'] / 60:.0f} min", ""],
-            ["wall / CPU", f"{t['wall_s']} s / {t['cpu_s']} s", f"real-time factor {t['real_time_factor']}"],
-            ["segments", t["segments"], f"{t['segments_per_s']} per s, {t['failed']} failed"],
-            ["RSS before → peak", f"{m['rss_before_mib']} → {m['rss_peak_mib']} MiB", f"growth {m['rss_growth_mib']} MiB"],
-            [f"tracemalloc peak ({s['seconds'] / 60:.0f} min)", f"{s['traced_peak_mib']} MiB", f"{s['segments']} segments"]]
+    rows = [
+        ["recording", f"{results['recording']['seconds'] / 60:.0f} min", ""],
+        ["wall / CPU", f"{t['wall_s']} s / {t['cpu_s']} s", f"real-time factor {t['real_time_factor']}"],
+        ["segments", t["segments"], f"{t['segments_per_s']} per s, {t['failed']} failed"],
+        ["RSS before → peak", f"{m['rss_before_mib']} → {m['rss_peak_mib']} MiB", f"growth {m['rss_growth_mib']} MiB"],
+        [f"tracemalloc peak ({s['seconds'] / 60:.0f} min)", f"{s['traced_peak_mib']} MiB", f"{s['segments']} segments"],
+    ]
     return format_table(["", "value", "detail"], rows)
 
 

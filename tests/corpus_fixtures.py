@@ -47,12 +47,39 @@ def _write_text(path: Path, lines: Iterable[str], encoding: str = "utf-8", newli
 # (dialog, utt, start, end, emotion, text, wdseg rows or None)
 IEMOCAP_UTTERANCES: dict[int, list[tuple]] = {
     1: [
-        ("Ses01F_impro01", "Ses01F_impro01_F000", 6.2901, 8.2357, "neu", "Excuse me.",
-         [(0, 14, -117458, "<s>"), (15, 51, -174917, "EXCUSE"), (52, 60, -3000, "<sil>"), (61, 94, -290829, "ME"),
-          (95, 193, -503395, "</s>")]),
-        ("Ses01F_impro01", "Ses01F_impro01_M000", 7.5712, 10.4750, "fru", "Do you have your forms?",
-         [(0, 9, -1, "<s>"), (10, 29, -2, "DO"), (30, 44, -3, "YOU(2)"), (45, 70, -4, "HAVE"), (71, 80, -5, "++BREATH++"),
-          (81, 95, -6, "YOUR"), (96, 140, -7, "FORMS"), (141, 150, -8, "</s>")]),
+        (
+            "Ses01F_impro01",
+            "Ses01F_impro01_F000",
+            6.2901,
+            8.2357,
+            "neu",
+            "Excuse me.",
+            [
+                (0, 14, -117458, "<s>"),
+                (15, 51, -174917, "EXCUSE"),
+                (52, 60, -3000, "<sil>"),
+                (61, 94, -290829, "ME"),
+                (95, 193, -503395, "</s>"),
+            ],
+        ),
+        (
+            "Ses01F_impro01",
+            "Ses01F_impro01_M000",
+            7.5712,
+            10.4750,
+            "fru",
+            "Do you have your forms?",
+            [
+                (0, 9, -1, "<s>"),
+                (10, 29, -2, "DO"),
+                (30, 44, -3, "YOU(2)"),
+                (45, 70, -4, "HAVE"),
+                (71, 80, -5, "++BREATH++"),
+                (81, 95, -6, "YOUR"),
+                (96, 140, -7, "FORMS"),
+                (141, 150, -8, "</s>"),
+            ],
+        ),
         ("Ses01F_impro01", "Ses01F_impro01_F001", 10.0100, 11.3925, "exc", "Yeah.", None),
         ("Ses01F_impro01", "Ses01F_impro01_M001", 12.0000, 13.5000, "xxx", "Okay, let's see.", None),
     ],
@@ -113,14 +140,31 @@ def make_iemocap(base: Path, sessions: Iterable[int] = (1, 2), missing_wav: Iter
 
 # ------------------------------------------------------------------------------------------ MELD
 
-MELD_HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
-               "Season", "Episode", "StartTime", "EndTime"]
+MELD_HEADER = [
+    "Sr No.",
+    "Utterance",
+    "Speaker",
+    "Emotion",
+    "Sentiment",
+    "Dialogue_ID",
+    "Utterance_ID",
+    "Season",
+    "Episode",
+    "StartTime",
+    "EndTime",
+]
 
 # split -> rows of (Utterance, Speaker, Emotion, Sentiment, Dialogue_ID, Utterance_ID)
 MELD_ROWS: dict[str, list[tuple]] = {
     "train": [
-        ("also I was the point person on my company\u2019s transition from the KL-5 to GR-6 system.", "Chandler",
-         "neutral", "neutral", 0, 0),
+        (
+            "also I was the point person on my company\u2019s transition from the KL-5 to GR-6 system.",
+            "Chandler",
+            "neutral",
+            "neutral",
+            0,
+            0,
+        ),
         ("You must\u2019ve had your hands full.", "The Interviewer", "neutral", "neutral", 0, 1),
         ("Oh, wait,\nwhat?", "Joey", "Surprise", "positive", 1, 0),
     ],
@@ -137,7 +181,9 @@ MELD_ROWS: dict[str, list[tuple]] = {
 MELD_MEDIA = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
 
 
-def make_meld(base: Path, media: bool = True, missing_media: Iterable[str] = (), splits: Iterable[str] = ("train", "dev", "test")) -> Path:
+def make_meld(
+    base: Path, media: bool = True, missing_media: Iterable[str] = (), splits: Iterable[str] = ("train", "dev", "test")
+) -> Path:
     """A ``MELD.Raw`` folder under ``base`` with the three csv files (CRLF, utf-8, quoted fields,
     one multi-line utterance: train dia1 utt0 "Oh, wait,\\nwhat?" with Emotion "Surprise") and,
     when ``media``, the per-split mp4 folders. Clips named in ``missing_media`` (``"dev/dia0_utt1"``)
@@ -151,8 +197,21 @@ def make_meld(base: Path, media: bool = True, missing_media: Iterable[str] = (),
         writer = csv.writer(buffer, lineterminator="\r\n")
         writer.writerow(MELD_HEADER)
         for number, (text, speaker, emotion, sentiment, dialogue, utt) in enumerate(MELD_ROWS[split], start=1):
-            writer.writerow([number, text, speaker, emotion, sentiment, dialogue, utt, 8, 21,
-                             f"00:16:{10 + number:02d},059", f"00:16:{11 + number:02d},731"])
+            writer.writerow(
+                [
+                    number,
+                    text,
+                    speaker,
+                    emotion,
+                    sentiment,
+                    dialogue,
+                    utt,
+                    8,
+                    21,
+                    f"00:16:{10 + number:02d},059",
+                    f"00:16:{11 + number:02d},731",
+                ]
+            )
             if media and f"{split}/dia{dialogue}_utt{utt}" not in missing:
                 write_placeholder(root / MELD_MEDIA[split] / f"dia{dialogue}_utt{utt}.mp4")
         (root / f"{split}_sent_emo.csv").write_bytes(buffer.getvalue().encode("utf-8"))
@@ -197,10 +256,28 @@ def make_mosi(base: Path, media: bool = True, missing_media: Iterable[str] = ())
 
 # name -> silb rows (end seconds, syllable); latin-1 on disk like the release
 EMODB_FILES: dict[str, list[tuple[float, str]] | None] = {
-    "03a01Fa": [(0.080080, "der"), (0.244195, "la"), (0.427094, "pen"), (0.643428, "liegt"), (0.865570, "auf"),
-                (0.981748, "dem"), (1.146357, "eis"), (1.404778, "schrank"), (1.841390, ".")],
-    "03a04Wc": [(0.059771, "heu"), (0.200000, "te"), (0.289909, "A"), (0.450916, "bend"), (0.604612, "k\u00f6nn"),
-                (0.770055, "te"), (0.900000, "("), (1.000000, "ich"), (1.200000, ".")],
+    "03a01Fa": [
+        (0.080080, "der"),
+        (0.244195, "la"),
+        (0.427094, "pen"),
+        (0.643428, "liegt"),
+        (0.865570, "auf"),
+        (0.981748, "dem"),
+        (1.146357, "eis"),
+        (1.404778, "schrank"),
+        (1.841390, "."),
+    ],
+    "03a04Wc": [
+        (0.059771, "heu"),
+        (0.200000, "te"),
+        (0.289909, "A"),
+        (0.450916, "bend"),
+        (0.604612, "k\u00f6nn"),
+        (0.770055, "te"),
+        (0.900000, "("),
+        (1.000000, "ich"),
+        (1.200000, "."),
+    ],
     "08b10Lb": [],  # the release has one empty silb file
     "16b01Tb": None,  # no silb file at all
 }
@@ -255,7 +332,7 @@ RAVDESS_FILES = (
     "Actor_02/03-01-08-02-01-01-02.wav",  # speech, surprised
     "Actor_01/03-02-03-01-01-01-01.wav",  # song (skipped unless include_song)
     "Actor_02/03-01-09-01-01-01-02.wav",  # unknown emotion 09
-    "Actor_02/notes.wav",                 # not the seven-field pattern
+    "Actor_02/notes.wav",  # not the seven-field pattern
 )
 
 
@@ -270,12 +347,34 @@ def make_ravdess(base: Path) -> Path:
 # -------------------------------------------------------------------------------------- manifest
 
 MANIFEST_ROWS = [
-    {"utt_id": "s1_u0", "speaker": "spk1", "audio_path": "audio/s1_u0.wav", "text": "hello there", "label": "Happy",
-     "session": "A", "dialogue_id": "d1", "turn": 0, "split": "train", "x_source": "studio",
-     "words": [{"token": "hello", "start": 0.0, "end": 0.4}, {"token": "there", "start": 0.5, "end": 0.9}],
-     "alignment": "corpus"},
-    {"utt_id": "s1_u1", "speaker": "spk2", "audio_path": "audio/s1_u1.wav", "text": "go away", "label": "angry",
-     "session": "A", "dialogue_id": "d1", "turn": 1, "split": "test", "start": 0.001, "end": 0.009, "score": -1.5},
+    {
+        "utt_id": "s1_u0",
+        "speaker": "spk1",
+        "audio_path": "audio/s1_u0.wav",
+        "text": "hello there",
+        "label": "Happy",
+        "session": "A",
+        "dialogue_id": "d1",
+        "turn": 0,
+        "split": "train",
+        "x_source": "studio",
+        "words": [{"token": "hello", "start": 0.0, "end": 0.4}, {"token": "there", "start": 0.5, "end": 0.9}],
+        "alignment": "corpus",
+    },
+    {
+        "utt_id": "s1_u1",
+        "speaker": "spk2",
+        "audio_path": "audio/s1_u1.wav",
+        "text": "go away",
+        "label": "angry",
+        "session": "A",
+        "dialogue_id": "d1",
+        "turn": 1,
+        "split": "test",
+        "start": 0.001,
+        "end": 0.009,
+        "score": -1.5,
+    },
     {"utt_id": "s1_u2", "speaker": "spk2", "audio_path": "audio/missing.wav", "text": "gone", "label": "sad"},
     {"utt_id": "s1_u3", "speaker": "spk1", "text": "text only", "label": "neutral"},
 ]

@@ -97,7 +97,11 @@ def test_spread_words_proportional_to_letters():
     # "a" takes a quarter of 2 s of speech; "bbb" crosses the pause.
     assert flat(spread_words(["a", "bbb"], [(1.0, 2.0), (3.0, 4.0)])) == [("a", 1.0, 1.5), ("bbb", 1.5, 4.0)]
     # Punctuation is not counted; a bare symbol still gets one letter's share.
-    assert flat(spread_words(["hi,", "yo", "!"], [(0.0, 5.0)])) == [("hi,", 0.0, 2.0), ("yo", 2.0, 4.0), ("!", 4.0, 5.0)]
+    assert flat(spread_words(["hi,", "yo", "!"], [(0.0, 5.0)])) == [
+        ("hi,", 0.0, 2.0),
+        ("yo", 2.0, 4.0),
+        ("!", 4.0, 5.0),
+    ]
     assert spread_words([], [(0.0, 1.0)]) == []
     with pytest.raises(ValueError):
         spread_words(["x"], [])
@@ -136,7 +140,9 @@ def _fake_faster_whisper(monkeypatch, available: set[str]):
         def transcribe(self, audio, word_timestamps=False, language=None):
             assert audio.dtype == np.float32 and word_timestamps
             word = types.SimpleNamespace
-            return iter([_Segment([word(word=" Hello", start=0.5, end=0.9), word(word=" world", start=1.0, end=1.6)])]), None
+            return iter(
+                [_Segment([word(word=" Hello", start=0.5, end=0.9), word(word=" world", start=1.0, end=1.6)])]
+            ), None
 
     module = types.ModuleType("faster_whisper")
     module.WhisperModel = WhisperModel

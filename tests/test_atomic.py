@@ -90,9 +90,20 @@ def test_wav_writer_keeps_float_samples_exactly(tmp_path):
 def test_to_jsonable_converts_every_value_kind():
     frame = pd.DataFrame({"x": [1, 2], "y": [0.5, np.nan]})
     value = {
-        1: np.int64(3), "flag": np.bool_(True), "inf": float("inf"), "arr": np.arange(3), "set": {4},
-        "frame": frame, "series": frame["x"], "tensor": torch.tensor([1.0, 2.0]), "scalar": torch.tensor(2),
-        "na": pd.NA, "nat": pd.NaT, "path": Path("a"), "other": object, "nested": [(np.float64(0.25),)],
+        1: np.int64(3),
+        "flag": np.bool_(True),
+        "inf": float("inf"),
+        "arr": np.arange(3),
+        "set": {4},
+        "frame": frame,
+        "series": frame["x"],
+        "tensor": torch.tensor([1.0, 2.0]),
+        "scalar": torch.tensor(2),
+        "na": pd.NA,
+        "nat": pd.NaT,
+        "path": Path("a"),
+        "other": object,
+        "nested": [(np.float64(0.25),)],
     }
     out = to_jsonable(value)
     json.dumps(out, allow_nan=False)

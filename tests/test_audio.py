@@ -25,7 +25,9 @@ RATE = 16000
 # ---------------------------------------------------------------------------------------------
 
 
-def sine(seconds: float, rate: int = RATE, freq: float = 440.0, amplitude: float = 0.5, phase_s: float = 0.0) -> np.ndarray:
+def sine(
+    seconds: float, rate: int = RATE, freq: float = 440.0, amplitude: float = 0.5, phase_s: float = 0.0
+) -> np.ndarray:
     t = phase_s + np.arange(int(round(seconds * rate))) / rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
@@ -51,8 +53,14 @@ def speech_with_pauses(rate: int = RATE) -> tuple[np.ndarray, list[tuple[float, 
     return wave, [(1.0, 2.5), (3.5, 4.5)]
 
 
-def write_media(path: Path, wave: np.ndarray | None, rate: int, codec: str = "aac",
-                video_frames: np.ndarray | None = None, fps: int = 10) -> Path:
+def write_media(
+    path: Path,
+    wave: np.ndarray | None,
+    rate: int,
+    codec: str = "aac",
+    video_frames: np.ndarray | None = None,
+    fps: int = 10,
+) -> Path:
     """Write an audio and/or video file with PyAV (mono float audio, RGB frames)."""
     import av
 
@@ -75,7 +83,7 @@ def write_media(path: Path, wave: np.ndarray | None, rate: int, codec: str = "aa
         if audio is not None:
             size = audio.codec_context.frame_size or 1024
             for start in range(0, wave.size, size):
-                chunk = np.ascontiguousarray(wave[None, start:start + size], dtype=np.float32)
+                chunk = np.ascontiguousarray(wave[None, start : start + size], dtype=np.float32)
                 frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
                 frame.sample_rate = rate
                 frame.pts = start
@@ -126,12 +134,15 @@ def test_span_end_slightly_past_the_file_is_clipped(tmp_path):
     assert load_audio(path, start=0.5, end=1.05).size == 8000
 
 
-@pytest.mark.parametrize("start,end,message", [
-    (1.5, 2.0, "starts at 1.500 s but the file is only 1.000 s long"),
-    (0.2, 3.0, "ends at 3.000 s but the file is only 1.000 s long"),
-    (0.8, 0.4, "is not after its start"),
-    (-1.0, 0.5, "start -1.0 s is invalid"),
-])
+@pytest.mark.parametrize(
+    "start,end,message",
+    [
+        (1.5, 2.0, "starts at 1.500 s but the file is only 1.000 s long"),
+        (0.2, 3.0, "ends at 3.000 s but the file is only 1.000 s long"),
+        (0.8, 0.4, "is not after its start"),
+        (-1.0, 0.5, "start -1.0 s is invalid"),
+    ],
+)
 def test_span_outside_the_file_raises_audio_error(tmp_path, start, end, message):
     path = tmp_path / "one.wav"
     sf.write(path, sine(1.0), RATE)
@@ -159,8 +170,13 @@ def test_resample_keeps_frequency_and_length():
 
 
 def test_mp4_audio_track_is_resampled_to_16k_mono(tmp_path):
-    path = write_media(tmp_path / "clip.mp4", sine(2.0, 22050, freq=440), 22050, "aac",
-                       video_frames=np.zeros((20, 32, 32, 3), np.uint8))
+    path = write_media(
+        tmp_path / "clip.mp4",
+        sine(2.0, 22050, freq=440),
+        22050,
+        "aac",
+        video_frames=np.zeros((20, 32, 32, 3), np.uint8),
+    )
     full = load_audio(path)
     assert full.dtype == np.float32 and full.ndim == 1
     assert full.size == pytest.approx(32000, abs=800)  # AAC pads its last frame
@@ -177,7 +193,7 @@ def test_pyav_span_equals_the_same_slice_of_the_whole_file(tmp_path, suffix, cod
     assert span.size == 8000
     # Matroska stores times in milliseconds: the span may start up to 16 samples off.
     tolerance = 16 if suffix == ".mkv" else 0
-    errors = [np.abs(full[20000 + lag:28000 + lag] - span).max() for lag in range(-tolerance, tolerance + 1)]
+    errors = [np.abs(full[20000 + lag : 28000 + lag] - span).max() for lag in range(-tolerance, tolerance + 1)]
     assert min(errors) < 1e-4
 
 
@@ -193,7 +209,9 @@ def test_decode_audio_bytes_equals_load_audio(tmp_path):
     sf.write(wav, sine(1.0, 44100), 44100)
     write_media(mp3, sine(1.0, 22050), 22050, "libmp3lame")
     np.testing.assert_array_equal(decode_audio_bytes(wav.read_bytes()), load_audio(wav))
-    np.testing.assert_allclose(decode_audio_bytes(mp3.read_bytes(), start=0.2, end=0.6), load_audio(mp3, 0.2, 0.6), atol=1e-6)
+    np.testing.assert_allclose(
+        decode_audio_bytes(mp3.read_bytes(), start=0.2, end=0.6), load_audio(mp3, 0.2, 0.6), atol=1e-6
+    )
     with pytest.raises(AudioError, match="upload.wav: is empty"):
         decode_audio_bytes(b"", name="upload.wav")
     with pytest.raises(AudioError, match="<uploaded audio>: not a readable audio file"):
@@ -273,7 +291,7 @@ def test_loudness_normalisation_reaches_the_target():
 
 def test_loudness_gating_ignores_pauses():
     wave, _ = speech_with_pauses()
-    voiced = np.concatenate([wave[RATE:int(2.5 * RATE)], wave[int(3.5 * RATE):int(4.5 * RATE)]])
+    voiced = np.concatenate([wave[RATE : int(2.5 * RATE)], wave[int(3.5 * RATE) : int(4.5 * RATE)]])
     # The gated level of speech with pauses is the level of its voiced part, not diluted by silence.
     assert io.loudness_dbfs(wave) == pytest.approx(io.loudness_dbfs(voiced), abs=1.0)
 
@@ -287,7 +305,9 @@ def test_loudness_normalisation_never_clips():
 def test_load_audio_normalises_when_asked(tmp_path):
     path = tmp_path / "quiet.wav"
     sf.write(path, sine(1.0, amplitude=0.01), RATE, subtype="FLOAT")
-    assert io.loudness_dbfs(load_audio(path, normalise_loudness=True, target_dbfs=-20.0)) == pytest.approx(-20.0, abs=0.05)
+    assert io.loudness_dbfs(load_audio(path, normalise_loudness=True, target_dbfs=-20.0)) == pytest.approx(
+        -20.0, abs=0.05
+    )
     assert io.loudness_dbfs(load_audio(path)) == pytest.approx(20 * math.log10(0.01 / math.sqrt(2)), abs=0.05)
 
 
@@ -316,11 +336,14 @@ def test_webrtc_mask_resamples_rates_it_does_not_take():
     assert mask[int(1.75 / 0.02)] and not mask[int(3.0 / 0.02)]
 
 
-@pytest.mark.parametrize("options,message", [
-    ({"frame_ms": 25}, "frame_ms must be 10, 20 or 30"),
-    ({"aggressiveness": 4}, "aggressiveness must be an integer 0–3"),
-    ({"aggressiveness": -1}, "aggressiveness must be an integer 0–3"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"frame_ms": 25}, "frame_ms must be 10, 20 or 30"),
+        ({"aggressiveness": 4}, "aggressiveness must be an integer 0–3"),
+        ({"aggressiveness": -1}, "aggressiveness must be an integer 0–3"),
+    ],
+)
 def test_webrtc_options_are_validated(options, message):
     with pytest.raises(ConfigError, match=message):
         vad.webrtc_vad_mask(np.zeros(RATE, np.float32), **options)
@@ -357,6 +380,7 @@ def test_silero_threshold_is_validated():
 
 def test_speech_regions_merge_and_minimum():
     mask = np.array([0, 1, 1, 0, 1, 0, 0, 0, 1, 1, 1, 0], dtype=bool)
+
     def flat(regions):
         return [t for region in regions for t in region]
 
@@ -400,14 +424,17 @@ def test_speech_mask_or_all_keeps_a_mask_with_speech():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seconds,expected", [
-    (2.5, [2.5]),
-    (3.0, [3.0]),
-    (3.5, [1.75, 1.75]),
-    (4.0, [2.0, 2.0]),
-    (6.5, [6.5 / 3] * 3),
-    (10.0, [2.5] * 4),
-])
+@pytest.mark.parametrize(
+    "seconds,expected",
+    [
+        (2.5, [2.5]),
+        (3.0, [3.0]),
+        (3.5, [1.75, 1.75]),
+        (4.0, [2.0, 2.0]),
+        (6.5, [6.5 / 3] * 3),
+        (10.0, [2.5] * 4),
+    ],
+)
 def test_chunk_lengths(seconds, expected):
     wave = np.arange(int(seconds * RATE), dtype=np.float32)
     pieces = chunking.chunk_waveform(wave)

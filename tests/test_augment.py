@@ -35,8 +35,13 @@ def test_noise_has_the_requested_snr():
 
 def test_pitch_shift_moves_the_fundamental():
     rate = 16000
-    shifted = render(tone(1.0, rate, 200.0), rate, "pitch", AugmentConfig(kinds=("pitch",), pitch_semitones=12.0),
-                     np.random.default_rng(3))
+    shifted = render(
+        tone(1.0, rate, 200.0),
+        rate,
+        "pitch",
+        AugmentConfig(kinds=("pitch",), pitch_semitones=12.0),
+        np.random.default_rng(3),
+    )
     spectrum = np.abs(np.fft.rfft(shifted * np.hanning(len(shifted))))
     peak = np.fft.rfftfreq(len(shifted), 1 / rate)[spectrum.argmax()]
     assert abs(peak - 400.0) < 15 or abs(peak - 100.0) < 10  # one octave up or down
@@ -59,8 +64,17 @@ def test_augment_table_renders_copies_once_and_deterministically(tmp_path):
     for index, label in enumerate(["a", "a", "a", "b"]):
         path = tmp_path / f"u{index}.wav"
         sf.write(path, tone(0.3, hz=150 + 40 * index), 16000)
-        rows.append({"utt_id": f"u{index}", "audio_path": path.name, "start": None, "end": None, "label": label,
-                     "speaker": "s1", "text": "hello"})
+        rows.append(
+            {
+                "utt_id": f"u{index}",
+                "audio_path": path.name,
+                "start": None,
+                "end": None,
+                "label": label,
+                "speaker": "s1",
+                "text": "hello",
+            }
+        )
     table = pd.DataFrame(rows)
     config = AugmentConfig(kinds=("noise", "pitch"), classes="minority", copies=2)
     out = augment_table(table, config, tmp_path / "aug", base_dir=tmp_path)

@@ -14,12 +14,25 @@ from emomix.models.inputs import Batch, ModalityInput, pad_sequences
 DIMS = {"audio": 16, "text": 24, "video": 12}
 CLASSES = 4
 BASELINES = sorted(name for name, info in list_models().items() if info.cls.__module__ == "emomix.models.baselines")
-EXPECTED = {"early_fusion", "early_fusion_audio", "early_fusion_text", "late_fusion", "tfn", "ef_lstm", "lf_lstm",
-            "text_bilstm", "speech_cnn"}
+EXPECTED = {
+    "early_fusion",
+    "early_fusion_audio",
+    "early_fusion_text",
+    "late_fusion",
+    "tfn",
+    "ef_lstm",
+    "lf_lstm",
+    "text_bilstm",
+    "speech_cnn",
+}
 
 
-def make_batch(seed: int = 0, lengths: dict[str, list[int]] | None = None, extra: int = 0,
-               modalities: tuple[str, ...] = ("audio", "text")) -> Batch:
+def make_batch(
+    seed: int = 0,
+    lengths: dict[str, list[int]] | None = None,
+    extra: int = 0,
+    modalities: tuple[str, ...] = ("audio", "text"),
+) -> Batch:
     """A batch of 4 utterances; ``extra`` appends that many padded positions of random values."""
     generator = torch.Generator().manual_seed(seed)
     lengths = lengths or {"audio": [20, 7, 13, 1], "text": [5, 9, 2, 6], "video": [3, 8, 5, 4]}
@@ -154,8 +167,9 @@ def test_late_fusion_averages_the_unimodal_probabilities():
     text = output.aux["expert_logits_text"].softmax(-1)
     assert torch.allclose(output.logits.exp(), (audio + text) / 2, atol=1e-6)
     total, parts = model.loss(output, torch.tensor([0, 1, 2, 3]))
-    branch = F.cross_entropy(output.aux["expert_logits_audio"], torch.tensor([0, 1, 2, 3])) + \
-        F.cross_entropy(output.aux["expert_logits_text"], torch.tensor([0, 1, 2, 3]))
+    branch = F.cross_entropy(output.aux["expert_logits_audio"], torch.tensor([0, 1, 2, 3])) + F.cross_entropy(
+        output.aux["expert_logits_text"], torch.tensor([0, 1, 2, 3])
+    )
     assert parts["branch"] == pytest.approx(float(branch.detach()), rel=1e-5)
     assert float(total.detach()) == pytest.approx(parts["ce"] + parts["branch"], rel=1e-5)
 
@@ -165,7 +179,7 @@ def test_tfn_fuses_the_outer_product_of_augmented_vectors():
     two = build("tfn", proj_dim=5)
     assert two.classifier.net[0].in_features == 6 * 6
     three = create_model("tfn", {"proj_dim": 5, "modalities": ["audio", "text", "video"]}, DIMS, CLASSES)
-    assert three.classifier.net[0].in_features == 6 ** 3
+    assert three.classifier.net[0].in_features == 6**3
     assert three(make_batch(modalities=("audio", "text", "video"))).logits.shape == (4, CLASSES)
 
 

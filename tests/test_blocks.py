@@ -48,6 +48,7 @@ def _seed():
 
 # --------------------------------------------------------------------------------- pooling
 
+
 def test_masked_mean_averages_only_valid_positions_even_with_inf_padding():
     x = torch.randn(3, 5, 4)
     mask = lengths_mask([5, 2, 1], 5)
@@ -86,6 +87,7 @@ def test_attention_pooling_row_without_valid_frames_is_finite():
 
 # --------------------------------------------------------------------------------- feed-forward
 
+
 def test_mlp_layer_count_and_activation():
     mlp = MLP(8, 16, 3, num_layers=3, activation="relu")
     linears = [m for m in mlp.modules() if isinstance(m, torch.nn.Linear)]
@@ -109,6 +111,7 @@ def test_expert_kinds_and_head():
 
 
 # --------------------------------------------------------------------------------- routing
+
 
 def test_two_expert_router_probabilities_sum_to_one():
     probs = TwoExpertRouter(10, hidden_dim=8)(torch.randn(7, 10))
@@ -172,7 +175,7 @@ def test_mixture_of_experts_is_weighted_sum_and_unselected_experts_get_no_gradie
     moe = MixtureOfExperts(experts, TopKGate(6, 4, k=1)).eval()
     gate_input, x = torch.randn(1, 6), torch.randn(1, 6)
     output, aux, _balance = moe(gate_input, x)
-    manual = sum(aux["gate_weights"][:, e:e + 1] * experts[e](x)[0] for e in range(4))
+    manual = sum(aux["gate_weights"][:, e : e + 1] * experts[e](x)[0] for e in range(4))
     assert torch.allclose(output, manual, atol=ATOL)
     assert aux["expert_outputs"].shape == (1, 4, 4)
     assert aux["gate_probs"].shape == (1, 4)
@@ -196,6 +199,7 @@ def test_mixture_of_experts_over_sequences_broadcasts_weights():
 
 
 # --------------------------------------------------------------------------------- cross-attention
+
 
 def test_cross_attention_ignores_masked_keys():
     layer = CrossAttentionLayer(16, heads=4).eval()
@@ -247,6 +251,7 @@ def test_pairwise_sigmoid_attention_recomputed_from_its_parts():
 
 # --------------------------------------------------------------------------------- graph
 
+
 def test_valid_bipartite_edges_maps_positions_to_nodes_and_drops_padding():
     text_mask = torch.tensor([False, True, True, False])  # tokens 1, 2 are nodes 0, 1
     audio_mask = torch.tensor([True, True, True, False, False])  # frames 0..2 are nodes 2..4
@@ -261,8 +266,11 @@ def test_valid_bipartite_edges_maps_positions_to_nodes_and_drops_padding():
 def graph_inputs(batch: int = 3):
     text, audio = torch.randn(batch, 4, 12), torch.randn(batch, 6, 8)
     text_mask, audio_mask = lengths_mask([4, 3, 2][:batch], 4), lengths_mask([6, 5, 3][:batch], 6)
-    edges = [torch.tensor([[0, 0, 1, 2, 3], [0, 1, 2, 3, 5]]), torch.tensor([[0, 1, 2], [0, 2, 4]]),
-             torch.zeros((2, 0), dtype=torch.long)][:batch]
+    edges = [
+        torch.tensor([[0, 0, 1, 2, 3], [0, 1, 2, 3, 5]]),
+        torch.tensor([[0, 1, 2], [0, 2, 4]]),
+        torch.zeros((2, 0), dtype=torch.long),
+    ][:batch]
     return text, text_mask, audio, audio_mask, edges
 
 
@@ -286,7 +294,9 @@ def test_bipartite_gat_batch_equals_one_by_one_and_ignores_padding():
     text, text_mask, audio, audio_mask, edges = graph_inputs()
     batched = gat(text, text_mask, audio, audio_mask, edges)
     for row in range(3):
-        alone = gat(text[row:row + 1], text_mask[row:row + 1], audio[row:row + 1], audio_mask[row:row + 1], [edges[row]])
+        alone = gat(
+            text[row : row + 1], text_mask[row : row + 1], audio[row : row + 1], audio_mask[row : row + 1], [edges[row]]
+        )
         assert torch.allclose(batched[row], alone[0], atol=ATOL)
     text_p, text_mask_p = pad_more(text, text_mask, extra=3, seed=3)
     audio_p, audio_mask_p = pad_more(audio, audio_mask, extra=4, seed=4)
@@ -307,6 +317,7 @@ def test_bipartite_gat_rejects_indivisible_heads():
 
 
 # --------------------------------------------------------------------------------- dialogue context
+
 
 def test_dialogue_context_ignores_padded_utterances():
     context = DialogueContext(10, 6, kernel_size=3).eval()

@@ -23,8 +23,10 @@ WAIT_S = 60  # generous: the CI machine is shared and a prediction can queue beh
 def _missing() -> str | None:
     for binary in (CHROMIUM, CHROMEDRIVER):
         if not binary.exists():
-            return (f"{binary} is missing: install Debian's chromium and chromium-driver "
-                    "(scripts/setup.sh does this when run as root with apt-get)")
+            return (
+                f"{binary} is missing: install Debian's chromium and chromium-driver "
+                "(scripts/setup.sh does this when run as root with apt-get)"
+            )
     try:
         import selenium  # noqa: F401
     except ImportError:
@@ -48,11 +50,19 @@ def browser(tmp_path_factory):
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1000,1400", "--disable-extensions", "--no-first-run",
-                     # a fake microphone (a beeping tone) that needs no permission prompt
-                     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                     f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1000,1400",
+        "--disable-extensions",
+        "--no-first-run",
+        # a fake microphone (a beeping tone) that needs no permission prompt
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(WAIT_S)
@@ -91,7 +101,11 @@ def test_upload_a_clip_with_its_transcript_and_see_the_bars(server, browser, cli
     url, classes = server
     path, text = clip
     browser.get(url + "/")
-    wait_for(browser, lambda d: "dual_routing" in d.find_element("id", "model-line").text, "the model line never showed the model")
+    wait_for(
+        browser,
+        lambda d: "dual_routing" in d.find_element("id", "model-line").text,
+        "the model line never showed the model",
+    )
     assert not visible(browser, "preview"), "no empty audio player before a file is chosen"
     browser.find_element("id", "audio-file").send_keys(str(path))
     wait_for(browser, lambda d: visible(d, "preview"), "the chosen file's player never appeared")
@@ -99,16 +113,24 @@ def test_upload_a_clip_with_its_transcript_and_see_the_bars(server, browser, cli
     transcript.clear()
     transcript.send_keys(text)
     submit_with_keyboard(browser)
-    wait_for(browser, lambda d: visible(d, "result") and len(bar_names(d, "probabilities")) == len(classes),
-             "the probability bars never appeared")
+    wait_for(
+        browser,
+        lambda d: visible(d, "result") and len(bar_names(d, "probabilities")) == len(classes),
+        "the probability bars never appeared",
+    )
     label = browser.find_element("id", "label").text
     assert label in classes
     assert sorted(bar_names(browser, "probabilities")) == sorted(classes)
     assert bar_names(browser, "probabilities")[0] == label, "bars are sorted, the predicted class first"
-    values = [float(m.get_attribute("aria-valuenow")) for m in browser.find_elements("css selector", "#probabilities [role=meter]")]
+    values = [
+        float(m.get_attribute("aria-valuenow"))
+        for m in browser.find_elements("css selector", "#probabilities [role=meter]")
+    ]
     assert abs(sum(values) - 1) < 1e-3 and values == sorted(values, reverse=True)
     assert visible(browser, "aux-section")
-    groups = {g.get_attribute("data-name"): g for g in browser.find_elements("css selector", "#aux .aux-group[data-name]")}
+    groups = {
+        g.get_attribute("data-name"): g for g in browser.find_elements("css selector", "#aux .aux-group[data-name]")
+    }
     assert {"route_audio", "route_text"} <= set(groups)
     # human labels, not the machine names
     assert groups["route_audio"].find_element("tag name", "h4").text == "audio routing: local / global"
@@ -137,7 +159,9 @@ def test_a_corrupt_file_shows_the_error_message(server, browser, tmp_path):
     browser.find_element("id", "audio-file").send_keys(str(broken))
     browser.find_element("id", "transcript").send_keys("this will not be read")
     submit_with_keyboard(browser)
-    wait_for(browser, lambda d: "broken.wav" in d.find_element("id", "error").text, "the upload's error was never shown")
+    wait_for(
+        browser, lambda d: "broken.wav" in d.find_element("id", "error").text, "the upload's error was never shown"
+    )
     message = browser.find_element("id", "error").text
     assert "could not be read as audio" in message and "HTTP 422" in message
     for leak in ("libsndfile", "FFmpeg", "BytesIO", "0x"):
@@ -154,12 +178,20 @@ def test_a_microphone_recording_is_uploaded_as_webm_and_predicted(server, browse
     record = browser.find_element("id", "record-button")
     wait_for(browser, lambda d: d.find_element("id", "record-button").is_enabled(), "recording is not available")
     record.click()
-    wait_for(browser, lambda d: d.find_element("id", "record-button").get_attribute("aria-pressed") == "true",
-             "recording did not start: " + browser.find_element("id", "error").text)
+    wait_for(
+        browser,
+        lambda d: d.find_element("id", "record-button").get_attribute("aria-pressed") == "true",
+        "recording did not start: " + browser.find_element("id", "error").text,
+    )
     time.sleep(2.0)
     record.click()
-    wait_for(browser, lambda d: "Recorded" in d.find_element("id", "record-status").text, "the recording never finished")
-    assert "webm" in browser.find_element("id", "record-status").text or "ogg" in browser.find_element("id", "record-status").text
+    wait_for(
+        browser, lambda d: "Recorded" in d.find_element("id", "record-status").text, "the recording never finished"
+    )
+    assert (
+        "webm" in browser.find_element("id", "record-status").text
+        or "ogg" in browser.find_element("id", "record-status").text
+    )
     browser.find_element("id", "transcript").send_keys("a recorded sentence")
     submit_with_keyboard(browser)
     wait_for(browser, lambda d: visible(d, "result") or visible(d, "error"), "no answer to the recording")

@@ -27,8 +27,21 @@ def run(argv, capsys):
 def test_help_lists_every_command(capsys):
     code, out, err = run(["--help"], capsys)
     assert code == 0 and err == ""
-    for command in ("synth", "corpus", "folds", "extract", "store", "models", "train", "evaluate", "compare", "predict",
-                    "serve", "export", "export-check"):
+    for command in (
+        "synth",
+        "corpus",
+        "folds",
+        "extract",
+        "store",
+        "models",
+        "train",
+        "evaluate",
+        "compare",
+        "predict",
+        "serve",
+        "export",
+        "export-check",
+    ):
         assert f"\n  {command} " in out, command
 
 
@@ -69,7 +82,9 @@ def test_a_usage_error_is_one_line_with_status_2(argv, message, capsys):
 def test_user_errors_print_one_line_without_traceback(tmp_path, capsys):
     code, _out, err = run(["corpus", "info", "no-such-reader", str(tmp_path)], capsys)
     assert code == 2
-    assert err.count("\n") == 1 and err.startswith("emomix: error: ") and "unknown corpus reader 'no-such-reader'" in err
+    assert (
+        err.count("\n") == 1 and err.startswith("emomix: error: ") and "unknown corpus reader 'no-such-reader'" in err
+    )
     assert "Traceback" not in err
     code, _, err = run(["corpus", "info", "emodb", str(tmp_path / "missing")], capsys)
     assert code == 2 and "does not exist" in err
@@ -133,9 +148,15 @@ def test_predict_prints_each_note_once(monkeypatch, tmp_path, capsys):
             return {"name": "stand_in", "training": {"fold": "f1", "seed": 0}}
 
         def predict_many(self, items, batch_size=16):
-            return [{"label": "happy", "probabilities": {"happy": 0.9, "sad": 0.1},
-                     "notes": [synthetic] + (["no speech found: whole clip used"] if item["audio"].endswith("b.wav") else [])}
-                    for item in items]
+            return [
+                {
+                    "label": "happy",
+                    "probabilities": {"happy": 0.9, "sad": 0.1},
+                    "notes": [synthetic]
+                    + (["no speech found: whole clip used"] if item["audio"].endswith("b.wav") else []),
+                }
+                for item in items
+            ]
 
     monkeypatch.setattr(predictor_module.Predictor, "from_run", classmethod(lambda cls, *a, **k: StandIn()))
     code, out, err = run(["predict", str(tmp_path), str(clips), "-q"], capsys)
@@ -144,12 +165,17 @@ def test_predict_prints_each_note_once(monkeypatch, tmp_path, capsys):
     assert "note: no speech found: whole clip used (1 of 3 inputs)" in err
 
 
-@pytest.mark.skipif(not EMOMIX.exists() and shutil.which("emomix") is None, reason="the console script is not installed")
-@pytest.mark.parametrize("argv, status, stream, text", [
-    (["--version"], 0, "stdout", f"emomix {__version__}"),
-    (["bogus"], 2, "stderr", "emomix: error: No such command 'bogus'"),
-    (["predict"], 2, "stderr", "emomix: error: Missing argument 'run'"),
-])
+@pytest.mark.skipif(
+    not EMOMIX.exists() and shutil.which("emomix") is None, reason="the console script is not installed"
+)
+@pytest.mark.parametrize(
+    "argv, status, stream, text",
+    [
+        (["--version"], 0, "stdout", f"emomix {__version__}"),
+        (["bogus"], 2, "stderr", "emomix: error: No such command 'bogus'"),
+        (["predict"], 2, "stderr", "emomix: error: Missing argument 'run'"),
+    ],
+)
 def test_the_console_script(argv, status, stream, text):
     script = str(EMOMIX) if EMOMIX.exists() else shutil.which("emomix")
     result = subprocess.run([script, *argv], capture_output=True, text=True, timeout=120)
@@ -160,8 +186,12 @@ def test_the_console_script(argv, status, stream, text):
 
 
 def test_python_dash_m_emomix_runs_the_same_command(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "emomix", "corpus", "info", "savee", str(tmp_path / "x")],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "emomix", "corpus", "info", "savee", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "does not exist" in result.stderr
 
@@ -170,11 +200,17 @@ def test_predict_human_summary_names_aux_readings_in_words():
     """The terminal summary of a prediction says what the aux readings are, never their raw keys."""
     from emomix.cli.predict import human_summary
 
-    lines = human_summary([
-        {"input": "clip.wav", "label": "sad", "probabilities": {"sad": 0.7, "happy": 0.3},
-         "aux": {"route_audio": [0.25, 0.75], "vad_fallback": 1}},
-        {"input": "bad.wav", "error": "bad.wav could not be read as audio"},
-    ])
+    lines = human_summary(
+        [
+            {
+                "input": "clip.wav",
+                "label": "sad",
+                "probabilities": {"sad": 0.7, "happy": 0.3},
+                "aux": {"route_audio": [0.25, 0.75], "vad_fallback": 1},
+            },
+            {"input": "bad.wav", "error": "bad.wav could not be read as audio"},
+        ]
+    )
     assert lines[0] == "clip.wav: sad (0.70)"
     assert any("local 0.250" in line and "global 0.750" in line for line in lines)
     joined = "\n".join(lines)

@@ -44,8 +44,15 @@ def _edges(text_lengths, audio_lengths, generator):
     return edges
 
 
-def make_batch(seed=0, text_lengths=TEXT_LENGTHS, audio_lengths=AUDIO_LENGTHS, pad_text=0, pad_audio=0,
-               with_edges=True, modalities=("audio", "text")):
+def make_batch(
+    seed=0,
+    text_lengths=TEXT_LENGTHS,
+    audio_lengths=AUDIO_LENGTHS,
+    pad_text=0,
+    pad_audio=0,
+    with_edges=True,
+    modalities=("audio", "text"),
+):
     """A random batch; ``pad_*`` extra padded positions are filled with random values."""
     generator = torch.Generator().manual_seed(seed)
     texts = [torch.randn(n, TEXT_DIM, generator=generator) for n in text_lengths]
@@ -173,7 +180,9 @@ def test_graph_uses_the_edges_and_flags_the_uniform_fallback():
     with torch.no_grad():
         aligned = model(batch)
         # same tokens, frames in reverse order: a different alignment
-        shuffled = model(Batch(batch.inputs, batch.labels, edges=[torch.stack([e[0], e[1].flip(0)]) for e in batch.edges]))
+        shuffled = model(
+            Batch(batch.inputs, batch.labels, edges=[torch.stack([e[0], e[1].flip(0)]) for e in batch.edges])
+        )
         spread = model(Batch(batch.inputs, batch.labels, edges=None))
     assert not torch.allclose(aligned.logits, shuffled.logits, atol=1e-4)
     assert torch.equal(spread.aux["graph_approximate"], torch.ones(4))
@@ -201,12 +210,21 @@ def test_pooling_inside_the_model_equals_pooling_by_hand():
     text = torch.randn(1, 6, TEXT_DIM, generator=generator)
     audio = torch.randn(1, 24, AUDIO_DIM, generator=generator)
     edges = [torch.tensor([[0, 0, 1, 2, 3, 5], [0, 1, 7, 12, 13, 23]])]
-    long_batch = Batch({"text": ModalityInput(text, torch.ones(1, 6, dtype=torch.bool)),
-                        "audio": ModalityInput(audio, torch.ones(1, 24, dtype=torch.bool))}, edges=edges)
+    long_batch = Batch(
+        {
+            "text": ModalityInput(text, torch.ones(1, 6, dtype=torch.bool)),
+            "audio": ModalityInput(audio, torch.ones(1, 24, dtype=torch.bool)),
+        },
+        edges=edges,
+    )
     pooled_audio = audio.reshape(1, 12, 2, AUDIO_DIM).mean(2)
-    short_batch = Batch({"text": ModalityInput(text, torch.ones(1, 6, dtype=torch.bool)),
-                         "audio": ModalityInput(pooled_audio, torch.ones(1, 12, dtype=torch.bool))},
-                        edges=[torch.tensor([[0, 1, 2, 3, 5], [0, 3, 6, 6, 11]])])
+    short_batch = Batch(
+        {
+            "text": ModalityInput(text, torch.ones(1, 6, dtype=torch.bool)),
+            "audio": ModalityInput(pooled_audio, torch.ones(1, 12, dtype=torch.bool)),
+        },
+        edges=[torch.tensor([[0, 1, 2, 3, 5], [0, 3, 6, 6, 11]])],
+    )
     model = build("complementary_ca").eval()
     with torch.no_grad():
         assert torch.allclose(model(long_batch).logits, model(short_batch).logits, atol=1e-5)
@@ -255,6 +273,7 @@ def test_spread_token_edges_covers_frames_in_order():
 # Late fusion
 # ---------------------------------------------------------------------------------------------
 
+
 def _constructed_case(seed=0, per_class=40):
     """CA is right on class 0 and wrong on class 1; SPL the reverse; both right on class 2."""
     rng = np.random.default_rng(seed)
@@ -284,8 +303,9 @@ def test_fit_fusion_weights_gives_each_class_to_the_model_right_on_it():
     assert _ua(fused, labels) > max(_ua(ca, labels), _ua(spl, labels))
     assert _ua(fused, labels) >= 0.95
     # ignored rows change nothing; grid points only
-    padded = fit_fusion_weights(np.vstack([ca, spl[:5]]), np.vstack([spl, ca[:5]]),
-                                np.concatenate([labels, np.full(5, -100)]))
+    padded = fit_fusion_weights(
+        np.vstack([ca, spl[:5]]), np.vstack([spl, ca[:5]]), np.concatenate([labels, np.full(5, -100)])
+    )
     assert np.allclose(padded, weights)
     assert np.allclose(weights * 20, np.round(weights * 20))
 
@@ -322,7 +342,9 @@ def test_fusion_combines_the_sub_models_per_class():
     mixed = torch.stack([p_ca[:, 0], p_spl[:, 1], (p_ca[:, 2] + p_spl[:, 2]) / 2], dim=1)
     assert torch.allclose(out.logits.exp(), mixed / mixed.sum(1, keepdim=True), atol=1e-5)
     assert torch.allclose(out.logits.exp().sum(-1), torch.ones(4), atol=1e-5)
-    assert {"expert_logits_ca", "expert_logits_spl", "ca_gate_weights", "spl_gate_weights", "ca_gate_probs"} <= set(out.aux)
+    assert {"expert_logits_ca", "expert_logits_spl", "ca_gate_weights", "spl_gate_weights", "ca_gate_probs"} <= set(
+        out.aux
+    )
     assert set(out.aux_losses) == {"ca_load_balance", "spl_load_balance"}
     # the weights are saved with the model
     assert fusion.state_dict()["fusion_weights"].tolist() == [1.0, 0.0, 0.5]
@@ -357,18 +379,23 @@ def test_loss_is_weighted_cross_entropy_plus_load_balance():
         model.set_class_weights(weights)
         weighted, _ = model.loss(out, batch.labels)
         assert parts["ce"] != pytest.approx(float(weighted) - 0.5 * parts["load_balance"])
-        assert float(weighted) == pytest.approx(float(F.cross_entropy(out.logits, batch.labels, weight=weights)
-                                                      + 0.5 * out.aux_losses["load_balance"]), rel=1e-5)
+        assert float(weighted) == pytest.approx(
+            float(F.cross_entropy(out.logits, batch.labels, weight=weights) + 0.5 * out.aux_losses["load_balance"]),
+            rel=1e-5,
+        )
     with pytest.raises(ConfigError, match="3 values"):
         model.set_class_weights(torch.ones(4))
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"top_k": 6}, "top_k must be between 1 and num_experts"),
-    ({"graph": "aligned"}, "graph must be one of"),
-    ({"hidden_dim": 18}, "divisible by ca_heads"),
-    ({"num_expert": 3}, "did you mean 'num_experts'"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"top_k": 6}, "top_k must be between 1 and num_experts"),
+        ({"graph": "aligned"}, "graph must be one of"),
+        ({"hidden_dim": 18}, "divisible by ca_heads"),
+        ({"num_expert": 3}, "did you mean 'num_experts'"),
+    ],
+)
 def test_config_errors_name_the_field(values, message):
     with pytest.raises(ConfigError, match=message):
         create_model("complementary_ca", values, DIMS, CLASSES)
@@ -387,8 +414,9 @@ def test_ablation_recipes_differ_from_the_main_recipe_in_one_setting_that_reache
         data = recipe.to_dict()
         assert data["model"]["name"] == "complementary"
         assert data["model"]["config"] == {**main["model"]["config"], **setting}, stem
-        assert {k: v for k, v in data.items() if k not in ("model", "name", "description")} == \
-            {k: v for k, v in main.items() if k not in ("model", "name", "description")}, stem
+        assert {k: v for k, v in data.items() if k not in ("model", "name", "description")} == {
+            k: v for k, v in main.items() if k not in ("model", "name", "description")
+        }, stem
         # each part honours the setting (the late-fusion trainer passes model.config to both)
         for part in ("complementary_ca", "complementary_spl"):
             model = build(part, **setting).eval()

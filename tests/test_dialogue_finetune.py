@@ -20,8 +20,14 @@ from emomix.train.data import EmotionDataModule
 from emomix.train.recipe import OptimiserConfig
 from emomix.train.task import EmotionTask
 
-TEXTS = ["I am so happy today", "no", "why would you say that to me", "fine, whatever you want",
-         "that is wonderful news for all of us", "ok"]
+TEXTS = [
+    "I am so happy today",
+    "no",
+    "why would you say that to me",
+    "fine, whatever you want",
+    "that is wonderful news for all of us",
+    "ok",
+]
 DIALOGUES = [["u0", "u1", "u2", "u3"], ["u4", "u5"]]  # unequal lengths: the batch pads the second
 AUDIO_DIM, CLASSES = 5, 3
 
@@ -29,8 +35,14 @@ AUDIO_DIM, CLASSES = 5, 3
 def _tiny_config():
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=160)
+    return BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=160,
+    )
 
 
 def _encoder(trainable: int = 1) -> TextEncoder:
@@ -47,8 +59,11 @@ def stored() -> dict[str, dict[str, np.ndarray]]:
     with torch.no_grad():
         for index, text in enumerate(TEXTS):
             encoded = encoder.encode([text], output_hidden_states=True)
-            out[f"u{index}"] = {"final": encoded.states[0].numpy(), "layer_1": encoded.hidden_states[1][0].numpy(),
-                                "audio": rng.standard_normal((4 + index, AUDIO_DIM)).astype(np.float32)}
+            out[f"u{index}"] = {
+                "final": encoded.states[0].numpy(),
+                "layer_1": encoded.hidden_states[1][0].numpy(),
+                "audio": rng.standard_normal((4 + index, AUDIO_DIM)).astype(np.float32),
+            }
     return out
 
 
@@ -62,8 +77,12 @@ def _labels() -> dict[str, int]:
 
 def _model(name: str = "mister_e", **config):
     torch.manual_seed(0)
-    model = create_model(name, {"hidden_dim": 16, "gate_hidden": 16, "cross_heads": 2, **config},
-                         {"audio": AUDIO_DIM, "text": 32}, CLASSES)
+    model = create_model(
+        name,
+        {"hidden_dim": 16, "gate_hidden": 16, "cross_heads": 2, **config},
+        {"audio": AUDIO_DIM, "text": 32},
+        CLASSES,
+    )
     return model.eval()
 
 
@@ -74,8 +93,9 @@ def _frozen_batch(features):
 
 def _token_batch(features):
     vectors = {u: {"audio": utterance_vector(f["audio"])} for u, f in features.items()}
-    return DialogueCollator(vectors, DIALOGUES, _labels(), ["audio", "text"], tokens=features,
-                            token_modalities=["text"])(range(len(DIALOGUES)))
+    return DialogueCollator(
+        vectors, DIALOGUES, _labels(), ["audio", "text"], tokens=features, token_modalities=["text"]
+    )(range(len(DIALOGUES)))
 
 
 def test_k0_and_recomputed_top_layer_give_the_frozen_logits(stored):
@@ -117,9 +137,13 @@ def test_a_saved_fine_tuned_dialogue_model_reloads_to_the_same_logits(stored, tm
     batch = _token_batch(_features(stored, "layer_1"))
     with torch.no_grad():
         expected = net(batch).logits
-    card = {"model": "mister_e", "classes": ["a", "b", "c"], "input_dims": {"audio": AUDIO_DIM, "text": 32},
-            "config": {"hidden_dim": 16, "gate_hidden": 16, "cross_heads": 2},
-            "features": {"text": {"encoder": "tiny", "trainable_top_layers": 1}, "audio": {"encoder": "frames"}}}
+    card = {
+        "model": "mister_e",
+        "classes": ["a", "b", "c"],
+        "input_dims": {"audio": AUDIO_DIM, "text": 32},
+        "config": {"hidden_dim": 16, "gate_hidden": 16, "cross_heads": 2},
+        "features": {"text": {"encoder": "tiny", "trainable_top_layers": 1}, "audio": {"encoder": "frames"}},
+    }
     net.save(tmp_path, metadata=card)
     loaded = TrainedModel.from_pretrained(tmp_path, encoders={"text": _encoder(0)})
     with torch.no_grad():
@@ -131,20 +155,38 @@ def test_a_saved_fine_tuned_dialogue_model_reloads_to_the_same_logits(stored, tm
 
 def test_the_data_module_sends_token_states_for_fine_tuned_modalities(stored):
     features = _features(stored, "layer_1")
-    table = pd.DataFrame({"utt_id": list(features), "label": [["a", "b", "c"][i % 3] for i in range(6)],
-                          "dialogue_id": ["d0"] * 4 + ["d1"] * 2, "turn": [0, 1, 2, 3, 0, 1]})
-    feature_set = types.SimpleNamespace(features=features, specs={"audio": None, "text": None},
-                                        boundary={"text": (_encoder(1), 1)})
-    module = EmotionDataModule(feature_set, table, ["a", "b", "c"], {"train": list(features)}, batch_kind="dialogue",
-                               batch_size=2, modalities=["audio", "text"])
+    table = pd.DataFrame(
+        {
+            "utt_id": list(features),
+            "label": [["a", "b", "c"][i % 3] for i in range(6)],
+            "dialogue_id": ["d0"] * 4 + ["d1"] * 2,
+            "turn": [0, 1, 2, 3, 0, 1],
+        }
+    )
+    feature_set = types.SimpleNamespace(
+        features=features, specs={"audio": None, "text": None}, boundary={"text": (_encoder(1), 1)}
+    )
+    module = EmotionDataModule(
+        feature_set,
+        table,
+        ["a", "b", "c"],
+        {"train": list(features)},
+        batch_kind="dialogue",
+        batch_size=2,
+        modalities=["audio", "text"],
+    )
     batch = next(iter(module.train_dataloader()))
     assert set(batch.inputs) == {"audio"} and set(batch.tokens) == {"text"} and batch.modalities == ("audio", "text")
     assert batch.tokens["text"].states.shape[0] == int(batch.mask.sum()) == 6
 
 
 def test_a_dialogue_model_reading_a_stored_pooled_vector_cannot_fine_tune_that_encoder():
-    model = create_model("mister_e", {"hidden_dim": 16, "gate_hidden": 16, "cross_heads": 2, "speech_source": "pooled"},
-                         {"audio": 7, "audio_pooled": AUDIO_DIM, "text": 32}, CLASSES)
+    model = create_model(
+        "mister_e",
+        {"hidden_dim": 16, "gate_hidden": 16, "cross_heads": 2, "speech_source": "pooled"},
+        {"audio": 7, "audio_pooled": AUDIO_DIM, "text": 32},
+        CLASSES,
+    )
     with pytest.raises(ConfigError, match="cannot fine-tune the audio encoder.*trainable_top_layers: 0"):
         TrainedModel(model, fine_tune={"audio": (torch.nn.Linear(2, 2), 1, [])})
     TrainedModel(model, fine_tune={"text": (_encoder(1), 1, [])})  # its text is a mean of the states: allowed

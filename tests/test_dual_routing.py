@@ -13,8 +13,14 @@ from emomix.models import Batch, ModalityInput, create_model, list_models
 from emomix.models.dual_routing import DualRoutingConfig, DualRoutingModel
 
 AUDIO_DIM, TEXT_DIM, LAYERS, CLASSES = 16, 24, 4, 4
-VARIANTS = ("dual_routing", "dual_routing_local", "dual_routing_global", "dual_routing_concat",
-            "dual_routing_audio", "dual_routing_text")
+VARIANTS = (
+    "dual_routing",
+    "dual_routing_local",
+    "dual_routing_global",
+    "dual_routing_concat",
+    "dual_routing_audio",
+    "dual_routing_text",
+)
 
 
 def make_batch(seed: int = 0, batch: int = 5, audio_frames: int = 12, text_tokens: int = 9) -> Batch:
@@ -32,11 +38,17 @@ def make_batch(seed: int = 0, batch: int = 5, audio_frames: int = 12, text_token
     special[torch.arange(batch), text_lengths - 1] = True
     audio = ModalityInput(
         states=torch.randn(batch, audio_frames, AUDIO_DIM, generator=generator) * audio_mask[..., None],
-        mask=audio_mask, speech_mask=speech, frame_rate=50.0)
+        mask=audio_mask,
+        speech_mask=speech,
+        frame_rate=50.0,
+    )
     text = ModalityInput(
         states=torch.randn(batch, text_tokens, TEXT_DIM, generator=generator) * text_mask[..., None],
-        mask=text_mask, special_tokens=special,
-        layer_states=torch.randn(batch, LAYERS, text_tokens, TEXT_DIM, generator=generator) * text_mask[:, None, :, None])
+        mask=text_mask,
+        special_tokens=special,
+        layer_states=torch.randn(batch, LAYERS, text_tokens, TEXT_DIM, generator=generator)
+        * text_mask[:, None, :, None],
+    )
     return Batch(inputs={"audio": audio, "text": text}, labels=torch.arange(batch) % CLASSES)
 
 
@@ -50,7 +62,8 @@ def pad_more(batch: Batch, extra: int = 5, seed: int = 99) -> Batch:
         padded = replace(
             item,
             states=torch.cat([item.states, torch.randn(rows, extra, dim, generator=generator) * 10], dim=1),
-            mask=torch.cat([item.mask, pad_mask], dim=1))
+            mask=torch.cat([item.mask, pad_mask], dim=1),
+        )
         if item.speech_mask is not None:
             padded.speech_mask = torch.cat([item.speech_mask, pad_mask], dim=1)
         if item.special_tokens is not None:
@@ -212,7 +225,7 @@ def test_cross_attention_attends_over_three_distinct_tokens_per_modality(name):
     seen = []
     model.fusion.register_forward_hook(lambda module, args, out: seen.append((args[0], args[2])))
     model(make_batch())
-    (audio, text), = seen
+    ((audio, text),) = seen
     assert audio.shape == text.shape == (5, 3, TEXT_DIM)
     # the experts' tokens differ, so attention is never a softmax over identical keys
     assert not torch.allclose(audio[:, 1], audio[:, 2]) and not torch.allclose(text[:, 1], text[:, 2])
@@ -279,8 +292,9 @@ def _legacy_state(model: DualRoutingModel, ffn: bool, single_token: bool) -> dic
     torch.manual_seed(1)
     config = model.config
     if ffn:
-        model.fusion = type(model.fusion)(model.model_dim, heads=config.cross_heads, num_layers=config.cross_layers,
-                                          dropout=config.dropout, ffn=True)
+        model.fusion = type(model.fusion)(
+            model.model_dim, heads=config.cross_heads, num_layers=config.cross_layers, dropout=config.dropout, ffn=True
+        )
     if single_token:
         for m in model.modalities:
             model.moe[m] = DualRoutingMoE(model.model_dim, CLASSES, routing=config.routing, single_token=True)
@@ -323,7 +337,9 @@ def test_text_global_needs_layer_states_unless_cls_fallback():
     assert torch.isfinite(output.logits).all()
     # the fallback repeats the last layer's first token: same parameter shapes, checkpoints interchangeable
     layered = build()
-    assert {k: v.shape for k, v in cls_model.state_dict().items()} == {k: v.shape for k, v in layered.state_dict().items()}
+    assert {k: v.shape for k, v in cls_model.state_dict().items()} == {
+        k: v.shape for k, v in layered.state_dict().items()
+    }
     too_few = make_batch()
     too_few.inputs["text"].layer_states = too_few.inputs["text"].layer_states[:, -2:]
     with pytest.raises(ConfigError, match="only 2 text layer"):
@@ -383,15 +399,20 @@ def test_loss_combines_focal_branch_and_routing_entropy_with_the_configured_weig
     with torch.no_grad():
         output = model(batch)
         total, parts = model.loss(output, batch.labels)
-    branch = sum(F.cross_entropy(output.aux[f"expert_logits_{m}_{s}"], batch.labels)
-                 for m in ("audio", "text") for s in ("local", "global"))
+    branch = sum(
+        F.cross_entropy(output.aux[f"expert_logits_{m}_{s}"], batch.labels)
+        for m in ("audio", "text")
+        for s in ("local", "global")
+    )
     assert parts["branch"] == pytest.approx(float(branch), rel=1e-5)
     entropies = [-(r * r.log()).sum(dim=1).mean() for r in (output.aux["route_audio"], output.aux["route_text"])]
     assert parts["routing_entropy"] == pytest.approx(-float(sum(entropies)) / 2, rel=1e-5)
     probs = output.logits.softmax(dim=1)[torch.arange(5), batch.labels]
     focal = -(((1 - probs) ** 2) * probs.log()).mean()
     assert parts["focal"] == pytest.approx(float(focal), rel=1e-5)
-    assert float(total) == pytest.approx(parts["focal"] + 0.3 * parts["branch"] + 0.01 * parts["routing_entropy"], rel=1e-5)
+    assert float(total) == pytest.approx(
+        parts["focal"] + 0.3 * parts["branch"] + 0.01 * parts["routing_entropy"], rel=1e-5
+    )
     assert parts["total"] == pytest.approx(float(total))
 
 

@@ -121,7 +121,9 @@ def test_speech_without_attention_mask_groups_by_length_so_batches_do_not_change
 
 
 def test_speech_with_attention_mask_pads_and_masks_so_batches_do_not_change_outputs():
-    encoder = SpeechSSLEncoder.from_config(_speech_config("wav2vec2", feat_extract_norm="layer", do_stable_layer_norm=True))
+    encoder = SpeechSSLEncoder.from_config(
+        _speech_config("wav2vec2", feat_extract_norm="layer", do_stable_layer_norm=True)
+    )
     assert encoder.uses_attention_mask is True
     waves = [_wave(1.0), _wave(0.41, seed=4)]
     batch = encoder.encode(waves)
@@ -173,7 +175,11 @@ def test_speech_freeze_leaves_exactly_the_top_k_layers_trainable():
     assert _per_layer_trainable(layers) == [False, False, True]
     encoder.freeze(2)
     assert _per_layer_trainable(layers) == [False, True, True]
-    for module in (encoder.model.feature_extractor, encoder.model.feature_projection, encoder.model.encoder.pos_conv_embed):
+    for module in (
+        encoder.model.feature_extractor,
+        encoder.model.feature_projection,
+        encoder.model.encoder.pos_conv_embed,
+    ):
         assert not any(p.requires_grad for p in module.parameters())
     trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
     assert trainable == sum(p.numel() for layer in layers[1:] for p in layer.parameters())
@@ -294,7 +300,7 @@ def test_text_states_masks_and_special_tokens(tiny_bert):
         special = out.special_tokens[row].nonzero().flatten().tolist()
         assert special == [0, length - 1]
         assert ids[row, 0].item() == 101 and ids[row, length - 1].item() == 102  # [CLS] … [SEP]
-    assert not out.special_tokens[0, lengths[0]:].any()  # padding is not a special token
+    assert not out.special_tokens[0, lengths[0] :].any()  # padding is not a special token
     torch.testing.assert_close(cls_of_layer(out), out.states[:, 0])
     torch.testing.assert_close(cls_of_layer(out, 1), out.hidden_states[1][:, 0])
     with pytest.raises(ValueError, match="output_hidden_states"):
@@ -468,8 +474,18 @@ def test_face_crop_encoder_shapes_masks_and_identity():
 
 def test_registry_names_specs_and_errors(tmp_path, tiny_bert):
     names = list_encoders()
-    for name in ("opensmile:eGeMAPSv02", "opensmile:ComParE_2016", "mfcc", "minilm", "wavlm-base", "hubert-base",
-                 "roberta-base", "bert-base-uncased", "text:<hub name or folder>", "speech:<hub name or folder>"):
+    for name in (
+        "opensmile:eGeMAPSv02",
+        "opensmile:ComParE_2016",
+        "mfcc",
+        "minilm",
+        "wavlm-base",
+        "hubert-base",
+        "roberta-base",
+        "bert-base-uncased",
+        "text:<hub name or folder>",
+        "speech:<hub name or folder>",
+    ):
         assert name in names
     assert isinstance(create_encoder("opensmile:ComParE_2016"), OpenSmileEncoder)
     built = create_encoder({"name": "mfcc", "n_mfcc": 13, "pad_seconds": 8})
@@ -540,7 +556,9 @@ def test_speaker_normaliser_unseen_speakers_and_round_trips(tmp_path):
         path = normaliser.save(tmp_path / f"normaliser{suffix}")
         loaded = SpeakerNormaliser.load(path)
         assert loaded.speakers == ["s1", "s2"] and loaded.count == normaliser.count
-        np.testing.assert_array_equal(loaded.transform(features["s2_u1"], "s2"), normaliser.transform(features["s2_u1"], "s2"))
+        np.testing.assert_array_equal(
+            loaded.transform(features["s2_u1"], "s2"), normaliser.transform(features["s2_u1"], "s2")
+        )
         np.testing.assert_array_equal(loaded.global_std, normaliser.global_std)
     assert json.loads((tmp_path / "normaliser.json").read_text())["format"].startswith("emomix.speaker_normaliser")
     with pytest.raises(ConfigError, match=".json or .safetensors"):

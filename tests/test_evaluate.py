@@ -41,10 +41,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def toy_table() -> pd.DataFrame:
-    return make_table([
-        dict(utt_id=f"{s}_{i}", corpus="toy", speaker=f"{s}_spk{i % 2}", session=s, label=c)
-        for s in SESSIONS for i, c in enumerate(CLASSES)
-    ])
+    return make_table(
+        [
+            dict(utt_id=f"{s}_{i}", corpus="toy", speaker=f"{s}_spk{i % 2}", session=s, label=c)
+            for s in SESSIONS
+            for i, c in enumerate(CLASSES)
+        ]
+    )
 
 
 def toy_predictions(correct: dict[tuple[str, int], int], aux: bool = True) -> pd.DataFrame:
@@ -58,12 +61,28 @@ def toy_predictions(correct: dict[tuple[str, int], int], aux: bool = True) -> pd
             label = utt["label"]
             pred = label if i < k else CLASSES[(CLASSES.index(label) + 1) % len(CLASSES)]
             probs = {f"prob_{c}": (0.7 if c == pred else 0.1) for c in CLASSES}
-            row = {"utt_id": utt["utt_id"], "fold": fold, "seed": seed, "label": label, "pred": pred, **probs,
-                   "speaker": utt["speaker"], "session": utt["session"], "dialogue_id": None}
+            row = {
+                "utt_id": utt["utt_id"],
+                "fold": fold,
+                "seed": seed,
+                "label": label,
+                "pred": pred,
+                **probs,
+                "speaker": utt["speaker"],
+                "session": utt["session"],
+                "dialogue_id": None,
+            }
             if aux:
                 local = 0.8 if label == "ang" else 0.3
-                row.update({"aux_route_audio_0": local, "aux_route_audio_1": 1 - local,
-                            "aux_route_text_0": 0.5, "aux_route_text_1": 0.5, "aux_vad_fallback": float(i == 0)})
+                row.update(
+                    {
+                        "aux_route_audio_0": local,
+                        "aux_route_audio_1": 1 - local,
+                        "aux_route_text_0": 0.5,
+                        "aux_route_text_1": 0.5,
+                        "aux_vad_fallback": float(i == 0),
+                    }
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -72,24 +91,43 @@ def make_run(root, name, correct, model="dual_routing", aux=True, histories=True
     run_dir = root / name
     run_dir.mkdir(parents=True)
     seeds = sorted({seed for _, seed in correct})
-    (run_dir / "run.json").write_text(json.dumps({
-        "classes": CLASSES, "model": model, "seeds": seeds,
-        "corpus": {"reader": "synthetic", "scheme": "default"}, "protocol": {"name": "loso", "params": {}},
-    }))
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "classes": CLASSES,
+                "model": model,
+                "seeds": seeds,
+                "corpus": {"reader": "synthetic", "scheme": "default"},
+                "protocol": {"name": "loso", "params": {}},
+            }
+        )
+    )
     (plan or make_fold_plan(toy_table(), "loso", validation="none")).save(run_dir / "folds.json")
     if data:
-        (run_dir / "data.json").write_text(json.dumps({
-            "utterances": 12, "classes": {c: 3 for c in CLASSES},
-            "folds": {s: {"train": 8, "validation": 0, "test": 4} for s in SESSIONS},
-        }))
+        (run_dir / "data.json").write_text(
+            json.dumps(
+                {
+                    "utterances": 12,
+                    "classes": {c: 3 for c in CLASSES},
+                    "folds": {s: {"train": 8, "validation": 0, "test": 4} for s in SESSIONS},
+                }
+            )
+        )
     toy_predictions(correct, aux=aux).to_parquet(run_dir / "predictions.parquet", index=False)
     if histories:
         for fold, seed in correct:
             folder = run_dir / "folds" / fold / f"seed-{seed}"
             folder.mkdir(parents=True)
-            pd.DataFrame({"epoch": [0, 1, 2], "loss": [1.4, 1.1, 0.9], "val_ua": [0.3, 0.5, 0.45],
-                          "val_wa": [0.3, 0.5, 0.45], "val_loss": [1.3, 1.2, 1.25], "lr_head": [1e-3] * 3}).to_csv(
-                folder / "history.csv", index=False)
+            pd.DataFrame(
+                {
+                    "epoch": [0, 1, 2],
+                    "loss": [1.4, 1.1, 0.9],
+                    "val_ua": [0.3, 0.5, 0.45],
+                    "val_wa": [0.3, 0.5, 0.45],
+                    "val_loss": [1.3, 1.2, 1.25],
+                    "lr_head": [1e-3] * 3,
+                }
+            ).to_csv(folder / "history.csv", index=False)
     return run_dir
 
 
@@ -115,8 +153,8 @@ def test_ua_and_wa_differ_on_an_imbalanced_case():
     y_true = ["ang"] * 8 + ["hap"] * 2
     result = classification_metrics(y_true, ["ang"] * 10, ["ang", "hap"])
     assert result["wa"] == pytest.approx(0.8)
-    assert result["ua"] == pytest.approx(0.5)          # recalls 1 and 0
-    f1_ang = 2 * 0.8 * 1.0 / 1.8                        # precision 8/10, recall 1
+    assert result["ua"] == pytest.approx(0.5)  # recalls 1 and 0
+    f1_ang = 2 * 0.8 * 1.0 / 1.8  # precision 8/10, recall 1
     assert result["macro_f1"] == pytest.approx(f1_ang / 2)
     assert result["weighted_f1"] == pytest.approx(0.8 * f1_ang)
     per_class = result["per_class"].set_index("class")
@@ -172,16 +210,17 @@ def test_a_one_class_fold_is_not_scored_by_that_class_alone():
     y_pred = ["neu", "ang", "bor", "dis", "fea", "hap"]
     result = classification_metrics(y_true, y_pred, classes)
     assert result["ua"] == pytest.approx(1 / 6)
-    assert result["macro_f1"] == pytest.approx((2 / 7) / 6)          # F1(neu) = 2/7, five predicted classes F1 0
+    assert result["macro_f1"] == pytest.approx((2 / 7) / 6)  # F1(neu) = 2/7, five predicted classes F1 0
     assert result["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
     assert result["macro_f1"] <= result["ua"]
     # per fold and pooled follow the same rule
-    df = pd.DataFrame({"fold": ["f1"] * 6 + ["f2"] * 6, "seed": 0, "label": y_true + classes,
-                       "pred": y_pred + classes})
+    df = pd.DataFrame({"fold": ["f1"] * 6 + ["f2"] * 6, "seed": 0, "label": y_true + classes, "pred": y_pred + classes})
     metrics = metrics_from_predictions(df, classes)
     per_fold = metrics["per_fold"].set_index("fold")
     assert per_fold.loc["f1", "macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
-    assert metrics["pooled"]["macro_f1"].iloc[0] == pytest.approx(f1_score(y_true + classes, y_pred + classes, average="macro"))
+    assert metrics["pooled"]["macro_f1"].iloc[0] == pytest.approx(
+        f1_score(y_true + classes, y_pred + classes, average="macro")
+    )
 
 
 def test_row_normalised_confusion_leaves_an_empty_row_undefined():
@@ -194,7 +233,7 @@ def test_summarise_gives_the_t_interval_of_known_data():
     summary = summarise([1, 2, 3, 4])
     assert summary["mean"] == 2.5 and summary["n"] == 4
     assert summary["sd"] == pytest.approx(1.2909944)
-    half = 3.1824463 * 1.2909944 / 2                   # t(0.975, 3) * SD / sqrt(4)
+    half = 3.1824463 * 1.2909944 / 2  # t(0.975, 3) * SD / sqrt(4)
     assert summary["ci_low"] == pytest.approx(2.5 - half, abs=1e-6)
     assert summary["ci_high"] == pytest.approx(2.5 + half, abs=1e-6)
     one = summarise([0.7, float("nan")])
@@ -248,10 +287,15 @@ def test_unknown_classes_in_predictions_are_a_label_error():
 
 
 def test_routing_shares_by_emotion_session_and_speaker():
-    df = pd.DataFrame({
-        "label": ["a", "a", "b", None], "session": ["s1", "s2", "s1", "s2"], "speaker": ["x", "y", "x", "y"],
-        "aux_route_audio_0": [0.8, 0.6, 0.2, 0.5], "aux_route_audio_1": [0.2, 0.4, 0.8, 0.5],
-    })
+    df = pd.DataFrame(
+        {
+            "label": ["a", "a", "b", None],
+            "session": ["s1", "s2", "s1", "s2"],
+            "speaker": ["x", "y", "x", "y"],
+            "aux_route_audio_0": [0.8, 0.6, 0.2, 0.5],
+            "aux_route_audio_1": [0.2, 0.4, 0.8, 0.5],
+        }
+    )
     table = routing_shares(df).set_index(["by", "group", "modality"])
     assert table.loc[("label", "a", "audio"), "local"] == pytest.approx(0.7)
     assert table.loc[("label", "a", "audio"), "global"] == pytest.approx(0.3)
@@ -263,11 +307,16 @@ def test_routing_shares_by_emotion_session_and_speaker():
 
 
 def test_expert_shares_of_gates_and_pairwise_weights():
-    df = pd.DataFrame({
-        "label": ["a", "a", "b"], "session": ["s1", "s1", "s2"],
-        "aux_gate_weights_0": [0.5, 0.3, 0.0], "aux_gate_weights_1": [0.5, 0.1, 0.2], "aux_gate_weights_2": [0.0, 0.6, 0.8],
-        "aux_alpha_ta": [0.9, 0.7, 0.2],
-    })
+    df = pd.DataFrame(
+        {
+            "label": ["a", "a", "b"],
+            "session": ["s1", "s1", "s2"],
+            "aux_gate_weights_0": [0.5, 0.3, 0.0],
+            "aux_gate_weights_1": [0.5, 0.1, 0.2],
+            "aux_gate_weights_2": [0.0, 0.6, 0.8],
+            "aux_alpha_ta": [0.9, 0.7, 0.2],
+        }
+    )
     table = expert_shares(df, model="mister_e").set_index(["by", "group", "source", "expert"])
     assert table.loc[("label", "a", "gate", "speech"), "share"] == pytest.approx(0.4)
     assert table.loc[("label", "a", "gate", "cross"), "share"] == pytest.approx(0.3)
@@ -297,11 +346,18 @@ def png_size(path):
 def test_learning_curves_draw_the_validation_panel_only_when_there_is_one(tmp_path):
     from emomix.evaluate.plots import plot_learning_curves
 
-    history = pd.DataFrame({"fold": ["f1"] * 3 + ["f2"] * 3, "seed": 0, "epoch": [0, 1, 2] * 2,
-                            "loss": [1.0, 0.8, 0.7, 1.1, 0.9, 0.8], "val_ua": [0.3, 0.4, 0.5, 0.2, 0.3, 0.35]})
+    history = pd.DataFrame(
+        {
+            "fold": ["f1"] * 3 + ["f2"] * 3,
+            "seed": 0,
+            "epoch": [0, 1, 2] * 2,
+            "loss": [1.0, 0.8, 0.7, 1.1, 0.9, 0.8],
+            "val_ua": [0.3, 0.4, 0.5, 0.2, 0.3, 0.35],
+        }
+    )
     both = png_size(plot_learning_curves(history, tmp_path / "both.png"))
     loss_only = png_size(plot_learning_curves(history.assign(val_ua=np.nan), tmp_path / "loss.png"))
-    assert both[0] > 1.6 * loss_only[0]        # two panels side by side against one
+    assert both[0] > 1.6 * loss_only[0]  # two panels side by side against one
 
 
 def test_histories_of_sub_models_are_loaded_with_their_part(tmp_path):
@@ -311,7 +367,7 @@ def test_histories_of_sub_models_are_loaded_with_their_part(tmp_path):
     folder.mkdir(parents=True)
     for name, best in (("history-complementary_ca.csv", 0.6), ("history-complementary_spl.csv", 0.4)):
         pd.DataFrame({"epoch": [0, 1], "loss": [1.0, 0.9], "val_ua": [0.1, best]}).to_csv(folder / name, index=False)
-    (folder / "history.csv").write_text("")      # an empty file is skipped, not an error
+    (folder / "history.csv").write_text("")  # an empty file is skipped, not an error
     histories = load_histories(tmp_path)
     assert sorted(set(histories["part"])) == ["complementary_ca", "complementary_spl"]
     summary = {h["part"]: h for h in history_summary(histories)}
@@ -337,8 +393,13 @@ def test_write_report_writes_metrics_figures_and_markdown(tmp_path):
     assert routing[("label", "ang", "audio")]["local"] == pytest.approx(0.8)
     assert {f["name"] for f in metrics["routing"]["flags"]} == {"vad_fallback"}
     figures = sorted(p.name for p in (run_dir / "report" / "figures").iterdir())
-    assert figures == ["confusion.png", "learning_curves.png", "routing_by_label.png", "routing_by_session.png",
-                       "routing_by_speaker.png"]
+    assert figures == [
+        "confusion.png",
+        "learning_curves.png",
+        "routing_by_label.png",
+        "routing_by_session.png",
+        "routing_by_speaker.png",
+    ]
     for name in figures:
         assert (run_dir / "report" / "figures" / name).read_bytes()[:8] == PNG_MAGIC
     text = path.read_text()
@@ -349,7 +410,7 @@ def test_write_report_writes_metrics_figures_and_markdown(tmp_path):
     assert "## Routing (local vs global)" in text and "## Data" in text
     # anger: always right (recall 1), but every sadness utterance is predicted as anger (precision 1/2)
     assert "| ang | 3 | 0.500 | 1.000 | 0.667 ± 0.000 |" in text
-    assert "| sad | 6 | 0 | 0 | 0 |" in text          # confusion counts over both seeds
+    assert "| sad | 6 | 0 | 0 | 0 |" in text  # confusion counts over both seeds
     assert "- **protocol**: loso (validation=none)" in text
     assert not list((run_dir / "report").glob("*.tmp"))
 
@@ -357,24 +418,46 @@ def test_write_report_writes_metrics_figures_and_markdown(tmp_path):
 def test_report_data_section_is_readable_and_seeds_are_counted(tmp_path):
     run_dir = make_run(tmp_path, "one", {("s1", 0): 2, ("s2", 0): 4, ("s3", 0): 3}, aux=False, histories=False)
     # data.json as emomix.train.run.data_summary writes it
-    (run_dir / "data.json").write_text(json.dumps({
-        "corpus": "toy", "utterances": 12, "speakers": 6, "classes": {c: 3 for c in CLASSES},
-        "folds": {s: {"train": {"total": 8, "ang": 2}, "validation": {"total": 0}, "test": {"total": 4, "ang": 1}}
-                  for s in SESSIONS},
-        "read_report": {"skipped": [{"item": "x.wav", "reason": "audio missing"}], "dropped_by_label": {"oth": 2},
-                        "notes": ["text only"]},
-        "extraction": {"audio": {"namespace": "opensmile-abc", "total": 12, "cached": 10, "computed": 2, "failed": 0,
-                                 "fallbacks": {"vad_fallback": ["s1_0"]}, "failures": [], "layers": []}},
-        "feature_failures": [],
-    }))
+    (run_dir / "data.json").write_text(
+        json.dumps(
+            {
+                "corpus": "toy",
+                "utterances": 12,
+                "speakers": 6,
+                "classes": {c: 3 for c in CLASSES},
+                "folds": {
+                    s: {"train": {"total": 8, "ang": 2}, "validation": {"total": 0}, "test": {"total": 4, "ang": 1}}
+                    for s in SESSIONS
+                },
+                "read_report": {
+                    "skipped": [{"item": "x.wav", "reason": "audio missing"}],
+                    "dropped_by_label": {"oth": 2},
+                    "notes": ["text only"],
+                },
+                "extraction": {
+                    "audio": {
+                        "namespace": "opensmile-abc",
+                        "total": 12,
+                        "cached": 10,
+                        "computed": 2,
+                        "failed": 0,
+                        "fallbacks": {"vad_fallback": ["s1_0"]},
+                        "failures": [],
+                        "layers": [],
+                    }
+                },
+                "feature_failures": [],
+            }
+        )
+    )
     text = write_report(run_dir).read_text()
     assert "- **seeds**: 1 (seed 0)" in text
     data = text.split("## Data", 1)[1].split("## Results", 1)[0]
     assert "corpus **toy**, 12 labelled utterances, 6 speakers." in data
-    assert "| s1 | 8 | 0 | 4 |" in data                       # totals per fold and part
+    assert "| s1 | 8 | 0 | 4 |" in data  # totals per fold and part
     assert "- skipped by the reader: 1 (audio missing)" in data and "- dropped by the label scheme: 2 oth" in data
     assert "| audio | opensmile-abc | 12 | 10 | 2 | 0 | vad_fallback 1 |" in data
-    assert "`" not in data and "{" not in data                 # no raw JSON
+    assert "`" not in data and "{" not in data  # no raw JSON
     two = write_report(make_run(tmp_path, "two", RUN_A, aux=False, histories=False)).read_text()
     assert "- **seeds**: 2 (seeds 0, 1)" in two
 
@@ -387,8 +470,15 @@ def test_learning_curve_table_uses_the_monitored_metric_and_its_mode(tmp_path):
         folder = run_dir / "folds" / fold / "seed-0"
         folder.mkdir(parents=True)
         # val UA peaks at epoch 1, val WA at epoch 2, val loss is lowest at epoch 0
-        pd.DataFrame({"epoch": [0, 1, 2], "loss": [1.4, 1.1, 0.9], "val_ua": [0.3, 0.6, 0.5],
-                      "val_wa": [0.3, 0.5, 0.7], "val_loss": [1.0, 1.2, 1.3]}).to_csv(folder / "history.csv", index=False)
+        pd.DataFrame(
+            {
+                "epoch": [0, 1, 2],
+                "loss": [1.4, 1.1, 0.9],
+                "val_ua": [0.3, 0.6, 0.5],
+                "val_wa": [0.3, 0.5, 0.7],
+                "val_loss": [1.0, 1.2, 1.3],
+            }
+        ).to_csv(folder / "history.csv", index=False)
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"training": {"monitor": "val_wa"}}))
     text = write_report(run_dir).read_text()
     assert "| fold | seed | epochs | best val WA | best epoch | last train loss |" in text
@@ -399,15 +489,22 @@ def test_learning_curve_table_uses_the_monitored_metric_and_its_mode(tmp_path):
 
 
 def test_a_report_without_optional_inputs_omits_their_sections(tmp_path):
-    run_dir = make_run(tmp_path, "plain", {("s1", 0): 2, ("s2", 0): 4, ("s3", 0): 3}, model="early_fusion",
-                       aux=False, histories=False, data=False)
+    run_dir = make_run(
+        tmp_path,
+        "plain",
+        {("s1", 0): 2, ("s2", 0): 4, ("s3", 0): 3},
+        model="early_fusion",
+        aux=False,
+        histories=False,
+        data=False,
+    )
     text = write_report(run_dir).read_text()
     assert "## Learning curves" not in text and "## Routing" not in text and "## Data" not in text
     assert "## Results" in text and "### Per class" in text
     assert sorted(p.name for p in (run_dir / "report" / "figures").iterdir()) == ["confusion.png"]
     metrics = strict_json((run_dir / "report" / "metrics.json").read_text())
     assert metrics["routing"] == {"routing": [], "experts": [], "flags": []}
-    assert metrics["metrics"]["across_seeds"]["ua"]["sd"] is None   # one seed: no SD, stored as null
+    assert metrics["metrics"]["across_seeds"]["ua"]["sd"] is None  # one seed: no SD, stored as null
 
 
 def test_missing_predictions_name_the_file_and_say_to_train(tmp_path):
@@ -446,11 +543,11 @@ def test_compare_gives_the_difference_and_paired_tests(tmp_path):
     table = compare_runs([a, b])
     assert list(table["run"]) == ["a", "b"] and list(table["model"]) == ["dual_routing", "mpaf_net"]
     row = table.iloc[1]
-    assert row["delta"] == pytest.approx(1 / 3)       # mean of +0.25, +0.25, +0.5
+    assert row["delta"] == pytest.approx(1 / 3)  # mean of +0.25, +0.25, +0.5
     assert row["n_pairs"] == 3
-    assert row["t_stat"] == pytest.approx(4.0)          # (1/3) / (0.1443 / sqrt 3)
+    assert row["t_stat"] == pytest.approx(4.0)  # (1/3) / (0.1443 / sqrt 3)
     assert row["p_ttest"] == pytest.approx(2 * stats.t.sf(4.0, df=2))
-    assert row["p_wilcoxon"] == pytest.approx(0.25)     # all 3 differences positive: 2 * 1/8
+    assert row["p_wilcoxon"] == pytest.approx(0.25)  # all 3 differences positive: 2 * 1/8
     assert math.isnan(table.iloc[0]["p_ttest"])
     assert table.iloc[1]["ua"] == pytest.approx(5 / 6) and table.iloc[0]["ua_sd"] == pytest.approx(0.25)
     text = format_comparison(table)
@@ -479,7 +576,7 @@ def test_compare_shows_pooled_beside_fold_means_and_concludes_in_words(tmp_path)
 def test_the_smallest_wilcoxon_p_is_two_over_two_to_the_folds(n):
     from emomix.evaluate.compare import smallest_wilcoxon_p
 
-    all_positive = np.arange(1, n + 1) / 100.0           # every fold favours the second run
+    all_positive = np.arange(1, n + 1) / 100.0  # every fold favours the second run
     assert smallest_wilcoxon_p(n) == pytest.approx(stats.wilcoxon(all_positive).pvalue)
     assert smallest_wilcoxon_p(5) == 0.0625
 
@@ -492,14 +589,23 @@ def test_compare_refuses_different_fold_plans_unless_allowed(tmp_path):
     s1.test, s2.test = sorted(set(s1.test) - {"s1_0"} | {"s2_0"}), sorted(set(s2.test) - {"s2_0"} | {"s1_0"})
     s1.train, s2.train = sorted(set(s1.train) - {"s2_0"} | {"s1_0"}), sorted(set(s2.train) - {"s1_0"} | {"s2_0"})
     b = make_run(tmp_path, "b", RUN_B, histories=False, plan=swapped)
-    with pytest.raises(ConfigError, match=r"not evaluated on the same folds: the test utterances of fold\(s\) s1, s2 differ"):
+    with pytest.raises(
+        ConfigError, match=r"not evaluated on the same folds: the test utterances of fold\(s\) s1, s2 differ"
+    ):
         compare_runs([a, b])
     table = compare_runs([a, b], allow_different_folds=True)
     assert any("fold plan differs" in n for n in table.attrs["notes"])
     assert table.iloc[1]["n_pairs"] == 3
-    kfold = make_run(tmp_path, "c", RUN_B, histories=False,
-                     plan=make_fold_plan(toy_table(), "kfold", k=3, group="session", validation="none"))
-    with pytest.raises(ConfigError, match=r"the fold names differ: fold\(s\) s1, s2, s3 only in the first.*--allow-different-folds"):
+    kfold = make_run(
+        tmp_path,
+        "c",
+        RUN_B,
+        histories=False,
+        plan=make_fold_plan(toy_table(), "kfold", k=3, group="session", validation="none"),
+    )
+    with pytest.raises(
+        ConfigError, match=r"the fold names differ: fold\(s\) s1, s2, s3 only in the first.*--allow-different-folds"
+    ):
         compare_runs([a, kfold])
     with pytest.raises(ConfigError, match="unknown metric 'f2'"):
         compare_runs([a, a], metric="f2")

@@ -68,12 +68,23 @@ def test_spec_names_inputs_in_order_with_symbolic_axes(tmp_path):
     spec = json.loads(spec_path_for(tmp_path / "dr.onnx").read_text())
     assert spec_path_for(tmp_path / "dr.onnx").name == "dr.onnx_io_spec.json"
     assert [i["name"] for i in spec["inputs"]] == [
-        "audio_states", "audio_mask", "audio_speech_mask", "text_states", "text_mask", "text_special_tokens",
-        "text_layer_states"]
+        "audio_states",
+        "audio_mask",
+        "audio_speech_mask",
+        "text_states",
+        "text_mask",
+        "text_special_tokens",
+        "text_layer_states",
+    ]
     by_name = {i["name"]: i for i in spec["inputs"]}
     assert by_name["audio_states"]["shape"] == ["batch", "audio_length", 12]
-    assert by_name["audio_mask"] == {"name": "audio_mask", "dtype": "bool", "shape": ["batch", "audio_length"],
-                                     "modality": "audio", "field": "mask"}
+    assert by_name["audio_mask"] == {
+        "name": "audio_mask",
+        "dtype": "bool",
+        "shape": ["batch", "audio_length"],
+        "modality": "audio",
+        "field": "mask",
+    }
     assert by_name["text_layer_states"]["shape"] == ["batch", 4, "text_length", 16]
     outputs = {o["name"]: o for o in spec["outputs"]}
     assert spec["outputs"][0]["name"] == "logits" and outputs["logits"]["shape"] == ["batch", 4]
@@ -125,8 +136,11 @@ def test_graph_models_fail_with_the_model_and_operator_named(tmp_path):
 def test_a_graph_specialised_to_the_example_is_refused(tmp_path):
     # frame pooling beyond max_frames is a Python branch on the longest row: frozen by the tracer
     model = build("complementary_spl_audio")
-    with pytest.raises(ConfigError, match=r"does not reproduce PyTorch.*audio_length=300.*"
-                                          r"froze Python values at .*emomix/models/complementary.py:\d+"):
+    with pytest.raises(
+        ConfigError,
+        match=r"does not reproduce PyTorch.*audio_length=300.*"
+        r"froze Python values at .*emomix/models/complementary.py:\d+",
+    ):
         export_onnx(model, example_batch_for("complementary_spl_audio", DIMS), tmp_path / "spl.onnx")
 
 
@@ -156,7 +170,9 @@ def test_batches_that_do_not_fit_the_graph_are_refused(tmp_path):
         runner.run(text_only)
     wide = random_batch_like(example, 2, seed=4)
     wide.inputs["audio"].states = torch.zeros(2, 20, 13)
-    with pytest.raises(ConfigError, match="'audio_states' has size 13 on axis 2 but the exported model was built for 12"):
+    with pytest.raises(
+        ConfigError, match="'audio_states' has size 13 on axis 2 but the exported model was built for 12"
+    ):
         runner.run(wide)
     dialogue = example_batch_for("mister_e", DIMS)
     with pytest.raises(ConfigError, match="takes utterance batches, got a dialogue batch"):

@@ -68,8 +68,16 @@ def softmax(logits):
 
 def test_export_writes_the_graphs_and_the_card_and_reports_parity(exported):
     out, output, card = exported
-    for name in ("model.onnx", "model.onnx_io_spec.json", "text_encoder.onnx", "text_encoder.onnx_io_spec.json",
-                 "text_encoder_tokenizer/tokenizer.json", "model_card.json", "MODEL_CARD.md", "normaliser-audio.json"):
+    for name in (
+        "model.onnx",
+        "model.onnx_io_spec.json",
+        "text_encoder.onnx",
+        "text_encoder.onnx_io_spec.json",
+        "text_encoder_tokenizer/tokenizer.json",
+        "model_card.json",
+        "MODEL_CARD.md",
+        "normaliser-audio.json",
+    ):
         assert (out / name).is_file(), name
     # the printed parity lines: two real batches of other sizes, then end to end
     diffs = [float(v) for v in re.findall(r"max \|Δ(?:logits|probs)\| ([0-9.e+-]+)", output)]
@@ -106,7 +114,9 @@ def test_the_card_holds_classes_corpus_protocol_and_metrics(exported, trained_sy
     out, _, card = exported
     run = json.loads((trained_synthetic_run / "run.json").read_text())
     report = json.loads((trained_synthetic_run / "report" / "metrics.json").read_text())["metrics"]
-    assert card["format"] == "emomix-model-card/1" and card["name"] == "dual_routing" and "Dual Routing" in card["paper"]
+    assert (
+        card["format"] == "emomix-model-card/1" and card["name"] == "dual_routing" and "Dual Routing" in card["paper"]
+    )
     assert card["classes"] == run["classes"] and card["inputs"] == ["audio", "text"]
     assert card["corpus"] == "synthetic" and card["protocol"] == "loso" and card["fold_plan"] == run["fold_plan"]
     assert card["training"]["fold"] == FOLD and card["training"]["seed"] == 0 and card["training"]["epochs_run"] == 2
@@ -148,7 +158,11 @@ def test_the_text_encoder_graph_matches_pytorch_on_real_transcripts(exported, pr
 def test_a_format_flag_is_required_and_card_only_writes_the_card(cli, trained_synthetic_run, tmp_path):
     runner = CliRunner()
     bare = runner.invoke(cli, ["export", str(trained_synthetic_run)])
-    assert isinstance(bare.exception, ConfigError) and "--onnx" in str(bare.exception) and "--card-only" in str(bare.exception)
+    assert (
+        isinstance(bare.exception, ConfigError)
+        and "--onnx" in str(bare.exception)
+        and "--card-only" in str(bare.exception)
+    )
     encoders_alone = runner.invoke(cli, ["export", str(trained_synthetic_run), "--card-only", "--encoders"])
     assert isinstance(encoders_alone.exception, ConfigError) and "add --onnx" in str(encoders_alone.exception)
     result = runner.invoke(cli, ["export", str(trained_synthetic_run), "--card-only", "--out", str(tmp_path / "card")])

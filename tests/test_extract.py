@@ -64,8 +64,9 @@ class FrameStatsEncoder(Encoder):
             mask[i, : len(f)] = True
         hidden = tuple(base * (k + 1) for k in range(self.num_layers + 1))
         pooled = torch.stack([base[i, : len(f)].mean(0) for i, f in enumerate(feats)])
-        return EncoderOutput(states=hidden[-1], mask=mask, hidden_states=hidden if output_hidden_states else None,
-                             pooled=pooled)
+        return EncoderOutput(
+            states=hidden[-1], mask=mask, hidden_states=hidden if output_hidden_states else None, pooled=pooled
+        )
 
     def forward_from_layer(self, hidden, mask, start_layer, output_hidden_states=False):
         factor = (self.num_layers + 1) / (start_layer + 1)
@@ -104,8 +105,12 @@ class CharEncoder(Encoder):
             states[i, : len(values), 1] = torch.arange(len(values), dtype=torch.float32)
             mask[i, : len(values)] = True
             special[i, 0] = True
-        return EncoderOutput(states=states, mask=mask, special_tokens=special,
-                             extras={"empty_text": [not text.strip() for text in inputs]})
+        return EncoderOutput(
+            states=states,
+            mask=mask,
+            special_tokens=special,
+            extras={"empty_text": [not text.strip() for text in inputs]},
+        )
 
 
 def frame_features(wave: np.ndarray) -> np.ndarray:
@@ -113,7 +118,9 @@ def frame_features(wave: np.ndarray) -> np.ndarray:
     frames = np.zeros(count * HOP, np.float32)
     frames[: min(len(wave), count * HOP)] = wave[: count * HOP]
     frames = frames.reshape(count, HOP)
-    return np.stack([frames.mean(1), frames.std(1), np.abs(frames).max(1), (frames ** 2).mean(1)], axis=1).astype(np.float32)
+    return np.stack([frames.mean(1), frames.std(1), np.abs(frames).max(1), (frames**2).mean(1)], axis=1).astype(
+        np.float32
+    )
 
 
 def tone(seconds: float, freq: float, amplitude: float = 0.3) -> np.ndarray:
@@ -164,13 +171,22 @@ def test_counts_arrays_fallbacks_and_failures(tmp_path):
         {"utt_id": "silent", "corpus": "tones", "speaker": "s0", "audio_path": "silent.wav"},  # relative to base_dir
         {"utt_id": "corrupt", "corpus": "tones", "speaker": "s0", "audio_path": str(tmp_path / "corrupt.wav")},
         {"utt_id": "absent", "corpus": "tones", "speaker": "s0", "audio_path": str(tmp_path / "absent.wav")},
-        {"utt_id": "span", "corpus": "tones", "speaker": "s1", "audio_path": table["audio_path"][0], "start": 0.01, "end": 0.04},
+        {
+            "utt_id": "span",
+            "corpus": "tones",
+            "speaker": "s1",
+            "audio_path": table["audio_path"][0],
+            "start": 0.01,
+            "end": 0.04,
+        },
         {"utt_id": "nopath", "corpus": "tones", "speaker": "s1"},
     ]
     table = make_table(rows)
     encoder = FrameStatsEncoder()
     with FeatureStore(tmp_path / "store") as store:
-        summary = extract_features(table, encoder, store, batch_size=3, progress=False, base_dir=tmp_path, flush_every=4)
+        summary = extract_features(
+            table, encoder, store, batch_size=3, progress=False, base_dir=tmp_path, flush_every=4
+        )
         assert (summary.total, summary.cached, summary.computed, summary.failed) == (13, 0, 10, 3)
         assert summary.entries_written == 10 and summary.shards_written == store.stats()["shards"] >= 2
         assert summary.failures_by_reason() == {"unreadable audio": 1, "missing file": 1, "no audio path": 1}
@@ -236,8 +252,12 @@ def test_vad_mask_trim_and_chunking(tmp_path):
     sf.write(tmp_path / "speech.wav", speech, RATE)
     sf.write(tmp_path / "silent.wav", np.zeros(8000, np.float32), RATE)
     sf.write(tmp_path / "long.wav", tone(7.0, 180.0), RATE)
-    table = make_table([{"utt_id": n, "corpus": "c", "speaker": "s", "audio_path": str(tmp_path / f"{n}.wav")}
-                        for n in ("speech", "silent", "long")])
+    table = make_table(
+        [
+            {"utt_id": n, "corpus": "c", "speaker": "s", "audio_path": str(tmp_path / f"{n}.wav")}
+            for n in ("speech", "silent", "long")
+        ]
+    )
     encoder = FrameStatsEncoder()
     with FeatureStore(tmp_path / "store") as store:
         masked = extract_features(table, encoder, store, preprocess={"vad": "webrtc"}, progress=False)
@@ -248,7 +268,9 @@ def test_vad_mask_trim_and_chunking(tmp_path):
         assert mask[:40].sum() == 0 and mask[60:140].all() and mask[170:].sum() == 0
         assert store.get(masked.keys["silent"])["speech_mask"].all(), "no speech found: every frame is kept"
 
-        trimmed = extract_features(table, encoder, store, preprocess={"vad": "webrtc", "vad_mode": "trim"}, progress=False)
+        trimmed = extract_features(
+            table, encoder, store, preprocess={"vad": "webrtc", "vad_mode": "trim"}, progress=False
+        )
         frames = store.get(trimmed.keys["speech"])["states"].shape[0]
         assert 95 <= frames <= 120 and "speech_mask" not in store.get(trimmed.keys["speech"])
         assert trimmed.audio_seconds < masked.audio_seconds
@@ -258,10 +280,14 @@ def test_vad_mask_trim_and_chunking(tmp_path):
         assert long["chunk_frames"].tolist() == [233, 233, 233] and long["states"].shape == (699, 4)
         assert long["pooled"].shape == (3, 4)
         assert store.get(chunked.keys["speech"])["chunk_frames"].tolist() == [200]
+
     class Utterancewise(FrameStatsEncoder):
         frame_rate = None
 
-    with FeatureStore(tmp_path / "other") as store, pytest.raises(ConfigError, match="vad_mode='mask' needs an encoder with frames"):
+    with (
+        FeatureStore(tmp_path / "other") as store,
+        pytest.raises(ConfigError, match="vad_mode='mask' needs an encoder with frames"),
+    ):
         extract_features(table, Utterancewise(), store, preprocess={"vad": "webrtc"}, progress=False)
     with pytest.raises(ConfigError, match="cannot be combined with chunking"):
         PreprocessConfig(vad="webrtc", chunk_max_s=3.0)
@@ -385,8 +411,20 @@ def make_manifest_corpus(folder: Path, count: int, bad: bool = False) -> Path:
 def test_cli_extract_with_mfcc_and_store_commands(tmp_path, capsys):
     manifest = make_manifest_corpus(tmp_path / "corpus", 4, bad=True)
     store = tmp_path / "features"
-    argv = ["extract", "manifest", str(manifest), "--encoder", "mfcc", "--store", str(store),
-            "--no-progress", "--batch-size", "2", "--dtype", "float32"]
+    argv = [
+        "extract",
+        "manifest",
+        str(manifest),
+        "--encoder",
+        "mfcc",
+        "--store",
+        str(store),
+        "--no-progress",
+        "--batch-size",
+        "2",
+        "--dtype",
+        "float32",
+    ]
 
     code, out, _ = run_cli([*argv, "--json"], capsys)
     assert code == 0, out
@@ -446,15 +484,41 @@ def test_real_corpora_extract_and_resume(tmp_path, capsys):
     if datasets is None or not (datasets / "emodb").is_dir() or not (datasets / "meld-text").is_dir():
         pytest.skip("needs ../shared/datasets/emodb and meld-text (set EMOMIX_DATASETS)")
     store = str(tmp_path / "features")
-    emodb = ["extract", "emodb", str(datasets / "emodb"), "--encoder", "opensmile:eGeMAPSv02", "--store", store,
-             "--limit", "60", "--num-workers", "2", "--no-progress", "--json"]
+    emodb = [
+        "extract",
+        "emodb",
+        str(datasets / "emodb"),
+        "--encoder",
+        "opensmile:eGeMAPSv02",
+        "--store",
+        store,
+        "--limit",
+        "60",
+        "--num-workers",
+        "2",
+        "--no-progress",
+        "--json",
+    ]
     code, out, err = run_cli(emodb, capsys)
     assert code == 0, err
     first = json.loads(out)
     assert (first["total"], first["computed"], first["failed"]) == (60, 60, 0)
     assert first["real_time_factor"] < 1.0 and first["audio_seconds"] > 60
-    meld = ["extract", "meld", str(datasets / "meld-text"), "--encoder", "minilm", "--store", store,
-            "--limit", "300", "--batch-size", "32", "--no-progress", "--json"]
+    meld = [
+        "extract",
+        "meld",
+        str(datasets / "meld-text"),
+        "--encoder",
+        "minilm",
+        "--store",
+        store,
+        "--limit",
+        "300",
+        "--batch-size",
+        "32",
+        "--no-progress",
+        "--json",
+    ]
     code, out, err = run_cli(meld, capsys)
     assert code == 0, err
     text = json.loads(out)
@@ -470,8 +534,14 @@ def test_real_corpora_extract_and_resume(tmp_path, capsys):
 def _main(argv: list[str]) -> None:
     table_path, store_path, flush, delay = argv
     with FeatureStore(store_path) as store:
-        summary = extract_features(load_table(table_path), FrameStatsEncoder(delay=float(delay)), store, batch_size=4,
-                                   flush_every=int(flush), progress=False)
+        summary = extract_features(
+            load_table(table_path),
+            FrameStatsEncoder(delay=float(delay)),
+            store,
+            batch_size=4,
+            flush_every=int(flush),
+            progress=False,
+        )
     print(json.dumps(summary.to_dict()))
 
 

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow
 def _corpus(reader: str, folder: str):
     datasets = shared_datasets_dir()
     if datasets is None or not (datasets / folder).is_dir():
-        pytest.skip(f"needs the real corpus ../shared/datasets/{folder} (or set EMOMIX_DATASETS to the folder holding it)")
+        pytest.skip(
+            f"needs the real corpus ../shared/datasets/{folder} (or set EMOMIX_DATASETS to the folder holding it)"
+        )
     return read_corpus(reader, datasets / folder, scheme=None)
 
 

@@ -26,8 +26,16 @@ WINDOW_KILLS = 1
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return run_fault_injection(tmp_path_factory.mktemp("faults"), kills=KILLS, seed=1, epochs=12,
-                               log=lambda message: None, window_kills=WINDOW_KILLS, pause=0.5, per_round=WINDOW_KILLS)
+    return run_fault_injection(
+        tmp_path_factory.mktemp("faults"),
+        kills=KILLS,
+        seed=1,
+        epochs=12,
+        log=lambda message: None,
+        window_kills=WINDOW_KILLS,
+        pause=0.5,
+        per_round=WINDOW_KILLS,
+    )
 
 
 @pytest.mark.parametrize("command", ["extract", "train"])
@@ -60,8 +68,17 @@ def test_kills_inside_each_critical_window_resume_to_the_uninterrupted_result(re
 
 def test_predictions_comparison_catches_a_changed_probability(tmp_path: Path) -> None:
     pd = pytest.importorskip("pandas")
-    frame = pd.DataFrame({"utt_id": ["a", "b"], "fold": "f", "seed": 0, "label": ["x", "y"], "pred": ["x", "x"],
-                          "prob_x": [0.6, 0.55], "prob_y": [0.4, 0.45]})
+    frame = pd.DataFrame(
+        {
+            "utt_id": ["a", "b"],
+            "fold": "f",
+            "seed": 0,
+            "label": ["x", "y"],
+            "pred": ["x", "x"],
+            "prob_x": [0.6, 0.55],
+            "prob_y": [0.4, 0.45],
+        }
+    )
     frame.to_parquet(tmp_path / "ref.parquet", index=False)
     frame.to_parquet(tmp_path / "same.parquet", index=False)
     assert predictions_equal(tmp_path / "same.parquet", tmp_path / "ref.parquet")

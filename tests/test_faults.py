@@ -39,7 +39,12 @@ def test_a_bad_specification_is_refused(spec):
 
 def test_the_variable_is_read_at_import():
     code = "from emomix import faults; faults.pause('train.checkpoint_write')"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={"EMOMIX_FAULT_PAUSE": "train.checkpoint_write:0", "PATH": ""})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"EMOMIX_FAULT_PAUSE": "train.checkpoint_write:0", "PATH": ""},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "FAULT-WINDOW train.checkpoint_write"

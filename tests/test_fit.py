@@ -34,23 +34,35 @@ def toy_corpus(count: int = 6, seed: int = 0):
         utt = f"u{i}"
         frames, tokens = 3 + 2 * i, 2 + i
         features[utt] = {
-            "audio": {"states": rng.normal(size=(frames, 6)).astype(np.float32),
-                      "speech_mask": (rng.random(frames) > 0.3).astype(np.uint8)},
-            "text": {"states": rng.normal(size=(tokens, 8)).astype(np.float32),
-                     "special_tokens": np.array([1] + [0] * (tokens - 2) + [1], dtype=np.uint8),
-                     "layer_1": rng.normal(size=(tokens, 8)).astype(np.float32),
-                     "layer_2": rng.normal(size=(tokens, 8)).astype(np.float32)},
+            "audio": {
+                "states": rng.normal(size=(frames, 6)).astype(np.float32),
+                "speech_mask": (rng.random(frames) > 0.3).astype(np.uint8),
+            },
+            "text": {
+                "states": rng.normal(size=(tokens, 8)).astype(np.float32),
+                "special_tokens": np.array([1] + [0] * (tokens - 2) + [1], dtype=np.uint8),
+                "layer_1": rng.normal(size=(tokens, 8)).astype(np.float32),
+                "layer_2": rng.normal(size=(tokens, 8)).astype(np.float32),
+            },
             "edges": {"token_frame": np.array([[1, 1, tokens - 2], [0, 1, frames - 1]], dtype=np.int64)},
         }
-        rows.append({"utt_id": utt, "label": CLASSES[i % 3] if i != 4 else None, "speaker": f"s{i % 2}",
-                     "dialogue_id": f"d{i // 3}", "turn": 2 - i % 3})
+        rows.append(
+            {
+                "utt_id": utt,
+                "label": CLASSES[i % 3] if i != 4 else None,
+                "speaker": f"s{i % 2}",
+                "dialogue_id": f"d{i // 3}",
+                "turn": 2 - i % 3,
+            }
+        )
     return features, pd.DataFrame(rows)
 
 
 def test_make_batches_pads_labels_and_keeps_table_order():
     features, table = toy_corpus()
-    batches = make_batches(features, table, CLASSES, batch_size=4, shuffle=False, frame_rates={"audio": 25.0},
-                           layers={"text": [1, 2]})
+    batches = make_batches(
+        features, table, CLASSES, batch_size=4, shuffle=False, frame_rates={"audio": 25.0}, layers={"text": [1, 2]}
+    )
     assert [b.utt_ids for b in batches] == [["u0", "u1", "u2", "u3"], ["u4", "u5"]]
     first = batches[0]
     assert first.modalities == ("audio", "text")
@@ -101,7 +113,9 @@ def test_make_batches_errors_name_the_problem():
 
 def test_dialogue_batches_order_turns_and_pad_with_ignore_labels():
     features, table = toy_corpus(count=5)  # d0: u0-u2 (turns 2, 1, 0), d1: u3, u4 (turns 2, 1)
-    batches = make_dialogue_batches(features, table.sample(frac=1.0, random_state=3), CLASSES, batch_size=2, shuffle=False)
+    batches = make_dialogue_batches(
+        features, table.sample(frac=1.0, random_state=3), CLASSES, batch_size=2, shuffle=False
+    )
     assert len(batches) == 1
     batch = batches[0]
     assert batch.utt_ids == [["u2", "u1", "u0"], ["u4", "u3"]]

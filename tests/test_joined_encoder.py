@@ -30,8 +30,14 @@ def test_states_are_the_parts_side_by_side():
 
 
 def test_pooled_vectors_join_too():
-    joined = create_encoder({"join": [{"name": "opensmile:eGeMAPSv02", "level": "functionals"},
-                                      {"name": "opensmile:eGeMAPSv02", "level": "functionals"}]})
+    joined = create_encoder(
+        {
+            "join": [
+                {"name": "opensmile:eGeMAPSv02", "level": "functionals"},
+                {"name": "opensmile:eGeMAPSv02", "level": "functionals"},
+            ]
+        }
+    )
     out = joined.encode(waves())
     assert out.pooled.shape == (2, 176) and out.states.shape == (2, 1, 176)
 

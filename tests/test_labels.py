@@ -8,11 +8,15 @@ from emomix.errors import LabelError
 
 
 def _table(labels):
-    return make_table([{"utt_id": f"u{i}", "corpus": "c", "speaker": "s", "label": label} for i, label in enumerate(labels)])
+    return make_table(
+        [{"utt_id": f"u{i}", "corpus": "c", "speaker": "s", "label": label} for i, label in enumerate(labels)]
+    )
 
 
 def test_builtin_schemes_are_the_published_ones():
-    assert {"iemocap-4", "iemocap-6", "iemocap-8", "meld-7", "emodb-7", "savee-7", "ravdess-8", "mosi-2"} <= set(list_schemes())
+    assert {"iemocap-4", "iemocap-6", "iemocap-8", "meld-7", "emodb-7", "savee-7", "ravdess-8", "mosi-2"} <= set(
+        list_schemes()
+    )
     assert get_scheme("iemocap-4").classes == ("angry", "happy", "neutral", "sad")
     assert get_scheme("IEMOCAP-8").num_classes == 8
     assert "dis" not in get_scheme("iemocap-8").mapping

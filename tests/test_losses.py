@@ -29,6 +29,7 @@ def _seed():
 
 # --------------------------------------------------------------------------------- focal loss
 
+
 def test_focal_with_gamma_zero_is_weighted_cross_entropy():
     logits, targets = torch.randn(7, 4), torch.tensor([0, 1, 2, 3, 1, -100, 2])
     alpha = torch.tensor([0.5, 2.0, 1.0, 3.0])
@@ -44,8 +45,8 @@ def test_focal_with_gamma_two_by_hand():
     logits = torch.tensor([[0.0, math.log(3)], [0.0, math.log(3)]])
     targets = torch.tensor([0, 1])
     alpha = torch.tensor([2.0, 1.0])
-    row0 = 2.0 * 0.75 ** 2 * math.log(4)
-    row1 = 1.0 * 0.25 ** 2 * -math.log(0.75)
+    row0 = 2.0 * 0.75**2 * math.log(4)
+    row1 = 1.0 * 0.25**2 * -math.log(0.75)
     per_row = focal_loss(logits, targets, alpha, gamma=2.0, reduction="none")
     assert per_row.tolist() == pytest.approx([row0, row1], rel=1e-5)
     assert float(focal_loss(logits, targets, alpha, gamma=2.0)) == pytest.approx((row0 + row1) / 3.0, rel=1e-5)
@@ -91,6 +92,7 @@ def test_focal_rejects_wrong_alpha_and_reduction():
 
 # --------------------------------------------------------------------------------- class weights
 
+
 def test_inverse_frequency_alpha_on_known_counts():
     labels = [0, 0, 1, 2, 2, 2, -100]  # counts 2, 1, 3 of 6 labelled rows
     raw = inverse_frequency_alpha(labels, 3, normalise=False)
@@ -111,6 +113,7 @@ def test_inverse_frequency_alpha_absent_class_and_bad_labels():
 
 
 # --------------------------------------------------------------------------------- routing
+
 
 def test_routing_entropy_of_uniform_and_one_hot_routers():
     assert float(routing_entropy_loss(torch.full((5, 2), 0.5))) == pytest.approx(-math.log(2))
@@ -134,6 +137,7 @@ def test_load_balance_loss_is_reexported_from_blocks():
 
 # --------------------------------------------------------------------------------- branch losses
 
+
 def test_branch_losses_sum_cross_entropies_and_ignore_padding():
     targets = torch.tensor([0, 2, -100, 1])
     branches = [torch.randn(4, 3) for _ in range(3)]
@@ -146,6 +150,7 @@ def test_branch_losses_sum_cross_entropies_and_ignore_padding():
 
 
 # --------------------------------------------------------------------------------- contrastive
+
 
 def test_supervised_contrastive_by_hand():
     # two orthogonal pairs with different labels, temperature 1: similarity is the identity
@@ -180,6 +185,7 @@ def test_supervised_contrastive_ignores_unlabelled_rows():
 
 # --------------------------------------------------------------------------------- KL to the gate
 
+
 def test_kl_to_gate_zero_when_experts_agree_and_by_hand_otherwise():
     gate = torch.softmax(torch.randn(4, 3), -1)
     assert float(kl_to_gate([gate.clone(), gate.clone()], gate)) == pytest.approx(0.0, abs=1e-6)
@@ -195,4 +201,6 @@ def test_kl_to_gate_mask_leaves_out_padded_rows():
     assert float(kl_to_gate([expert], gate, mask=torch.tensor([True, False]))) == pytest.approx(0.0, abs=1e-6)
     assert float(kl_to_gate([expert], gate)) > 0.5
     labels = torch.tensor([[2, -100]])
-    assert float(kl_to_gate([expert.reshape(1, 2, 2)], gate.reshape(1, 2, 2), mask=labels != -100)) == pytest.approx(0.0, abs=1e-6)
+    assert float(kl_to_gate([expert.reshape(1, 2, 2)], gate.reshape(1, 2, 2), mask=labels != -100)) == pytest.approx(
+        0.0, abs=1e-6
+    )

@@ -28,8 +28,10 @@ def make_batch(seed=0, lengths=LENGTHS, extra=0, modalities=("audio", "text")):
     labels = torch.randint(0, CLASSES, (len(lengths), width), generator=generator)
     mask = torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
     if extra:
-        inputs = {m: torch.cat([x, torch.randn(x.shape[0], extra, x.shape[2], generator=generator)], dim=1)
-                  for m, x in inputs.items()}
+        inputs = {
+            m: torch.cat([x, torch.randn(x.shape[0], extra, x.shape[2], generator=generator)], dim=1)
+            for m, x in inputs.items()
+        }
         labels = torch.cat([labels, torch.zeros(len(lengths), extra, dtype=torch.long)], dim=1)
         mask = torch.cat([mask, torch.zeros(len(lengths), extra, dtype=torch.bool)], dim=1)
     for m in inputs:  # padded positions hold noise, never zeros, so a leak would show
@@ -158,10 +160,13 @@ def test_loss_combines_the_four_terms_with_their_weights():
         total, parts = model.loss(out, batch.labels)
     labels, mask = batch.labels, batch.mask
     nll = F.nll_loss(out.logits[mask], labels[mask])
-    expert = sum(F.cross_entropy(out.aux[f"expert_logits_{n}"][mask], labels[mask]) for n in ("speech", "text", "cross"))
+    expert = sum(
+        F.cross_entropy(out.aux[f"expert_logits_{n}"][mask], labels[mask]) for n in ("speech", "text", "cross")
+    )
     scl = supervised_contrastive_loss(out.aux["embedding_speech"][mask], out.aux["embedding_text"][mask], labels[mask])
-    kl = kl_to_gate([out.aux[f"expert_logits_{n}"][mask].softmax(-1) for n in ("speech", "text", "cross")],
-                    out.logits[mask].exp())
+    kl = kl_to_gate(
+        [out.aux[f"expert_logits_{n}"][mask].softmax(-1) for n in ("speech", "text", "cross")], out.logits[mask].exp()
+    )
     assert parts["nll"] == pytest.approx(float(nll), rel=1e-5)
     assert parts["expert_ce"] == pytest.approx(float(expert), rel=1e-5)
     assert parts["scl"] == pytest.approx(float(scl), rel=1e-5)
@@ -190,8 +195,11 @@ def test_kl_term_trains_experts_not_the_gate_by_default():
 
 # -- ablations -------------------------------------------------------------------------------
 
-ABLATIONS = {"mister_e_no_supcon": {"lambda_scl": 0.0}, "mister_e_no_kl": {"lambda_kl": 0.0},
-             "mister_e_uniform_gate": {"gate": "uniform"}}
+ABLATIONS = {
+    "mister_e_no_supcon": {"lambda_scl": 0.0},
+    "mister_e_no_kl": {"lambda_kl": 0.0},
+    "mister_e_uniform_gate": {"gate": "uniform"},
+}
 
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
@@ -224,8 +232,9 @@ def test_uniform_gate_mixes_the_three_experts_equally():
     model = build("mister_e_uniform_gate").eval()
     assert model.gate is None
     full = build()
-    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in model.parameters()) == \
-        sum(p.numel() for p in full.gate.parameters())
+    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in full.gate.parameters()
+    )
     out = model(batch)
     assert torch.equal(out.aux["gate_weights"][batch.mask], torch.full((int(batch.mask.sum()), 3), 1 / 3))
     experts = torch.stack([out.aux[f"expert_logits_{n}"].softmax(-1) for n in ("speech", "text", "cross")], dim=-2)
@@ -237,6 +246,7 @@ def test_uniform_gate_mixes_the_three_experts_equally():
 
 
 # -- no speaker identity: training statistics instead of per-speaker ones ---------------------------
+
 
 def test_input_standardise_uses_training_statistics_and_ignores_padding():
     batch = make_batch(extra=2)
@@ -288,5 +298,4 @@ def test_recipe_loader_refuses_speaker_normalisation_for_mister_e(name):
     with pytest.raises(ConfigError, match="uses no speaker identity.*speaker_normalisation"):
         load_recipe(path, {"model.name": name, "features.audio.speaker_normalisation": True})
     # the same recipe with another model may normalise per speaker
-    load_recipe(path, {"model.name": "early_fusion", "model.config": {},
-                       "features.audio.speaker_normalisation": True})
+    load_recipe(path, {"model.name": "early_fusion", "model.config": {}, "features.audio.speaker_normalisation": True})

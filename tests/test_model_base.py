@@ -6,14 +6,17 @@ from emomix.errors import ConfigError
 from emomix.models import create_model, list_models
 
 
-@pytest.mark.parametrize("name,values,message", [
-    ("dual_routing", {"dropout": 1.5}, r"DualRoutingConfig.dropout must be in \[0, 1\); got 1.5"),
-    ("dual_routing", {"routing": "both"}, "DualRoutingConfig.routing must be one of routed, local, global, concat"),
-    ("mpaf_net", {"pair_dim": 0}, "MPAFConfig.pair_dim must be at least 1; got 0"),
-    ("complementary_ca", {"gate_noise_std": -1}, "ComplementaryConfig.gate_noise_std must be non-negative"),
-    ("mister_e", {"lambda_kl": -0.5}, "MisterEConfig.lambda_kl must be non-negative"),
-    ("dual_routing", {"dropot": 0.1}, "unknown key.*'dropot' \\(did you mean 'dropout'\\?\\)"),
-])
+@pytest.mark.parametrize(
+    "name,values,message",
+    [
+        ("dual_routing", {"dropout": 1.5}, r"DualRoutingConfig.dropout must be in \[0, 1\); got 1.5"),
+        ("dual_routing", {"routing": "both"}, "DualRoutingConfig.routing must be one of routed, local, global, concat"),
+        ("mpaf_net", {"pair_dim": 0}, "MPAFConfig.pair_dim must be at least 1; got 0"),
+        ("complementary_ca", {"gate_noise_std": -1}, "ComplementaryConfig.gate_noise_std must be non-negative"),
+        ("mister_e", {"lambda_kl": -0.5}, "MisterEConfig.lambda_kl must be non-negative"),
+        ("dual_routing", {"dropot": 0.1}, "unknown key.*'dropot' \\(did you mean 'dropout'\\?\\)"),
+    ],
+)
 def test_config_errors_name_the_field_and_value(name, values, message):
     with pytest.raises(ConfigError, match=message):
         create_model(name, values, {"audio": 8, "text": 8}, 4)

@@ -13,8 +13,15 @@ from emomix.models import Batch, ModalityInput, create_model, list_models
 from emomix.models.mpaf_net import ConcatFusionModel, LastStateLSTM, MPAFConfig, MPAFNetModel
 
 TEXT_DIM, MFCC_DIM, VIDEO_DIM, CLASSES = 24, 40, 16, 5  # VIDEO_DIM: the side of the face crops
-SMALL = {"audio_hidden": 16, "video_hidden": 20, "pair_dim": 8, "pair_hidden": 8, "classifier_hidden": 16,
-         "video_cnn_channels": [4, 8], "video_frame_dim": 8}
+SMALL = {
+    "audio_hidden": 16,
+    "video_hidden": 20,
+    "pair_dim": 8,
+    "pair_hidden": 8,
+    "classifier_hidden": 16,
+    "video_cnn_channels": [4, 8],
+    "video_frame_dim": 8,
+}
 DIMS = {"text": TEXT_DIM, "audio": MFCC_DIM, "video": VIDEO_DIM}
 
 
@@ -32,11 +39,14 @@ def make_batch(seed: int = 0, batch: int = 6, frames: int = 15, tokens: int = 7,
         states = torch.randint(0, 256, (batch, steps, VIDEO_DIM, VIDEO_DIM), generator=generator).float()
         return ModalityInput(states=states * mask[..., None, None], mask=mask)
 
-    return Batch(inputs={
-        "text": modality([7, 4, 6, 2, 5, 3][:batch], tokens, TEXT_DIM),
-        "audio": modality([15, 9, 3, 12, 1, 7][:batch], frames, MFCC_DIM),
-        "video": faces([10, 6, 8, 2, 9, 4][:batch], video_frames),
-    }, labels=torch.arange(batch) % CLASSES)
+    return Batch(
+        inputs={
+            "text": modality([7, 4, 6, 2, 5, 3][:batch], tokens, TEXT_DIM),
+            "audio": modality([15, 9, 3, 12, 1, 7][:batch], frames, MFCC_DIM),
+            "video": faces([10, 6, 8, 2, 9, 4][:batch], video_frames),
+        },
+        labels=torch.arange(batch) % CLASSES,
+    )
 
 
 def only(batch: Batch, *modalities: str) -> Batch:
@@ -51,7 +61,8 @@ def pad_more(batch: Batch, extra: int = 6, seed: int = 5) -> Batch:
         inputs[name] = replace(
             item,
             states=torch.cat([item.states, torch.randn(rows, extra, *tail, generator=generator) * 10], dim=1),
-            mask=torch.cat([item.mask, torch.zeros(rows, extra, dtype=torch.bool)], dim=1))
+            mask=torch.cat([item.mask, torch.zeros(rows, extra, dtype=torch.bool)], dim=1),
+        )
     return Batch(inputs=inputs, labels=batch.labels)
 
 
@@ -107,8 +118,15 @@ def test_missing_video_runs_without_a_video_input():
     assert set(output.aux) == {"h_text", "h_audio", "alpha_ta"}
 
 
-@pytest.mark.parametrize("name,modalities", [("mpaf_net", TRIMODAL), ("mpaf_net", ("audio", "text")),
-                                             ("mpaf_net_audio", ("audio",)), ("concat_fusion", TRIMODAL)])
+@pytest.mark.parametrize(
+    "name,modalities",
+    [
+        ("mpaf_net", TRIMODAL),
+        ("mpaf_net", ("audio", "text")),
+        ("mpaf_net_audio", ("audio",)),
+        ("concat_fusion", TRIMODAL),
+    ],
+)
 def test_padded_frames_never_change_the_output(name, modalities):
     model = build(name, modalities=modalities).eval()
     batch = only(make_batch(), *modalities)
@@ -137,7 +155,7 @@ def test_lstm_reads_the_state_after_the_last_valid_frame():
     audio = make_batch().inputs["audio"]
     result = encoder(audio.states, audio.mask)
     for row, length in enumerate(audio.mask.sum(dim=1).tolist()):
-        _, (hidden, _) = encoder.lstm(audio.states[row:row + 1, :length])
+        _, (hidden, _) = encoder.lstm(audio.states[row : row + 1, :length])
         assert torch.allclose(result[row], hidden[-1, 0], atol=1e-6)
 
 
@@ -147,8 +165,9 @@ def test_text_vector_is_the_first_token_or_the_pooled_vector():
     output = model(batch)
     assert torch.equal(output.aux["h_text"], batch.inputs["text"].states[:, 0])
     batch.inputs["text"].pooled = torch.randn(6, 10)
-    pooled_model = create_model("mpaf_net_text", {**SMALL, "text_source": "pooled"},
-                                {"text": TEXT_DIM, "text_pooled": 10}, CLASSES).eval()
+    pooled_model = create_model(
+        "mpaf_net_text", {**SMALL, "text_source": "pooled"}, {"text": TEXT_DIM, "text_pooled": 10}, CLASSES
+    ).eval()
     assert torch.equal(pooled_model(batch).aux["h_text"], batch.inputs["text"].pooled)
     with pytest.raises(ConfigError, match="text_pooled"):
         create_model("mpaf_net_text", {"text_source": "pooled"}, {"text": TEXT_DIM}, CLASSES)
@@ -183,8 +202,15 @@ def test_same_seed_gives_identical_outputs(name, modalities):
     assert torch.equal(outputs[0], outputs[1])
 
 
-@pytest.mark.parametrize("name,modalities", [("mpaf_net", TRIMODAL), ("mpaf_net", ("audio", "text")),
-                                             ("mpaf_net_text", ("text",)), ("concat_fusion", TRIMODAL)])
+@pytest.mark.parametrize(
+    "name,modalities",
+    [
+        ("mpaf_net", TRIMODAL),
+        ("mpaf_net", ("audio", "text")),
+        ("mpaf_net_text", ("text",)),
+        ("concat_fusion", TRIMODAL),
+    ],
+)
 def test_every_parameter_gets_a_gradient(name, modalities):
     model = build(name, modalities=modalities)
     batch = make_batch()
@@ -223,7 +249,9 @@ def test_config_and_input_errors_are_clear():
     with pytest.raises(ConfigError, match="classifier_dropout"):
         MPAFConfig.from_dict({"classifier_dropout": 1.0})
     with pytest.raises(ConfigError, match="video missing"):
-        create_model("mpaf_net", {"modalities": ["text", "audio", "video"]}, {"text": TEXT_DIM, "audio": MFCC_DIM}, CLASSES)
+        create_model(
+            "mpaf_net", {"modalities": ["text", "audio", "video"]}, {"text": TEXT_DIM, "audio": MFCC_DIM}, CLASSES
+        )
     model = build().eval()
     with pytest.raises(ConfigError, match="no audio input"):
         model(only(make_batch(), "text"))
@@ -239,10 +267,10 @@ def test_chrono_initialisation_sets_forget_and_input_gate_biases():
     chrono_init(lstm, 50.0)
     total = lstm.bias_ih_l0 + lstm.bias_hh_l0
     hidden = 16
-    forget, input_gate = total[hidden:2 * hidden], total[:hidden]
+    forget, input_gate = total[hidden : 2 * hidden], total[:hidden]
     assert torch.all(forget >= 0) and torch.all(forget <= torch.log(torch.tensor(49.0)) + 1e-6)
     torch.testing.assert_close(input_gate, -forget)
-    assert torch.count_nonzero(total[2 * hidden:]) == 0
+    assert torch.count_nonzero(total[2 * hidden :]) == 0
     assert LastStateLSTM(5, 16, init="pytorch").lstm.bias_ih_l0.abs().sum() > 0
     with pytest.raises(ConfigError, match="lstm_init"):
         MPAFConfig.from_dict({"lstm_init": "xavier"})
@@ -259,7 +287,7 @@ def mouth_faces(labels: torch.Tensor, frames: int = 4, seed: int = 0) -> Modalit
     states = torch.randint(40, 120, (len(labels), frames, VIDEO_DIM, VIDEO_DIM), generator=generator).float()
     for row, label in enumerate(labels.tolist()):
         top = 9 if label == 0 else 12
-        states[row, :, top:top + 2, 4:12] = 230.0
+        states[row, :, top : top + 2, 4:12] = 230.0
     lengths = torch.randint(1, frames + 1, (len(labels),), generator=generator)
     mask = torch.arange(frames)[None, :] < lengths[:, None]
     return ModalityInput(states=states * mask[..., None, None], mask=mask)
@@ -267,9 +295,12 @@ def mouth_faces(labels: torch.Tensor, frames: int = 4, seed: int = 0) -> Modalit
 
 def test_the_video_cnn_and_lstm_learn_a_mouth_cue_in_a_few_steps():
     torch.manual_seed(0)
-    model = create_model("mpaf_net",
-                         {**SMALL, "modalities": ["video"], "video_augment": False, "classifier_dropout": 0.0,
-                          "feature_dropout": 0.0}, {"video": VIDEO_DIM}, 2)
+    model = create_model(
+        "mpaf_net",
+        {**SMALL, "modalities": ["video"], "video_augment": False, "classifier_dropout": 0.0, "feature_dropout": 0.0},
+        {"video": VIDEO_DIM},
+        2,
+    )
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     labels = torch.arange(32) % 2
     for step in range(15):
@@ -329,14 +360,16 @@ def test_rotate_crop_keeps_the_frame_without_change_moves_it_otherwise_and_treat
     same = random_rotate_crop(frames, rows, 2, max_degrees=0.0, min_scale=1.0)
     torch.testing.assert_close(same, frames, atol=1e-5, rtol=0)
     repeated = frames[:1].expand(5, -1, -1).clone()
-    moved = random_rotate_crop(repeated, rows, 2, max_degrees=20.0, min_scale=0.7,
-                               generator=torch.Generator().manual_seed(0))
+    moved = random_rotate_crop(
+        repeated, rows, 2, max_degrees=20.0, min_scale=0.7, generator=torch.Generator().manual_seed(0)
+    )
     assert moved.shape == frames.shape and not torch.allclose(moved[0], repeated[0], atol=1e-3)
     torch.testing.assert_close(moved[0], moved[2])  # one transform per utterance
     assert not torch.allclose(moved[0], moved[3], atol=1e-3)  # another for the next utterance
     assert float(moved.min()) >= float(repeated.min()) - 1e-5 and float(moved.max()) <= float(repeated.max()) + 1e-5
-    again = random_rotate_crop(repeated, rows, 2, max_degrees=20.0, min_scale=0.7,
-                               generator=torch.Generator().manual_seed(0))
+    again = random_rotate_crop(
+        repeated, rows, 2, max_degrees=20.0, min_scale=0.7, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(moved, again)
 
 

@@ -71,10 +71,12 @@ def test_a_path_an_array_and_bytes_give_the_same_prediction(predictor, test_part
     stereo = np.stack([samples, samples])  # channels × samples
     with open(item["audio"], "rb") as handle:
         data = handle.read()
-    others = [predictor.predict(audio=samples, sample_rate=rate, text=item["text"], speaker=item["speaker"]),
-              predictor.predict(audio=as_int16, sample_rate=rate, text=item["text"], speaker=item["speaker"]),
-              predictor.predict(audio=stereo, sample_rate=rate, text=item["text"], speaker=item["speaker"]),
-              predictor.predict(audio=data, text=item["text"], speaker=item["speaker"])]
+    others = [
+        predictor.predict(audio=samples, sample_rate=rate, text=item["text"], speaker=item["speaker"]),
+        predictor.predict(audio=as_int16, sample_rate=rate, text=item["text"], speaker=item["speaker"]),
+        predictor.predict(audio=stereo, sample_rate=rate, text=item["text"], speaker=item["speaker"]),
+        predictor.predict(audio=data, text=item["text"], speaker=item["speaker"]),
+    ]
     for other in others:
         assert np.abs(probs(other, predictor.classes) - probs(from_path, predictor.classes)).max() < 1e-6
         assert other["duration_s"] == pytest.approx(from_path["duration_s"], abs=1e-3)
@@ -82,8 +84,15 @@ def test_a_path_an_array_and_bytes_give_the_same_prediction(predictor, test_part
 
 def test_info_is_the_model_card(predictor, trained_synthetic_run):
     info = predictor.info()
-    assert info["name"] == "dual_routing" and info["classes"] == predictor.classes and info["inputs"] == ["audio", "text"]
-    assert info["features"]["audio"]["encoder"] == "opensmile:eGeMAPSv02" and info["features"]["text"]["layers"] == [3, 4, 5, 6]
+    assert (
+        info["name"] == "dual_routing" and info["classes"] == predictor.classes and info["inputs"] == ["audio", "text"]
+    )
+    assert info["features"]["audio"]["encoder"] == "opensmile:eGeMAPSv02" and info["features"]["text"]["layers"] == [
+        3,
+        4,
+        5,
+        6,
+    ]
     assert info["training"]["fold"] == FOLD and info["training"]["seed"] == 0 and info["training"]["epochs_run"] == 2
     assert info["corpus"] == "synthetic" and info["protocol"] == "loso"
     headline = json.loads((trained_synthetic_run / "report" / "metrics.json").read_text())["metrics"]["headline"]
@@ -96,15 +105,17 @@ def test_predict_many_reports_failing_items_in_their_slots(predictor, test_part,
     good = test_part[0][1]
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not really a wave file")
-    results = predictor.predict_many([
-        {"audio": b"these bytes are no audio", "text": "hello"},
-        good,
-        {"audio": str(broken), "text": "hello"},
-        {"audio": str(tmp_path / "absent.wav"), "text": "hello"},
-        {"audio": np.zeros(16000, dtype=np.float32), "sample_rate": 16000, "text": "hello"},
-        {"audio": good["audio"], "text": "   "},
-        {"audio": good["audio"], "txt": "typo"},
-    ])
+    results = predictor.predict_many(
+        [
+            {"audio": b"these bytes are no audio", "text": "hello"},
+            good,
+            {"audio": str(broken), "text": "hello"},
+            {"audio": str(tmp_path / "absent.wav"), "text": "hello"},
+            {"audio": np.zeros(16000, dtype=np.float32), "sample_rate": 16000, "text": "hello"},
+            {"audio": good["audio"], "text": "   "},
+            {"audio": good["audio"], "txt": "typo"},
+        ]
+    )
     kinds = [r.get("error_type") for r in results]
     assert kinds == ["AudioError", None, "AudioError", "MissingDataError", "AudioError", "ConfigError", "ConfigError"]
     assert "not a readable audio file" in results[0]["error"] and results[0]["input"]["audio"].startswith("<")
@@ -144,20 +155,31 @@ def test_without_transcript_the_model_runs_audio_only_and_says_so(predictor, tra
     assert any("found no words" in note for note in fallback["notes"])
     silent_asr._asr = StaticTranscriber(text, backend="fake")
     heard = silent_asr.predict(**item)
-    assert heard["transcript"] == text and heard["transcript_source"] == "asr:fake" and heard["modalities"] == ["audio", "text"]
+    assert (
+        heard["transcript"] == text
+        and heard["transcript_source"] == "asr:fake"
+        and heard["modalities"] == ["audio", "text"]
+    )
     given = predictor.predict(**test_part[0][0])
     assert probs(heard, predictor.classes) == pytest.approx(probs(given, predictor.classes), abs=1e-7)
 
 
 def test_audio_only_prediction_mixes_the_audio_experts_by_their_route():
     local, global_ = np.array([2.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])
-    aux = {"expert_logits_audio_local": local, "expert_logits_audio_global": global_, "route_audio": np.array([0.25, 0.75]),
-           "route_text": np.array([0.5, 0.5]), "vad_fallback": np.array(0.0)}
+    aux = {
+        "expert_logits_audio_local": local,
+        "expert_logits_audio_global": global_,
+        "route_audio": np.array([0.25, 0.75]),
+        "route_text": np.array([0.5, 0.5]),
+        "vad_fallback": np.array(0.0),
+    }
     p, kept = audio_only_prediction("dual_routing", aux, None)
     soft = lambda z: np.exp(z) / np.exp(z).sum()  # noqa: E731
     assert p == pytest.approx(0.25 * soft(local) + 0.75 * soft(global_))
     assert "route_text" not in kept and "route_audio" in kept
-    p, kept = audio_only_prediction("mister_e", {"expert_logits_speech": local, "gate_weights": np.array([0.2, 0.3, 0.5])}, None)
+    p, kept = audio_only_prediction(
+        "mister_e", {"expert_logits_speech": local, "gate_weights": np.array([0.2, 0.3, 0.5])}, None
+    )
     assert p == pytest.approx(soft(local)) and kept["gate_weights"].tolist() == [1.0, 0.0, 0.0]
 
 
@@ -166,7 +188,9 @@ def test_a_checkpoint_folder_loads_like_its_run(predictor, trained_synthetic_run
     direct = Predictor.from_run(folder, asr=False)
     assert direct.run_dir == trained_synthetic_run.resolve() and direct.metrics is not None
     item = test_part[0][0]
-    assert probs(direct.predict(**item), predictor.classes) == pytest.approx(probs(predictor.predict(**item), predictor.classes))
+    assert probs(direct.predict(**item), predictor.classes) == pytest.approx(
+        probs(predictor.predict(**item), predictor.classes)
+    )
     with pytest.raises(ConfigError, match="available: ses01/seed-0"):
         Predictor.from_run(trained_synthetic_run, fold="ses09")
     with pytest.raises(MissingDataError, match="neither a run folder"):
@@ -177,8 +201,18 @@ def _fake_checkpoint(run, fold, seed, training):
     folder = run / "folds" / fold / f"seed-{seed}"
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"")
-    (folder / "model.json").write_text(json.dumps({"format": "emomix.model/1", "model": "dual_routing", "classes": ["a", "b"],
-                                                   "input_dims": {}, "features": {}, "training": training}))
+    (folder / "model.json").write_text(
+        json.dumps(
+            {
+                "format": "emomix.model/1",
+                "model": "dual_routing",
+                "classes": ["a", "b"],
+                "input_dims": {},
+                "features": {},
+                "training": training,
+            }
+        )
+    )
     return folder
 
 
@@ -193,8 +227,11 @@ def test_the_best_validation_score_chooses_the_checkpoint(tmp_path):
     low = _fake_checkpoint(loss, "f1", 0, {"best_score": 0.4, "monitor": "val_loss"})
     _fake_checkpoint(loss, "f2", 0, {"best_score": 0.9, "monitor": "val_loss"})
     assert choose_checkpoint(loss) == low
-    composite = {"complementary_ca": {"best_score": 0.5, "monitor": "val_ua"},
-                 "complementary_spl": {"best_score": 0.7, "monitor": "val_ua"}, "fusion_weights": [0.5, 0.5]}
+    composite = {
+        "complementary_ca": {"best_score": 0.5, "monitor": "val_ua"},
+        "complementary_spl": {"best_score": 0.7, "monitor": "val_ua"},
+        "fusion_weights": [0.5, 0.5],
+    }
     assert checkpoint_score({"training": composite}) == (pytest.approx(0.6), "val_ua")
 
 
@@ -229,9 +266,13 @@ def test_a_dialogue_model_predicts_one_utterance_or_a_conversation(mister_e_chec
         assert probs(batched, predictor.classes) == pytest.approx(probs(single, predictor.classes), abs=1e-6)
         assert len(single["aux"]["gate_weights"]) == 3 and sum(single["aux"]["gate_weights"]) == pytest.approx(1.0)
     # in a conversation each turn sees the others (the context model is bidirectional)
-    assert any(np.abs(probs(c, predictor.classes) - probs(s, predictor.classes)).max() > 1e-6
-               for c, s in zip(conversation, alone))
-    assert probs(predictor.predict_dialogue(items[:1])[0], predictor.classes) == pytest.approx(probs(alone[0], predictor.classes), abs=1e-6)
+    assert any(
+        np.abs(probs(c, predictor.classes) - probs(s, predictor.classes)).max() > 1e-6
+        for c, s in zip(conversation, alone)
+    )
+    assert probs(predictor.predict_dialogue(items[:1])[0], predictor.classes) == pytest.approx(
+        probs(alone[0], predictor.classes), abs=1e-6
+    )
     no_text = predictor.predict(audio=items[0]["audio"])
     assert AUDIO_ONLY_NOTE in no_text["notes"] and no_text["aux"]["gate_weights"] == [1.0, 0.0, 0.0]
     with pytest.raises(EmomixError, match="turn 1"):
@@ -270,11 +311,16 @@ def test_cli_predicts_a_folder_and_reports_a_corrupt_file_in_its_row(cli, traine
     rows = pd.read_csv(out)
     assert [p.split("/")[-1] for p in rows["input"]] == ["clip0.wav", "clip1.wav", "corrupt.wav"]
     assert rows["error_type"].fillna("").tolist() == ["", "", "AudioError"]
-    assert rows.loc[:1, [f"prob_{c}" for c in ("angry", "happy", "neutral", "sad")]].sum(axis=1).round(5).tolist() == [1.0, 1.0]
+    assert rows.loc[:1, [f"prob_{c}" for c in ("angry", "happy", "neutral", "sad")]].sum(axis=1).round(5).tolist() == [
+        1.0,
+        1.0,
+    ]
     assert rows.loc[0, "notes"].startswith(AUDIO_ONLY_NOTE)  # a folder has no transcripts
     jsonl = tmp_path / "results.jsonl"
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text(f"audio_path,text,speaker\nclips/clip0.wav,{test_part[0][0]['text']},{test_part[0][0]['speaker']}\n")
+    manifest.write_text(
+        f"audio_path,text,speaker\nclips/clip0.wav,{test_part[0][0]['text']},{test_part[0][0]['speaker']}\n"
+    )
     result = CliRunner().invoke(cli, ["predict", str(trained_synthetic_run), str(manifest), "--out", str(jsonl), "-q"])
     assert result.exit_code == 0, result.output
     line = json.loads(jsonl.read_text().splitlines()[0])

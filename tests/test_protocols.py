@@ -30,15 +30,25 @@ def iemocap_like(sessions=5, per_speaker=12, labels=LABELS):
     for s in range(1, sessions + 1):
         for gender in "FM":
             for i in range(per_speaker):
-                rows.append(dict(utt_id=f"Ses{s:02d}{gender}_{i:03d}", corpus="toy", speaker=f"Ses{s:02d}{gender}",
-                                 session=f"Session{s}", label=labels[i % len(labels)]))
+                rows.append(
+                    dict(
+                        utt_id=f"Ses{s:02d}{gender}_{i:03d}",
+                        corpus="toy",
+                        speaker=f"Ses{s:02d}{gender}",
+                        session=f"Session{s}",
+                        label=labels[i % len(labels)],
+                    )
+                )
     return make_table(rows)
 
 
 def speakers_only(n_speakers, per_speaker=8, labels=LABELS):
     """An EmoDB/SAVEE-like table: speakers, no sessions."""
-    rows = [dict(utt_id=f"spk{s:02d}_{i:02d}", corpus="toy", speaker=f"spk{s:02d}", label=labels[i % len(labels)])
-            for s in range(n_speakers) for i in range(per_speaker)]
+    rows = [
+        dict(utt_id=f"spk{s:02d}_{i:02d}", corpus="toy", speaker=f"spk{s:02d}", label=labels[i % len(labels)])
+        for s in range(n_speakers)
+        for i in range(per_speaker)
+    ]
     return make_table(rows)
 
 
@@ -62,7 +72,13 @@ def test_loso_one_fold_per_session_with_next_session_as_validation():
     table = iemocap_like()
     plan = make_fold_plan(table, "loso")
     assert [f.name for f in plan.folds] == [f"Session{i}" for i in range(1, 6)]
-    assert [f.validation_groups for f in plan.folds] == [["Session2"], ["Session3"], ["Session4"], ["Session5"], ["Session1"]]
+    assert [f.validation_groups for f in plan.folds] == [
+        ["Session2"],
+        ["Session3"],
+        ["Session4"],
+        ["Session5"],
+        ["Session1"],
+    ]
     session_of = dict(zip(table["utt_id"], table["session"]))
     for fold in plan.folds:
         assert {session_of[u] for u in fold.test} == {fold.name} and len(fold.test) == 24
@@ -75,8 +91,11 @@ def test_loso_one_fold_per_session_with_next_session_as_validation():
 
 
 def test_sessions_sort_naturally():
-    rows = [dict(utt_id=f"u{s}_{i}", corpus="toy", speaker=f"s{s}", session=f"Session{s}", label=LABELS[i])
-            for s in (1, 2, 10) for i in range(4)]
+    rows = [
+        dict(utt_id=f"u{s}_{i}", corpus="toy", speaker=f"s{s}", session=f"Session{s}", label=LABELS[i])
+        for s in (1, 2, 10)
+        for i in range(4)
+    ]
     plan = leave_one_session_out(make_table(rows))
     assert [f.name for f in plan.folds] == ["Session1", "Session2", "Session10"]
     assert plan.folds[1].validation_groups == ["Session10"] and plan.folds[2].validation_groups == ["Session1"]
@@ -106,8 +125,10 @@ def test_validation_speaker_holds_out_one_training_speaker_chosen_by_seed():
         assert len(fold.train) + len(fold.validation) == 96
     again = make_fold_plan(table, "loso", validation="speaker", seed=3)
     assert again.to_dict() == plan.to_dict()
-    chosen = {tuple(f.validation_groups[0] for f in make_fold_plan(table, "loso", validation="speaker", seed=s).folds)
-              for s in range(6)}
+    chosen = {
+        tuple(f.validation_groups[0] for f in make_fold_plan(table, "loso", validation="speaker", seed=s).folds)
+        for s in range(6)
+    }
     assert len(chosen) > 1, "the seed must influence which speaker validates"
 
 
@@ -123,7 +144,9 @@ def test_validation_random_is_a_stratified_seeded_share():
         assert speakers_of(table, fold.validation) & speakers_of(table, fold.train)
         assert not speakers_of(table, fold.validation) & speakers_of(table, fold.test)
     assert plan.params == {"validation": "random", "validation_fraction": 0.25}
-    assert make_fold_plan(table, "loso", validation="random", validation_fraction=0.25, seed=1).to_dict() == plan.to_dict()
+    assert (
+        make_fold_plan(table, "loso", validation="random", validation_fraction=0.25, seed=1).to_dict() == plan.to_dict()
+    )
     other = make_fold_plan(table, "loso", validation="random", validation_fraction=0.25, seed=2)
     assert other.folds[0].validation != plan.folds[0].validation
 
@@ -168,8 +191,16 @@ def test_speaker_split_without_validation_and_bad_ratios():
 def test_official_split_uses_dev_as_validation():
     rows = []
     for split, n in (("train", 6), ("dev", 2), ("test", 3)):
-        rows += [dict(utt_id=f"{split}_{i}", corpus="meld", speaker=["Joey", "Rachel"][i % 2], label=LABELS[i % 4],
-                      split=split) for i in range(n)]
+        rows += [
+            dict(
+                utt_id=f"{split}_{i}",
+                corpus="meld",
+                speaker=["Joey", "Rachel"][i % 2],
+                label=LABELS[i % 4],
+                split=split,
+            )
+            for i in range(n)
+        ]
     table = make_table(rows)
     plan = make_fold_plan(table, "official")
     (fold,) = plan.folds
@@ -185,8 +216,11 @@ def test_official_split_errors():
     table = iemocap_like(sessions=2)
     with pytest.raises(ProtocolError, match="'split' column, which is empty"):
         make_fold_plan(table, "official")
-    rows = [dict(utt_id="a", corpus="c", speaker="s", split="train"), dict(utt_id="b", corpus="c", speaker="s"),
-            dict(utt_id="c", corpus="c", speaker="t", split="test")]
+    rows = [
+        dict(utt_id="a", corpus="c", speaker="s", split="train"),
+        dict(utt_id="b", corpus="c", speaker="s"),
+        dict(utt_id="c", corpus="c", speaker="t", split="test"),
+    ]
     with pytest.raises(ProtocolError, match=r"1 utterance\(s\) have no split, e\.g\. 'b'"):
         make_fold_plan(make_table(rows), "official")
     rows[1]["split"] = "valid"
@@ -231,8 +265,9 @@ def test_kfold_errors():
     assert len(make_fold_plan(table, "kfold", k=2, validation="none").folds) == 2
     with pytest.raises(ProtocolError, match="k must be an integer of at least 2"):
         make_fold_plan(table, "kfold", k=1)
-    unlabelled = make_table([dict(utt_id=f"u{i}", corpus="c", speaker=f"s{i % 5}", label=None if i == 3 else "sad")
-                             for i in range(20)])
+    unlabelled = make_table(
+        [dict(utt_id=f"u{i}", corpus="c", speaker=f"s{i % 5}", label=None if i == 3 else "sad") for i in range(20)]
+    )
     with pytest.raises(ProtocolError, match=r"needs a label on every utterance; 1 have none, e\.g\. 'u3'"):
         make_fold_plan(unlabelled, "kfold")
 
@@ -278,8 +313,11 @@ def test_random_validation_needs_labels():
 
 
 def test_speakers_crossing_sessions_are_reported():
-    rows = [dict(utt_id=f"u{s}{i}", corpus="c", speaker=f"spk{i % 2}", session=f"S{s}", label="sad")
-            for s in range(3) for i in range(4)]
+    rows = [
+        dict(utt_id=f"u{s}{i}", corpus="c", speaker=f"spk{i % 2}", session=f"S{s}", label="sad")
+        for s in range(3)
+        for i in range(4)
+    ]
     table = make_table(rows)
     plan = make_fold_plan(table, "loso")
     assert not plan.speaker_independent
@@ -290,14 +328,17 @@ def test_speakers_crossing_sessions_are_reported():
 # ---- determinism, storage, checks, printing -------------------------------------------------
 
 
-@pytest.mark.parametrize("protocol,params", [
-    ("loso", {"validation": "speaker", "seed": 2}),
-    ("loso", {"validation": "random", "seed": 2}),
-    ("loso-speaker", {}),
-    ("speaker-split", {"seed": 5}),
-    ("kfold", {"seed": 1}),
-    ("kfold", {"group": None, "validation": "random"}),
-])
+@pytest.mark.parametrize(
+    "protocol,params",
+    [
+        ("loso", {"validation": "speaker", "seed": 2}),
+        ("loso", {"validation": "random", "seed": 2}),
+        ("loso-speaker", {}),
+        ("speaker-split", {"seed": 5}),
+        ("kfold", {"seed": 1}),
+        ("kfold", {"group": None, "validation": "random"}),
+    ],
+)
 def test_plan_does_not_depend_on_row_order(protocol, params):
     table = iemocap_like(per_speaker=16)
     shuffled = table.sample(frac=1.0, random_state=11).reset_index(drop=True)
@@ -328,7 +369,9 @@ def test_load_reports_missing_and_malformed_files(tmp_path):
     wrong.write_text(json.dumps({"protocol": "loso", "folds": [{"name": "S1", "train": ["a"], "test": "b"}]}))
     with pytest.raises(ProtocolError, match=r"wrong\.json: folds\[0\]: missing key\(s\) \['validation'\]"):
         FoldPlan.load(wrong)
-    wrong.write_text(json.dumps({"protocol": "loso", "folds": [{"name": "S1", "train": ["a"], "validation": [], "test": "b"}]}))
+    wrong.write_text(
+        json.dumps({"protocol": "loso", "folds": [{"name": "S1", "train": ["a"], "validation": [], "test": "b"}]})
+    )
     with pytest.raises(ProtocolError, match="'test' must be a list of strings"):
         FoldPlan.load(wrong)
 
@@ -345,7 +388,9 @@ def test_edited_file_is_caught_by_its_fingerprint(tmp_path):
     del data["fingerprint"]
     path.write_text(json.dumps(data))
     edited = FoldPlan.load(path)  # a deliberate edit is accepted once the fingerprint is gone …
-    with pytest.raises(ProtocolError, match=r"fold 'Session1': .*session \['Session1'\] is held out for test but appears in train"):
+    with pytest.raises(
+        ProtocolError, match=r"fold 'Session1': .*session \['Session1'\] is held out for test but appears in train"
+    ):
         edited.check(table)  # … and check() still finds what it broke
 
 
@@ -362,7 +407,9 @@ def test_check_catches_tampered_plans():
     plan = make_fold_plan(table, "loso-speaker", validation="none")
     plan.check(table)
     first = plan.folds[0]
-    with pytest.raises(ProtocolError, match=r"fold 'spk00': 1 utterance\(s\) in both train and test, e\.g\. 'spk01_00'"):
+    with pytest.raises(
+        ProtocolError, match=r"fold 'spk00': 1 utterance\(s\) in both train and test, e\.g\. 'spk01_00'"
+    ):
         tampered(plan, edits=[(0, "test", [*first.test, "spk01_00"])]).check(table)
     with pytest.raises(ProtocolError, match="not in the table, e.g. 'ghost'"):
         tampered(plan, edits=[(0, "train", [*first.train, "ghost"])]).check(table)
@@ -378,8 +425,14 @@ def test_check_catches_tampered_plans():
     with pytest.raises(ProtocolError, match="the test part is empty"):
         tampered(plan, edits=[(0, "test", [])]).check(table)
     second = plan.folds[1]
-    no_groups = tampered(plan, edits=[(1, "test_groups", []), (1, "test", [*second.test, "spk02_00"]),
-                                      (1, "train", [u for u in second.train if u != "spk02_00"])])
+    no_groups = tampered(
+        plan,
+        edits=[
+            (1, "test_groups", []),
+            (1, "test", [*second.test, "spk02_00"]),
+            (1, "train", [u for u in second.train if u != "spk02_00"]),
+        ],
+    )
     with pytest.raises(ProtocolError, match="speaker\\(s\\) 'spk02' appear in both train and test"):
         no_groups.check(table)
 
@@ -417,8 +470,10 @@ def test_every_protocol_has_a_docstring_and_entry():
 # ---- the command line ------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(importlib.util.find_spec("emomix.data.readers.manifest") is None,
-                    reason="emomix.data.readers.manifest (the manifest reader) is not written yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("emomix.data.readers.manifest") is None,
+    reason="emomix.data.readers.manifest (the manifest reader) is not written yet",
+)
 def test_cli_folds_from_a_manifest(tmp_path, capsys):
     from emomix.cli import main
 
@@ -431,8 +486,21 @@ def test_cli_folds_from_a_manifest(tmp_path, capsys):
     manifest.write_text("\n".join(lines) + "\n")
     out = tmp_path / "plan.json"
     with pytest.raises(SystemExit) as exc:
-        main(["folds", "manifest", str(manifest), "--protocol", "loso", "--set", "validation=speaker",
-              "--set", "seed=4", "--out", str(out)])
+        main(
+            [
+                "folds",
+                "manifest",
+                str(manifest),
+                "--protocol",
+                "loso",
+                "--set",
+                "validation=speaker",
+                "--set",
+                "seed=4",
+                "--out",
+                str(out),
+            ]
+        )
     printed = capsys.readouterr().out
     assert exc.value.code == 0, printed
     plan = FoldPlan.load(out)

@@ -65,11 +65,23 @@ def test_iemocap_fields_turns_text_words_and_video(tmp_path):
     assert _row(corpus, "Ses01F_impro01_F001")["alignment"] is None
 
     # label lines are written in reverse time order; turns follow start time
-    turns = {u: _row(corpus, u)["turn"] for u in
-             ("Ses01F_impro01_F000", "Ses01F_impro01_M000", "Ses01F_impro01_F001", "Ses01F_impro01_M001")}
-    assert turns == {"Ses01F_impro01_F000": 0, "Ses01F_impro01_M000": 1, "Ses01F_impro01_F001": 2, "Ses01F_impro01_M001": 3}
+    turns = {
+        u: _row(corpus, u)["turn"]
+        for u in ("Ses01F_impro01_F000", "Ses01F_impro01_M000", "Ses01F_impro01_F001", "Ses01F_impro01_M001")
+    }
+    assert turns == {
+        "Ses01F_impro01_F000": 0,
+        "Ses01F_impro01_M000": 1,
+        "Ses01F_impro01_F001": 2,
+        "Ses01F_impro01_M001": 3,
+    }
     script = _row(corpus, "Ses02M_script01_1_F001")
-    assert (script["speaker"], script["session"], script["dialogue_id"], script["turn"]) == ("Ses02_F", "Session2", "Ses02M_script01_1", 2)
+    assert (script["speaker"], script["session"], script["dialogue_id"], script["turn"]) == (
+        "Ses02_F",
+        "Session2",
+        "Ses02M_script01_1",
+        2,
+    )
     assert script["text"] == "Well, maybe."
     assert set(table["speaker"]) == {"Ses01_F", "Ses01_M", "Ses02_F", "Ses02_M"}
     assert corpus.report.skipped == []
@@ -146,7 +158,12 @@ def test_meld_with_media(tmp_path):
     assert table.groupby("split").size().to_dict() == {"dev": 2, "test": 2, "train": 3}
     first = _row(corpus, "train_dia0_utt0")
     assert first["text"] == "also I was the point person on my company\u2019s transition from the KL-5 to GR-6 system."
-    assert (first["speaker"], first["dialogue_id"], first["turn"], first["label"]) == ("Chandler", "train_0", 0, "neutral")
+    assert (first["speaker"], first["dialogue_id"], first["turn"], first["label"]) == (
+        "Chandler",
+        "train_0",
+        0,
+        "neutral",
+    )
     assert first["audio_path"] == first["video_path"] == str(root / "train_splits/dia0_utt0.mp4")
     assert math.isnan(first["start"])
     multi = _row(corpus, "train_dia1_utt0")
@@ -198,10 +215,18 @@ def test_mosi_fields_turns_splits_and_labels(tmp_path):
     assert len(corpus.table) == 5
     by_id = {r["utt_id"]: r for _, r in corpus.table.iterrows()}
     assert {u: by_id[u]["turn"] for u in ("03bSnISJMiM_1", "03bSnISJMiM_2", "03bSnISJMiM_10")} == {
-        "03bSnISJMiM_1": 0, "03bSnISJMiM_2": 1, "03bSnISJMiM_10": 2}
+        "03bSnISJMiM_1": 0,
+        "03bSnISJMiM_2": 1,
+        "03bSnISJMiM_10": 2,
+    }
     clip = by_id["03bSnISJMiM_10"]
     assert (clip["speaker"], clip["dialogue_id"], clip["split"], clip["score"], clip["label"]) == (
-        "03bSnISJMiM", "03bSnISJMiM", "train", 2.4, "positive")
+        "03bSnISJMiM",
+        "03bSnISJMiM",
+        "train",
+        2.4,
+        "positive",
+    )
     assert clip["audio_path"] == clip["video_path"] == str(root / "Raw/03bSnISJMiM/10.mp4")
     assert clip["text"] == "and it was really good"
     assert by_id["03bSnISJMiM_2"]["label"] == "negative"
@@ -308,7 +333,11 @@ def test_ravdess_codes_statements_and_skips(tmp_path):
     root = make_ravdess(tmp_path)
     corpus = ravdess.read(root)
     assert sorted(corpus.table["utt_id"]) == [
-        "03-01-01-01-02-02-01", "03-01-02-02-02-01-02", "03-01-05-01-01-01-01", "03-01-08-02-01-01-02"]
+        "03-01-01-01-02-02-01",
+        "03-01-02-02-02-01-02",
+        "03-01-05-01-01-01-01",
+        "03-01-08-02-01-01-02",
+    ]
     angry = _row(corpus, "03-01-05-01-01-01-01")
     assert (angry["label"], angry["speaker"], angry["text"]) == ("angry", "ravdess_01", "Kids are talking by the door")
     calm = _row(corpus, "03-01-02-02-02-01-02")
@@ -336,7 +365,13 @@ def test_manifest_formats(tmp_path, fmt):
     assert any("x_source" in note for note in corpus.report.notes)
     first = _row(corpus, "s1_u0")
     assert first["audio_path"] == str(path.parent / "audio/s1_u0.wav")
-    assert (first["label"], first["raw_label"], first["speaker"], first["turn"], first["split"]) == ("happy", "happy", "spk1", 0, "train")
+    assert (first["label"], first["raw_label"], first["speaker"], first["turn"], first["split"]) == (
+        "happy",
+        "happy",
+        "spk1",
+        0,
+        "train",
+    )
     assert _words(first) == [("hello", 0.0, 0.4), ("there", 0.5, 0.9)] and first["alignment"] == "corpus"
     second = _row(corpus, "s1_u1")
     assert (second["start"], second["end"], second["score"]) == (0.001, 0.009, -1.5)
@@ -366,11 +401,11 @@ def test_a_manifest_corpus_and_its_scheme_are_reported_by_their_own_names(tmp_pa
     summary = corpus_summary(read_corpus("manifest", path))
     assert (summary["corpus"], summary["scheme"]) == ("mycorpus", "mycorpus-2")
     assert format_summary(summary).startswith("corpus mycorpus  scheme mycorpus-2")
-    assert corpus_summary(read_corpus("manifest", path, scheme=None))["scheme"] is None      # raw labels
+    assert corpus_summary(read_corpus("manifest", path, scheme=None))["scheme"] is None  # raw labels
     (path.parent / "scheme.yaml").write_text("name: sentiment-2\n" + (path.parent / "scheme.yaml").read_text())
-    assert corpus_summary(read_corpus("manifest", path))["scheme"] == "sentiment-2"     # its own name wins
+    assert corpus_summary(read_corpus("manifest", path))["scheme"] == "sentiment-2"  # its own name wins
     renamed = path.rename(path.parent / "calls.csv")
-    assert read_corpus("manifest", renamed, scheme=None).name == "calls"                 # a named file names the corpus
+    assert read_corpus("manifest", renamed, scheme=None).name == "calls"  # a named file names the corpus
 
 
 # -------------------------------------------------------------------------------------------- MELD-like
@@ -381,9 +416,14 @@ def _meld_like(root: Path) -> Path:
     import csv
 
     root.mkdir(parents=True)
-    rows = {"train": [("Hi there", "['Joey']", "Joy", "s01e01", 0), ("Oh no", "['Ross', 'Rachel']", "Sadness", "s01e01", 1),
-                      ("Fine", "['Monica']", "Neutral", "s01e02", 0)],
-            "test": [("What?", "['Chandler']", "Surprise", "s02e01", 0)]}
+    rows = {
+        "train": [
+            ("Hi there", "['Joey']", "Joy", "s01e01", 0),
+            ("Oh no", "['Ross', 'Rachel']", "Sadness", "s01e01", 1),
+            ("Fine", "['Monica']", "Neutral", "s01e02", 0),
+        ],
+        "test": [("What?", "['Chandler']", "Surprise", "s02e01", 0)],
+    }
     for split, items in rows.items():
         with (root / f"friends_{split}.csv").open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
@@ -400,16 +440,27 @@ def test_a_meld_like_corpus_reads_with_a_column_map_and_a_file_pattern(tmp_path)
     options = {"pattern": "friends_{split}.csv", "columns": {"Dialogue_ID": "Scene_ID", "Speaker": "Speakers"}}
     corpus = read_corpus("meld", root, **options)
     table = corpus.table.set_index("utt_id")
-    assert sorted(table.index) == ["test_dias02e01_utt0", "train_dias01e01_utt0", "train_dias01e01_utt1",
-                                   "train_dias01e02_utt0"]
+    assert sorted(table.index) == [
+        "test_dias02e01_utt0",
+        "train_dias01e01_utt0",
+        "train_dias01e01_utt1",
+        "train_dias01e02_utt0",
+    ]
     row = table.loc["train_dias01e01_utt1"]
     assert (row["speaker"], row["label"], row["dialogue_id"], row["turn"], row["split"]) == (
-        "Ross & Rachel", "sadness", "train_s01e01", 1, "train")
+        "Ross & Rachel",
+        "sadness",
+        "train_s01e01",
+        1,
+        "train",
+    )
     assert table.loc["train_dias01e01_utt0", "speaker"] == "Joey"
     assert any("dev" in note and "not read" in note for note in corpus.report.notes)
     # a column the map names but the file lacks, and an option the reader does not have
     with pytest.raises(CorpusFormatError, match=r"missing column\(s\) \['Dialog'\]"):
-        read_corpus("meld", root, pattern="friends_{split}.csv", columns={"Dialogue_ID": "Dialog", "Speaker": "Speakers"})
+        read_corpus(
+            "meld", root, pattern="friends_{split}.csv", columns={"Dialogue_ID": "Dialog", "Speaker": "Speakers"}
+        )
     from emomix.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"no option 'patern' \(did you mean 'pattern'\?\)"):
@@ -426,15 +477,41 @@ def test_meld_like_options_reach_the_reader_from_the_command_line_and_a_recipe(t
     from emomix.train.recipe import Recipe
 
     root = _meld_like(tmp_path / "friends")
-    result = CliRunner().invoke(app, ["corpus", "info", "meld", str(root), "--set", "pattern=friends_{split}.csv",
-                                      "--set", "columns.Dialogue_ID=Scene_ID", "--set", "columns.Speaker=Speakers"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "corpus",
+            "info",
+            "meld",
+            str(root),
+            "--set",
+            "pattern=friends_{split}.csv",
+            "--set",
+            "columns.Dialogue_ID=Scene_ID",
+            "--set",
+            "columns.Speaker=Speakers",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "4 utterances, 4 speakers, 0 sessions, 3 dialogues" in result.output
-    assert reader_options(["columns.Speaker=Speakers", "splits=[train]"]) == {"columns": {"Speaker": "Speakers"},
-                                                                             "splits": ["train"]}
-    recipe = Recipe.from_dict({"corpus": {"reader": "meld", "root": str(root), "options": {
-        "pattern": "friends_{split}.csv", "columns": {"Dialogue_ID": "Scene_ID", "Speaker": "Speakers"}}},
-        "features": {"text": {"encoder": "minilm"}}, "model": "early_fusion_text"})
+    assert reader_options(["columns.Speaker=Speakers", "splits=[train]"]) == {
+        "columns": {"Speaker": "Speakers"},
+        "splits": ["train"],
+    }
+    recipe = Recipe.from_dict(
+        {
+            "corpus": {
+                "reader": "meld",
+                "root": str(root),
+                "options": {
+                    "pattern": "friends_{split}.csv",
+                    "columns": {"Dialogue_ID": "Scene_ID", "Speaker": "Speakers"},
+                },
+            },
+            "features": {"text": {"encoder": "minilm"}},
+            "model": "early_fusion_text",
+        }
+    )
     corpus = read_corpus(recipe.corpus.reader, recipe.corpus.root, **recipe.corpus.options)
     assert len(corpus.table) == 4
 
@@ -455,7 +532,9 @@ def test_manifest_missing_required_and_bad_values(tmp_path):
     with pytest.raises(CorpusFormatError, match=r"missing required column\(s\) \['speaker'\]"):
         manifest.read(make_manifest(tmp_path / "a", rows=[{"utt_id": "a", "text": "hi"}]))
     with pytest.raises(CorpusFormatError, match=r"manifest.jsonl:2: no value in required column 'utt_id'"):
-        manifest.read(make_manifest(tmp_path / "b", fmt="jsonl", rows=[{"utt_id": "a", "speaker": "s"}, {"speaker": "s"}]))
+        manifest.read(
+            make_manifest(tmp_path / "b", fmt="jsonl", rows=[{"utt_id": "a", "speaker": "s"}, {"speaker": "s"}])
+        )
     path = make_manifest(tmp_path / "c", rows=[{"utt_id": "a", "speaker": "s", "words": "x"}])
     path.write_text('utt_id,speaker,words\na,s,"[{""token"": ""hi""}]"\n')
     with pytest.raises(CorpusFormatError, match=r"manifest.csv:2: each entry of 'words' needs token, start and end"):
@@ -481,8 +560,10 @@ def test_manifest_words_json_string_round_trip(tmp_path):
 def test_iemocap_empty_transcript_line_gives_no_text(tmp_path):
     root = make_iemocap(tmp_path, sessions=(2,))
     path = root / "Session2/dialog/transcriptions/Ses02M_script01_1.txt"
-    lines = [line if not line.startswith("Ses02M_script01_1_F000") else "Ses02M_script01_1_F000 [003.2000-005.0000]:"
-             for line in path.read_text().splitlines()]
+    lines = [
+        line if not line.startswith("Ses02M_script01_1_F000") else "Ses02M_script01_1_F000 [003.2000-005.0000]:"
+        for line in path.read_text().splitlines()
+    ]
     path.write_text("\n".join(lines) + "\n")
     corpus = iemocap.read(root)
     assert _row(corpus, "Ses02M_script01_1_F000")["text"] is None

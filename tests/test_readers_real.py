@@ -26,7 +26,14 @@ def test_emodb_real_counts_and_syllables():
     assert table["speaker"].nunique() == 10
     assert sorted(table["label"].unique()) == ["anger", "boredom", "disgust", "fear", "happiness", "neutral", "sadness"]
     assert table["label"].value_counts().to_dict() == {
-        "anger": 127, "boredom": 81, "neutral": 79, "happiness": 71, "fear": 69, "sadness": 62, "disgust": 46}
+        "anger": 127,
+        "boredom": 81,
+        "neutral": 79,
+        "happiness": 71,
+        "fear": 69,
+        "sadness": 62,
+        "disgust": 46,
+    }
     assert table["text"].notna().all() and corpus.report.skipped == []
     # one silb file of the release (13a01Wb) is empty; every other utterance has syllables
     assert table["words"].notna().sum() == 534

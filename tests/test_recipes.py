@@ -26,8 +26,9 @@ from emomix.train.recipe import load_recipe
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PAPERS = CONFIGS / "papers"
 SYNTHETIC = CONFIGS / "synthetic"
-OFFLINE_REAL = sorted([*(CONFIGS / "emodb").glob("*.yaml"), *(CONFIGS / "savee").glob("*.yaml"),
-                       *(CONFIGS / "meld_text").glob("*.yaml")])
+OFFLINE_REAL = sorted(
+    [*(CONFIGS / "emodb").glob("*.yaml"), *(CONFIGS / "savee").glob("*.yaml"), *(CONFIGS / "meld_text").glob("*.yaml")]
+)
 ALL = sorted(CONFIGS.rglob("*.yaml"))
 
 
@@ -65,8 +66,9 @@ def test_encoders_are_registered_names(path):
             assert name in known, f"{path.name}: features.{modality} names unknown encoder {name!r}"
 
 
-@pytest.mark.parametrize("path", [*sorted(PAPERS.glob("*.yaml")), *OFFLINE_REAL],
-                         ids=ids([*sorted(PAPERS.glob("*.yaml")), *OFFLINE_REAL]))
+@pytest.mark.parametrize(
+    "path", [*sorted(PAPERS.glob("*.yaml")), *OFFLINE_REAL], ids=ids([*sorted(PAPERS.glob("*.yaml")), *OFFLINE_REAL])
+)
 def test_real_corpora_are_found_under_the_datasets_folder(path):
     root = raw(path)["corpus"]["root"]
     assert root.startswith("${datasets}/"), f"{path.name}: corpus.root {root!r} should start with ${{datasets}}/"
@@ -79,13 +81,28 @@ def test_real_corpora_are_found_under_the_datasets_folder(path):
 # recipe → (reader, scheme, classes, protocol, batch kind)
 PAPER_FACTS = {
     "dual_routing_iemocap4": ("iemocap", "iemocap-4", ["angry", "happy", "neutral", "sad"], "loso", "utterance"),
-    "mpaf_net_iemocap8": ("iemocap", "iemocap-8", ["angry", "excited", "fearful", "frustrated", "happy", "neutral",
-                                                   "sad", "surprised"], "speaker-split", "utterance"),
+    "mpaf_net_iemocap8": (
+        "iemocap",
+        "iemocap-8",
+        ["angry", "excited", "fearful", "frustrated", "happy", "neutral", "sad", "surprised"],
+        "speaker-split",
+        "utterance",
+    ),
     "complementary_iemocap": ("iemocap", "iemocap-4", ["angry", "happy", "neutral", "sad"], "loso", "utterance"),
-    "mister_e_iemocap6": ("iemocap", "iemocap-6", ["angry", "excited", "frustrated", "happy", "neutral", "sad"],
-                          "loso", "dialogue"),
-    "mister_e_meld": ("meld", "meld-7", ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"],
-                      "official", "dialogue"),
+    "mister_e_iemocap6": (
+        "iemocap",
+        "iemocap-6",
+        ["angry", "excited", "frustrated", "happy", "neutral", "sad"],
+        "loso",
+        "dialogue",
+    ),
+    "mister_e_meld": (
+        "meld",
+        "meld-7",
+        ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"],
+        "official",
+        "dialogue",
+    ),
     "mister_e_mosi": ("mosi", "mosi-2", ["negative", "positive"], "official", "dialogue"),
 }
 
@@ -113,9 +130,17 @@ def iemocap_like_table() -> pd.DataFrame:
     for session in range(1, 6):
         for gender in "FM":
             for k, code in enumerate(codes * 2):
-                rows.append({"utt_id": f"Ses0{session}{gender}_{k:02d}", "speaker": f"Ses0{session}_{gender}",
-                             "session": f"Session{session}", "dialogue_id": f"Ses0{session}_d{k % 2}",
-                             "corpus": "iemocap", "label": code, "raw_label": code})
+                rows.append(
+                    {
+                        "utt_id": f"Ses0{session}{gender}_{k:02d}",
+                        "speaker": f"Ses0{session}_{gender}",
+                        "session": f"Session{session}",
+                        "dialogue_id": f"Ses0{session}_d{k % 2}",
+                        "corpus": "iemocap",
+                        "label": code,
+                        "raw_label": code,
+                    }
+                )
     return make_table(rows)
 
 
@@ -138,20 +163,38 @@ def test_mpaf_recipe_splits_the_ten_actors_eight_one_one():
     assert set(dropped) == {"dis", "xxx"}  # disgust and "other" leave the eight classes
     plan = make_fold_plan(table, recipe.protocol.name, **recipe.protocol.params)
     assert len(plan.folds) == 1 and plan.speaker_independent
-    speakers = {part: set(table.loc[table["utt_id"].isin(getattr(plan.folds[0], part)), "speaker"])
-                for part in ("train", "validation", "test")}
+    speakers = {
+        part: set(table.loc[table["utt_id"].isin(getattr(plan.folds[0], part)), "speaker"])
+        for part in ("train", "validation", "test")
+    }
     assert [len(speakers[p]) for p in ("train", "validation", "test")] == [8, 1, 1]
 
 
 def test_dual_routing_recipe_has_the_paper_encoders_and_training():
     recipe = load_recipe(PAPERS / "dual_routing_iemocap4.yaml")
     audio, text = recipe.feature_specs()["audio"], recipe.feature_specs()["text"]
-    assert audio.encoder == "wavlm-base" and audio.preprocess["vad"] == "webrtc" and audio.preprocess["vad_mode"] == "mask"
+    assert (
+        audio.encoder == "wavlm-base" and audio.preprocess["vad"] == "webrtc" and audio.preprocess["vad_mode"] == "mask"
+    )
     assert text.encoder["name"] == "roberta-base" and list(text.layers) == [9, 10, 11, 12]
     assert audio.trainable_top_layers == text.trainable_top_layers == 4
     o, t = recipe.optimiser, recipe.training
-    assert (o.name, o.lr, o.encoder_lr, o.weight_decay, o.schedule, o.warmup_epochs) == ("adamw", 1e-4, 1e-5, 0.01, "warmup_cosine", 2)
-    assert (t.epochs, t.batch_size, t.patience, t.monitor, t.class_balance, t.grad_clip) == (40, 8, 3, "val_ua", "weights", 1.0)
+    assert (o.name, o.lr, o.encoder_lr, o.weight_decay, o.schedule, o.warmup_epochs) == (
+        "adamw",
+        1e-4,
+        1e-5,
+        0.01,
+        "warmup_cosine",
+        2,
+    )
+    assert (t.epochs, t.batch_size, t.patience, t.monitor, t.class_balance, t.grad_clip) == (
+        40,
+        8,
+        3,
+        "val_ua",
+        "weights",
+        1.0,
+    )
 
 
 def test_mpaf_recipe_has_the_paper_encoders_and_training():
@@ -179,13 +222,22 @@ def test_complementary_recipes_build_the_token_frame_graph(stem):
 
 def test_synthetic_recipes_share_one_corpus_and_one_feature_store():
     recipes = {p.stem: load_recipe(p) for p in sorted(SYNTHETIC.glob("*.yaml"))}
-    assert {r.model.name for r in recipes.values()} >= {"dual_routing", "mpaf_net", "complementary", "mister_e", "early_fusion"}
+    assert {r.model.name for r in recipes.values()} >= {
+        "dual_routing",
+        "mpaf_net",
+        "complementary",
+        "mister_e",
+        "early_fusion",
+    }
     reference = recipes["dual_routing"]
 
     def specs_of(r, modalities=("audio", "text")):
         # speaker normalisation is applied after the store; MiSTER-E uses no speaker identity
-        return {m: {k: v for k, v in s.to_dict().items() if k != "speaker_normalisation"}
-                for m, s in r.feature_specs().items() if m in modalities}
+        return {
+            m: {k: v for k, v in s.to_dict().items() if k != "speaker_normalisation"}
+            for m, s in r.feature_specs().items()
+            if m in modalities
+        }
 
     for stem, recipe in recipes.items():
         generate = dict(recipe.corpus.generate or {})
@@ -207,9 +259,11 @@ def test_synthetic_recipes_share_one_corpus_and_one_feature_store():
 # ---------------------------------------------------------------------------------------------
 
 # recipe folder → (reader, protocol, speaker-independent, modalities that can be present)
-OFFLINE_FACTS = {"emodb": ("emodb", "loso-speaker", True, {"audio", "text"}),
-                 "savee": ("savee", "loso-speaker", True, {"audio"}),
-                 "meld_text": ("meld", "official", False, {"text"})}
+OFFLINE_FACTS = {
+    "emodb": ("emodb", "loso-speaker", True, {"audio", "text"}),
+    "savee": ("savee", "loso-speaker", True, {"audio"}),
+    "meld_text": ("meld", "official", False, {"text"}),
+}
 
 
 @pytest.mark.parametrize("path", OFFLINE_REAL, ids=ids(OFFLINE_REAL))
@@ -224,12 +278,17 @@ def test_offline_recipe_protocol_and_modalities(path):
         assert recipe.feature_specs()["audio"].speaker_normalisation
 
 
-@pytest.mark.parametrize("path, other", [(CONFIGS / "emodb" / "functionals.yaml", "late_fusion"),
-                                         (CONFIGS / "emodb" / "frames.yaml", "speech_cnn"),
-                                         (CONFIGS / "savee" / "functionals.yaml", "mpaf_net_audio"),
-                                         (CONFIGS / "savee" / "frames.yaml", "speech_cnn"),
-                                         (CONFIGS / "meld_text" / "early_fusion_text.yaml", "text_bilstm"),
-                                         (SYNTHETIC / "baselines.yaml", "tfn")])
+@pytest.mark.parametrize(
+    "path, other",
+    [
+        (CONFIGS / "emodb" / "functionals.yaml", "late_fusion"),
+        (CONFIGS / "emodb" / "frames.yaml", "speech_cnn"),
+        (CONFIGS / "savee" / "functionals.yaml", "mpaf_net_audio"),
+        (CONFIGS / "savee" / "frames.yaml", "speech_cnn"),
+        (CONFIGS / "meld_text" / "early_fusion_text.yaml", "text_bilstm"),
+        (SYNTHETIC / "baselines.yaml", "tfn"),
+    ],
+)
 def test_neutral_recipes_take_another_model(path, other):
     assert load_recipe(path).model.config == {}
     assert load_recipe(path, overrides={"model.name": other}).model.name == other
@@ -239,8 +298,10 @@ def test_neutral_recipes_take_another_model(path, other):
 def datasets() -> Path:
     folder = shared_datasets_dir()
     if folder is None:
-        pytest.skip("no shared datasets folder (set EMOMIX_DATASETS or place ../shared/datasets): "
-                    "the offline recipes' corpora cannot be checked")
+        pytest.skip(
+            "no shared datasets folder (set EMOMIX_DATASETS or place ../shared/datasets): "
+            "the offline recipes' corpora cannot be checked"
+        )
     return folder
 
 
@@ -253,8 +314,9 @@ def real_tables(datasets):
     for folder, (reader, *_rest) in OFFLINE_FACTS.items():
         recipe = load_recipe(sorted((CONFIGS / folder).glob("*.yaml"))[0])
         root = Path(recipe.corpus.root)
-        tables[folder] = (read_corpus(reader, root, scheme=recipe.corpus.scheme).table if root.exists()
-                          else f"{root} is absent")
+        tables[folder] = (
+            read_corpus(reader, root, scheme=recipe.corpus.scheme).table if root.exists() else f"{root} is absent"
+        )
     return tables
 
 
@@ -297,15 +359,32 @@ def test_emodb_syllable_timings_cannot_make_token_frame_edges(real_tables):
     assert not any(load_recipe(p).edges for p in (CONFIGS / "emodb").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path, overrides", [
-    (PAPERS / "dual_routing_iemocap4.yaml", {"model.name": "dual_routing_local", "features.audio.preprocess.vad_mode": "trim",
-                                             "features.audio.preprocess.chunk_max_s": 3}),
-    (PAPERS / "mpaf_net_iemocap8.yaml", {"model.name": "concat_fusion", "optimiser.schedule": "plateau"}),
-    (PAPERS / "complementary_iemocap.yaml", {"model.name": "complementary_spl", "optimiser.schedule": "none"}),
-    (PAPERS / "mister_e_iemocap6.yaml", {"model.name": "mister_e_no_context"}),
-    (CONFIGS / "meld_text" / "mister_e_text.yaml", {"model.config.context": False}),
-    (SYNTHETIC / "baselines.yaml", {"model.name": "graph_mlp", "features.edges": True}),
-], ids=["dual-routing-chunked", "mpaf-baseline", "complementary-spl", "mister-e-ablation", "meld-no-context", "graph-mlp"])
+@pytest.mark.parametrize(
+    "path, overrides",
+    [
+        (
+            PAPERS / "dual_routing_iemocap4.yaml",
+            {
+                "model.name": "dual_routing_local",
+                "features.audio.preprocess.vad_mode": "trim",
+                "features.audio.preprocess.chunk_max_s": 3,
+            },
+        ),
+        (PAPERS / "mpaf_net_iemocap8.yaml", {"model.name": "concat_fusion", "optimiser.schedule": "plateau"}),
+        (PAPERS / "complementary_iemocap.yaml", {"model.name": "complementary_spl", "optimiser.schedule": "none"}),
+        (PAPERS / "mister_e_iemocap6.yaml", {"model.name": "mister_e_no_context"}),
+        (CONFIGS / "meld_text" / "mister_e_text.yaml", {"model.config.context": False}),
+        (SYNTHETIC / "baselines.yaml", {"model.name": "graph_mlp", "features.edges": True}),
+    ],
+    ids=[
+        "dual-routing-chunked",
+        "mpaf-baseline",
+        "complementary-spl",
+        "mister-e-ablation",
+        "meld-no-context",
+        "graph-mlp",
+    ],
+)
 def test_variants_named_in_recipe_headers_load(path, overrides):
     """The `--set` variants the recipes' comments and docs/recipes.md advertise are valid."""
     recipe = load_recipe(path, overrides=overrides)

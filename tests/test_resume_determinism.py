@@ -22,16 +22,27 @@ CLASSES = ["a", "b"]
 def tiny_features(count: int = 24, seed: int = 0) -> SimpleNamespace:
     rng = np.random.default_rng(seed)
     features = {f"u{i:02d}": {"audio": {"states": rng.normal(size=(3, 4)).astype(np.float32)}} for i in range(count)}
-    return SimpleNamespace(features=features, specs={"audio": SimpleNamespace(max_length=None)},
-                           frame_rates={"audio": None}, layers={"audio": None})
+    return SimpleNamespace(
+        features=features,
+        specs={"audio": SimpleNamespace(max_length=None)},
+        frame_rates={"audio": None},
+        layers={"audio": None},
+    )
 
 
 def datamodule(seed: int = 3) -> EmotionDataModule:
     feature_set = tiny_features()
     ids = sorted(feature_set.features)
     table = pd.DataFrame({"utt_id": ids, "label": [CLASSES[i % 2] for i in range(len(ids))]})
-    return EmotionDataModule(feature_set, table, CLASSES, {"train": ids[:16], "validation": ids[16:], "test": ids[16:]},
-                             batch_size=4, seed=seed, modalities=["audio"])
+    return EmotionDataModule(
+        feature_set,
+        table,
+        CLASSES,
+        {"train": ids[:16], "validation": ids[16:], "test": ids[16:]},
+        batch_size=4,
+        seed=seed,
+        modalities=["audio"],
+    )
 
 
 def epoch_order(loader) -> list[str]:
@@ -60,7 +71,9 @@ def test_datamodule_state_continues_the_training_order_and_global_generators():
 class DropoutTask(L.LightningModule):
     def __init__(self):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(16, 2))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(16, 2)
+        )
 
     def training_step(self, batch, index):
         logits = self.net(batch.inputs["audio"].states.mean(dim=1))
@@ -79,13 +92,26 @@ class Crash(L.Callback):
 def fit(folder, crash: bool = False) -> dict[str, torch.Tensor]:
     L.seed_everything(7, verbose=False)
     task, module = DropoutTask(), datamodule()
-    callbacks = [ModelCheckpoint(dirpath=folder, filename="last", save_top_k=1, monitor=None, enable_version_counter=False)]
-    trainer = L.Trainer(max_epochs=4, callbacks=callbacks + ([Crash()] if crash else []), logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        default_root_dir=str(folder), accelerator="cpu")
+    callbacks = [
+        ModelCheckpoint(dirpath=folder, filename="last", save_top_k=1, monitor=None, enable_version_counter=False)
+    ]
+    trainer = L.Trainer(
+        max_epochs=4,
+        callbacks=callbacks + ([Crash()] if crash else []),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=str(folder),
+        accelerator="cpu",
+    )
     last = folder / "last.ckpt"
-    trainer.fit(task, datamodule=module, ckpt_path=str(last) if last.exists() else None,
-                weights_only=True if last.exists() else None)
+    trainer.fit(
+        task,
+        datamodule=module,
+        ckpt_path=str(last) if last.exists() else None,
+        weights_only=True if last.exists() else None,
+    )
     return {k: v.clone() for k, v in task.state_dict().items()}
 
 
@@ -139,8 +165,11 @@ def test_stale_temporaries_are_removed_outside_the_store(tmp_path):
     (tmp_path / "report").mkdir()
     (tmp_path / "features" / "shards").mkdir(parents=True)
     leftovers = [tmp_path / "run.json.k2j3.tmp", tmp_path / "report" / "metrics.json.x1.tmp"]
-    for path in [*leftovers, tmp_path / "features" / "shards" / ".main-0123456789abcdef.safetensors.tmp",
-                 tmp_path / "run.json"]:
+    for path in [
+        *leftovers,
+        tmp_path / "features" / "shards" / ".main-0123456789abcdef.safetensors.tmp",
+        tmp_path / "run.json",
+    ]:
         path.write_text("x")
     assert sorted(remove_stale_temporaries(tmp_path, skip=[tmp_path / "features"])) == sorted(leftovers)
     assert (tmp_path / "run.json").exists()

@@ -26,8 +26,13 @@ def fixture_batch(folder: Path, dialogue: bool) -> Batch | DialogueBatch:
     """The batch generate.py fed the old task, rebuilt from ``inputs.safetensors``."""
     stored = load_file(str(folder / "inputs.safetensors"))
     count = 1 + max(int(key.split(".")[0]) for key in stored)
-    rows = [{m: {key.split(".")[2]: value.numpy() for key, value in stored.items() if key.startswith(f"{i}.{m}.")}
-             for m in DIMS} for i in range(count)]
+    rows = [
+        {
+            m: {key.split(".")[2]: value.numpy() for key, value in stored.items() if key.startswith(f"{i}.{m}.")}
+            for m in DIMS
+        }
+        for i in range(count)
+    ]
     if dialogue:
         vectors = {m: [torch.as_tensor(r[m]["states"].mean(axis=0)) for r in rows] for m in DIMS}
         padded = {m: pad_sequences([torch.stack(vectors[m][:3]), torch.stack(vectors[m][3:])]) for m in DIMS}
@@ -60,7 +65,9 @@ def test_save_then_from_pretrained_round_trips(tmp_path):
     batch = fixture_batch(source, dialogue=False)
     with torch.no_grad():
         assert torch.equal(copy(batch).logits, original(batch).logits)
-    assert set(load_file(str(tmp_path / "copy" / "model.safetensors"))) == set(load_file(str(source / "model.safetensors")))
+    assert set(load_file(str(tmp_path / "copy" / "model.safetensors"))) == set(
+        load_file(str(source / "model.safetensors"))
+    )
 
 
 def test_predict_rows_reads_a_plain_module_and_flattens_dialogues():

@@ -9,9 +9,22 @@ from emomix.errors import CorpusFormatError, MissingDataError
 
 def _records():
     return [
-        Utterance(utt_id="u1", corpus="c", speaker="s1", audio_path="/a.wav", start=1.0, end=2.5, text="hello there",
-                  label="ang", raw_label="ang", session="S1", dialogue_id="d1", turn=0,
-                  words=[Word("hello", 0.0, 0.4), Word("there", 0.5, 0.9)], alignment="corpus"),
+        Utterance(
+            utt_id="u1",
+            corpus="c",
+            speaker="s1",
+            audio_path="/a.wav",
+            start=1.0,
+            end=2.5,
+            text="hello there",
+            label="ang",
+            raw_label="ang",
+            session="S1",
+            dialogue_id="d1",
+            turn=0,
+            words=[Word("hello", 0.0, 0.4), Word("there", 0.5, 0.9)],
+            alignment="corpus",
+        ),
         Utterance(utt_id="u2", corpus="c", speaker="s2", text=None, label=None, score=-1.5, turn=1, dialogue_id="d1"),
     ]
 
@@ -19,7 +32,10 @@ def _records():
 def test_make_table_has_exact_columns_and_types():
     table = make_table(_records())
     assert tuple(table.columns) == COLUMNS
-    assert table.loc[0, "words"] == [{"token": "hello", "start": 0.0, "end": 0.4}, {"token": "there", "start": 0.5, "end": 0.9}]
+    assert table.loc[0, "words"] == [
+        {"token": "hello", "start": 0.0, "end": 0.4},
+        {"token": "there", "start": 0.5, "end": 0.9},
+    ]
     assert table.loc[1, "words"] is None
     assert table.loc[1, "text"] is None
     assert table["turn"].tolist() == [0, 1]

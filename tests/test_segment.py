@@ -35,7 +35,9 @@ def silence(seconds: float, rate: int = RATE) -> np.ndarray:
     return np.zeros(int(round(seconds * rate)), dtype=np.float32)
 
 
-def tones_and_silences(parts: list[tuple[str, float]], rate: int = RATE) -> tuple[np.ndarray, list[tuple[float, float]]]:
+def tones_and_silences(
+    parts: list[tuple[str, float]], rate: int = RATE
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """Concatenate ("tone"|"silence", seconds) parts; return the wave and the tones' (start, end)."""
     pieces, spans, now = [], [], 0.0
     for kind, seconds in parts:
@@ -60,7 +62,7 @@ def test_ten_minute_file_is_segmented_block_by_block_with_bounded_memory(tmp_pat
         for window in range(60):  # 60 windows of 10 s: a 1.5–3.9 s tone starting 2 s in
             length = 1.5 + 0.6 * (window % 5)
             wave = silence(10.0)
-            wave[2 * RATE:2 * RATE + int(length * RATE)] = tone(length, f0=120 + 5 * (window % 7))
+            wave[2 * RATE : 2 * RATE + int(length * RATE)] = tone(length, f0=120 + 5 * (window % 7))
             out.write(wave)
             spans.append((10.0 * window + 2.0, 10.0 * window + 2.0 + length))
     file_bytes = path.stat().st_size
@@ -88,9 +90,21 @@ def test_ten_minute_file_is_segmented_block_by_block_with_bounded_memory(tmp_pat
 
 
 def test_pauses_merge_short_regions_drop_and_long_regions_split(tmp_path):
-    wave, spans = tones_and_silences([("silence", 1.0), ("tone", 2.0), ("silence", 1.5), ("tone", 0.1),
-                                      ("silence", 1.0), ("tone", 3.0), ("silence", 0.2), ("tone", 1.0),
-                                      ("silence", 2.0), ("tone", 20.0), ("silence", 1.0)])
+    wave, spans = tones_and_silences(
+        [
+            ("silence", 1.0),
+            ("tone", 2.0),
+            ("silence", 1.5),
+            ("tone", 0.1),
+            ("silence", 1.0),
+            ("tone", 3.0),
+            ("silence", 0.2),
+            ("tone", 1.0),
+            ("silence", 2.0),
+            ("tone", 20.0),
+            ("silence", 1.0),
+        ]
+    )
     path = tmp_path / "mixed.flac"
     sf.write(str(path), wave, RATE)
     stats = SegmentationStats()
@@ -109,12 +123,13 @@ def test_pauses_merge_short_regions_drop_and_long_regions_split(tmp_path):
     whole = load_audio(path)
     for segment in segments:
         first_sample = round(segment.start * RATE)
-        np.testing.assert_array_equal(segment.samples, whole[first_sample:first_sample + segment.samples.size])
+        np.testing.assert_array_equal(segment.samples, whole[first_sample : first_sample + segment.samples.size])
 
 
 def test_options_change_the_rule():
-    wave, spans = tones_and_silences([("silence", 0.5), ("tone", 1.0), ("silence", 0.4), ("tone", 1.0),
-                                      ("silence", 0.5)])
+    wave, spans = tones_and_silences(
+        [("silence", 0.5), ("tone", 1.0), ("silence", 0.4), ("tone", 1.0), ("silence", 0.5)]
+    )
     merged = segment_waveform(wave)
     assert len(merged) == 1
     apart = segment_waveform(wave, min_silence_s=0.2, pad_s=0.0)
@@ -147,8 +162,9 @@ def test_result_does_not_depend_on_block_size_and_matches_the_vad_mask(tmp_path)
 
 def test_stereo_44k_file_is_mixed_down_and_resampled_in_blocks(tmp_path):
     rate = 44100
-    wave, spans = tones_and_silences([("silence", 1.2), ("tone", 2.5), ("silence", 1.8), ("tone", 1.6),
-                                      ("silence", 1.0)], rate=rate)
+    wave, spans = tones_and_silences(
+        [("silence", 1.2), ("tone", 2.5), ("silence", 1.8), ("tone", 1.6), ("silence", 1.0)], rate=rate
+    )
     stereo = np.stack([wave, 0.5 * wave], axis=1)
     path = tmp_path / "stereo.wav"
     sf.write(str(path), stereo, rate)
@@ -159,7 +175,7 @@ def test_stereo_44k_file_is_mixed_down_and_resampled_in_blocks(tmp_path):
     whole = load_audio(path)  # channels averaged, then one-shot soxr to 16 kHz
     for segment in segments:
         first = round(segment.start * RATE)
-        np.testing.assert_allclose(segment.samples, whole[first:first + segment.samples.size], atol=1e-6)
+        np.testing.assert_allclose(segment.samples, whole[first : first + segment.samples.size], atol=1e-6)
 
 
 def test_silence_gives_no_segment_and_says_so(tmp_path):
@@ -183,7 +199,7 @@ def test_continuous_speech_is_cut_at_the_memory_bound_without_gaps():
     assert segments[-1].end == pytest.approx(span[1] + PAD, abs=HANGOVER)
     joined = np.concatenate([s.samples for s in segments])
     first = round(segments[0].start * RATE)
-    np.testing.assert_array_equal(joined, wave[first:first + joined.size])
+    np.testing.assert_array_equal(joined, wave[first : first + joined.size])
 
 
 def test_file_errors_name_the_path(tmp_path):
@@ -203,14 +219,17 @@ def test_file_errors_name_the_path(tmp_path):
         segment_recording(tmp_path)
 
 
-@pytest.mark.parametrize("options,message", [
-    ({"max_segment_s": 0}, "max_segment_s must be positive"),
-    ({"min_segment_s": 9.0}, "min_segment_s .* must not exceed max_segment_s"),
-    ({"pad_s": -0.1}, "pad_s must be a number of seconds ≥ 0"),
-    ({"aggressiveness": 5}, "aggressiveness must be an integer 0–3"),
-    ({"frame_ms": 25}, "frame_ms must be 10, 20 or 30"),
-    ({"max_held_s": 1.0}, "max_held_s .* must be at least max_segment_s"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"max_segment_s": 0}, "max_segment_s must be positive"),
+        ({"min_segment_s": 9.0}, "min_segment_s .* must not exceed max_segment_s"),
+        ({"pad_s": -0.1}, "pad_s must be a number of seconds ≥ 0"),
+        ({"aggressiveness": 5}, "aggressiveness must be an integer 0–3"),
+        ({"frame_ms": 25}, "frame_ms must be 10, 20 or 30"),
+        ({"max_held_s": 1.0}, "max_held_s .* must be at least max_segment_s"),
+    ],
+)
 def test_bad_options_are_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         StreamSegmenter(**options)

@@ -53,7 +53,9 @@ def webm_opus_bytes(wave: np.ndarray, rate: int = RATE) -> bytes:
         stream = container.add_stream("libopus", rate=48000)
         stream.layout = "mono"
         for start in range(0, wave.size, 960):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[None, start:start + 960]), format="flt", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(wave[None, start : start + 960]), format="flt", layout="mono"
+            )
             frame.rate = 48000
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -106,9 +108,16 @@ class StandInPredictor:
             duration = audio.size / sample_rate
             logits = np.array([duration, 1.0, 0.5, 0.0])
             probs = np.exp(logits) / np.exp(logits).sum()
-            return {"label": CLASSES[int(np.argmax(probs))], "probabilities": dict(zip(CLASSES, probs.tolist())),
-                    "aux": {"route_audio": [0.25, 0.75], "gate_weights": [0.2, 0.3, 0.5]}, "modalities": ["audio", "text"],
-                    "transcript": text, "transcript_source": "given" if text else None, "duration_s": duration, "notes": []}
+            return {
+                "label": CLASSES[int(np.argmax(probs))],
+                "probabilities": dict(zip(CLASSES, probs.tolist())),
+                "aux": {"route_audio": [0.25, 0.75], "gate_weights": [0.2, 0.3, 0.5]},
+                "modalities": ["audio", "text"],
+                "transcript": text,
+                "transcript_source": "given" if text else None,
+                "duration_s": duration,
+                "notes": [],
+            }
         finally:
             with self._count_lock:
                 self.active -= 1
@@ -124,7 +133,9 @@ class StandInPredictor:
 
 
 def client_for(predictor=None, **limits) -> TestClient:
-    return TestClient(create_app(predictor or StandInPredictor(), ServiceLimits(**limits)), raise_server_exceptions=False)
+    return TestClient(
+        create_app(predictor or StandInPredictor(), ServiceLimits(**limits)), raise_server_exceptions=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +195,9 @@ def test_bad_uploads_get_clear_errors_and_the_service_keeps_serving(client):
     assert_error(post_audio(client, CORRUPT), 422, "invalid_audio", "clip.wav", "could not be read as audio")
     assert_error(post_audio(client, b""), 422, "empty_file", "empty")
     assert_error(post_audio(client, wav_bytes(4.0) + b"\0" * 10), 413, "payload_too_large", "MB")
-    assert_error(post_audio(client, wav_bytes(1.0), "notes.txt", "text/plain"), 415, "unsupported_media_type", "text/plain")
+    assert_error(
+        post_audio(client, wav_bytes(1.0), "notes.txt", "text/plain"), 415, "unsupported_media_type", "text/plain"
+    )
     assert_error(post_audio(client, wav_bytes(3.5, rate=8000), "long.wav"), 422, "audio_too_long", "3.5 s", "3 s")
     assert_error(post_audio(client, wav_bytes(1.0), text="x" * 5001), 422, "text_too_long", "5000")
     assert_error(post_audio(client, wav_bytes(1.0), text="boom"), 422, "invalid_input", "transcript is not usable")
@@ -214,8 +227,10 @@ def test_no_error_answer_leaks_internals_and_the_details_reach_the_log(caplog):
 
     predictor = StandInPredictor(sleep_s=0.4)
     caplog.set_level(logging.WARNING, logger="emomix.serve")
-    with client_for(predictor, max_upload_bytes=100_000, max_duration_s=3.0, timeout_s=0.2) as quick, \
-            client_for(predictor, max_upload_bytes=100_000, max_duration_s=3.0, timeout_s=30) as test_client:
+    with (
+        client_for(predictor, max_upload_bytes=100_000, max_duration_s=3.0, timeout_s=0.2) as quick,
+        client_for(predictor, max_upload_bytes=100_000, max_duration_s=3.0, timeout_s=30) as test_client,
+    ):
         answers = {
             "corrupt": post_audio(test_client, CORRUPT, "broken.wav"),
             "raw bytes": post_audio(test_client, np.zeros(10, np.int16).tobytes()),
@@ -229,11 +244,23 @@ def test_no_error_answer_leaks_internals_and_the_details_reach_the_log(caplog):
             "timeout": post_audio(quick, wav_bytes(1.0), text="slow"),
         }
         time.sleep(0.5)  # let the timed-out prediction finish
-        batch = test_client.post("/predict/batch", files=[("files", ("b.wav", CORRUPT, "audio/wav")),
-                                                          ("files", ("quiet.wav", sf_silence(), "audio/wav"))]).json()["results"]
+        batch = test_client.post(
+            "/predict/batch",
+            files=[("files", ("b.wav", CORRUPT, "audio/wav")), ("files", ("quiet.wav", sf_silence(), "audio/wav"))],
+        ).json()["results"]
     statuses = {name: response.status_code for name, response in answers.items()}
-    assert statuses == {"corrupt": 422, "raw bytes": 422, "mp3 name": 422, "empty": 422, "too long": 422, "too large": 413,
-                        "content type": 415, "silence": 422, "internal": 500, "timeout": 504}
+    assert statuses == {
+        "corrupt": 422,
+        "raw bytes": 422,
+        "mp3 name": 422,
+        "empty": 422,
+        "too long": 422,
+        "too large": 413,
+        "content type": 415,
+        "silence": 422,
+        "internal": 500,
+        "timeout": 504,
+    }
     for response in answers.values():
         assert_one_clean_sentence(response.json()["error"]["message"])
     for item in batch:
@@ -242,7 +269,9 @@ def test_no_error_answer_leaks_internals_and_the_details_reach_the_log(caplog):
     assert corrupt == "broken.wav could not be read as audio; send a WAV, FLAC, OGG, MP3 or WebM/MP4 audio file"
     assert batch[0]["error"]["message"].startswith("b.wav could not be read as audio")
     assert "silent" in answers["silence"].json()["error"]["message"]
-    logged = "\n".join(record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "") for record in caplog.records)
+    logged = "\n".join(
+        record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "") for record in caplog.records
+    )
     assert "broken.wav" in logged and "libsndfile" in logged, "the decoder's details belong in the server log"
     assert "secret internal detail" in logged
     assert all(r.levelno >= logging.WARNING for r in caplog.records if "broken.wav" in r.getMessage())
@@ -255,8 +284,14 @@ def test_the_503_answer_is_one_clean_sentence():
     async def burst():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await asyncio.gather(*[client.post("/predict", files={"file": ("a.wav", wav_bytes(0.5), "audio/wav")},
-                                                      data={"text": "slow"}) for _ in range(3)])
+            return await asyncio.gather(
+                *[
+                    client.post(
+                        "/predict", files={"file": ("a.wav", wav_bytes(0.5), "audio/wav")}, data={"text": "slow"}
+                    )
+                    for _ in range(3)
+                ]
+            )
 
     busy = [r for r in asyncio.run(burst()) if r.status_code == 503]
     assert busy
@@ -268,8 +303,12 @@ def test_the_503_answer_is_one_clean_sentence():
 def test_public_message_keeps_user_sentences_and_hides_internals():
     from emomix.serve.app import public_message
 
-    silent = AudioError("<array (16000,) float32>: the audio is silent; there is no speech to recognise an emotion from")
-    assert public_message(silent, "a.wav") == "a.wav: the audio is silent; there is no speech to recognise an emotion from"
+    silent = AudioError(
+        "<array (16000,) float32>: the audio is silent; there is no speech to recognise an emotion from"
+    )
+    assert (
+        public_message(silent, "a.wav") == "a.wav: the audio is silent; there is no speech to recognise an emotion from"
+    )
     leaky = AudioError("<_io.BytesIO object at 0x7f3a2b1c>: Error opening: Format not recognised (libsndfile)")
     assert "could not be processed" in public_message(leaky, "a.wav") and "0x7f" not in public_message(leaky, "a.wav")
     assert "/tmp" not in public_message(ConfigError("failed on /tmp/emomix-predict-x/item-000000.wav"), "a.wav")
@@ -298,7 +337,9 @@ def test_model_info_carries_the_aux_labels_and_hidden_wins_in_the_style_sheet(cl
     assert labels["labels"]["vad_fallback"] == "no speech found: whole clip used"
     assert "vad_fallback" in labels["flags"] and "route_audio" not in labels["flags"]
     css = (STATIC_DIR / "style.css").read_text()
-    assert re.search(r"\[hidden\]\s*\{\s*display:\s*none\s*!important", css), "the style sheet must not override `hidden`"
+    assert re.search(r"\[hidden\]\s*\{\s*display:\s*none\s*!important", css), (
+        "the style sheet must not override `hidden`"
+    )
 
 
 def test_a_path_is_never_accepted_in_place_of_an_upload():
@@ -328,7 +369,7 @@ def test_body_limit_applies_before_parsing_even_without_content_length():
 
         def chunks():
             for start in range(0, len(body), 4096):
-                yield body[start:start + 4096]
+                yield body[start : start + 4096]
 
         response = test_client.post("/predict", content=chunks(), headers=headers)
         assert "content-length" not in response.request.headers
@@ -337,8 +378,12 @@ def test_body_limit_applies_before_parsing_even_without_content_length():
 
 
 def test_batch_gives_each_bad_item_its_own_error(client):
-    files = [("files", ("a.wav", wav_bytes(1.0), "audio/wav")), ("files", ("b.wav", CORRUPT, "audio/wav")),
-             ("files", ("c.txt", wav_bytes(1.0), "text/plain")), ("files", ("d.wav", wav_bytes(2.0), "audio/wav"))]
+    files = [
+        ("files", ("a.wav", wav_bytes(1.0), "audio/wav")),
+        ("files", ("b.wav", CORRUPT, "audio/wav")),
+        ("files", ("c.txt", wav_bytes(1.0), "text/plain")),
+        ("files", ("d.wav", wav_bytes(2.0), "audio/wav")),
+    ]
     response = client.post("/predict/batch", files=files, data={"texts": ["one", "", "three", "boom"]})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
@@ -347,7 +392,12 @@ def test_batch_gives_each_bad_item_its_own_error(client):
     assert results[1]["error"]["type"] == "invalid_audio" and "b.wav" in results[1]["error"]["message"]
     assert results[2]["error"]["type"] == "unsupported_media_type"
     assert results[3]["error"] == {"type": "invalid_input", "message": "the transcript is not usable; give another"}
-    assert_error(client.post("/predict/batch", files=files, data={"texts": ["one"]}), 422, "validation_error", "1 texts for 4 files")
+    assert_error(
+        client.post("/predict/batch", files=files, data={"texts": ["one"]}),
+        422,
+        "validation_error",
+        "1 texts for 4 files",
+    )
     assert_error(client.post("/predict/batch", files=files + files[:1]), 422, "too_many_items", "limit is 4")
 
 
@@ -371,8 +421,10 @@ def test_requests_beyond_max_pending_get_503_and_inference_is_serialised():
     async def burst():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            requests = [client.post("/predict", files={"file": ("a.wav", wav_bytes(0.5), "audio/wav")}, data={"text": "slow"})
-                        for _ in range(5)]
+            requests = [
+                client.post("/predict", files={"file": ("a.wav", wav_bytes(0.5), "audio/wav")}, data={"text": "slow"})
+                for _ in range(5)
+            ]
             return await asyncio.gather(*requests)
 
     statuses = sorted(r.status_code for r in asyncio.run(burst()))
@@ -385,15 +437,25 @@ def test_limits_are_validated():
         ServiceLimits(max_upload_bytes=0)
     limits = ServiceLimits()
     assert limits.accepts("audio/x-wav") and limits.accepts("AUDIO/OGG; codecs=opus") and limits.accepts(None)
-    assert limits.accepts("application/octet-stream") and not limits.accepts("image/png") and not limits.accepts("text/plain")
+    assert (
+        limits.accepts("application/octet-stream")
+        and not limits.accepts("image/png")
+        and not limits.accepts("text/plain")
+    )
 
 
 def test_concurrent_requests_on_a_real_server_all_succeed():
     predictor = StandInPredictor()
     clip = wav_bytes(0.5)
-    with BackgroundServer(create_app(predictor, ServiceLimits(worker_threads=2))) as url, httpx.Client(base_url=url, timeout=30) as http:
+    with (
+        BackgroundServer(create_app(predictor, ServiceLimits(worker_threads=2))) as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+
         def one(index: int) -> int:
-            response = http.post("/predict", files={"file": (f"{index}.wav", clip, "audio/wav")}, data={"text": f"t{index}"})
+            response = http.post(
+                "/predict", files={"file": (f"{index}.wav", clip, "audio/wav")}, data={"text": f"t{index}"}
+            )
             return response.status_code if response.json().get("transcript") == f"t{index}" else -1
 
         with ThreadPoolExecutor(8) as pool:
@@ -417,8 +479,15 @@ def real_predictor(synthetic_predictor, one_thread):
 def real_clips(trained_synthetic_run, synthetic_features):
     """Four test utterances of the run's corpus: (file bytes, transcript, speaker, path)."""
     table = synthetic_features.table.sort_values("utt_id").head(4)
-    return [((synthetic_features.root / row.audio_path).read_bytes(), row.text, row.speaker,
-             synthetic_features.root / row.audio_path) for row in table.itertuples()]
+    return [
+        (
+            (synthetic_features.root / row.audio_path).read_bytes(),
+            row.text,
+            row.speaker,
+            synthetic_features.root / row.audio_path,
+        )
+        for row in table.itertuples()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -429,7 +498,9 @@ def real_client(real_predictor):
 
 def test_real_model_predicts_an_upload_like_the_predictor_on_the_file(real_client, real_predictor, real_clips):
     data, text, speaker, path = real_clips[0]
-    response = real_client.post("/predict", files={"file": (path.name, data, "audio/wav")}, data={"text": text, "speaker": speaker})
+    response = real_client.post(
+        "/predict", files={"file": (path.name, data, "audio/wav")}, data={"text": text, "speaker": speaker}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     classes = real_predictor.info()["classes"]
@@ -446,7 +517,9 @@ def test_real_model_predicts_an_upload_like_the_predictor_on_the_file(real_clien
 def test_real_model_batch_health_and_model(real_client, real_predictor, real_clips, trained_synthetic_run):
     import json
 
-    files = [("files", (p.name, d, "audio/wav")) for d, _, _, p in real_clips[:2]] + [("files", ("bad.wav", CORRUPT, "audio/wav"))]
+    files = [("files", (p.name, d, "audio/wav")) for d, _, _, p in real_clips[:2]] + [
+        ("files", ("bad.wav", CORRUPT, "audio/wav"))
+    ]
     texts = [t for _, t, _, _ in real_clips[:2]] + ["x"]
     response = real_client.post("/predict/batch", files=files, data={"texts": texts})
     assert response.status_code == 200, response.text
@@ -484,13 +557,18 @@ def sf_silence(seconds: float = 1.0) -> bytes:
 def test_real_model_reads_a_browser_recording(real_client, real_clips):
     data, text, _, _ = real_clips[2]
     wave, rate = sf.read(io.BytesIO(data), dtype="float32")
-    response = real_client.post("/predict", files={"file": ("recording.webm", webm_opus_bytes(wave, rate), "audio/webm;codecs=opus")},
-                                data={"text": text})
+    response = real_client.post(
+        "/predict",
+        files={"file": ("recording.webm", webm_opus_bytes(wave, rate), "audio/webm;codecs=opus")},
+        data={"text": text},
+    )
     assert response.status_code == 200, response.text
     assert response.json()["duration_s"] == pytest.approx(wave.size / rate, abs=0.05)
 
 
-@pytest.mark.parametrize("count", [8, pytest.param(40, marks=pytest.mark.e2e), pytest.param(200, marks=pytest.mark.e2e)])
+@pytest.mark.parametrize(
+    "count", [8, pytest.param(40, marks=pytest.mark.e2e), pytest.param(200, marks=pytest.mark.e2e)]
+)
 def test_real_model_serves_requests_8_at_a_time_without_errors(real_predictor, real_clips, count):
     """Every concurrent answer equals the answer to the same request made alone. 8 requests in
     the fast suite (about 0.1-0.3 s each on two shared cores); 40 and 200 with ``-m e2e``, and
@@ -498,9 +576,12 @@ def test_real_model_serves_requests_8_at_a_time_without_errors(real_predictor, r
     limits = ServiceLimits(worker_threads=2, timeout_s=120)
     references = {}
     with BackgroundServer(create_app(real_predictor, limits)) as url, httpx.Client(base_url=url, timeout=120) as http:
+
         def one(index: int) -> dict:
             data, text, speaker, path = real_clips[index % len(real_clips)]
-            response = http.post("/predict", files={"file": (path.name, data, "audio/wav")}, data={"text": text, "speaker": speaker})
+            response = http.post(
+                "/predict", files={"file": (path.name, data, "audio/wav")}, data={"text": text, "speaker": speaker}
+            )
             return {"index": index, "status": response.status_code, "body": response.json()}
 
         for index in range(len(real_clips)):  # the answers every concurrent request must reproduce
@@ -547,15 +628,40 @@ def test_serve_command_builds_the_limits_and_runs_uvicorn(monkeypatch, tmp_path)
         return StandInPredictor()
 
     monkeypatch.setattr(predictor_module.Predictor, "from_run", classmethod(from_run))
-    monkeypatch.setattr(server_module, "run_server", lambda app, host, port, log_level: calls.update(app=app, host=host, port=port))
-    result = CliRunner().invoke(serve_cli(), ["serve", str(tmp_path), "--port", "8123", "--fold", "ses02", "--seed", "1",
-                                              "--max-upload-mb", "2", "--max-duration-s", "12", "--timeout-s", "5",
-                                              "--workers-threads", "3"])
+    monkeypatch.setattr(
+        server_module, "run_server", lambda app, host, port, log_level: calls.update(app=app, host=host, port=port)
+    )
+    result = CliRunner().invoke(
+        serve_cli(),
+        [
+            "serve",
+            str(tmp_path),
+            "--port",
+            "8123",
+            "--fold",
+            "ses02",
+            "--seed",
+            "1",
+            "--max-upload-mb",
+            "2",
+            "--max-duration-s",
+            "12",
+            "--timeout-s",
+            "5",
+            "--workers-threads",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert calls["run"] == (tmp_path, "ses02", 1) and calls["port"] == 8123 and calls["host"] == "127.0.0.1"
     assert "serving stand_in" in result.output
     limits = calls["app"].state.service.limits
-    assert (limits.max_upload_bytes, limits.max_duration_s, limits.timeout_s, limits.worker_threads) == (2 * 1024 * 1024, 12.0, 5.0, 3)
+    assert (limits.max_upload_bytes, limits.max_duration_s, limits.timeout_s, limits.worker_threads) == (
+        2 * 1024 * 1024,
+        12.0,
+        5.0,
+        3,
+    )
     refused = CliRunner().invoke(serve_cli(), ["serve", str(tmp_path), "--max-upload-mb", "0"])
     assert isinstance(refused.exception, ConfigError) and "--max-upload-mb" in str(refused.exception)
 
@@ -578,11 +684,19 @@ def test_model_card_markdown_warns_about_synthetic_training_and_says_not_exporte
 
     assert training_data_notes({"corpus": "synthetic"}, None) == [SYNTHETIC_NOTE]
     assert training_data_notes({"corpus": "emodb"}, None) == []
-    card = {"name": "dual_routing", "classes": CLASSES, "inputs": ["audio", "text"], "warnings": [SYNTHETIC_NOTE],
-            "metrics": {"status": "not evaluated", "reason": "no report"},
-            "export": {"encoders": {"audio": {"encoder": "opensmile", "exported": False, "reason": "not requested (add --encoders)"},
-                                    "text": {"encoder": "minilm", "exported": False,
-                                             "reason": "openSMILE is a C++ library"}}}}
+    card = {
+        "name": "dual_routing",
+        "classes": CLASSES,
+        "inputs": ["audio", "text"],
+        "warnings": [SYNTHETIC_NOTE],
+        "metrics": {"status": "not evaluated", "reason": "no report"},
+        "export": {
+            "encoders": {
+                "audio": {"encoder": "opensmile", "exported": False, "reason": "not requested (add --encoders)"},
+                "text": {"encoder": "minilm", "exported": False, "reason": "openSMILE is a C++ library"},
+            }
+        },
+    }
     markdown = card_markdown(card)
     assert "trained on the synthetic corpus" in markdown.split("## Features")[0]
     assert "not exported (not requested" not in markdown and "((" not in markdown and "))" not in markdown

@@ -62,15 +62,17 @@ def test_audio_key_changes_with_bytes_span_encoder_and_preprocessing(tmp_path):
     same_as_a = tmp_path / "moved" / "copy.wav"
     same_as_a.parent.mkdir()
     same_as_a.write_bytes(Path(a).read_bytes())
-    table = audio_table([
-        {"audio_path": a},
-        {"audio_path": b},
-        {"audio_path": str(same_as_a)},
-        {"audio_path": a, "start": 0.0, "end": 0.1},
-        {"audio_path": a, "start": 0.0, "end": 0.15},
-        {"audio_path": a, "start": 0.05, "end": 0.15},
-        {"audio_path": a, "start": 0.05, "end": 0.15000000000000002},
-    ])
+    table = audio_table(
+        [
+            {"audio_path": a},
+            {"audio_path": b},
+            {"audio_path": str(same_as_a)},
+            {"audio_path": a, "start": 0.0, "end": 0.1},
+            {"audio_path": a, "start": 0.0, "end": 0.15},
+            {"audio_path": a, "start": 0.05, "end": 0.15},
+            {"audio_path": a, "start": 0.05, "end": 0.15000000000000002},
+        ]
+    )
     with FeatureStore(tmp_path / "store") as store:
         base, failures = utterance_keys(table, ScaledEncoder(1.0), store)
         assert failures == []
@@ -88,8 +90,9 @@ def test_audio_key_changes_with_bytes_span_encoder_and_preprocessing(tmp_path):
             "target rate": utterance_keys(table, ScaledEncoder(1.0), store, PreprocessConfig(target_rate=8000))[0],
             "loudness": utterance_keys(table, ScaledEncoder(1.0), store, PreprocessConfig(normalise_loudness=True))[0],
             "vad": utterance_keys(table, ScaledEncoder(1.0), store, PreprocessConfig(vad="webrtc"))[0],
-            "vad option": utterance_keys(table, ScaledEncoder(1.0), store,
-                                         PreprocessConfig(vad="webrtc", vad_options={"aggressiveness": 3}))[0],
+            "vad option": utterance_keys(
+                table, ScaledEncoder(1.0), store, PreprocessConfig(vad="webrtc", vad_options={"aggressiveness": 3})
+            )[0],
             "chunking": utterance_keys(table, ScaledEncoder(1.0), store, PreprocessConfig(chunk_max_s=3.0))[0],
         }
         for what, changed in variants.items():
@@ -101,12 +104,14 @@ def test_audio_key_changes_with_bytes_span_encoder_and_preprocessing(tmp_path):
 
 
 def test_text_key_normalisation_and_independence_from_audio_settings(tmp_path):
-    table = make_table([
-        {"utt_id": "a", "corpus": "t", "speaker": "s", "text": "Hello there"},
-        {"utt_id": "b", "corpus": "t", "speaker": "s", "text": "  Hello there \n"},
-        {"utt_id": "c", "corpus": "t", "speaker": "s", "text": "hello there"},
-        {"utt_id": "d", "corpus": "t", "speaker": "s", "text": None},
-    ])
+    table = make_table(
+        [
+            {"utt_id": "a", "corpus": "t", "speaker": "s", "text": "Hello there"},
+            {"utt_id": "b", "corpus": "t", "speaker": "s", "text": "  Hello there \n"},
+            {"utt_id": "c", "corpus": "t", "speaker": "s", "text": "hello there"},
+            {"utt_id": "d", "corpus": "t", "speaker": "s", "text": None},
+        ]
+    )
     encoder = ScaledEncoder(modality="text")
     with FeatureStore(tmp_path / "store") as store:
         strip, failures = utterance_keys(table, encoder, store)
@@ -124,7 +129,9 @@ def test_key_functions_directly():
     assert spec["layers"] == [4, 8]
     base = feature_key(text_input("x"), spec, {"text_normalisation": "strip"})
     assert len(base) == 64 and base == feature_key(text_input(" x "), spec, {"text_normalisation": "strip"})
-    assert feature_key(audio_input("f" * 64, 1.0, 2.0), "abc", {}) != feature_key(audio_input("f" * 64, 1.0, 2.5), "abc", {})
+    assert feature_key(audio_input("f" * 64, 1.0, 2.0), "abc", {}) != feature_key(
+        audio_input("f" * 64, 1.0, 2.5), "abc", {}
+    )
     # dict order never matters; values do
     assert feature_key(text_input("x"), spec, {"a": 1, "b": 2}) == feature_key(text_input("x"), spec, {"b": 2, "a": 1})
     assert feature_key(text_input("x"), spec, {"a": 1}) != feature_key(text_input("x"), spec, {"a": 2})
@@ -196,8 +203,7 @@ def test_round_trip_keeps_shapes_without_padding(tmp_path, dtype):
         assert stats["bytes"] == shard.stat().st_size
     # The shard is plain safetensors: one tensor per field, rows concatenated, no padding.
     with safe_open(str(shard), framework="numpy") as handle:
-        shapes = {name.split(".", 1)[1]: handle.get_slice(name).get_shape()
-                  for name in handle.keys()}  # noqa: SIM118 - safe_open has keys() but is not iterable
+        shapes = {name.split(".", 1)[1]: handle.get_slice(name).get_shape() for name in handle.keys()}  # noqa: SIM118 - safe_open has keys() but is not iterable
         meta = handle.metadata()
     total_frames = sum(3 + 2 * i for i in range(6))
     assert shapes["states"] == [total_frames, 8] and shapes["layer_1"] == [total_frames, 8]
@@ -289,8 +295,12 @@ def test_crash_between_rename_and_commit_leaves_an_orphan_that_is_adopted(tmp_pa
     # Leftovers of a crash inside the shard write itself: a temp file and a truncated shard.
     folder = tmp_path / "shards" / "ns"
     (folder / ".main-0123456789abcdef.safetensors.tmp").write_bytes(b"partial")
-    good_orphan = next(p for p in folder.glob("*.safetensors") if p.stem not in {
-        r[0] for r in store_module._connect(tmp_path / "index.sqlite").execute("SELECT shard FROM shards")})
+    good_orphan = next(
+        p
+        for p in folder.glob("*.safetensors")
+        if p.stem
+        not in {r[0] for r in store_module._connect(tmp_path / "index.sqlite").execute("SELECT shard FROM shards")}
+    )
     (folder / "main-fedcba9876543210.safetensors").write_bytes(good_orphan.read_bytes()[:-20])
     (folder / "other-worker-0123456789abcdef.safetensors.tmp").write_bytes(b"not mine")
     with FeatureStore(tmp_path) as store:

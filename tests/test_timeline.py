@@ -42,7 +42,7 @@ def recording(synthetic_features, tmp_path_factory):
         if position + samples.size / RATE > LENGTH_S - 1.0:
             break
         first = int(round(position * RATE))
-        wave[first:first + samples.size] = samples
+        wave[first : first + samples.size] = samples
         placed.append((first / RATE, (first + samples.size) / RATE, row.text))
         position = (first + samples.size) / RATE + float(rng.uniform(2.5, 4.0))
     path = tmp_path_factory.mktemp("timeline") / "minute.wav"
@@ -66,7 +66,9 @@ def test_a_minute_of_utterances_becomes_a_timeline_written_as_json_and_png(predi
         assert any(segment["start"] < end and segment["end"] > start for start, end, _ in placed), segment
     assert [s["index"] for s in segments] == list(range(len(segments)))
     for segment in segments:
-        assert segment["label"] in predictor.classes and sum(segment["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert segment["label"] in predictor.classes and sum(segment["probabilities"].values()) == pytest.approx(
+            1.0, abs=1e-5
+        )
         assert set(segment["aux"]) == {"route_audio", "vad_fallback"}
     summary = result["summary"]
     assert summary["segments"] == len(segments) and summary["failed"] == 0
@@ -80,7 +82,9 @@ def test_a_minute_of_utterances_becomes_a_timeline_written_as_json_and_png(predi
     assert segmentation["segments_s"] == pytest.approx(summary["predicted_s"] + summary["failed_s"], abs=2e-3)
     speech = sum(end - start for start, end, _ in placed)
     assert segmentation["vad_speech_s"] == pytest.approx(speech, rel=0.25)
-    assert segmentation["vad_speech_s"] < segmentation["segments_s"], "segments add padding and pauses to the VAD's speech"
+    assert segmentation["vad_speech_s"] < segmentation["segments_s"], (
+        "segments add padding and pauses to the VAD's speech"
+    )
     assert result["duration_s"] == pytest.approx(LENGTH_S, abs=0.01)
     assert AUDIO_ONLY_NOTE in result["notes"]  # no transcript, no recogniser: shared by every segment
     assert all(AUDIO_ONLY_NOTE not in s["notes"] for s in segments)
@@ -106,7 +110,9 @@ def test_timed_transcripts_reach_their_segments_through_the_predictor(predictor,
     first = next(iter(segment_recording(path)))
     alone = predictor.predict(audio=first.samples, sample_rate=RATE, text=placed[0][2], speaker="nobody")
     got = result["segments"][0]["probabilities"]
-    assert [got[c] for c in predictor.classes] == pytest.approx([alone["probabilities"][c] for c in predictor.classes], abs=1e-6)
+    assert [got[c] for c in predictor.classes] == pytest.approx(
+        [alone["probabilities"][c] for c in predictor.classes], abs=1e-6
+    )
 
 
 def test_a_silent_recording_has_no_segments_and_says_so(predictor, tmp_path):
@@ -129,8 +135,10 @@ def test_cli_timeline_writes_json_and_a_plot(trained_synthetic_run, recording, t
 
     path, _ = recording
     out, plot = tmp_path / "timeline.json", tmp_path / "timeline.png"
-    result = CliRunner().invoke(app, ["predict", str(trained_synthetic_run), str(path), "--timeline", "--plot", str(plot),
-                                      "--out", str(out), "-q"])
+    result = CliRunner().invoke(
+        app,
+        ["predict", str(trained_synthetic_run), str(path), "--timeline", "--plot", str(plot), "--out", str(out), "-q"],
+    )
     assert result.exit_code == 0, result.output
     [written] = json.loads(out.read_text())
     assert written["input"] == str(path) and written["plot"] == str(plot) and plot.exists() and written["segments"]
@@ -140,8 +148,9 @@ def test_cli_timeline_writes_json_and_a_plot(trained_synthetic_run, recording, t
     assert json.loads(document)["segments"] == written["segments"]
     assert max(map(len, document.splitlines())) < 200, "a timeline on stdout is indented, not one long line"
     csv_out = tmp_path / "segments.csv"
-    result = CliRunner().invoke(app, ["predict", str(trained_synthetic_run), str(path), "--timeline", "--out", str(csv_out),
-                                      "-q"])
+    result = CliRunner().invoke(
+        app, ["predict", str(trained_synthetic_run), str(path), "--timeline", "--out", str(csv_out), "-q"]
+    )
     assert result.exit_code == 0, result.output
     header = csv_out.read_text().splitlines()[0].split(",")
     assert header[:4] == ["input", "start", "end", "label"] and "prob_angry" in header

@@ -45,7 +45,9 @@ def test_cross_validation_writes_predictions_checkpoints_and_report(finished_run
     assert ua > 0.25 + 0.2, f"pooled UA {ua:.3f} after 6 epochs"
     for fold in FOLDS:
         folder = out / "folds" / fold / "seed-0"
-        assert {"model.safetensors", "model.json", "history.csv", "predictions.parquet", "done.json"} <= {p.name for p in folder.iterdir()}
+        assert {"model.safetensors", "model.json", "history.csv", "predictions.parquet", "done.json"} <= {
+            p.name for p in folder.iterdir()
+        }
         assert not list(folder.glob("*.ckpt")), "the resume checkpoint is removed once a fold is done"
         card = json.loads((folder / "model.json").read_text())
         assert card["model"] == "dual_routing" and card["classes"] == list(synthetic_features.classes)
@@ -70,8 +72,12 @@ def test_saved_weights_reproduce_the_saved_predictions(finished_run, synthetic_f
     model = TrainedModel.from_pretrained(folder)  # no trainer, no optimiser config
     context = prepare_run(Recipe.from_dict(recipe_dict(synthetic_features)), out, progress=False, log=lambda m: None)
     fold = context.plan.folds[0]
-    module = EmotionDataModule(context.feature_set, context.table, context.classes,
-                               {"train": fold.train, "validation": fold.validation, "test": fold.test})
+    module = EmotionDataModule(
+        context.feature_set,
+        context.table,
+        context.classes,
+        {"train": fold.train, "validation": fold.validation, "test": fold.test},
+    )
     ids, probs, _, _ = predict_rows(model, module.test_dataloader())
     saved = pd.read_parquet(folder / "predictions.parquet").set_index("utt_id").loc[ids]
     expected = saved[[f"prob_{c}" for c in card["classes"]]].to_numpy()
@@ -100,7 +106,9 @@ def test_an_interrupted_fold_resumes_from_its_last_checkpoint(synthetic_features
     from emomix.train import task as task_module
 
     out = tmp_path / "interrupted"
-    recipe = Recipe.from_dict(recipe_dict(synthetic_features) | {"training": {"epochs": 5, "patience": None, "threads": 1}})
+    recipe = Recipe.from_dict(
+        recipe_dict(synthetic_features) | {"training": {"epochs": 5, "patience": None, "threads": 1}}
+    )
     original = task_module.HistoryWriter.on_train_epoch_end
 
     def crash_after_epoch_three(self, trainer, module):
@@ -168,10 +176,13 @@ def test_typos_name_the_recipe_file_and_the_block_path(tmp_path):
         load_recipe(path)
     assert str(error.value).startswith(f"{path}: training.max_epoch is not a setting; did you mean training.epochs?")
     path.write_text(source.replace("config: {}", "config: {hiden_dim: 64}"))
-    with pytest.raises(ConfigError, match=r"x\.yaml: model\.config\.hiden_dim is not a setting; did you mean "
-                                          r"model\.config\.hidden_dim\?") as error:
+    with pytest.raises(
+        ConfigError,
+        match=r"x\.yaml: model\.config\.hiden_dim is not a setting; did you mean "
+        r"model\.config\.hidden_dim\?",
+    ) as error:
         load_recipe(path)
-    assert "Config" not in str(error.value)                    # no Python class name
+    assert "Config" not in str(error.value)  # no Python class name
     path.write_text(source.replace("config: {}", "config: {dropout: 2}"))
     with pytest.raises(ConfigError, match=r"x\.yaml: model\.config\.dropout must be in") as error:
         load_recipe(path)
@@ -183,12 +194,15 @@ def test_raw_inputs_into_a_model_without_input_norm_are_refused_until_standardis
     ComParE values (loss 1.6e8, UA below chance) without a word."""
     path = Path(__file__).parent.parent / "configs" / "emodb" / "joined_functionals.yaml"
     off = {"features.audio.speaker_normalisation": False}
-    with pytest.raises(ConfigError, match=r"input_norm: false, but features\.audio is neither speaker-normalised nor "
-                                          r"standardised.*set training\.standardise: true"):
+    with pytest.raises(
+        ConfigError,
+        match=r"input_norm: false, but features\.audio is neither speaker-normalised nor "
+        r"standardised.*set training\.standardise: true",
+    ):
         load_recipe(path, off)
     assert load_recipe(path, off | {"training.standardise": True}).training.standardise
     assert load_recipe(path, off | {"model.config.input_norm": True}).model.config["input_norm"] is True
-    assert load_recipe(path).feature_specs()["audio"].speaker_normalisation   # the shipped recipe is scaled
+    assert load_recipe(path).feature_specs()["audio"].speaker_normalisation  # the shipped recipe is scaled
 
 
 def _tiny_manifest(folder: Path) -> Path:
@@ -201,11 +215,13 @@ def _tiny_manifest(folder: Path) -> Path:
 
 def _tiny_recipe(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text("name: tiny\n"
-                    "corpus: {reader: manifest, root: \"${datasets}/tiny\", scheme: null}\n"
-                    "protocol: {name: loso-speaker, params: {validation: none}}\n"
-                    "features: {text: {encoder: minilm}}\n"
-                    "model: {name: early_fusion_text}\n")
+    path.write_text(
+        "name: tiny\n"
+        'corpus: {reader: manifest, root: "${datasets}/tiny", scheme: null}\n'
+        "protocol: {name: loso-speaker, params: {validation: none}}\n"
+        "features: {text: {encoder: minilm}}\n"
+        "model: {name: early_fusion_text}\n"
+    )
     return path
 
 
@@ -222,21 +238,21 @@ def test_missing_datasets_folder_fails_in_one_sentence_and_does_not_block_the_re
     def reached(*args, **kwargs):
         raise _ReachedFeatures()
 
-    monkeypatch.setattr(features, "build_features", reached)   # the test stops where features would be built
+    monkeypatch.setattr(features, "build_features", reached)  # the test stops where features would be built
     monkeypatch.delenv("EMOMIX_DATASETS", raising=False)
     monkeypatch.setattr(paths, "shared_datasets_dir", lambda: None)
     monkeypatch.chdir(tmp_path)
     recipe_path = _tiny_recipe(tmp_path)
     out = tmp_path / "runs" / "tiny"
 
-    recipe = load_recipe(recipe_path)            # the recipe still validates without the folder
+    recipe = load_recipe(recipe_path)  # the recipe still validates without the folder
     with pytest.raises(MissingDataError) as error:
         prepare_run(recipe, out, progress=False, log=lambda m: None)
     message = str(error.value)
     assert "EMOMIX_DATASETS" in message and "None" not in message and "${datasets}" in message
-    assert str(tmp_path.parent / "shared" / "datasets") in message          # the ../shared/datasets it tried
-    assert message.count(". ") == 0 and "\n" not in message                 # one sentence
-    assert not out.exists()                      # nothing written: the retry is not blocked
+    assert str(tmp_path.parent / "shared" / "datasets") in message  # the ../shared/datasets it tried
+    assert message.count(". ") == 0 and "\n" not in message  # one sentence
+    assert not out.exists()  # nothing written: the retry is not blocked
 
     datasets = tmp_path / "corpora"
     _tiny_manifest(datasets / "tiny")
@@ -285,15 +301,20 @@ def test_a_late_fusion_model_trains_its_parts_and_loads_as_one(synthetic_feature
     from emomix.train.run import prepare_run
 
     data = recipe_dict(synthetic_features)
-    data["model"] = {"name": "complementary", "config": {"hidden_dim": 16, "ca_heads": 2, "graph_heads": 2,
-                                                         "num_experts": 2, "graph": "spread"}}
+    data["model"] = {
+        "name": "complementary",
+        "config": {"hidden_dim": 16, "ca_heads": 2, "graph_heads": 2, "num_experts": 2, "graph": "spread"},
+    }
     data["training"].update(epochs=1)
     recipe = Recipe.from_dict(data)
     out = tmp_path / "complementary"
     train_recipe(recipe, out, folds=["ses01"], progress=False, log=None, report=False)
     folder = out / "folds" / "ses01" / "seed-0"
-    assert {p.name for p in folder.glob("*.safetensors")} == {"model.safetensors", "complementary_ca.safetensors",
-                                                               "complementary_spl.safetensors"}
+    assert {p.name for p in folder.glob("*.safetensors")} == {
+        "model.safetensors",
+        "complementary_ca.safetensors",
+        "complementary_spl.safetensors",
+    }
     card = json.loads((folder / "model.json").read_text())
     assert set(card["training"]) == {"complementary_ca", "complementary_spl", "fusion_weights"}
     assert len(card["training"]["fusion_weights"]) == len(card["classes"])
@@ -301,8 +322,12 @@ def test_a_late_fusion_model_trains_its_parts_and_loads_as_one(synthetic_feature
     assert model.model.fusion_weights.tolist() == pytest.approx(card["training"]["fusion_weights"], abs=1e-4)
     context = prepare_run(recipe, out, progress=False, log=lambda m: None)
     fold = context.plan.folds[0]
-    module = EmotionDataModule(context.feature_set, context.table, context.classes,
-                               {"train": fold.train, "validation": fold.validation, "test": fold.test})
+    module = EmotionDataModule(
+        context.feature_set,
+        context.table,
+        context.classes,
+        {"train": fold.train, "validation": fold.validation, "test": fold.test},
+    )
     ids, probs, _, _ = predict_rows(model, module.test_dataloader())
     saved = pd.read_parquet(folder / "predictions.parquet").set_index("utt_id").loc[ids]
     assert abs(probs - saved[[f"prob_{c}" for c in card["classes"]]].to_numpy()).max() < 1e-5

@@ -31,10 +31,14 @@ class _Tiny(torch.nn.Module):
 
 
 def _configured(schedule: str, monkeypatch, **options):
-    task = EmotionTask(_Tiny(), OptimiserConfig(schedule=schedule, lr=1e-3, encoder_lr=1e-5, **options),
-                       fine_tune={"text": (torch.nn.Linear(3, 3), 0, [])})
-    trainer = L.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_train_batches=5)
+    task = EmotionTask(
+        _Tiny(),
+        OptimiserConfig(schedule=schedule, lr=1e-3, encoder_lr=1e-5, **options),
+        fine_tune={"text": (torch.nn.Linear(3, 3), 0, [])},
+    )
+    trainer = L.Trainer(
+        max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False, limit_train_batches=5
+    )
     task.trainer = trainer  # what Lightning sets before calling configure_optimizers
     monkeypatch.setattr(L.Trainer, "estimated_stepping_batches", property(lambda self: 20))
     return task, task.configure_optimizers()
@@ -69,15 +73,20 @@ def test_top_layer_fine_tuning_trains_only_the_top_layers(synthetic_features, tm
     torch.set_num_threads(1)
     try:
         root = synthetic_features.root
-        recipe = Recipe.from_dict({
-            "name": "finetune",
-            "corpus": {"reader": "synthetic", "root": str(root)},
-            "protocol": {"name": "loso", "params": {"validation": "group"}},
-            "features": {"store": str(root.parent / "store"), "text": {"encoder": "minilm", "trainable_top_layers": 1}},
-            "model": {"name": "early_fusion_text", "config": {"hidden_dim": 32}},
-            "optimiser": {"lr": 2e-3, "encoder_lr": 1e-3, "schedule": "none"},
-            "training": {"epochs": 1, "batch_size": 32, "patience": None},
-        })
+        recipe = Recipe.from_dict(
+            {
+                "name": "finetune",
+                "corpus": {"reader": "synthetic", "root": str(root)},
+                "protocol": {"name": "loso", "params": {"validation": "group"}},
+                "features": {
+                    "store": str(root.parent / "store"),
+                    "text": {"encoder": "minilm", "trainable_top_layers": 1},
+                },
+                "model": {"name": "early_fusion_text", "config": {"hidden_dim": 32}},
+                "optimiser": {"lr": 2e-3, "encoder_lr": 1e-3, "schedule": "none"},
+                "training": {"epochs": 1, "batch_size": 32, "patience": None},
+            }
+        )
         train_recipe(recipe, tmp_path / "run", folds=["ses01"], progress=False, log=None)
     finally:
         torch.set_num_threads(threads)
@@ -86,7 +95,7 @@ def test_top_layer_fine_tuning_trains_only_the_top_layers(synthetic_features, tm
     assert encoder_keys and all(".layer.5." in k for k in encoder_keys), encoder_keys[:5]
     assert any(k.startswith("model.") for k in state)
     pretrained = dict(create_encoder("minilm").named_parameters())
-    changed = [k for k in encoder_keys if not torch.equal(state[k], pretrained[k[len("encoders.text."):]].detach())]
+    changed = [k for k in encoder_keys if not torch.equal(state[k], pretrained[k[len("encoders.text.") :]].detach())]
     assert changed, "the fine-tuned layer's weights did not move"
 
 
@@ -104,7 +113,9 @@ def test_standardisation_travels_with_the_weights():
     mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
     batch = Batch(inputs={"audio": ModalityInput(states=states, mask=mask)})
     task.eval()
-    expected = model(Batch(inputs={"audio": ModalityInput(states=(states - mean) / std * mask.unsqueeze(-1), mask=mask)})).logits
+    expected = model(
+        Batch(inputs={"audio": ModalityInput(states=(states - mean) / std * mask.unsqueeze(-1), mask=mask)})
+    ).logits
     torch.testing.assert_close(task(batch).logits, expected)
     fresh = EmotionTask(create_model("early_fusion_audio", {"hidden_dim": 8}, {"audio": 5}, 3), OptimiserConfig())
     fresh.load_trainable_state(task.trainable_state())
@@ -123,7 +134,7 @@ def test_the_task_wraps_the_plain_saved_model_and_resumes_old_checkpoints():
     task = EmotionTask(create_model("early_fusion_audio", {"hidden_dim": 8}, {"audio": 5}, 3), OptimiserConfig())
     assert isinstance(task.net, TrainedModel) and task.model is task.net.model
     assert set(task.trainable_state()) == {f"model.{k}" for k in task.model.state_dict()}
-    old_keys = {key[len("net."):]: value.clone() for key, value in task.state_dict().items()}
+    old_keys = {key[len("net.") :]: value.clone() for key, value in task.state_dict().items()}
     assert all(key.startswith("model.") for key in old_keys)
     resumed = EmotionTask(create_model("early_fusion_audio", {"hidden_dim": 8}, {"audio": 5}, 3), OptimiserConfig())
     checkpoint = {"state_dict": old_keys}

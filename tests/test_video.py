@@ -143,7 +143,7 @@ def test_frames_without_a_face_reuse_the_last_box():
     crops, found = face_crops(frames, size=32, num_frames=3)
     assert found == 1
     x, y, w, h = detect_largest_face(to_gray(face))
-    expected_face = cv2.resize(to_gray(face)[y:y + h, x:x + w], (32, 32), interpolation=cv2.INTER_AREA)
+    expected_face = cv2.resize(to_gray(face)[y : y + h, x : x + w], (32, 32), interpolation=cv2.INTER_AREA)
     np.testing.assert_array_equal(crops[1], expected_face)
     # Before the first detection and after it, the same box is cut from the face-less frames.
     assert (crops[0] == 128).all() and (crops[2] == 128).all()
@@ -234,9 +234,19 @@ def test_extraction_drops_and_counts_a_clip_without_a_face(tmp_path):
     face = portrait()
     write_video(tmp_path / "face.mp4", np.stack([face, face]))
     write_video(tmp_path / "noface.mp4", noise_frames(3, 192, 160))
-    table = pd.DataFrame({"utt_id": ["a", "b"], "audio_path": [None, None], "start": [None, None], "end": [None, None],
-                          "text": ["x", "y"], "video_path": ["face.mp4", "noface.mp4"], "video_start": [None, None],
-                          "video_end": [None, None], "speaker": ["s", "s"]})
+    table = pd.DataFrame(
+        {
+            "utt_id": ["a", "b"],
+            "audio_path": [None, None],
+            "start": [None, None],
+            "end": [None, None],
+            "text": ["x", "y"],
+            "video_path": ["face.mp4", "noface.mp4"],
+            "video_start": [None, None],
+            "video_end": [None, None],
+            "speaker": ["s", "s"],
+        }
+    )
     spec = FeatureSpec(modality="video", encoder={"name": "faces", "size": 32, "num_frames": 4})
     result = build_features(table, {"video": spec}, MemoryStore(), base_dir=tmp_path, progress=False)
     assert result.utt_ids == ["a"]

@@ -86,8 +86,15 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
-def write_json_atomic(path: str | Path, value: Any, indent: int | None = 1, *, convert: bool = True,
-                      sort_keys: bool = False, ensure_ascii: bool = False) -> Path:
+def write_json_atomic(
+    path: str | Path,
+    value: Any,
+    indent: int | None = 1,
+    *,
+    convert: bool = True,
+    sort_keys: bool = False,
+    ensure_ascii: bool = False,
+) -> Path:
     """Write ``value`` as strict JSON (one trailing newline) to ``path`` atomically.
 
     With ``convert`` (the default) the value first goes through :func:`to_jsonable`, so numpy

@@ -103,9 +103,14 @@ class FeatureSpec:
         names = [f.name for f in dataclasses.fields(cls) if f.name != "modality"]
         unknown = [k for k in values if k not in names]
         if unknown:
-            hints = [f"{k!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, names, n=1)) else "")
-                     for k in unknown]
-            raise ConfigError(f"features.{modality}: unknown key(s) {', '.join(hints)}; valid keys: {', '.join(sorted(names))}")
+            hints = [
+                f"{k!r}"
+                + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, names, n=1)) else "")
+                for k in unknown
+            ]
+            raise ConfigError(
+                f"features.{modality}: unknown key(s) {', '.join(hints)}; valid keys: {', '.join(sorted(names))}"
+            )
         if "encoder" not in values:
             raise ConfigError(f"features.{modality} needs an 'encoder' (e.g. 'opensmile:eGeMAPSv02' or 'minilm')")
         data = dict(values)
@@ -119,23 +124,31 @@ class FeatureSpec:
         if int(self.frame_stride) < 1:
             raise ConfigError(f"features.{self.modality}.frame_stride must be at least 1, got {self.frame_stride}")
         if int(self.trainable_top_layers) < 0:
-            raise ConfigError(f"features.{self.modality}.trainable_top_layers must be 0 or more, got {self.trainable_top_layers}")
+            raise ConfigError(
+                f"features.{self.modality}.trainable_top_layers must be 0 or more, got {self.trainable_top_layers}"
+            )
         if self.max_length is not None and int(self.max_length) < 1:
             raise ConfigError(f"features.{self.modality}.max_length must be at least 1 or null, got {self.max_length}")
         if int(self.batch_size) < 1:
             raise ConfigError(f"features.{self.modality}.batch_size must be at least 1, got {self.batch_size}")
         if self.speaker_statistics not in SPEAKER_STATISTICS:
-            raise ConfigError(f"features.{self.modality}.speaker_statistics must be one of "
-                              f"{', '.join(SPEAKER_STATISTICS)}, got {self.speaker_statistics!r}")
+            raise ConfigError(
+                f"features.{self.modality}.speaker_statistics must be one of "
+                f"{', '.join(SPEAKER_STATISTICS)}, got {self.speaker_statistics!r}"
+            )
         if self.utterance is not None:
             self.utterance_encoder_spec()
             PreprocessConfig.from_dict(self.utterance_preprocess())
         if self.trainable_top_layers and self.frame_stride > 1:
-            raise ConfigError(f"features.{self.modality}: frame_stride cannot be combined with trainable_top_layers "
-                              "(the encoder's top layers need its own frame rate)")
+            raise ConfigError(
+                f"features.{self.modality}: frame_stride cannot be combined with trainable_top_layers "
+                "(the encoder's top layers need its own frame rate)"
+            )
         if self.trainable_top_layers and self.speaker_normalisation:
-            raise ConfigError(f"features.{self.modality}: speaker_normalisation cannot be combined with "
-                              "trainable_top_layers (it would change the encoder's internal states)")
+            raise ConfigError(
+                f"features.{self.modality}: speaker_normalisation cannot be combined with "
+                "trainable_top_layers (it would change the encoder's internal states)"
+            )
         PreprocessConfig.from_dict(self.preprocess)  # names a bad preprocess key now, not hours later
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,8 +164,10 @@ class FeatureSpec:
         if isinstance(block, str):
             return {"name": block}
         if not isinstance(block, Mapping):
-            raise ConfigError(f"features.{self.modality}.utterance must be an encoder name or a mapping with 'name' "
-                              f"(e.g. {{name: opensmile:ComParE_2016, level: functionals}}), got {block!r}")
+            raise ConfigError(
+                f"features.{self.modality}.utterance must be an encoder name or a mapping with 'name' "
+                f"(e.g. {{name: opensmile:ComParE_2016, level: functionals}}), got {block!r}"
+            )
         return dict(block)
 
     def utterance_encoder_spec(self) -> Any:
@@ -160,12 +175,15 @@ class FeatureSpec:
         block = self._utterance_block()
         pool = block.get("pool", "auto")
         if pool not in UTTERANCE_POOLS:
-            raise ConfigError(f"features.{self.modality}.utterance.pool must be one of {', '.join(UTTERANCE_POOLS)}, "
-                              f"got {pool!r}")
+            raise ConfigError(
+                f"features.{self.modality}.utterance.pool must be one of {', '.join(UTTERANCE_POOLS)}, got {pool!r}"
+            )
         spec = {k: v for k, v in block.items() if k not in ("pool", "preprocess")}
         if "join" not in spec and "name" not in spec:
-            raise ConfigError(f"features.{self.modality}.utterance needs a 'name' (an encoder, e.g. "
-                              "opensmile:ComParE_2016 with level: functionals)")
+            raise ConfigError(
+                f"features.{self.modality}.utterance needs a 'name' (an encoder, e.g. "
+                "opensmile:ComParE_2016 with level: functionals)"
+            )
         return spec if set(spec) != {"name"} else spec["name"]
 
     def utterance_pool(self) -> str:
@@ -220,16 +238,26 @@ class FeatureSet:
 def parse_feature_specs(block: Mapping[str, Any] | None) -> dict[str, FeatureSpec]:
     """Per-modality specs from a recipe's ``features`` block (``store`` and ``edges`` are not modalities)."""
     block = dict(block or {})
-    specs = {name: FeatureSpec.from_dict(name, values) for name, values in block.items() if name not in ("store", "edges")}
+    specs = {
+        name: FeatureSpec.from_dict(name, values) for name, values in block.items() if name not in ("store", "edges")
+    }
     if not specs:
         raise ConfigError("features: name at least one modality, e.g. audio: {encoder: 'opensmile:eGeMAPSv02'}")
     return specs
 
 
-def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store: Any, base_dir: str | Path | None = None,
-                   edges: bool = False, normalisers: Mapping[str, Any] | None = None, encoders: Mapping[str, Any] | None = None,
-                   progress: bool = True, fit_ids: Sequence[str] | None = None,
-                   confounding: Mapping[str, Any] | None = None) -> FeatureSet:
+def build_features(
+    table: pd.DataFrame,
+    specs: Mapping[str, FeatureSpec],
+    store: Any,
+    base_dir: str | Path | None = None,
+    edges: bool = False,
+    normalisers: Mapping[str, Any] | None = None,
+    encoders: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    fit_ids: Sequence[str] | None = None,
+    confounding: Mapping[str, Any] | None = None,
+) -> FeatureSet:
     """Extract (or reuse) every spec's features for ``table`` and post-process them (see module doc).
 
     ``normalisers``: already fitted speaker normalisers per modality (inference; ``<modality>_pooled``
@@ -259,11 +287,14 @@ def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store:
         if spec.trainable_top_layers:
             count = int(getattr(encoder, "num_layers", 0) or 0)
             if spec.trainable_top_layers > count:
-                raise ConfigError(f"features.{modality}.trainable_top_layers={spec.trainable_top_layers} but the encoder "
-                                  f"has {count} layers")
+                raise ConfigError(
+                    f"features.{modality}.trainable_top_layers={spec.trainable_top_layers} but the encoder "
+                    f"has {count} layers"
+                )
             boundary = count - spec.trainable_top_layers
-        arrays, summary = _stored_arrays(table, encoder, store, spec.preprocess, spec.batch_size, spec.layers, boundary,
-                                         base_dir, progress)
+        arrays, summary = _stored_arrays(
+            table, encoder, store, spec.preprocess, spec.batch_size, spec.layers, boundary, base_dir, progress
+        )
         result.summaries[modality] = summary.to_dict()
         for failure in summary.failures:
             failed.setdefault(failure["utt_id"], {**failure, "modality": modality})
@@ -285,30 +316,47 @@ def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store:
             utterance_encoder = (encoders or {}).get(key) or _utterance_encoder(spec, encoder)
             _adopt_modality(utterance_encoder, modality)
             if getattr(utterance_encoder, "modality", modality) != modality:
-                raise ConfigError(f"features.{modality}.utterance: encoder {spec.utterance!r} takes "
-                                  f"{utterance_encoder.modality}, not {modality}")
+                raise ConfigError(
+                    f"features.{modality}.utterance: encoder {spec.utterance!r} takes "
+                    f"{utterance_encoder.modality}, not {modality}"
+                )
             built_encoders[key] = utterance_encoder
-            vectors, summary = _stored_arrays(table, utterance_encoder, store, spec.utterance_preprocess(),
-                                              spec.batch_size, (), None, base_dir, progress)
+            vectors, summary = _stored_arrays(
+                table,
+                utterance_encoder,
+                store,
+                spec.utterance_preprocess(),
+                spec.batch_size,
+                (),
+                None,
+                base_dir,
+                progress,
+            )
             result.summaries[key] = summary.to_dict()
             for failure in summary.failures:
                 failed.setdefault(failure["utt_id"], {**failure, "modality": key})
-            pooled_ids[modality] = {u: utterance_vector_of(fields, spec.utterance_pool(), f"{u}/{key}")
-                                    for u, fields in vectors.items() if u in features}
+            pooled_ids[modality] = {
+                u: utterance_vector_of(fields, spec.utterance_pool(), f"{u}/{key}")
+                for u, fields in vectors.items()
+                if u in features
+            }
     for modality, pooled in pooled_ids.items():
         for utt_id, vector in pooled.items():
             if modality in features[utt_id]:
                 features[utt_id][modality]["pooled"] = vector
     for utt_id in list(features):
         incomplete = any(m not in features[utt_id] for m in specs) or any(
-            "pooled" not in features[utt_id][m] for m in pooled_ids if m in features[utt_id])
+            "pooled" not in features[utt_id][m] for m in pooled_ids if m in features[utt_id]
+        )
         if utt_id in failed or incomplete:
             failed.setdefault(utt_id, {"utt_id": utt_id, "reason": "missing features", "message": "no stored features"})
             del features[utt_id]
     result.failures = sorted(failed.values(), key=lambda f: f["utt_id"])
     if not features:
-        raise MissingDataError(f"feature extraction failed for every utterance ({len(failed)}); first failure: "
-                               f"{result.failures[0] if result.failures else 'unknown'}")
+        raise MissingDataError(
+            f"feature extraction failed for every utterance ({len(failed)}); first failure: "
+            f"{result.failures[0] if result.failures else 'unknown'}"
+        )
     kept = table[table["utt_id"].isin(features)]
     fit_table = kept[kept["utt_id"].isin(set(fit_ids))] if fit_ids is not None else None
     for modality, spec in specs.items():
@@ -319,14 +367,16 @@ def build_features(table: pd.DataFrame, specs: Mapping[str, FeatureSpec], store:
             result.warnings.append(
                 f"features.{modality}: speakers and labels are confounded in the training parts "
                 f"({_confounding_figures(confounding)}), so per-speaker z-scores would erase the label; "
-                "normalising with global statistics instead (set speaker_statistics: speaker to force per-speaker)")
+                "normalising with global statistics instead (set speaker_statistics: speaker to force per-speaker)"
+            )
         for key, field_name in ((modality, "states"), (f"{modality}_pooled", "pooled")):
             if field_name == "pooled" and spec.utterance is None:
                 continue  # an encoder's own pooled vector stays as it was (old recipes unchanged)
             normaliser = (normalisers or {}).get(key)
             if normaliser is None:
-                normaliser = fit_speaker_normaliser(features, fit_table if fit_table is not None else kept, modality,
-                                                    field_name)
+                normaliser = fit_speaker_normaliser(
+                    features, fit_table if fit_table is not None else kept, modality, field_name
+                )
                 if statistics == "global":
                     normaliser = global_only(normaliser)
             result.normalisers[key] = normalise_per_speaker(features, kept, modality, normaliser, field_name)
@@ -358,8 +408,10 @@ def global_only(normaliser: Any) -> Any:
 
 def _confounding_figures(confounding: Mapping[str, Any] | None) -> str:
     worst = dict((confounding or {}).get("max") or {})
-    return (f"Cramér's V {float(worst.get('cramers_v', 0)):.2f}, "
-            f"{100 * float(worst.get('dominated_share', 0)):.0f} % of speakers mostly one label")
+    return (
+        f"Cramér's V {float(worst.get('cramers_v', 0)):.2f}, "
+        f"{100 * float(worst.get('dominated_share', 0)):.0f} % of speakers mostly one label"
+    )
 
 
 def _adopt_modality(encoder: Any, modality: str) -> None:
@@ -383,16 +435,32 @@ def _utterance_encoder(spec: FeatureSpec, frame_encoder: Any) -> Any:
     return _UTTERANCE_ENCODERS[key]
 
 
-def _stored_arrays(table: pd.DataFrame, encoder: Any, store: Any, preprocess: Mapping[str, Any], batch_size: int,
-                   layers: Sequence[int], boundary: int | None, base_dir: str | Path | None,
-                   progress: bool) -> tuple[dict[str, dict[str, np.ndarray]], ExtractSummary]:
+def _stored_arrays(
+    table: pd.DataFrame,
+    encoder: Any,
+    store: Any,
+    preprocess: Mapping[str, Any],
+    batch_size: int,
+    layers: Sequence[int],
+    boundary: int | None,
+    base_dir: str | Path | None,
+    progress: bool,
+) -> tuple[dict[str, dict[str, np.ndarray]], ExtractSummary]:
     """Every utterance's stored fields for one encoder (extracted, or copied from a feature file)."""
     if getattr(encoder, "reads_files", False):
         summary = store_file_features(table, encoder, store)
     else:
-        summary = extract_features(table, encoder, store, preprocess=PreprocessConfig.from_dict(preprocess),
-                                   batch_size=batch_size, layers=layers, boundary_layer=boundary,
-                                   base_dir=base_dir, progress=progress)
+        summary = extract_features(
+            table,
+            encoder,
+            store,
+            preprocess=PreprocessConfig.from_dict(preprocess),
+            batch_size=batch_size,
+            layers=layers,
+            boundary_layer=boundary,
+            base_dir=base_dir,
+            progress=progress,
+        )
     keys = dict(summary.keys)
     arrays = store.get_many(list(keys.values()))
     return {u: {name: np.asarray(value) for name, value in arrays[k].items()} for u, k in keys.items()}, summary
@@ -414,11 +482,18 @@ def store_file_features(table: pd.DataFrame, encoder: Any, store: Any) -> Extrac
     if todo:
         store.acquire_writer()
         read = encoder.read(todo)
-        description = {"class": type(encoder).__name__, "identity": encoder.identity(), "config": encoder.config(),
-                       "modality": encoder.modality, "frame_rate": encoder.frame_rate,
-                       "output_size": encoder.output_size, "num_layers": 0}
-        summary.entries_written = store.put_many({keys[u]: read[u] for u in todo}, namespace=namespace,
-                                                 description=description)
+        description = {
+            "class": type(encoder).__name__,
+            "identity": encoder.identity(),
+            "config": encoder.config(),
+            "modality": encoder.modality,
+            "frame_rate": encoder.frame_rate,
+            "output_size": encoder.output_size,
+            "num_layers": 0,
+        }
+        summary.entries_written = store.put_many(
+            {keys[u]: read[u] for u in todo}, namespace=namespace, description=description
+        )
         summary.shards_written = 1
         summary.computed = len(todo)
     summary.keys = keys
@@ -482,19 +557,29 @@ def downsample_frames(fields: Mapping[str, np.ndarray], stride: int) -> dict[str
     return out
 
 
-def fit_speaker_normaliser(features: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]], table: pd.DataFrame,
-                           modality: str, field_name: str = "states") -> Any:
+def fit_speaker_normaliser(
+    features: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
+    table: pd.DataFrame,
+    modality: str,
+    field_name: str = "states",
+) -> Any:
     """A :class:`SpeakerNormaliser` fitted on the ``field_name`` arrays (``states`` or ``pooled``)
     of the table's utterances (labels unused)."""
     if "speaker" not in table.columns or table["speaker"].isna().any():
         raise ConfigError(f"features.{modality}.speaker_normalisation needs a speaker for every utterance")
     ids = [u for u in table["utt_id"] if u in features]
-    return SpeakerNormaliser().fit({u: features[u][modality][field_name] for u in ids},
-                                   table[table["utt_id"].isin(set(ids))])
+    return SpeakerNormaliser().fit(
+        {u: features[u][modality][field_name] for u in ids}, table[table["utt_id"].isin(set(ids))]
+    )
 
 
-def normalise_per_speaker(features: dict[str, dict[str, dict[str, np.ndarray]]], table: pd.DataFrame, modality: str,
-                          normaliser: Any = None, field_name: str = "states") -> Any:
+def normalise_per_speaker(
+    features: dict[str, dict[str, dict[str, np.ndarray]]],
+    table: pd.DataFrame,
+    modality: str,
+    normaliser: Any = None,
+    field_name: str = "states",
+) -> Any:
     """Z-score every utterance's ``field_name`` (``states`` or ``pooled``) of ``modality`` with its
     speaker's statistics, in place.
 
@@ -511,8 +596,12 @@ def normalise_per_speaker(features: dict[str, dict[str, dict[str, np.ndarray]]],
     return normaliser
 
 
-def add_token_frame_edges(features: dict[str, dict[str, dict[str, np.ndarray]]], table: pd.DataFrame, text_encoder: Any,
-                          frame_rate: float | None) -> None:
+def add_token_frame_edges(
+    features: dict[str, dict[str, dict[str, np.ndarray]]],
+    table: pd.DataFrame,
+    text_encoder: Any,
+    frame_rate: float | None,
+) -> None:
     """Token–frame edges for every utterance with word timings (see :func:`token_frame_edges`)."""
     if not frame_rate:
         raise ConfigError("token–frame edges need an audio encoder with frames (a frame rate)")
@@ -523,14 +612,30 @@ def add_token_frame_edges(features: dict[str, dict[str, dict[str, np.ndarray]]],
         if row.utt_id not in features:
             continue
         fields = features[row.utt_id]
-        fields[EDGES_KEY] = {EDGE_FIELD: token_frame_edges(row.text or "", row.words, tokenizer, frame_rate,
-                                                           fields["audio"]["states"].shape[0],
-                                                           expected_tokens=fields["text"]["states"].shape[0], name=row.utt_id,
-                                                           max_length=int(getattr(text_encoder, "max_length", 128) or 128))}
+        fields[EDGES_KEY] = {
+            EDGE_FIELD: token_frame_edges(
+                row.text or "",
+                row.words,
+                tokenizer,
+                frame_rate,
+                fields["audio"]["states"].shape[0],
+                expected_tokens=fields["text"]["states"].shape[0],
+                name=row.utt_id,
+                max_length=int(getattr(text_encoder, "max_length", 128) or 128),
+            )
+        }
 
 
-def token_frame_edges(text: str, words: Any, tokenizer: Any, frame_rate: float, num_frames: int,
-                      expected_tokens: int | None = None, name: str = "utterance", max_length: int = 128) -> np.ndarray:
+def token_frame_edges(
+    text: str,
+    words: Any,
+    tokenizer: Any,
+    frame_rate: float,
+    num_frames: int,
+    expected_tokens: int | None = None,
+    name: str = "utterance",
+    max_length: int = 128,
+) -> np.ndarray:
     """``2 × E`` (token index, frame index) edges: word-level edges mapped onto the tokenizer's tokens.
 
     Every sub-word token of a word gets that word's frames; special tokens get none. An utterance
@@ -541,11 +646,15 @@ def token_frame_edges(text: str, words: Any, tokenizer: Any, frame_rate: float, 
         return np.zeros((2, 0), dtype=np.int64)
     text = text.strip()
     if [w.token for w in words] != text.split():
-        raise ConfigError(f"{name}: the word timings {[w.token for w in words][:8]} do not spell the transcript {text[:60]!r}")
+        raise ConfigError(
+            f"{name}: the word timings {[w.token for w in words][:8]} do not spell the transcript {text[:60]!r}"
+        )
     encoding = tokenizer(text, truncation=True, max_length=max_length)
     word_ids = encoding.word_ids()
     if expected_tokens is not None and len(word_ids) != expected_tokens:
-        raise ConfigError(f"{name}: the tokenizer gives {len(word_ids)} tokens, the stored text states {expected_tokens}")
+        raise ConfigError(
+            f"{name}: the tokenizer gives {len(word_ids)} tokens, the stored text states {expected_tokens}"
+        )
     word_edges = words_to_frame_edges(words, frame_rate, num_frames, nearest_if_empty=True)
     tokens_of_word: dict[int, list[int]] = {}
     for token_index, word_index in enumerate(word_ids):

@@ -111,14 +111,24 @@ def spread_words(tokens: Sequence[str], regions: Sequence[tuple[float, float]]) 
         return regions[index][0] + (position - before)
 
     return [
-        Word(token=token, start=round(float(to_time(cumulative[i], False)), 6),
-             end=round(float(to_time(cumulative[i + 1], True)), 6))
+        Word(
+            token=token,
+            start=round(float(to_time(cumulative[i], False)), 6),
+            end=round(float(to_time(cumulative[i + 1], True)), 6),
+        )
         for i, token in enumerate(tokens)
     ]
 
 
-def vad_spread_words(text: str, wave: np.ndarray, rate: int = SAMPLE_RATE, vad_backend: str = "webrtc",
-                     min_speech_s: float = 0.15, merge_gap_s: float = 0.2, **vad_options: Any) -> WordTimings:
+def vad_spread_words(
+    text: str,
+    wave: np.ndarray,
+    rate: int = SAMPLE_RATE,
+    vad_backend: str = "webrtc",
+    min_speech_s: float = 0.15,
+    merge_gap_s: float = 0.2,
+    **vad_options: Any,
+) -> WordTimings:
     """The ``"vad-spread"`` timings of ``text`` over the speech regions of ``wave``.
 
     Regions are the VAD's runs of speech frames, with pauses of at most ``merge_gap_s`` bridged
@@ -131,7 +141,9 @@ def vad_spread_words(text: str, wave: np.ndarray, rate: int = SAMPLE_RATE, vad_b
     duration = len(wave) / rate
     if duration <= 0:
         raise MissingDataError("cannot spread words over an empty waveform")
-    frame_s = default_frame_ms(vad_backend) / 1000.0 if "frame_ms" not in vad_options else vad_options["frame_ms"] / 1000.0
+    frame_s = (
+        default_frame_ms(vad_backend) / 1000.0 if "frame_ms" not in vad_options else vad_options["frame_ms"] / 1000.0
+    )
     mask = vad_mask(wave, backend=vad_backend, rate=rate, **vad_options)
     regions = speech_regions(mask, frame_s, min_speech_s=min_speech_s, merge_gap_s=merge_gap_s)
     regions = [(start, min(end, duration)) for start, end in regions]
@@ -175,7 +187,9 @@ def _openai_whisper_checkpoint(model: str) -> str | None:
     return str(cache) if cache.is_file() else None
 
 
-def whisper_words(wave: np.ndarray, rate: int, whisper_model: str | None, language: str | None = None) -> tuple[list[Word] | None, str | None]:
+def whisper_words(
+    wave: np.ndarray, rate: int, whisper_model: str | None, language: str | None = None
+) -> tuple[list[Word] | None, str | None]:
     """Word time stamps from a locally available Whisper model: ``(words, None)`` or ``(None, why not)``."""
     if not whisper_model:
         return None, "no whisper_model given (ASR alignment never downloads a model)"
@@ -184,17 +198,25 @@ def whisper_words(wave: np.ndarray, rate: int, whisper_model: str | None, langua
         try:
             model = _load_faster_whisper(str(whisper_model))
         except Exception as exc:
-            return None, f"faster-whisper model {whisper_model!r} is not available locally ({type(exc).__name__}: {exc})"
+            return (
+                None,
+                f"faster-whisper model {whisper_model!r} is not available locally ({type(exc).__name__}: {exc})",
+            )
         segments, _info = model.transcribe(audio, word_timestamps=True, language=language)
-        words = [Word(w.word.strip(), float(w.start), float(w.end)) for segment in segments for w in (segment.words or [])]
+        words = [
+            Word(w.word.strip(), float(w.start), float(w.end)) for segment in segments for w in (segment.words or [])
+        ]
     elif _installed("whisper"):
         checkpoint = _openai_whisper_checkpoint(str(whisper_model))
         if checkpoint is None:
             return None, f"whisper model {whisper_model!r} is not on disk (give a .pt file or a cached size name)"
         model = _load_openai_whisper(checkpoint)
         result = model.transcribe(audio, word_timestamps=True, language=language, fp16=False)
-        words = [Word(str(w["word"]).strip(), float(w["start"]), float(w["end"]))
-                 for segment in result.get("segments", []) for w in segment.get("words", [])]
+        words = [
+            Word(str(w["word"]).strip(), float(w["start"]), float(w["end"]))
+            for segment in result.get("segments", [])
+            for w in segment.get("words", [])
+        ]
     else:
         return None, "neither faster-whisper nor whisper is installed (pip install 'emomix[asr]')"
     words = [word for word in words if word.token]
@@ -208,8 +230,15 @@ def whisper_words(wave: np.ndarray, rate: int, whisper_model: str | None, langua
 # ---------------------------------------------------------------------------------------------
 
 
-def word_timings(utterance_row: Any, wave: np.ndarray | None = None, rate: int = SAMPLE_RATE, backend: str = "auto",
-                 whisper_model: str | None = None, vad_backend: str = "webrtc", language: str | None = None) -> WordTimings:
+def word_timings(
+    utterance_row: Any,
+    wave: np.ndarray | None = None,
+    rate: int = SAMPLE_RATE,
+    backend: str = "auto",
+    whisper_model: str | None = None,
+    vad_backend: str = "webrtc",
+    language: str | None = None,
+) -> WordTimings:
     """Word timings of one utterance (a table row, a dict or an :class:`~emomix.data.schema.Utterance`).
 
     ``backend``: ``"auto"`` (the module's order of sources), ``"corpus"`` (the table's words or
@@ -225,7 +254,9 @@ def word_timings(utterance_row: Any, wave: np.ndarray | None = None, rate: int =
         if words is not None:
             return WordTimings(words, _field(utterance_row, "alignment") or "corpus")
         if backend == "corpus":
-            raise MissingDataError(f"utterance {utt_id!r} has no word alignment in the table; use backend='auto' or 'vad-spread'")
+            raise MissingDataError(
+                f"utterance {utt_id!r} has no word alignment in the table; use backend='auto' or 'vad-spread'"
+            )
     text = _field(utterance_row, "text")
     if text is None or not str(text).strip():
         return WordTimings([], None, "no transcript" if text is None else "the transcript is empty: no words to align")
@@ -246,8 +277,9 @@ def word_timings(utterance_row: Any, wave: np.ndarray | None = None, rate: int =
     return WordTimings(spread.words, spread.source, "; ".join(notes) or None)
 
 
-def words_to_frame_edges(words: Sequence[Word | Mapping[str, Any]], frame_rate: float, num_frames: int,
-                         nearest_if_empty: bool = False) -> np.ndarray:
+def words_to_frame_edges(
+    words: Sequence[Word | Mapping[str, Any]], frame_rate: float, num_frames: int, nearest_if_empty: bool = False
+) -> np.ndarray:
     """Edges ``2 × E`` (int64) of the token–frame graph: row 0 token index, row 1 frame index.
 
     Frame ``j`` (centre ``(j + 0.5) / frame_rate`` seconds) is linked to token ``i`` when the centre

@@ -24,7 +24,9 @@ from emomix.constants import SAMPLE_RATE
 from emomix.errors import ConfigError
 
 
-def chunk_bounds(num_samples: int, rate: int = SAMPLE_RATE, max_s: float = 3.0, min_s: float = 2.0) -> list[tuple[int, int]]:
+def chunk_bounds(
+    num_samples: int, rate: int = SAMPLE_RATE, max_s: float = 3.0, min_s: float = 2.0
+) -> list[tuple[int, int]]:
     """Sample bounds ``(start, end)`` of the pieces :func:`chunk_waveform` cuts (the module's rule)."""
     if max_s <= 0 or min_s < 0 or min_s > max_s:
         raise ConfigError(f"chunk lengths need 0 ≤ min_s ≤ max_s and max_s > 0, got min_s={min_s}, max_s={max_s}")
@@ -36,7 +38,9 @@ def chunk_bounds(num_samples: int, rate: int = SAMPLE_RATE, max_s: float = 3.0, 
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
-def chunk_waveform(wave: np.ndarray, rate: int = SAMPLE_RATE, max_s: float = 3.0, min_s: float = 2.0) -> list[np.ndarray]:
+def chunk_waveform(
+    wave: np.ndarray, rate: int = SAMPLE_RATE, max_s: float = 3.0, min_s: float = 2.0
+) -> list[np.ndarray]:
     """Cut ``wave`` into consecutive equal pieces no longer than ``max_s`` (see the module's rule).
 
     Pieces are views of ``wave``; concatenated they give it back. An utterance of at most

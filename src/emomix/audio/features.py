@@ -30,8 +30,16 @@ def num_frames(num_samples: int, rate: int = SAMPLE_RATE, hop_ms: float = 10.0) 
     return 0 if num_samples == 0 else 1 + num_samples // hop
 
 
-def mfcc(wave: np.ndarray, rate: int = SAMPLE_RATE, n_mfcc: int = 40, win_ms: float = 25.0, hop_ms: float = 10.0,
-         n_mels: int = 40, fmin: float = 20.0, fmax: float | None = None) -> np.ndarray:
+def mfcc(
+    wave: np.ndarray,
+    rate: int = SAMPLE_RATE,
+    n_mfcc: int = 40,
+    win_ms: float = 25.0,
+    hop_ms: float = 10.0,
+    n_mels: int = 40,
+    fmin: float = 20.0,
+    fmax: float | None = None,
+) -> np.ndarray:
     """MFCCs of a mono waveform as a ``T × n_mfcc`` float32 array.
 
     A ``win_ms`` Hann window (zero-padded to the next power of two), ``n_mels`` mel bands between
@@ -52,14 +60,24 @@ def mfcc(wave: np.ndarray, rate: int = SAMPLE_RATE, n_mfcc: int = 40, win_ms: fl
         # A wave shorter than one FFT is zero-padded by the centred framing, which is what we want.
         warnings.filterwarnings("ignore", message="n_fft=.* is too large")
         features = librosa.feature.mfcc(
-            y=wave, sr=rate, n_mfcc=n_mfcc, n_fft=n_fft, win_length=win, hop_length=hop, n_mels=n_mels,
-            fmin=fmin, fmax=fmax, center=True, pad_mode="constant",
+            y=wave,
+            sr=rate,
+            n_mfcc=n_mfcc,
+            n_fft=n_fft,
+            win_length=win,
+            hop_length=hop,
+            n_mels=n_mels,
+            fmin=fmin,
+            fmax=fmax,
+            center=True,
+            pad_mode="constant",
         )
     return np.ascontiguousarray(features.T, dtype=np.float32)
 
 
-def frame_energy(wave: np.ndarray, rate: int = SAMPLE_RATE, win_ms: float = 25.0, hop_ms: float = 10.0,
-                 floor_db: float = -100.0) -> np.ndarray:
+def frame_energy(
+    wave: np.ndarray, rate: int = SAMPLE_RATE, win_ms: float = 25.0, hop_ms: float = 10.0, floor_db: float = -100.0
+) -> np.ndarray:
     """RMS level of each frame in dBFS (``T`` float32, same framing as :func:`mfcc`), floored at ``floor_db``."""
     import librosa
 

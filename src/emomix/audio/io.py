@@ -115,8 +115,9 @@ def loudness_dbfs(wave: np.ndarray, rate: int = SAMPLE_RATE) -> float:
     return float(10.0 * np.log10(kept.mean()))
 
 
-def normalise_loudness(wave: np.ndarray, rate: int = SAMPLE_RATE, target_dbfs: float = DEFAULT_LOUDNESS_DBFS,
-                       peak_limit: float = 0.99) -> np.ndarray:
+def normalise_loudness(
+    wave: np.ndarray, rate: int = SAMPLE_RATE, target_dbfs: float = DEFAULT_LOUDNESS_DBFS, peak_limit: float = 0.99
+) -> np.ndarray:
     """Scale a waveform so its gated RMS level (:func:`loudness_dbfs`) is ``target_dbfs``.
 
     The gain is lowered where reaching the target would push a sample past ``peak_limit`` (no
@@ -183,7 +184,9 @@ class _FFmpegFormat(_UnreadableFormat):
     """libsndfile recognises the content as a format FFmpeg decodes for the project (MP3)."""
 
 
-def _read_soundfile(source: str | BinaryIO, name: str, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
+def _read_soundfile(
+    source: str | BinaryIO, name: str, start: float | None, end: float | None
+) -> tuple[np.ndarray, int]:
     """Read a span with libsndfile, reading only the frames inside it."""
     try:
         with sf.SoundFile(source) as handle:
@@ -201,7 +204,9 @@ def _read_soundfile(source: str | BinaryIO, name: str, start: float | None, end:
                 handle.seek(first)
             data = handle.read(max(0, last - first), dtype="float32", always_2d=True)
     except sf.LibsndfileError as exc:
-        raise _UnreadableFormat(f"{name}: cannot be read as audio ({exc}); the file is corrupt or not in the format its name says") from exc
+        raise _UnreadableFormat(
+            f"{name}: cannot be read as audio ({exc}); the file is corrupt or not in the format its name says"
+        ) from exc
     if data.shape[0] == 0:
         raise AudioError(f"{name}: the span {start}–{end} s holds no samples")
     return to_mono(data), rate
@@ -302,9 +307,14 @@ def _check_path(path: str | Path) -> Path:
     return path
 
 
-def load_audio(path: str | Path, start: float | None = None, end: float | None = None,
-               target_rate: int = SAMPLE_RATE, normalise_loudness: bool = False,
-               target_dbfs: float = DEFAULT_LOUDNESS_DBFS) -> np.ndarray:
+def load_audio(
+    path: str | Path,
+    start: float | None = None,
+    end: float | None = None,
+    target_rate: int = SAMPLE_RATE,
+    normalise_loudness: bool = False,
+    target_dbfs: float = DEFAULT_LOUDNESS_DBFS,
+) -> np.ndarray:
     """Load a file (or the span ``start``–``end`` seconds of it) as a mono float32 waveform.
 
     Channels are averaged, the rate converted to ``target_rate`` (16 kHz by default). With
@@ -327,9 +337,15 @@ def load_audio(path: str | Path, start: float | None = None, end: float | None =
     return _finish(wave, rate, target_rate, normalise_loudness, target_dbfs)
 
 
-def decode_audio_bytes(data: bytes, start: float | None = None, end: float | None = None,
-                       target_rate: int = SAMPLE_RATE, normalise_loudness: bool = False,
-                       target_dbfs: float = DEFAULT_LOUDNESS_DBFS, name: str = "<uploaded audio>") -> np.ndarray:
+def decode_audio_bytes(
+    data: bytes,
+    start: float | None = None,
+    end: float | None = None,
+    target_rate: int = SAMPLE_RATE,
+    normalise_loudness: bool = False,
+    target_dbfs: float = DEFAULT_LOUDNESS_DBFS,
+    name: str = "<uploaded audio>",
+) -> np.ndarray:
     """Decode an in-memory file (an HTTP upload) exactly as :func:`load_audio` decodes a path.
 
     The format is detected from the content: libsndfile first (WAV, FLAC, OGG, …), then FFmpeg
@@ -346,7 +362,9 @@ def decode_audio_bytes(data: bytes, start: float | None = None, end: float | Non
         try:
             wave, rate = _read_pyav(io.BytesIO(data), name, start, end)
         except AudioError as pyav_error:
-            raise AudioError(f"{name}: not a readable audio file (libsndfile: {soundfile_error}; FFmpeg: {pyav_error})") from pyav_error
+            raise AudioError(
+                f"{name}: not a readable audio file (libsndfile: {soundfile_error}; FFmpeg: {pyav_error})"
+            ) from pyav_error
     return _finish(wave, rate, target_rate, normalise_loudness, target_dbfs)
 
 
@@ -358,7 +376,9 @@ def audio_duration(path: str | Path) -> float:
         try:
             info = sf.info(name)
         except sf.LibsndfileError as exc:
-            raise AudioError(f"{name}: cannot be read as audio ({exc}); the file is corrupt or not in the format its name says") from exc
+            raise AudioError(
+                f"{name}: cannot be read as audio ({exc}); the file is corrupt or not in the format its name says"
+            ) from exc
         if info.frames <= 0:
             raise AudioError(f"{name}: holds no audio samples (the header declares 0 frames)")
         return info.frames / info.samplerate

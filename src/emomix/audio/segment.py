@@ -131,8 +131,10 @@ class _SampleBuffer:
 
     def get(self, first: int, last: int) -> np.ndarray:
         if first < self.start or last > self.end:
-            raise RuntimeError(f"samples {first}–{last} are no longer held ({self.start}–{self.end})")  # a bug, not user error
-        return self.data[first - self.start:last - self.start].copy()
+            raise RuntimeError(
+                f"samples {first}–{last} are no longer held ({self.start}–{self.end})"
+            )  # a bug, not user error
+        return self.data[first - self.start : last - self.start].copy()
 
     def drop_before(self, position: int) -> None:
         if position > self.start:
@@ -148,10 +150,17 @@ class StreamSegmenter:
     state across chunks, so the result does not depend on how the stream is cut.
     """
 
-    def __init__(self, min_silence_s: float = DEFAULT_MIN_SILENCE_S, pad_s: float = DEFAULT_PAD_S,
-                 max_segment_s: float = DEFAULT_MAX_SEGMENT_S, min_segment_s: float = DEFAULT_MIN_SEGMENT_S,
-                 aggressiveness: int = 2, frame_ms: int = 30, max_held_s: float | None = None,
-                 stats: SegmentationStats | None = None):
+    def __init__(
+        self,
+        min_silence_s: float = DEFAULT_MIN_SILENCE_S,
+        pad_s: float = DEFAULT_PAD_S,
+        max_segment_s: float = DEFAULT_MAX_SEGMENT_S,
+        min_segment_s: float = DEFAULT_MIN_SEGMENT_S,
+        aggressiveness: int = 2,
+        frame_ms: int = 30,
+        max_held_s: float | None = None,
+        stats: SegmentationStats | None = None,
+    ):
         import webrtcvad
 
         _check_options(min_silence_s, pad_s, max_segment_s, min_segment_s, aggressiveness, frame_ms, max_held_s)
@@ -222,7 +231,7 @@ class StreamSegmenter:
         pcm = _pcm16(self.buffer.get(self.vad_pos, self.vad_pos + count * self.frame_len))
         width = 2 * self.frame_len  # bytes per frame
         for k in range(count):
-            self._step(self.detector.is_speech(pcm[k * width:(k + 1) * width], SAMPLE_RATE))
+            self._step(self.detector.is_speech(pcm[k * width : (k + 1) * width], SAMPLE_RATE))
         self.vad_pos += count * self.frame_len
 
     def _emit(self) -> Iterator[Segment]:
@@ -283,8 +292,15 @@ def _pcm16(frame: np.ndarray) -> bytes:
     return np.round(np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
 
-def _check_options(min_silence_s: float, pad_s: float, max_segment_s: float, min_segment_s: float,
-                   aggressiveness: int, frame_ms: int, max_held_s: float | None) -> None:
+def _check_options(
+    min_silence_s: float,
+    pad_s: float,
+    max_segment_s: float,
+    min_segment_s: float,
+    aggressiveness: int,
+    frame_ms: int,
+    max_held_s: float | None,
+) -> None:
     if frame_ms not in (10, 20, 30):
         raise ConfigError(f"webrtc VAD frame_ms must be 10, 20 or 30, got {frame_ms!r}")
     if not isinstance(aggressiveness, (int, np.integer)) or not 0 <= aggressiveness <= 3:
@@ -295,7 +311,9 @@ def _check_options(min_silence_s: float, pad_s: float, max_segment_s: float, min
     if not math.isfinite(max_segment_s) or max_segment_s <= 0:
         raise ConfigError(f"segmentation max_segment_s must be positive, got {max_segment_s!r}")
     if min_segment_s > max_segment_s:
-        raise ConfigError(f"segmentation min_segment_s ({min_segment_s}) must not exceed max_segment_s ({max_segment_s})")
+        raise ConfigError(
+            f"segmentation min_segment_s ({min_segment_s}) must not exceed max_segment_s ({max_segment_s})"
+        )
     if max_held_s is not None and not max_held_s >= max_segment_s:
         raise ConfigError(f"segmentation max_held_s ({max_held_s}) must be at least max_segment_s ({max_segment_s})")
 
@@ -310,17 +328,28 @@ def _open_info(path: Path) -> sf._SoundFileInfo:
     try:
         info = sf.info(str(path))
     except sf.LibsndfileError as exc:
-        raise AudioError(f"{path}: cannot be read as audio ({exc}); long recordings are read with libsndfile "
-                         "(WAV, FLAC, OGG, AIFF, …): convert the file, e.g. ffmpeg -i IN -ac 1 -ar 16000 OUT.flac") from exc
+        raise AudioError(
+            f"{path}: cannot be read as audio ({exc}); long recordings are read with libsndfile "
+            "(WAV, FLAC, OGG, AIFF, …): convert the file, e.g. ffmpeg -i IN -ac 1 -ar 16000 OUT.flac"
+        ) from exc
     if info.frames == 0:
         raise AudioError(f"{path}: holds no audio samples (the header declares 0 frames)")
     return info
 
 
-def segment_recording(path: str | Path, *, min_silence_s: float = DEFAULT_MIN_SILENCE_S, pad_s: float = DEFAULT_PAD_S,
-                      max_segment_s: float = DEFAULT_MAX_SEGMENT_S, min_segment_s: float = DEFAULT_MIN_SEGMENT_S,
-                      aggressiveness: int = 2, frame_ms: int = 30, block_s: float = DEFAULT_BLOCK_S,
-                      max_held_s: float | None = None, stats: SegmentationStats | None = None) -> Iterator[Segment]:
+def segment_recording(
+    path: str | Path,
+    *,
+    min_silence_s: float = DEFAULT_MIN_SILENCE_S,
+    pad_s: float = DEFAULT_PAD_S,
+    max_segment_s: float = DEFAULT_MAX_SEGMENT_S,
+    min_segment_s: float = DEFAULT_MIN_SEGMENT_S,
+    aggressiveness: int = 2,
+    frame_ms: int = 30,
+    block_s: float = DEFAULT_BLOCK_S,
+    max_held_s: float | None = None,
+    stats: SegmentationStats | None = None,
+) -> Iterator[Segment]:
     """Yield the utterance-sized :class:`Segment` pieces of a long recording (module docstring).
 
     The file is read ``block_s`` seconds at a time. The options are checked and the file opened
@@ -335,8 +364,9 @@ def segment_recording(path: str | Path, *, min_silence_s: float = DEFAULT_MIN_SI
     info = _open_info(path)
     stats = stats if stats is not None else SegmentationStats()
     stats.path, stats.source_rate, stats.channels = str(path), int(info.samplerate), int(info.channels)
-    segmenter = StreamSegmenter(min_silence_s, pad_s, max_segment_s, min_segment_s, aggressiveness, frame_ms,
-                                max_held_s, stats)
+    segmenter = StreamSegmenter(
+        min_silence_s, pad_s, max_segment_s, min_segment_s, aggressiveness, frame_ms, max_held_s, stats
+    )
     return _read_and_segment(path, info.samplerate, max(1, int(round(block_s * info.samplerate))), segmenter)
 
 
@@ -358,8 +388,10 @@ def _read_and_segment(path: Path, rate: int, block_frames: int, segmenter: Strea
             except StopIteration:
                 break
             except sf.LibsndfileError as exc:  # only the reading: the segmenter's own errors pass through
-                raise AudioError(f"{path}: reading failed after {segmenter.stats.duration_s:.1f} s ({exc}); "
-                                 "the file is corrupt or truncated") from exc
+                raise AudioError(
+                    f"{path}: reading failed after {segmenter.stats.duration_s:.1f} s ({exc}); "
+                    "the file is corrupt or truncated"
+                ) from exc
             mono = to_mono(block)
             if resampler is not None:
                 mono = resampler.resample_chunk(mono)
@@ -369,15 +401,25 @@ def _read_and_segment(path: Path, rate: int, block_frames: int, segmenter: Strea
     yield from segmenter.finish()
 
 
-def segment_waveform(wave: np.ndarray, rate: int = SAMPLE_RATE, *, min_silence_s: float = DEFAULT_MIN_SILENCE_S,
-                     pad_s: float = DEFAULT_PAD_S, max_segment_s: float = DEFAULT_MAX_SEGMENT_S,
-                     min_segment_s: float = DEFAULT_MIN_SEGMENT_S, aggressiveness: int = 2, frame_ms: int = 30,
-                     max_held_s: float | None = None, stats: SegmentationStats | None = None) -> list[Segment]:
+def segment_waveform(
+    wave: np.ndarray,
+    rate: int = SAMPLE_RATE,
+    *,
+    min_silence_s: float = DEFAULT_MIN_SILENCE_S,
+    pad_s: float = DEFAULT_PAD_S,
+    max_segment_s: float = DEFAULT_MAX_SEGMENT_S,
+    min_segment_s: float = DEFAULT_MIN_SEGMENT_S,
+    aggressiveness: int = 2,
+    frame_ms: int = 30,
+    max_held_s: float | None = None,
+    stats: SegmentationStats | None = None,
+) -> list[Segment]:
     """The segments of a waveform in memory (mono, or ``samples × channels``), by the same rule."""
     wave = to_mono(np.asarray(wave, dtype=np.float32))
     wave = resample(wave, rate, SAMPLE_RATE)
     stats = stats if stats is not None else SegmentationStats()
     stats.source_rate = int(rate)
-    segmenter = StreamSegmenter(min_silence_s, pad_s, max_segment_s, min_segment_s, aggressiveness, frame_ms,
-                                max_held_s, stats)
+    segmenter = StreamSegmenter(
+        min_silence_s, pad_s, max_segment_s, min_segment_s, aggressiveness, frame_ms, max_held_s, stats
+    )
     return [*segmenter.feed(wave), *segmenter.finish()]

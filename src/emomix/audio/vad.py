@@ -56,7 +56,9 @@ def _frame_count(num_samples: int, frame_len: int) -> int:
     return int(math.ceil(num_samples / frame_len)) if num_samples else 0
 
 
-def webrtc_vad_mask(wave: np.ndarray, rate: int = SAMPLE_RATE, frame_ms: int = 30, aggressiveness: int = 2) -> np.ndarray:
+def webrtc_vad_mask(
+    wave: np.ndarray, rate: int = SAMPLE_RATE, frame_ms: int = 30, aggressiveness: int = 2
+) -> np.ndarray:
     """Speech mask of ``wave`` from the WebRTC VAD, one bool per ``frame_ms`` frame.
 
     ``frame_ms`` must be 10, 20 or 30 and ``aggressiveness`` 0–3 (:class:`ConfigError` otherwise).
@@ -100,9 +102,14 @@ def _silero() -> tuple[Any, Any]:
     return model, get_speech_timestamps
 
 
-def silero_speech_segments(wave: np.ndarray, rate: int = SAMPLE_RATE, threshold: float = 0.5,
-                           min_speech_ms: int = 250, min_silence_ms: int = 100,
-                           speech_pad_ms: int = 30) -> list[tuple[float, float]]:
+def silero_speech_segments(
+    wave: np.ndarray,
+    rate: int = SAMPLE_RATE,
+    threshold: float = 0.5,
+    min_speech_ms: int = 250,
+    min_silence_ms: int = 100,
+    speech_pad_ms: int = 30,
+) -> list[tuple[float, float]]:
     """Speech segments ``(start_s, end_s)`` found by the bundled Silero VAD model.
 
     ``threshold`` is the speech probability that opens a segment (it closes 0.15 below);
@@ -124,17 +131,23 @@ def silero_speech_segments(wave: np.ndarray, rate: int = SAMPLE_RATE, threshold:
     try:
         with torch.no_grad():
             stamps = get_speech_timestamps(
-                torch.from_numpy(np.ascontiguousarray(wave)), model, threshold=threshold, sampling_rate=rate,
-                min_speech_duration_ms=min_speech_ms, min_silence_duration_ms=min_silence_ms,
-                speech_pad_ms=speech_pad_ms, return_seconds=False,
+                torch.from_numpy(np.ascontiguousarray(wave)),
+                model,
+                threshold=threshold,
+                sampling_rate=rate,
+                min_speech_duration_ms=min_speech_ms,
+                min_silence_duration_ms=min_silence_ms,
+                speech_pad_ms=speech_pad_ms,
+                return_seconds=False,
             )
     finally:
         torch.set_num_threads(threads)
     return [(stamp["start"] / rate, stamp["end"] / rate) for stamp in stamps]
 
 
-def silero_vad_mask(wave: np.ndarray, rate: int = SAMPLE_RATE, frame_ms: int = 32, threshold: float = 0.5,
-                    **options: Any) -> np.ndarray:
+def silero_vad_mask(
+    wave: np.ndarray, rate: int = SAMPLE_RATE, frame_ms: int = 32, threshold: float = 0.5, **options: Any
+) -> np.ndarray:
     """Speech mask of ``wave`` from the Silero VAD, one bool per ``frame_ms`` frame.
 
     A frame is speech when its centre lies inside a segment of :func:`silero_speech_segments`
@@ -149,8 +162,9 @@ def silero_vad_mask(wave: np.ndarray, rate: int = SAMPLE_RATE, frame_ms: int = 3
     return segments_to_mask(segments, frame_s, count)
 
 
-def vad_mask(wave: np.ndarray, backend: str = "webrtc", rate: int = SAMPLE_RATE, frame_ms: int | None = None,
-             **options: Any) -> np.ndarray:
+def vad_mask(
+    wave: np.ndarray, backend: str = "webrtc", rate: int = SAMPLE_RATE, frame_ms: int | None = None, **options: Any
+) -> np.ndarray:
     """Speech mask from the named backend (``"webrtc"`` or ``"silero"``).
 
     ``frame_ms`` defaults to the backend's (:data:`DEFAULT_FRAME_MS`: 30 and 32 ms); ``options``
@@ -166,8 +180,10 @@ def vad_mask(wave: np.ndarray, backend: str = "webrtc", rate: int = SAMPLE_RATE,
         return webrtc_vad_mask(wave, rate, frame_ms=frame_ms, **options)
     unknown = set(options) - {"threshold", "min_speech_ms", "min_silence_ms", "speech_pad_ms"}
     if unknown:
-        raise ConfigError(f"unknown silero VAD option(s) {sorted(unknown)}; "
-                          "known: threshold, min_speech_ms, min_silence_ms, speech_pad_ms")
+        raise ConfigError(
+            f"unknown silero VAD option(s) {sorted(unknown)}; "
+            "known: threshold, min_speech_ms, min_silence_ms, speech_pad_ms"
+        )
     return silero_vad_mask(wave, rate, frame_ms=frame_ms, **options)
 
 
@@ -180,8 +196,9 @@ def segments_to_mask(segments: list[tuple[float, float]], frame_s: float, num_fr
     return mask
 
 
-def speech_regions(mask: np.ndarray, frame_s: float, min_speech_s: float = 0.0,
-                   merge_gap_s: float = 0.0) -> list[tuple[float, float]]:
+def speech_regions(
+    mask: np.ndarray, frame_s: float, min_speech_s: float = 0.0, merge_gap_s: float = 0.0
+) -> list[tuple[float, float]]:
     """Runs of True frames as ``(start_s, end_s)`` regions.
 
     Regions separated by a pause of at most ``merge_gap_s`` are merged first; then regions
@@ -205,7 +222,9 @@ def speech_regions(mask: np.ndarray, frame_s: float, min_speech_s: float = 0.0,
     return [(start, end) for start, end in regions if end - start >= min_speech_s - 1e-9]
 
 
-def map_mask_to_frames(mask: np.ndarray, mask_frame_s: float, target_frame_s: float, num_target_frames: int) -> np.ndarray:
+def map_mask_to_frames(
+    mask: np.ndarray, mask_frame_s: float, target_frame_s: float, num_target_frames: int
+) -> np.ndarray:
     """Resample a VAD mask onto another frame grid (e.g. 30 ms VAD frames onto 20 ms WavLM frames).
 
     Target frame ``j`` is speech when the mask frame covering its centre ``(j + 0.5)·target_frame_s``

@@ -45,8 +45,9 @@ FACE_BOX_REUSED = "face missed in some frames"
 # ---------------------------------------------------------------------------------------------
 
 
-def read_video_frames(path: str | Path, start: float | None = None, end: float | None = None,
-                      max_frames: int | None = None) -> np.ndarray:
+def read_video_frames(
+    path: str | Path, start: float | None = None, end: float | None = None, max_frames: int | None = None
+) -> np.ndarray:
     """Decode the frames of a video's first video stream as an ``N × H × W × 3`` uint8 RGB array.
 
     ``start``/``end`` (seconds, relative to the stream's start) keep the frames shown in that
@@ -142,8 +143,9 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected an H×W×3 RGB or H×W grayscale frame, got shape {frame.shape}")
 
 
-def detect_largest_face(frame_gray: np.ndarray, min_size: int = 24, scale_factor: float = 1.1,
-                        min_neighbors: int = 5) -> tuple[int, int, int, int] | None:
+def detect_largest_face(
+    frame_gray: np.ndarray, min_size: int = 24, scale_factor: float = 1.1, min_neighbors: int = 5
+) -> tuple[int, int, int, int] | None:
     """The largest frontal face ``(x, y, w, h)`` found by the Haar cascade, or None.
 
     ``frame_gray`` is a uint8 grayscale frame (RGB is converted); faces smaller than
@@ -161,13 +163,18 @@ def detect_largest_face(frame_gray: np.ndarray, min_size: int = 24, scale_factor
     return x, y, w, h
 
 
-def _detect_scaled(gray: np.ndarray, detection_width: int, min_face_fraction: float) -> tuple[int, int, int, int] | None:
+def _detect_scaled(
+    gray: np.ndarray, detection_width: int, min_face_fraction: float
+) -> tuple[int, int, int, int] | None:
     import cv2
 
     height, width = gray.shape
     scale = max(1.0, width / detection_width)
-    small = gray if scale == 1.0 else cv2.resize(
-        gray, (detection_width, max(1, int(round(height / scale)))), interpolation=cv2.INTER_AREA)
+    small = (
+        gray
+        if scale == 1.0
+        else cv2.resize(gray, (detection_width, max(1, int(round(height / scale)))), interpolation=cv2.INTER_AREA)
+    )
     # Faces in emotion corpora fill a good part of the frame; not scanning tiny scales is most of
     # the detector's speed.
     min_size = max(24, int(round(min_face_fraction * min(small.shape))))
@@ -178,9 +185,16 @@ def _detect_scaled(gray: np.ndarray, detection_width: int, min_face_fraction: fl
     return x, y, min(w, width - x), min(h, height - y)
 
 
-def face_crops(frames: np.ndarray | Sequence[np.ndarray], size: int = 64, num_frames: int = 150,
-               detector: str = "haar", detection_width: int = 320, min_face_fraction: float = 0.1,
-               detect_every: int = 1, pad: bool = True) -> tuple[np.ndarray, int] | None:
+def face_crops(
+    frames: np.ndarray | Sequence[np.ndarray],
+    size: int = 64,
+    num_frames: int = 150,
+    detector: str = "haar",
+    detection_width: int = 320,
+    min_face_fraction: float = 0.1,
+    detect_every: int = 1,
+    pad: bool = True,
+) -> tuple[np.ndarray, int] | None:
     """A ``num_frames × size × size`` uint8 grayscale stack of face crops (see the module's rules).
 
     With ``pad=False`` a clip shorter than ``num_frames`` keeps its own length (cut, never padded).
@@ -198,7 +212,9 @@ def face_crops(frames: np.ndarray | Sequence[np.ndarray], size: int = 64, num_fr
     if detector not in DETECTORS:
         raise ConfigError(f"unknown face detector {detector!r}; choose one of {', '.join(DETECTORS)}")
     if size <= 0 or num_frames <= 0 or detect_every <= 0:
-        raise ConfigError(f"size, num_frames and detect_every must be positive, got {size}, {num_frames}, {detect_every}")
+        raise ConfigError(
+            f"size, num_frames and detect_every must be positive, got {size}, {num_frames}, {detect_every}"
+        )
     grays = [to_gray(frame) for frame in frames]
     if not grays:
         return None
@@ -206,15 +222,17 @@ def face_crops(frames: np.ndarray | Sequence[np.ndarray], size: int = 64, num_fr
     def crop(gray: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
         if box is not None:
             x, y, w, h = box
-            gray = gray[y:y + h, x:x + w]
+            gray = gray[y : y + h, x : x + w]
         return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
 
     if detector == "none":
         crops = [crop(gray, None) for gray in grays]
         found = len(grays)
     else:
-        boxes = [_detect_scaled(gray, detection_width, min_face_fraction) if index % detect_every == 0 else None
-                 for index, gray in enumerate(grays)]
+        boxes = [
+            _detect_scaled(gray, detection_width, min_face_fraction) if index % detect_every == 0 else None
+            for index, gray in enumerate(grays)
+        ]
         found = sum(box is not None for box in boxes)
         if found == 0:
             return None
@@ -237,9 +255,19 @@ def fit_length(stack: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([stack, padding])
 
 
-def prepare_video(path: str | Path, start: float | None, end: float | None, size: int = 64, num_frames: int = 150,
-                  pad: bool = False, frame_step: int = 1, detector: str = "haar", detection_width: int = 320,
-                  min_face_fraction: float = 0.1, detect_every: int = 1) -> dict[str, Any]:
+def prepare_video(
+    path: str | Path,
+    start: float | None,
+    end: float | None,
+    size: int = 64,
+    num_frames: int = 150,
+    pad: bool = False,
+    frame_step: int = 1,
+    detector: str = "haar",
+    detection_width: int = 320,
+    min_face_fraction: float = 0.1,
+    detect_every: int = 1,
+) -> dict[str, Any]:
     """One utterance's face crops as extraction stores them (the ``faces`` encoder's settings).
 
     Decodes the clip's first ``num_frames`` frames in the ``start``–``end`` span, keeps every
@@ -252,12 +280,23 @@ def prepare_video(path: str | Path, start: float | None, end: float | None, size
         raise ConfigError(f"frame_step must be a positive whole number, got {frame_step!r}")
     frames = read_video_frames(path, start=start, end=end, max_frames=num_frames)[::frame_step]
     kept = -(-num_frames // frame_step)
-    result = face_crops(frames, size=size, num_frames=kept, detector=detector, detection_width=detection_width,
-                        min_face_fraction=min_face_fraction, detect_every=detect_every, pad=pad)
+    result = face_crops(
+        frames,
+        size=size,
+        num_frames=kept,
+        detector=detector,
+        detection_width=detection_width,
+        min_face_fraction=min_face_fraction,
+        detect_every=detect_every,
+        pad=pad,
+    )
     out: dict[str, Any] = {"input": None, "seconds": 0.0, "fallbacks": [], "vad": None}
     if result is None:
-        out["error"] = (NO_FACE, f"{path}: no face found in any of its {len(frames)} frames (OpenCV {detector} "
-                                 "detector); the utterance is left out")
+        out["error"] = (
+            NO_FACE,
+            f"{path}: no face found in any of its {len(frames)} frames (OpenCV {detector} "
+            "detector); the utterance is left out",
+        )
         return out
     crops, found = result
     attempted = len(frames) if detector == "none" else -(-len(frames) // detect_every)

@@ -86,15 +86,21 @@ class PreprocessConfig:
         if self.vad is not None:
             unknown = sorted(set(self.vad_options) - _VAD_OPTIONS[self.vad])
             if unknown:
-                raise ConfigError(f"unknown {self.vad} VAD option(s) {unknown}; known: {sorted(_VAD_OPTIONS[self.vad])}")
+                raise ConfigError(
+                    f"unknown {self.vad} VAD option(s) {unknown}; known: {sorted(_VAD_OPTIONS[self.vad])}"
+                )
         if self.vad_mode not in VAD_MODES:
             raise ConfigError(f"preprocess.vad_mode must be one of {', '.join(VAD_MODES)}, got {self.vad_mode!r}")
         if self.text_normalisation not in TEXT_NORMALISATIONS:
-            raise ConfigError(f"preprocess.text_normalisation must be one of {', '.join(TEXT_NORMALISATIONS)}, "
-                              f"got {self.text_normalisation!r}")
+            raise ConfigError(
+                f"preprocess.text_normalisation must be one of {', '.join(TEXT_NORMALISATIONS)}, "
+                f"got {self.text_normalisation!r}"
+            )
         if self.chunk_max_s is not None and not (0 < self.chunk_min_s <= self.chunk_max_s):
-            raise ConfigError(f"preprocess chunking needs 0 < chunk_min_s <= chunk_max_s, "
-                              f"got {self.chunk_min_s} and {self.chunk_max_s}")
+            raise ConfigError(
+                f"preprocess chunking needs 0 < chunk_min_s <= chunk_max_s, "
+                f"got {self.chunk_min_s} and {self.chunk_max_s}"
+            )
         if self.vad and self.vad_mode == "mask" and self.chunk_max_s is not None:
             raise ConfigError("preprocess.vad_mode='mask' cannot be combined with chunking; use vad_mode='trim'")
 
@@ -189,11 +195,15 @@ class ExtractSummary:
         ]
         rtf = self.real_time_factor
         speed = f"{self.computed / self.wall_seconds:.1f} utt/s" if self.wall_seconds > 0 else "-"
-        lines.append(f"time           {self.wall_seconds:.1f} s wall, {self.audio_seconds:.1f} s of audio encoded, "
-                     f"{speed}, real-time factor {'-' if rtf is None else f'{rtf:.3f}'}")
+        lines.append(
+            f"time           {self.wall_seconds:.1f} s wall, {self.audio_seconds:.1f} s of audio encoded, "
+            f"{speed}, real-time factor {'-' if rtf is None else f'{rtf:.3f}'}"
+        )
         if self.layers or self.boundary_layer is not None:
-            lines.append(f"layers         {self.layers}" + (
-                f" (boundary layer {self.boundary_layer})" if self.boundary_layer is not None else ""))
+            lines.append(
+                f"layers         {self.layers}"
+                + (f" (boundary layer {self.boundary_layer})" if self.boundary_layer is not None else "")
+            )
         for kind, ids in sorted(self.fallbacks.items()):
             lines.append(f"fallback       {kind}: {len(ids)} ({_listing(ids, max_listed)})")
         by_reason: dict[str, list[dict[str, str]]] = {}
@@ -227,7 +237,9 @@ def namespace_for(encoder: Any) -> str:
     return f"{slug}-{encoder.identity()}"
 
 
-def resolve_layers(encoder: Any, layers: Iterable[int] = (), boundary_layer: int | None = None) -> tuple[list[int], int | None]:
+def resolve_layers(
+    encoder: Any, layers: Iterable[int] = (), boundary_layer: int | None = None
+) -> tuple[list[int], int | None]:
     """Validate the hidden layers to store; a negative ``boundary_layer`` counts from the top.
 
     ``boundary_layer=s`` stores ``layer_s``, the states entering transformer layer ``s``
@@ -244,18 +256,29 @@ def resolve_layers(encoder: Any, layers: Iterable[int] = (), boundary_layer: int
     if boundary_layer is not None:
         resolved = boundary_layer + count if boundary_layer < 0 else boundary_layer
         if not 0 <= resolved <= count:
-            raise ConfigError(f"boundary layer {boundary_layer} out of range for {count} layers (use 0..{count} or -{count}..-1)")
+            raise ConfigError(
+                f"boundary layer {boundary_layer} out of range for {count} layers (use 0..{count} or -{count}..-1)"
+            )
         if not hasattr(encoder, "forward_from_layer"):
-            raise ConfigError(f"encoder {type(encoder).__name__} cannot resume from a stored boundary "
-                              "(it has no forward_from_layer); store --layers instead")
+            raise ConfigError(
+                f"encoder {type(encoder).__name__} cannot resume from a stored boundary "
+                "(it has no forward_from_layer); store --layers instead"
+            )
         boundary_layer = resolved
         chosen = sorted(set(chosen) | {resolved})
     return chosen, boundary_layer
 
 
-def utterance_keys(table: pd.DataFrame, encoder: Any, store: FeatureStore | MemoryStore, preprocess: PreprocessConfig | None = None,
-                   layers: Iterable[int] = (), boundary_layer: int | None = None, base_dir: str | Path | None = None,
-                   hash_threads: int = 2) -> tuple[dict[str, str], list[dict[str, str]]]:
+def utterance_keys(
+    table: pd.DataFrame,
+    encoder: Any,
+    store: FeatureStore | MemoryStore,
+    preprocess: PreprocessConfig | None = None,
+    layers: Iterable[int] = (),
+    boundary_layer: int | None = None,
+    base_dir: str | Path | None = None,
+    hash_threads: int = 2,
+) -> tuple[dict[str, str], list[dict[str, str]]]:
     """Store keys of a table's utterances, as :func:`extract_features` computes them.
 
     Returns ``(keys by utt_id, failures)``; training uses it to find the stored features of a
@@ -281,7 +304,9 @@ def utterance_keys(table: pd.DataFrame, encoder: Any, store: FeatureStore | Memo
     for row in rows:
         path = paths[row["utt_id"]]
         if path is None:
-            failures.append(_failure(row["utt_id"], f"no {modality} path", f"the table has no {modality} file for this utterance"))
+            failures.append(
+                _failure(row["utt_id"], f"no {modality} path", f"the table has no {modality} file for this utterance")
+            )
         elif path in errors:
             failures.append(_failure(row["utt_id"], "missing file", errors[path]))
         else:
@@ -290,10 +315,22 @@ def utterance_keys(table: pd.DataFrame, encoder: Any, store: FeatureStore | Memo
     return keys, failures
 
 
-def extract_features(table: pd.DataFrame, encoder: Any, store: FeatureStore | MemoryStore, preprocess: PreprocessConfig | Mapping[str, Any] | None = None,
-                     batch_size: int = 8, num_workers: int = 0, progress: bool = True, layers: Iterable[int] = (),
-                     boundary_layer: int | None = None, flush_every: int = 256, base_dir: str | Path | None = None,
-                     shard_index: int = 0, num_shards: int = 1, flush_bytes: int = 256 << 20) -> ExtractSummary:
+def extract_features(
+    table: pd.DataFrame,
+    encoder: Any,
+    store: FeatureStore | MemoryStore,
+    preprocess: PreprocessConfig | Mapping[str, Any] | None = None,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    progress: bool = True,
+    layers: Iterable[int] = (),
+    boundary_layer: int | None = None,
+    flush_every: int = 256,
+    base_dir: str | Path | None = None,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    flush_bytes: int = 256 << 20,
+) -> ExtractSummary:
     """Encode every utterance of ``table`` missing from ``store``; return an :class:`ExtractSummary`.
 
     ``encoder.modality`` decides the input: audio encoders read ``audio_path`` (relative paths are
@@ -317,9 +354,16 @@ def extract_features(table: pd.DataFrame, encoder: Any, store: FeatureStore | Me
         raise ConfigError("a sharded extraction must write through a worker store: FeatureStore(root, worker=...)")
     modality = _modality(encoder)
     chosen, boundary_layer = resolve_layers(encoder, layers, boundary_layer)
-    if modality == "audio" and preprocess.vad and preprocess.vad_mode == "mask" and not getattr(encoder, "frame_rate", None):
-        raise ConfigError(f"vad_mode='mask' needs an encoder with frames; {type(encoder).__name__} has no frame rate "
-                          "(use vad_mode='trim')")
+    if (
+        modality == "audio"
+        and preprocess.vad
+        and preprocess.vad_mode == "mask"
+        and not getattr(encoder, "frame_rate", None)
+    ):
+        raise ConfigError(
+            f"vad_mode='mask' needs an encoder with frames; {type(encoder).__name__} has no frame rate "
+            "(use vad_mode='trim')"
+        )
     namespace = namespace_for(encoder)
     summary = ExtractSummary(namespace=namespace, store=str(store.root), layers=chosen, boundary_layer=boundary_layer)
     store.acquire_writer()  # fail early if another process writes as this writer
@@ -330,8 +374,9 @@ def extract_features(table: pd.DataFrame, encoder: Any, store: FeatureStore | Me
         summary.other_workers = int((~mask).sum())
         table = table[mask]
     summary.total = len(table)
-    keys, failures = utterance_keys(table, encoder, store, preprocess, chosen, None, base_dir,
-                                    hash_threads=max(2, num_workers))
+    keys, failures = utterance_keys(
+        table, encoder, store, preprocess, chosen, None, base_dir, hash_threads=max(2, num_workers)
+    )
     summary.failures.extend(failures)
     present = set(keys.values()) - set(store.missing(keys.values()))
     summary.cached = sum(1 for key in keys.values() if key in present)
@@ -345,12 +390,33 @@ def extract_features(table: pd.DataFrame, encoder: Any, store: FeatureStore | Me
         path = _resolve(_media_path(row, modality), base_dir) if modality != "text" else None
         start, end = _media_span(row, modality)
         work.append(_WorkItem(row["utt_id"], key, path, start, end, row["text"], _length(modality, path, row)))
-    description = {"class": type(encoder).__name__, "identity": encoder.identity(), "config": encoder.config(),
-                   "modality": modality, "frame_rate": getattr(encoder, "frame_rate", None),
-                   "output_size": getattr(encoder, "output_size", None), "num_layers": getattr(encoder, "num_layers", 0)}
+    description = {
+        "class": type(encoder).__name__,
+        "identity": encoder.identity(),
+        "config": encoder.config(),
+        "modality": modality,
+        "frame_rate": getattr(encoder, "frame_rate", None),
+        "output_size": getattr(encoder, "output_size", None),
+        "num_layers": getattr(encoder, "num_layers", 0),
+    }
     if work:
-        _run(work, encoder, store, preprocess, modality, chosen, namespace, description, summary,
-             batch_size, num_workers, flush_every, flush_bytes, progress, started)
+        _run(
+            work,
+            encoder,
+            store,
+            preprocess,
+            modality,
+            chosen,
+            namespace,
+            description,
+            summary,
+            batch_size,
+            num_workers,
+            flush_every,
+            flush_bytes,
+            progress,
+            started,
+        )
     for failure in summary.failures:
         summary.keys.pop(failure["utt_id"], None)
     summary.bytes_on_disk = int(store.stats()["bytes"])
@@ -361,20 +427,37 @@ def extract_features(table: pd.DataFrame, encoder: Any, store: FeatureStore | Me
 # ---------------------------------------------------------------------- the loop
 
 
-def _run(work: list[_WorkItem], encoder: Any, store: FeatureStore | MemoryStore, preprocess: PreprocessConfig, modality: str,
-         layers: list[int], namespace: str, description: dict[str, Any], summary: ExtractSummary, batch_size: int,
-         num_workers: int, flush_every: int, flush_bytes: int, progress: bool, started: float) -> None:
+def _run(
+    work: list[_WorkItem],
+    encoder: Any,
+    store: FeatureStore | MemoryStore,
+    preprocess: PreprocessConfig,
+    modality: str,
+    layers: list[int],
+    namespace: str,
+    description: dict[str, Any],
+    summary: ExtractSummary,
+    batch_size: int,
+    num_workers: int,
+    flush_every: int,
+    flush_bytes: int,
+    progress: bool,
+    started: float,
+) -> None:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     # Longest first: similar lengths share a batch (little padding) and an out-of-memory batch
     # shows up at once rather than hours in.
     order = sorted(range(len(work)), key=lambda i: (-work[i].length, work[i].utt_id))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     frame_rate = getattr(encoder, "frame_rate", None)
-    dataset = _InputDataset(work, modality, preprocess, getattr(encoder, "settings", None) if modality == "video" else None)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=_collate, num_workers=num_workers,
-                        persistent_workers=False)
+    dataset = _InputDataset(
+        work, modality, preprocess, getattr(encoder, "settings", None) if modality == "video" else None
+    )
+    loader = DataLoader(
+        dataset, batch_sampler=batches, collate_fn=_collate, num_workers=num_workers, persistent_workers=False
+    )
     pending: dict[str, dict[str, np.ndarray]] = {}
     pending_bytes = 0
     done_keys: set[str] = set()
@@ -426,8 +509,14 @@ def _run(work: list[_WorkItem], encoder: Any, store: FeatureStore | MemoryStore,
         bar.close()
 
 
-def _encode(encoder: Any, ready: list[tuple[_WorkItem, dict[str, Any]]], layers: list[int], preprocess: PreprocessConfig,
-            frame_rate: float | None, summary: ExtractSummary) -> list[tuple[tuple[_WorkItem, dict[str, Any]], dict[str, np.ndarray], list[str]]]:
+def _encode(
+    encoder: Any,
+    ready: list[tuple[_WorkItem, dict[str, Any]]],
+    layers: list[int],
+    preprocess: PreprocessConfig,
+    frame_rate: float | None,
+    summary: ExtractSummary,
+) -> list[tuple[tuple[_WorkItem, dict[str, Any]], dict[str, np.ndarray], list[str]]]:
     """Encode a batch; if the batch fails, encode its utterances one by one and record the failures."""
     if not ready:
         return []
@@ -440,7 +529,9 @@ def _encode(encoder: Any, ready: list[tuple[_WorkItem, dict[str, Any]]], layers:
             item, _ = ready[0]
             import traceback
 
-            summary.failures.append(_failure(item.utt_id, "encoder error", traceback.format_exc(limit=1).strip().splitlines()[-1]))
+            summary.failures.append(
+                _failure(item.utt_id, "encoder error", traceback.format_exc(limit=1).strip().splitlines()[-1])
+            )
             return []
     results = []
     for one in ready:
@@ -448,8 +539,13 @@ def _encode(encoder: Any, ready: list[tuple[_WorkItem, dict[str, Any]]], layers:
     return results
 
 
-def _encode_batch(encoder: Any, ready: list[tuple[_WorkItem, dict[str, Any]]], layers: list[int], preprocess: PreprocessConfig,
-                  frame_rate: float | None) -> list[tuple[tuple[_WorkItem, dict[str, Any]], dict[str, np.ndarray], list[str]]]:
+def _encode_batch(
+    encoder: Any,
+    ready: list[tuple[_WorkItem, dict[str, Any]]],
+    layers: list[int],
+    preprocess: PreprocessConfig,
+    frame_rate: float | None,
+) -> list[tuple[tuple[_WorkItem, dict[str, Any]], dict[str, np.ndarray], list[str]]]:
     inputs: list[Any] = []
     owners: list[int] = []
     for index, (_, prepared) in enumerate(ready):
@@ -494,7 +590,11 @@ def _extras_flags(extras: Mapping[str, Any], count: int) -> list[list[str]]:
     for name, value in (extras or {}).items():
         if hasattr(value, "tolist"):
             value = value.tolist()
-        if isinstance(value, (list, tuple)) and len(value) == count and all(isinstance(v, (bool, np.bool_)) for v in value):
+        if (
+            isinstance(value, (list, tuple))
+            and len(value) == count
+            and all(isinstance(v, (bool, np.bool_)) for v in value)
+        ):
             for j, flagged in enumerate(value):
                 if flagged:
                     flags[j].append(name.replace("_", " "))
@@ -507,8 +607,13 @@ def _extras_flags(extras: Mapping[str, Any], count: int) -> list[list[str]]:
 class _InputDataset(Dataset[dict[str, Any]]):
     """Map-style dataset: position -> one prepared input, or the reason it could not be read."""
 
-    def __init__(self, work: list[_WorkItem], modality: str, preprocess: PreprocessConfig,
-                 video_settings: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        work: list[_WorkItem],
+        modality: str,
+        preprocess: PreprocessConfig,
+        video_settings: Mapping[str, Any] | None = None,
+    ):
         self.work = work
         self.modality = modality
         self.preprocess = preprocess
@@ -519,7 +624,14 @@ class _InputDataset(Dataset[dict[str, Any]]):
 
     def __getitem__(self, position: int) -> dict[str, Any]:
         item = self.work[position]
-        out: dict[str, Any] = {"position": position, "input": None, "seconds": 0.0, "fallbacks": [], "error": None, "vad": None}
+        out: dict[str, Any] = {
+            "position": position,
+            "input": None,
+            "seconds": 0.0,
+            "fallbacks": [],
+            "error": None,
+            "vad": None,
+        }
         try:
             if self.modality == "text":
                 text = normalise_text(item.text or "", self.preprocess.text_normalisation)
@@ -545,7 +657,9 @@ class _InputDataset(Dataset[dict[str, Any]]):
         return out
 
 
-def prepare_audio(path: str | Path, start: float | None, end: float | None, preprocess: PreprocessConfig) -> dict[str, Any]:
+def prepare_audio(
+    path: str | Path, start: float | None, end: float | None, preprocess: PreprocessConfig
+) -> dict[str, Any]:
     """Load and preprocess one utterance's audio exactly as extraction does.
 
     Returns ``input`` (the waveform, or a list of chunk waveforms), ``seconds`` (duration
@@ -556,8 +670,14 @@ def prepare_audio(path: str | Path, start: float | None, end: float | None, prep
     from emomix.errors import AudioError
 
     rate = int(preprocess.target_rate)
-    wave = load_audio(path, start=start, end=end, target_rate=rate, normalise_loudness=preprocess.normalise_loudness,
-                      target_dbfs=preprocess.target_dbfs)
+    wave = load_audio(
+        path,
+        start=start,
+        end=end,
+        target_rate=rate,
+        normalise_loudness=preprocess.normalise_loudness,
+        target_dbfs=preprocess.target_dbfs,
+    )
     if wave.size == 0:
         raise AudioError(f"{path}: the span {start}-{end} holds no samples")
     fallbacks: list[str] = []
@@ -568,14 +688,20 @@ def prepare_audio(path: str | Path, start: float | None, end: float | None, prep
     if preprocess.vad:
         options = dict(preprocess.vad_options)
         frame_ms = options.pop("frame_ms", None) or DEFAULT_FRAME_MS[preprocess.vad]
-        mask, fell_back = speech_mask_or_all(vad_mask(wave, backend=preprocess.vad, rate=rate, frame_ms=frame_ms, **options))
+        mask, fell_back = speech_mask_or_all(
+            vad_mask(wave, backend=preprocess.vad, rate=rate, frame_ms=frame_ms, **options)
+        )
         if fell_back and not silent:
             fallbacks.append(NO_SPEECH_FOUND)
         frame_s = frame_ms / 1000.0
         if preprocess.vad_mode == "trim":
             regions = speech_regions(mask, frame_s)
             if regions and not fell_back:
-                wave = wave[int(regions[0][0] * rate): max(int(regions[0][0] * rate) + 1, int(math.ceil(regions[-1][1] * rate)))]
+                wave = wave[
+                    int(regions[0][0] * rate) : max(
+                        int(regions[0][0] * rate) + 1, int(math.ceil(regions[-1][1] * rate))
+                    )
+                ]
         else:
             vad_result = (mask, frame_s)
     if preprocess.chunk_max_s is not None:
@@ -597,8 +723,10 @@ def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _modality(encoder: Any) -> str:
     modality = getattr(encoder, "modality", None)
     if modality not in ("audio", "text", "video"):
-        raise ConfigError(f"the feature store extracts audio, text and video encoders; {type(encoder).__name__} "
-                          f"has modality {modality!r}")
+        raise ConfigError(
+            f"the feature store extracts audio, text and video encoders; {type(encoder).__name__} "
+            f"has modality {modality!r}"
+        )
     return modality
 
 

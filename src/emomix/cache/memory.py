@@ -74,8 +74,12 @@ class MemoryStore:
         """The keys (in order, without repeats) not stored yet."""
         return [key for key in dict.fromkeys(keys) if key not in self._entries]
 
-    def put_many(self, items: Mapping[str, Mapping[str, np.ndarray]], namespace: str = "default",
-                 description: Mapping[str, Any] | None = None) -> int:
+    def put_many(
+        self,
+        items: Mapping[str, Mapping[str, np.ndarray]],
+        namespace: str = "default",
+        description: Mapping[str, Any] | None = None,
+    ) -> int:
         """Store entries ``{key: {field: array}}`` converted as the disk store converts them;
         returns how many new entries were stored (a key already present is skipped)."""
         written = 0
@@ -90,7 +94,9 @@ class MemoryStore:
         """Store one entry (see :meth:`put_many`)."""
         return self.put_many({key: arrays}, namespace=namespace)
 
-    def get_many(self, keys: Sequence[str], mmap: bool = False, verify: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    def get_many(
+        self, keys: Sequence[str], mmap: bool = False, verify: bool = False
+    ) -> dict[str, dict[str, np.ndarray]]:
         """Copies of several entries' arrays; a missing key raises :class:`MissingDataError`."""
         absent = [k for k in keys if k not in self._entries]
         if absent:
@@ -125,6 +131,12 @@ class MemoryStore:
     def stats(self) -> dict[str, Any]:
         """Entries and array bytes held, in the shape of :meth:`FeatureStore.stats`."""
         nbytes = int(sum(a.nbytes for arrays in self._entries.values() for a in arrays.values()))
-        return {"root": str(self.root), "entries": len(self._entries), "shards": 0, "bytes": nbytes,
-                "namespaces": {name: {"description": description} for name, description in self._namespaces.items()},
-                "orphans": 0, "pending_parts": 0}
+        return {
+            "root": str(self.root),
+            "entries": len(self._entries),
+            "shards": 0,
+            "bytes": nbytes,
+            "namespaces": {name: {"description": description} for name, description in self._namespaces.items()},
+            "orphans": 0,
+            "pending_parts": 0,
+        }

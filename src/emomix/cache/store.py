@@ -61,9 +61,18 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SQL_CHUNK = 500
 
 _SAFETENSORS_DTYPES = {
-    "F16": np.float16, "F32": np.float32, "F64": np.float64,
-    "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64,
-    "U8": np.uint8, "U16": np.uint16, "U32": np.uint32, "U64": np.uint64, "BOOL": np.bool_,
+    "F16": np.float16,
+    "F32": np.float32,
+    "F64": np.float64,
+    "I8": np.int8,
+    "I16": np.int16,
+    "I32": np.int32,
+    "I64": np.int64,
+    "U8": np.uint8,
+    "U16": np.uint16,
+    "U32": np.uint32,
+    "U64": np.uint64,
+    "BOOL": np.bool_,
 }
 
 _SCHEMA = """
@@ -131,8 +140,15 @@ class FeatureStore:
     gets a :class:`StoreError`. Readers need no lock and may read while a writer writes.
     """
 
-    def __init__(self, root: str | Path, dtype: str = "float16", worker: str | None = None,
-                 create: bool = True, max_open_shards: int = 64, max_shard_bytes: int = 512 << 20):
+    def __init__(
+        self,
+        root: str | Path,
+        dtype: str = "float16",
+        worker: str | None = None,
+        create: bool = True,
+        max_open_shards: int = 64,
+        max_shard_bytes: int = 512 << 20,
+    ):
         if dtype not in STORE_DTYPES:
             raise ConfigError(f"feature store dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
         if worker is not None and (not _NAME_RE.match(worker) or worker == MAIN_WRITER):
@@ -152,8 +168,10 @@ class FeatureStore:
         try:
             self._main = _connect(main_path)
         except sqlite3.DatabaseError as exc:  # a truncated or overwritten index.sqlite
-            raise StoreError(f"{main_path} is damaged ({exc}); restore it from a backup, or delete the store "
-                             "folder and run `emomix extract` again") from None
+            raise StoreError(
+                f"{main_path} is damaged ({exc}); restore it from a backup, or delete the store "
+                "folder and run `emomix extract` again"
+            ) from None
         if worker is None:
             self._write_db = self._main
         else:
@@ -204,7 +222,8 @@ class FeatureStore:
         if fd is None:
             raise StoreError(
                 f"another process is writing to {self.root} as writer {self.writer!r}; wait for it to finish "
-                "or give each parallel extraction its own --shard-index")
+                "or give each parallel extraction its own --shard-index"
+            )
         self._lock_fd = fd
         return self._cleanup_writer(self.writer)
 
@@ -217,10 +236,11 @@ class FeatureStore:
         for db in self._dbs():
             remaining = [k for k in wanted if k not in found]
             for start in range(0, len(remaining), _SQL_CHUNK):
-                chunk = remaining[start:start + _SQL_CHUNK]
+                chunk = remaining[start : start + _SQL_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 for key, namespace, shard, layout, checksum in db.execute(
-                        f"SELECT key, namespace, shard, layout, checksum FROM entries WHERE key IN ({marks})", chunk):
+                    f"SELECT key, namespace, shard, layout, checksum FROM entries WHERE key IN ({marks})", chunk
+                ):
                     found[key] = (namespace, shard, json.loads(layout), checksum)
         return found
 
@@ -246,7 +266,9 @@ class FeatureStore:
         """
         return self.get_many([key], mmap=mmap, verify=verify)[key]
 
-    def get_many(self, keys: Sequence[str], mmap: bool = False, verify: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    def get_many(
+        self, keys: Sequence[str], mmap: bool = False, verify: bool = False
+    ) -> dict[str, dict[str, np.ndarray]]:
         """Arrays of several entries (see :meth:`get`); a missing key raises :class:`MissingDataError`."""
         rows = self._rows(keys)
         absent = [k for k in keys if k not in rows]
@@ -257,14 +279,17 @@ class FeatureStore:
                 hint = f"; {len(parts)} worker index part(s) are not merged yet: run `emomix store merge {self.root}`"
             raise MissingDataError(
                 f"{len(absent)} key(s) are not in the feature store {self.root} (first: {absent[0]}){hint}; "
-                "run `emomix extract` for these utterances")
+                "run `emomix extract` for these utterances"
+            )
         out: dict[str, dict[str, np.ndarray]] = {}
         for key in keys:
             namespace, shard, layout, checksum = rows[key]
             reader = self._reader(namespace, shard)
             arrays = reader.read(layout)
             if verify and _entry_checksum(arrays) != checksum:
-                raise StoreError(f"entry {key} in {reader.path} does not match its checksum; run `emomix store verify --repair`")
+                raise StoreError(
+                    f"entry {key} in {reader.path} does not match its checksum; run `emomix store verify --repair`"
+                )
             out[key] = arrays if mmap else {name: np.array(array) for name, array in arrays.items()}
         return out
 
@@ -302,8 +327,12 @@ class FeatureStore:
         """Store one entry (see :meth:`put_many`)."""
         return self.put_many({key: arrays}, namespace=namespace)
 
-    def put_many(self, items: Mapping[str, Mapping[str, np.ndarray]], namespace: str = "default",
-                 description: Mapping[str, Any] | None = None) -> int:
+    def put_many(
+        self,
+        items: Mapping[str, Mapping[str, np.ndarray]],
+        namespace: str = "default",
+        description: Mapping[str, Any] | None = None,
+    ) -> int:
         """Store entries ``{key: {field: array}}`` durably; returns how many new entries were written.
 
         Keys already indexed are skipped (a key names its content). The new entries go to one shard
@@ -331,15 +360,20 @@ class FeatureStore:
             written += self._write_shard(namespace, batch, description)
         return written
 
-    def _write_shard(self, namespace: str, entries: dict[str, dict[str, np.ndarray]],
-                     description: Mapping[str, Any] | None) -> int:
+    def _write_shard(
+        self, namespace: str, entries: dict[str, dict[str, np.ndarray]], description: Mapping[str, Any] | None
+    ) -> int:
         from safetensors.numpy import save_file
 
         shard = f"{self.writer}-{uuid.uuid4().hex[:16]}"
         folder = self.root / SHARDS_DIR / namespace
         folder.mkdir(parents=True, exist_ok=True)
         tensors, records = _pack_shard(entries)
-        metadata = {"format": SHARD_FORMAT, "namespace": namespace, "entries": json.dumps(records, separators=(",", ":"))}
+        metadata = {
+            "format": SHARD_FORMAT,
+            "namespace": namespace,
+            "entries": json.dumps(records, separators=(",", ":")),
+        }
         final = folder / f"{shard}.safetensors"
         temp = folder / f".{shard}.safetensors.tmp"
         try:
@@ -355,18 +389,31 @@ class FeatureStore:
         return len(records)
 
     @staticmethod
-    def _commit_shard(db: sqlite3.Connection, namespace: str, shard: str, nbytes: int,
-                      records: Mapping[str, Mapping[str, Any]], description: Mapping[str, Any] | None) -> None:
+    def _commit_shard(
+        db: sqlite3.Connection,
+        namespace: str,
+        shard: str,
+        nbytes: int,
+        records: Mapping[str, Mapping[str, Any]],
+        description: Mapping[str, Any] | None,
+    ) -> None:
         with _transaction(db):
-            db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?)",
-                       (shard, namespace, nbytes, len(records), time.time()))
+            db.execute(
+                "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?)",
+                (shard, namespace, nbytes, len(records), time.time()),
+            )
             db.executemany(
                 "INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
-                [(key, namespace, shard, json.dumps(r["layout"], separators=(",", ":")), r["nbytes"], r["checksum"])
-                 for key, r in records.items()])
+                [
+                    (key, namespace, shard, json.dumps(r["layout"], separators=(",", ":")), r["nbytes"], r["checksum"])
+                    for key, r in records.items()
+                ],
+            )
             if description is not None:
-                db.execute("INSERT OR REPLACE INTO namespaces VALUES (?, ?)",
-                           (namespace, json.dumps(dict(description), sort_keys=True, default=str)))
+                db.execute(
+                    "INSERT OR REPLACE INTO namespaces VALUES (?, ?)",
+                    (namespace, json.dumps(dict(description), sort_keys=True, default=str)),
+                )
             fault_pause("store.index_commit")  # fault injection only (emomix.faults)
 
     def remove(self, keys: Iterable[str]) -> int:
@@ -380,7 +427,7 @@ class FeatureStore:
         db = self._write_db
         with _transaction(db):
             for start in range(0, len(keys), _SQL_CHUNK):
-                chunk = keys[start:start + _SQL_CHUNK]
+                chunk = keys[start : start + _SQL_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 removed += db.execute(f"DELETE FROM entries WHERE key IN ({marks})", chunk).rowcount
         self._drop_empty_shards()
@@ -389,7 +436,8 @@ class FeatureStore:
     def _drop_empty_shards(self) -> None:
         db = self._write_db
         empty = db.execute(
-            "SELECT shard, namespace FROM shards WHERE shard NOT IN (SELECT DISTINCT shard FROM entries)").fetchall()
+            "SELECT shard, namespace FROM shards WHERE shard NOT IN (SELECT DISTINCT shard FROM entries)"
+        ).fetchall()
         for shard, namespace in empty:
             self._readers.pop(shard, None)
             with _transaction(db):
@@ -442,10 +490,11 @@ class FeatureStore:
         found: dict[str, tuple[int, int, str]] = {}
         for db in reversed(self._dbs()):  # the writer's own (newer) rows win
             for start in range(0, len(absolute_paths), _SQL_CHUNK):
-                chunk = absolute_paths[start:start + _SQL_CHUNK]
+                chunk = absolute_paths[start : start + _SQL_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 for path, size, mtime_ns, digest in db.execute(
-                        f"SELECT path, size, mtime_ns, sha256 FROM file_digests WHERE path IN ({marks})", chunk):
+                    f"SELECT path, size, mtime_ns, sha256 FROM file_digests WHERE path IN ({marks})", chunk
+                ):
                     found[path] = (size, mtime_ns, digest)
         return found
 
@@ -462,12 +511,15 @@ class FeatureStore:
         shard_names: set[str] = set()
         for db in self._dbs():
             for namespace, count, nbytes in db.execute(
-                    "SELECT namespace, COUNT(*), SUM(nbytes) FROM shards GROUP BY namespace"):
+                "SELECT namespace, COUNT(*), SUM(nbytes) FROM shards GROUP BY namespace"
+            ):
                 info = namespaces.setdefault(namespace, {"entries": 0, "shards": 0, "bytes": 0, "description": None})
                 info["shards"] += count
                 info["bytes"] += nbytes or 0
             for namespace, count in db.execute("SELECT namespace, COUNT(*) FROM entries GROUP BY namespace"):
-                namespaces.setdefault(namespace, {"entries": 0, "shards": 0, "bytes": 0, "description": None})["entries"] += count
+                namespaces.setdefault(namespace, {"entries": 0, "shards": 0, "bytes": 0, "description": None})[
+                    "entries"
+                ] += count
             for namespace, description in db.execute("SELECT namespace, description FROM namespaces"):
                 if namespace in namespaces:
                     namespaces[namespace]["description"] = json.loads(description)
@@ -587,7 +639,11 @@ class FeatureStore:
         report = self.acquire_writer()
         if not all_writers:
             return _merge_cleanup(report, self._cleanup_writer(self.writer))
-        writers = {_writer_of(p.name) for p in (self.root / SHARDS_DIR).glob("*/*")} if (self.root / SHARDS_DIR).exists() else set()
+        writers = (
+            {_writer_of(p.name) for p in (self.root / SHARDS_DIR).glob("*/*")}
+            if (self.root / SHARDS_DIR).exists()
+            else set()
+        )
         for writer in sorted(w for w in writers if w):
             if writer == self.writer:
                 _merge_cleanup(report, self._cleanup_writer(writer))
@@ -675,7 +731,9 @@ class _ShardReader:
         self.data_start = 8 + header_size
         data_end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
         if self.data_start + data_end > size:
-            raise StoreError(f"{path}: truncated shard ({size} bytes, the header describes {self.data_start + data_end})")
+            raise StoreError(
+                f"{path}: truncated shard ({size} bytes, the header describes {self.data_start + data_end})"
+            )
         self._map = np.memmap(path, dtype=np.uint8, mode="r") if size > 0 else np.zeros(0, np.uint8)
 
     def read(self, layout: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
@@ -699,7 +757,9 @@ class _ShardReader:
         return arrays
 
 
-def _pack_shard(entries: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+def _pack_shard(
+    entries: Mapping[str, Mapping[str, np.ndarray]],
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
     """Concatenate the entries' arrays per (field, dtype, trailing shape); return tensors and layouts."""
     groups: dict[tuple[str, str, tuple[int, ...]], list[np.ndarray]] = {}
     names: dict[tuple[str, str, tuple[int, ...]], str] = {}
@@ -717,8 +777,11 @@ def _pack_shard(entries: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[dict[s
             layout[name] = [names[group], rows[group], list(array.shape), array.dtype.name]
             groups[group].append(stacked)
             rows[group] += stacked.shape[0]
-        records[key] = {"layout": layout, "checksum": _entry_checksum(arrays),
-                        "nbytes": int(sum(a.nbytes for a in arrays.values()))}
+        records[key] = {
+            "layout": layout,
+            "checksum": _entry_checksum(arrays),
+            "nbytes": int(sum(a.nbytes for a in arrays.values())),
+        }
     tensors = {names[g]: np.ascontiguousarray(np.concatenate(parts, axis=0)) for g, parts in groups.items()}
     return tensors, records
 
@@ -740,7 +803,9 @@ def _prepare_arrays(key: str, arrays: Mapping[str, Any], dtype: str) -> dict[str
                 converted = array.astype(np.float32)
             array = converted
         elif array.dtype.kind not in "biu":
-            raise ConfigError(f"entry {key}: field {name!r} has dtype {array.dtype}; store floats, integers or booleans")
+            raise ConfigError(
+                f"entry {key}: field {name!r} has dtype {array.dtype}; store floats, integers or booleans"
+            )
         elif array.dtype.name not in {np.dtype(t).name for t in _SAFETENSORS_DTYPES.values()}:
             raise ConfigError(f"entry {key}: field {name!r} has unsupported dtype {array.dtype}")
         # np.ascontiguousarray would turn a 0-d array into shape (1,); copy only when needed.

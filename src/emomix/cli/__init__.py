@@ -27,7 +27,7 @@ __all__ = ["app", "main"]
 app = typer.Typer(
     name="emomix",
     help="Emotion recognition from speech and transcript with mixture-of-experts fusion models. "
-         "Run `emomix COMMAND --help` for a command's options; `emomix` alone prints this help.",
+    "Run `emomix COMMAND --help` for a command's options; `emomix` alone prints this help.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -43,8 +43,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool | None = typer.Option(None, "--version", is_eager=True, callback=_print_version,
-                                           help="Print the version and exit."),
+    version: bool | None = typer.Option(
+        None, "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+    ),
 ) -> None:
     """Emotion recognition from speech and transcript with mixture-of-experts fusion models."""
 

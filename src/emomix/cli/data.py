@@ -22,12 +22,20 @@ def register(app: typer.Typer) -> None:
 
 @corpus_app.command("info")
 def corpus_info(
-    reader: str = typer.Argument(..., help="Reader name: iemocap, meld, mosi, emodb, savee, ravdess, manifest, synthetic."),
+    reader: str = typer.Argument(
+        ..., help="Reader name: iemocap, meld, mosi, emodb, savee, ravdess, manifest, synthetic."
+    ),
     root: Path = typer.Argument(..., help="The corpus folder (or manifest file for `manifest`)."),
-    scheme: str = typer.Option("default", help="Label scheme: 'default' (the reader's), 'none' (raw labels), a built-in name or a YAML file."),
+    scheme: str = typer.Option(
+        "default", help="Label scheme: 'default' (the reader's), 'none' (raw labels), a built-in name or a YAML file."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    options: list[str] = typer.Option([], "--set", help="Reader option as key=value, e.g. --set pattern={split}.csv "
-                                      "--set columns.Dialogue_ID=Scene_ID (repeatable; docs/corpora.md)."),
+    options: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Reader option as key=value, e.g. --set pattern={split}.csv "
+        "--set columns.Dialogue_ID=Scene_ID (repeatable; docs/corpora.md).",
+    ),
 ) -> None:
     """Print utterances per label, speaker, session and split, and what was skipped or dropped."""
     from emomix.data.readers import read_corpus
@@ -45,7 +53,9 @@ def corpus_export(
     root: Path = typer.Argument(..., help="The corpus folder (or manifest file)."),
     out: Path = typer.Argument(..., help="The Parquet file to write."),
     scheme: str = typer.Option("default", help="Label scheme: 'default', 'none', a built-in name or a YAML file."),
-    options: list[str] = typer.Option([], "--set", help="Reader option as key=value (see `emomix corpus info --help`)."),
+    options: list[str] = typer.Option(
+        [], "--set", help="Reader option as key=value (see `emomix corpus info --help`)."
+    ),
 ) -> None:
     """Write a corpus's utterance table as Parquet."""
     from emomix.data.readers import read_corpus
@@ -55,8 +65,10 @@ def corpus_export(
     corpus = read_corpus(reader, root, scheme=scheme_option(scheme), **reader_options(options))
     save_table(corpus.table, out)
     dropped = sum(corpus.report.dropped_by_label.values())
-    typer.echo(f"wrote {len(corpus.table)} utterances to {out} ({dropped} dropped by the label scheme, "
-               f"{len(corpus.report.skipped)} skipped by the reader)")
+    typer.echo(
+        f"wrote {len(corpus.table)} utterances to {out} ({dropped} dropped by the label scheme, "
+        f"{len(corpus.report.skipped)} skipped by the reader)"
+    )
 
 
 @corpus_app.command("schemes")
@@ -72,7 +84,9 @@ def corpus_schemes() -> None:
 def synth(
     out: Path = typer.Argument(..., help="Folder to write the synthetic corpus into."),
     seed: int = typer.Option(0, help="Random seed; the same seed writes the same corpus."),
-    overrides: list[str] = typer.Option([], "--set", help="Generator setting as key=value (see docs/synthetic.md), repeatable."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Generator setting as key=value (see docs/synthetic.md), repeatable."
+    ),
 ) -> None:
     """Write the built-in synthetic corpus (16 kHz WAV + manifest) for a seed."""
     from emomix.data.synthetic import SyntheticConfig, write_synthetic_corpus
@@ -88,10 +102,14 @@ def synth(
 def folds(
     reader: str = typer.Argument(..., help="Reader name."),
     root: Path = typer.Argument(..., help="The corpus folder (or manifest file)."),
-    protocol: str = typer.Option(..., help="loso (leave-one-session-out), loso-speaker, speaker-split, official, kfold."),
+    protocol: str = typer.Option(
+        ..., help="loso (leave-one-session-out), loso-speaker, speaker-split, official, kfold."
+    ),
     scheme: str = typer.Option("default", help="Label scheme."),
     out: Path | None = typer.Option(None, help="Write the fold plan as JSON here."),
-    overrides: list[str] = typer.Option([], "--set", help="Protocol parameter as key=value (e.g. validation=speaker), repeatable."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Protocol parameter as key=value (e.g. validation=speaker), repeatable."
+    ),
 ) -> None:
     """Build a cross-validation fold plan for a corpus and print it."""
     from emomix.data.protocols import make_fold_plan

@@ -20,15 +20,19 @@ def register(app: typer.Typer) -> None:
 
 
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `emomix train` (holds run.json and predictions.parquet)."),
+    run_dir: Path = typer.Argument(
+        ..., help="A run directory written by `emomix train` (holds run.json and predictions.parquet)."
+    ),
 ) -> None:
     """Recompute a run's report (metrics.json, figures, report.md) from its saved predictions."""
     from emomix.evaluate.report import headline_lines, write_report
 
     path = write_report(run_dir)
     metrics = json.loads((path.parent / "metrics.json").read_text(encoding="utf-8"))
-    typer.echo(f"{metrics['run']['model']} on {metrics['run']['corpus']} ({metrics['run']['protocol']}, "
-               f"{len(metrics['metrics']['folds'])} fold(s), {len(metrics['metrics']['seeds'])} seed(s))")
+    typer.echo(
+        f"{metrics['run']['model']} on {metrics['run']['corpus']} ({metrics['run']['protocol']}, "
+        f"{len(metrics['metrics']['folds'])} fold(s), {len(metrics['metrics']['seeds'])} seed(s))"
+    )
     for line in headline_lines(metric_summaries(metrics["metrics"])):
         typer.echo(f"  {line}")
     typer.echo(f"report written to {path}")
@@ -38,8 +42,9 @@ def compare(
     runs: list[Path] = typer.Argument(..., help="Two or more run directories; every run is compared with the first."),
     out: Path | None = typer.Option(None, "--out", help="Also write the Markdown table to this file."),
     metric: str = typer.Option("ua", "--metric", help="Metric of the paired tests: ua, wa, macro_f1, weighted_f1."),
-    allow_different_folds: bool = typer.Option(False, "--allow-different-folds",
-                                               help="Compare runs whose fold plans differ (pairs the folds sharing a name)."),
+    allow_different_folds: bool = typer.Option(
+        False, "--allow-different-folds", help="Compare runs whose fold plans differ (pairs the folds sharing a name)."
+    ),
 ) -> None:
     """Runs side by side (mean ± SD across folds) with paired t and Wilcoxon tests against the first."""
     from emomix.atomic import write_text_atomic

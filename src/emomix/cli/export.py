@@ -28,27 +28,44 @@ def register(app: typer.Typer) -> None:
 
 
 def export(
-    run: Path = typer.Argument(..., help="A run folder (emomix train's --out) or a checkpoint folder folds/<fold>/seed-<k>."),
-    onnx: bool = typer.Option(False, "--onnx", help="Export the model to ONNX (checked on the run's test utterances) "
-                                                    "and write its model card."),
-    card_only: bool = typer.Option(False, "--card-only", help="Write only the model card (model_card.json, MODEL_CARD.md)."),
-    fold: str | None = typer.Option(None, "--fold", help="Export this fold's model (default: the fold/seed with the "
-                                                            "best validation score)."),
+    run: Path = typer.Argument(
+        ..., help="A run folder (emomix train's --out) or a checkpoint folder folds/<fold>/seed-<k>."
+    ),
+    onnx: bool = typer.Option(
+        False,
+        "--onnx",
+        help="Export the model to ONNX (checked on the run's test utterances) and write its model card.",
+    ),
+    card_only: bool = typer.Option(
+        False, "--card-only", help="Write only the model card (model_card.json, MODEL_CARD.md)."
+    ),
+    fold: str | None = typer.Option(
+        None, "--fold", help="Export this fold's model (default: the fold/seed with the best validation score)."
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Export this seed's model."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder to write into (default: <checkpoint>/export)."),
-    encoders: bool = typer.Option(False, "--encoders/--no-encoders", help="Also export the text encoder when it is a "
-                                                                          "transformers model (default: no)."),
-    atol: float = typer.Option(1e-4, "--atol", help="Largest allowed abs difference of logits and probabilities "
-                                                    "(default 1e-4)."),
-    corpus_root: Path | None = typer.Option(None, "--corpus-root", help="Where the run's corpus is now, when it "
-                                                                           "moved since training (parity reads its "
-                                                                           "test utterances)."),
+    encoders: bool = typer.Option(
+        False,
+        "--encoders/--no-encoders",
+        help="Also export the text encoder when it is a transformers model (default: no).",
+    ),
+    atol: float = typer.Option(
+        1e-4, "--atol", help="Largest allowed abs difference of logits and probabilities (default 1e-4)."
+    ),
+    corpus_root: Path | None = typer.Option(
+        None,
+        "--corpus-root",
+        help="Where the run's corpus is now, when it moved since training (parity reads its test utterances).",
+    ),
 ) -> None:
     """Export a trained model to ONNX with its model card, checked against PyTorch on real test utterances."""
     if onnx == card_only:
-        raise ConfigError("choose what to export: --onnx (the ONNX graph, checked on the run's test utterances, and "
-                          "the model card) or --card-only (the model card alone)" if not onnx else
-                          "--onnx already writes the model card; drop --card-only")
+        raise ConfigError(
+            "choose what to export: --onnx (the ONNX graph, checked on the run's test utterances, and "
+            "the model card) or --card-only (the model card alone)"
+            if not onnx
+            else "--onnx already writes the model card; drop --card-only"
+        )
     if encoders and not onnx:
         raise ConfigError("--encoders exports encoders to ONNX: add --onnx")
     if not math.isfinite(atol) or atol <= 0:
@@ -59,12 +76,16 @@ def export(
         card = model_card(run, fold=fold, seed=seed)
         folder = out if out is not None else Path(card["checkpoint"]) / "export"
         json_path, markdown_path = write_model_card(folder, card)
-        typer.echo(f"model card of {card['name']} (fold {card['training'].get('fold')}, seed "
-                   f"{card['training'].get('seed')}): {json_path}, {markdown_path}")
+        typer.echo(
+            f"model card of {card['name']} (fold {card['training'].get('fold')}, seed "
+            f"{card['training'].get('seed')}): {json_path}, {markdown_path}"
+        )
         return
     from emomix.infer.run_export import export_run
 
-    export_run(run, out=out, fold=fold, seed=seed, encoders=encoders, atol=atol, corpus_root=corpus_root, echo=typer.echo)
+    export_run(
+        run, out=out, fold=fold, seed=seed, encoders=encoders, atol=atol, corpus_root=corpus_root, echo=typer.echo
+    )
 
 
 def export_check(

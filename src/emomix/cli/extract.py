@@ -14,8 +14,9 @@ from emomix.errors import ConfigError
 
 DEFAULT_STORE = Path("cache") / "features"
 
-store_app = typer.Typer(help="Inspect, verify, merge and clean a feature store.", no_args_is_help=True,
-                      rich_markup_mode=None)
+store_app = typer.Typer(
+    help="Inspect, verify, merge and clean a feature store.", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -25,12 +26,19 @@ def register(app: typer.Typer) -> None:
 
 
 def extract(
-    reader: str = typer.Argument(..., help="Reader name: iemocap, meld, mosi, emodb, savee, ravdess, manifest, synthetic."),
+    reader: str = typer.Argument(
+        ..., help="Reader name: iemocap, meld, mosi, emodb, savee, ravdess, manifest, synthetic."
+    ),
     root: Path = typer.Argument(..., help="The corpus folder (or manifest file)."),
-    encoder: str = typer.Option(..., "--encoder", help="Encoder spec, e.g. mfcc, opensmile:eGeMAPSv02, minilm, wavlm-base, speech:<folder>."),
+    encoder: str = typer.Option(
+        ..., "--encoder", help="Encoder spec, e.g. mfcc, opensmile:eGeMAPSv02, minilm, wavlm-base, speech:<folder>."
+    ),
     layers: str = typer.Option("", help="Hidden layers to store as layer_<k> fields, comma separated (e.g. 4,8,12)."),
-    boundary_layer: int | None = typer.Option(None, help="Store the states entering this layer (negative: from the top, -2 = "
-                                                            "the top two layers run at training time via forward_from_layer)."),
+    boundary_layer: int | None = typer.Option(
+        None,
+        help="Store the states entering this layer (negative: from the top, -2 = "
+        "the top two layers run at training time via forward_from_layer).",
+    ),
     store: Path = typer.Option(DEFAULT_STORE, help="Feature store folder."),
     batch_size: int = typer.Option(8, help="Utterances encoded together (sorted by length, so padding is small)."),
     num_workers: int = typer.Option(0, help="DataLoader processes that load and preprocess audio."),
@@ -40,13 +48,24 @@ def extract(
     flush_every: int = typer.Option(256, help="Write a shard every N computed utterances (a kill loses at most one)."),
     vad: str | None = typer.Option(None, help="Voice activity detection: webrtc or silero (default: none)."),
     vad_mode: str = typer.Option("mask", help="mask: store a speech_mask per frame; trim: cut to the speech regions."),
-    normalise_loudness: bool = typer.Option(False, "--normalise-loudness", help="Scale audio to -23 dBFS gated RMS first."),
+    normalise_loudness: bool = typer.Option(
+        False, "--normalise-loudness", help="Scale audio to -23 dBFS gated RMS first."
+    ),
     chunk_max_s: float | None = typer.Option(None, help="Cut longer audio into pieces of at most this many seconds."),
-    text_normalisation: str = typer.Option("strip", help="Transcript normalisation before hashing and encoding: strip or none."),
-    shard_index: int | None = typer.Option(None, help="Process only this share of the corpus (0-based; with --num-shards)."),
-    num_shards: int = typer.Option(1, help="Split the corpus into this many shares; without --shard-index, run them all here "
-                                           "as parallel processes and merge."),
-    devices: str = typer.Option("cpu", help="Device(s) for the encoder, comma separated (cuda:0,cuda:1 runs one process each)."),
+    text_normalisation: str = typer.Option(
+        "strip", help="Transcript normalisation before hashing and encoding: strip or none."
+    ),
+    shard_index: int | None = typer.Option(
+        None, help="Process only this share of the corpus (0-based; with --num-shards)."
+    ),
+    num_shards: int = typer.Option(
+        1,
+        help="Split the corpus into this many shares; without --shard-index, run them all here "
+        "as parallel processes and merge.",
+    ),
+    devices: str = typer.Option(
+        "cpu", help="Device(s) for the encoder, comma separated (cuda:0,cuda:1 runs one process each)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     summary_json: Path | None = typer.Option(None, help="Also write the summary as JSON to this file."),
@@ -63,17 +82,52 @@ def extract(
     if shard_index is not None and not 0 <= shard_index < num_shards:
         raise ConfigError(f"--shard-index {shard_index} is outside 0..{num_shards - 1} (--num-shards {num_shards})")
     layer_list = _parse_layers(layers)
-    options = dict(encoder=encoder, layers=layers, boundary_layer=boundary_layer, store=store, batch_size=batch_size,
-                   num_workers=num_workers, dtype=dtype, scheme=scheme, limit=limit, flush_every=flush_every, vad=vad,
-                   vad_mode=vad_mode, normalise_loudness=normalise_loudness, chunk_max_s=chunk_max_s,
-                   text_normalisation=text_normalisation)
-    preprocess = dict(vad=vad, vad_mode=vad_mode, normalise_loudness=normalise_loudness, chunk_max_s=chunk_max_s,
-                      text_normalisation=text_normalisation)
+    options = dict(
+        encoder=encoder,
+        layers=layers,
+        boundary_layer=boundary_layer,
+        store=store,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        dtype=dtype,
+        scheme=scheme,
+        limit=limit,
+        flush_every=flush_every,
+        vad=vad,
+        vad_mode=vad_mode,
+        normalise_loudness=normalise_loudness,
+        chunk_max_s=chunk_max_s,
+        text_normalisation=text_normalisation,
+    )
+    preprocess = dict(
+        vad=vad,
+        vad_mode=vad_mode,
+        normalise_loudness=normalise_loudness,
+        chunk_max_s=chunk_max_s,
+        text_normalisation=text_normalisation,
+    )
     if num_shards > 1 and shard_index is None:
         summary = extract_with_workers(reader, root, options, num_shards, device_list)
     else:
-        summary = extract_corpus(reader, root, encoder, layer_list, boundary_layer, store, batch_size, num_workers, dtype,
-                                scheme, limit, flush_every, preprocess, shard_index or 0, num_shards, device_list[0], progress)
+        summary = extract_corpus(
+            reader,
+            root,
+            encoder,
+            layer_list,
+            boundary_layer,
+            store,
+            batch_size,
+            num_workers,
+            dtype,
+            scheme,
+            limit,
+            flush_every,
+            preprocess,
+            shard_index or 0,
+            num_shards,
+            device_list[0],
+            progress,
+        )
     data = summary if isinstance(summary, dict) else summary.to_dict()
     if summary_json is not None:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
@@ -83,8 +137,10 @@ def extract(
     else:
         typer.echo(summary.format() if isinstance(summary, ExtractSummary) else format_combined(data))
         if num_shards > 1 and shard_index is not None:
-            typer.echo(f"this was worker {shard_index} of {num_shards}; when every worker has finished, "
-                       f"run `emomix store merge {store}`")
+            typer.echo(
+                f"this was worker {shard_index} of {num_shards}; when every worker has finished, "
+                f"run `emomix store merge {store}`"
+            )
 
 
 def _parse_layers(text: str) -> list[int]:
@@ -122,7 +178,9 @@ def store_info(
 @store_app.command("verify")
 def store_verify(
     path: Path = typer.Argument(DEFAULT_STORE, help="Feature store folder."),
-    repair: bool = typer.Option(False, "--repair", help="Drop bad entries from the index so the next extraction recomputes them."),
+    repair: bool = typer.Option(
+        False, "--repair", help="Drop bad entries from the index so the next extraction recomputes them."
+    ),
 ) -> None:
     """Read every entry and check its checksum; exit status 1 when any is bad."""
     from emomix.cache.store import FeatureStore
@@ -133,7 +191,9 @@ def store_verify(
         typer.echo(f"bad {key}: {reason}")
     if len(report.bad) > 20:
         typer.echo(f"... and {len(report.bad) - 20} more")
-    typer.echo(f"checked {report.checked} entries: {len(report.bad)} bad" + (f", {report.removed} removed" if repair else ""))
+    typer.echo(
+        f"checked {report.checked} entries: {len(report.bad)} bad" + (f", {report.removed} removed" if repair else "")
+    )
     if report.bad and not repair:
         raise typer.Exit(1)
 
@@ -144,8 +204,10 @@ def store_merge(path: Path = typer.Argument(DEFAULT_STORE, help="Feature store f
     from emomix.cache.store import merge_indexes
 
     report = merge_indexes(path)
-    typer.echo(f"merged {len(report.merged)} part(s), {report.entries_added} new entries"
-               + (f"; still running: {', '.join(report.busy)}" if report.busy else ""))
+    typer.echo(
+        f"merged {len(report.merged)} part(s), {report.entries_added} new entries"
+        + (f"; still running: {', '.join(report.busy)}" if report.busy else "")
+    )
 
 
 @store_app.command("clean")
@@ -155,5 +217,7 @@ def store_clean(path: Path = typer.Argument(DEFAULT_STORE, help="Feature store f
 
     with FeatureStore(path, create=False) as store:
         report = store.cleanup(all_writers=True)
-    typer.echo(f"removed {len(report.temp_removed)} temporary file(s), adopted {len(report.adopted)} and removed "
-               f"{len(report.orphans_removed)} orphan shard(s)")
+    typer.echo(
+        f"removed {len(report.temp_removed)} temporary file(s), adopted {len(report.adopted)} and removed "
+        f"{len(report.orphans_removed)} orphan shard(s)"
+    )

@@ -18,7 +18,9 @@ def register(app: typer.Typer) -> None:
 
 
 def models(
-    name: str | None = typer.Argument(None, help="Show this model's paper, inputs and config fields with their defaults."),
+    name: str | None = typer.Argument(
+        None, help="Show this model's paper, inputs and config fields with their defaults."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """List every registered model (name, paper, inputs, batch kind, description), or show one."""
@@ -53,7 +55,9 @@ def model_record(info: Any, with_config: bool = False) -> dict[str, Any]:
 def format_models(records: list[dict[str, Any]]) -> str:
     """The model list as an aligned text table."""
     headers = ("name", "inputs", "batch", "paper", "description")
-    rows = [(r["name"], "+".join(r["inputs"]), r["batch_kind"], _short(r["paper"], 40), r["description"]) for r in records]
+    rows = [
+        (r["name"], "+".join(r["inputs"]), r["batch_kind"], _short(r["paper"], 40), r["description"]) for r in records
+    ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
     widths[-1] = len(headers[-1])  # the last column is not padded
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]

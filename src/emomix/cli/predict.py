@@ -42,20 +42,40 @@ def register(app: typer.Typer) -> None:
 
 
 def predict(
-    run: Path = typer.Argument(..., help="A run folder (emomix train's --out) or a checkpoint folder folds/<fold>/seed-<k>."),
-    source: Path = typer.Argument(..., help="An audio file, a folder of audio files (wav/flac/ogg/mp3), or a CSV manifest "
-                                            "with audio_path[,text,speaker]."),
-    text: str | None = typer.Option(None, "--text", help="The transcript (a single audio file only; a manifest has a text column)."),
-    speaker: str | None = typer.Option(None, "--speaker", help="The speaker id for speaker-normalised features (single file)."),
-    video: Path | None = typer.Option(None, "--video", help="The utterance's video file, for a model that reads video "
-                                                            "(single file; a manifest has a video_path column)."),
-    fold: str | None = typer.Option(None, "--fold", help="Use this fold's model (default: the fold/seed with the best validation score)."),
+    run: Path = typer.Argument(
+        ..., help="A run folder (emomix train's --out) or a checkpoint folder folds/<fold>/seed-<k>."
+    ),
+    source: Path = typer.Argument(
+        ...,
+        help="An audio file, a folder of audio files (wav/flac/ogg/mp3), or a CSV manifest "
+        "with audio_path[,text,speaker].",
+    ),
+    text: str | None = typer.Option(
+        None, "--text", help="The transcript (a single audio file only; a manifest has a text column)."
+    ),
+    speaker: str | None = typer.Option(
+        None, "--speaker", help="The speaker id for speaker-normalised features (single file)."
+    ),
+    video: Path | None = typer.Option(
+        None,
+        "--video",
+        help="The utterance's video file, for a model that reads video "
+        "(single file; a manifest has a video_path column).",
+    ),
+    fold: str | None = typer.Option(
+        None, "--fold", help="Use this fold's model (default: the fold/seed with the best validation score)."
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Use this seed's model."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write results to .jsonl, .csv (or .json with --timeline) "
-                                                                 "(default: JSON lines on stdout)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Write results to .jsonl, .csv (or .json with --timeline) (default: JSON lines on stdout).",
+    ),
     batch_size: int = typer.Option(16, "--batch-size", help="Inputs per feature-extraction batch."),
-    timeline: bool = typer.Option(False, "--timeline", help="Treat each input as a long recording: segment it and predict "
-                                                            "every speech segment."),
+    timeline: bool = typer.Option(
+        False, "--timeline", help="Treat each input as a long recording: segment it and predict every speech segment."
+    ),
     plot: Path | None = typer.Option(None, "--plot", help="With --timeline: draw the timeline to this PNG."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -70,8 +90,11 @@ def predict(
     items = collect_inputs(source, text=text, speaker=speaker, video=video)
     predictor = Predictor.from_run(run, fold=fold, seed=seed)
     card = predictor.info()
-    typer.echo(f"model {card['name']} (fold {card['training'].get('fold')}, seed {card['training'].get('seed')}) "
-               f"from {predictor.checkpoint}; {len(items)} input(s)", err=True)
+    typer.echo(
+        f"model {card['name']} (fold {card['training'].get('fold')}, seed {card['training'].get('seed')}) "
+        f"from {predictor.checkpoint}; {len(items)} input(s)",
+        err=True,
+    )
     if timeline:
         results = run_timelines(predictor, items, batch_size, plot, progress=not quiet)
     else:

@@ -18,19 +18,27 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    run: Path = typer.Argument(..., help="A run folder (emomix train's --out) or a checkpoint folder folds/<fold>/seed-<k>."),
+    run: Path = typer.Argument(
+        ..., help="A run folder (emomix train's --out) or a checkpoint folder folds/<fold>/seed-<k>."
+    ),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for every interface)."),
     port: int = typer.Option(8000, help="TCP port."),
-    fold: str | None = typer.Option(None, help="Serve this fold's model (default: the checkpoint with the best validation score)."),
+    fold: str | None = typer.Option(
+        None, help="Serve this fold's model (default: the checkpoint with the best validation score)."
+    ),
     seed: int | None = typer.Option(None, help="Serve this seed's model (default: the best one)."),
     max_upload_mb: float = typer.Option(20.0, help="Largest audio upload per file, in MB (413 above)."),
     max_duration_s: float = typer.Option(60.0, help="Longest audio in seconds (422 above)."),
     max_batch_items: int = typer.Option(16, help="Most files in one /predict/batch request."),
     timeout_s: float = typer.Option(30.0, help="Seconds a prediction may take, queueing included (504 after)."),
-    threads: int = typer.Option(1, "--threads", help="Threads decoding uploads and running predictions "
-                                "(the model itself runs one request at a time)."),
-    workers_threads: int | None = typer.Option(None, "--workers-threads", hidden=True,
-                                                  help="The old spelling of --threads."),
+    threads: int = typer.Option(
+        1,
+        "--threads",
+        help="Threads decoding uploads and running predictions (the model itself runs one request at a time).",
+    ),
+    workers_threads: int | None = typer.Option(
+        None, "--workers-threads", hidden=True, help="The old spelling of --threads."
+    ),
     torch_threads: int | None = typer.Option(None, help="torch intra-op threads (default: torch's choice)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
@@ -45,8 +53,13 @@ def serve(
         raise ConfigError(f"--max-upload-mb must be positive, got {max_upload_mb}")
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {port}")
-    limits = ServiceLimits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_duration_s=max_duration_s,
-                           max_batch_items=max_batch_items, timeout_s=timeout_s, worker_threads=threads)
+    limits = ServiceLimits(
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_duration_s=max_duration_s,
+        max_batch_items=max_batch_items,
+        timeout_s=timeout_s,
+        worker_threads=threads,
+    )
     if torch_threads is not None:
         if torch_threads < 1:
             raise ConfigError(f"--torch-threads must be at least 1, got {torch_threads}")
@@ -55,5 +68,7 @@ def serve(
         torch.set_num_threads(torch_threads)
     predictor = Predictor.from_run(run, fold=fold, seed=seed)
     info = predictor.info()
-    typer.echo(f"serving {info.get('name')} ({', '.join(info.get('classes') or [])}) from {run} on http://{host}:{port}/")
+    typer.echo(
+        f"serving {info.get('name')} ({', '.join(info.get('classes') or [])}) from {run} on http://{host}:{port}/"
+    )
     run_server(create_app(predictor, limits), host=host, port=port, log_level=log_level)

@@ -21,9 +21,15 @@ def register(app: typer.Typer) -> None:
 def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML (see configs/)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default: runs/<recipe name>)."),
-    fold: list[str] | None = typer.Option(None, "--fold", help="Train only this fold (repeatable); default: every fold."),
-    seeds: str | None = typer.Option(None, "--seeds", help="A count N (seeds 0..N-1) or a comma list, e.g. 0,7; overrides the recipe."),
-    overrides: list[str] | None = typer.Option(None, "--set", help="Override a recipe value, e.g. --set training.epochs=3 (repeatable)."),
+    fold: list[str] | None = typer.Option(
+        None, "--fold", help="Train only this fold (repeatable); default: every fold."
+    ),
+    seeds: str | None = typer.Option(
+        None, "--seeds", help="A count N (seeds 0..N-1) or a comma list, e.g. 0,7; overrides the recipe."
+    ),
+    overrides: list[str] | None = typer.Option(
+        None, "--set", help="Override a recipe value, e.g. --set training.epochs=3 (repeatable)."
+    ),
     restart: bool = typer.Option(False, "--restart", help="Delete the run folder first instead of resuming it."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report/ after training."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -42,11 +48,12 @@ def train(
     target = out or Path("runs") / loaded.name
     if restart:
         remove_run(target)
-    result = train_recipe(loaded, target, folds=fold or None, seeds=chosen_seeds, progress=not quiet,
-                          log=typer.echo)
-    typer.echo(f"trained {len(result.trained)} fold/seed(s), reused {len(result.skipped)} finished one(s) "
-               f"in {result.seconds.get('total', 0):.0f} s (features {result.seconds.get('features', 0):.0f} s, "
-               f"training {result.seconds.get('training', 0):.0f} s)")
+    result = train_recipe(loaded, target, folds=fold or None, seeds=chosen_seeds, progress=not quiet, log=typer.echo)
+    typer.echo(
+        f"trained {len(result.trained)} fold/seed(s), reused {len(result.skipped)} finished one(s) "
+        f"in {result.seconds.get('total', 0):.0f} s (features {result.seconds.get('features', 0):.0f} s, "
+        f"training {result.seconds.get('training', 0):.0f} s)"
+    )
     if result.report is not None:
         headline = _headline(result.out)
         if headline:

@@ -37,7 +37,9 @@ class LabelScheme:
             raise LabelError(f"label scheme {self.name!r} lists a class twice: {list(self.classes)}")
         stray = sorted({c for c in self.mapping.values() if c not in self.classes})
         if stray:
-            raise LabelError(f"label scheme {self.name!r} maps onto {stray}, which are not among its classes {list(self.classes)}")
+            raise LabelError(
+                f"label scheme {self.name!r} maps onto {stray}, which are not among its classes {list(self.classes)}"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -99,7 +101,9 @@ def get_scheme(scheme: str | LabelScheme | Mapping[str, Any]) -> LabelScheme:
     raise LabelError(f"unknown label scheme {scheme!r}; built-in: {', '.join(list_schemes())}, or a YAML file path")
 
 
-def apply_scheme(table: pd.DataFrame, scheme: str | LabelScheme | Mapping[str, Any]) -> tuple[pd.DataFrame, dict[str, int]]:
+def apply_scheme(
+    table: pd.DataFrame, scheme: str | LabelScheme | Mapping[str, Any]
+) -> tuple[pd.DataFrame, dict[str, int]]:
     """Map ``table.label`` through a scheme.
 
     Returns the kept rows (``label`` now a class of the scheme; ``raw_label`` keeps the original)

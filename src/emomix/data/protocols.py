@@ -82,7 +82,9 @@ class Fold:
     def from_dict(cls, data: Any, where: str = "fold") -> Fold:
         """Rebuild a fold from :meth:`to_dict` output; :class:`ProtocolError` naming the bad key."""
         if not isinstance(data, dict):
-            raise ProtocolError(f"{where}: expected an object with name/train/validation/test, got {type(data).__name__}")
+            raise ProtocolError(
+                f"{where}: expected an object with name/train/validation/test, got {type(data).__name__}"
+            )
         missing = [k for k in ("name", "train", "validation", "test") if k not in data]
         if missing:
             raise ProtocolError(f"{where}: missing key(s) {missing}")
@@ -161,12 +163,25 @@ class FoldPlan:
             raise ProtocolError(f"{source}: 'format' is {data.get('format')!r}, not {PLAN_FORMAT!r}")
         version = data.get("version", PLAN_VERSION)
         if version != PLAN_VERSION:
-            raise ProtocolError(f"{source}: fold plan version {version!r} is not supported (this emomix reads version {PLAN_VERSION})")
+            raise ProtocolError(
+                f"{source}: fold plan version {version!r} is not supported (this emomix reads version {PLAN_VERSION})"
+            )
         missing = [k for k in ("protocol", "folds") if k not in data]
         if missing:
             raise ProtocolError(f"{source}: missing key(s) {missing}")
-        known = {"format", "version", "protocol", "params", "seed", "group_column", "speaker_independent", "notes",
-                 "fingerprint", "folds", "confounding"}
+        known = {
+            "format",
+            "version",
+            "protocol",
+            "params",
+            "seed",
+            "group_column",
+            "speaker_independent",
+            "notes",
+            "fingerprint",
+            "folds",
+            "confounding",
+        }
         unknown = sorted(set(data) - known)
         if unknown:
             raise ProtocolError(f"{source}: unknown key(s) {unknown}")
@@ -210,11 +225,15 @@ class FoldPlan:
         """
         path = Path(path)
         if not path.is_file():
-            raise MissingDataError(f"fold plan {path} does not exist; write one with `emomix folds READER ROOT --protocol P --out {path}`")
+            raise MissingDataError(
+                f"fold plan {path} does not exist; write one with `emomix folds READER ROOT --protocol P --out {path}`"
+            )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise ProtocolError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); rebuild it with `emomix folds`") from exc
+            raise ProtocolError(
+                f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); rebuild it with `emomix folds`"
+            ) from exc
         except UnicodeDecodeError as exc:
             raise ProtocolError(f"{path}: not a UTF-8 text file ({exc.reason})") from exc
         return cls.from_dict(data, source=str(path))
@@ -248,7 +267,9 @@ class FoldPlan:
             for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
                 shared = sorted(set(parts[a]) & set(parts[b]))
                 if shared:
-                    raise ProtocolError(f"fold {fold.name!r}: {len(shared)} utterance(s) in both {a} and {b}, e.g. {_examples(shared)}")
+                    raise ProtocolError(
+                        f"fold {fold.name!r}: {len(shared)} utterance(s) in both {a} and {b}, e.g. {_examples(shared)}"
+                    )
             for part, ids in parts.items():
                 absent = sorted(set(ids) - known)
                 if absent:
@@ -263,8 +284,10 @@ class FoldPlan:
                     values = rows.loc[parts[part], self.group_column] if parts[part] else pd.Series([], dtype=object)
                     leaked = sorted(set(values.dropna()) & held)
                     if leaked:
-                        raise ProtocolError(f"fold {fold.name!r}: {self.group_column} {leaked} is held out for test "
-                                            f"but appears in {part}")
+                        raise ProtocolError(
+                            f"fold {fold.name!r}: {self.group_column} {leaked} is held out for test "
+                            f"but appears in {part}"
+                        )
             if self.speaker_independent:
                 test_speakers = set(rows.loc[fold.test, "speaker"])
                 for part in ("train", "validation"):
@@ -281,8 +304,10 @@ class FoldPlan:
                     tested[utt] = tested.get(utt, 0) + 1
             twice = sorted(u for u, n in tested.items() if n > 1)
             if twice:
-                raise ProtocolError(f"{self.protocol} plan tests {len(twice)} utterance(s) in more than one fold, "
-                                    f"e.g. {_examples(twice)}")
+                raise ProtocolError(
+                    f"{self.protocol} plan tests {len(twice)} utterance(s) in more than one fold, "
+                    f"e.g. {_examples(twice)}"
+                )
             never = sorted(known - set(tested))
             if never:
                 raise ProtocolError(
@@ -331,7 +356,9 @@ class FoldPlan:
         for note in self.notes:
             lines.append(f"note: {note}")
         if missing_total:
-            lines.append(f"warning: {missing_total} id(s) of the plan are not in this table (run FoldPlan.check for details)")
+            lines.append(
+                f"warning: {missing_total} id(s) of the plan are not in this table (run FoldPlan.check for details)"
+            )
         return "\n".join(lines)
 
 
@@ -390,8 +417,8 @@ def speaker_split(table: pd.DataFrame, ratios: Sequence[float] = (8, 1, 1), seed
     order = [speakers[i] for i in rng.permutation(len(speakers))]
     sizes = _allocate(len(order), ratios)
     train_spk = order[: sizes[0]]
-    val_spk = order[sizes[0]: sizes[0] + sizes[1]]
-    test_spk = order[sizes[0] + sizes[1]:]
+    val_spk = order[sizes[0] : sizes[0] + sizes[1]]
+    test_spk = order[sizes[0] + sizes[1] :]
     fold = Fold(
         name="speaker-split",
         train=_ids_of(table, "speaker", train_spk),
@@ -400,8 +427,14 @@ def speaker_split(table: pd.DataFrame, ratios: Sequence[float] = (8, 1, 1), seed
         test_groups=_natural_sorted(test_spk),
         validation_groups=_natural_sorted(val_spk),
     )
-    return FoldPlan("speaker-split", {"ratios": [_plain_number(r) for r in ratios]}, [fold], seed=seed,
-                    group_column="speaker", speaker_independent=True)
+    return FoldPlan(
+        "speaker-split",
+        {"ratios": [_plain_number(r) for r in ratios]},
+        [fold],
+        seed=seed,
+        group_column="speaker",
+        speaker_independent=True,
+    )
 
 
 def official_split(table: pd.DataFrame, validation: str = "dev", seed: int = 0) -> FoldPlan:
@@ -422,11 +455,15 @@ def official_split(table: pd.DataFrame, validation: str = "dev", seed: int = 0) 
         )
     if split.isna().any():
         ids = sorted(table.loc[split.isna(), "utt_id"])
-        raise ProtocolError(f"protocol 'official': {len(ids)} utterance(s) have no split, e.g. {_examples(ids)}; "
-                            "give every row train/dev/test or use another protocol")
+        raise ProtocolError(
+            f"protocol 'official': {len(ids)} utterance(s) have no split, e.g. {_examples(ids)}; "
+            "give every row train/dev/test or use another protocol"
+        )
     stray = sorted(set(split) - {"train", "dev", "test"})
     if stray:
-        raise ProtocolError(f"protocol 'official': split values {stray} are not train/dev/test; fix the reader or manifest")
+        raise ProtocolError(
+            f"protocol 'official': split values {stray} are not train/dev/test; fix the reader or manifest"
+        )
     parts = {name: sorted(table.loc[split == name, "utt_id"]) for name in ("train", "dev", "test")}
     for name in ("train", "test"):
         if not parts[name]:
@@ -443,12 +480,21 @@ def official_split(table: pd.DataFrame, validation: str = "dev", seed: int = 0) 
     test_speakers = set(table.loc[split == "test", "speaker"])
     shared = test_speakers & set(table.loc[split == "train", "speaker"])
     if shared:
-        notes.append(f"{len(shared)} of {len(test_speakers)} test speakers also speak in train "
-                     "(the official split is not speaker-independent)")
+        notes.append(
+            f"{len(shared)} of {len(test_speakers)} test speakers also speak in train "
+            "(the official split is not speaker-independent)"
+        )
     if validation == "dev" and not parts["dev"]:
         notes.append("the corpus has no dev split: no validation part")
-    return FoldPlan("official", {"validation": validation}, [fold], seed=seed, group_column="split",
-                    speaker_independent=not shared, notes=notes)
+    return FoldPlan(
+        "official",
+        {"validation": validation},
+        [fold],
+        seed=seed,
+        group_column="split",
+        speaker_independent=not shared,
+        notes=notes,
+    )
 
 
 def stratified_kfold(
@@ -477,8 +523,10 @@ def stratified_kfold(
     k = int(k)
     _check_validation(validation, validation_fraction, "kfold")
     if validation == "group" and k < 3:
-        raise ProtocolError("kfold with validation='group' needs k >= 3 (one fold to test, one to validate, the rest to train); "
-                            "raise k or use validation='speaker', 'random' or 'none'")
+        raise ProtocolError(
+            "kfold with validation='group' needs k >= 3 (one fold to test, one to validate, the rest to train); "
+            "raise k or use validation='speaker', 'random' or 'none'"
+        )
     table = _sorted_table(table)
     _require_labels(table, "kfold (stratification)")
     if group is not None:
@@ -489,8 +537,10 @@ def stratified_kfold(
         groups = table[group].to_numpy()
         n_groups = len(set(groups))
         if n_groups < k:
-            raise ProtocolError(f"kfold with group={group!r} needs at least k={k} {group}s, "
-                                f"the table has {n_groups}; lower k or use group=None")
+            raise ProtocolError(
+                f"kfold with group={group!r} needs at least k={k} {group}s, "
+                f"the table has {n_groups}; lower k or use group=None"
+            )
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         splits = splitter.split(ids, labels, groups)
     else:
@@ -519,17 +569,20 @@ def stratified_kfold(
         rest = sorted(u for u in ids if u not in held)
         sub = table[table["utt_id"].isin(rest)]
         if validation in ("speaker", "random"):
-            validation_ids, validation_groups = _take_validation(sub, validation, validation_fraction, seed, index,
-                                                                 f"fold{index + 1}")
+            validation_ids, validation_groups = _take_validation(
+                sub, validation, validation_fraction, seed, index, f"fold{index + 1}"
+            )
             rest = sorted(set(rest) - set(validation_ids))
-        folds.append(Fold(
-            name=f"fold{index + 1}",
-            train=rest,
-            validation=sorted(validation_ids),
-            test=test,
-            test_groups=_natural_sorted({group_of[u] for u in test}) if group is not None else [],
-            validation_groups=validation_groups,
-        ))
+        folds.append(
+            Fold(
+                name=f"fold{index + 1}",
+                train=rest,
+                validation=sorted(validation_ids),
+                test=test,
+                test_groups=_natural_sorted({group_of[u] for u in test}) if group is not None else [],
+                validation_groups=validation_groups,
+            )
+        )
     params: dict[str, Any] = {"k": k, "group": group, "validation": validation}
     if validation == "random":
         params["validation_fraction"] = _fraction(validation_fraction)
@@ -610,8 +663,15 @@ def speaker_label_confounding(table: pd.DataFrame, min_utterances: int = CONFOUN
     rows = table[table["label"].notna() & table["speaker"].notna()] if "speaker" in table.columns else table.iloc[0:0]
     counts = rows.groupby("speaker").size() if len(rows) else pd.Series(dtype=int)
     kept = rows[rows["speaker"].isin(counts[counts >= min_utterances].index)]
-    result: dict[str, Any] = {"speakers": 0, "dominated": 0, "dominated_share": 0.0, "cramers_v": 0.0, "nmi": 0.0,
-                              "utterances": int(len(kept)), "high": False}
+    result: dict[str, Any] = {
+        "speakers": 0,
+        "dominated": 0,
+        "dominated_share": 0.0,
+        "cramers_v": 0.0,
+        "nmi": 0.0,
+        "utterances": int(len(kept)),
+        "high": False,
+    }
     if kept.empty:
         return result
     contingency = pd.crosstab(kept["speaker"].astype(str), kept["label"].astype(str)).to_numpy(dtype=np.float64)
@@ -633,8 +693,9 @@ def speaker_label_confounding(table: pd.DataFrame, min_utterances: int = CONFOUN
         mutual = float((joint[nonzero] * np.log(joint[nonzero] / (ps @ pl)[nonzero])).sum())
         entropy = float(-(pl[pl > 0] * np.log(pl[pl > 0])).sum())
         result["nmi"] = round(max(0.0, mutual / entropy), 4) if entropy > 0 else 0.0  # no -0.0 from rounding
-    result["high"] = bool(result["cramers_v"] >= CONFOUNDING_V_THRESHOLD
-                          or result["dominated_share"] >= CONFOUNDING_SHARE_THRESHOLD)
+    result["high"] = bool(
+        result["cramers_v"] >= CONFOUNDING_V_THRESHOLD or result["dominated_share"] >= CONFOUNDING_SHARE_THRESHOLD
+    )
     return result
 
 
@@ -647,20 +708,30 @@ def plan_confounding(plan: FoldPlan, table: pd.DataFrame) -> dict[str, Any]:
         ids = [u for u in fold.train if u in rows.index]
         folds[fold.name] = speaker_label_confounding(rows.loc[ids].reset_index(drop=True))
     worst = {key: max((f[key] for f in folds.values()), default=0) for key in ("cramers_v", "nmi", "dominated_share")}
-    return {"measured_on": "training part of each fold", "thresholds": {
-                "cramers_v": CONFOUNDING_V_THRESHOLD, "dominated_share": CONFOUNDING_SHARE_THRESHOLD,
-                "dominant_label_share": DOMINANT_LABEL_SHARE, "min_utterances": CONFOUNDING_MIN_UTTERANCES},
-            "max": worst, "high": any(f["high"] for f in folds.values()), "folds": folds}
+    return {
+        "measured_on": "training part of each fold",
+        "thresholds": {
+            "cramers_v": CONFOUNDING_V_THRESHOLD,
+            "dominated_share": CONFOUNDING_SHARE_THRESHOLD,
+            "dominant_label_share": DOMINANT_LABEL_SHARE,
+            "min_utterances": CONFOUNDING_MIN_UTTERANCES,
+        },
+        "max": worst,
+        "high": any(f["high"] for f in folds.values()),
+        "folds": folds,
+    }
 
 
 def confounding_sentence(confounding: dict[str, Any]) -> str:
     """One line for the plan printout and the report."""
     worst = confounding.get("max") or {}
     level = "HIGH" if confounding.get("high") else "low"
-    line = (f"speaker–label confounding ({confounding.get('measured_on', 'training parts')}, worst fold): "
-            f"Cramér's V {worst.get('cramers_v', 0):.2f}, NMI {worst.get('nmi', 0):.2f}, "
-            f"{100 * float(worst.get('dominated_share', 0)):.0f} % of speakers with ≥ "
-            f"{100 * DOMINANT_LABEL_SHARE:.0f} % one label — {level}")
+    line = (
+        f"speaker–label confounding ({confounding.get('measured_on', 'training parts')}, worst fold): "
+        f"Cramér's V {worst.get('cramers_v', 0):.2f}, NMI {worst.get('nmi', 0):.2f}, "
+        f"{100 * float(worst.get('dominated_share', 0)):.0f} % of speakers with ≥ "
+        f"{100 * DOMINANT_LABEL_SHARE:.0f} % one label — {level}"
+    )
     if confounding.get("high"):
         line += " (per-speaker normalisation would erase the label; speaker_statistics 'auto' falls back to global)"
     return line
@@ -683,11 +754,18 @@ def _leave_one_group_out(
     groups = _natural_sorted(table[column].unique())
     needed = 3 if validation == "group" else 2
     if len(groups) < needed:
-        why = " (one to test, one to validate, one to train)" if validation == "group" else " (one to test, one to train)"
-        hint = "use validation='speaker', 'random' or 'none'" if validation == "group" and len(groups) == 2 else \
-            "use protocol 'speaker-split', 'kfold' or 'official'"
-        raise ProtocolError(f"{protocol} needs at least {needed} {column}s{why}, the table has {len(groups)} "
-                            f"({_examples(groups)}); {hint}")
+        why = (
+            " (one to test, one to validate, one to train)" if validation == "group" else " (one to test, one to train)"
+        )
+        hint = (
+            "use validation='speaker', 'random' or 'none'"
+            if validation == "group" and len(groups) == 2
+            else "use protocol 'speaker-split', 'kfold' or 'official'"
+        )
+        raise ProtocolError(
+            f"{protocol} needs at least {needed} {column}s{why}, the table has {len(groups)} "
+            f"({_examples(groups)}); {hint}"
+        )
     folds = []
     for index, held in enumerate(groups):
         test = _ids_of(table, column, [held])
@@ -700,11 +778,21 @@ def _leave_one_group_out(
             validation_ids = _ids_of(table, column, [next_group])
             validation_groups = [next_group]
         elif validation in ("speaker", "random"):
-            validation_ids, validation_groups = _take_validation(training, validation, validation_fraction, seed, index, held)
+            validation_ids, validation_groups = _take_validation(
+                training, validation, validation_fraction, seed, index, held
+            )
         taken = set(validation_ids)
         train = sorted(u for u in training["utt_id"] if u not in taken)
-        folds.append(Fold(name=held, train=train, validation=sorted(validation_ids), test=test,
-                          test_groups=[held], validation_groups=validation_groups))
+        folds.append(
+            Fold(
+                name=held,
+                train=train,
+                validation=sorted(validation_ids),
+                test=test,
+                test_groups=[held],
+                validation_groups=validation_groups,
+            )
+        )
     params: dict[str, Any] = {"validation": validation}
     if validation == "random":
         params["validation_fraction"] = _fraction(validation_fraction)
@@ -712,8 +800,10 @@ def _leave_one_group_out(
     plan = FoldPlan(protocol, params, folds, seed=seed, group_column=column, speaker_independent=independent)
     if not independent:
         crossing = _speakers_across_groups(table, column)
-        plan.notes.append(f"speaker(s) {_examples(crossing)} appear in more than one {column}: "
-                          f"leaving a {column} out does not keep speakers out of training")
+        plan.notes.append(
+            f"speaker(s) {_examples(crossing)} appear in more than one {column}: "
+            f"leaving a {column} out does not keep speakers out of training"
+        )
     return plan
 
 
@@ -731,17 +821,23 @@ def _take_validation(
     if mode == "speaker":
         speakers = _natural_sorted(training["speaker"].unique())
         if len(speakers) < 2:
-            raise ProtocolError(f"fold {fold_name!r}: validation='speaker' needs at least 2 training speakers, there are "
-                                f"{len(speakers)}; use validation='random' or 'none'")
+            raise ProtocolError(
+                f"fold {fold_name!r}: validation='speaker' needs at least 2 training speakers, there are "
+                f"{len(speakers)}; use validation='random' or 'none'"
+            )
         chosen = speakers[int(rng.integers(len(speakers)))]
         return sorted(training.loc[training["speaker"] == chosen, "utt_id"]), [chosen]
     _require_labels(training, "validation='random' (stratification)")
     chosen_ids = _stratified_sample(list(training["utt_id"]), list(training["label"]), _fraction(fraction), rng)
     if not chosen_ids:
-        raise ProtocolError(f"fold {fold_name!r}: validation_fraction={_fraction(fraction)} of {len(training)} training "
-                            "utterances selects none; raise the fraction or use validation='none'")
+        raise ProtocolError(
+            f"fold {fold_name!r}: validation_fraction={_fraction(fraction)} of {len(training)} training "
+            "utterances selects none; raise the fraction or use validation='none'"
+        )
     if len(chosen_ids) == len(training):
-        raise ProtocolError(f"fold {fold_name!r}: validation_fraction={_fraction(fraction)} leaves no training utterances")
+        raise ProtocolError(
+            f"fold {fold_name!r}: validation_fraction={_fraction(fraction)} leaves no training utterances"
+        )
     return sorted(chosen_ids), []
 
 
@@ -749,7 +845,9 @@ def _check_validation(validation: str, fraction: float | None, protocol: str) ->
     if validation not in VALIDATION_MODES:
         raise ProtocolError(f"{protocol}: unknown validation {validation!r}; choose one of {list(VALIDATION_MODES)}")
     if fraction is not None and validation != "random":
-        raise ProtocolError(f"{protocol}: validation_fraction applies only to validation='random' (got validation={validation!r})")
+        raise ProtocolError(
+            f"{protocol}: validation_fraction applies only to validation='random' (got validation={validation!r})"
+        )
     if validation == "random":
         _fraction(fraction)
 
@@ -757,7 +855,11 @@ def _check_validation(validation: str, fraction: float | None, protocol: str) ->
 def _fraction(value: float | None) -> float:
     if value is None:
         return DEFAULT_VALIDATION_FRACTION
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not 0 < float(value) < 1:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.floating, np.integer))
+        or not 0 < float(value) < 1
+    ):
         raise ProtocolError(f"validation_fraction must be a number between 0 and 1 (exclusive), not {value!r}")
     return float(value)
 
@@ -766,10 +868,14 @@ def _check_ratios(ratios: Any) -> tuple[float, float, float]:
     if isinstance(ratios, str) or not isinstance(ratios, Iterable):
         raise ProtocolError(f"speaker-split: ratios must be three numbers (train, validation, test), not {ratios!r}")
     values = list(ratios)
-    if len(values) != 3 or not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values):
+    if len(values) != 3 or not all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values
+    ):
         raise ProtocolError(f"speaker-split: ratios must be three numbers (train, validation, test), not {values!r}")
     if any(v < 0 or math.isnan(v) for v in values) or values[0] <= 0 or values[2] <= 0:
-        raise ProtocolError(f"speaker-split: ratios {values} need positive train and test shares and a non-negative validation share")
+        raise ProtocolError(
+            f"speaker-split: ratios {values} need positive train and test shares and a non-negative validation share"
+        )
     return float(values[0]), float(values[1]), float(values[2])
 
 
@@ -779,16 +885,20 @@ def _require_column(table: pd.DataFrame, column: str, protocol: str, hint: str) 
         raise ProtocolError(f"{protocol} needs the {column!r} column, which is empty for this corpus; {hint}")
     if empty.any():
         ids = sorted(table.loc[empty, "utt_id"])
-        raise ProtocolError(f"{protocol}: {len(ids)} utterance(s) have no {column}, e.g. {_examples(ids)}; "
-                            f"fill the column or drop those rows")
+        raise ProtocolError(
+            f"{protocol}: {len(ids)} utterance(s) have no {column}, e.g. {_examples(ids)}; "
+            f"fill the column or drop those rows"
+        )
 
 
 def _require_labels(table: pd.DataFrame, purpose: str) -> None:
     empty = table["label"].isna()
     if empty.any():
         ids = sorted(table.loc[empty, "utt_id"])
-        raise ProtocolError(f"{purpose} needs a label on every utterance; {len(ids)} have none, e.g. {_examples(ids)}; "
-                            "apply a label scheme that drops them (read_corpus(..., scheme=...)) or remove them")
+        raise ProtocolError(
+            f"{purpose} needs a label on every utterance; {len(ids)} have none, e.g. {_examples(ids)}; "
+            "apply a label scheme that drops them (read_corpus(..., scheme=...)) or remove them"
+        )
 
 
 def _speakers_within_groups(table: pd.DataFrame, column: str) -> bool:
@@ -880,7 +990,10 @@ def _text_table(records: list[dict[str, Any]]) -> list[str]:
     columns = list(records[0])
     cells = [[str(r[c]) for c in columns] for r in records]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r[c], (int, np.integer)) or re.fullmatch(r"\d+/\d+", str(r[c])) for r in records) for c in columns]
+    numeric = [
+        all(isinstance(r[c], (int, np.integer)) or re.fullmatch(r"\d+/\d+", str(r[c])) for r in records)
+        for c in columns
+    ]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()

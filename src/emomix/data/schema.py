@@ -165,7 +165,9 @@ def make_table(records: Iterable[Utterance | dict[str, Any]]) -> pd.DataFrame:
         row = record.to_row() if isinstance(record, Utterance) else dict(record)
         unknown = set(row) - set(COLUMNS)
         if unknown:
-            raise CorpusFormatError("<records>", f"unknown utterance field(s) {sorted(unknown)}; known: {list(COLUMNS)}")
+            raise CorpusFormatError(
+                "<records>", f"unknown utterance field(s) {sorted(unknown)}; known: {list(COLUMNS)}"
+            )
         rows.append({name: row.get(name) for name in COLUMNS})
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     return normalise_table(table)
@@ -213,7 +215,9 @@ def validate_table(table: pd.DataFrame) -> None:
     inverted = spans & (table["end"] <= table["start"])
     if inverted.any():
         row = table[inverted].iloc[0]
-        raise CorpusFormatError("<table>", f"utterance {row['utt_id']!r} ends ({row['end']}) before it starts ({row['start']})")
+        raise CorpusFormatError(
+            "<table>", f"utterance {row['utt_id']!r} ends ({row['end']}) before it starts ({row['start']})"
+        )
     video_spans = table["video_start"].notna() & table["video_end"].notna()
     inverted = video_spans & (table["video_end"] <= table["video_start"])
     if inverted.any():
@@ -263,7 +267,11 @@ class ReadReport:
         return counts
 
     def to_dict(self) -> dict[str, Any]:
-        return {"skipped": list(self.skipped), "dropped_by_label": dict(self.dropped_by_label), "notes": list(self.notes)}
+        return {
+            "skipped": list(self.skipped),
+            "dropped_by_label": dict(self.dropped_by_label),
+            "notes": list(self.notes),
+        }
 
 
 @dataclass

@@ -79,9 +79,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += _block("sessions", summary["by_session"])
     lines += _block("speakers", summary["by_speaker"], limit=20)
     dropped = summary["dropped_by_label"]
-    lines += _block(f"dropped by the label scheme ({sum(dropped.values())})", dropped) if dropped else ["dropped by the label scheme: none"]
+    lines += (
+        _block(f"dropped by the label scheme ({sum(dropped.values())})", dropped)
+        if dropped
+        else ["dropped by the label scheme: none"]
+    )
     skipped = summary["skipped_by_reason"]
-    lines += _block(f"skipped by the reader ({sum(skipped.values())})", skipped) if skipped else ["skipped by the reader: none"]
+    lines += (
+        _block(f"skipped by the reader ({sum(skipped.values())})", skipped)
+        if skipped
+        else ["skipped by the reader: none"]
+    )
     for note in summary["notes"]:
         lines.append(f"note: {note}")
     return "\n".join(lines)

@@ -73,14 +73,18 @@ class SpeakerNormaliser:
         grouped: dict[str, list[np.ndarray]] = {}
         for utt_id, features in features_by_utt.items():
             if utt_id not in speakers:
-                raise ConfigError(f"utterance '{utt_id}' has features but no speaker; pass a speaker for every utterance")
+                raise ConfigError(
+                    f"utterance '{utt_id}' has features but no speaker; pass a speaker for every utterance"
+                )
             grouped.setdefault(str(speakers[utt_id]), []).append(_as_frames(features, utt_id))
         if not grouped:
             raise ConfigError("cannot fit a speaker normaliser on no utterances")
         self.mean, self.std, self.count = {}, {}, {}
         dims = {frames.shape[1] for group in grouped.values() for frames in group}
         if len(dims) != 1:
-            raise ConfigError(f"utterances have different feature dimensions {sorted(dims)}; normalise one encoder at a time")
+            raise ConfigError(
+                f"utterances have different feature dimensions {sorted(dims)}; normalise one encoder at a time"
+            )
         for speaker, group in grouped.items():
             self._set_speaker(speaker, np.concatenate(group))
         pooled = np.concatenate([frames for group in grouped.values() for frames in group])
@@ -99,7 +103,9 @@ class SpeakerNormaliser:
             raise ConfigError(f"no utterances given for speaker '{speaker}'")
         stacked = np.concatenate(frames)
         if self.dim is not None and stacked.shape[1] != self.dim:
-            raise ConfigError(f"speaker '{speaker}' has {stacked.shape[1]} feature dimensions, the normaliser {self.dim}")
+            raise ConfigError(
+                f"speaker '{speaker}' has {stacked.shape[1]} feature dimensions, the normaliser {self.dim}"
+            )
         self._set_speaker(str(speaker), stacked)
         if self.global_mean is None:
             self.global_mean, self.global_std = _stats(stacked)
@@ -144,7 +150,11 @@ class SpeakerNormaliser:
             if self.global_mean is None or self.global_std is None
             else {"mean": self.global_mean.tolist(), "std": self.global_std.tolist(), "count": self.global_count},
             "speakers": {
-                speaker: {"mean": self.mean[speaker].tolist(), "std": self.std[speaker].tolist(), "count": self.count[speaker]}
+                speaker: {
+                    "mean": self.mean[speaker].tolist(),
+                    "std": self.std[speaker].tolist(),
+                    "count": self.count[speaker],
+                }
                 for speaker in self.speakers
             },
         }
@@ -225,7 +235,11 @@ class SpeakerNormaliser:
                     "count": int(metadata["global_count"]),
                 },
                 "speakers": {
-                    speaker: {"mean": tensors[f"speaker{i}.mean"], "std": tensors[f"speaker{i}.std"], "count": counts[i]}
+                    speaker: {
+                        "mean": tensors[f"speaker{i}.mean"],
+                        "std": tensors[f"speaker{i}.std"],
+                        "count": counts[i],
+                    }
                     for i, speaker in enumerate(order)
                 },
             }

@@ -111,16 +111,26 @@ def _opensmile(feature_set: str, level: str = "lld") -> Encoder:
 
 
 @register_encoder("file")
-def _file(path: str, frame_rate: Any = "utterance", modality: str | None = None, column: str | None = None,
-          group: str | None = None) -> Encoder:
+def _file(
+    path: str,
+    frame_rate: Any = "utterance",
+    modality: str | None = None,
+    column: str | None = None,
+    group: str | None = None,
+) -> Encoder:
     from emomix.encoders.file_features import FileFeatureEncoder
 
     return FileFeatureEncoder(path, frame_rate=frame_rate, modality=modality, column=column, group=group)
 
 
 @register_encoder("features:")
-def _features_file(path: str, frame_rate: Any = "utterance", modality: str | None = None, column: str | None = None,
-                   group: str | None = None) -> Encoder:
+def _features_file(
+    path: str,
+    frame_rate: Any = "utterance",
+    modality: str | None = None,
+    column: str | None = None,
+    group: str | None = None,
+) -> Encoder:
     return _file(path, frame_rate=frame_rate, modality=modality, column=column, group=group)
 
 
@@ -132,21 +142,37 @@ def _mfcc(n_mfcc: int = 40, pad_seconds: float | None = None, n_mels: int | None
 
 
 @register_encoder("face-cnn")
-def _face_cnn(out_dim: int = 128, crop_size: int = 64, channels: tuple[int, ...] = (16, 32, 64),
-              frame_rate: float | None = None) -> Encoder:
+def _face_cnn(
+    out_dim: int = 128, crop_size: int = 64, channels: tuple[int, ...] = (16, 32, 64), frame_rate: float | None = None
+) -> Encoder:
     from emomix.encoders.video import FaceCropEncoder
 
     return FaceCropEncoder(out_dim=out_dim, crop_size=crop_size, channels=channels, frame_rate=frame_rate)
 
 
 @register_encoder("faces")
-def _faces(size: int = 64, num_frames: int = 150, pad: bool = False, frame_step: int = 1, detector: str = "haar",
-           detection_width: int = 320, min_face_fraction: float = 0.1, detect_every: int = 1) -> Encoder:
+def _faces(
+    size: int = 64,
+    num_frames: int = 150,
+    pad: bool = False,
+    frame_step: int = 1,
+    detector: str = "haar",
+    detection_width: int = 320,
+    min_face_fraction: float = 0.1,
+    detect_every: int = 1,
+) -> Encoder:
     from emomix.encoders.video import FaceStackEncoder
 
-    return FaceStackEncoder(size=size, num_frames=num_frames, pad=pad, frame_step=frame_step, detector=detector,
-                            detection_width=detection_width, min_face_fraction=min_face_fraction,
-                            detect_every=detect_every)
+    return FaceStackEncoder(
+        size=size,
+        num_frames=num_frames,
+        pad=pad,
+        frame_step=frame_step,
+        detector=detector,
+        detection_width=detection_width,
+        min_face_fraction=min_face_fraction,
+        detect_every=detect_every,
+    )
 
 
 @register_encoder("text:")
@@ -179,7 +205,9 @@ def _register_hub_models() -> None:
         register_encoder(short)(speech)
     for short, hub_name in HUB_TEXT_MODELS.items():
 
-        def text(max_length: int = 128, layers: Any = None, trainable_top_layers: int = 0, _hub: str = hub_name) -> Encoder:
+        def text(
+            max_length: int = 128, layers: Any = None, trainable_top_layers: int = 0, _hub: str = hub_name
+        ) -> Encoder:
             return _text(_hub, max_length=max_length, layers=layers, trainable_top_layers=trainable_top_layers)
 
         register_encoder(short)(text)

@@ -301,8 +301,11 @@ class SpeechSSLEncoder(FrozenEvalMixin, Encoder):
         last_padded = _pad(last)
         hidden_padded = tuple(_pad(per_layer) for per_layer in hidden) if need_hidden else None
         # need_hidden holds whenever the states come from a lower layer
-        states = last_padded if hidden_padded is None or self.state_layer == self.num_layers \
+        states = (
+            last_padded
+            if hidden_padded is None or self.state_layer == self.num_layers
             else hidden_padded[self.state_layer]
+        )
         return EncoderOutput(
             states=states,
             mask=mask,
@@ -347,9 +350,7 @@ class SpeechSSLEncoder(FrozenEvalMixin, Encoder):
             layer_mask: Any = None if bool(mask.all()) else mask
         else:
             position_bias = None
-            layer_mask = create_bidirectional_mask(
-                config=self.model.config, inputs_embeds=states, attention_mask=mask
-            )
+            layer_mask = create_bidirectional_mask(config=self.model.config, inputs_embeds=states, attention_mask=mask)
 
         collected: list[torch.Tensor | None] = [None] * start_layer + [states]
         for index in range(start_layer, self.num_layers):
@@ -372,9 +373,7 @@ class SpeechSSLEncoder(FrozenEvalMixin, Encoder):
         valid = mask.unsqueeze(-1).to(last.dtype)
         selected = last if self.state_layer == self.num_layers else collected[self.state_layer]
         assert selected is not None  # state_layer >= start_layer is checked above
-        hidden_out = (
-            tuple(None if h is None else h * valid for h in collected) if output_hidden_states else None
-        )
+        hidden_out = tuple(None if h is None else h * valid for h in collected) if output_hidden_states else None
         return EncoderOutput(states=selected * valid, mask=mask, hidden_states=hidden_out)  # type: ignore[arg-type]
 
 

@@ -100,7 +100,9 @@ class TextEncoder(FrozenEvalMixin, Encoder):
                     "set vocab_size to at least the tokenizer's size"
                 )
             config = copy.deepcopy(config)
-            self.revision = f"config:{config_fingerprint(config)}:seed{seed}|tokenizer:{tokenizer_name}:{tokenizer_revision}"
+            self.revision = (
+                f"config:{config_fingerprint(config)}:seed{seed}|tokenizer:{tokenizer_name}:{tokenizer_revision}"
+            )
             # Any: the transformers class AutoModel picks at run time (attributes differ per family)
             self.model: Any = seeded_from_config(AutoModel.from_config, config, seed)
             self.name = f"random:{config.model_type}"
@@ -236,8 +238,11 @@ class TextEncoder(FrozenEvalMixin, Encoder):
         output = self.model(**model_inputs, output_hidden_states=need_hidden)
         hidden = tuple(output.hidden_states) if need_hidden else None
         # need_hidden holds whenever the states come from a lower layer
-        states = output.last_hidden_state if hidden is None or self.state_layer == self.num_layers \
+        states = (
+            output.last_hidden_state
+            if hidden is None or self.state_layer == self.num_layers
             else hidden[self.state_layer]
+        )
         return EncoderOutput(
             states=states,
             mask=mask,

@@ -120,7 +120,9 @@ class FaceCropEncoder(Encoder):
                 per_item.append(pieces[cursor])
                 cursor += 1
         states = nn.utils.rnn.pad_sequence(per_item, batch_first=True)
-        mask = torch.arange(states.shape[1], device=device).unsqueeze(0) < torch.tensor(lengths, device=device).unsqueeze(1)
+        mask = torch.arange(states.shape[1], device=device).unsqueeze(0) < torch.tensor(
+            lengths, device=device
+        ).unsqueeze(1)
         return EncoderOutput(states=states, mask=mask, extras={"empty": empty})
 
 
@@ -160,24 +162,43 @@ class FaceStackEncoder(Encoder):
     modality = "video"
     num_layers = 0
 
-    def __init__(self, size: int = 64, num_frames: int = 150, pad: bool = False, frame_step: int = 1,
-                 detector: str = "haar", detection_width: int = 320, min_face_fraction: float = 0.1,
-                 detect_every: int = 1):
+    def __init__(
+        self,
+        size: int = 64,
+        num_frames: int = 150,
+        pad: bool = False,
+        frame_step: int = 1,
+        detector: str = "haar",
+        detection_width: int = 320,
+        min_face_fraction: float = 0.1,
+        detect_every: int = 1,
+    ):
         super().__init__()
         from emomix.audio.video import DETECTORS
 
         if detector not in DETECTORS:
             raise ConfigError(f"faces encoder: detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
-        for name, value in (("size", size), ("num_frames", num_frames), ("frame_step", frame_step),
-                            ("detection_width", detection_width), ("detect_every", detect_every)):
+        for name, value in (
+            ("size", size),
+            ("num_frames", num_frames),
+            ("frame_step", frame_step),
+            ("detection_width", detection_width),
+            ("detect_every", detect_every),
+        ):
             if int(value) <= 0:
                 raise ConfigError(f"faces encoder: {name} must be a positive whole number, got {value!r}")
         if not 0 < float(min_face_fraction) < 1:
             raise ConfigError(f"faces encoder: min_face_fraction must be between 0 and 1, got {min_face_fraction!r}")
-        self.settings = {"size": int(size), "num_frames": int(num_frames), "pad": bool(pad),
-                         "frame_step": int(frame_step), "detector": str(detector),
-                         "detection_width": int(detection_width), "min_face_fraction": float(min_face_fraction),
-                         "detect_every": int(detect_every)}
+        self.settings = {
+            "size": int(size),
+            "num_frames": int(num_frames),
+            "pad": bool(pad),
+            "frame_step": int(frame_step),
+            "detector": str(detector),
+            "detection_width": int(detection_width),
+            "min_face_fraction": float(min_face_fraction),
+            "detect_every": int(detect_every),
+        }
         self.output_size = int(size)
         self.frame_rate = None  # depends on each corpus's video
 
@@ -193,8 +214,10 @@ class FaceStackEncoder(Encoder):
         for index, item in enumerate(inputs):
             stack = np.asarray(item)
             if stack.ndim != 3 or tuple(stack.shape[1:]) != (size, size) or stack.shape[0] == 0:
-                raise VideoError(f"face-crop stack {index} has shape {stack.shape}; expected N × {size} × {size} "
-                                 "grayscale crops with N ≥ 1 (emomix.audio.video.prepare_video)")
+                raise VideoError(
+                    f"face-crop stack {index} has shape {stack.shape}; expected N × {size} × {size} "
+                    "grayscale crops with N ≥ 1 (emomix.audio.video.prepare_video)"
+                )
             stacks.append(torch.from_numpy(np.ascontiguousarray(stack, dtype=np.uint8)))
         lengths = torch.tensor([s.shape[0] for s in stacks])
         states = nn.utils.rnn.pad_sequence(stacks, batch_first=True)
@@ -213,17 +236,24 @@ class FaceFrameCNN(nn.Module):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if not channels or any(c <= 0 for c in channels) or out_dim <= 0:
-            raise ConfigError(f"the face CNN needs positive channel widths and output width, "
-                              f"got {list(channels)} and {out_dim}")
+            raise ConfigError(
+                f"the face CNN needs positive channel widths and output width, got {list(channels)} and {out_dim}"
+            )
         reduction = 2 ** len(channels)
         if crop_size < reduction or crop_size % reduction:
-            raise ConfigError(f"face crops of {crop_size} px cannot go through {len(channels)} 2× poolings; "
-                              f"use crops whose side is a multiple of {reduction}, or fewer CNN channels")
+            raise ConfigError(
+                f"face crops of {crop_size} px cannot go through {len(channels)} 2× poolings; "
+                f"use crops whose side is a multiple of {reduction}, or fewer CNN channels"
+            )
         blocks: list[nn.Module] = []
         previous = 1
         for width in channels:
-            blocks += [nn.Conv2d(previous, width, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(width),
-                       nn.ReLU(), nn.MaxPool2d(2)]
+            blocks += [
+                nn.Conv2d(previous, width, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
             previous = width
         self.crop_size = int(crop_size)
         self.features = nn.Sequential(*blocks)
@@ -233,8 +263,14 @@ class FaceFrameCNN(nn.Module):
         return torch.relu(self.projection(self.features(frames.unsqueeze(1)).flatten(1)))
 
 
-def random_rotate_crop(frames: torch.Tensor, rows: torch.Tensor, num_rows: int, max_degrees: float, min_scale: float,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+def random_rotate_crop(
+    frames: torch.Tensor,
+    rows: torch.Tensor,
+    num_rows: int,
+    max_degrees: float,
+    min_scale: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Rotate and crop face frames, one random transform per utterance (all its frames alike).
 
     ``frames``: ``N × S × S``; ``rows``: ``N`` utterance index of each frame (``0..num_rows-1``).
@@ -252,9 +288,11 @@ def random_rotate_crop(frames: torch.Tensor, rows: torch.Tensor, num_rows: int, 
     scale = min_scale + (1 - min_scale) * torch.rand(num_rows, generator=generator)
     shift = (torch.rand(num_rows, 2, generator=generator) * 2 - 1) * (1 - scale).unsqueeze(1)
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], dim=1),
-                         torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], dim=1), torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1
+    )
     theta = theta.to(device=device, dtype=frames.dtype)[rows]
     grid = F.affine_grid(theta, [frames.shape[0], 1, *frames.shape[1:]], align_corners=False)
-    return F.grid_sample(frames.unsqueeze(1), grid, mode="bilinear", padding_mode="border",
-                         align_corners=False).squeeze(1)
+    return F.grid_sample(
+        frames.unsqueeze(1), grid, mode="bilinear", padding_mode="border", align_corners=False
+    ).squeeze(1)

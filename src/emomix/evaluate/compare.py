@@ -56,7 +56,9 @@ class _Run:
     test_sets: dict[str, frozenset[str]]
 
 
-def compare_runs(run_dirs: Sequence[str | Path], metric: str = "ua", allow_different_folds: bool = False) -> pd.DataFrame:
+def compare_runs(
+    run_dirs: Sequence[str | Path], metric: str = "ua", allow_different_folds: bool = False
+) -> pd.DataFrame:
     """One row per run: ``run``, ``model``, ``corpus``, ``protocol``, ``folds``, ``seeds``, the
     mean and SD across folds of every metric (``ua``, ``ua_sd``, ``wa``, ...), the pooled value
     (``ua_pooled``, ...: all folds scored together, mean over seeds), and against the first run for
@@ -79,9 +81,11 @@ def compare_runs(run_dirs: Sequence[str | Path], metric: str = "ua", allow_diffe
         if problem is None:
             continue
         if not allow_different_folds:
-            raise ConfigError(f"{other.path} and {reference.path} were not evaluated on the same folds: {problem}. "
-                              "A paired comparison needs the same test utterances in every fold; rerun with the same "
-                              "folds.json, or pass --allow-different-folds to pair the folds that share a name anyway")
+            raise ConfigError(
+                f"{other.path} and {reference.path} were not evaluated on the same folds: {problem}. "
+                "A paired comparison needs the same test utterances in every fold; rerun with the same "
+                "folds.json, or pass --allow-different-folds to pair the folds that share a name anyway"
+            )
         notes.append(f"{_label(other, runs)}: fold plan differs from the first run's ({problem}); compared anyway")
     rows = []
     for run in runs:
@@ -107,8 +111,18 @@ def compare_runs(run_dirs: Sequence[str | Path], metric: str = "ua", allow_diffe
             row.update(paired_test(_fold_values(reference, metric), _fold_values(run, metric)))
             row["delta_pooled"] = run.metrics["headline"][metric] - reference.metrics["headline"][metric]
         rows.append(row)
-    columns = ["run", "model", "corpus", "protocol", "folds", "seeds",
-               *(c for m in METRICS for c in (f"{m}_pooled", m, f"{m}_sd")), *TEST_COLUMNS, "delta_pooled", "note"]
+    columns = [
+        "run",
+        "model",
+        "corpus",
+        "protocol",
+        "folds",
+        "seeds",
+        *(c for m in METRICS for c in (f"{m}_pooled", m, f"{m}_sd")),
+        *TEST_COLUMNS,
+        "delta_pooled",
+        "note",
+    ]
     table = pd.DataFrame(rows, columns=columns)
     table.attrs["metric"] = metric
     table.attrs["notes"] = notes
@@ -124,14 +138,24 @@ def paired_test(reference: pd.Series, other: pd.Series) -> dict[str, Any]:
     common = [f for f in reference.index if f in other.index]
     pairs = pd.DataFrame({"a": reference.reindex(common), "b": other.reindex(common)}).dropna()
     diff = (pairs["b"] - pairs["a"]).to_numpy(dtype=float)
-    result: dict[str, Any] = {"delta": float(diff.mean()) if diff.size else math.nan, "n_pairs": int(diff.size),
-                              "t_stat": math.nan, "p_ttest": math.nan, "w_stat": math.nan, "p_wilcoxon": math.nan, "note": ""}
+    result: dict[str, Any] = {
+        "delta": float(diff.mean()) if diff.size else math.nan,
+        "n_pairs": int(diff.size),
+        "t_stat": math.nan,
+        "p_ttest": math.nan,
+        "w_stat": math.nan,
+        "p_wilcoxon": math.nan,
+        "note": "",
+    }
     if diff.size < 2:
         result["note"] = f"{diff.size} shared fold(s): a paired test needs at least 2"
         return result
     if np.allclose(diff, diff[0], rtol=0.0, atol=1e-12):
-        result["note"] = ("identical results in every fold" if abs(diff[0]) <= 1e-12
-                          else "the same difference in every fold: the tests are undefined (no variance)")
+        result["note"] = (
+            "identical results in every fold"
+            if abs(diff[0]) <= 1e-12
+            else "the same difference in every fold: the tests are undefined (no variance)"
+        )
         return result
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -168,8 +192,10 @@ def plan_difference(a: _Run, b: _Run) -> str | None:
     if changed:
         return f"the test utterances of fold(s) {', '.join(changed[:5])} differ"
     if a.fingerprint is not None and b.fingerprint is not None:
-        return (f"fold plan fingerprints {a.fingerprint} and {b.fingerprint} differ although the test sets match "
-                "(the training or validation parts differ)")
+        return (
+            f"fold plan fingerprints {a.fingerprint} and {b.fingerprint} differ although the test sets match "
+            "(the training or validation parts differ)"
+        )
     return None
 
 
@@ -178,9 +204,20 @@ def format_comparison(table: pd.DataFrame, metric: str | None = None) -> str:
     pooled and as mean ± SD over folds), the paired tests against the first run, then the notes."""
     metric = metric or table.attrs.get("metric", "ua")
     name = METRIC_NAMES[metric]
-    header = ["run", "model", "corpus", "protocol", "folds", "seeds",
-              *(h for m in METRICS for h in (f"{METRIC_NAMES[m]} pooled", f"{METRIC_NAMES[m]} mean ± SD over folds")),
-              f"Δ{name} pooled", f"Δ{name} mean over folds", "folds paired", "paired t p", "Wilcoxon p"]
+    header = [
+        "run",
+        "model",
+        "corpus",
+        "protocol",
+        "folds",
+        "seeds",
+        *(h for m in METRICS for h in (f"{METRIC_NAMES[m]} pooled", f"{METRIC_NAMES[m]} mean ± SD over folds")),
+        f"Δ{name} pooled",
+        f"Δ{name} mean over folds",
+        "folds paired",
+        "paired t p",
+        "Wilcoxon p",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + "|"]
     for row in table.to_dict(orient="records"):
         cells = [row["run"], f"`{row['model']}`", row["corpus"], row["protocol"], row["folds"], row["seeds"]]
@@ -189,17 +226,35 @@ def format_comparison(table: pd.DataFrame, metric: str | None = None) -> str:
         if row["note"] == "reference":
             cells += ["(reference)", "", "", "", ""]
         else:
-            cells += [_signed(row.get("delta_pooled")), _signed(row["delta"]), row["n_pairs"], _p(row["p_ttest"]),
-                      _p(row["p_wilcoxon"])]
+            cells += [
+                _signed(row.get("delta_pooled")),
+                _signed(row["delta"]),
+                row["n_pairs"],
+                _p(row["p_ttest"]),
+                _p(row["p_wilcoxon"]),
+            ]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
-    out = [f"# Comparison ({name}, pooled and mean ± SD over folds)", "", "## Conclusion", "",
-           *conclusion_lines(table, metric), "", "## Runs", "",
-           "Pooled: all folds' test predictions scored together (mean over seeds). Mean ± SD over folds: each "
-           "fold's metric (averaged over seeds), then summarised; the paired tests compare these per-fold values.",
-           "", *lines, ""]
+    out = [
+        f"# Comparison ({name}, pooled and mean ± SD over folds)",
+        "",
+        "## Conclusion",
+        "",
+        *conclusion_lines(table, metric),
+        "",
+        "## Runs",
+        "",
+        "Pooled: all folds' test predictions scored together (mean over seeds). Mean ± SD over folds: each "
+        "fold's metric (averaged over seeds), then summarised; the paired tests compare these per-fold values.",
+        "",
+        *lines,
+        "",
+    ]
     notes = list(table.attrs.get("notes", []))
-    notes += [f"{row['run']}: {row['note']}" for row in table.to_dict(orient="records")
-              if row["note"] and row["note"] != "reference"]
+    notes += [
+        f"{row['run']}: {row['note']}"
+        for row in table.to_dict(orient="records")
+        if row["note"] and row["note"] != "reference"
+    ]
     out += [f"- {n}" for n in notes]
     return "\n".join(out).rstrip() + "\n"
 
@@ -231,16 +286,24 @@ def conclusion_lines(table: pd.DataFrame, metric: str | None = None, alpha: floa
         for test, key in (("the paired t-test", "p_ttest"), ("the Wilcoxon test", "p_wilcoxon")):
             p = row[key]
             if _finite(p):
-                verdicts.append(f"{test} {'supports' if p < alpha else 'does not support'} the difference at {alpha:g} "
-                                f"(p = {_p(p)})")
+                verdicts.append(
+                    f"{test} {'supports' if p < alpha else 'does not support'} the difference at {alpha:g} "
+                    f"(p = {_p(p)})"
+                )
         if verdicts:
             tests = "; ".join(verdicts)
             tests = tests[0].upper() + tests[1:] + "."
         else:
             tests = f"No paired test is defined ({row['note'] or 'too few folds'})."
         floor = smallest_wilcoxon_p(n)
-        limit = (f" With {n} folds the smallest two-sided Wilcoxon p possible is 2/2^{n} = {floor:.4g}"
-                 + (f", so that test cannot reach {alpha:g} whatever the results." if floor >= alpha else ".")) if n >= 1 else ""
+        limit = (
+            (
+                f" With {n} folds the smallest two-sided Wilcoxon p possible is 2/2^{n} = {floor:.4g}"
+                + (f", so that test cannot reach {alpha:g} whatever the results." if floor >= alpha else ".")
+            )
+            if n >= 1
+            else ""
+        )
         lines.append(f"- {lead} {tests}{limit}")
     return lines
 
@@ -259,10 +322,16 @@ def _load(path: Path) -> _Run:
         test_sets = {f.name: frozenset(f.test) for f in data.plan.folds}
     else:
         fingerprint = None
-        test_sets = {str(f): frozenset(part["utt_id"].astype(str))
-                     for f, part in data.predictions.groupby("fold", sort=False)}
-    return _Run(path=path, description=describe_run(data.run, data.config, data.plan), metrics=metrics,
-                fingerprint=fingerprint, test_sets=test_sets)
+        test_sets = {
+            str(f): frozenset(part["utt_id"].astype(str)) for f, part in data.predictions.groupby("fold", sort=False)
+        }
+    return _Run(
+        path=path,
+        description=describe_run(data.run, data.config, data.plan),
+        metrics=metrics,
+        fingerprint=fingerprint,
+        test_sets=test_sets,
+    )
 
 
 def _fold_values(run: _Run, metric: str) -> pd.Series:

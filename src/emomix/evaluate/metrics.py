@@ -56,7 +56,9 @@ def confusion_counts(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequ
     classes = list(classes)
     if len(y_true) == 0:
         return np.zeros((len(classes), len(classes)), dtype=np.int64)
-    return confusion_matrix(np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object), labels=classes).astype(np.int64)
+    return confusion_matrix(np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object), labels=classes).astype(
+        np.int64
+    )
 
 
 def normalise_rows(counts: np.ndarray) -> np.ndarray:
@@ -77,14 +79,31 @@ def per_class_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes: Seq
     classes = list(classes)
     if len(y_true) == 0:
         nan = np.full(len(classes), np.nan)
-        return pd.DataFrame({"class": classes, "precision": nan, "recall": nan, "f1": nan,
-                             "support": np.zeros(len(classes), dtype=np.int64)})
+        return pd.DataFrame(
+            {
+                "class": classes,
+                "precision": nan,
+                "recall": nan,
+                "f1": nan,
+                "support": np.zeros(len(classes), dtype=np.int64),
+            }
+        )
     precision, recall, f1, support = precision_recall_fscore_support(
-        np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object), labels=classes,
-        average=None, zero_division=np.nan,
+        np.asarray(y_true, dtype=object),
+        np.asarray(y_pred, dtype=object),
+        labels=classes,
+        average=None,
+        zero_division=np.nan,
     )
-    return pd.DataFrame({"class": classes, "precision": precision.astype(float), "recall": recall.astype(float),
-                         "f1": f1.astype(float), "support": support.astype(np.int64)})
+    return pd.DataFrame(
+        {
+            "class": classes,
+            "precision": precision.astype(float),
+            "recall": recall.astype(float),
+            "f1": f1.astype(float),
+            "support": support.astype(np.int64),
+        }
+    )
 
 
 def unweighted_accuracy(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> float:
@@ -247,8 +266,16 @@ def metrics_from_predictions(df: pd.DataFrame, classes: Sequence[str]) -> dict[s
             part = frame[(frame["fold"] == fold) & (frame["seed"] == seed)]
             skipped = unlabelled_by.get((fold, seed), 0)
             result = classification_metrics(part["label"], part["pred"], classes)
-            per_fold_rows.append({"fold": fold, "seed": seed, "n": result["n"], "n_unlabelled": skipped,
-                                  **{m: result[m] for m in METRICS}, "absent_classes": result["absent_classes"]})
+            per_fold_rows.append(
+                {
+                    "fold": fold,
+                    "seed": seed,
+                    "n": result["n"],
+                    "n_unlabelled": skipped,
+                    **{m: result[m] for m in METRICS},
+                    "absent_classes": result["absent_classes"],
+                }
+            )
     per_fold = pd.DataFrame(per_fold_rows, columns=["fold", "seed", "n", "n_unlabelled", *METRICS, "absent_classes"])
 
     notes.extend(_absent_class_notes(per_fold_rows))
@@ -256,23 +283,38 @@ def metrics_from_predictions(df: pd.DataFrame, classes: Sequence[str]) -> dict[s
     if empty:
         notes.append(f"no labelled test utterance in {', '.join(empty)}: its metrics are undefined (NaN)")
 
-    fold_means = (per_fold.groupby("fold", sort=False)
-                  .agg(n=("n", "first"), seeds=("seed", "nunique"), **{m: (m, "mean") for m in METRICS})
-                  .reset_index()) if not per_fold.empty else pd.DataFrame(columns=["fold", "n", "seeds", *METRICS])
+    fold_means = (
+        (
+            per_fold.groupby("fold", sort=False)
+            .agg(n=("n", "first"), seeds=("seed", "nunique"), **{m: (m, "mean") for m in METRICS})
+            .reset_index()
+        )
+        if not per_fold.empty
+        else pd.DataFrame(columns=["fold", "n", "seeds", *METRICS])
+    )
 
     pooled_rows, class_rows = [], []
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     for seed in seeds:
         part = frame[frame["seed"] == seed]
         result = classification_metrics(part["label"], part["pred"], classes)
-        pooled_rows.append({"seed": seed, "n": result["n"], **{m: result[m] for m in METRICS},
-                            "absent_classes": result["absent_classes"]})
+        pooled_rows.append(
+            {
+                "seed": seed,
+                "n": result["n"],
+                **{m: result[m] for m in METRICS},
+                "absent_classes": result["absent_classes"],
+            }
+        )
         per_class = result["per_class"].assign(seed=seed)
         class_rows.append(per_class)
         confusion += result["confusion"]
     pooled = pd.DataFrame(pooled_rows, columns=["seed", "n", *METRICS, "absent_classes"])
-    pooled_per_class = (pd.concat(class_rows, ignore_index=True)[["seed", "class", "precision", "recall", "f1", "support"]]
-                        if class_rows else pd.DataFrame(columns=["seed", "class", "precision", "recall", "f1", "support"]))
+    pooled_per_class = (
+        pd.concat(class_rows, ignore_index=True)[["seed", "class", "precision", "recall", "f1", "support"]]
+        if class_rows
+        else pd.DataFrame(columns=["seed", "class", "precision", "recall", "f1", "support"])
+    )
     per_class = _per_class_over_seeds(pooled_per_class, classes)
 
     return {
@@ -319,13 +361,15 @@ def _per_class_over_seeds(pooled_per_class: pd.DataFrame, classes: list[str]) ->
     if pooled_per_class.empty:
         return pd.DataFrame({"class": classes}).reindex(columns=columns)
     grouped = pooled_per_class.groupby("class", sort=False)
-    table = pd.DataFrame({
-        "precision": grouped["precision"].mean(),
-        "recall": grouped["recall"].mean(),
-        "f1": grouped["f1"].mean(),
-        "f1_sd": grouped["f1"].std(ddof=1),
-        "support": grouped["support"].mean(),
-    }).reindex(classes)
+    table = pd.DataFrame(
+        {
+            "precision": grouped["precision"].mean(),
+            "recall": grouped["recall"].mean(),
+            "f1": grouped["f1"].mean(),
+            "f1_sd": grouped["f1"].std(ddof=1),
+            "support": grouped["support"].mean(),
+        }
+    ).reindex(classes)
     table.index.name = "class"
     return table.reset_index()[columns]
 
@@ -347,16 +391,20 @@ def _absent_class_notes(per_fold_rows: list[dict[str, Any]]) -> list[str]:
             continue
         for r in rows:
             if r["absent_classes"]:
-                notes.append(f"fold {fold}, seed {r['seed']}: no labelled test utterance of "
-                             f"{', '.join(r['absent_classes'])}; {tail}")
+                notes.append(
+                    f"fold {fold}, seed {r['seed']}: no labelled test utterance of "
+                    f"{', '.join(r['absent_classes'])}; {tail}"
+                )
     return notes
 
 
 def _check_known(values: Iterable[Any], classes: list[str], column: str) -> None:
     unknown = sorted({str(v) for v in values} - set(classes))
     if unknown:
-        raise LabelError(f"predictions: {column} value(s) {unknown[:5]} are not among the run's classes {classes}; "
-                         "the predictions and run.json come from different runs or label schemes")
+        raise LabelError(
+            f"predictions: {column} value(s) {unknown[:5]} are not among the run's classes {classes}; "
+            "the predictions and run.json come from different runs or label schemes"
+        )
 
 
 def _nanmean(values: Iterable[float]) -> float:
@@ -384,7 +432,9 @@ def seed_ensemble_metrics(df: pd.DataFrame, classes: Sequence[str]) -> dict[str,
     if df["seed"].nunique() < 2 or any(c not in df.columns for c in columns):
         return None
     labelled = df[df["label"].notna()]
-    averaged = labelled.groupby("utt_id", sort=False).agg({**{c: "mean" for c in columns}, "label": "first", "seed": "nunique"})
+    averaged = labelled.groupby("utt_id", sort=False).agg(
+        {**{c: "mean" for c in columns}, "label": "first", "seed": "nunique"}
+    )
     predicted = [classes[i] for i in averaged[columns].to_numpy().argmax(axis=1)]
     result = classification_metrics(averaged["label"].astype(str), predicted, classes)
     return {"seeds": int(df["seed"].nunique()), "n": int(len(averaged)), **{m: result[m] for m in METRICS}}

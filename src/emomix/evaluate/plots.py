@@ -64,7 +64,9 @@ def plot_confusion(counts: np.ndarray, classes: Sequence[str], path: str | Path,
             if np.isnan(shares[i, j]):
                 continue
             colour = "white" if shares[i, j] > 0.6 else "black"
-            ax.text(j, i, f"{shares[i, j]:.2f}\n({int(counts[i, j])})", ha="center", va="center", fontsize=8, color=colour)
+            ax.text(
+                j, i, f"{shares[i, j]:.2f}\n({int(counts[i, j])})", ha="center", va="center", fontsize=8, color=colour
+            )
     ax.set_title(title or "confusion matrix (row-normalised, counts in brackets)")
     return _save(fig, path)
 
@@ -79,8 +81,11 @@ def plot_learning_curves(histories: pd.DataFrame, path: str | Path, title: str |
     """
     from matplotlib.ticker import MaxNLocator
 
-    panels = [(c, label) for c, label in (("loss", "training loss"), ("val_ua", "validation UA")) if c in histories.columns
-              and histories[c].notna().any()]
+    panels = [
+        (c, label)
+        for c, label in (("loss", "training loss"), ("val_ua", "validation UA"))
+        if c in histories.columns and histories[c].notna().any()
+    ]
     if not panels:
         panels = [("loss", "training loss")]
     fig = _figure(5.5 * len(panels), 3.8)
@@ -90,7 +95,9 @@ def plot_learning_curves(histories: pd.DataFrame, path: str | Path, title: str |
         histories["fold"] = "all"
     # composite models train sub-models one after the other: one line per fold and part
     if "part" in histories.columns:
-        histories["fold"] = [f"{f}/{p}" if isinstance(p, str) and p else str(f) for f, p in zip(histories["fold"], histories["part"])]
+        histories["fold"] = [
+            f"{f}/{p}" if isinstance(p, str) and p else str(f) for f, p in zip(histories["fold"], histories["part"])
+        ]
     folds = list(dict.fromkeys(histories["fold"].astype(str)))
     colours = _colours("tab10" if len(folds) <= 10 else "tab20")
     for ax, (column, label) in zip(axes[0], panels):
@@ -99,22 +106,34 @@ def plot_learning_curves(histories: pd.DataFrame, path: str | Path, title: str |
                 rows = histories[histories["fold"].astype(str) == fold]
                 curve = pd.to_numeric(rows[column], errors="coerce").groupby(rows["epoch"]).mean().dropna()
                 if not curve.empty:
-                    ax.plot(curve.index, curve.to_numpy(), marker="." if len(curve) < 30 else None,
-                            color=colours(index % colours.N), label=fold)
+                    ax.plot(
+                        curve.index,
+                        curve.to_numpy(),
+                        marker="." if len(curve) < 30 else None,
+                        color=colours(index % colours.N),
+                        label=fold,
+                    )
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     if folds:
-        axes[0][-1].legend(title="fold", fontsize=7, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                           ncol=1 if len(folds) <= 12 else 2)
+        axes[0][-1].legend(
+            title="fold",
+            fontsize=7,
+            title_fontsize=8,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            ncol=1 if len(folds) <= 12 else 2,
+        )
     fig.suptitle(title or "learning curves")
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_routing(table: pd.DataFrame, by: str, path: str | Path, order: Sequence[str] | None = None,
-                 title: str | None = None) -> Path:
+def plot_routing(
+    table: pd.DataFrame, by: str, path: str | Path, order: Sequence[str] | None = None, title: str | None = None
+) -> Path:
     """Stacked bars of the mean local (bottom) and global (top) routing share per group, one
     panel per modality, from :func:`emomix.evaluate.routing.routing_shares` rows with ``by``."""
     rows = table[table["by"] == by]
@@ -133,7 +152,9 @@ def plot_routing(table: pd.DataFrame, by: str, path: str | Path, order: Sequence
         ax.bar(x, local, color="tab:orange", label="local")
         ax.bar(x, global_, bottom=local, color="tab:blue", label="global")
         ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
-        ax.set_xticks(x, labels=groups, rotation=45 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+        ax.set_xticks(
+            x, labels=groups, rotation=45 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center"
+        )
         ax.set_ylim(0, 1)
         ax.set_title(modality)
         ax.set_xlabel(_BY_NAMES.get(by, by))
@@ -144,8 +165,9 @@ def plot_routing(table: pd.DataFrame, by: str, path: str | Path, order: Sequence
     return _save(fig, path)
 
 
-def plot_expert_shares(table: pd.DataFrame, by: str, path: str | Path, order: Sequence[str] | None = None,
-                       title: str | None = None) -> Path:
+def plot_expert_shares(
+    table: pd.DataFrame, by: str, path: str | Path, order: Sequence[str] | None = None, title: str | None = None
+) -> Path:
     """Stacked bars of the mean share of every expert per group, one panel per gate (``source``),
     from :func:`emomix.evaluate.routing.expert_shares` rows with ``by``."""
     rows = table[table["by"] == by]
@@ -167,7 +189,9 @@ def plot_expert_shares(table: pd.DataFrame, by: str, path: str | Path, order: Se
             share = np.nan_to_num(share, nan=0.0)
             ax.bar(x, share, bottom=bottom, color=colours(index % 10), label=expert)
             bottom += share
-        ax.set_xticks(x, labels=groups, rotation=45 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+        ax.set_xticks(
+            x, labels=groups, rotation=45 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center"
+        )
         ax.set_ylim(0, 1)
         ax.set_title(source)
         ax.set_xlabel(_BY_NAMES.get(by, by))

@@ -55,10 +55,10 @@ class RunData:
     run: dict[str, Any]
     classes: list[str]
     predictions: pd.DataFrame
-    plan: Any = None                         # emomix.data.protocols.FoldPlan, or None without folds.json
-    data: dict[str, Any] | None = None       # data.json
-    config: dict[str, Any] | None = None     # config.yaml
-    histories: pd.DataFrame | None = None    # every history.csv with fold and seed columns
+    plan: Any = None  # emomix.data.protocols.FoldPlan, or None without folds.json
+    data: dict[str, Any] | None = None  # data.json
+    config: dict[str, Any] | None = None  # config.yaml
+    histories: pd.DataFrame | None = None  # every history.csv with fold and seed columns
     notes: list[str] = field(default_factory=list)
 
 
@@ -73,24 +73,34 @@ def load_predictions(path: str | Path, classes: Sequence[str] | None = None) -> 
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingDataError(f"predictions file {path} does not exist; run `emomix train` first "
-                               "(it writes the pooled test predictions of every fold and seed there)")
+        raise MissingDataError(
+            f"predictions file {path} does not exist; run `emomix train` first "
+            "(it writes the pooled test predictions of every fold and seed there)"
+        )
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise PredictionsError(f"{path}: not a readable Parquet file ({exc}); re-run `emomix train` to rewrite it") from exc
+        raise PredictionsError(
+            f"{path}: not a readable Parquet file ({exc}); re-run `emomix train` to rewrite it"
+        ) from exc
     return validate_predictions(df, classes, source=str(path))
 
 
-def validate_predictions(df: pd.DataFrame, classes: Sequence[str] | None = None, source: str = "predictions") -> pd.DataFrame:
+def validate_predictions(
+    df: pd.DataFrame, classes: Sequence[str] | None = None, source: str = "predictions"
+) -> pd.DataFrame:
     """The checks of :func:`load_predictions` on a table in memory; returns it with ``fold`` as
     str and ``seed`` as int."""
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     prob_columns = [str(c) for c in df.columns if str(c).startswith(PROB_PREFIX)]
     if missing:
-        raise PredictionsError(f"{source}: missing column(s) {', '.join(missing)}; see 'Predictions schema' in docs/training.md")
+        raise PredictionsError(
+            f"{source}: missing column(s) {', '.join(missing)}; see 'Predictions schema' in docs/training.md"
+        )
     if not prob_columns:
-        raise PredictionsError(f"{source}: no {PROB_PREFIX}<class> columns; see 'Predictions schema' in docs/training.md")
+        raise PredictionsError(
+            f"{source}: no {PROB_PREFIX}<class> columns; see 'Predictions schema' in docs/training.md"
+        )
     if classes is not None:
         expected = [PROB_PREFIX + c for c in classes]
         lacking = [c for c in expected if c not in prob_columns]
@@ -101,16 +111,19 @@ def validate_predictions(df: pd.DataFrame, classes: Sequence[str] | None = None,
                 parts.append(f"lacks {', '.join(lacking)}")
             if extra:
                 parts.append(f"has {', '.join(extra)} for classes run.json does not list")
-            raise PredictionsError(f"{source}: the probability columns do not match run.json's classes {list(classes)}: "
-                                   f"it {' and '.join(parts)}; the predictions and run.json come from different runs")
+            raise PredictionsError(
+                f"{source}: the probability columns do not match run.json's classes {list(classes)}: "
+                f"it {' and '.join(parts)}; the predictions and run.json come from different runs"
+            )
     df = df.copy()
     try:
         seeds = pd.to_numeric(df["seed"], errors="raise")
     except (TypeError, ValueError) as exc:
         raise PredictionsError(f"{source}: column 'seed' must hold integers ({exc})") from exc
     if seeds.isna().any() or not np.all(np.equal(np.mod(seeds.to_numpy(dtype=float), 1), 0)):
-        raise PredictionsError(f"{source}: column 'seed' must hold integers, found {sorted(set(seeds[seeds.notna()]))[:5]} "
-                               "and/or nulls")
+        raise PredictionsError(
+            f"{source}: column 'seed' must hold integers, found {sorted(set(seeds[seeds.notna()]))[:5]} and/or nulls"
+        )
     df["seed"] = seeds.astype(np.int64)
     if df["fold"].isna().any():
         raise PredictionsError(f"{source}: {int(df['fold'].isna().sum())} row(s) have no fold")
@@ -122,7 +135,9 @@ def validate_predictions(df: pd.DataFrame, classes: Sequence[str] | None = None,
             values = df[column].dropna().astype(str)
             unknown = sorted(set(values) - set(classes))
             if unknown:
-                raise PredictionsError(f"{source}: {column} value(s) {unknown[:5]} are not among run.json's classes {list(classes)}")
+                raise PredictionsError(
+                    f"{source}: {column} value(s) {unknown[:5]} are not among run.json's classes {list(classes)}"
+                )
     probs = df[prob_columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     if probs.size and not np.isfinite(probs).all():
         bad = int((~np.isfinite(probs)).any(axis=1).sum())
@@ -131,8 +146,10 @@ def validate_predictions(df: pd.DataFrame, classes: Sequence[str] | None = None,
         error = np.abs(probs.sum(axis=1) - 1.0)
         if (error > PROB_SUM_TOLERANCE).any():
             row = int(np.argmax(error))
-            raise PredictionsError(f"{source}: the {PROB_PREFIX}* columns of {int((error > PROB_SUM_TOLERANCE).sum())} row(s) "
-                                   f"do not sum to 1 (e.g. row {row}: {probs[row].sum():.4f}); store softmax probabilities")
+            raise PredictionsError(
+                f"{source}: the {PROB_PREFIX}* columns of {int((error > PROB_SUM_TOLERANCE).sum())} row(s) "
+                f"do not sum to 1 (e.g. row {row}: {probs[row].sum():.4f}); store softmax probabilities"
+            )
     duplicated = df.duplicated(subset=["utt_id", "fold", "seed"])
     if duplicated.any():
         first = df.loc[duplicated, ["utt_id", "fold", "seed"]].iloc[0].tolist()
@@ -149,7 +166,9 @@ def load_run(run_dir: str | Path) -> RunData:
         raise MissingDataError(f"run directory {run_dir} does not exist; run `emomix train RECIPE` first")
     run_path = run_dir / "run.json"
     if not run_path.is_file():
-        raise MissingDataError(f"{run_path} does not exist; {run_dir} is not a finished run directory — run `emomix train` first")
+        raise MissingDataError(
+            f"{run_path} does not exist; {run_dir} is not a finished run directory — run `emomix train` first"
+        )
     run = _read_json(run_path)
     if not isinstance(run, dict):
         raise ConfigError(f"{run_path}: expected a JSON object")
@@ -175,10 +194,21 @@ def load_run(run_dir: str | Path) -> RunData:
     if histories is not None and plan is not None:
         # the plan's fold order (Ses2 before Ses10), not the file system's
         order = {f.name: i for i, f in enumerate(plan.folds)}
-        histories = histories.sort_values("fold", key=lambda col: col.map(lambda f: order.get(f, len(order))), kind="stable")
+        histories = histories.sort_values(
+            "fold", key=lambda col: col.map(lambda f: order.get(f, len(order))), kind="stable"
+        )
         histories = histories.reset_index(drop=True)
-    return RunData(run_dir=run_dir, run=run, classes=list(classes), predictions=predictions, plan=plan, data=data,
-                   config=config, histories=histories, notes=notes)
+    return RunData(
+        run_dir=run_dir,
+        run=run,
+        classes=list(classes),
+        predictions=predictions,
+        plan=plan,
+        data=data,
+        config=config,
+        histories=histories,
+        notes=notes,
+    )
 
 
 def load_histories(run_dir: str | Path) -> pd.DataFrame | None:
@@ -198,7 +228,9 @@ def load_histories(run_dir: str | Path) -> pd.DataFrame | None:
             continue
         if frame.empty or "epoch" not in frame.columns:
             continue
-        frames.append(frame.assign(fold=path.parent.parent.name, seed=int(seed_match.group(1)), part=part_match.group(1) or ""))
+        frames.append(
+            frame.assign(fold=path.parent.parent.name, seed=int(seed_match.group(1)), part=part_match.group(1) or "")
+        )
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
@@ -250,8 +282,17 @@ def plan_summary(plan: Any, run: Mapping[str, Any] | None = None) -> dict[str, A
         "group_column": plan.group_column,
         "speaker_independent": bool(plan.speaker_independent),
         "notes": list(plan.notes),
-        "folds": [{"name": f.name, "test_groups": list(f.test_groups), "validation_groups": list(f.validation_groups),
-                   "train": len(f.train), "validation": len(f.validation), "test": len(f.test)} for f in plan.folds],
+        "folds": [
+            {
+                "name": f.name,
+                "test_groups": list(f.test_groups),
+                "validation_groups": list(f.validation_groups),
+                "train": len(f.train),
+                "validation": len(f.validation),
+                "test": len(f.test),
+            }
+            for f in plan.folds
+        ],
     }
 
 
@@ -275,7 +316,12 @@ def history_summary(histories: pd.DataFrame | None, monitor: str = "val_ua") -> 
     histories = histories if "part" in histories.columns else histories.assign(part="")
     for (fold, seed, name), part in histories.groupby(["fold", "seed", "part"], sort=False):
         part = part.sort_values("epoch")
-        record: dict[str, Any] = {"fold": str(fold), "seed": int(seed), "part": str(name), "epochs": int(part["epoch"].nunique())}
+        record: dict[str, Any] = {
+            "fold": str(fold),
+            "seed": int(seed),
+            "part": str(name),
+            "epochs": int(part["epoch"].nunique()),
+        }
         if monitor in part.columns and part[monitor].notna().any():
             values = pd.to_numeric(part[monitor], errors="coerce")
             best = part.loc[values.idxmin() if monitor == "val_loss" else values.idxmax()]
@@ -336,11 +382,16 @@ def headline_lines(metrics: Mapping[str, Any]) -> list[str]:
     for m in METRICS:
         folds = format_summary(metrics["across_folds"][m])
         seeds = format_summary(metrics["across_seeds"][m])
-        lines.append(f"{METRIC_NAMES[m]:<12} pooled {_num(metrics['headline'][m])}   "
-                     f"folds {folds} (n={metrics['across_folds'][m]['n']})   seeds {seeds} (n={metrics['across_seeds'][m]['n']})")
+        lines.append(
+            f"{METRIC_NAMES[m]:<12} pooled {_num(metrics['headline'][m])}   "
+            f"folds {folds} (n={metrics['across_folds'][m]['n']})   seeds {seeds} (n={metrics['across_seeds'][m]['n']})"
+        )
     ensemble = metrics.get("seed_ensemble")
     if ensemble:
-        lines.append(f"seed ensemble ({ensemble['seeds']} seeds): " + ", ".join(f"{METRIC_NAMES[m]} {_num(ensemble[m])}" for m in METRICS))
+        lines.append(
+            f"seed ensemble ({ensemble['seeds']} seeds): "
+            + ", ".join(f"{METRIC_NAMES[m]} {_num(ensemble[m])}" for m in METRICS)
+        )
     return lines
 
 
@@ -369,13 +420,29 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
 
     if plan is not None:
         independence = "speaker-independent" if plan["speaker_independent"] else "**not speaker-independent**"
-        out += ["## Fold plan", "",
-                f"{len(plan['folds'])} fold(s), {independence}, "
-                f"held out by {plan['group_column'] or 'nothing (stratified)'}; "
-                f"fingerprint `{plan['fingerprint']}`.", ""]
-        out += _table(["fold", "test groups", "validation groups", "train", "validation", "test"],
-                      [[f["name"], _groups(f["test_groups"]), _groups(f["validation_groups"]), f["train"], f["validation"], f["test"]]
-                       for f in plan["folds"]], right=[3, 4, 5])
+        out += [
+            "## Fold plan",
+            "",
+            f"{len(plan['folds'])} fold(s), {independence}, "
+            f"held out by {plan['group_column'] or 'nothing (stratified)'}; "
+            f"fingerprint `{plan['fingerprint']}`.",
+            "",
+        ]
+        out += _table(
+            ["fold", "test groups", "validation groups", "train", "validation", "test"],
+            [
+                [
+                    f["name"],
+                    _groups(f["test_groups"]),
+                    _groups(f["validation_groups"]),
+                    f["train"],
+                    f["validation"],
+                    f["test"],
+                ]
+                for f in plan["folds"]
+            ],
+            right=[3, 4, 5],
+        )
         for note in plan["notes"]:
             out.append(f"\n> note: {note}")
         if plan.get("confounding"):
@@ -388,24 +455,38 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
     if results.get("data"):
         out += ["## Data", "", *data_section(results["data"]), ""]
 
-    out += ["## Results", "",
-            "Pooled: all folds' predictions scored together (mean over seeds). Across folds: the metric of each "
-            "fold, averaged over seeds, then mean ± SD [95 % CI, t-distribution]. Across seeds: the pooled metric "
-            "of each seed, summarised the same way. UA averages the recall of the classes present in the truth; "
-            "macro-F1 averages the F1 of the classes present in the truth or the predictions (a class predicted "
-            "in a fold without it scores F1 0), per fold and pooled alike.", ""]
+    out += [
+        "## Results",
+        "",
+        "Pooled: all folds' predictions scored together (mean over seeds). Across folds: the metric of each "
+        "fold, averaged over seeds, then mean ± SD [95 % CI, t-distribution]. Across seeds: the pooled metric "
+        "of each seed, summarised the same way. UA averages the recall of the classes present in the truth; "
+        "macro-F1 averages the F1 of the classes present in the truth or the predictions (a class predicted "
+        "in a fold without it scores F1 0), per fold and pooled alike.",
+        "",
+    ]
     rows = []
     for m in METRICS:
         folds = metrics["across_folds"][m]
         seeds_summary = metrics["across_seeds"][m]
-        rows.append([METRIC_NAMES[m], _num(metrics["headline"][m]),
-                     f"{format_summary(folds)} (n={folds['n']})", f"{format_summary(seeds_summary)} (n={seeds_summary['n']})"])
+        rows.append(
+            [
+                METRIC_NAMES[m],
+                _num(metrics["headline"][m]),
+                f"{format_summary(folds)} (n={folds['n']})",
+                f"{format_summary(seeds_summary)} (n={seeds_summary['n']})",
+            ]
+        )
     out += _table(["metric", "pooled", "across folds", "across seeds"], rows, right=[1])
     out.append("")
     ensemble = metrics.get("seed_ensemble")
     if ensemble:
-        out += [f"Seed ensemble (the {ensemble['seeds']} seeds' probabilities averaged per utterance, pooled over "
-                f"folds, {ensemble['n']} utterances): " + ", ".join(f"{METRIC_NAMES[m]} {_num(ensemble[m])}" for m in METRICS), ""]
+        out += [
+            f"Seed ensemble (the {ensemble['seeds']} seeds' probabilities averaged per utterance, pooled over "
+            f"folds, {ensemble['n']} utterances): "
+            + ", ".join(f"{METRIC_NAMES[m]} {_num(ensemble[m])}" for m in METRICS),
+            "",
+        ]
     all_notes = list(results.get("notes", [])) + list(metrics["notes"])
     for note in all_notes:
         out.append(f"> note: {note}  ")
@@ -418,17 +499,37 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
         out += ["### Per fold", ""]
         if several:
             out += [f"Values are the mean over {len(metrics['seeds'])} seeds.", ""]
-        out += _table(["fold", "test utterances", "seeds", *(METRIC_NAMES[m] for m in METRICS)],
-                      [[r["fold"], int(r["n"]), int(r["seeds"]), *(_num(r[m]) for m in METRICS)]
-                       for r in fold_means.to_dict(orient="records")], right=list(range(1, 3 + len(METRICS))))
+        out += _table(
+            ["fold", "test utterances", "seeds", *(METRIC_NAMES[m] for m in METRICS)],
+            [
+                [r["fold"], int(r["n"]), int(r["seeds"]), *(_num(r[m]) for m in METRICS)]
+                for r in fold_means.to_dict(orient="records")
+            ],
+            right=list(range(1, 3 + len(METRICS))),
+        )
         out.append("")
 
     per_class = metrics["per_class"]
-    out += ["### Per class", "", "Pooled over folds; precision/recall/F1 averaged over seeds (± SD of F1 across seeds).", ""]
-    out += _table(["class", "support", "precision", "recall", "F1"],
-                  [[r["class"], _count(r["support"]), _num(r["precision"]), _num(r["recall"]),
-                    _num(r["f1"]) + (f" ± {r['f1_sd']:.3f}" if _finite(r["f1_sd"]) else "")]
-                   for r in per_class.to_dict(orient="records")], right=[1, 2, 3, 4])
+    out += [
+        "### Per class",
+        "",
+        "Pooled over folds; precision/recall/F1 averaged over seeds (± SD of F1 across seeds).",
+        "",
+    ]
+    out += _table(
+        ["class", "support", "precision", "recall", "F1"],
+        [
+            [
+                r["class"],
+                _count(r["support"]),
+                _num(r["precision"]),
+                _num(r["recall"]),
+                _num(r["f1"]) + (f" ± {r['f1_sd']:.3f}" if _finite(r["f1_sd"]) else ""),
+            ]
+            for r in per_class.to_dict(orient="records")
+        ],
+        right=[1, 2, 3, 4],
+    )
     out.append("")
 
     out += ["### Confusion matrix", ""]
@@ -436,10 +537,15 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
         out += [f"![confusion matrix]({figures['confusion']})", ""]
     counts = np.asarray(metrics["confusion"])
     n_seeds = len(metrics["seeds"])
-    out += [f"Counts (rows true, columns predicted{', summed over ' + str(n_seeds) + ' seeds' if n_seeds > 1 else ''}):", ""]
-    out += _table(["true \\ predicted", *run["classes"]],
-                  [[c, *(int(v) for v in counts[i])] for i, c in enumerate(run["classes"])],
-                  right=list(range(1, len(run["classes"]) + 1)))
+    out += [
+        f"Counts (rows true, columns predicted{', summed over ' + str(n_seeds) + ' seeds' if n_seeds > 1 else ''}):",
+        "",
+    ]
+    out += _table(
+        ["true \\ predicted", *run["classes"]],
+        [[c, *(int(v) for v in counts[i])] for i, c in enumerate(run["classes"])],
+        right=list(range(1, len(run["classes"]) + 1)),
+    )
     out.append("")
 
     histories = results.get("histories") or []
@@ -454,12 +560,30 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, str] | Non
             if monitor:
                 mode = "lowest" if monitor == "val_loss" else "highest"
                 out += [f"Best epoch: the {mode} {label}, the metric the run monitored to keep its weights.", ""]
-            out += _table(["fold", "seed", *(["model part"] if parts else []), "epochs", f"best {label}", "best epoch",
-                           "last train loss"],
-                          [[h["fold"], h["seed"], *([h.get("part") or "–"] if parts else []), h["epochs"],
-                            _num(h.get(f"best_{monitor}"), 4 if monitor == "val_loss" else 3), h.get("best_epoch", "–"),
-                            _num(h.get("last_loss"), 4)]
-                           for h in histories], right=list(range(1, 7 if parts else 6)))
+            out += _table(
+                [
+                    "fold",
+                    "seed",
+                    *(["model part"] if parts else []),
+                    "epochs",
+                    f"best {label}",
+                    "best epoch",
+                    "last train loss",
+                ],
+                [
+                    [
+                        h["fold"],
+                        h["seed"],
+                        *([h.get("part") or "–"] if parts else []),
+                        h["epochs"],
+                        _num(h.get(f"best_{monitor}"), 4 if monitor == "val_loss" else 3),
+                        h.get("best_epoch", "–"),
+                        _num(h.get("last_loss"), 4),
+                    ]
+                    for h in histories
+                ],
+                right=list(range(1, 7 if parts else 6)),
+            )
             out.append("")
 
     routing = results["routing"]
@@ -471,13 +595,22 @@ def _routing_lines(routing: Mapping[str, pd.DataFrame], figures: Mapping[str, st
     out: list[str] = []
     shares = routing["routing"]
     if len(shares):
-        out += ["## Routing (local vs global)", "",
-                "Mean router probability of the local and the global expert per modality (rows of every seed "
-                "pooled); `local top-1` is the share of rows whose router preferred the local expert.", ""]
+        out += [
+            "## Routing (local vs global)",
+            "",
+            "Mean router probability of the local and the global expert per modality (rows of every seed "
+            "pooled); `local top-1` is the share of rows whose router preferred the local expert.",
+            "",
+        ]
         overall = shares[shares["by"] == "all"]
-        out += _table(["modality", "rows", "local", "global", "local top-1"],
-                      [[r["modality"], int(r["n"]), _num(r["local"]), _num(r["global"]), _num(r["local_top1"])]
-                       for r in overall.to_dict(orient="records")], right=[1, 2, 3, 4])
+        out += _table(
+            ["modality", "rows", "local", "global", "local top-1"],
+            [
+                [r["modality"], int(r["n"]), _num(r["local"]), _num(r["global"]), _num(r["local_top1"])]
+                for r in overall.to_dict(orient="records")
+            ],
+            right=[1, 2, 3, 4],
+        )
         out.append("")
         by_label = shares[shares["by"] == "label"]
         if len(by_label):
@@ -485,8 +618,11 @@ def _routing_lines(routing: Mapping[str, pd.DataFrame], figures: Mapping[str, st
             wide = by_label.pivot(index="group", columns="modality", values="local")
             groups = [c for c in classes if c in wide.index] + [g for g in wide.index if g not in classes]
             out += ["Local share by true emotion:", ""]
-            out += _table(["emotion", *modalities], [[g, *(_num(wide.loc[g, m]) for m in modalities)] for g in groups],
-                          right=list(range(1, len(modalities) + 1)))
+            out += _table(
+                ["emotion", *modalities],
+                [[g, *(_num(wide.loc[g, m]) for m in modalities)] for g in groups],
+                right=list(range(1, len(modalities) + 1)),
+            )
             out.append("")
         for by in ("label", "session", "speaker"):
             key = f"routing_{by}"
@@ -494,13 +630,19 @@ def _routing_lines(routing: Mapping[str, pd.DataFrame], figures: Mapping[str, st
                 out += [f"![routing by {by}]({figures[key]})", ""]
     experts = routing["experts"]
     if len(experts):
-        out += ["## Expert shares", "",
-                "Mean gate weight of every expert (for MPAF-Net's pairwise weights α of the pair's first modality "
-                "and 1 − α of the second), rows of every seed pooled.", ""]
+        out += [
+            "## Expert shares",
+            "",
+            "Mean gate weight of every expert (for MPAF-Net's pairwise weights α of the pair's first modality "
+            "and 1 − α of the second), rows of every seed pooled.",
+            "",
+        ]
         overall = experts[experts["by"] == "all"]
-        out += _table(["gate", "expert", "rows", "share"],
-                      [[r["source"], r["expert"], int(r["n"]), _num(r["share"])] for r in overall.to_dict(orient="records")],
-                      right=[2, 3])
+        out += _table(
+            ["gate", "expert", "rows", "share"],
+            [[r["source"], r["expert"], int(r["n"]), _num(r["share"])] for r in overall.to_dict(orient="records")],
+            right=[2, 3],
+        )
         out.append("")
         by_label = experts[experts["by"] == "label"]
         for source in dict.fromkeys(by_label["source"]):
@@ -509,8 +651,11 @@ def _routing_lines(routing: Mapping[str, pd.DataFrame], figures: Mapping[str, st
             wide = part.pivot(index="group", columns="expert", values="share")
             groups = [c for c in classes if c in wide.index] + [g for g in wide.index if g not in classes]
             out += [f"`{source}` by true emotion:", ""]
-            out += _table(["emotion", *names], [[g, *(_num(wide.loc[g, e]) for e in names)] for g in groups],
-                          right=list(range(1, len(names) + 1)))
+            out += _table(
+                ["emotion", *names],
+                [[g, *(_num(wide.loc[g, e]) for e in names)] for g in groups],
+                right=list(range(1, len(names) + 1)),
+            )
             out.append("")
         for by in ("label", "session"):
             key = f"experts_{by}"
@@ -518,9 +663,17 @@ def _routing_lines(routing: Mapping[str, pd.DataFrame], figures: Mapping[str, st
                 out += [f"![expert shares by {by}]({figures[key]})", ""]
     flags = routing.get("flags")
     if flags is not None and len(flags):
-        out += ["## Other per-row model outputs", "", "Mean over test rows (for a 0/1 flag, the share of rows flagged).", ""]
-        out += _table(["output", "rows", "mean"], [[f"`{r['name']}`", int(r["n"]), _num(r["mean"], 4)]
-                                                   for r in flags.to_dict(orient="records")], right=[1, 2])
+        out += [
+            "## Other per-row model outputs",
+            "",
+            "Mean over test rows (for a 0/1 flag, the share of rows flagged).",
+            "",
+        ]
+        out += _table(
+            ["output", "rows", "mean"],
+            [[f"`{r['name']}`", int(r["n"]), _num(r["mean"], 4)] for r in flags.to_dict(orient="records")],
+            right=[1, 2],
+        )
         out.append("")
     return out
 
@@ -535,19 +688,23 @@ def write_figures(results: Mapping[str, Any], histories: pd.DataFrame | None, fi
 
     figure_dir.mkdir(parents=True, exist_ok=True)
     classes = results["run"]["classes"]
-    written = {"confusion": plots.plot_confusion(results["metrics"]["confusion"], classes, figure_dir / "confusion.png")}
+    written = {
+        "confusion": plots.plot_confusion(results["metrics"]["confusion"], classes, figure_dir / "confusion.png")
+    }
     if histories is not None and not histories.empty:
         written["learning_curves"] = plots.plot_learning_curves(histories, figure_dir / "learning_curves.png")
     routing = results["routing"]["routing"]
     for by in ("label", "session", "speaker"):
         if len(routing) and (routing["by"] == by).any():
-            written[f"routing_{by}"] = plots.plot_routing(routing, by, figure_dir / f"routing_by_{by}.png",
-                                                          order=classes if by == "label" else None)
+            written[f"routing_{by}"] = plots.plot_routing(
+                routing, by, figure_dir / f"routing_by_{by}.png", order=classes if by == "label" else None
+            )
     experts = results["routing"]["experts"]
     for by in ("label", "session"):
         if len(experts) and (experts["by"] == by).any():
-            written[f"experts_{by}"] = plots.plot_expert_shares(experts, by, figure_dir / f"experts_by_{by}.png",
-                                                                order=classes if by == "label" else None)
+            written[f"experts_{by}"] = plots.plot_expert_shares(
+                experts, by, figure_dir / f"experts_by_{by}.png", order=classes if by == "label" else None
+            )
     return written
 
 
@@ -659,12 +816,29 @@ def data_section(data: Any) -> list[str]:
     classes = data.pop("classes", None)
     if isinstance(classes, Mapping) and classes:
         total = sum(v for v in classes.values() if isinstance(v, (int, float))) or 1
-        out += [*_table(["class", "utterances", "share"], [[c, n, f"{100 * n / total:.1f} %"] for c, n in classes.items()], right=[1, 2]), ""]
+        out += [
+            *_table(
+                ["class", "utterances", "share"],
+                [[c, n, f"{100 * n / total:.1f} %"] for c, n in classes.items()],
+                right=[1, 2],
+            ),
+            "",
+        ]
     folds = data.pop("folds", None)
     if isinstance(folds, Mapping) and folds:
         parts = list(dict.fromkeys(k for v in folds.values() if isinstance(v, Mapping) for k in v))
         out += ["Utterances per fold and part:", ""]
-        out += [*_table(["fold", *parts], [[name, *(_total(inner.get(p)) if isinstance(inner, Mapping) else "" for p in parts)] for name, inner in folds.items()], right=list(range(1, len(parts) + 1))), ""]
+        out += [
+            *_table(
+                ["fold", *parts],
+                [
+                    [name, *(_total(inner.get(p)) if isinstance(inner, Mapping) else "" for p in parts)]
+                    for name, inner in folds.items()
+                ],
+                right=list(range(1, len(parts) + 1)),
+            ),
+            "",
+        ]
     read = data.pop("read_report", None)
     if isinstance(read, Mapping):
         skipped = list(read.get("skipped") or [])
@@ -673,9 +847,13 @@ def data_section(data: Any) -> list[str]:
             reason = entry.get("reason", "?") if isinstance(entry, Mapping) else str(entry)
             reasons[reason] = reasons.get(reason, 0) + 1
         dropped = dict(read.get("dropped_by_label") or {})
-        out.append("- skipped by the reader: " + (", ".join(f"{n} ({r})" for r, n in reasons.items()) if reasons else "none"))
-        out.append("- dropped by the label scheme: " + (", ".join(f"{n} {label}" for label, n in dropped.items())
-                                                        if dropped else "none"))
+        out.append(
+            "- skipped by the reader: " + (", ".join(f"{n} ({r})" for r, n in reasons.items()) if reasons else "none")
+        )
+        out.append(
+            "- dropped by the label scheme: "
+            + (", ".join(f"{n} {label}" for label, n in dropped.items()) if dropped else "none")
+        )
         for note in read.get("notes") or []:
             out.append(f"- reader note: {note}")
         out.append("")
@@ -685,16 +863,34 @@ def data_section(data: Any) -> list[str]:
         for modality, summary in extraction.items():
             summary = summary if isinstance(summary, Mapping) else {}
             fallbacks = summary.get("fallbacks") or {}
-            rows.append([modality, summary.get("namespace", "–"), summary.get("total", "–"), summary.get("cached", "–"),
-                         summary.get("computed", "–"), summary.get("failed", len(summary.get("failures") or [])),
-                         ", ".join(f"{k} {len(v)}" for k, v in fallbacks.items()) or "none"])
+            rows.append(
+                [
+                    modality,
+                    summary.get("namespace", "–"),
+                    summary.get("total", "–"),
+                    summary.get("cached", "–"),
+                    summary.get("computed", "–"),
+                    summary.get("failed", len(summary.get("failures") or [])),
+                    ", ".join(f"{k} {len(v)}" for k, v in fallbacks.items()) or "none",
+                ]
+            )
         out += ["Feature extraction:", ""]
-        out += [*_table(["modality", "features", "utterances", "from the store", "computed", "failed", "fallbacks"], rows, right=[2, 3, 4, 5]), ""]
+        out += [
+            *_table(
+                ["modality", "features", "utterances", "from the store", "computed", "failed", "fallbacks"],
+                rows,
+                right=[2, 3, 4, 5],
+            ),
+            "",
+        ]
     failures = data.pop("feature_failures", None)
     if failures:
         listed = [f"{f.get('utt_id')} ({f.get('reason')})" if isinstance(f, Mapping) else str(f) for f in failures]
-        out += [f"- {len(listed)} utterance(s) without features, left out: {', '.join(listed[:5])}"
-                + (f" and {len(listed) - 5} more" if len(listed) > 5 else ""), ""]
+        out += [
+            f"- {len(listed)} utterance(s) without features, left out: {', '.join(listed[:5])}"
+            + (f" and {len(listed) - 5} more" if len(listed) > 5 else ""),
+            "",
+        ]
     elif failures is not None:
         out += ["- every utterance has features", ""]
     if data:
@@ -716,21 +912,37 @@ def _data_lines(data: Any) -> list[str]:
             bullets.append(f"- {key}: {value}")
         elif isinstance(value, Mapping) and all(not isinstance(v, (Mapping, list)) for v in value.values()):
             bullets.append(f"- {key}: " + ", ".join(f"{k} {v}" for k, v in value.items()))
-        elif isinstance(value, Mapping) and value and all(isinstance(v, Mapping) and all(not isinstance(x, (Mapping, list))
-                                                                                      for x in v.values()) for v in value.values()):
+        elif (
+            isinstance(value, Mapping)
+            and value
+            and all(
+                isinstance(v, Mapping) and all(not isinstance(x, (Mapping, list)) for x in v.values())
+                for v in value.values()
+            )
+        ):
             columns = list(dict.fromkeys(k for v in value.values() for k in v))
             tables += [f"{key}:", ""]
-            tables += _table(["", *columns], [[row, *(inner.get(c, "") for c in columns)] for row, inner in value.items()],
-                             right=list(range(1, len(columns) + 1)))
+            tables += _table(
+                ["", *columns],
+                [[row, *(inner.get(c, "") for c in columns)] for row, inner in value.items()],
+                right=list(range(1, len(columns) + 1)),
+            )
             tables.append("")
-        elif isinstance(value, Mapping) and value and all(isinstance(v, Mapping) and v and all(isinstance(x, Mapping)
-                                                                                            for x in v.values())
-                                                          for v in value.values()):
+        elif (
+            isinstance(value, Mapping)
+            and value
+            and all(
+                isinstance(v, Mapping) and v and all(isinstance(x, Mapping) for x in v.values()) for v in value.values()
+            )
+        ):
             # e.g. {fold: {part: {"total": n, class: n}}}: one column per part with its total
             columns = list(dict.fromkeys(k for v in value.values() for k in v))
             tables += [f"{key} (totals):", ""]
-            tables += _table(["", *columns], [[row, *(_total(inner.get(c)) for c in columns)] for row, inner in value.items()],
-                             right=list(range(1, len(columns) + 1)))
+            tables += _table(
+                ["", *columns],
+                [[row, *(_total(inner.get(c)) for c in columns)] for row, inner in value.items()],
+                right=list(range(1, len(columns) + 1)),
+            )
             tables.append("")
         else:
             text = json.dumps(to_jsonable(value), ensure_ascii=False)

@@ -89,14 +89,22 @@ def routing_shares(df: pd.DataFrame, by: Sequence[str] = DEFAULT_ROUTING_BY) -> 
         return pd.DataFrame(columns=ROUTING_COLUMNS)
     frames = []
     for modality, (local_col, global_col) in routes.items():
-        part = pd.DataFrame({"local": pd.to_numeric(df[local_col], errors="coerce"),
-                             "global": pd.to_numeric(df[global_col], errors="coerce")}, index=df.index)
+        part = pd.DataFrame(
+            {
+                "local": pd.to_numeric(df[local_col], errors="coerce"),
+                "global": pd.to_numeric(df[global_col], errors="coerce"),
+            },
+            index=df.index,
+        )
         part = part[part["local"].notna() & part["global"].notna()]
         part["local_top1"] = (part["local"] > part["global"]).astype(float)
         for key, keyed in _groupings(df, part, by):
             stats = keyed.groupby("group", sort=False).agg(
-                n=("local", "size"), local=("local", "mean"), global_=("global", "mean"),
-                local_top1=("local_top1", "mean"))
+                n=("local", "size"),
+                local=("local", "mean"),
+                global_=("global", "mean"),
+                local_top1=("local_top1", "mean"),
+            )
             stats = stats.rename(columns={"global_": "global"}).reset_index()
             stats = stats.sort_values("group", key=lambda col: col.map(_natural_key), kind="stable")
             stats.insert(0, "by", key)
@@ -105,8 +113,12 @@ def routing_shares(df: pd.DataFrame, by: Sequence[str] = DEFAULT_ROUTING_BY) -> 
     return _concat(frames, ROUTING_COLUMNS)
 
 
-def expert_shares(df: pd.DataFrame, by: Sequence[str] = DEFAULT_EXPERT_BY, model: str | None = None,
-                  expert_names: Sequence[str] | None = None) -> pd.DataFrame:
+def expert_shares(
+    df: pd.DataFrame,
+    by: Sequence[str] = DEFAULT_EXPERT_BY,
+    model: str | None = None,
+    expert_names: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Mean share of every gate expert, for every value of each ``by`` column.
 
     One row per (``by``, ``group``, ``source``, ``expert``) with ``n`` and ``share``:
@@ -129,7 +141,7 @@ def expert_shares(df: pd.DataFrame, by: Sequence[str] = DEFAULT_EXPERT_BY, model
         values.columns = names
         frames.extend(_share_rows(df, values, source, by))
     for column in alpha_columns(df):
-        pair = column[len("aux_alpha_"):]
+        pair = column[len("aux_alpha_") :]
         first, second = (MODALITY_LETTERS.get(letter, letter) for letter in pair)
         alpha = pd.to_numeric(df[column], errors="coerce")
         values = pd.DataFrame({first: alpha, second: 1.0 - alpha}, index=df.index)
@@ -148,12 +160,19 @@ def aux_flag_rates(df: pd.DataFrame) -> pd.DataFrame:
             continue
         values = _as_float(df[column])
         values = values[np.isfinite(values)]
-        rows.append({"name": name[len("aux_"):], "n": int(values.size), "mean": float(values.mean()) if values.size else np.nan})
+        rows.append(
+            {
+                "name": name[len("aux_") :],
+                "n": int(values.size),
+                "mean": float(values.mean()) if values.size else np.nan,
+            }
+        )
     return pd.DataFrame(rows, columns=["name", "n", "mean"])
 
 
-def routing_analysis(df: pd.DataFrame, model: str | None = None,
-                     expert_names: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+def routing_analysis(
+    df: pd.DataFrame, model: str | None = None, expert_names: Sequence[str] | None = None
+) -> dict[str, pd.DataFrame]:
     """``{"routing": routing_shares(df), "experts": expert_shares(df), "flags": aux_flag_rates(df)}``."""
     return {
         "routing": routing_shares(df),
@@ -185,10 +204,17 @@ def _share_rows(df: pd.DataFrame, values: pd.DataFrame, source: str, by: Sequenc
     frames = []
     for key, keyed in _groupings(df, values, by):
         long = keyed.melt(id_vars="group", var_name="expert", value_name="share")
-        stats = long.groupby(["group", "expert"], sort=False).agg(n=("share", "size"), share=("share", "mean")).reset_index()
+        stats = (
+            long.groupby(["group", "expert"], sort=False)
+            .agg(n=("share", "size"), share=("share", "mean"))
+            .reset_index()
+        )
         expert_order = {name: i for i, name in enumerate(values.columns)}
-        stats = stats.sort_values(["group", "expert"], key=lambda col: col.map(expert_order) if col.name == "expert"
-                                  else col.map(_natural_key), kind="stable")
+        stats = stats.sort_values(
+            ["group", "expert"],
+            key=lambda col: col.map(expert_order) if col.name == "expert" else col.map(_natural_key),
+            kind="stable",
+        )
         stats.insert(0, "by", key)
         stats.insert(2, "source", source)
         frames.append(stats)
@@ -197,11 +223,14 @@ def _share_rows(df: pd.DataFrame, values: pd.DataFrame, source: str, by: Sequenc
 
 def _natural_key(value: object) -> tuple:
     """Sort key putting ``Ses2`` before ``Ses10``."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(value)) if part)
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(value)) if part
+    )
 
 
 def _as_float(series: pd.Series) -> pd.Series:
     """Numbers and booleans (also as objects, with None) as floats; anything else NaN."""
+
     def convert(value: object) -> float:
         if isinstance(value, (bool, np.bool_)):
             return float(value)
@@ -209,6 +238,7 @@ def _as_float(series: pd.Series) -> pd.Series:
             return float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return np.nan
+
     return pd.Series([convert(v) for v in series], index=series.index, dtype=float)
 
 
@@ -223,5 +253,7 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 
 def to_records(table: pd.DataFrame) -> list[Mapping[str, object]]:
     """A tidy table as a list of dicts (NaN as None)."""
-    return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
-            for row in table.to_dict(orient="records")]
+    return [
+        {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+        for row in table.to_dict(orient="records")
+    ]

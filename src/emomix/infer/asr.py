@@ -67,8 +67,9 @@ class WhisperTranscriber:
     backend: str = "whisper"
 
     def transcribe(self, wave: np.ndarray) -> str:
-        result = self.model.transcribe(np.asarray(wave, dtype=np.float32), language=self.language, fp16=False,
-                                       temperature=0.0)
+        result = self.model.transcribe(
+            np.asarray(wave, dtype=np.float32), language=self.language, fp16=False, temperature=0.0
+        )
         return str(result.get("text", "")).strip()
 
 
@@ -85,8 +86,9 @@ class StaticTranscriber:
         return self.text
 
 
-def find_transcriber(model: str | None = None, backends: tuple[str, ...] = BACKENDS,
-                     language: str | None = None) -> Transcriber | None:
+def find_transcriber(
+    model: str | None = None, backends: tuple[str, ...] = BACKENDS, language: str | None = None
+) -> Transcriber | None:
     """The first backend of ``backends`` that is installed and has ``model`` locally, or None.
 
     ``model``: a local path or a size name; default ``$EMOMIX_ASR_MODEL``, else ``base``.

@@ -21,18 +21,23 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 MANIFEST_COLUMNS = ("audio_path", "text", "speaker")
 
 
-def collect_inputs(source: Path, text: str | None = None, speaker: str | None = None,
-                   video: Path | None = None) -> list[dict[str, Any]]:
+def collect_inputs(
+    source: Path, text: str | None = None, speaker: str | None = None, video: Path | None = None
+) -> list[dict[str, Any]]:
     """Predictor items from a file, a folder (its audio files, sorted, not recursive) or a manifest CSV;
     ``video``: the single file's video (for models that read video)."""
     if video is not None and (source.is_dir() or source.suffix.lower() == ".csv"):
         raise ConfigError("--video applies to a single file; give a manifest CSV with a video_path column")
     source = Path(source)
     if not source.exists():
-        raise MissingDataError(f"{source} does not exist; give an audio file, a folder of audio files or a CSV manifest")
+        raise MissingDataError(
+            f"{source} does not exist; give an audio file, a folder of audio files or a CSV manifest"
+        )
     if source.is_dir():
         if text is not None or speaker is not None:
-            raise ConfigError("--text/--speaker apply to a single file; give a manifest CSV with text and speaker columns")
+            raise ConfigError(
+                "--text/--speaker apply to a single file; give a manifest CSV with text and speaker columns"
+            )
         files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         if not files:
             raise MissingDataError(f"{source} holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
@@ -58,8 +63,10 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in reader.fieldnames or []]
         if "audio_path" not in columns:
-            raise ConfigError(f"{path}: a manifest needs an audio_path column (optional: text, speaker); it has "
-                              f"{', '.join(columns) or 'no header'}")
+            raise ConfigError(
+                f"{path}: a manifest needs an audio_path column (optional: text, speaker); it has "
+                f"{', '.join(columns) or 'no header'}"
+            )
         items = []
         for row in reader:
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
@@ -85,22 +92,27 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_predictions(predictor: Any, items: Sequence[Mapping[str, Any]], batch_size: int, progress: bool = True) -> list[dict[str, Any]]:
+def run_predictions(
+    predictor: Any, items: Sequence[Mapping[str, Any]], batch_size: int, progress: bool = True
+) -> list[dict[str, Any]]:
     """``predictor.predict_many`` batch by batch under a progress bar; each result carries its ``input``."""
     from tqdm.auto import tqdm
 
     results: list[dict[str, Any]] = []
-    with tqdm(total=len(items), unit="file", desc="predict", disable=not progress, dynamic_ncols=True, file=sys.stderr) as bar:
+    with tqdm(
+        total=len(items), unit="file", desc="predict", disable=not progress, dynamic_ncols=True, file=sys.stderr
+    ) as bar:
         for start in range(0, len(items), batch_size):
-            chunk = list(items[start:start + batch_size])
+            chunk = list(items[start : start + batch_size])
             for item, result in zip(chunk, predictor.predict_many(chunk, batch_size=batch_size)):
                 results.append({"input": item["audio"], **{k: v for k, v in result.items() if k != "input"}})
             bar.update(len(chunk))
     return results
 
 
-def run_timelines(predictor: Any, items: Sequence[Mapping[str, Any]], batch_size: int, plot: Path | None,
-                  progress: bool = True) -> list[dict[str, Any]]:
+def run_timelines(
+    predictor: Any, items: Sequence[Mapping[str, Any]], batch_size: int, plot: Path | None, progress: bool = True
+) -> list[dict[str, Any]]:
     """One timeline per input (a failing input gives an error row); plots when asked."""
     from emomix.errors import EmomixError
     from emomix.infer.timeline import plot_timeline, predict_timeline
@@ -108,8 +120,14 @@ def run_timelines(predictor: Any, items: Sequence[Mapping[str, Any]], batch_size
     results = []
     for item in items:
         try:
-            result = predict_timeline(predictor, item["audio"], text=item.get("text"), speaker=item.get("speaker"),
-                                      batch_size=batch_size, progress=progress)
+            result = predict_timeline(
+                predictor,
+                item["audio"],
+                text=item.get("text"),
+                speaker=item.get("speaker"),
+                batch_size=batch_size,
+                progress=progress,
+            )
         except EmomixError as exc:
             results.append({"input": item["audio"], "error": str(exc), "error_type": type(exc).__name__})
             continue
@@ -125,12 +143,17 @@ def run_timelines(predictor: Any, items: Sequence[Mapping[str, Any]], batch_size
 # ---------------------------------------------------------------------------------------------
 
 
-def write_results(results: Sequence[Mapping[str, Any]], out: Path | None, classes: Sequence[str], timeline: bool = False) -> str:
+def write_results(
+    results: Sequence[Mapping[str, Any]], out: Path | None, classes: Sequence[str], timeline: bool = False
+) -> str:
     """Write rows as JSON lines (stdout or ``.jsonl``), ``.json`` or ``.csv``; return where they went."""
     if out is None:
         for row in results:  # a timeline is a document per recording: indented, not kilobytes on one line
-            print(timeline_json(row) if timeline else json.dumps(row, ensure_ascii=False), end="" if timeline else "\n",
-                  flush=True)
+            print(
+                timeline_json(row) if timeline else json.dumps(row, ensure_ascii=False),
+                end="" if timeline else "\n",
+                flush=True,
+            )
         return "stdout"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

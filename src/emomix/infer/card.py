@@ -69,8 +69,9 @@ def predictor_card(predictor: Any) -> dict[str, Any]:
     return build_card(predictor.card, predictor.checkpoint, predictor.run_dir, predictor.metrics)
 
 
-def build_card(model_json: Mapping[str, Any], checkpoint: str | Path, run_dir: str | Path | None,
-               metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+def build_card(
+    model_json: Mapping[str, Any], checkpoint: str | Path, run_dir: str | Path | None, metrics: Mapping[str, Any] | None
+) -> dict[str, Any]:
     """The card from a checkpoint's ``model.json``, its folder, its run folder (None for a
     checkpoint copied out of its run) and the run's metrics (``read_metrics``; None: not evaluated)."""
     name = str(model_json["model"])
@@ -80,8 +81,11 @@ def build_card(model_json: Mapping[str, Any], checkpoint: str | Path, run_dir: s
         raise ConfigError(f"{Path(checkpoint) / 'model.json'}: model {name!r} is not registered ({exc})") from exc
     configured = (model_json.get("config") or {}).get("modalities") or info.modalities
     inputs = [m for m in MODALITY_ORDER if m in configured]
-    features = {m: FeatureSpec.from_dict(m, values).to_dict()
-                for m, values in dict(model_json.get("features") or {}).items() if m in inputs}
+    features = {
+        m: FeatureSpec.from_dict(m, values).to_dict()
+        for m, values in dict(model_json.get("features") or {}).items()
+        if m in inputs
+    }
     return {
         "format": CARD_FORMAT,
         "name": name,
@@ -95,7 +99,11 @@ def build_card(model_json: Mapping[str, Any], checkpoint: str | Path, run_dir: s
         "corpus": model_json.get("corpus"),
         "protocol": model_json.get("protocol"),
         "fold_plan": fold_plan_fingerprint(run_dir),
-        "training": {"fold": model_json.get("fold"), "seed": model_json.get("seed"), **dict(model_json.get("training") or {})},
+        "training": {
+            "fold": model_json.get("fold"),
+            "seed": model_json.get("seed"),
+            **dict(model_json.get("training") or {}),
+        },
         "metrics": dict(metrics) if metrics else not_evaluated(run_dir),
         "emomix_version": model_json.get("emomix_version"),
         "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
@@ -111,8 +119,10 @@ def not_evaluated(run_dir: str | Path | None) -> dict[str, Any]:
     if run_dir is None:
         reason = "the checkpoint is not inside its run folder, so the run's report/metrics.json is out of reach"
     else:
-        reason = (f"{Path(run_dir) / 'report' / 'metrics.json'} does not exist or is unreadable; "
-                  f"write it with `emomix evaluate {run_dir}`")
+        reason = (
+            f"{Path(run_dir) / 'report' / 'metrics.json'} does not exist or is unreadable; "
+            f"write it with `emomix evaluate {run_dir}`"
+        )
     return {"status": "not evaluated", "reason": reason}
 
 
@@ -157,7 +167,9 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     """A short human-readable card: the model, its data, training, metrics and exported files."""
     training = dict(card.get("training") or {})
     lines = [f"# Model card: {card.get('name')}", ""]
-    lines += [f"> **Warning:** {warning}." for warning in card.get("warnings") or []] + ([""] if card.get("warnings") else [])
+    lines += [f"> **Warning:** {warning}." for warning in card.get("warnings") or []] + (
+        [""] if card.get("warnings") else []
+    )
     if card.get("paper"):
         lines += [f"**Paper.** {card['paper']}", ""]
     if card.get("description"):
@@ -180,8 +192,10 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         encoder = spec.get("encoder")
         encoder = encoder.get("name", encoder) if isinstance(encoder, Mapping) else encoder
         preprocess = ", ".join(f"{k}={v}" for k, v in dict(spec.get("preprocess") or {}).items()) or "—"
-        lines.append(f"| {modality} | `{encoder}` | {', '.join(map(str, spec.get('layers') or [])) or '—'} | "
-                     f"{spec.get('frame_stride', 1)} | {'yes' if spec.get('speaker_normalisation') else 'no'} | {preprocess} |")
+        lines.append(
+            f"| {modality} | `{encoder}` | {', '.join(map(str, spec.get('layers') or [])) or '—'} | "
+            f"{spec.get('frame_stride', 1)} | {'yes' if spec.get('speaker_normalisation') else 'no'} | {preprocess} |"
+        )
     lines += ["", "## Training", ""]
     lines += _training_lines(training)
     lines += ["", "## Metrics", ""]
@@ -213,13 +227,24 @@ def _metric_lines(metrics: Mapping[str, Any]) -> list[str]:
     pooled = dict(metrics.get("pooled") or {})
     folds = dict(metrics.get("across_folds") or {})
     own = dict(metrics.get("this_checkpoint") or {})
-    lines = [f"From the run's report ({len(metrics.get('folds') or [])} fold(s), seeds {metrics.get('seeds')}).", "",
-             "| metric | pooled | across folds (mean ± SD, n) | this checkpoint's fold |", "|---|---|---|---|"]
+    lines = [
+        f"From the run's report ({len(metrics.get('folds') or [])} fold(s), seeds {metrics.get('seeds')}).",
+        "",
+        "| metric | pooled | across folds (mean ± SD, n) | this checkpoint's fold |",
+        "|---|---|---|---|",
+    ]
     for key, label in METRIC_LABELS:
         spread = folds.get(key) or {}
         sd = spread.get("sd")
-        across = (f"{_value(spread.get('mean'))}" + (f" ± {_value(sd)}" if sd is not None else "")
-                  + f" (n={spread.get('n')})") if spread else "—"
+        across = (
+            (
+                f"{_value(spread.get('mean'))}"
+                + (f" ± {_value(sd)}" if sd is not None else "")
+                + f" (n={spread.get('n')})"
+            )
+            if spread
+            else "—"
+        )
         lines.append(f"| {label} | {_value(pooled.get(key))} | {across} | {_value(own.get(key))} |")
     lines += [f"\nNote: {note}" for note in metrics.get("notes") or []]
     return lines
@@ -230,14 +255,18 @@ def _export_lines(export: Mapping[str, Any]) -> list[str]:
     onnx = export.get("onnx")
     if isinstance(onnx, Mapping):
         parity = dict(onnx.get("parity") or {})
-        lines.append(f"- `{onnx.get('file')}` (+ `{onnx.get('spec')}`): the model head; parity on "
-                     f"{parity.get('utterances')} real test utterances: max |Δlogits| {_sci(parity.get('max_abs_logits'))}, "
-                     f"max |Δprobs| {_sci(parity.get('max_abs_probs'))} (atol {parity.get('atol')})")
+        lines.append(
+            f"- `{onnx.get('file')}` (+ `{onnx.get('spec')}`): the model head; parity on "
+            f"{parity.get('utterances')} real test utterances: max |Δlogits| {_sci(parity.get('max_abs_logits'))}, "
+            f"max |Δprobs| {_sci(parity.get('max_abs_probs'))} (atol {parity.get('atol')})"
+        )
     for modality, entry in dict(export.get("encoders") or {}).items():
         if entry.get("exported"):
             parity = dict(entry.get("parity") or {})
-            lines.append(f"- `{entry.get('file')}`: the {modality} encoder `{entry.get('encoder')}`; parity on "
-                         f"{parity.get('texts')} transcripts: max |Δ| {_sci(parity.get('max_abs'))}")
+            lines.append(
+                f"- `{entry.get('file')}`: the {modality} encoder `{entry.get('encoder')}`; parity on "
+                f"{parity.get('texts')} transcripts: max |Δ| {_sci(parity.get('max_abs'))}"
+            )
         else:
             lines.append(f"- {modality} encoder `{entry.get('encoder')}`: {_not_exported(entry.get('reason'))}")
     for note in export.get("notes") or []:

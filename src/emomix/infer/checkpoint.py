@@ -24,24 +24,37 @@ import numpy as np
 from emomix.errors import ConfigError, MissingDataError
 from emomix.models.saved import read_model_card
 
-__all__ = ["checkpoint_score", "choose_checkpoint", "find_run_root", "read_metrics", "read_model_card",
-           "resolve_checkpoint"]
+__all__ = [
+    "checkpoint_score",
+    "choose_checkpoint",
+    "find_run_root",
+    "read_metrics",
+    "read_model_card",
+    "resolve_checkpoint",
+]
 
 
-def resolve_checkpoint(path: str | Path, fold: str | None = None,
-                       seed: int | None = None) -> tuple[Path, Path | None, dict[str, Any]]:
+def resolve_checkpoint(
+    path: str | Path, fold: str | None = None, seed: int | None = None
+) -> tuple[Path, Path | None, dict[str, Any]]:
     """(checkpoint folder, run folder or None, its ``model.json``) for a run folder (choosing a
     fold/seed as the module doc says) or a checkpoint folder, as the predictor and the model card load them."""
     path = Path(path)
     if not path.exists():
-        raise MissingDataError(f"{path} does not exist; give a run folder (the --out of a training run) or a "
-                               "checkpoint folder folds/<fold>/seed-<k>")
+        raise MissingDataError(
+            f"{path} does not exist; give a run folder (the --out of a training run) or a "
+            "checkpoint folder folds/<fold>/seed-<k>"
+        )
     if (path / "model.json").is_file():
         checkpoint, run_dir = path, find_run_root(path)
         card = read_model_card(checkpoint)
-        if (fold is not None and str(card.get("fold")) != str(fold)) or (seed is not None and int(card.get("seed", -1)) != int(seed)):
-            raise ConfigError(f"{path} holds fold {card.get('fold')} seed {card.get('seed')}, not fold {fold} seed {seed}; "
-                              "give the run folder to choose another")
+        if (fold is not None and str(card.get("fold")) != str(fold)) or (
+            seed is not None and int(card.get("seed", -1)) != int(seed)
+        ):
+            raise ConfigError(
+                f"{path} holds fold {card.get('fold')} seed {card.get('seed')}, not fold {fold} seed {seed}; "
+                "give the run folder to choose another"
+            )
     elif (path / "folds").is_dir():
         checkpoint, run_dir = choose_checkpoint(path, fold, seed), path
         card = read_model_card(checkpoint)
@@ -82,13 +95,17 @@ def choose_checkpoint(run_dir: Path, fold: str | None = None, seed: int | None =
             continue
         candidates.append((folder.parent.name, folder_seed, folder))
     if not candidates:
-        raise MissingDataError(f"{run_dir} has no trained fold (no folds/<fold>/seed-<k>/model.json with model.safetensors); "
-                               "train the recipe until at least one fold finishes")
+        raise MissingDataError(
+            f"{run_dir} has no trained fold (no folds/<fold>/seed-<k>/model.json with model.safetensors); "
+            "train the recipe until at least one fold finishes"
+        )
     chosen = [c for c in candidates if (fold is None or c[0] == str(fold)) and (seed is None or c[1] == int(seed))]
     if not chosen:
         available = ", ".join(f"{f}/seed-{s}" for f, s, _ in candidates)
-        raise ConfigError(f"{run_dir} has no trained fold {fold if fold is not None else '*'} seed "
-                          f"{seed if seed is not None else '*'}; available: {available}")
+        raise ConfigError(
+            f"{run_dir} has no trained fold {fold if fold is not None else '*'} seed "
+            f"{seed if seed is not None else '*'}; available: {available}"
+        )
 
     def rank(candidate: tuple[str, int, Path]) -> tuple[int, float, str, int]:
         score, monitor = checkpoint_score(read_model_card(candidate[2]))
@@ -109,15 +126,24 @@ def read_metrics(run_dir: Path, card: Mapping[str, Any]) -> dict[str, Any] | Non
         metrics = document.get("metrics") or {}
     except (json.JSONDecodeError, AttributeError):
         return None
-    own = next((row for row in metrics.get("per_fold") or []
-                if str(row.get("fold")) == str(card.get("fold")) and int(row.get("seed", -1)) == int(card.get("seed", -2))), None)
+    own = next(
+        (
+            row
+            for row in metrics.get("per_fold") or []
+            if str(row.get("fold")) == str(card.get("fold")) and int(row.get("seed", -1)) == int(card.get("seed", -2))
+        ),
+        None,
+    )
     return {
         "status": "evaluated",
         "source": str(path),
         "pooled": metrics.get("headline"),
         "headline": metrics.get("headline"),
-        "across_folds": {k: {"mean": v.get("mean"), "sd": v.get("sd"), "n": v.get("n")}
-                         for k, v in (metrics.get("across_folds") or {}).items() if isinstance(v, Mapping)},
+        "across_folds": {
+            k: {"mean": v.get("mean"), "sd": v.get("sd"), "n": v.get("n")}
+            for k, v in (metrics.get("across_folds") or {}).items()
+            if isinstance(v, Mapping)
+        },
         "folds": metrics.get("folds"),
         "seeds": metrics.get("seeds"),
         "this_checkpoint": None if own is None else {k: v for k, v in own.items() if k not in ("absent_classes",)},

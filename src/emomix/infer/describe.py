@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 SYNTHETIC_READER = "synthetic"
-SYNTHETIC_NOTE = ("trained on the synthetic corpus: its labels are not meaningful on real speech; "
-                  "train a real-corpus recipe (docs/recipes.md) before using it on recordings")
+SYNTHETIC_NOTE = (
+    "trained on the synthetic corpus: its labels are not meaningful on real speech; "
+    "train a real-corpus recipe (docs/recipes.md) before using it on recordings"
+)
 
 AUX_LABELS: dict[str, str] = {
     "route_audio": "audio routing: local / global",

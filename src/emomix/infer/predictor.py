@@ -73,9 +73,16 @@ _AUX_SKIP = ("expert_logits", "embedding", "utterance_mask")
 _AUX_SKIP_PREFIX = ("h_",)
 MAX_AUX_WIDTH = 16
 # failure reasons of emomix.cache.extract → the error type a caller gets
-_FAILURE_TYPES = {"missing file": MissingDataError, "unreadable audio": AudioError, "preprocessing error": ConfigError,
-                  "no transcript": ConfigError, "no audio path": ConfigError, "no video path": ConfigError,
-                  "unreadable video": VideoError, "no face found": VideoError}
+_FAILURE_TYPES = {
+    "missing file": MissingDataError,
+    "unreadable audio": AudioError,
+    "preprocessing error": ConfigError,
+    "no transcript": ConfigError,
+    "no audio path": ConfigError,
+    "no video path": ConfigError,
+    "unreadable video": VideoError,
+    "no face found": VideoError,
+}
 
 
 @dataclass
@@ -87,14 +94,14 @@ class _Item:
     described: dict[str, Any]
     audio_path: str | None = None
     video_path: str | None = None
-    text: str | None = None          # what the text encoder reads ("" for the placeholder)
-    transcript: str | None = None    # what the result reports
+    text: str | None = None  # what the text encoder reads ("" for the placeholder)
+    transcript: str | None = None  # what the result reports
     transcript_source: str | None = None
     speaker: str | None = None
     duration_s: float | None = None
     audio_only: bool = False
     notes: list[str] = field(default_factory=list)
-    wave: np.ndarray | None = None   # decoded samples when they are at hand (bytes), for ASR
+    wave: np.ndarray | None = None  # decoded samples when they are at hand (bytes), for ASR
 
 
 class Predictor:
@@ -105,14 +112,26 @@ class Predictor:
     turns of one conversation. Results are plain JSON-serialisable dicts (see :meth:`predict`).
     """
 
-    def __init__(self, card: Mapping[str, Any], network: TrainedModel, specs: Mapping[str, Any], encoders: Mapping[str, Any],
-                 normalisers: Mapping[str, Any], checkpoint: Path, run_dir: Path | None = None,
-                 metrics: Mapping[str, Any] | None = None, device: str = "cpu", asr: Any = None):
+    def __init__(
+        self,
+        card: Mapping[str, Any],
+        network: TrainedModel,
+        specs: Mapping[str, Any],
+        encoders: Mapping[str, Any],
+        normalisers: Mapping[str, Any],
+        checkpoint: Path,
+        run_dir: Path | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        device: str = "cpu",
+        asr: Any = None,
+    ):
         self.card = dict(card)
         self.network = network
         self.model = network.model
         self.classes: list[str] = [str(c) for c in card["classes"]]
-        self.modalities: tuple[str, ...] = tuple(m for m in ("audio", "text", "video") if m in self.model.config.modalities)
+        self.modalities: tuple[str, ...] = tuple(
+            m for m in ("audio", "text", "video") if m in self.model.config.modalities
+        )
         self.specs = dict(specs)
         self.encoders = dict(encoders)
         self.normalisers = dict(normalisers)
@@ -129,8 +148,9 @@ class Predictor:
     # -- loading ------------------------------------------------------------------------------
 
     @classmethod
-    def from_run(cls, path: str | Path, fold: str | None = None, seed: int | None = None, device: str = "cpu",
-                 asr: Any = None) -> Predictor:
+    def from_run(
+        cls, path: str | Path, fold: str | None = None, seed: int | None = None, device: str = "cpu", asr: Any = None
+    ) -> Predictor:
         """Load a run folder (choosing a fold/seed, see the module doc) or a checkpoint folder
         (``folds/<fold>/seed-<k>`` with ``model.json`` and ``model.safetensors``).
 
@@ -149,8 +169,10 @@ class Predictor:
         specs = {m: FeatureSpec.from_dict(m, values) for m, values in dict(card["features"]).items() if m in modalities}
         missing = [m for m in modalities if m not in specs]
         if missing:
-            raise ConfigError(f"{checkpoint / 'model.json'}: the model reads {', '.join(missing)} but the card names no "
-                              "feature spec for it")
+            raise ConfigError(
+                f"{checkpoint / 'model.json'}: the model reads {', '.join(missing)} but the card names no "
+                "feature spec for it"
+            )
         encoders = {modality: create_encoder(spec.encoder) for modality, spec in specs.items()}
         # the fine-tuned top layers load into these very encoders, which also extract the features
         network = TrainedModel.from_pretrained(checkpoint, encoders=encoders, device=device)
@@ -194,7 +216,9 @@ class Predictor:
 
     # -- the model's own batches ---------------------------------------------------------------
 
-    def model_batch(self, items: Sequence[Mapping[str, Any]], as_dialogue: bool = False) -> tuple[Any, list[dict[str, Any]]]:
+    def model_batch(
+        self, items: Sequence[Mapping[str, Any]], as_dialogue: bool = False
+    ) -> tuple[Any, list[dict[str, Any]]]:
         """The batch the model reads for ``items`` (dicts like :meth:`predict_many`'s, one feature
         extraction, one batch) and the predictions made from that very batch.
 
@@ -225,8 +249,14 @@ class Predictor:
 
     # -- predicting ----------------------------------------------------------------------------
 
-    def predict(self, audio: Any = None, text: str | None = None, sample_rate: int | None = None,
-                speaker: str | None = None, video: str | Path | None = None) -> dict[str, Any]:
+    def predict(
+        self,
+        audio: Any = None,
+        text: str | None = None,
+        sample_rate: int | None = None,
+        speaker: str | None = None,
+        video: str | Path | None = None,
+    ) -> dict[str, Any]:
         """Predict one utterance.
 
         ``audio``: a file path, a numpy array (mono, or samples × channels) with ``sample_rate``,
@@ -239,8 +269,9 @@ class Predictor:
         "duration_s", "notes": [...]}``. User errors (a missing or
         corrupt file, silent audio, empty text) raise :class:`~emomix.errors.EmomixError` types.
         """
-        result = self._run([{"audio": audio, "text": text, "sample_rate": sample_rate, "speaker": speaker,
-                             "video": video}])[0]
+        result = self._run(
+            [{"audio": audio, "text": text, "sample_rate": sample_rate, "speaker": speaker, "video": video}]
+        )[0]
         if isinstance(result, BaseException):
             raise result
         return result
@@ -254,7 +285,7 @@ class Predictor:
         results: list[dict[str, Any]] = []
         items = list(items)
         for start in range(0, len(items), int(batch_size)):
-            chunk = items[start:start + int(batch_size)]
+            chunk = items[start : start + int(batch_size)]
             for item, result in zip(chunk, self._run(chunk, first_index=start)):
                 results.append(error_result(result, item) if isinstance(result, BaseException) else result)
         return results
@@ -276,8 +307,13 @@ class Predictor:
 
     # -- the batch path ------------------------------------------------------------------------
 
-    def _run(self, raw_items: Sequence[Any], as_dialogue: bool = False, first_index: int = 0,
-             batches: list[Any] | None = None) -> list[Any]:
+    def _run(
+        self,
+        raw_items: Sequence[Any],
+        as_dialogue: bool = False,
+        first_index: int = 0,
+        batches: list[Any] | None = None,
+    ) -> list[Any]:
         """Results (dicts) or exceptions, one per raw item (``batches`` collects the model batch)."""
         out: list[Any] = [None] * len(raw_items)
         with _scratch_dir() as scratch:
@@ -308,8 +344,10 @@ class Predictor:
                 if failure := features.failure_of.get(item.utt_id):
                     out[item.index] = failure
                 elif item.utt_id in fallbacks.get("silence-only audio", ()):
-                    out[item.index] = AudioError(f"{_name(item)}: the audio is silent (no 25 ms frame above -60 dBFS); "
-                                                 "there is no speech to recognise an emotion from")
+                    out[item.index] = AudioError(
+                        f"{_name(item)}: the audio is silent (no 25 ms frame above -60 dBFS); "
+                        "there is no speech to recognise an emotion from"
+                    )
                 elif item.utt_id in fallbacks.get("no speech found by VAD", ()):
                     item.notes.append("the voice activity detector found no speech; every frame was used")
             ready = [item for item in ready if out[item.index] is None]
@@ -331,17 +369,25 @@ class Predictor:
         if unknown:
             raise ConfigError(f"unknown item key(s) {unknown}; an item takes {', '.join(ITEM_KEYS)}")
         audio, text, rate, speaker, video = (raw.get(k) for k in ITEM_KEYS)
-        item = _Item(index=position, utt_id=f"item-{number:06d}", described=describe_input(raw),
-                     speaker=None if speaker is None else str(speaker))
+        item = _Item(
+            index=position,
+            utt_id=f"item-{number:06d}",
+            described=describe_input(raw),
+            speaker=None if speaker is None else str(speaker),
+        )
         if text is not None:
             if not isinstance(text, str):
                 raise ConfigError(f"text must be a string, got {type(text).__name__}")
             if not text.strip():
-                raise ConfigError("the transcript is empty; leave it out (no --text, or text=None in Python) to predict without one")
+                raise ConfigError(
+                    "the transcript is empty; leave it out (no --text, or text=None in Python) to predict without one"
+                )
         needs_audio = "audio" in self.modalities
         if audio is None:
             if needs_audio:
-                raise ConfigError(f"{self.card['model']} reads audio: give a file path, an array with sample_rate, or bytes")
+                raise ConfigError(
+                    f"{self.card['model']} reads audio: give a file path, an array with sample_rate, or bytes"
+                )
         elif not needs_audio:
             item.notes.append(f"audio ignored: {self.card['model']} reads text only")
             if text is None:
@@ -414,8 +460,10 @@ class Predictor:
                 item.transcript_source = f"asr:{transcriber.backend}"
                 return
         elif self._asr is not False:
-            reason = ("no speech recogniser available (install faster-whisper or openai-whisper with a local model "
-                      "and set EMOMIX_ASR_MODEL)")
+            reason = (
+                "no speech recogniser available (install faster-whisper or openai-whisper with a local model "
+                "and set EMOMIX_ASR_MODEL)"
+            )
         if "audio" not in self.modalities:
             raise ConfigError(f"{self.card['model']} reads text only and no transcript is available; give text")
         item.text = ""  # the placeholder the text encoder reads; the audio-only result ignores it
@@ -434,15 +482,27 @@ class Predictor:
         """One :func:`build_features` call for the items (one table row each)."""
         table = self._table(items)
         try:
-            feature_set = build_features(table, self.specs, MemoryStore(), normalisers=self.normalisers,
-                                         encoders=self.encoders, edges=bool(self.card.get("edges")), progress=False)
+            feature_set = build_features(
+                table,
+                self.specs,
+                MemoryStore(),
+                normalisers=self.normalisers,
+                encoders=self.encoders,
+                edges=bool(self.card.get("edges")),
+                progress=False,
+            )
         except MissingDataError:
             # Every item failed; find each one's own reason (rare, so re-extracting is fine).
             failures: dict[str, dict[str, str]] = {}
             for modality, spec in self.specs.items():
-                summary = extract_features(table, self.encoders[modality], MemoryStore(),
-                                           preprocess=PreprocessConfig.from_dict(spec.preprocess), progress=False,
-                                           batch_size=spec.batch_size)
+                summary = extract_features(
+                    table,
+                    self.encoders[modality],
+                    MemoryStore(),
+                    preprocess=PreprocessConfig.from_dict(spec.preprocess),
+                    progress=False,
+                    batch_size=spec.batch_size,
+                )
                 for failure in summary.failures:
                     failures.setdefault(failure["utt_id"], {**failure, "modality": modality})
             if not failures:
@@ -453,34 +513,65 @@ class Predictor:
     def _table(self, items: Sequence[_Item]) -> Any:
         rows = []
         for item in items:
-            rows.append({"utt_id": item.utt_id, "corpus": "inference", "audio_path": item.audio_path, "text": item.text,
-                         "speaker": item.speaker or UNKNOWN_SPEAKER, "dialogue_id": "inference", "turn": item.index,
-                         "video_path": item.video_path})
+            rows.append(
+                {
+                    "utt_id": item.utt_id,
+                    "corpus": "inference",
+                    "audio_path": item.audio_path,
+                    "text": item.text,
+                    "speaker": item.speaker or UNKNOWN_SPEAKER,
+                    "dialogue_id": "inference",
+                    "turn": item.index,
+                    "video_path": item.video_path,
+                }
+            )
             if self.card.get("edges"):
                 item.notes.append("no word timings at inference: the token–frame graph uses the model's fallback")
             for modality, normaliser in self.normalisers.items():
                 if item.speaker is None or item.speaker not in normaliser.mean:
-                    who = "no speaker given" if item.speaker is None else f"speaker {item.speaker!r} not seen in training"
+                    who = (
+                        "no speaker given" if item.speaker is None else f"speaker {item.speaker!r} not seen in training"
+                    )
                     item.notes.append(f"{who}: {modality} features normalised with the pooled training statistics")
         return make_table(rows)
 
-    def _forward(self, items: Sequence[_Item], feature_set: Any, as_dialogue: bool,
-                 batches: list[Any] | None = None) -> list[dict[str, Any]]:
+    def _forward(
+        self, items: Sequence[_Item], feature_set: Any, as_dialogue: bool, batches: list[Any] | None = None
+    ) -> list[dict[str, Any]]:
         """The model on the items' features, as evaluation runs it (the batch is appended to ``batches``)."""
         ids = [item.utt_id for item in items]
         batch: Batch | DialogueBatch
         if self.batch_kind == "dialogue":
             pooling = getattr(self.network.model, "dialogue_pooling", None) or {}  # as the model was trained
             tuned = [m for m in self.modalities if m in self.network.boundaries]  # their token states travel
-            vectors = {u: {m: utterance_vector(feature_set.features[u][m], pooling.get(m, "mean"), f"{u}/{m}")
-                           for m in self.modalities if m not in tuned} for u in ids}
+            vectors = {
+                u: {
+                    m: utterance_vector(feature_set.features[u][m], pooling.get(m, "mean"), f"{u}/{m}")
+                    for m in self.modalities
+                    if m not in tuned
+                }
+                for u in ids
+            }
             dialogues = [ids] if as_dialogue else [[u] for u in ids]
-            batch = DialogueCollator(vectors, dialogues, {u: IGNORE_INDEX for u in ids}, self.modalities,
-                                     tokens=feature_set.features, token_modalities=tuned)(range(len(dialogues)))
+            batch = DialogueCollator(
+                vectors,
+                dialogues,
+                {u: IGNORE_INDEX for u in ids},
+                self.modalities,
+                tokens=feature_set.features,
+                token_modalities=tuned,
+            )(range(len(dialogues)))
         else:
             labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
-            collate = UtteranceCollator(feature_set.features, ids, labels, self.modalities, feature_set.frame_rates,
-                                        feature_set.layers, {m: self.specs[m].max_length for m in self.modalities})
+            collate = UtteranceCollator(
+                feature_set.features,
+                ids,
+                labels,
+                self.modalities,
+                feature_set.frame_rates,
+                feature_set.layers,
+                {m: self.specs[m].max_length for m in self.modalities},
+            )
             batch = collate(range(len(ids)))
         if batches is not None:
             batches.append(batch)
@@ -519,8 +610,10 @@ class Predictor:
     def _without_transcript_mode(self) -> str:
         if "audio" not in self.modalities:
             return "error: the model reads text only"
-        return {"dual_routing": "audio-only: the audio router's mix of the audio experts",
-                "mister_e": "audio-only: the speech expert"}.get(self.audio_only_mode or "", "empty transcript")
+        return {
+            "dual_routing": "audio-only: the audio router's mix of the audio experts",
+            "mister_e": "audio-only: the speech expert",
+        }.get(self.audio_only_mode or "", "empty transcript")
 
 
 @dataclass
@@ -534,8 +627,9 @@ class _Features:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_normalisers(card: Mapping[str, Any], checkpoint: Path, run_dir: Path | None,
-                     specs: Mapping[str, Any]) -> dict[str, Any]:
+def load_normalisers(
+    card: Mapping[str, Any], checkpoint: Path, run_dir: Path | None, specs: Mapping[str, Any]
+) -> dict[str, Any]:
     """The fitted speaker normalisers the model's features need (``normaliser-<modality>.json``
     at the run root, or next to the checkpoint)."""
     normalisers = {}
@@ -551,9 +645,11 @@ def load_normalisers(card: Mapping[str, Any], checkpoint: Path, run_dir: Path | 
                     normalisers[name] = SpeakerNormaliser.load(path)
                     break
             else:
-                raise MissingDataError(f"the model's {modality} features are speaker-normalised but "
-                                       f"normaliser-{name}.json is in none of {', '.join(str(p) for p in places)}; load the "
-                                       "checkpoint from inside its run folder or copy the file next to model.json")
+                raise MissingDataError(
+                    f"the model's {modality} features are speaker-normalised but "
+                    f"normaliser-{name}.json is in none of {', '.join(str(p) for p in places)}; load the "
+                    "checkpoint from inside its run folder or copy the file next to model.json"
+                )
     return normalisers
 
 
@@ -578,13 +674,16 @@ def as_mono_float(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(to_mono(array.astype(np.float32)))
 
 
-def audio_only_prediction(mode: str, aux: Mapping[str, np.ndarray], model: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def audio_only_prediction(
+    mode: str, aux: Mapping[str, np.ndarray], model: Any
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Class probabilities from the audio side of a model alone, and the aux entries that still apply.
 
     ``dual_routing``: the audio router's weights on the audio local/global experts' own
     predictions (one expert for the single-scale ablations; the mean of both for ``concat``);
     ``mister_e``: the speech expert (its gate weight becomes 1).
     """
+
     def softmax(logits: np.ndarray) -> np.ndarray:
         z = np.asarray(logits, dtype=np.float64)
         e = np.exp(z - z.max())
@@ -632,8 +731,11 @@ def describe_input(raw: Mapping[str, Any]) -> dict[str, Any]:
     else:
         described = f"<{type(audio).__name__}>"
     text = raw.get("text")
-    return {"audio": described, "text": text if text is None or isinstance(text, str) else str(text),
-            "speaker": None if raw.get("speaker") is None else str(raw.get("speaker"))}
+    return {
+        "audio": described,
+        "text": text if text is None or isinstance(text, str) else str(text),
+        "speaker": None if raw.get("speaker") is None else str(raw.get("speaker")),
+    }
 
 
 def error_result(error: BaseException, raw: Any) -> dict[str, Any]:
@@ -666,7 +768,9 @@ def _fallbacks(features: _Features) -> dict[str, set[str]]:
 
 def _failure_error(failure: Mapping[str, str], items: Sequence[_Item]) -> EmomixError:
     item = next((i for i in items if i.utt_id == failure.get("utt_id")), None)
-    kind = _FAILURE_TYPES.get(failure.get("reason", ""), AudioError if failure.get("modality") != "text" else ConfigError)
+    kind = _FAILURE_TYPES.get(
+        failure.get("reason", ""), AudioError if failure.get("modality") != "text" else ConfigError
+    )
     name = _name(item) if item is not None else failure.get("utt_id", "input")
     return kind(f"{name}: {failure.get('reason')}: {failure.get('message')}")
 

@@ -52,9 +52,16 @@ class ParityError(EmomixError):
 # ---------------------------------------------------------------------------------------------
 
 
-def export_run(run: str | Path, out: str | Path | None = None, fold: str | None = None, seed: int | None = None,
-               encoders: bool = False, atol: float = 1e-4, corpus_root: str | Path | None = None,
-               echo: Callable[[str], None] = print) -> dict[str, Any]:
+def export_run(
+    run: str | Path,
+    out: str | Path | None = None,
+    fold: str | None = None,
+    seed: int | None = None,
+    encoders: bool = False,
+    atol: float = 1e-4,
+    corpus_root: str | Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Export a run's checkpoint to ONNX in ``out`` (see the module doc); returns the card written.
 
     Raises :class:`ConfigError` when the model cannot be exported (naming why),
@@ -68,8 +75,10 @@ def export_run(run: str | Path, out: str | Path | None = None, fold: str | None 
     predictor = Predictor.from_run(run, fold=fold, seed=seed, asr=False)
     card = predictor_card(predictor)
     folder = Path(out) if out is not None else predictor.checkpoint / "export"
-    echo(f"model {card['name']} (fold {card['training'].get('fold')}, seed {card['training'].get('seed')}) "
-         f"from {predictor.checkpoint}")
+    echo(
+        f"model {card['name']} (fold {card['training'].get('fold')}, seed {card['training'].get('seed')}) "
+        f"from {predictor.checkpoint}"
+    )
     inputs = parity_inputs(predictor, corpus_root)
     example = predictor.model_input(predictor.model_batch(inputs.example)[0])
     path = folder / MODEL_FILE
@@ -77,22 +86,35 @@ def export_run(run: str | Path, out: str | Path | None = None, fold: str | None 
         result = export_onnx(predictor.model, example, path, classes=predictor.classes, atol=atol, name=card["name"])
     except ConfigError as exc:
         raise ConfigError(f"{predictor.checkpoint} cannot be exported: {exc}") from exc
-    echo(f"onnx: {result.path} ({result.path.stat().st_size / 1e6:.2f} MB, {result.exporter} exporter, "
-         f"{len(result.inputs)} inputs, {len(result.outputs)} outputs; verified on random batches to "
-         f"{_sci(result.verified_max_abs_diff)})")
+    echo(
+        f"onnx: {result.path} ({result.path.stat().st_size / 1e6:.2f} MB, {result.exporter} exporter, "
+        f"{len(result.inputs)} inputs, {len(result.outputs)} outputs; verified on random batches to "
+        f"{_sci(result.verified_max_abs_diff)})"
+    )
     parity = check_model_parity(predictor, path, inputs, atol)
     echo(f"parity on {inputs.count} test utterances of fold {inputs.fold} (atol {atol:g}):")
     for line in parity["lines"]:
         echo(f"  {line}")
     if not parity["ok"]:
         _remove(result.path, result.spec_path)
-        raise ParityError(f"the exported model does not reproduce PyTorch on the run's test utterances "
-                          f"(max |Δlogits| {_sci(parity['max_abs_logits'])}, max |Δprobs| {_sci(parity['max_abs_probs'])}, "
-                          f"end to end {_sci(parity['end_to_end_max_abs_probs'])}; atol {atol:g}); {result.path} was "
-                          "removed — serve the PyTorch model instead")
-    encoder_entries = export_encoders(predictor, folder, inputs, atol, echo) if encoders else {
-        m: {"encoder": _encoder_name(predictor.specs[m].encoder), "exported": False, "reason": "not requested (add --encoders)"}
-        for m in predictor.specs}
+        raise ParityError(
+            f"the exported model does not reproduce PyTorch on the run's test utterances "
+            f"(max |Δlogits| {_sci(parity['max_abs_logits'])}, max |Δprobs| {_sci(parity['max_abs_probs'])}, "
+            f"end to end {_sci(parity['end_to_end_max_abs_probs'])}; atol {atol:g}); {result.path} was "
+            "removed — serve the PyTorch model instead"
+        )
+    encoder_entries = (
+        export_encoders(predictor, folder, inputs, atol, echo)
+        if encoders
+        else {
+            m: {
+                "encoder": _encoder_name(predictor.specs[m].encoder),
+                "exported": False,
+                "reason": "not requested (add --encoders)",
+            }
+            for m in predictor.specs
+        }
+    )
     normalisers = []
     for modality, normaliser in sorted(predictor.normalisers.items()):
         target = folder / f"normaliser-{modality}.json"
@@ -100,9 +122,14 @@ def export_run(run: str | Path, out: str | Path | None = None, fold: str | None 
         normalisers.append(target.name)
     card["export"] = {
         "onnx": {
-            "file": result.path.name, "spec": result.spec_path.name, "exporter": result.exporter, "opset": result.opset,
-            "inputs": [s.name for s in result.inputs], "ignored_inputs": list(result.ignored_inputs),
-            "outputs": [s.name for s in result.outputs], "megabytes": round(result.path.stat().st_size / 1e6, 3),
+            "file": result.path.name,
+            "spec": result.spec_path.name,
+            "exporter": result.exporter,
+            "opset": result.opset,
+            "inputs": [s.name for s in result.inputs],
+            "ignored_inputs": list(result.ignored_inputs),
+            "outputs": [s.name for s in result.outputs],
+            "megabytes": round(result.path.stat().st_size / 1e6, 3),
             "verified_max_abs_diff": result.verified_max_abs_diff,
             "parity": {k: v for k, v in parity.items() if k != "lines"},
         },
@@ -140,25 +167,45 @@ def check_model_parity(predictor: Any, path: Path, inputs: ParityInputs, atol: f
             expected = np.array([result["probabilities"][c] for c in predictor.classes])
             end_to_end = max(end_to_end, float(np.abs(row - expected).max()))
             compared += 1
-    lines = [f"B={b.batch_size} " + " ".join(f"{k}={v}" for k, v in b.lengths.items())
-             + f": max |Δlogits| {_sci(b.max_abs_logits)}, max |Δprobs| {_sci(b.max_abs_probs)}, "
-             f"argmax agreement {b.argmax_agreement:.0%}" for b in report.batches]
-    lines.append(f"end to end (Predictor.predict vs onnxruntime probabilities, {compared} utterances): "
-                 f"max |Δ| {_sci(end_to_end)}")
+    lines = [
+        f"B={b.batch_size} "
+        + " ".join(f"{k}={v}" for k, v in b.lengths.items())
+        + f": max |Δlogits| {_sci(b.max_abs_logits)}, max |Δprobs| {_sci(b.max_abs_probs)}, "
+        f"argmax agreement {b.argmax_agreement:.0%}"
+        for b in report.batches
+    ]
+    lines.append(
+        f"end to end (Predictor.predict vs onnxruntime probabilities, {compared} utterances): "
+        f"max |Δ| {_sci(end_to_end)}"
+    )
     ok = report.ok and compared > 0 and end_to_end <= atol
     lines.append("parity ok" if ok else "parity FAILED")
     return {
-        "ok": ok, "atol": atol, "fold": inputs.fold, "utterances": inputs.count,
-        "max_abs_logits": report.max_abs_logits, "max_abs_probs": report.max_abs_probs,
-        "end_to_end_max_abs_probs": end_to_end, "end_to_end_utterances": compared,
-        "batches": [{"batch_size": b.batch_size, "lengths": b.lengths, "max_abs_logits": b.max_abs_logits,
-                     "max_abs_probs": b.max_abs_probs, "argmax_agreement": b.argmax_agreement} for b in report.batches],
+        "ok": ok,
+        "atol": atol,
+        "fold": inputs.fold,
+        "utterances": inputs.count,
+        "max_abs_logits": report.max_abs_logits,
+        "max_abs_probs": report.max_abs_probs,
+        "end_to_end_max_abs_probs": end_to_end,
+        "end_to_end_utterances": compared,
+        "batches": [
+            {
+                "batch_size": b.batch_size,
+                "lengths": b.lengths,
+                "max_abs_logits": b.max_abs_logits,
+                "max_abs_probs": b.max_abs_probs,
+                "argmax_agreement": b.argmax_agreement,
+            }
+            for b in report.batches
+        ],
         "lines": lines,
     }
 
 
-def export_encoders(predictor: Any, folder: Path, inputs: ParityInputs, atol: float,
-                    echo: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+def export_encoders(
+    predictor: Any, folder: Path, inputs: ParityInputs, atol: float, echo: Callable[[str], None] = print
+) -> dict[str, dict[str, Any]]:
     """Export each encoder that can be (a transformers text encoder) and check it on the parity
     utterances' transcripts; the others get the reason they are not exported."""
     from emomix.infer.export import encoder_export_blocker, export_text_encoder
@@ -174,33 +221,58 @@ def export_encoders(predictor: Any, folder: Path, inputs: ParityInputs, atol: fl
             entries[modality] = entry
             continue
         texts = inputs.texts
-        exported = export_text_encoder(encoder, folder / f"{modality}_encoder.onnx", layers=spec.layers, texts=texts,
-                                       check_batches=[[*texts, ""], texts[-1:]], atol=atol)
+        exported = export_text_encoder(
+            encoder,
+            folder / f"{modality}_encoder.onnx",
+            layers=spec.layers,
+            texts=texts,
+            check_batches=[[*texts, ""], texts[-1:]],
+            atol=atol,
+        )
         parity = exported.parity
-        entry.update({
-            "exported": True, "file": exported.path.name, "spec": exported.spec_path.name,
-            "tokenizer": exported.tokenizer_dir.name, "outputs": exported.outputs, "layers": list(spec.layers),
-            "megabytes": round(exported.path.stat().st_size / 1e6, 3),
-            "parity": {"ok": parity.ok, "atol": atol, "texts": parity.texts, "max_abs": parity.max_abs,
-                       "batches": [{"batch_size": b.batch_size, "sequence_length": b.sequence_length, "max_abs": b.max_abs}
-                                   for b in parity.batches]},
-        })
-        echo(f"{modality} encoder {entry['encoder']}: {exported.path} ({entry['megabytes']:.1f} MB, outputs "
-             f"{', '.join(exported.outputs)}); parity on {parity.texts} transcripts: {parity.summary()}")
+        entry.update(
+            {
+                "exported": True,
+                "file": exported.path.name,
+                "spec": exported.spec_path.name,
+                "tokenizer": exported.tokenizer_dir.name,
+                "outputs": exported.outputs,
+                "layers": list(spec.layers),
+                "megabytes": round(exported.path.stat().st_size / 1e6, 3),
+                "parity": {
+                    "ok": parity.ok,
+                    "atol": atol,
+                    "texts": parity.texts,
+                    "max_abs": parity.max_abs,
+                    "batches": [
+                        {"batch_size": b.batch_size, "sequence_length": b.sequence_length, "max_abs": b.max_abs}
+                        for b in parity.batches
+                    ],
+                },
+            }
+        )
+        echo(
+            f"{modality} encoder {entry['encoder']}: {exported.path} ({entry['megabytes']:.1f} MB, outputs "
+            f"{', '.join(exported.outputs)}); parity on {parity.texts} transcripts: {parity.summary()}"
+        )
         entries[modality] = entry
     return entries
 
 
 def export_notes(predictor: Any, encoders: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """What a user of the graph must do around it, from the card's features."""
-    notes = ["model.onnx takes encoder features (see model.onnx_io_spec.json), not audio or text; "
-             "the feature store keeps them in float16 (predict rounds them the same way)"]
+    notes = [
+        "model.onnx takes encoder features (see model.onnx_io_spec.json), not audio or text; "
+        "the feature store keeps them in float16 (predict rounds them the same way)"
+    ]
     for modality, spec in predictor.specs.items():
         steps = []
         if spec.frame_stride > 1:
             steps.append(f"average {spec.frame_stride} frames per step")
         if spec.speaker_normalisation:
-            steps.append(f"z-score per speaker with normaliser-{modality}.json (the pooled statistics for unseen speakers)")
+            steps.append(
+                f"z-score per speaker with normaliser-{modality}.json (the pooled statistics for unseen speakers)"
+            )
         if spec.layers:
             steps.append(f"stack hidden layers {', '.join(map(str, spec.layers))} as {modality}_layer_states")
         if steps:
@@ -246,38 +318,51 @@ def parity_inputs(predictor: Any, corpus_root: str | Path | None = None) -> Pari
 
     run_dir = predictor.run_dir
     if run_dir is None:
-        raise MissingDataError(f"{predictor.checkpoint} is not inside its run folder: the parity check runs on the run's "
-                               "test utterances (config.yaml and folds.json of the run); export from the run folder")
+        raise MissingDataError(
+            f"{predictor.checkpoint} is not inside its run folder: the parity check runs on the run's "
+            "test utterances (config.yaml and folds.json of the run); export from the run folder"
+        )
     config_path, plan_path = Path(run_dir) / "config.yaml", Path(run_dir) / "folds.json"
     for needed in (config_path, plan_path):
         if not needed.is_file():
-            raise MissingDataError(f"{needed} does not exist: the parity check reads the run's corpus and fold plan; "
-                                   "is this a complete run folder?")
+            raise MissingDataError(
+                f"{needed} does not exist: the parity check reads the run's corpus and fold plan; "
+                "is this a complete run folder?"
+            )
     corpus_block = _corpus_block(yaml.safe_load(config_path.read_text()), config_path)
     fold_name = str(predictor.card.get("fold"))
     plan = FoldPlan.load(plan_path)
     fold = next((f for f in plan.folds if f.name == fold_name), None)
     if fold is None:
-        raise ConfigError(f"{plan_path} has no fold {fold_name!r} (the checkpoint's fold); folds: "
-                          f"{', '.join(f.name for f in plan.folds)}")
+        raise ConfigError(
+            f"{plan_path} has no fold {fold_name!r} (the checkpoint's fold); folds: "
+            f"{', '.join(f.name for f in plan.folds)}"
+        )
     root = Path(corpus_root) if corpus_root is not None else Path(corpus_block["root"])
     if not root.exists():
-        raise MissingDataError(f"the run's corpus {root} ({corpus_block['reader']}) does not exist here: the parity check "
-                               "needs the checkpoint fold's test utterances; give --corpus-root where the corpus is now")
+        raise MissingDataError(
+            f"the run's corpus {root} ({corpus_block['reader']}) does not exist here: the parity check "
+            "needs the checkpoint fold's test utterances; give --corpus-root where the corpus is now"
+        )
     corpus = read_corpus(corpus_block["reader"], root, scheme=corpus_block["scheme"], **corpus_block["options"])
     table = corpus.table.drop_duplicates("utt_id").set_index("utt_id", drop=False)
     usable = [u for u in fold.test if u in table.index and _usable(table.loc[u], predictor.modalities, root)]
     if len(usable) < 2:
-        raise MissingDataError(f"fold {fold_name} of {run_dir} has {len(usable)} test utterance(s) with the inputs the "
-                               f"model reads ({', '.join(predictor.modalities)}) in {root}; parity needs at least 2")
+        raise MissingDataError(
+            f"fold {fold_name} of {run_dir} has {len(usable)} test utterance(s) with the inputs the "
+            f"model reads ({', '.join(predictor.modalities)}) in {root}; parity needs at least 2"
+        )
     picks = _spread(usable, EXAMPLE_UTTERANCES + sum(PARITY_UTTERANCES))
 
     def item(utt_id: str) -> dict[str, Any]:
         return _item(table.loc[utt_id], root)
 
     if len(picks) >= EXAMPLE_UTTERANCES + sum(PARITY_UTTERANCES):
-        example, first, second = (picks[:EXAMPLE_UTTERANCES], picks[EXAMPLE_UTTERANCES:-PARITY_UTTERANCES[1]],
-                                  picks[-PARITY_UTTERANCES[1]:])
+        example, first, second = (
+            picks[:EXAMPLE_UTTERANCES],
+            picks[EXAMPLE_UTTERANCES : -PARITY_UTTERANCES[1]],
+            picks[-PARITY_UTTERANCES[1] :],
+        )
     else:  # a tiny test part: the example and the first batch share utterances
         example, first, second = picks, picks[:-1], picks[-1:]
     batches = [([item(u) for u in first], False), ([item(u) for u in second], False)]
@@ -294,10 +379,16 @@ def _corpus_block(config: Any, path: Path) -> dict[str, Any]:
     reader, root, scheme and reader options."""
     corpus = config.get("corpus") if isinstance(config, Mapping) else None
     if not isinstance(corpus, Mapping) or not corpus.get("reader") or not corpus.get("root"):
-        raise ConfigError(f"{path} has no corpus block with a reader and a root; is this a run folder written by the "
-                          "`train` command (see `emomix --help`)?")
-    return {"reader": str(corpus["reader"]), "root": str(corpus["root"]), "scheme": corpus.get("scheme", "default"),
-            "options": dict(corpus.get("options") or {})}
+        raise ConfigError(
+            f"{path} has no corpus block with a reader and a root; is this a run folder written by the "
+            "`train` command (see `emomix --help`)?"
+        )
+    return {
+        "reader": str(corpus["reader"]),
+        "root": str(corpus["root"]),
+        "scheme": corpus.get("scheme", "default"),
+        "options": dict(corpus.get("options") or {}),
+    }
 
 
 def _usable(row: Any, modalities: Sequence[str], root: Path) -> bool:

@@ -36,8 +36,15 @@ from emomix.constants import SAMPLE_RATE
 from emomix.errors import ConfigError
 
 
-def predict_timeline(predictor: Any, path: str | Path, text: Any = None, speaker: str | None = None,
-                     batch_size: int = 16, progress: bool = False, **segmentation: Any) -> dict[str, Any]:
+def predict_timeline(
+    predictor: Any,
+    path: str | Path,
+    text: Any = None,
+    speaker: str | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+    **segmentation: Any,
+) -> dict[str, Any]:
     """Segment ``path`` as it streams and predict every speech segment (see the module doc).
 
     ``segmentation``: options of :func:`~emomix.audio.segment.segment_recording`
@@ -58,12 +65,20 @@ def predict_timeline(predictor: Any, path: str | Path, text: Any = None, speaker
     total = float(sf.info(str(path)).duration)
     segments: list[dict[str, Any]] = []
     pending: list[Any] = []
-    bar = tqdm(total=round(total, 1), unit="s", desc=f"timeline {Path(path).name}", disable=not progress,
-               dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
+    bar = tqdm(
+        total=round(total, 1),
+        unit="s",
+        desc=f"timeline {Path(path).name}",
+        disable=not progress,
+        dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]",
+    )
 
     def flush() -> None:
-        items = [{"audio": s.samples, "sample_rate": SAMPLE_RATE, "text": transcript_of(s.start, s.end), "speaker": speaker}
-                 for s in pending]
+        items = [
+            {"audio": s.samples, "sample_rate": SAMPLE_RATE, "text": transcript_of(s.start, s.end), "speaker": speaker}
+            for s in pending
+        ]
         for segment, result in zip(pending, predictor.predict_many(items, batch_size=len(items))):
             segments.append(segment_result(segment, result))
         bar.update(round(pending[-1].end - bar.n, 1))
@@ -90,9 +105,16 @@ def predict_timeline(predictor: Any, path: str | Path, text: Any = None, speaker
         "duration_s": round(float(stats.duration_s or total), 3),
         "segments": segments,
         "summary": summarise(segments, predictor.classes),
-        "segmentation": {"vad_speech_s": round(stats.speech_s, 3), "segments_s": round(stats.segment_s, 3),
-                         "segments": stats.segments, "dropped_short": stats.dropped_short, "split": stats.split,
-                         "held_cuts": stats.held_cuts, "source_rate": stats.source_rate, "channels": stats.channels},
+        "segmentation": {
+            "vad_speech_s": round(stats.speech_s, 3),
+            "segments_s": round(stats.segment_s, 3),
+            "segments": stats.segments,
+            "dropped_short": stats.dropped_short,
+            "split": stats.split,
+            "held_cuts": stats.held_cuts,
+            "source_rate": stats.source_rate,
+            "channels": stats.channels,
+        },
         "notes": notes,
         "wall_s": round(time.perf_counter() - started, 3),
     }
@@ -105,8 +127,11 @@ def timeline_json(result: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> st
 
 def segment_result(segment: Any, result: Mapping[str, Any]) -> dict[str, Any]:
     """One segment's row: its span and the prediction (or the error) for it."""
-    row: dict[str, Any] = {"index": int(segment.index), "start": round(float(segment.start), 3),
-                           "end": round(float(segment.end), 3)}
+    row: dict[str, Any] = {
+        "index": int(segment.index),
+        "start": round(float(segment.start), 3),
+        "end": round(float(segment.end), 3),
+    }
     if "error" in result:
         row.update(label=None, error=result["error"], error_type=result.get("error_type"))
         return row
@@ -159,7 +184,9 @@ def plot_timeline(result: Mapping[str, Any], png_path: str | Path) -> Path:
 
     classes = list(result["classes"])
     segments = [s for s in result["segments"] if s.get("label") is not None]
-    duration = max(float(result.get("duration_s") or 0.0), max((s["end"] for s in result["segments"]), default=0.0), 1e-3)
+    duration = max(
+        float(result.get("duration_s") or 0.0), max((s["end"] for s in result["segments"]), default=0.0), 1e-3
+    )
     scale, unit = (60.0, "min") if duration > 600 else (1.0, "s")
     colours = matplotlib.colormaps["tab10"]
     colour = {c: colours(i % 10) for i, c in enumerate(classes)}
@@ -167,18 +194,34 @@ def plot_timeline(result: Mapping[str, Any], png_path: str | Path) -> Path:
     FigureCanvasAgg(fig)
     band, lines = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 3]})
     for segment in segments:
-        band.broken_barh([(segment["start"] / scale, (segment["end"] - segment["start"]) / scale)], (0, 1),
-                         facecolors=colour[segment["label"]])
+        band.broken_barh(
+            [(segment["start"] / scale, (segment["end"] - segment["start"]) / scale)],
+            (0, 1),
+            facecolors=colour[segment["label"]],
+        )
     for segment in result["segments"]:
         if segment.get("label") is None:
-            band.broken_barh([(segment["start"] / scale, (segment["end"] - segment["start"]) / scale)], (0, 1),
-                             facecolors="none", edgecolors="red", hatch="//")
+            band.broken_barh(
+                [(segment["start"] / scale, (segment["end"] - segment["start"]) / scale)],
+                (0, 1),
+                facecolors="none",
+                edgecolors="red",
+                hatch="//",
+            )
     band.set_yticks([])
     band.set_xlim(0, duration / scale)
-    band.set_title(f"{Path(str(result.get('input', ''))).name} — {result.get('model', '')}: "
-                   f"{len(segments)} segment(s), dominant {result.get('summary', {}).get('dominant')}")
-    band.legend(handles=[Patch(facecolor=colour[c], label=c) for c in classes], loc="upper left", ncol=len(classes),
-                fontsize="small", bbox_to_anchor=(0, -0.05), frameon=False)
+    band.set_title(
+        f"{Path(str(result.get('input', ''))).name} — {result.get('model', '')}: "
+        f"{len(segments)} segment(s), dominant {result.get('summary', {}).get('dominant')}"
+    )
+    band.legend(
+        handles=[Patch(facecolor=colour[c], label=c) for c in classes],
+        loc="upper left",
+        ncol=len(classes),
+        fontsize="small",
+        bbox_to_anchor=(0, -0.05),
+        frameon=False,
+    )
     for c in classes:
         xs, ys = [], []
         for segment in segments:
@@ -213,7 +256,9 @@ def _transcript_source(text: Any) -> tuple[Callable[[float, float], str | None],
     if isinstance(text, Iterable):
         entries = [_entry(e) for e in text]
         return (lambda start, end: _words_inside(entries, start, end)), None
-    raise ConfigError(f"text must be None, a string, timed entries (start, end, text) or a function, got {type(text).__name__}")
+    raise ConfigError(
+        f"text must be None, a string, timed entries (start, end, text) or a function, got {type(text).__name__}"
+    )
 
 
 def _entry(entry: Any) -> tuple[float, float, str]:
@@ -223,7 +268,9 @@ def _entry(entry: Any) -> tuple[float, float, str]:
         start, end, words = entry
         return float(start), float(end), str(words)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"a timed transcript entry must be (start, end, text) or a dict with those keys, got {entry!r}") from exc
+        raise ConfigError(
+            f"a timed transcript entry must be (start, end, text) or a dict with those keys, got {entry!r}"
+        ) from exc
 
 
 def _words_inside(entries: Sequence[tuple[float, float, str]], start: float, end: float) -> str | None:

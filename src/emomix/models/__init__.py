@@ -12,5 +12,15 @@ from emomix.models.inputs import Batch, DialogueBatch, ModalityInput, ModelOutpu
 for _module in ("dual_routing", "mpaf_net", "complementary", "mister_e", "baselines"):
     import_module(f"emomix.models.{_module}")
 
-__all__ = ["Batch", "DialogueBatch", "EmotionModel", "ModalityInput", "ModelConfig", "ModelOutput",
-           "create_model", "list_models", "model_info", "register_model"]
+__all__ = [
+    "Batch",
+    "DialogueBatch",
+    "EmotionModel",
+    "ModalityInput",
+    "ModelConfig",
+    "ModelOutput",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
+]

@@ -43,7 +43,9 @@ class ModelConfig:
             for key in unknown:
                 close = difflib.get_close_matches(key, names, n=1)
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ConfigError(f"{cls.__name__}: unknown key(s) {', '.join(hints)}; valid keys: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"{cls.__name__}: unknown key(s) {', '.join(hints)}; valid keys: {', '.join(sorted(names))}"
+            )
         for key, value in list(values.items()):
             if isinstance(value, list):
                 values[key] = tuple(value)
@@ -55,8 +57,10 @@ class ModelConfig:
         """Check ranges and combinations; raise :class:`ConfigError` naming the field."""
         bad = [m for m in self.modalities if m not in ("audio", "text", "video")]
         if bad or not self.modalities:
-            raise ConfigError(f"{type(self).__name__}.modalities must be a non-empty subset of audio, text, video; "
-                              f"got {self.modalities}")
+            raise ConfigError(
+                f"{type(self).__name__}.modalities must be a non-empty subset of audio, text, video; "
+                f"got {self.modalities}"
+            )
 
     # -- checks shared by the models' validate() methods; each names the field and the value --
 
@@ -65,7 +69,9 @@ class ModelConfig:
         for field_name, choices in allowed.items():
             value = getattr(self, field_name)
             if value not in choices:
-                raise ConfigError(f"{type(self).__name__}.{field_name} must be one of {', '.join(choices)}; got {value!r}")
+                raise ConfigError(
+                    f"{type(self).__name__}.{field_name} must be one of {', '.join(choices)}; got {value!r}"
+                )
 
     def require_positive(self, *field_names: str, allow_none: bool = False) -> None:
         """Each named field must be an integer of at least 1 (or None when ``allow_none``)."""
@@ -125,8 +131,10 @@ class EmotionModel(nn.Module, Generic[BatchT]):
             )
         unsupported = [m for m in config.modalities if m not in self.supported_modalities]
         if unsupported:
-            raise ConfigError(f"model {self.name!r} does not take {', '.join(unsupported)}; "
-                              f"it takes {', '.join(self.supported_modalities)}")
+            raise ConfigError(
+                f"model {self.name!r} does not take {', '.join(unsupported)}; "
+                f"it takes {', '.join(self.supported_modalities)}"
+            )
         if num_classes < 2:
             raise ConfigError(f"model {self.name!r} needs at least 2 classes, got {num_classes}")
         self.config = config
@@ -140,7 +148,9 @@ class EmotionModel(nn.Module, Generic[BatchT]):
         if weights is not None:
             weights = torch.as_tensor(weights, dtype=torch.float32)
             if weights.shape != (self.num_classes,):
-                raise ConfigError(f"{self.name}: class weights need {self.num_classes} values, got shape {tuple(weights.shape)}")
+                raise ConfigError(
+                    f"{self.name}: class weights need {self.num_classes} values, got shape {tuple(weights.shape)}"
+                )
             parameter = next(self.parameters(), None)
             if parameter is not None:
                 weights = weights.to(parameter.device)
@@ -177,8 +187,9 @@ _REGISTRY: dict[str, ModelInfo] = {}
 M = TypeVar("M", bound=type[EmotionModel])
 
 
-def register_model(name: str, description: str = "", *, late_fusion_of: tuple[str, ...] = (),
-                   **default_overrides: Any) -> Callable[[M], M]:
+def register_model(
+    name: str, description: str = "", *, late_fusion_of: tuple[str, ...] = (), **default_overrides: Any
+) -> Callable[[M], M]:
     """Register a model class under ``name``; ``default_overrides`` preset config fields, so one
     class can serve as several named variants (e.g. ablations, single-modality versions).
     ``late_fusion_of`` names the registered parts of a late-fusion model (see :class:`ModelInfo`);
@@ -190,9 +201,16 @@ def register_model(name: str, description: str = "", *, late_fusion_of: tuple[st
         if late_fusion_of and not callable(getattr(cls, "from_submodels", None)):
             raise ValueError(f"model {name!r} is declared a late fusion but {cls.__name__} has no from_submodels")
         modalities = tuple(default_overrides.get("modalities", cls.config_class().modalities))
-        _REGISTRY[name] = ModelInfo(name, cls, cls.paper, modalities, cls.batch_kind,
-                                    description or (cls.__doc__ or "").strip().splitlines()[0], dict(default_overrides),
-                                    tuple(late_fusion_of))
+        _REGISTRY[name] = ModelInfo(
+            name,
+            cls,
+            cls.paper,
+            modalities,
+            cls.batch_kind,
+            description or (cls.__doc__ or "").strip().splitlines()[0],
+            dict(default_overrides),
+            tuple(late_fusion_of),
+        )
         return cls
 
     return decorator
@@ -219,8 +237,9 @@ def model_info(name: str) -> ModelInfo:
     return models[name]
 
 
-def create_model(name: str, config: Mapping[str, Any] | ModelConfig | None, input_dims: Mapping[str, int],
-                 num_classes: int) -> EmotionModel:
+def create_model(
+    name: str, config: Mapping[str, Any] | ModelConfig | None, input_dims: Mapping[str, int], num_classes: int
+) -> EmotionModel:
     """Build a registered model from a config (dict or its dataclass) for given inputs and classes."""
     info = model_info(name)
     if isinstance(config, ModelConfig):

@@ -71,9 +71,9 @@ from emomix.models.losses import branch_losses, focal_loss
 
 PAPERS = {
     "early_fusion": "early fusion baseline (concatenated pooled modalities → MLP), "
-                    "as compared in the Complementary Fusion paper",
+    "as compared in the Complementary Fusion paper",
     "late_fusion": "late fusion baseline (average of unimodal classifiers), "
-                   "as compared in the Complementary Fusion paper",
+    "as compared in the Complementary Fusion paper",
     "tfn": "Zadeh et al., Tensor Fusion Network for Multimodal Sentiment Analysis, EMNLP 2017 (baseline in MPAF-Net)",
     "ef_lstm": "EF-LSTM: early-fusion LSTM baseline, as compared in MPAF-Net",
     "lf_lstm": "LF-LSTM: late-fusion LSTM baseline, as compared in MPAF-Net",
@@ -86,6 +86,7 @@ ALL_MODALITIES = ("audio", "text", "video")
 # ---------------------------------------------------------------------------------------------
 # Configs
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class BaselineConfig(ModelConfig):
@@ -170,14 +171,19 @@ class SpeechCNNConfig(BaselineConfig):
     def validate(self) -> None:
         super().validate()
         if not self.channels or any(int(c) < 1 for c in self.channels):
-            raise ConfigError(f"SpeechCNNConfig.channels must be a non-empty list of positive widths; got {self.channels!r}")
+            raise ConfigError(
+                f"SpeechCNNConfig.channels must be a non-empty list of positive widths; got {self.channels!r}"
+            )
         if int(self.kernel_size) < 1 or int(self.kernel_size) % 2 == 0:
-            raise ConfigError(f"SpeechCNNConfig.kernel_size must be odd and positive (same padding); got {self.kernel_size!r}")
+            raise ConfigError(
+                f"SpeechCNNConfig.kernel_size must be odd and positive (same padding); got {self.kernel_size!r}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
 # Shared parts of the baselines
 # ---------------------------------------------------------------------------------------------
+
 
 class BaselineModel(EmotionModel[Batch]):
     """What every baseline shares: the modality check, class weights and the weighted CE loss."""
@@ -190,12 +196,13 @@ class BaselineModel(EmotionModel[Batch]):
         super().__init__(config, input_dims, num_classes)
         self.modalities = tuple(m for m in ALL_MODALITIES if m in config.modalities)
 
-
     def _inputs(self, batch: Batch) -> dict[str, ModalityInput]:
         missing = [m for m in self.modalities if m not in batch.inputs]
         if missing:
-            raise ConfigError(f"{self.name} was built for {', '.join(self.modalities)} but the batch has no "
-                              f"{', '.join(missing)} input")
+            raise ConfigError(
+                f"{self.name} was built for {', '.join(self.modalities)} but the batch has no "
+                f"{', '.join(missing)} input"
+            )
         return {m: batch.inputs[m] for m in self.modalities}
 
     def loss(self, output: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -212,11 +219,18 @@ class LSTMEncoder(nn.Module):
     """An LSTM over padded sequences, packed by length; returns the final state of each
     direction of the top layer, concatenated (``B × hidden·directions``)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, num_layers: int = 1, bidirectional: bool = True,
-                 dropout: float = 0.0):
+    def __init__(
+        self, in_dim: int, hidden_dim: int, num_layers: int = 1, bidirectional: bool = True, dropout: float = 0.0
+    ):
         super().__init__()
-        self.lstm = nn.LSTM(in_dim, hidden_dim, num_layers=num_layers, batch_first=True,
-                            bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            in_dim,
+            hidden_dim,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
         self.directions = 2 if bidirectional else 1
         self.out_dim = hidden_dim * self.directions
 
@@ -228,7 +242,7 @@ class LSTMEncoder(nn.Module):
             lengths = mask.sum(dim=1).clamp_min(1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         _, (final, _) = self.lstm(packed)
-        top = final[-self.directions:]  # the top layer's directions
+        top = final[-self.directions :]  # the top layer's directions
         return top.transpose(0, 1).reshape(x.shape[0], self.out_dim)
 
 
@@ -236,9 +250,14 @@ class LSTMEncoder(nn.Module):
 # Early and late fusion
 # ---------------------------------------------------------------------------------------------
 
+
 @register_model("early_fusion", "Early fusion baseline: mean-pooled modalities concatenated → MLP")
-@register_model("early_fusion_audio", "Early fusion baseline on audio only (mean-pooled frames → MLP)", modalities=("audio",))
-@register_model("early_fusion_text", "Early fusion baseline on text only (mean-pooled tokens → MLP)", modalities=("text",))
+@register_model(
+    "early_fusion_audio", "Early fusion baseline on audio only (mean-pooled frames → MLP)", modalities=("audio",)
+)
+@register_model(
+    "early_fusion_text", "Early fusion baseline on text only (mean-pooled tokens → MLP)", modalities=("text",)
+)
 class EarlyFusion(BaselineModel):
     """Early fusion: ``MLP([mean(H_a); mean(H_t)(; mean(H_v))])``."""
 
@@ -250,7 +269,9 @@ class EarlyFusion(BaselineModel):
         super().__init__(config, input_dims, num_classes)
         self.norms = nn.ModuleDict({m: _input_norm(int(input_dims[m]), config.input_norm) for m in self.modalities})
         width = sum(int(input_dims[m]) for m in self.modalities)
-        self.classifier = MLP(width, config.hidden_dim, num_classes, num_layers=config.num_layers, dropout=config.dropout)
+        self.classifier = MLP(
+            width, config.hidden_dim, num_classes, num_layers=config.num_layers, dropout=config.dropout
+        )
 
     def forward(self, batch: Batch) -> ModelOutput:
         inputs = self._inputs(batch)
@@ -269,24 +290,37 @@ class LateFusion(BaselineModel):
 
     def __init__(self, config: LateFusionConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__(config, input_dims, num_classes)
-        self.classifiers = nn.ModuleDict({
-            m: nn.Sequential(_input_norm(int(input_dims[m]), config.input_norm),
-                             MLP(int(input_dims[m]), config.hidden_dim, num_classes, num_layers=config.num_layers,
-                                 dropout=config.dropout))
-            for m in self.modalities
-        })
+        self.classifiers = nn.ModuleDict(
+            {
+                m: nn.Sequential(
+                    _input_norm(int(input_dims[m]), config.input_norm),
+                    MLP(
+                        int(input_dims[m]),
+                        config.hidden_dim,
+                        num_classes,
+                        num_layers=config.num_layers,
+                        dropout=config.dropout,
+                    ),
+                )
+                for m in self.modalities
+            }
+        )
 
     def forward(self, batch: Batch) -> ModelOutput:
         inputs = self._inputs(batch)
-        aux = {f"expert_logits_{m}": self.classifiers[m](masked_mean(inputs[m].states, inputs[m].mask))
-               for m in self.modalities}
+        aux = {
+            f"expert_logits_{m}": self.classifiers[m](masked_mean(inputs[m].states, inputs[m].mask))
+            for m in self.modalities
+        }
         probs = torch.stack([logits.softmax(dim=-1) for logits in aux.values()]).mean(dim=0)
         return ModelOutput(logits=probs.clamp_min(1e-12).log(), aux=aux)
 
     def loss(self, output: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted CE of the averaged prediction + ``branch_weight`` · Σ weighted CE of each classifier."""
         fused = focal_loss(output.logits, labels, alpha=self.class_weights, gamma=0.0)
-        branch = branch_losses([output.aux[f"expert_logits_{m}"] for m in self.modalities], labels, weight=self.class_weights)
+        branch = branch_losses(
+            [output.aux[f"expert_logits_{m}"] for m in self.modalities], labels, weight=self.class_weights
+        )
         total = fused + self.config.branch_weight * branch
         return total, {"ce": float(fused.detach()), "branch": float(branch.detach()), "total": float(total.detach())}
 
@@ -294,6 +328,7 @@ class LateFusion(BaselineModel):
 # ---------------------------------------------------------------------------------------------
 # Tensor Fusion Network
 # ---------------------------------------------------------------------------------------------
+
 
 @register_model("tfn", "Tensor Fusion Network: outer product of [h;1] modality vectors → MLP")
 class TensorFusionNetwork(BaselineModel):
@@ -305,17 +340,33 @@ class TensorFusionNetwork(BaselineModel):
 
     def __init__(self, config: TFNConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__(config, input_dims, num_classes)
-        self.subnets = nn.ModuleDict({
-            m: nn.Sequential(_input_norm(int(input_dims[m]), config.input_norm),
-                             MLP(int(input_dims[m]), config.subnet_hidden, config.proj_dim, num_layers=2,
-                                 dropout=config.dropout, activation="relu"),
-                             nn.ReLU())
-            for m in self.modalities
-        })
+        self.subnets = nn.ModuleDict(
+            {
+                m: nn.Sequential(
+                    _input_norm(int(input_dims[m]), config.input_norm),
+                    MLP(
+                        int(input_dims[m]),
+                        config.subnet_hidden,
+                        config.proj_dim,
+                        num_layers=2,
+                        dropout=config.dropout,
+                        activation="relu",
+                    ),
+                    nn.ReLU(),
+                )
+                for m in self.modalities
+            }
+        )
         width = (config.proj_dim + 1) ** len(self.modalities)
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = MLP(width, config.hidden_dim, num_classes, num_layers=config.num_layers,
-                              dropout=config.dropout, activation="relu")
+        self.classifier = MLP(
+            width,
+            config.hidden_dim,
+            num_classes,
+            num_layers=config.num_layers,
+            dropout=config.dropout,
+            activation="relu",
+        )
 
     def forward(self, batch: Batch) -> ModelOutput:
         inputs = self._inputs(batch)
@@ -332,6 +383,7 @@ class TensorFusionNetwork(BaselineModel):
 # LSTM baselines
 # ---------------------------------------------------------------------------------------------
 
+
 @register_model("ef_lstm", "EF-LSTM baseline: modalities resampled to a common length, concatenated per step → BiLSTM")
 class EarlyFusionLSTM(BaselineModel):
     """EF-LSTM: ``BiLSTM([W_a pool_S(H_a); W_t pool_S(H_t)]_s)`` → MLP, ``pool_S`` = :func:`masked_adaptive_pool`."""
@@ -343,20 +395,36 @@ class EarlyFusionLSTM(BaselineModel):
 
     def __init__(self, config: LSTMBaselineConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__(config, input_dims, num_classes)
-        self.projections = nn.ModuleDict({
-            m: nn.Sequential(_input_norm(int(input_dims[m]), config.input_norm), nn.Linear(int(input_dims[m]), config.proj_dim))
-            for m in self.modalities
-        })
+        self.projections = nn.ModuleDict(
+            {
+                m: nn.Sequential(
+                    _input_norm(int(input_dims[m]), config.input_norm), nn.Linear(int(input_dims[m]), config.proj_dim)
+                )
+                for m in self.modalities
+            }
+        )
         self.dropout = nn.Dropout(config.dropout)
-        self.lstm = LSTMEncoder(config.proj_dim * len(self.modalities), config.hidden_dim, config.lstm_layers,
-                                config.bidirectional, config.dropout)
-        self.classifier = MLP(self.lstm.out_dim, config.classifier_hidden, num_classes, num_layers=config.num_layers,
-                              dropout=config.dropout)
+        self.lstm = LSTMEncoder(
+            config.proj_dim * len(self.modalities),
+            config.hidden_dim,
+            config.lstm_layers,
+            config.bidirectional,
+            config.dropout,
+        )
+        self.classifier = MLP(
+            self.lstm.out_dim,
+            config.classifier_hidden,
+            num_classes,
+            num_layers=config.num_layers,
+            dropout=config.dropout,
+        )
 
     def forward(self, batch: Batch) -> ModelOutput:
         inputs = self._inputs(batch)
-        steps = [self.projections[m](masked_adaptive_pool(inputs[m].states, inputs[m].mask, self.config.steps))
-                 for m in self.modalities]
+        steps = [
+            self.projections[m](masked_adaptive_pool(inputs[m].states, inputs[m].mask, self.config.steps))
+            for m in self.modalities
+        ]
         return ModelOutput(logits=self.classifier(self.lstm(self.dropout(torch.cat(steps, dim=-1)))))
 
 
@@ -372,13 +440,17 @@ class LateFusionLSTM(BaselineModel):
         super().__init__(config, input_dims, num_classes)
         self.norms = nn.ModuleDict({m: _input_norm(int(input_dims[m]), config.input_norm) for m in self.modalities})
         lstms = {
-            m: LSTMEncoder(int(input_dims[m]), config.hidden_dim, config.lstm_layers, config.bidirectional, config.dropout)
+            m: LSTMEncoder(
+                int(input_dims[m]), config.hidden_dim, config.lstm_layers, config.bidirectional, config.dropout
+            )
             for m in self.modalities
         }
         self.lstms = nn.ModuleDict(lstms)
         width = sum(lstm.out_dim for lstm in lstms.values())
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = MLP(width, config.classifier_hidden, num_classes, num_layers=config.num_layers, dropout=config.dropout)
+        self.classifier = MLP(
+            width, config.classifier_hidden, num_classes, num_layers=config.num_layers, dropout=config.dropout
+        )
 
     def forward(self, batch: Batch) -> ModelOutput:
         inputs = self._inputs(batch)
@@ -401,8 +473,13 @@ class TextBiLSTM(BaselineModel):
         self.norm = _input_norm(dim, config.input_norm)
         self.lstm = LSTMEncoder(dim, config.hidden_dim, config.lstm_layers, config.bidirectional, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = MLP(self.lstm.out_dim, config.classifier_hidden, num_classes, num_layers=config.num_layers,
-                              dropout=config.dropout)
+        self.classifier = MLP(
+            self.lstm.out_dim,
+            config.classifier_hidden,
+            num_classes,
+            num_layers=config.num_layers,
+            dropout=config.dropout,
+        )
 
     def forward(self, batch: Batch) -> ModelOutput:
         text = self._inputs(batch)["text"]
@@ -412,6 +489,7 @@ class TextBiLSTM(BaselineModel):
 # ---------------------------------------------------------------------------------------------
 # Speech CNN
 # ---------------------------------------------------------------------------------------------
+
 
 @register_model("speech_cnn", "Speech CNN baseline: 1-D convolutions over frame states, mean+max pooling → MLP")
 class SpeechCNN(BaselineModel):
@@ -427,11 +505,13 @@ class SpeechCNN(BaselineModel):
         dim = int(input_dims["audio"])
         self.norm = _input_norm(dim, config.input_norm)
         widths = [dim, *[int(c) for c in config.channels]]
-        self.convs = nn.ModuleList(nn.Conv1d(a, b, config.kernel_size, padding=config.kernel_size // 2)
-                                   for a, b in itertools.pairwise(widths))
+        self.convs = nn.ModuleList(
+            nn.Conv1d(a, b, config.kernel_size, padding=config.kernel_size // 2) for a, b in itertools.pairwise(widths)
+        )
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = MLP(2 * widths[-1], config.hidden_dim, num_classes, num_layers=config.num_layers,
-                              dropout=config.dropout)
+        self.classifier = MLP(
+            2 * widths[-1], config.hidden_dim, num_classes, num_layers=config.num_layers, dropout=config.dropout
+        )
 
     def forward(self, batch: Batch) -> ModelOutput:
         audio = self._inputs(batch)["audio"]
@@ -450,6 +530,7 @@ class SpeechCNN(BaselineModel):
 # ---------------------------------------------------------------------------------------------
 # Plain functions
 # ---------------------------------------------------------------------------------------------
+
 
 def masked_adaptive_pool(x: torch.Tensor, mask: torch.Tensor | None, steps: int) -> torch.Tensor:
     """Resample each row's valid positions of ``x`` (``B × T × D``) to ``steps`` positions → ``B × steps × D``.

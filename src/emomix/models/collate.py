@@ -22,8 +22,18 @@ from emomix.constants import EDGES_KEY, IGNORE_INDEX
 from emomix.errors import LabelError, MissingDataError
 from emomix.models.inputs import Batch, DialogueBatch, ModalityInput, modality_input, pad_sequences
 
-__all__ = ["EDGE_FIELD", "POOLINGS", "DialogueCollator", "Features", "UtteranceCollator", "batch_rows", "clip_edges",
-           "flat_logits", "label_indices", "utterance_vector"]
+__all__ = [
+    "EDGE_FIELD",
+    "POOLINGS",
+    "DialogueCollator",
+    "Features",
+    "UtteranceCollator",
+    "batch_rows",
+    "clip_edges",
+    "flat_logits",
+    "label_indices",
+    "utterance_vector",
+]
 
 #: The field of the edges entry that holds the token–frame pairs.
 EDGE_FIELD = "token_frame"
@@ -36,22 +46,42 @@ Features = Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]
 class UtteranceCollator:
     """Builds a :class:`Batch` from positions into ``ids`` (picklable, for DataLoader workers)."""
 
-    def __init__(self, features: Mapping[str, Any], ids: Sequence[str], labels: np.ndarray, modalities: Sequence[str],
-                 frame_rates: Mapping[str, float | None], layers: Mapping[str, Sequence[int]],
-                 max_length: Mapping[str, int | None]):
+    def __init__(
+        self,
+        features: Mapping[str, Any],
+        ids: Sequence[str],
+        labels: np.ndarray,
+        modalities: Sequence[str],
+        frame_rates: Mapping[str, float | None],
+        layers: Mapping[str, Sequence[int]],
+        max_length: Mapping[str, int | None],
+    ):
         self.features, self.ids, self.labels = features, list(ids), labels
-        self.modalities, self.frame_rates, self.layers, self.max_length = list(modalities), dict(frame_rates), dict(layers), dict(max_length)
+        self.modalities, self.frame_rates, self.layers, self.max_length = (
+            list(modalities),
+            dict(frame_rates),
+            dict(layers),
+            dict(max_length),
+        )
         self.with_edges = bool(self.ids) and all(EDGES_KEY in features[u] for u in self.ids)
 
     def __call__(self, positions: Sequence[int]) -> Batch:
         batch_ids = [self.ids[p] for p in positions]
-        inputs = {m: modality_input([self.features[u][m] for u in batch_ids], frame_rate=self.frame_rates.get(m),
-                                    max_length=self.max_length.get(m), layers=self.layers.get(m))
-                  for m in self.modalities}
+        inputs = {
+            m: modality_input(
+                [self.features[u][m] for u in batch_ids],
+                frame_rate=self.frame_rates.get(m),
+                max_length=self.max_length.get(m),
+                layers=self.layers.get(m),
+            )
+            for m in self.modalities
+        }
         edges = None
         if self.with_edges and "text" in inputs and "audio" in inputs:
-            edges = [clip_edges(self.features[u][EDGES_KEY][EDGE_FIELD], inputs["text"].mask[i], inputs["audio"].mask[i])
-                     for i, u in enumerate(batch_ids)]
+            edges = [
+                clip_edges(self.features[u][EDGES_KEY][EDGE_FIELD], inputs["text"].mask[i], inputs["audio"].mask[i])
+                for i, u in enumerate(batch_ids)
+            ]
         labels = torch.as_tensor(self.labels[list(positions)], dtype=torch.long)
         return Batch(inputs=inputs, labels=labels, edges=edges, utt_ids=batch_ids)
 
@@ -65,9 +95,15 @@ class DialogueCollator:
     :class:`~emomix.models.saved.TrainedModel` runs through the layers and pools, instead of vectors.
     """
 
-    def __init__(self, vectors: Mapping[str, Mapping[str, np.ndarray]], dialogues: Sequence[Sequence[str]],
-                 labels: Mapping[str, int], modalities: Sequence[str], tokens: Features | None = None,
-                 token_modalities: Sequence[str] = ()):
+    def __init__(
+        self,
+        vectors: Mapping[str, Mapping[str, np.ndarray]],
+        dialogues: Sequence[Sequence[str]],
+        labels: Mapping[str, int],
+        modalities: Sequence[str],
+        tokens: Features | None = None,
+        token_modalities: Sequence[str] = (),
+    ):
         self.vectors, self.dialogues, self.labels = vectors, [list(d) for d in dialogues], labels
         self.token_modalities = [m for m in modalities if m in token_modalities]
         if self.token_modalities and tokens is None:
@@ -77,8 +113,10 @@ class DialogueCollator:
 
     def __call__(self, positions: Sequence[int]) -> DialogueBatch:
         group = [self.dialogues[p] for p in positions]
-        inputs = {modality: pad_sequences([np.stack([self.vectors[u][modality] for u in utts]) for utts in group])[0]
-                  for modality in self.modalities}
+        inputs = {
+            modality: pad_sequences([np.stack([self.vectors[u][modality] for u in utts]) for utts in group])[0]
+            for modality in self.modalities
+        }
         rows, mask = pad_sequences([np.array([self.labels[u] for u in utts]) for utts in group], dtype=torch.long)
         rows[~mask] = IGNORE_INDEX
         flat = [u for utts in group for u in utts]  # mask's True positions, row-major
@@ -97,8 +135,10 @@ def utterance_vector(arrays: Mapping[str, np.ndarray], pooling: str = "mean", na
     """
     if pooling == "pooled":
         if "pooled" not in arrays:
-            raise MissingDataError(f"{name} has no 'pooled' field; extract with an encoder that stores one "
-                                   "(e.g. opensmile level='both') or use pooling='mean'")
+            raise MissingDataError(
+                f"{name} has no 'pooled' field; extract with an encoder that stores one "
+                "(e.g. opensmile level='both') or use pooling='mean'"
+            )
         return np.asarray(arrays["pooled"], dtype=np.float32).reshape(-1)
     states = np.asarray(arrays["states"], dtype=np.float32)
     if states.ndim != 2 or states.shape[0] == 0:
@@ -119,8 +159,10 @@ def label_indices(table: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
         if label is None or (isinstance(label, float) and math.isnan(label)):
             continue
         if label not in lookup:
-            raise LabelError(f"utterance {utt_id!r} has label {label!r}, which is not a class of the scheme "
-                             f"{list(classes)}; apply the scheme to the table first (read_corpus(..., scheme=...))")
+            raise LabelError(
+                f"utterance {utt_id!r} has label {label!r}, which is not a class of the scheme "
+                f"{list(classes)}; apply the scheme to the table first (read_corpus(..., scheme=...))"
+            )
         out[row] = lookup[label]
     return out
 

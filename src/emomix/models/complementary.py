@@ -72,6 +72,7 @@ GRAPH_MODES = ("auto", "edges", "spread", "none")
 # Configs
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class ComplementaryConfig(ModelConfig):
     """Config of the two MoE models and of the graph (defaults are the decisions in the module
@@ -97,13 +98,23 @@ class ComplementaryConfig(ModelConfig):
         super().validate()
         name = type(self).__name__
         self.require_choice(graph=GRAPH_MODES, spl_audio_source=("frames", "pooled"))
-        self.require_positive("hidden_dim", "max_tokens", "max_frames", "graph_layers", "graph_heads", "num_experts",
-                              "ca_heads", "ca_layers")
+        self.require_positive(
+            "hidden_dim",
+            "max_tokens",
+            "max_frames",
+            "graph_layers",
+            "graph_heads",
+            "num_experts",
+            "ca_heads",
+            "ca_layers",
+        )
         if not 1 <= self.top_k <= self.num_experts:
             raise ConfigError(f"{name}.top_k must be between 1 and num_experts ({self.num_experts}); got {self.top_k}")
         if self.hidden_dim % self.ca_heads or self.hidden_dim % self.graph_heads:
-            raise ConfigError(f"{name}.hidden_dim ({self.hidden_dim}) must be divisible by ca_heads ({self.ca_heads}) "
-                              f"and graph_heads ({self.graph_heads})")
+            raise ConfigError(
+                f"{name}.hidden_dim ({self.hidden_dim}) must be divisible by ca_heads ({self.ca_heads}) "
+                f"and graph_heads ({self.graph_heads})"
+            )
         self.require_fraction("dropout")
         self.require_non_negative("load_balance_weight", "gate_noise_std")
 
@@ -140,12 +151,15 @@ class GraphMLPConfig(ModelConfig):
             raise ConfigError(f"GraphMLPConfig.graph must be one of auto, edges, spread; got {self.graph!r}")
         self.require_positive("hidden_dim", "max_tokens", "max_frames", "graph_layers", "graph_heads")
         if self.hidden_dim % self.graph_heads:
-            raise ConfigError(f"GraphMLPConfig.hidden_dim ({self.hidden_dim}) must be divisible by graph_heads ({self.graph_heads})")
+            raise ConfigError(
+                f"GraphMLPConfig.hidden_dim ({self.hidden_dim}) must be divisible by graph_heads ({self.graph_heads})"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
 # Shared front end: truncation, frame pooling, the graph
 # ---------------------------------------------------------------------------------------------
+
 
 def _require_both(model: EmotionModel, config: ModelConfig) -> None:
     if set(config.modalities) != {"audio", "text"}:
@@ -159,14 +173,20 @@ def _require_both(model: EmotionModel, config: ModelConfig) -> None:
 class _GraphEmbedding(nn.Module):
     """The time-aligned token–frame graph embedding (BipartiteGAT), with the ``graph`` modes."""
 
-    def __init__(self, text_dim: int, audio_dim: int, hidden_dim: int, heads: int, layers: int, dropout: float,
-                 mode: str):
+    def __init__(
+        self, text_dim: int, audio_dim: int, hidden_dim: int, heads: int, layers: int, dropout: float, mode: str
+    ):
         super().__init__()
         self.mode = mode
         self.gat = BipartiteGAT(text_dim, audio_dim, hidden_dim, heads=heads, num_layers=layers, dropout=dropout)
 
-    def forward(self, text: ModalityInput, audio_states: torch.Tensor, audio_mask: torch.Tensor,
-                edges: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        text: ModalityInput,
+        audio_states: torch.Tensor,
+        audio_mask: torch.Tensor,
+        edges: list[torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``text`` already cut to the token limit, ``audio_*`` already pooled and ``edges``
         already remapped; returns (B × hidden embedding, B float flag of approximate graphs)."""
         batch_size = text.states.shape[0]
@@ -185,21 +205,27 @@ class _GraphEmbedding(nn.Module):
         return embedding, approximate
 
 
-def _front_end(batch: Batch, max_tokens: int, max_frames: int, modalities: Sequence[str]
-               ) -> tuple[ModalityInput | None, ModalityInput | None, list[torch.Tensor] | None]:
+def _front_end(
+    batch: Batch, max_tokens: int, max_frames: int, modalities: Sequence[str]
+) -> tuple[ModalityInput | None, ModalityInput | None, list[torch.Tensor] | None]:
     """Cut text to ``max_tokens``, pool audio to ``max_frames`` and remap the edges to match."""
     text = audio = None
     edges = batch.edges
     absent = [m for m in modalities if m not in batch.inputs]
     if absent:
-        raise MissingDataError(f"the batch lacks {', '.join(absent)} inputs the model was built for "
-                               f"(it has {', '.join(batch.inputs) or 'none'})")
+        raise MissingDataError(
+            f"the batch lacks {', '.join(absent)} inputs the model was built for "
+            f"(it has {', '.join(batch.inputs) or 'none'})"
+        )
     if edges is not None and len(edges) != batch.batch_size:
         raise ConfigError(f"batch.edges holds {len(edges)} edge tensors for {batch.batch_size} utterances")
     if "text" in modalities:
         source = batch.inputs["text"]
-        text = ModalityInput(states=source.states[:, :max_tokens], mask=source.mask[:, :max_tokens],
-                             special_tokens=None if source.special_tokens is None else source.special_tokens[:, :max_tokens])
+        text = ModalityInput(
+            states=source.states[:, :max_tokens],
+            mask=source.mask[:, :max_tokens],
+            special_tokens=None if source.special_tokens is None else source.special_tokens[:, :max_tokens],
+        )
     if "audio" in modalities:
         source = batch.inputs["audio"]
         lengths = source.mask.sum(dim=1)
@@ -207,8 +233,10 @@ def _front_end(batch: Batch, max_tokens: int, max_frames: int, modalities: Seque
         audio = ModalityInput(states=states, mask=mask, frame_rate=source.frame_rate)
         if edges is not None and text is not None:
             token_lengths = text.mask.sum(dim=1)
-            edges = [remap_edges(e.to(states.device), int(token_lengths[row]), int(lengths[row]), max_frames)
-                     for row, e in enumerate(edges)]
+            edges = [
+                remap_edges(e.to(states.device), int(token_lengths[row]), int(lengths[row]), max_frames)
+                for row, e in enumerate(edges)
+            ]
     return text, audio, edges
 
 
@@ -219,18 +247,27 @@ class _ComplementaryBase(EmotionModel[Batch]):
     supported_modalities: ClassVar[tuple[str, ...]] = ("audio", "text")
     config: ComplementaryConfig | GraphMLPConfig
 
-    def _build_front(self, config: ComplementaryConfig | GraphMLPConfig, input_dims: Mapping[str, int],
-                     project: bool = True) -> None:
+    def _build_front(
+        self, config: ComplementaryConfig | GraphMLPConfig, input_dims: Mapping[str, int], project: bool = True
+    ) -> None:
         if project:
             self.project = nn.ModuleDict({m: nn.Linear(input_dims[m], config.hidden_dim) for m in config.modalities})
         both = set(config.modalities) == {"audio", "text"}
         self.graph = None
         if both and config.graph != "none":
-            self.graph = _GraphEmbedding(input_dims["text"], input_dims["audio"], config.hidden_dim,
-                                         config.graph_heads, config.graph_layers, config.dropout, config.graph)
+            self.graph = _GraphEmbedding(
+                input_dims["text"],
+                input_dims["audio"],
+                config.hidden_dim,
+                config.graph_heads,
+                config.graph_layers,
+                config.dropout,
+                config.graph,
+            )
 
-
-    def _inputs(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, ModalityInput], dict[str, torch.Tensor]]:
+    def _inputs(
+        self, batch: Batch
+    ) -> tuple[dict[str, torch.Tensor], dict[str, ModalityInput], dict[str, torch.Tensor]]:
         """Pooled projected vectors per modality, the (cut/pooled) sequences, and graph extras."""
         config = self.config
         text, audio, edges = _front_end(batch, config.max_tokens, config.max_frames, config.modalities)
@@ -264,6 +301,7 @@ class _ComplementaryBase(EmotionModel[Batch]):
 # Cross-Attention Transformer MoE
 # ---------------------------------------------------------------------------------------------
 
+
 class CrossAttentionExpert(nn.Module):
     """One expert of the CA MoE: text queries over speech and speech queries over text
     (``layers`` cross-attention layers per direction), each mean-pooled over its queries,
@@ -271,11 +309,16 @@ class CrossAttentionExpert(nn.Module):
 
     def __init__(self, dim: int, heads: int, layers: int, dropout: float):
         super().__init__()
-        self.text_over_speech = nn.ModuleList([CrossAttentionLayer(dim, heads=heads, dropout=dropout) for _ in range(layers)])
-        self.speech_over_text = nn.ModuleList([CrossAttentionLayer(dim, heads=heads, dropout=dropout) for _ in range(layers)])
+        self.text_over_speech = nn.ModuleList(
+            [CrossAttentionLayer(dim, heads=heads, dropout=dropout) for _ in range(layers)]
+        )
+        self.speech_over_text = nn.ModuleList(
+            [CrossAttentionLayer(dim, heads=heads, dropout=dropout) for _ in range(layers)]
+        )
 
-    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, speech: torch.Tensor,
-                speech_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, text: torch.Tensor, text_mask: torch.Tensor, speech: torch.Tensor, speech_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Projected text and speech sequences with their masks → ``B × 2·dim``."""
         t2s, s2t = text, speech
         for t_layer, s_layer in zip(self.text_over_speech, self.speech_over_text):
@@ -301,8 +344,10 @@ class ComplementaryCrossAttentionMoE(_ComplementaryBase):
         self._build_front(config, input_dims)
         hidden = config.hidden_dim
         graph_dim = hidden if self.graph is not None else 0
-        experts = [CrossAttentionExpert(hidden, config.ca_heads, config.ca_layers, config.dropout)
-                   for _ in range(config.num_experts)]
+        experts = [
+            CrossAttentionExpert(hidden, config.ca_heads, config.ca_layers, config.dropout)
+            for _ in range(config.num_experts)
+        ]
         gate = TopKGate(2 * hidden + graph_dim, config.num_experts, k=config.top_k, noise_std=config.gate_noise_std)
         self.moe = MixtureOfExperts(experts, gate)
         self.classifier = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden + graph_dim, num_classes))
@@ -313,8 +358,9 @@ class ComplementaryCrossAttentionMoE(_ComplementaryBase):
         gate_input = [pooled["text"], pooled["audio"]]
         if "graph" in extras:
             gate_input.append(extras["graph"])
-        mixed, moe_aux, balance = self.moe(torch.cat(gate_input, dim=-1), seq["text"].states, seq["text"].mask,
-                                           seq["audio"].states, seq["audio"].mask)
+        mixed, moe_aux, balance = self.moe(
+            torch.cat(gate_input, dim=-1), seq["text"].states, seq["text"].mask, seq["audio"].states, seq["audio"].mask
+        )
         features = [mixed] + ([extras["graph"]] if "graph" in extras else [])
         logits = self.classifier(torch.cat(features, dim=-1))
         aux = {"gate_weights": moe_aux["gate_weights"], "gate_probs": moe_aux["gate_probs"]}
@@ -327,6 +373,7 @@ class ComplementaryCrossAttentionMoE(_ComplementaryBase):
 # Sum-Product Linear MoE
 # ---------------------------------------------------------------------------------------------
 
+
 class SumProductExpert(nn.Module):
     """One expert of the SPL MoE: ``[t; s; t+s; t⊙s; extra] → Linear`` (or ``x → Linear`` with a
     single modality, when called with one vector)."""
@@ -335,8 +382,9 @@ class SumProductExpert(nn.Module):
         super().__init__()
         self.linear = Expert(in_dim, out_dim, kind="linear", dropout=dropout)
 
-    def forward(self, first: torch.Tensor, second: torch.Tensor | None = None,
-                extra: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, first: torch.Tensor, second: torch.Tensor | None = None, extra: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Pooled text (``first``), pooled speech (``second``, None with one modality) and the
         graph embedding (``extra``) → ``B × out_dim``."""
         parts = [first] if second is None else [first, second, first + second, first * second]
@@ -347,8 +395,12 @@ class SumProductExpert(nn.Module):
 
 
 @register_model("complementary_spl", "Complementary Fusion: sum-product linear MoE (text, speech, graph)")
-@register_model("complementary_spl_text", "Complementary Fusion: sum-product linear MoE on text alone", modalities=("text",))
-@register_model("complementary_spl_audio", "Complementary Fusion: sum-product linear MoE on speech alone", modalities=("audio",))
+@register_model(
+    "complementary_spl_text", "Complementary Fusion: sum-product linear MoE on text alone", modalities=("text",)
+)
+@register_model(
+    "complementary_spl_audio", "Complementary Fusion: sum-product linear MoE on speech alone", modalities=("audio",)
+)
 class ComplementarySumProductMoE(_ComplementaryBase):
     """Sum-Product Linear MoE of Complementary Fusion (one or both modalities).
 
@@ -373,14 +425,17 @@ class ComplementarySumProductMoE(_ComplementaryBase):
         expert_in = (4 * hidden if both else hidden) + graph_dim
         gate_in = (2 * hidden if both else hidden) + graph_dim
         experts = [SumProductExpert(expert_in, hidden, config.dropout) for _ in range(config.num_experts)]
-        self.moe = MixtureOfExperts(experts, TopKGate(gate_in, config.num_experts, k=config.top_k,
-                                                      noise_std=config.gate_noise_std))
+        self.moe = MixtureOfExperts(
+            experts, TopKGate(gate_in, config.num_experts, k=config.top_k, noise_std=config.gate_noise_std)
+        )
         self.classifier = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(hidden, num_classes))
         self.audio_pooled_map = None
         if config.spl_audio_source == "pooled" and "audio" in config.modalities:
             if "audio_pooled" not in input_dims:
-                raise ConfigError(f"{self.name}: spl_audio_source='pooled' needs the audio utterance vector "
-                                  "(input_dims['audio_pooled']); declare features.audio.utterance or use 'frames'")
+                raise ConfigError(
+                    f"{self.name}: spl_audio_source='pooled' needs the audio utterance vector "
+                    "(input_dims['audio_pooled']); declare features.audio.utterance or use 'frames'"
+                )
             width = int(input_dims["audio_pooled"])
             self.audio_pooled_map = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden))
 
@@ -390,8 +445,10 @@ class ComplementarySumProductMoE(_ComplementaryBase):
         if self.audio_pooled_map is not None:
             vector = batch.inputs["audio"].pooled
             if vector is None:
-                raise ConfigError(f"{self.name}: spl_audio_source='pooled' but the batch's audio input has no pooled "
-                                  "vectors; declare features.audio.utterance or use 'frames'")
+                raise ConfigError(
+                    f"{self.name}: spl_audio_source='pooled' but the batch's audio input has no pooled "
+                    "vectors; declare features.audio.utterance or use 'frames'"
+                )
             pooled["audio"] = self.audio_pooled_map(vector)
         vectors = [pooled[m] for m in ("text", "audio") if m in pooled]
         graph = extras.get("graph")
@@ -408,8 +465,12 @@ class ComplementarySumProductMoE(_ComplementaryBase):
 # Complementary late fusion
 # ---------------------------------------------------------------------------------------------
 
-@register_model("complementary", "Complementary Fusion: per-class late fusion of the CA and SPL MoE models",
-                late_fusion_of=("complementary_ca", "complementary_spl"))
+
+@register_model(
+    "complementary",
+    "Complementary Fusion: per-class late fusion of the CA and SPL MoE models",
+    late_fusion_of=("complementary_ca", "complementary_spl"),
+)
 class ComplementaryFusion(_ComplementaryBase):
     """The complementary late fusion of :class:`ComplementaryCrossAttentionMoE` and
     :class:`ComplementarySumProductMoE`.
@@ -425,8 +486,14 @@ class ComplementaryFusion(_ComplementaryBase):
     config: ComplementaryFusionConfig
     fusion_weights: torch.Tensor  # a registered buffer
 
-    def __init__(self, config: ComplementaryFusionConfig, input_dims: Mapping[str, int], num_classes: int,
-                 ca: ComplementaryCrossAttentionMoE | None = None, spl: ComplementarySumProductMoE | None = None):
+    def __init__(
+        self,
+        config: ComplementaryFusionConfig,
+        input_dims: Mapping[str, int],
+        num_classes: int,
+        ca: ComplementaryCrossAttentionMoE | None = None,
+        spl: ComplementarySumProductMoE | None = None,
+    ):
         super().__init__(config, input_dims, num_classes)
         _require_both(self, config)
         sub_config = ComplementaryConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "fusion_weights"})
@@ -437,16 +504,26 @@ class ComplementaryFusion(_ComplementaryBase):
             self.set_fusion_weights(config.fusion_weights)
 
     @classmethod
-    def from_submodels(cls, ca: ComplementaryCrossAttentionMoE, spl: ComplementarySumProductMoE,
-                       weights: Sequence[float] | np.ndarray | torch.Tensor | None = None) -> ComplementaryFusion:
+    def from_submodels(
+        cls,
+        ca: ComplementaryCrossAttentionMoE,
+        spl: ComplementarySumProductMoE,
+        weights: Sequence[float] | np.ndarray | torch.Tensor | None = None,
+    ) -> ComplementaryFusion:
         """Combine two separately trained sub-models (same inputs and classes) with weights ``w_c``."""
         if not isinstance(ca, ComplementaryCrossAttentionMoE) or not isinstance(spl, ComplementarySumProductMoE):
-            raise ConfigError("from_submodels takes a complementary_ca model and a complementary_spl model, in that order")
+            raise ConfigError(
+                "from_submodels takes a complementary_ca model and a complementary_spl model, in that order"
+            )
         if ca.num_classes != spl.num_classes or ca.input_dims != spl.input_dims:
-            raise ConfigError(f"the sub-models disagree: classes {ca.num_classes} vs {spl.num_classes}, "
-                              f"inputs {ca.input_dims} vs {spl.input_dims}")
+            raise ConfigError(
+                f"the sub-models disagree: classes {ca.num_classes} vs {spl.num_classes}, "
+                f"inputs {ca.input_dims} vs {spl.input_dims}"
+            )
         if set(spl.config.modalities) != {"audio", "text"}:
-            raise ConfigError("the sum-product sub-model must use both audio and text to be fused with the cross-attention model")
+            raise ConfigError(
+                "the sum-product sub-model must use both audio and text to be fused with the cross-attention model"
+            )
         config = ComplementaryFusionConfig.from_dict(ca.config.to_dict())
         model = cls(config, ca.input_dims, ca.num_classes, ca=ca, spl=spl)
         if weights is not None:
@@ -484,9 +561,12 @@ class ComplementaryFusion(_ComplementaryBase):
         total = output.logits.new_zeros(())
         parts: dict[str, float] = {}
         for prefix, model in (("ca", self.ca), ("spl", self.spl)):
-            sub = ModelOutput(logits=output.aux[f"expert_logits_{prefix}"],
-                              aux_losses={k[len(prefix) + 1:]: v for k, v in output.aux_losses.items()
-                                          if k.startswith(prefix + "_")})
+            sub = ModelOutput(
+                logits=output.aux[f"expert_logits_{prefix}"],
+                aux_losses={
+                    k[len(prefix) + 1 :]: v for k, v in output.aux_losses.items() if k.startswith(prefix + "_")
+                },
+            )
             sub_total, sub_parts = model.loss(sub, labels)
             total = total + sub_total
             parts.update({f"{prefix}_{k}": v for k, v in sub_parts.items()})
@@ -498,6 +578,7 @@ class ComplementaryFusion(_ComplementaryBase):
 # ---------------------------------------------------------------------------------------------
 # Baseline: graph embedding → MLP
 # ---------------------------------------------------------------------------------------------
+
 
 @register_model("graph_mlp", "Complementary Fusion's baseline: time-aligned graph embedding → MLP")
 class GraphMLP(_ComplementaryBase):
@@ -517,12 +598,15 @@ class GraphMLP(_ComplementaryBase):
     def forward(self, batch: Batch) -> ModelOutput:
         """Logits ``B × C`` from the graph embedding alone."""
         _, _, extras = self._inputs(batch)
-        return ModelOutput(logits=self.classifier(extras["graph"]), aux={"graph_approximate": extras["graph_approximate"]})
+        return ModelOutput(
+            logits=self.classifier(extras["graph"]), aux={"graph_approximate": extras["graph_approximate"]}
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Plain functions
 # ---------------------------------------------------------------------------------------------
+
 
 def pool_frames(states: torch.Tensor, mask: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Adaptive-average-pool each row's valid frames to ``max_frames`` when it has more (rows
@@ -540,8 +624,8 @@ def pool_frames(states: torch.Tensor, mask: torch.Tensor, max_frames: int) -> tu
         valid = states[row][mask[row]]
         if length > max_frames:
             valid = F.adaptive_avg_pool1d(valid.T.unsqueeze(0), max_frames).squeeze(0).T
-        out[row, :valid.shape[0]] = valid
-        out_mask[row, :valid.shape[0]] = True
+        out[row, : valid.shape[0]] = valid
+        out_mask[row, : valid.shape[0]] = True
     return out, out_mask
 
 
@@ -610,6 +694,8 @@ def arousal_split_weights(classes: Sequence[str]) -> np.ndarray:
         else:
             unknown.append(str(name))
     if unknown:
-        raise LabelError(f"arousal_split_weights cannot place class(es) {', '.join(unknown)} on the arousal split; "
-                         f"fit the weights on validation data with fit_fusion_weights instead")
+        raise LabelError(
+            f"arousal_split_weights cannot place class(es) {', '.join(unknown)} on the arousal split; "
+            f"fit the weights on validation data with fit_fusion_weights instead"
+        )
     return np.asarray(weights, dtype=np.float32)

@@ -151,11 +151,19 @@ class DualRoutingConfig(ModelConfig):
         name = type(self).__name__
         unsupported = [m for m in self.modalities if m not in ("audio", "text")]
         if unsupported:
-            raise ConfigError(f"{name}.modalities: Dual Routing takes audio and text only, got {', '.join(unsupported)}")
-        self.require_choice(routing=ROUTING_MODES, concat_mode=("mlp", "mean"), text_global=TEXT_GLOBAL_SOURCES,
-                            expert_kind=("mlp", "linear"), single_modality_pooling=("attention", "z"))
-        self.require_positive("pooling_heads", "text_global_layers", "router_hidden", "cross_layers", "cross_heads",
-                              "cross_ffn_mult")
+            raise ConfigError(
+                f"{name}.modalities: Dual Routing takes audio and text only, got {', '.join(unsupported)}"
+            )
+        self.require_choice(
+            routing=ROUTING_MODES,
+            concat_mode=("mlp", "mean"),
+            text_global=TEXT_GLOBAL_SOURCES,
+            expert_kind=("mlp", "linear"),
+            single_modality_pooling=("attention", "z"),
+        )
+        self.require_positive(
+            "pooling_heads", "text_global_layers", "router_hidden", "cross_layers", "cross_heads", "cross_ffn_mult"
+        )
         self.require_positive("model_dim", "classifier_hidden", allow_none=True)
         self.require_fraction("expert_dropout", "dropout", "classifier_dropout")
         self.require_non_negative("focal_gamma", "branch_weight", "balance_weight")
@@ -177,8 +185,16 @@ class AudioScales(nn.Module):
     ``forward(inputs) -> (local | None, global | None, vad_fallback B bool)``.
     """
 
-    def __init__(self, in_dim: int, model_dim: int, heads: int = 4, dropout: float = 0.1,
-                 use_local: bool = True, use_global: bool = True, pooled_dim: int | None = None):
+    def __init__(
+        self,
+        in_dim: int,
+        model_dim: int,
+        heads: int = 4,
+        dropout: float = 0.1,
+        use_local: bool = True,
+        use_global: bool = True,
+        pooled_dim: int | None = None,
+    ):
         super().__init__()
         self.project = nn.Identity() if in_dim == model_dim else nn.Linear(in_dim, model_dim)
         self.pooling = AttentionPooling(model_dim, heads=heads, dropout=dropout) if use_local else None
@@ -206,8 +222,10 @@ def pooled_vector_map(pooled_dim: int, model_dim: int) -> nn.Module:
 
 def require_pooled(inputs: ModalityInput, modality: str) -> torch.Tensor:
     if inputs.pooled is None:
-        raise ConfigError(f"dual_routing: {modality}_global='pooled' needs the {modality} utterance vector, but the batch "
-                          f"has no {modality} pooled field; declare features.{modality}.utterance in the recipe")
+        raise ConfigError(
+            f"dual_routing: {modality}_global='pooled' needs the {modality} utterance vector, but the batch "
+            f"has no {modality} pooled field; declare features.{modality}.utterance in the recipe"
+        )
     return inputs.pooled
 
 
@@ -218,9 +236,18 @@ class TextScales(nn.Module):
     ``forward(inputs) -> (local | None, global | None, content_fallback B bool)``.
     """
 
-    def __init__(self, in_dim: int, model_dim: int, heads: int = 4, dropout: float = 0.1,
-                 global_source: str = "layers", num_layers: int = 4, use_local: bool = True,
-                 use_global: bool = True, pooled_dim: int | None = None):
+    def __init__(
+        self,
+        in_dim: int,
+        model_dim: int,
+        heads: int = 4,
+        dropout: float = 0.1,
+        global_source: str = "layers",
+        num_layers: int = 4,
+        use_local: bool = True,
+        use_global: bool = True,
+        pooled_dim: int | None = None,
+    ):
         super().__init__()
         self.global_source = global_source
         self.num_layers = num_layers
@@ -229,9 +256,12 @@ class TextScales(nn.Module):
         if use_local:
             self.project = nn.Identity() if in_dim == model_dim else nn.Linear(in_dim, model_dim)
             self.pooling = AttentionPooling(model_dim, heads=heads, dropout=dropout)
-        self.global_map = nn.Linear(num_layers * in_dim, model_dim) if use_global and global_source != "pooled" else None
-        self.pooled_map = (pooled_vector_map(int(pooled_dim or 0), model_dim)
-                           if use_global and global_source == "pooled" else None)
+        self.global_map = (
+            nn.Linear(num_layers * in_dim, model_dim) if use_global and global_source != "pooled" else None
+        )
+        self.pooled_map = (
+            pooled_vector_map(int(pooled_dim or 0), model_dim) if use_global and global_source == "pooled" else None
+        )
 
     def first_tokens(self, inputs: ModalityInput) -> torch.Tensor:
         """``B × (num_layers·D)``: the first token of each of the last ``num_layers`` layers."""
@@ -249,7 +279,7 @@ class TextScales(nn.Module):
                 f"dual_routing: text_global_layers={self.num_layers} but the batch carries only {layers.shape[1]} "
                 "text layer(s) in layer_states; extract more layers or lower text_global_layers"
             )
-        first = layers[:, -self.num_layers:, 0, :]
+        first = layers[:, -self.num_layers :, 0, :]
         return first.reshape(first.shape[0], -1)
 
     def forward(self, inputs: ModalityInput) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
@@ -282,8 +312,17 @@ class DualRoutingMoE(nn.Module):
     a one-token sequence) so that their checkpoints still load; new models never use it.
     """
 
-    def __init__(self, dim: int, num_classes: int, routing: str = "routed", router_hidden: int = 128,
-                 expert_kind: str = "mlp", dropout: float = 0.1, concat_mode: str = "mlp", single_token: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        routing: str = "routed",
+        router_hidden: int = 128,
+        expert_kind: str = "mlp",
+        dropout: float = 0.1,
+        concat_mode: str = "mlp",
+        single_token: bool = False,
+    ):
         super().__init__()
         if routing not in ROUTING_MODES:
             raise ConfigError(f"routing must be one of {', '.join(ROUTING_MODES)}; got {routing!r}")
@@ -297,14 +336,20 @@ class DualRoutingMoE(nn.Module):
         if not (self.single_token and routing == "local"):
             self.global_expert = Expert(dim, dim, kind=expert_kind, dropout=dropout, num_classes=num_classes)
         self.router = TwoExpertRouter(2 * dim, hidden_dim=router_hidden) if routing == "routed" else None
-        self.combine = (MLP(2 * dim, dim, dim, num_layers=2, dropout=dropout)
-                        if routing == "concat" and concat_mode == "mlp" else None)
+        self.combine = (
+            MLP(2 * dim, dim, dim, num_layers=2, dropout=dropout)
+            if routing == "concat" and concat_mode == "mlp"
+            else None
+        )
 
     @property
     def expert_slots(self) -> tuple[str, ...]:
         """The expert slots that exist (both, except in the legacy single-token layout)."""
-        return tuple(scale for scale, expert in (("local", self.local_expert), ("global", self.global_expert))
-                     if expert is not None)
+        return tuple(
+            scale
+            for scale, expert in (("local", self.local_expert), ("global", self.global_expert))
+            if expert is not None
+        )
 
     def forward(self, local: torch.Tensor | None, global_: torch.Tensor | None) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -315,8 +360,9 @@ class DualRoutingMoE(nn.Module):
         else:
             local_in, global_in = local, global_
         if self.single_token:  # legacy layout: one expert, one token
-            z, out[f"logits_{self.routing}"] = _apply(self.local_expert if self.routing == "local"
-                                                      else self.global_expert, local_in)
+            z, out[f"logits_{self.routing}"] = _apply(
+                self.local_expert if self.routing == "local" else self.global_expert, local_in
+            )
             out["z"], out["tokens"] = z, z.unsqueeze(1)
             return out
         local_z, out["logits_local"] = _apply(self.local_expert, local_in)
@@ -347,23 +393,34 @@ def _apply(expert: Expert | None, x: torch.Tensor | None) -> tuple[torch.Tensor,
     return z, logits
 
 
-@register_model("dual_routing", "Dual Routing MoE: routed local/global experts per modality, bidirectional cross-attention")
-@register_model("dual_routing_local",
-                "Dual Routing ablation: local scale only (no router; both experts read it, same fusion)",
-                routing="local")
-@register_model("dual_routing_global",
-                "Dual Routing ablation: global scale only (no router; both experts read it, same fusion)",
-                routing="global")
-@register_model("dual_routing_concat", "Dual Routing ablation: no router, local and global experts combined by an MLP",
-                routing="concat")
+@register_model(
+    "dual_routing", "Dual Routing MoE: routed local/global experts per modality, bidirectional cross-attention"
+)
+@register_model(
+    "dual_routing_local",
+    "Dual Routing ablation: local scale only (no router; both experts read it, same fusion)",
+    routing="local",
+)
+@register_model(
+    "dual_routing_global",
+    "Dual Routing ablation: global scale only (no router; both experts read it, same fusion)",
+    routing="global",
+)
+@register_model(
+    "dual_routing_concat",
+    "Dual Routing ablation: no router, local and global experts combined by an MLP",
+    routing="concat",
+)
 @register_model("dual_routing_audio", "Dual Routing MoE on audio only (no cross-attention)", modalities=("audio",))
 @register_model("dual_routing_text", "Dual Routing MoE on text only (no cross-attention)", modalities=("text",))
 class DualRoutingModel(EmotionModel[Batch]):
     """Dual Routing MoE for speech + text emotion recognition (see the module docstring)."""
 
     name = "dual_routing"
-    paper = ("Dual Routing Mixture-of-Experts for Multi-Scale Representation Learning in Multimodal Emotion "
-             "Recognition. Electronics 14(24), 4972, 2025")
+    paper = (
+        "Dual Routing Mixture-of-Experts for Multi-Scale Representation Learning in Multimodal Emotion "
+        "Recognition. Electronics 14(24), 4972, 2025"
+    )
     config_class = DualRoutingConfig
     config: DualRoutingConfig
     batch_kind = "utterance"
@@ -381,27 +438,53 @@ class DualRoutingModel(EmotionModel[Batch]):
         for field_name in ("pooling_heads", "cross_heads"):
             heads = getattr(config, field_name)
             if model_dim % heads:
-                raise ConfigError(f"dual_routing: model width {model_dim} is not divisible by {field_name}={heads}; "
-                                  "set model_dim or the number of heads so that it divides")
+                raise ConfigError(
+                    f"dual_routing: model width {model_dim} is not divisible by {field_name}={heads}; "
+                    "set model_dim or the number of heads so that it divides"
+                )
         self.model_dim = model_dim
-        pooled = {m: self._pooled_width(input_dims, m) for m in self.modalities
-                  if (config.audio_global if m == "audio" else config.text_global) == "pooled"}
+        pooled = {
+            m: self._pooled_width(input_dims, m)
+            for m in self.modalities
+            if (config.audio_global if m == "audio" else config.text_global) == "pooled"
+        }
         self.encoders = nn.ModuleDict()
         if "audio" in self.modalities:
-            self.encoders["audio"] = AudioScales(dims["audio"], model_dim, config.pooling_heads, config.dropout,
-                                                 use_local=config.uses_local, use_global=config.uses_global,
-                                                 pooled_dim=pooled.get("audio"))
+            self.encoders["audio"] = AudioScales(
+                dims["audio"],
+                model_dim,
+                config.pooling_heads,
+                config.dropout,
+                use_local=config.uses_local,
+                use_global=config.uses_global,
+                pooled_dim=pooled.get("audio"),
+            )
         if "text" in self.modalities:
-            self.encoders["text"] = TextScales(dims["text"], model_dim, config.pooling_heads, config.dropout,
-                                               global_source=config.text_global, num_layers=config.text_global_layers,
-                                               use_local=config.uses_local, use_global=config.uses_global,
-                                               pooled_dim=pooled.get("text"))
-        self.moe = nn.ModuleDict({
-            m: DualRoutingMoE(model_dim, num_classes, routing=config.routing, router_hidden=config.router_hidden,
-                              expert_kind=config.expert_kind, dropout=config.expert_dropout,
-                              concat_mode=config.concat_mode)
-            for m in self.modalities
-        })
+            self.encoders["text"] = TextScales(
+                dims["text"],
+                model_dim,
+                config.pooling_heads,
+                config.dropout,
+                global_source=config.text_global,
+                num_layers=config.text_global_layers,
+                use_local=config.uses_local,
+                use_global=config.uses_global,
+                pooled_dim=pooled.get("text"),
+            )
+        self.moe = nn.ModuleDict(
+            {
+                m: DualRoutingMoE(
+                    model_dim,
+                    num_classes,
+                    routing=config.routing,
+                    router_hidden=config.router_hidden,
+                    expert_kind=config.expert_kind,
+                    dropout=config.expert_dropout,
+                    concat_mode=config.concat_mode,
+                )
+                for m in self.modalities
+            }
+        )
         hidden = int(config.classifier_hidden or model_dim)
         self.fusion: BidirectionalCrossAttention | None = None
         if len(self.modalities) == 2:
@@ -409,8 +492,11 @@ class DualRoutingModel(EmotionModel[Batch]):
             self.single_pooling = None
             classifier_in = 2 * model_dim
         else:
-            self.single_pooling = (AttentionPooling(model_dim, heads=config.pooling_heads, dropout=config.dropout)
-                                   if config.single_modality_pooling == "attention" else None)
+            self.single_pooling = (
+                AttentionPooling(model_dim, heads=config.pooling_heads, dropout=config.dropout)
+                if config.single_modality_pooling == "attention"
+                else None
+            )
             classifier_in = model_dim
         self.classifier = MLP(classifier_in, hidden, num_classes, num_layers=2, dropout=config.classifier_dropout)
 
@@ -418,9 +504,11 @@ class DualRoutingModel(EmotionModel[Batch]):
     def _pooled_width(input_dims: Mapping[str, int], modality: str) -> int:
         key = f"{modality}_pooled"
         if key not in input_dims:
-            raise ConfigError(f"dual_routing: {modality}_global='pooled' reads the {modality} utterance vector, but the "
-                              f"features carry none; declare features.{modality}.utterance (e.g. "
-                              "{name: opensmile:ComParE_2016, level: functionals}) or use the default global source")
+            raise ConfigError(
+                f"dual_routing: {modality}_global='pooled' reads the {modality} utterance vector, but the "
+                f"features carry none; declare features.{modality}.utterance (e.g. "
+                "{name: opensmile:ComParE_2016, level: functionals}) or use the default global source"
+            )
         return int(input_dims[key])
 
     @property
@@ -434,9 +522,14 @@ class DualRoutingModel(EmotionModel[Batch]):
         return module
 
     def _build_fusion(self, config: DualRoutingConfig) -> BidirectionalCrossAttention:
-        return BidirectionalCrossAttention(self.model_dim, heads=config.cross_heads, num_layers=config.cross_layers,
-                                           dropout=config.dropout, ffn=config.cross_attention_ffn,
-                                           ffn_mult=config.cross_ffn_mult)
+        return BidirectionalCrossAttention(
+            self.model_dim,
+            heads=config.cross_heads,
+            num_layers=config.cross_layers,
+            dropout=config.dropout,
+            ffn=config.cross_attention_ffn,
+            ffn_mult=config.cross_ffn_mult,
+        )
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """Load weights; a checkpoint saved before the cross-attention FFN became a config field
@@ -445,25 +538,35 @@ class DualRoutingModel(EmotionModel[Batch]):
         keys = set(state_dict)
         config = self.config
         device = next(self.parameters()).device
-        if (self.fusion is not None and not config.cross_attention_ffn
-                and any(k.startswith("fusion.") and ".ffn." in k for k in keys)):
+        if (
+            self.fusion is not None
+            and not config.cross_attention_ffn
+            and any(k.startswith("fusion.") and ".ffn." in k for k in keys)
+        ):
             self.config = config = replace(config, cross_attention_ffn=True)
             self.fusion = self._build_fusion(config).to(device)
         if config.routing in ("local", "global"):
             other = "global" if config.routing == "local" else "local"
             for m in self.modalities:
                 if not any(k.startswith(f"moe.{m}.{other}_expert.") for k in keys):
-                    self.moe[m] = DualRoutingMoE(self.model_dim, self.num_classes, routing=config.routing,
-                                                 router_hidden=config.router_hidden, expert_kind=config.expert_kind,
-                                                 dropout=config.expert_dropout, single_token=True).to(device)
+                    self.moe[m] = DualRoutingMoE(
+                        self.model_dim,
+                        self.num_classes,
+                        routing=config.routing,
+                        router_hidden=config.router_hidden,
+                        expert_kind=config.expert_kind,
+                        dropout=config.expert_dropout,
+                        single_token=True,
+                    ).to(device)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
 
     def forward(self, batch: Batch) -> ModelOutput:
         missing = [m for m in self.modalities if m not in batch.inputs]
         if missing:
-            raise ConfigError(f"dual_routing was built for {', '.join(self.modalities)} but the batch has no "
-                              f"{', '.join(missing)} input")
+            raise ConfigError(
+                f"dual_routing was built for {', '.join(self.modalities)} but the batch has no "
+                f"{', '.join(missing)} input"
+            )
         aux: dict[str, torch.Tensor] = {}
         aux_losses: dict[str, torch.Tensor] = {}
         tokens: dict[str, torch.Tensor] = {}
@@ -495,7 +598,9 @@ class DualRoutingModel(EmotionModel[Batch]):
             modality = self.modalities[0]
             sequence = tokens[modality]
             if self.single_pooling is not None:
-                fused = self.single_pooling(sequence, torch.ones(sequence.shape[:2], dtype=torch.bool, device=sequence.device))
+                fused = self.single_pooling(
+                    sequence, torch.ones(sequence.shape[:2], dtype=torch.bool, device=sequence.device)
+                )
             else:
                 fused = z[modality]
         return ModelOutput(logits=self.classifier(fused), aux=aux, aux_losses=aux_losses)

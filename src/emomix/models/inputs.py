@@ -52,8 +52,14 @@ class ModalityInput:
 
     def to(self, device: torch.device | str) -> ModalityInput:
         """A copy with every tensor on ``device``."""
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
+        return replace(
+            self,
+            **{
+                f.name: getattr(self, f.name).to(device)
+                for f in fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)
+            },
+        )
 
 
 @dataclass
@@ -145,8 +151,10 @@ class ModelOutput:
 # Plain helpers for building batches from unpadded arrays (as the feature store returns them)
 # ---------------------------------------------------------------------------------------------
 
-def pad_sequences(arrays: Sequence[np.ndarray | torch.Tensor], max_length: int | None = None,
-                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+
+def pad_sequences(
+    arrays: Sequence[np.ndarray | torch.Tensor], max_length: int | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack variable-length ``T_i × ...`` arrays into ``B × T × ...`` with a ``B × T`` mask.
 
     Sequences longer than ``max_length`` are cut; an empty sequence keeps one zero frame marked
@@ -171,18 +179,26 @@ def pad_sequences(arrays: Sequence[np.ndarray | torch.Tensor], max_length: int |
     return out, mask
 
 
-def modality_input(arrays: Sequence[Mapping[str, np.ndarray]], frame_rate: float | None = None,
-                   max_length: int | None = None, layers: Sequence[int] | None = None) -> ModalityInput:
+def modality_input(
+    arrays: Sequence[Mapping[str, np.ndarray]],
+    frame_rate: float | None = None,
+    max_length: int | None = None,
+    layers: Sequence[int] | None = None,
+) -> ModalityInput:
     """Build a :class:`ModalityInput` from per-utterance field dicts (``states``, optional
     ``speech_mask``, ``special_tokens``, ``layer_<k>``, ``pooled``), as the feature store saves them.
     """
     states, mask = pad_sequences([a["states"] for a in arrays], max_length)
     result = ModalityInput(states=states, mask=mask, frame_rate=frame_rate)
     if all("speech_mask" in a for a in arrays):
-        speech, _ = pad_sequences([np.asarray(a["speech_mask"]).astype(bool) for a in arrays], max_length, dtype=torch.bool)
+        speech, _ = pad_sequences(
+            [np.asarray(a["speech_mask"]).astype(bool) for a in arrays], max_length, dtype=torch.bool
+        )
         result.speech_mask = speech & mask
     if all("special_tokens" in a for a in arrays):
-        special, _ = pad_sequences([np.asarray(a["special_tokens"]).astype(bool) for a in arrays], max_length, dtype=torch.bool)
+        special, _ = pad_sequences(
+            [np.asarray(a["special_tokens"]).astype(bool) for a in arrays], max_length, dtype=torch.bool
+        )
         result.special_tokens = special | ~mask
     if layers:
         stacked = [pad_sequences([a[f"layer_{k}"] for a in arrays], max_length)[0] for k in layers]

@@ -35,8 +35,10 @@ _EPS = 1e-8
 
 def _flatten(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not match "
-                         f"(expected logits = targets' shape × C)")
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not match "
+            f"(expected logits = targets' shape × C)"
+        )
     return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long()
 
 
@@ -44,8 +46,13 @@ def _zero(reference: torch.Tensor) -> torch.Tensor:
     return reference.sum() * 0.0
 
 
-def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: torch.Tensor | None = None,
-               gamma: float = 2.0, reduction: str = "mean") -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    gamma: float = 2.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Focal loss ``−α_y (1 − p_y)^γ log p_y`` (Lin et al.) with per-class weights ``alpha``.
 
     ``reduction="mean"`` divides by the sum of the valid rows' ``α_y`` (by the row count when
@@ -67,8 +74,10 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: torch.Tensor 
     if alpha is not None:
         alpha = alpha.to(device=log_p.device, dtype=log_p.dtype)
         if alpha.shape != (flat_logits.shape[-1],):
-            raise ConfigError(f"focal_loss: alpha has shape {tuple(alpha.shape)}, "
-                              f"expected ({flat_logits.shape[-1]},) — one weight per class")
+            raise ConfigError(
+                f"focal_loss: alpha has shape {tuple(alpha.shape)}, "
+                f"expected ({flat_logits.shape[-1]},) — one weight per class"
+            )
         weight = weight * alpha[safe_targets]
     per_row = -weight * modulation * log_p
     if reduction == "none":
@@ -80,8 +89,9 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: torch.Tensor 
     return per_row.sum() / weight.sum().clamp_min(_EPS)
 
 
-def inverse_frequency_alpha(labels: torch.Tensor | np.ndarray | Sequence[int], num_classes: int,
-                            normalise: bool = True) -> torch.Tensor:
+def inverse_frequency_alpha(
+    labels: torch.Tensor | np.ndarray | Sequence[int], num_classes: int, normalise: bool = True
+) -> torch.Tensor:
     """Per-class weights inversely proportional to class frequency in ``labels``.
 
     With ``normalise`` the weights are ``n / (K · n_c)`` (``n`` labelled rows, ``K`` classes
@@ -93,8 +103,10 @@ def inverse_frequency_alpha(labels: torch.Tensor | np.ndarray | Sequence[int], n
     values = values[values != IGNORE_INDEX]
     bad = values[(values < 0) | (values >= num_classes)]
     if bad.numel():
-        raise LabelError(f"inverse_frequency_alpha: label {int(bad[0])} is outside 0..{num_classes - 1}; "
-                         f"check num_classes against the label scheme")
+        raise LabelError(
+            f"inverse_frequency_alpha: label {int(bad[0])} is outside 0..{num_classes - 1}; "
+            f"check num_classes against the label scheme"
+        )
     counts = torch.bincount(values, minlength=num_classes).double()
     present = counts > 0
     if not bool(present.any()):
@@ -129,8 +141,9 @@ def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Te
     return F.cross_entropy(flat_logits, flat_targets, weight=weight, ignore_index=IGNORE_INDEX)
 
 
-def branch_losses(logits_list: Sequence[torch.Tensor], targets: torch.Tensor,
-                  weight: torch.Tensor | None = None) -> torch.Tensor:
+def branch_losses(
+    logits_list: Sequence[torch.Tensor], targets: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sum of the cross-entropies of several branch (per-expert) classifiers on the same targets.
 
     ``weight`` (optional per-class weights) is passed to each cross-entropy.
@@ -140,8 +153,9 @@ def branch_losses(logits_list: Sequence[torch.Tensor], targets: torch.Tensor,
     return torch.stack([_cross_entropy(logits, targets, weight) for logits in logits_list]).sum()
 
 
-def supervised_contrastive_loss(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
-                                temperature: float = 0.1) -> torch.Tensor:
+def supervised_contrastive_loss(
+    a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1
+) -> torch.Tensor:
     """Cross-modal supervised contrastive loss between paired embeddings (e.g. speech ``a``, text ``b``).
 
     Embeddings are L2-normalised; for each anchor ``a_i`` the candidates are every ``b_j`` and the
@@ -169,8 +183,9 @@ def supervised_contrastive_loss(a: torch.Tensor, b: torch.Tensor, labels: torch.
     return loss / 2
 
 
-def kl_to_gate(expert_probs: Sequence[torch.Tensor], gated_probs: torch.Tensor,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+def kl_to_gate(
+    expert_probs: Sequence[torch.Tensor], gated_probs: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean ``KL(gated ‖ expert_e)`` over experts and rows: pulls each expert's class distribution
     towards the gated prediction (zero when every expert equals the gate).
 
@@ -193,4 +208,3 @@ def kl_to_gate(expert_probs: Sequence[torch.Tensor], gated_probs: torch.Tensor,
             flat = flat[keep]
         divergences.append((gate * (log_gate - flat.clamp_min(_EPS).log())).sum(dim=-1).mean())
     return torch.stack(divergences).mean()
-

@@ -73,8 +73,10 @@ from emomix.models.blocks import MLP, CrossAttentionLayer, DialogueContext
 from emomix.models.inputs import DialogueBatch, ModelOutput
 from emomix.models.losses import branch_losses, kl_to_gate, supervised_contrastive_loss
 
-PAPER = ("Dutta, Balaji & Ganapathy. A Mixture-of-Experts model for multimodal emotion recognition in "
-         "conversations (MiSTER-E). Computer Speech & Language 2026")
+PAPER = (
+    "Dutta, Balaji & Ganapathy. A Mixture-of-Experts model for multimodal emotion recognition in "
+    "conversations (MiSTER-E). Computer Speech & Language 2026"
+)
 EXPERTS = ("speech", "text", "cross")
 _MODALITY_OF = {"speech": "audio", "text": "text"}
 _EPS = 1e-8
@@ -106,9 +108,13 @@ class MisterEConfig(ModelConfig):
         if "video" in self.modalities:
             raise ConfigError("MisterEConfig.modalities: MiSTER-E has speech and text experts only; drop 'video'")
         if self.hidden_dim < 2 or self.hidden_dim % 2:
-            raise ConfigError(f"MisterEConfig.hidden_dim must be even (the BiGRU's two directions share it); got {self.hidden_dim}")
+            raise ConfigError(
+                f"MisterEConfig.hidden_dim must be even (the BiGRU's two directions share it); got {self.hidden_dim}"
+            )
         if self.hidden_dim % self.cross_heads:
-            raise ConfigError(f"MisterEConfig.hidden_dim ({self.hidden_dim}) must be divisible by cross_heads ({self.cross_heads})")
+            raise ConfigError(
+                f"MisterEConfig.hidden_dim ({self.hidden_dim}) must be divisible by cross_heads ({self.cross_heads})"
+            )
         if self.context_kernel < 1 or self.context_kernel % 2 == 0:
             raise ConfigError(f"MisterEConfig.context_kernel must be odd and positive; got {self.context_kernel}")
         self.require_positive("gate_hidden")
@@ -144,10 +150,12 @@ class TrainingStandardiser(nn.Module):
 @register_model("mister_e", "MiSTER-E: speech, text and cross-modal experts over dialogue context, gated per utterance")
 @register_model("mister_e_no_context", "MiSTER-E ablation: no context modelling (per-utterance MLP)", context=False)
 @register_model("mister_e_no_supcon", "MiSTER-E ablation: no supervised contrastive loss", lambda_scl=0.0)
-@register_model("mister_e_no_kl", "MiSTER-E ablation: no KL term between the experts and the gated prediction",
-                lambda_kl=0.0)
-@register_model("mister_e_uniform_gate", "MiSTER-E ablation: no gate (uniform mixture of the three experts)",
-                gate="uniform")
+@register_model(
+    "mister_e_no_kl", "MiSTER-E ablation: no KL term between the experts and the gated prediction", lambda_kl=0.0
+)
+@register_model(
+    "mister_e_uniform_gate", "MiSTER-E ablation: no gate (uniform mixture of the three experts)", gate="uniform"
+)
 @register_model("mister_e_text", "MiSTER-E with text only (the text expert alone)", modalities=("text",))
 @register_model("mister_e_audio", "MiSTER-E with speech only (the speech expert alone)", modalities=("audio",))
 class MisterE(EmotionModel[DialogueBatch]):
@@ -171,36 +179,51 @@ class MisterE(EmotionModel[DialogueBatch]):
         input_dims = dict(input_dims)
         if self.dialogue_pooling and "audio" in config.modalities:
             if "audio_pooled" not in input_dims:
-                raise ConfigError(f"{self.name}: speech_source='pooled' needs the audio utterance vector "
-                                  "(input_dims['audio_pooled']); declare features.audio.utterance or use 'mean'")
+                raise ConfigError(
+                    f"{self.name}: speech_source='pooled' needs the audio utterance vector "
+                    "(input_dims['audio_pooled']); declare features.audio.utterance or use 'mean'"
+                )
             input_dims["audio"] = input_dims["audio_pooled"]
         self.streams = tuple(name for name in ("speech", "text") if _MODALITY_OF[name] in config.modalities)
         self.expert_names = self.streams + (("cross",) if len(self.streams) == 2 else ())
         self.standardise: nn.ModuleDict | None = None
         if config.input_standardise:
-            self.standardise = nn.ModuleDict({name: TrainingStandardiser(input_dims[_MODALITY_OF[name]])
-                                              for name in self.streams})
-        self.project = nn.ModuleDict({
-            name: nn.Sequential(nn.Linear(input_dims[_MODALITY_OF[name]], hidden), nn.GELU(), nn.Dropout(config.dropout))
-            for name in self.streams
-        })
+            self.standardise = nn.ModuleDict(
+                {name: TrainingStandardiser(input_dims[_MODALITY_OF[name]]) for name in self.streams}
+            )
+        self.project = nn.ModuleDict(
+            {
+                name: nn.Sequential(
+                    nn.Linear(input_dims[_MODALITY_OF[name]], hidden), nn.GELU(), nn.Dropout(config.dropout)
+                )
+                for name in self.streams
+            }
+        )
         if config.context:
-            self.context = nn.ModuleDict({name: DialogueContext(hidden, hidden // 2, kernel_size=config.context_kernel,
-                                                                dropout=config.dropout) for name in self.streams})
+            self.context = nn.ModuleDict(
+                {
+                    name: DialogueContext(
+                        hidden, hidden // 2, kernel_size=config.context_kernel, dropout=config.dropout
+                    )
+                    for name in self.streams
+                }
+            )
         else:
-            self.context = nn.ModuleDict({name: MLP(hidden, hidden, hidden, num_layers=2, dropout=config.dropout)
-                                          for name in self.streams})
-        self.heads = nn.ModuleDict({name: MLP(hidden, hidden, num_classes, num_layers=2, dropout=config.dropout)
-                                    for name in self.streams})
+            self.context = nn.ModuleDict(
+                {name: MLP(hidden, hidden, hidden, num_layers=2, dropout=config.dropout) for name in self.streams}
+            )
+        self.heads = nn.ModuleDict(
+            {name: MLP(hidden, hidden, num_classes, num_layers=2, dropout=config.dropout) for name in self.streams}
+        )
         if "cross" in self.expert_names:
             self.speech_over_text = CrossAttentionLayer(hidden, heads=config.cross_heads, dropout=config.dropout)
             self.text_over_speech = CrossAttentionLayer(hidden, heads=config.cross_heads, dropout=config.dropout)
             self.heads["cross"] = MLP(2 * hidden, hidden, num_classes, num_layers=2, dropout=config.dropout)
         self.gate: MLP | None = None
         if len(self.expert_names) > 1 and config.gate == "learned":
-            self.gate = MLP(2 * hidden, config.gate_hidden, len(self.expert_names), num_layers=2,
-                            dropout=config.dropout)
-
+            self.gate = MLP(
+                2 * hidden, config.gate_hidden, len(self.expert_names), num_layers=2, dropout=config.dropout
+            )
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """Load weights; a checkpoint saved without input standardisation (every model before the
@@ -216,8 +239,10 @@ class MisterE(EmotionModel[DialogueBatch]):
             raise ConfigError(f"model {self.name!r} takes dialogue batches (DialogueBatch), got {type(batch).__name__}")
         absent = [_MODALITY_OF[name] for name in self.streams if _MODALITY_OF[name] not in batch.inputs]
         if absent:
-            raise MissingDataError(f"the dialogue batch lacks {', '.join(absent)} inputs the model was built for "
-                                   f"(it has {', '.join(batch.inputs) or 'none'})")
+            raise MissingDataError(
+                f"the dialogue batch lacks {', '.join(absent)} inputs the model was built for "
+                f"(it has {', '.join(batch.inputs) or 'none'})"
+            )
         mask = batch.mask.to(torch.bool)
         enriched = {}
         for name in self.streams:
@@ -232,14 +257,16 @@ class MisterE(EmotionModel[DialogueBatch]):
         if "cross" in self.expert_names:
             speech, text = enriched["speech"], enriched["text"]
             if self.config.context:
-                cross = torch.cat([self.speech_over_text(speech, text, mask),
-                                   self.text_over_speech(text, speech, mask)], dim=-1)
+                cross = torch.cat(
+                    [self.speech_over_text(speech, text, mask), self.text_over_speech(text, speech, mask)], dim=-1
+                )
             else:
                 # without context an utterance may not see its neighbours: each attends over its own
                 # other-modality vector only (one key, so attention is a learned projection of it)
                 flat_s, flat_t = speech.reshape(-1, 1, speech.shape[-1]), text.reshape(-1, 1, text.shape[-1])
-                cross = torch.cat([self.speech_over_text(flat_s, flat_t), self.text_over_speech(flat_t, flat_s)],
-                                  dim=-1).reshape(*mask.shape, -1)
+                cross = torch.cat(
+                    [self.speech_over_text(flat_s, flat_t), self.text_over_speech(flat_t, flat_s)], dim=-1
+                ).reshape(*mask.shape, -1)
             logits["cross"] = self.heads["cross"](cross)
         if self.gate is not None:
             gate = torch.softmax(self.gate(torch.cat([enriched["speech"], enriched["text"]], dim=-1)), dim=-1)
@@ -272,8 +299,9 @@ class MisterE(EmotionModel[DialogueBatch]):
         total = nll + config.lambda_expert * expert
         parts = {"nll": float(nll.detach()), "expert_ce": float(expert.detach())}
         if len(self.streams) == 2 and config.lambda_scl > 0:
-            scl = supervised_contrastive_loss(output.aux["embedding_speech"], output.aux["embedding_text"], labels,
-                                              temperature=config.scl_temperature)
+            scl = supervised_contrastive_loss(
+                output.aux["embedding_speech"], output.aux["embedding_text"], labels, temperature=config.scl_temperature
+            )
             total = total + config.lambda_scl * scl
             parts["scl"] = float(scl.detach())
         if len(self.streams) == 2 and config.lambda_kl > 0:

@@ -131,24 +131,36 @@ class MPAFConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        self.require_choice(fusion=("multipath", "concat"), text_source=("cls", "pooled"), lstm_init=LSTM_INITS,
-                            video_frontend=VIDEO_FRONTENDS)
+        self.require_choice(
+            fusion=("multipath", "concat"),
+            text_source=("cls", "pooled"),
+            lstm_init=LSTM_INITS,
+            video_frontend=VIDEO_FRONTENDS,
+        )
         self.require_choice(audio_source=("lstm", "pooled"))
         self.video_cnn_channels = tuple(int(c) for c in self.video_cnn_channels)
         if not self.video_cnn_channels or any(c <= 0 for c in self.video_cnn_channels):
-            raise ConfigError(f"{type(self).__name__}.video_cnn_channels: expected positive channel widths, "
-                              f"got {list(self.video_cnn_channels)}")
+            raise ConfigError(
+                f"{type(self).__name__}.video_cnn_channels: expected positive channel widths, "
+                f"got {list(self.video_cnn_channels)}"
+            )
         if not 0 <= self.video_rotate_degrees <= 45:
-            raise ConfigError(f"{type(self).__name__}.video_rotate_degrees: expected 0 to 45 degrees, "
-                              f"got {self.video_rotate_degrees}")
+            raise ConfigError(
+                f"{type(self).__name__}.video_rotate_degrees: expected 0 to 45 degrees, got {self.video_rotate_degrees}"
+            )
         if not 0.5 <= self.video_crop_scale <= 1:
-            raise ConfigError(f"{type(self).__name__}.video_crop_scale: expected a fraction from 0.5 to 1, "
-                              f"got {self.video_crop_scale}")
+            raise ConfigError(
+                f"{type(self).__name__}.video_crop_scale: expected a fraction from 0.5 to 1, "
+                f"got {self.video_crop_scale}"
+            )
         self.require_positive("video_frame_dim")
         if not self.chrono_max_frames > 2:
-            raise ConfigError(f"{type(self).__name__}.chrono_max_frames: expected more than 2 frames, "
-                              f"got {self.chrono_max_frames}")
-        self.require_positive("audio_hidden", "video_hidden", "pair_dim", "pair_hidden", "classifier_hidden", "classifier_layers")
+            raise ConfigError(
+                f"{type(self).__name__}.chrono_max_frames: expected more than 2 frames, got {self.chrono_max_frames}"
+            )
+        self.require_positive(
+            "audio_hidden", "video_hidden", "pair_dim", "pair_hidden", "classifier_hidden", "classifier_layers"
+        )
         self.require_fraction("pair_dropout", "feature_dropout", "classifier_dropout")
         self.require_non_negative("focal_gamma")
 
@@ -170,14 +182,17 @@ class FaceVideoEncoder(nn.Module):
         self.augment = bool(config.video_augment)
         self.rotate_degrees, self.crop_scale = float(config.video_rotate_degrees), float(config.video_crop_scale)
         self.cnn = FaceFrameCNN(self.crop_size, config.video_cnn_channels, config.video_frame_dim)
-        self.lstm = LastStateLSTM(config.video_frame_dim, config.video_hidden, config.lstm_init,
-                                  config.chrono_max_frames)
+        self.lstm = LastStateLSTM(
+            config.video_frame_dim, config.video_hidden, config.lstm_init, config.chrono_max_frames
+        )
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if states.dim() != 4 or tuple(states.shape[2:]) != (self.crop_size, self.crop_size):
-            raise ConfigError(f"MPAF-Net's video CNN reads B × T × {self.crop_size} × {self.crop_size} face crops, got "
-                              f"video states of shape {tuple(states.shape)}; extract video with the 'faces' encoder "
-                              "(or set model.config.video_frontend: frames for per-frame feature vectors)")
+            raise ConfigError(
+                f"MPAF-Net's video CNN reads B × T × {self.crop_size} × {self.crop_size} face crops, got "
+                f"video states of shape {tuple(states.shape)}; extract video with the 'faces' encoder "
+                "(or set model.config.video_frontend: frames for per-frame feature vectors)"
+            )
         mask = mask.bool()
         frames = states[mask].float() / 255.0
         if self.training and self.augment:
@@ -214,15 +229,20 @@ class LastStateLSTM(nn.Module):
 
 
 @register_model("mpaf_net", "MPAF-Net: unimodal vectors plus pairwise sigmoid-attention interactions, side by side")
-@register_model("mpaf_net_text", "MPAF-Net on text only (the text vector alone into the classifier)", modalities=("text",))
-@register_model("mpaf_net_audio", "MPAF-Net on audio only (the audio LSTM state alone into the classifier)",
-                modalities=("audio",))
+@register_model(
+    "mpaf_net_text", "MPAF-Net on text only (the text vector alone into the classifier)", modalities=("text",)
+)
+@register_model(
+    "mpaf_net_audio", "MPAF-Net on audio only (the audio LSTM state alone into the classifier)", modalities=("audio",)
+)
 class MPAFNetModel(EmotionModel[Batch]):
     """MPAF-Net: multi-path attention fusion of text, audio and video vectors (see the module docstring)."""
 
     name = "mpaf_net"
-    paper = ("Li, Qi, Deng & Shi. Research on Multimodal Emotion Recognition Method Based on Multi-Path Feature "
-             "Fusion and Comprehensive Optimization Strategy (MPAF-Net). Current Science (currentscience.info)")
+    paper = (
+        "Li, Qi, Deng & Shi. Research on Multimodal Emotion Recognition Method Based on Multi-Path Feature "
+        "Fusion and Comprehensive Optimization Strategy (MPAF-Net). Current Science (currentscience.info)"
+    )
     config_class = MPAFConfig
     config: MPAFConfig
     batch_kind = "utterance"
@@ -236,65 +256,86 @@ class MPAFNetModel(EmotionModel[Batch]):
         if "text" in self.modalities:
             if config.text_source == "pooled":
                 if "text_pooled" not in input_dims:
-                    raise ConfigError(f"{self.name}: text_source='pooled' needs input_dims['text_pooled'] (the width of "
-                                      "the text pooled vector); give it or set text_source='cls'")
+                    raise ConfigError(
+                        f"{self.name}: text_source='pooled' needs input_dims['text_pooled'] (the width of "
+                        "the text pooled vector); give it or set text_source='cls'"
+                    )
                 widths["text"] = int(input_dims["text_pooled"])
             else:
                 widths["text"] = int(input_dims["text"])
         if "audio" in self.modalities and config.audio_source == "pooled":  # the utterance vector, no LSTM
             if "audio_pooled" not in input_dims:
-                raise ConfigError(f"{self.name}: audio_source='pooled' needs the audio utterance vector "
-                                  "(input_dims['audio_pooled']); declare features.audio.utterance or set audio_source='lstm'")
+                raise ConfigError(
+                    f"{self.name}: audio_source='pooled' needs the audio utterance vector "
+                    "(input_dims['audio_pooled']); declare features.audio.utterance or set audio_source='lstm'"
+                )
             widths["audio"] = int(input_dims["audio_pooled"])
         elif "audio" in self.modalities:
-            self.encoders["audio"] = LastStateLSTM(int(input_dims["audio"]), config.audio_hidden, config.lstm_init,
-                                                   config.chrono_max_frames)
+            self.encoders["audio"] = LastStateLSTM(
+                int(input_dims["audio"]), config.audio_hidden, config.lstm_init, config.chrono_max_frames
+            )
             widths["audio"] = config.audio_hidden
         if "video" in self.modalities:
             if config.video_frontend == "cnn":
                 self.encoders["video"] = FaceVideoEncoder(int(input_dims["video"]), config)
             else:
-                self.encoders["video"] = LastStateLSTM(int(input_dims["video"]), config.video_hidden, config.lstm_init,
-                                                       config.chrono_max_frames)
+                self.encoders["video"] = LastStateLSTM(
+                    int(input_dims["video"]), config.video_hidden, config.lstm_init, config.chrono_max_frames
+                )
             widths["video"] = config.video_hidden
         self.widths = widths
         self.feature_dropout = nn.Dropout(config.feature_dropout)
         self.pairs: tuple[tuple[str, str], ...] = ()
         self.pair_modules = nn.ModuleDict()
         if config.fusion == "multipath":
-            self.pairs = tuple((first, second) for i, first in enumerate(self.modalities)
-                               for second in self.modalities[i + 1:])
+            self.pairs = tuple(
+                (first, second) for i, first in enumerate(self.modalities) for second in self.modalities[i + 1 :]
+            )
             for first, second in self.pairs:
                 self.pair_modules[SHORT[first] + SHORT[second]] = PairwiseSigmoidAttention(
-                    widths[first], widths[second], config.pair_dim, hidden_dim=config.pair_hidden,
-                    dropout=config.pair_dropout)
+                    widths[first],
+                    widths[second],
+                    config.pair_dim,
+                    hidden_dim=config.pair_hidden,
+                    dropout=config.pair_dropout,
+                )
         fused_width = sum(widths.values()) + len(self.pairs) * config.pair_dim
-        self.classifier = MLP(fused_width, config.classifier_hidden, num_classes,
-                              num_layers=config.classifier_layers, dropout=config.classifier_dropout,
-                              activation="relu")
-
+        self.classifier = MLP(
+            fused_width,
+            config.classifier_hidden,
+            num_classes,
+            num_layers=config.classifier_layers,
+            dropout=config.classifier_dropout,
+            activation="relu",
+        )
 
     def encode(self, modality: str, inputs: ModalityInput) -> torch.Tensor:
         """The utterance vector of one modality (``B × width``)."""
         if modality == "text":
             if self.config.text_source == "pooled":
                 if inputs.pooled is None:
-                    raise ConfigError(f"{self.name}: text_source='pooled' but the batch's text input has no pooled "
-                                      "vectors; extract them or set text_source='cls'")
+                    raise ConfigError(
+                        f"{self.name}: text_source='pooled' but the batch's text input has no pooled "
+                        "vectors; extract them or set text_source='cls'"
+                    )
                 return inputs.pooled
             return inputs.states[:, 0, :]
         if modality == "audio" and self.config.audio_source == "pooled":
             if inputs.pooled is None:
-                raise ConfigError(f"{self.name}: audio_source='pooled' but the batch's audio input has no pooled "
-                                  "vectors; declare features.audio.utterance or set audio_source='lstm'")
+                raise ConfigError(
+                    f"{self.name}: audio_source='pooled' but the batch's audio input has no pooled "
+                    "vectors; declare features.audio.utterance or set audio_source='lstm'"
+                )
             return inputs.pooled
         return self.encoders[modality](inputs.states, inputs.mask)
 
     def forward(self, batch: Batch) -> ModelOutput:
         missing = [m for m in self.modalities if m not in batch.inputs]
         if missing:
-            raise ConfigError(f"{self.name} was built for {', '.join(self.modalities)} but the batch has no "
-                              f"{', '.join(missing)} input")
+            raise ConfigError(
+                f"{self.name} was built for {', '.join(self.modalities)} but the batch has no "
+                f"{', '.join(missing)} input"
+            )
         vectors = {m: self.encode(m, batch.inputs[m]) for m in self.modalities}
         aux: dict[str, torch.Tensor] = {f"h_{m}": v for m, v in vectors.items()}
         paths = [self.feature_dropout(vectors[m]) for m in self.modalities]
@@ -312,8 +353,13 @@ class MPAFNetModel(EmotionModel[Batch]):
         return total, {name: float(total.detach()), "total": float(total.detach())}
 
 
-@register_model("concat_fusion", "Early-fusion baseline: [h_t; h_a; h_v] from MPAF-Net's encoders into an MLP, weighted CE",
-                fusion="concat", focal_gamma=0.0, classifier_dropout=0.2)
+@register_model(
+    "concat_fusion",
+    "Early-fusion baseline: [h_t; h_a; h_v] from MPAF-Net's encoders into an MLP, weighted CE",
+    fusion="concat",
+    focal_gamma=0.0,
+    classifier_dropout=0.2,
+)
 class ConcatFusionModel(MPAFNetModel):
     """The MPAF-Net paper's baseline: concatenated unimodal vectors into an MLP (``fusion="concat"``)."""
 
@@ -332,5 +378,5 @@ def chrono_init(lstm: nn.LSTM, max_frames: float) -> None:
             bias.zero_()
             if name.startswith("bias_ih"):
                 forget = torch.log(torch.empty(hidden).uniform_(1.0, max_frames - 1.0))
-                bias[hidden:2 * hidden] = forget
+                bias[hidden : 2 * hidden] = forget
                 bias[:hidden] = -forget

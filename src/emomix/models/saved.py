@@ -46,8 +46,16 @@ from emomix.models.base import EmotionModel, create_model, model_info
 from emomix.models.collate import flat_logits, flat_rows
 from emomix.models.inputs import Batch, DialogueBatch, ModelOutput
 
-__all__ = ["CARD_FILE", "MODEL_FORMAT", "WEIGHTS_FILE", "TrainedModel", "load_weights", "predict_rows",
-           "read_model_card", "save_weights"]
+__all__ = [
+    "CARD_FILE",
+    "MODEL_FORMAT",
+    "WEIGHTS_FILE",
+    "TrainedModel",
+    "load_weights",
+    "predict_rows",
+    "read_model_card",
+    "save_weights",
+]
 
 MODEL_FORMAT = "emomix.model/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -60,8 +68,9 @@ FineTune = Mapping[str, tuple[Any, int, list[int]]]
 class LayerwiseEncoder(Protocol):
     """An encoder that runs its layers above a stored boundary state (speech SSL, text)."""
 
-    def forward_from_layer(self, hidden: torch.Tensor, mask: torch.Tensor, start_layer: int,
-                           output_hidden_states: bool = False) -> EncoderOutput: ...
+    def forward_from_layer(
+        self, hidden: torch.Tensor, mask: torch.Tensor, start_layer: int, output_hidden_states: bool = False
+    ) -> EncoderOutput: ...
 
 
 class TrainedModel(nn.Module):
@@ -72,15 +81,19 @@ class TrainedModel(nn.Module):
     layers to stack as ``layer_states``. ``metadata``: the model card (``model.json``).
     """
 
-    def __init__(self, model: EmotionModel[Any], fine_tune: FineTune | None = None,
-                 metadata: Mapping[str, Any] | None = None):
+    def __init__(
+        self, model: EmotionModel[Any], fine_tune: FineTune | None = None, metadata: Mapping[str, Any] | None = None
+    ):
         super().__init__()
         self.model = model
         self.encoders = nn.ModuleDict({m: spec[0] for m, spec in (fine_tune or {}).items()})
         self.boundaries = {m: (int(spec[1]), list(spec[2])) for m, spec in (fine_tune or {}).items()}
         #: a dialogue model's per-utterance pooling of each fine-tuned modality (as its frozen path pools)
-        self.token_pooling = ({m: dialogue_token_pooling(model, m) for m in self.boundaries}
-                              if getattr(model, "batch_kind", "utterance") == "dialogue" else {})
+        self.token_pooling = (
+            {m: dialogue_token_pooling(model, m) for m in self.boundaries}
+            if getattr(model, "batch_kind", "utterance") == "dialogue"
+            else {}
+        )
         self.standardise: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.metadata: dict[str, Any] = dict(metadata or {})
 
@@ -89,11 +102,15 @@ class TrainedModel(nn.Module):
         """Class names in logit order (from the card)."""
         return [str(c) for c in self.metadata.get("classes") or []]
 
-    def set_standardisation(self, modality: str, mean: torch.Tensor | np.ndarray, std: torch.Tensor | np.ndarray
-                            ) -> None:
+    def set_standardisation(
+        self, modality: str, mean: torch.Tensor | np.ndarray, std: torch.Tensor | np.ndarray
+    ) -> None:
         """Z-score ``modality``'s input states with statistics of the fold's training part; saved
         with the weights, so inference applies the same."""
-        self.standardise[modality] = (torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32))
+        self.standardise[modality] = (
+            torch.as_tensor(mean, dtype=torch.float32),
+            torch.as_tensor(std, dtype=torch.float32),
+        )
 
     # -- forward ------------------------------------------------------------------------------
 
@@ -129,8 +146,10 @@ class TrainedModel(nn.Module):
         for modality, (boundary, _layers) in self.boundaries.items():
             given = tokens.pop(modality, None)
             if given is None:
-                raise MissingDataError(f"the dialogue batch carries no {modality} token states for the fine-tuned "
-                                       f"{modality} encoder layers; collate it with token_modalities=[{modality!r}]")
+                raise MissingDataError(
+                    f"the dialogue batch carries no {modality} token states for the fine-tuned "
+                    f"{modality} encoder layers; collate it with token_modalities=[{modality!r}]"
+                )
             encoder: Any = self.encoders[modality]  # a layerwise encoder (text or speech SSL)
             out = encoder.forward_from_layer(given.states, given.mask, boundary)
             pooled = pool_tokens(out.states, given.mask, self.token_pooling.get(modality, "mean"))
@@ -150,7 +169,9 @@ class TrainedModel(nn.Module):
                 continue
             given = inputs[modality]
             states = (given.states - mean.to(given.states.device)) / std.to(given.states.device)
-            inputs[modality] = replace(given, states=torch.where(given.mask.unsqueeze(-1), states, torch.zeros_like(states)))
+            inputs[modality] = replace(
+                given, states=torch.where(given.mask.unsqueeze(-1), states, torch.zeros_like(states))
+            )
         return Batch(inputs=inputs, labels=batch.labels, edges=batch.edges, utt_ids=batch.utt_ids)
 
     # -- weights ------------------------------------------------------------------------------
@@ -173,14 +194,16 @@ class TrainedModel(nn.Module):
             if key.startswith("standardise.") and key.endswith(".mean"):
                 modality = key.split(".")[1]
                 self.set_standardisation(modality, state[key], state[f"standardise.{modality}.std"])
-        model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        model_state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state)
-        encoder_state = {k[len("encoders."):]: v for k, v in state.items() if k.startswith("encoders.")}
+        encoder_state = {k[len("encoders.") :]: v for k, v in state.items() if k.startswith("encoders.")}
         if encoder_state:
             missing = self.encoders.load_state_dict(encoder_state, strict=False)
             if missing.unexpected_keys:
-                raise ConfigError(f"the checkpoint has encoder weights this model does not have: {missing.unexpected_keys[:3]}; "
-                                  "its model.json and model.safetensors come from different runs")
+                raise ConfigError(
+                    f"the checkpoint has encoder weights this model does not have: {missing.unexpected_keys[:3]}; "
+                    "its model.json and model.safetensors come from different runs"
+                )
 
     # -- files --------------------------------------------------------------------------------
 
@@ -196,8 +219,9 @@ class TrainedModel(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, encoders: Mapping[str, Any] | None = None,
-                        device: str | torch.device = "cpu") -> TrainedModel:
+    def from_pretrained(
+        cls, folder: str | Path, encoders: Mapping[str, Any] | None = None, device: str | torch.device = "cpu"
+    ) -> TrainedModel:
         """Load a checkpoint folder (``model.json`` + ``model.safetensors``), in eval mode on ``device``.
 
         ``encoders``: per modality, the encoder object to fine-tune-load into (the predictor
@@ -237,9 +261,11 @@ def dialogue_token_pooling(model: Any, modality: str) -> str:
     pooling = dict(getattr(model, "dialogue_pooling", None) or {}).get(modality, "mean")
     if pooling not in ("mean", "mean_std"):
         name = getattr(model, "name", type(model).__name__)
-        raise ConfigError(f"{name} reads the stored {pooling!r} {modality} utterance vector, not a pooling of the "
-                          f"encoder's states, so it cannot fine-tune the {modality} encoder's layers; set "
-                          f"features.{modality}.trainable_top_layers: 0 (or pool the states, e.g. speech_source: mean)")
+        raise ConfigError(
+            f"{name} reads the stored {pooling!r} {modality} utterance vector, not a pooling of the "
+            f"encoder's states, so it cannot fine-tune the {modality} encoder's layers; set "
+            f"features.{modality}.trainable_top_layers: 0 (or pool the states, e.g. speech_source: mean)"
+        )
     return pooling
 
 
@@ -273,7 +299,9 @@ def read_model_card(folder: str | Path) -> dict[str, Any]:
     return card
 
 
-def save_weights(state: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
+def save_weights(
+    state: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None
+) -> Path:
     """Write tensors as safetensors (never pickle) through a temporary file renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,11 +316,14 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) for a damaged file
-        raise ConfigError(f"{path} is damaged ({type(exc).__name__}); copy the checkpoint again or retrain the fold") from None
+        raise ConfigError(
+            f"{path} is damaged ({type(exc).__name__}); copy the checkpoint again or retrain the fold"
+        ) from None
 
 
-def predict_rows(module: nn.Module, batches: Iterable[Batch | DialogueBatch]
-                 ) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def predict_rows(
+    module: nn.Module, batches: Iterable[Batch | DialogueBatch]
+) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Ids, probabilities ``N × C``, label indices and per-row aux arrays over ``batches``, in eval mode.
 
     ``module`` is anything that maps a batch to a :class:`ModelOutput` (a :class:`TrainedModel`,
@@ -325,8 +356,12 @@ def predict_rows(module: nn.Module, batches: Iterable[Batch | DialogueBatch]
             module.train(True)
     count = len(ids)
     joined = {name: np.concatenate(parts) for name, parts in aux.items()}
-    return (ids, np.concatenate(probs) if probs else np.zeros((0, 0)), np.concatenate(labels) if labels else np.zeros(0, np.int64),
-            {name: value for name, value in joined.items() if len(value) == count})
+    return (
+        ids,
+        np.concatenate(probs) if probs else np.zeros((0, 0)),
+        np.concatenate(labels) if labels else np.zeros(0, np.int64),
+        {name: value for name, value in joined.items() if len(value) == count},
+    )
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -83,17 +83,28 @@ class ServiceLimits:
     """Threads that decode uploads and run predictions (the predictor itself is called under a lock)."""
     max_pending: int = 64
     """Requests waiting or running at once before new ones are refused with 503."""
-    allowed_content_types: tuple[str, ...] = ("audio/*", "application/octet-stream", "video/webm", "video/ogg",
-                                              "video/mp4")
+    allowed_content_types: tuple[str, ...] = (
+        "audio/*",
+        "application/octet-stream",
+        "video/webm",
+        "video/ogg",
+        "video/mp4",
+    )
     """Accepted upload content types (``type/*`` matches a whole family); others get 415.
 
     ``video/webm``, ``video/ogg`` and ``video/mp4`` are here because browsers label WebM/Ogg/MP4
     files and some recordings with the video type although only the audio track is read."""
 
     def __post_init__(self) -> None:
-        checks = {"max_upload_bytes": self.max_upload_bytes, "max_duration_s": self.max_duration_s,
-                  "max_batch_items": self.max_batch_items, "max_text_chars": self.max_text_chars,
-                  "timeout_s": self.timeout_s, "worker_threads": self.worker_threads, "max_pending": self.max_pending}
+        checks = {
+            "max_upload_bytes": self.max_upload_bytes,
+            "max_duration_s": self.max_duration_s,
+            "max_batch_items": self.max_batch_items,
+            "max_text_chars": self.max_text_chars,
+            "timeout_s": self.timeout_s,
+            "worker_threads": self.worker_threads,
+            "max_pending": self.max_pending,
+        }
         for name, value in checks.items():
             if not value > 0:
                 raise ConfigError(f"service limit {name} must be positive, got {value}")
@@ -136,8 +147,11 @@ def error_body(kind: str, message: str) -> dict[str, Any]:
 UNREADABLE_AUDIO = "could not be read as audio; send a WAV, FLAC, OGG, MP3 or WebM/MP4 audio file"
 INTERNAL_ERROR = "the prediction failed because of an error in the server; the details are in the server log"
 # What must never reach a client: object reprs, decoder diagnostics, file-system paths, tracebacks.
-_LEAK = re.compile(r"0x[0-9a-fA-F]{4,}|<_io\.|<[A-Za-z_.]+ object|libsndfile|ffmpeg|Traceback|/tmp/|"
-                   r"(?:^|[\s(:'\"])(?:/[\w.+-]+){2,}|[A-Za-z]:\\", re.IGNORECASE)
+_LEAK = re.compile(
+    r"0x[0-9a-fA-F]{4,}|<_io\.|<[A-Za-z_.]+ object|libsndfile|ffmpeg|Traceback|/tmp/|"
+    r"(?:^|[\s(:'\"])(?:/[\w.+-]+){2,}|[A-Za-z]:\\",
+    re.IGNORECASE,
+)
 # How the predictor names an in-memory input in its messages ("<array (16000,) float32>: ...").
 _INPUT_NAME = re.compile(r"<(?:array|uploaded audio)[^>]*>|input \d+")
 
@@ -174,8 +188,9 @@ class PredictorLike(Protocol):
 
     def info(self) -> dict[str, Any]: ...
 
-    def predict(self, audio: Any = None, text: str | None = None, sample_rate: int | None = None,
-                speaker: str | None = None) -> dict[str, Any]: ...
+    def predict(
+        self, audio: Any = None, text: str | None = None, sample_rate: int | None = None, speaker: str | None = None
+    ) -> dict[str, Any]: ...
 
     def predict_many(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
 
@@ -200,7 +215,7 @@ class _Upload:
 def _display_name(filename: str | None) -> str:
     """The client's file name for messages and format sniffing: the last component only, short."""
     name = PurePosixPath((filename or "").replace("\\", "/")).name.strip()
-    return (name[:100] or "upload")
+    return name[:100] or "upload"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,14 +324,21 @@ class PredictionService:
         display name."""
         name = _display_name(filename)
         if not self.limits.accepts(content_type):
-            raise ServiceError(415, "unsupported_media_type",
-                               f"{name}: content type {content_type!r} is not accepted; send audio "
-                               f"({', '.join(self.limits.allowed_content_types)})")
+            raise ServiceError(
+                415,
+                "unsupported_media_type",
+                f"{name}: content type {content_type!r} is not accepted; send audio "
+                f"({', '.join(self.limits.allowed_content_types)})",
+            )
         if not data:
             raise ServiceError(422, "empty_file", f"{name}: the uploaded file is empty (0 bytes)")
         if len(data) > self.limits.max_upload_bytes:
-            raise ServiceError(413, "payload_too_large", f"{name}: {_megabytes(len(data))} is larger than the limit of "
-                               f"{_megabytes(self.limits.max_upload_bytes)} per file")
+            raise ServiceError(
+                413,
+                "payload_too_large",
+                f"{name}: {_megabytes(len(data))} is larger than the limit of "
+                f"{_megabytes(self.limits.max_upload_bytes)} per file",
+            )
         return name
 
     def check_text(self, value: str | None, field_name: str) -> str | None:
@@ -324,8 +346,11 @@ class PredictionService:
         if value is None or not value.strip():
             return None
         if len(value) > self.limits.max_text_chars:
-            raise ServiceError(422, "text_too_long",
-                               f"{field_name} has {len(value)} characters; the limit is {self.limits.max_text_chars}")
+            raise ServiceError(
+                422,
+                "text_too_long",
+                f"{field_name} has {len(value)} characters; the limit is {self.limits.max_text_chars}",
+            )
         return value.strip()
 
     # -- work in the pool
@@ -339,8 +364,12 @@ class PredictionService:
             raise ServiceError(422, "invalid_audio", f"{upload.name} {UNREADABLE_AUDIO}") from exc
         duration = wave.size / TARGET_RATE
         if duration > self.limits.max_duration_s:
-            raise ServiceError(422, "audio_too_long", f"{upload.name}: {duration:.1f} s of audio is longer than the limit of "
-                               f"{self.limits.max_duration_s:g} s; cut it into utterances")
+            raise ServiceError(
+                422,
+                "audio_too_long",
+                f"{upload.name}: {duration:.1f} s of audio is longer than the limit of "
+                f"{self.limits.max_duration_s:g} s; cut it into utterances",
+            )
         upload.wave = wave
         return upload
 
@@ -384,8 +413,12 @@ class PredictionService:
             try:
                 return await asyncio.wait_for(future, timeout)
             except asyncio.TimeoutError:
-                raise ServiceError(504, "timeout", f"the prediction took longer than {timeout:g} s; send a shorter "
-                                   "recording or retry when the server is less busy") from None
+                raise ServiceError(
+                    504,
+                    "timeout",
+                    f"the prediction took longer than {timeout:g} s; send a shorter "
+                    "recording or retry when the server is less busy",
+                ) from None
             except Exception as exc:
                 raise error_for_exception(exc) from exc
         finally:
@@ -434,12 +467,21 @@ def create_app(predictor: PredictorLike, limits: ServiceLimits | None = None) ->
         yield
         service.close()
 
-    app = FastAPI(title="emomix", summary="Emotion recognition from speech and its transcript",
-                  description=f"Serving the model **{service.model_name}**. See docs/serving.md.",
-                  version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="emomix",
+        summary="Emotion recognition from speech and its transcript",
+        description=f"Serving the model **{service.model_name}**. See docs/serving.md.",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.service = service
-    app.add_middleware(BodyLimitMiddleware, default=MULTIPART_OVERHEAD_BYTES,
-                       limits={"/predict": limits.body_limit(1), "/predict/batch": limits.body_limit(limits.max_batch_items)})
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default=MULTIPART_OVERHEAD_BYTES,
+        limits={"/predict": limits.body_limit(1), "/predict/batch": limits.body_limit(limits.max_batch_items)},
+    )
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Any, exc: ServiceError) -> JSONResponse:
@@ -455,8 +497,12 @@ def create_app(predictor: PredictorLike, limits: ServiceLimits | None = None) ->
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Any, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        return JSONResponse(
+            error_body(kind, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Any, exc: Exception) -> JSONResponse:
@@ -467,7 +513,9 @@ def create_app(predictor: PredictorLike, limits: ServiceLimits | None = None) ->
     async def predict(
         file: UploadFile = File(..., description="The audio file (WAV, FLAC, OGG, MP3, WebM/Opus, M4A, …)."),
         text: str | None = Form(None, description="The transcript; when absent the model's own fallback applies."),
-        speaker: str | None = Form(None, description="Speaker id, for per-speaker normalisation when the run has statistics for it."),
+        speaker: str | None = Form(
+            None, description="Speaker id, for per-speaker normalisation when the run has statistics for it."
+        ),
     ) -> JSONResponse:
         data = await file.read()
         name = service.check_upload(data, file.filename, file.content_type)
@@ -481,18 +529,29 @@ def create_app(predictor: PredictorLike, limits: ServiceLimits | None = None) ->
         speakers: list[str] | None = Form(None, description="Speaker ids, one per file in order (empty for none)."),
     ) -> JSONResponse:
         if len(files) > limits.max_batch_items:
-            raise ServiceError(422, "too_many_items", f"{len(files)} files in one batch; the limit is {limits.max_batch_items}")
+            raise ServiceError(
+                422, "too_many_items", f"{len(files)} files in one batch; the limit is {limits.max_batch_items}"
+            )
         for label, values in (("texts", texts), ("speakers", speakers)):
             if values is not None and len(values) != len(files):
-                raise ServiceError(422, "validation_error", f"{len(values)} {label} for {len(files)} files; give one per file "
-                                   "(an empty value for none)")
+                raise ServiceError(
+                    422,
+                    "validation_error",
+                    f"{len(values)} {label} for {len(files)} files; give one per file (an empty value for none)",
+                )
         uploads: list[_Upload | ServiceError] = []
         for index, upload_file in enumerate(files):
             data = await upload_file.read()
             try:
                 name = service.check_upload(data, upload_file.filename, upload_file.content_type)
-                uploads.append(_Upload(data, name, service.check_text(texts[index] if texts else None, f"texts[{index}]"),
-                                       service.check_text(speakers[index] if speakers else None, f"speakers[{index}]")))
+                uploads.append(
+                    _Upload(
+                        data,
+                        name,
+                        service.check_text(texts[index] if texts else None, f"texts[{index}]"),
+                        service.check_text(speakers[index] if speakers else None, f"speakers[{index}]"),
+                    )
+                )
             except ServiceError as exc:
                 uploads.append(exc)
         return JSONResponse({"results": await service.predict_batch(uploads)})
@@ -508,10 +567,13 @@ def create_app(predictor: PredictorLike, limits: ServiceLimits | None = None) ->
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
         """Swagger UI from files served here (``/docs-assets``), so the page works offline."""
-        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="emomix — API",
-                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="emomix — API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -523,9 +585,14 @@ def create_app(predictor: PredictorLike, limits: ServiceLimits | None = None) ->
 
 
 def _limits_json(limits: ServiceLimits) -> dict[str, Any]:
-    return {"max_upload_bytes": limits.max_upload_bytes, "max_duration_s": limits.max_duration_s,
-            "max_batch_items": limits.max_batch_items, "max_text_chars": limits.max_text_chars,
-            "timeout_s": limits.timeout_s, "allowed_content_types": list(limits.allowed_content_types)}
+    return {
+        "max_upload_bytes": limits.max_upload_bytes,
+        "max_duration_s": limits.max_duration_s,
+        "max_batch_items": limits.max_batch_items,
+        "max_text_chars": limits.max_text_chars,
+        "timeout_s": limits.timeout_s,
+        "allowed_content_types": list(limits.allowed_content_types),
+    }
 
 
 def _version() -> str:

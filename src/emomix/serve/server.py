@@ -31,8 +31,9 @@ class BackgroundServer:
         self.sock.bind((host, 0))
         self.host, self.port = self.sock.getsockname()[:2]
         self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
-                                       name="emomix-uvicorn")
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True, name="emomix-uvicorn"
+        )
         self.start_timeout = start_timeout
 
     @property

@@ -51,12 +51,16 @@ def augmented_classes(table: pd.DataFrame, classes: Any) -> list[str]:
         return sorted(str(c) for c, n in counts.items() if n < median)
     unknown = [c for c in classes if c not in counts.index]
     if unknown:
-        raise ConfigError(f"training.augment.classes names {unknown}, which the corpus does not have "
-                          f"(classes: {', '.join(map(str, counts.index))})")
+        raise ConfigError(
+            f"training.augment.classes names {unknown}, which the corpus does not have "
+            f"(classes: {', '.join(map(str, counts.index))})"
+        )
     return [str(c) for c in classes]
 
 
-def augment_table(table: pd.DataFrame, config: Any, out_dir: str | Path, base_dir: str | Path | None = None) -> pd.DataFrame:
+def augment_table(
+    table: pd.DataFrame, config: Any, out_dir: str | Path, base_dir: str | Path | None = None
+) -> pd.DataFrame:
     """Render the augmented copies into ``out_dir`` (skipping files already there) and return the
     table with their rows appended."""
     from emomix.audio.io import load_audio
@@ -77,8 +81,9 @@ def augment_table(table: pd.DataFrame, config: Any, out_dir: str | Path, base_di
                 target = out_dir / f"{_safe(utt_id)}.wav"
                 if not target.exists():
                     if waveform is None:
-                        waveform = load_audio(path, start=_span(row.get("start")), end=_span(row.get("end")),
-                                              target_rate=SAMPLE_RATE)
+                        waveform = load_audio(
+                            path, start=_span(row.get("start")), end=_span(row.get("end")), target_rate=SAMPLE_RATE
+                        )
                     rng = np.random.default_rng(_seed(utt_id))
                     _write_wav(target, render(waveform, SAMPLE_RATE, kind, config, rng), SAMPLE_RATE)
                 rows.append({**row, "utt_id": utt_id, "audio_path": str(target), "start": None, "end": None})
@@ -110,7 +115,9 @@ def add_noise(samples: np.ndarray, snr_db: float, rng: np.random.Generator) -> n
 def pitch_shift(samples: np.ndarray, sample_rate: int, semitones: float) -> np.ndarray:
     import librosa
 
-    return np.clip(librosa.effects.pitch_shift(samples, sr=sample_rate, n_steps=semitones), -1.0, 1.0).astype(np.float32)
+    return np.clip(librosa.effects.pitch_shift(samples, sr=sample_rate, n_steps=semitones), -1.0, 1.0).astype(
+        np.float32
+    )
 
 
 def training_ids_with_copies(train_ids: Sequence[str], all_ids: Sequence[str]) -> list[str]:

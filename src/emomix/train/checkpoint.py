@@ -57,8 +57,10 @@ def usable_checkpoint(path: Path) -> Path | None:
         return path
     except (zipfile.BadZipFile, OSError):
         path.unlink(missing_ok=True)
-        warnings.warn(f"{path} was incomplete (an interrupted save) and is removed; this fold trains from its "
-                      "first epoch", stacklevel=2)
+        warnings.warn(
+            f"{path} was incomplete (an interrupted save) and is removed; this fold trains from its first epoch",
+            stacklevel=2,
+        )
         return None
 
 

@@ -45,9 +45,17 @@ def random_state() -> dict[str, Any]:
     import random
 
     kind, keys, position, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                                       "pos": int(position), "has_gauss": int(has_gauss), "cached": float(cached)}}
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -72,13 +80,17 @@ def set_random_state(state: Mapping[str, Any]) -> None:
 def dialogues_of(table: pd.DataFrame, ids: Sequence[str]) -> list[list[str]]:
     """The ids grouped by ``dialogue_id`` and ordered by ``turn`` (dialogues sorted by id)."""
     if "dialogue_id" not in table.columns:
-        raise ConfigError("a conversation model needs dialogue_id in the utterance table; this corpus has no "
-                          "conversations: choose an utterance-level model")
+        raise ConfigError(
+            "a conversation model needs dialogue_id in the utterance table; this corpus has no "
+            "conversations: choose an utterance-level model"
+        )
     part = table[table["utt_id"].isin(set(ids))].copy()
     if part["dialogue_id"].isna().any():
         missing = part.loc[part["dialogue_id"].isna(), "utt_id"].head(3).tolist()
-        raise ConfigError(f"a conversation model needs a dialogue_id for every utterance (missing for e.g. "
-                          f"{', '.join(missing)}); choose an utterance-level model")
+        raise ConfigError(
+            f"a conversation model needs a dialogue_id for every utterance (missing for e.g. "
+            f"{', '.join(missing)}); choose an utterance-level model"
+        )
     part["_turn"] = pd.to_numeric(part["turn"], errors="coerce") if "turn" in part.columns else 0
     part = part.sort_values(["dialogue_id", "_turn", "utt_id"], kind="stable")
     return [list(group["utt_id"]) for _, group in part.groupby("dialogue_id", sort=True)]
@@ -94,10 +106,20 @@ class EmotionDataModule(L.LightningDataModule):
     utterance's boundary token states (``DialogueBatch.tokens``), not as a pooled vector.
     """
 
-    def __init__(self, feature_set: Any, table: pd.DataFrame, classes: Sequence[str], parts: Mapping[str, Sequence[str]],
-                 batch_kind: str = "utterance", batch_size: int = 16, modalities: Sequence[str] | None = None,
-                 class_balance: str = "weights", seed: int = 0, num_workers: int = 0,
-                 dialogue_pooling: str | Mapping[str, str] = "mean"):
+    def __init__(
+        self,
+        feature_set: Any,
+        table: pd.DataFrame,
+        classes: Sequence[str],
+        parts: Mapping[str, Sequence[str]],
+        batch_kind: str = "utterance",
+        batch_size: int = 16,
+        modalities: Sequence[str] | None = None,
+        class_balance: str = "weights",
+        seed: int = 0,
+        num_workers: int = 0,
+        dialogue_pooling: str | Mapping[str, str] = "mean",
+    ):
         super().__init__()
         self.feature_set, self.table, self.classes = feature_set, table, list(classes)
         self.parts = {k: [u for u in v if u in feature_set.features] for k, v in parts.items()}
@@ -145,25 +167,50 @@ class EmotionDataModule(L.LightningDataModule):
             generator = self._training_generator(generator)
         if self.batch_kind == "dialogue":
             dialogues = dialogues_of(self.table, ids)
-            dialogue_collate = DialogueCollator(self._dialogue_vectors(), dialogues, self.label_of, self.modalities,
-                                                tokens=self.feature_set.features,
-                                                token_modalities=self.token_modalities)
-            return DataLoader(_Indices(len(dialogues)), batch_size=self.batch_size, shuffle=shuffle,
-                              collate_fn=dialogue_collate,
-                              generator=generator, num_workers=self.num_workers)
+            dialogue_collate = DialogueCollator(
+                self._dialogue_vectors(),
+                dialogues,
+                self.label_of,
+                self.modalities,
+                tokens=self.feature_set.features,
+                token_modalities=self.token_modalities,
+            )
+            return DataLoader(
+                _Indices(len(dialogues)),
+                batch_size=self.batch_size,
+                shuffle=shuffle,
+                collate_fn=dialogue_collate,
+                generator=generator,
+                num_workers=self.num_workers,
+            )
         labels = np.array([self.label_of[u] for u in ids], dtype=np.int64)
         specs = self.feature_set.specs
-        collate = UtteranceCollator(self.feature_set.features, ids, labels, self.modalities, self.feature_set.frame_rates,
-                                    self.feature_set.layers, {m: specs[m].max_length for m in self.modalities if m in specs})
+        collate = UtteranceCollator(
+            self.feature_set.features,
+            ids,
+            labels,
+            self.modalities,
+            self.feature_set.frame_rates,
+            self.feature_set.layers,
+            {m: specs[m].max_length for m in self.modalities if m in specs},
+        )
         sampler = None
         if shuffle and self.class_balance == "sampler":
             counts = np.bincount(labels[labels != IGNORE_INDEX], minlength=len(self.classes)).astype(float)
             weights = np.where(labels == IGNORE_INDEX, 0.0, 1.0 / np.maximum(counts[np.clip(labels, 0, None)], 1.0))
-            sampler = WeightedRandomSampler(weights.astype(np.float64).tolist(), num_samples=len(ids),
-                                            replacement=True, generator=generator)
+            sampler = WeightedRandomSampler(
+                weights.astype(np.float64).tolist(), num_samples=len(ids), replacement=True, generator=generator
+            )
             shuffle = False
-        return DataLoader(_Indices(len(ids)), batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
-                          collate_fn=collate, generator=generator, num_workers=self.num_workers)
+        return DataLoader(
+            _Indices(len(ids)),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            collate_fn=collate,
+            generator=generator,
+            num_workers=self.num_workers,
+        )
 
     # -- resuming -----------------------------------------------------------------------------
 
@@ -191,7 +238,13 @@ class EmotionDataModule(L.LightningDataModule):
         if self._vectors is None:
             pooling = self.dialogue_pooling  # one pooling, or one per modality (a model's dialogue_pooling)
             pooled = [m for m in self.modalities if m not in self.token_modalities]  # token modalities pool later
-            self._vectors = {u: {m: utterance_vector(fields[m], pooling if isinstance(pooling, str) else pooling.get(m, "mean"),
-                                                     f"{u}/{m}") for m in pooled}
-                             for u, fields in self.feature_set.features.items()}
+            self._vectors = {
+                u: {
+                    m: utterance_vector(
+                        fields[m], pooling if isinstance(pooling, str) else pooling.get(m, "mean"), f"{u}/{m}"
+                    )
+                    for m in pooled
+                }
+                for u, fields in self.feature_set.features.items()
+            }
         return self._vectors

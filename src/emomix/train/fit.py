@@ -54,11 +54,18 @@ from emomix.models.losses import inverse_frequency_alpha
 # --------------------------------------------------------------------------------------------
 
 
-def make_batches(features: Features, table: pd.DataFrame, scheme: Any, batch_size: int = 16, seed: int = 0,
-                 shuffle: bool = True, modalities: Sequence[str] | None = None,
-                 frame_rates: Mapping[str, float | None] | None = None,
-                 layers: Mapping[str, Sequence[int]] | None = None,
-                 max_length: Mapping[str, int] | int | None = None) -> list[Batch]:
+def make_batches(
+    features: Features,
+    table: pd.DataFrame,
+    scheme: Any,
+    batch_size: int = 16,
+    seed: int = 0,
+    shuffle: bool = True,
+    modalities: Sequence[str] | None = None,
+    frame_rates: Mapping[str, float | None] | None = None,
+    layers: Mapping[str, Sequence[int]] | None = None,
+    max_length: Mapping[str, int] | int | None = None,
+) -> list[Batch]:
     """Utterance batches for the rows of ``table`` (in table order, or shuffled with ``seed``).
 
     ``scheme``: a :class:`~emomix.data.labels.LabelScheme` or the class names in index order;
@@ -81,25 +88,39 @@ def make_batches(features: Features, table: pd.DataFrame, scheme: Any, batch_siz
     with_edges = bool(ids) and all(EDGES_KEY in features[u] for u in ids)
     batches = []
     for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         batch_ids = [ids[r] for r in rows]
         inputs = {}
         for modality in chosen:
             limit = max_length.get(modality) if isinstance(max_length, Mapping) else max_length
-            inputs[modality] = modality_input([features[u][modality] for u in batch_ids], frame_rate=frame_rates.get(modality),
-                                              max_length=limit, layers=layers.get(modality))
+            inputs[modality] = modality_input(
+                [features[u][modality] for u in batch_ids],
+                frame_rate=frame_rates.get(modality),
+                max_length=limit,
+                layers=layers.get(modality),
+            )
         edges = None
         if with_edges and "text" in inputs and "audio" in inputs:
-            edges = [clip_edges(features[u][EDGES_KEY][EDGE_FIELD], inputs["text"].mask[i], inputs["audio"].mask[i])
-                     for i, u in enumerate(batch_ids)]
-        batches.append(Batch(inputs=inputs, labels=torch.as_tensor(labels[rows], dtype=torch.long), edges=edges,
-                             utt_ids=batch_ids))
+            edges = [
+                clip_edges(features[u][EDGES_KEY][EDGE_FIELD], inputs["text"].mask[i], inputs["audio"].mask[i])
+                for i, u in enumerate(batch_ids)
+            ]
+        batches.append(
+            Batch(inputs=inputs, labels=torch.as_tensor(labels[rows], dtype=torch.long), edges=edges, utt_ids=batch_ids)
+        )
     return batches
 
 
-def make_dialogue_batches(features: Features, table: pd.DataFrame, scheme: Any, batch_size: int = 8, seed: int = 0,
-                          shuffle: bool = True, modalities: Sequence[str] | None = None,
-                          pooling: str = "mean") -> list[DialogueBatch]:
+def make_dialogue_batches(
+    features: Features,
+    table: pd.DataFrame,
+    scheme: Any,
+    batch_size: int = 8,
+    seed: int = 0,
+    shuffle: bool = True,
+    modalities: Sequence[str] | None = None,
+    pooling: str = "mean",
+) -> list[DialogueBatch]:
     """Dialogue batches: each utterance pooled to one vector per modality, dialogues ordered by turn.
 
     ``pooling``: ``"mean"`` (mean of the valid ``states`` frames/tokens), ``"mean_std"`` (mean
@@ -115,10 +136,14 @@ def make_dialogue_batches(features: Features, table: pd.DataFrame, scheme: Any, 
     if pooling not in POOLINGS:
         raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     if "dialogue_id" not in table.columns or table["dialogue_id"].isna().any():
-        missing = table.loc[table["dialogue_id"].isna(), "utt_id"].head(3).tolist() if "dialogue_id" in table.columns else []
-        raise ConfigError("dialogue batches need a dialogue_id for every utterance"
-                          + (f" (missing for e.g. {', '.join(missing)})" if missing else "")
-                          + "; this corpus has no conversations: use an utterance-level model")
+        missing = (
+            table.loc[table["dialogue_id"].isna(), "utt_id"].head(3).tolist() if "dialogue_id" in table.columns else []
+        )
+        raise ConfigError(
+            "dialogue batches need a dialogue_id for every utterance"
+            + (f" (missing for e.g. {', '.join(missing)})" if missing else "")
+            + "; this corpus has no conversations: use an utterance-level model"
+        )
     ids = list(table["utt_id"])
     chosen = _choose_modalities(features, ids, modalities)
     labels = dict(zip(ids, label_indices(table, classes)))
@@ -130,7 +155,7 @@ def make_dialogue_batches(features: Features, table: pd.DataFrame, scheme: Any, 
     order = _order(len(dialogues), shuffle, seed)
     batches = []
     for start in range(0, len(order), batch_size):
-        group = [dialogues[i] for i in order[start:start + batch_size]]
+        group = [dialogues[i] for i in order[start : start + batch_size]]
         inputs = {}
         mask = None
         for modality in chosen:
@@ -167,10 +192,18 @@ class FitResult:
     class_weights: list[float] | None = None
 
 
-def fit(model: EmotionModel[Any], train_batches: Sequence[Batch | DialogueBatch],
-        val_batches: Sequence[Batch | DialogueBatch] | None = None, epochs: int = 20, lr: float = 1e-3,
-        weight_decay: float = 0.01, seed: int = 0, class_weights: str | torch.Tensor | None = "inverse_frequency",
-        patience: int | None = 5, grad_clip: float | None = 1.0) -> FitResult:
+def fit(
+    model: EmotionModel[Any],
+    train_batches: Sequence[Batch | DialogueBatch],
+    val_batches: Sequence[Batch | DialogueBatch] | None = None,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    class_weights: str | torch.Tensor | None = "inverse_frequency",
+    patience: int | None = 5,
+    grad_clip: float | None = 1.0,
+) -> FitResult:
     """Train ``model`` on ``train_batches`` with AdamW and its own ``loss``; return a :class:`FitResult`.
 
     Every epoch visits the batches in an order drawn from ``seed``. ``class_weights``:
@@ -187,8 +220,10 @@ def fit(model: EmotionModel[Any], train_batches: Sequence[Batch | DialogueBatch]
     if any(b.labels is None for b in train_batches):
         raise ConfigError("every training batch needs labels")
     if val_batches and batch_labels(val_batches).size == 0:
-        raise ConfigError("the validation batches hold no labels; early stopping on validation UA needs them "
-                          "(pass val_batches=None to train without validation)")
+        raise ConfigError(
+            "the validation batches hold no labels; early stopping on validation UA needs them "
+            "(pass val_batches=None to train without validation)"
+        )
     num_classes = int(model.num_classes)
     weights = _resolve_class_weights(class_weights, train_batches, num_classes)
     if weights is not None and hasattr(model, "set_class_weights"):
@@ -213,8 +248,10 @@ def fit(model: EmotionModel[Any], train_batches: Sequence[Batch | DialogueBatch]
             output = model(batch)
             total, parts = model.loss(output, batch.labels)
             if not torch.isfinite(total):
-                raise ConfigError(f"the training loss became {float(total)} at epoch {epoch}; lower the learning rate "
-                                  f"(lr={lr}) or check the features for extreme values")
+                raise ConfigError(
+                    f"the training loss became {float(total)} at epoch {epoch}; lower the learning rate "
+                    f"(lr={lr}) or check the features for extreme values"
+                )
             optimiser.zero_grad(set_to_none=True)
             total.backward()
             if grad_clip is not None:
@@ -248,18 +285,21 @@ def fit(model: EmotionModel[Any], train_batches: Sequence[Batch | DialogueBatch]
 
 
 @overload
-def predict(model: torch.nn.Module, batches: Sequence[Batch | DialogueBatch],
-            with_aux: Literal[False] = False) -> tuple[np.ndarray, np.ndarray]: ...
+def predict(
+    model: torch.nn.Module, batches: Sequence[Batch | DialogueBatch], with_aux: Literal[False] = False
+) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @overload
-def predict(model: torch.nn.Module, batches: Sequence[Batch | DialogueBatch],
-            with_aux: Literal[True]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]: ...
+def predict(
+    model: torch.nn.Module, batches: Sequence[Batch | DialogueBatch], with_aux: Literal[True]
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]: ...
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, batches: Sequence[Batch | DialogueBatch], with_aux: bool = False
-            ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def predict(
+    model: torch.nn.Module, batches: Sequence[Batch | DialogueBatch], with_aux: bool = False
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Class probabilities ``N × C`` and labels ``N`` (-100 where unknown) over all batches, in eval mode.
 
     Dialogue batches are flattened over their real utterances (mask True), dialogue by dialogue.
@@ -313,8 +353,9 @@ def batch_labels(batches: Sequence[Batch | DialogueBatch]) -> np.ndarray:
     return flat[flat != IGNORE_INDEX]
 
 
-def _resolve_class_weights(class_weights: str | torch.Tensor | None, batches: Sequence[Batch | DialogueBatch],
-                           num_classes: int) -> torch.Tensor | None:
+def _resolve_class_weights(
+    class_weights: str | torch.Tensor | None, batches: Sequence[Batch | DialogueBatch], num_classes: int
+) -> torch.Tensor | None:
     if class_weights is None:
         return None
     if isinstance(class_weights, str):
@@ -343,8 +384,10 @@ def _choose_modalities(features: Features, ids: Sequence[str], modalities: Seque
         raise ConfigError("the table has no utterances to batch")
     missing_ids = [u for u in ids if u not in features]
     if missing_ids:
-        raise MissingDataError(f"{len(missing_ids)} utterance(s) of the table have no features (e.g. "
-                               f"{', '.join(missing_ids[:3])}); extract them first or drop them from the table")
+        raise MissingDataError(
+            f"{len(missing_ids)} utterance(s) of the table have no features (e.g. "
+            f"{', '.join(missing_ids[:3])}); extract them first or drop them from the table"
+        )
     if modalities is None:
         common = set.intersection(*(set(features[u]) for u in ids)) - {EDGES_KEY}
         chosen = [m for m in MODALITIES if m in common]
@@ -356,8 +399,10 @@ def _choose_modalities(features: Features, ids: Sequence[str], modalities: Seque
             raise ConfigError(f"unknown modality {modality!r}; choose from {', '.join(MODALITIES)}")
         lacking = [u for u in ids if modality not in features[u]]
         if lacking:
-            raise MissingDataError(f"{len(lacking)} utterance(s) have no {modality} features (e.g. "
-                                   f"{', '.join(lacking[:3])}); extract them or leave {modality} out")
+            raise MissingDataError(
+                f"{len(lacking)} utterance(s) have no {modality} features (e.g. "
+                f"{', '.join(lacking[:3])}); extract them or leave {modality} out"
+            )
     return list(modalities)
 
 

@@ -28,18 +28,23 @@ from emomix.models.saved import TrainedModel, predict_rows
 FitPart = Callable[..., tuple[Any, Any, dict[str, Any]]]
 
 
-def train_late_fusion(context: Any, model_name: str, parts: Mapping[str, Sequence[str]], seed: int, directory: Path,
-                      fit_part: FitPart) -> tuple[TrainedModel, Any, dict[str, Any]]:
+def train_late_fusion(
+    context: Any, model_name: str, parts: Mapping[str, Sequence[str]], seed: int, directory: Path, fit_part: FitPart
+) -> tuple[TrainedModel, Any, dict[str, Any]]:
     """Train the parts of ``model_name`` (each saved as ``<part>.safetensors``), fit the fusion
     weights, save the fused model as ``model.safetensors``; return it, the first part's data
     module and the summary (each part's epochs and the fitted weights)."""
     info = model_info(model_name)
     names = tuple(info.late_fusion_of)
     if len(names) != 2:
-        raise ConfigError(f"{model_name} is registered as the late fusion of {len(names)} models; per-class fusion "
-                          "weights are fitted for exactly two")
+        raise ConfigError(
+            f"{model_name} is registered as the late fusion of {len(names)} models; per-class fusion "
+            "weights are fitted for exactly two"
+        )
     if context.recipe.training.standardise:
-        raise ConfigError(f"training.standardise is not supported for the composite {context.recipe.model.name}; drop it")
+        raise ConfigError(
+            f"training.standardise is not supported for the composite {context.recipe.model.name}; drop it"
+        )
     trained, summaries, datamodule = [], {}, None
     for name in names:
         task, module, summary = fit_part(context, name, parts, seed, directory, weights_name=f"{name}.safetensors")
@@ -61,8 +66,13 @@ def train_late_fusion(context: Any, model_name: str, parts: Mapping[str, Sequenc
     return fused, datamodule, {**summaries, "fusion_weights": rounded}
 
 
-def fit_fusion_weights(p_ca: np.ndarray | torch.Tensor, p_spl: np.ndarray | torch.Tensor,
-                       labels: np.ndarray | torch.Tensor, step: float = 0.05, sweeps: int = 5) -> np.ndarray:
+def fit_fusion_weights(
+    p_ca: np.ndarray | torch.Tensor,
+    p_spl: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    step: float = 0.05,
+    sweeps: int = 5,
+) -> np.ndarray:
     """Fit the per-class weights ``w_c`` of a two-part late fusion on validation data.
 
     ``p_ca``, ``p_spl``: ``N × C`` class probabilities of the two parts (for Complementary Fusion
@@ -78,8 +88,10 @@ def fit_fusion_weights(p_ca: np.ndarray | torch.Tensor, p_spl: np.ndarray | torc
     p_spl = np.asarray(p_spl.detach().cpu() if isinstance(p_spl, torch.Tensor) else p_spl, dtype=np.float64)
     y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
     if p_ca.shape != p_spl.shape or p_ca.ndim != 2 or p_ca.shape[0] != y.shape[0]:
-        raise ConfigError(f"fit_fusion_weights needs two N × C probability arrays and N labels; got "
-                          f"{p_ca.shape}, {p_spl.shape} and {y.shape}")
+        raise ConfigError(
+            f"fit_fusion_weights needs two N × C probability arrays and N labels; got "
+            f"{p_ca.shape}, {p_spl.shape} and {y.shape}"
+        )
     if not 0 < step <= 1:
         raise ConfigError(f"step must be in (0, 1]; got {step}")
     keep = y != IGNORE_INDEX

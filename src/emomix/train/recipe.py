@@ -39,8 +39,10 @@ def unknown_keys_message(source: str, where: str, unknown: list[Any], names: lis
     parts = []
     for key in unknown:
         close = difflib.get_close_matches(str(key), names, n=1)
-        parts.append(f"{where}.{key} is not a setting; " + (f"did you mean {where}.{close[0]}?" if close
-                                                           else f"valid: {', '.join(names)}"))
+        parts.append(
+            f"{where}.{key} is not a setting; "
+            + (f"did you mean {where}.{close[0]}?" if close else f"valid: {', '.join(names)}")
+        )
     return f"{source}: " + "; ".join(parts)
 
 
@@ -160,7 +162,9 @@ class AugmentConfig:
     def validate(self) -> None:
         bad = [k for k in self.kinds if k not in AUGMENTATIONS]
         if bad or not self.kinds:
-            raise ConfigError(f"training.augment.kinds must be a non-empty list of {', '.join(AUGMENTATIONS)}, got {list(self.kinds)}")
+            raise ConfigError(
+                f"training.augment.kinds must be a non-empty list of {', '.join(AUGMENTATIONS)}, got {list(self.kinds)}"
+            )
         if int(self.copies) < 1:
             raise ConfigError(f"training.augment.copies must be at least 1, got {self.copies}")
         if not (self.classes == "minority" or isinstance(self.classes, (list, tuple))):
@@ -201,7 +205,9 @@ class TrainingConfig:
         if self.monitor not in MONITORS:
             raise ConfigError(f"training.monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if self.class_balance not in CLASS_BALANCE:
-            raise ConfigError(f"training.class_balance must be one of {', '.join(CLASS_BALANCE)}, got {self.class_balance!r}")
+            raise ConfigError(
+                f"training.class_balance must be one of {', '.join(CLASS_BALANCE)}, got {self.class_balance!r}"
+            )
         if self.grad_clip is not None and not float(self.grad_clip) > 0:
             raise ConfigError(f"training.grad_clip must be positive or null, got {self.grad_clip}")
         if int(self.accumulate_grad_batches) < 1 or int(self.num_nodes) < 1:
@@ -246,8 +252,15 @@ class Recipe:
         blocks = ("name", "description", "corpus", "protocol", "features", "model", "optimiser", "training", "seeds")
         unknown = [k for k in data if k not in blocks]
         if unknown:
-            hints = [f"{k!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(str(k), blocks, n=1)) else "")
-                     for k in unknown]
+            hints = [
+                f"{k!r}"
+                + (
+                    f" (did you mean {close[0]!r}?)"
+                    if (close := difflib.get_close_matches(str(k), blocks, n=1))
+                    else ""
+                )
+                for k in unknown
+            ]
             raise ConfigError(f"{source}: unknown block(s) {', '.join(hints)}; valid: {', '.join(blocks)}")
         for required in ("corpus", "features", "model"):
             if required not in data:
@@ -255,7 +268,11 @@ class Recipe:
         seeds = data.get("seeds", [0])
         if isinstance(seeds, int) and not isinstance(seeds, bool):
             seeds = [seeds]
-        if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        if (
+            not isinstance(seeds, (list, tuple))
+            or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        ):
             raise ConfigError(f"{source}: seeds must be an integer or a non-empty list of integers, got {seeds!r}")
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"{source}: seeds lists a seed twice: {list(seeds)}")
@@ -296,14 +313,20 @@ class Recipe:
         config_class = info.cls.config_class
         names = [f.name for f in dataclasses.fields(config_class)]
         if not isinstance(self.model.config, Mapping):
-            raise ConfigError(f"{source}: model.config must be a block of key: value settings, got {self.model.config!r}")
+            raise ConfigError(
+                f"{source}: model.config must be a block of key: value settings, got {self.model.config!r}"
+            )
         unknown = [k for k in self.model.config if k not in names]
         if unknown:
             raise ConfigError(_model_keys_message(source, self.model.name, unknown, names))
         try:
             return config_class.from_dict({**info.default_overrides, **dict(self.model.config)})
         except ConfigError as error:
-            text = str(error).replace(f"{config_class.__name__}.", "model.config.").replace(f"{config_class.__name__}:", "model.config:")
+            text = (
+                str(error)
+                .replace(f"{config_class.__name__}.", "model.config.")
+                .replace(f"{config_class.__name__}:", "model.config:")
+            )
             raise ConfigError(f"{source}: {text} (model {self.model.name})") from None
 
     def feature_specs(self) -> dict[str, Any]:
@@ -338,14 +361,21 @@ def check_input_scale(recipe: Recipe, specs: Mapping[str, Any], config: Any, sou
     if getattr(config, "input_norm", True) or recipe.training.standardise:
         return
     modalities = tuple(getattr(config, "modalities", ()) or ())
-    raw = [m for m, spec in specs.items() if (not modalities or m in modalities)
-           and not getattr(spec, "speaker_normalisation", False) and not getattr(spec, "trainable_top_layers", 0)]
+    raw = [
+        m
+        for m, spec in specs.items()
+        if (not modalities or m in modalities)
+        and not getattr(spec, "speaker_normalisation", False)
+        and not getattr(spec, "trainable_top_layers", 0)
+    ]
     if raw:
         blocks = " and ".join(f"features.{m}" for m in raw)
-        raise ConfigError(f"{source}: {recipe.model.name} has model.config.input_norm: false, but {blocks} "
-                          f"{'is' if len(raw) == 1 else 'are'} neither speaker-normalised nor standardised, so it would "
-                          "train on raw feature values; set training.standardise: true (z-scores with each fold's "
-                          "training statistics), or speaker_normalisation: true, or drop input_norm: false")
+        raise ConfigError(
+            f"{source}: {recipe.model.name} has model.config.input_norm: false, but {blocks} "
+            f"{'is' if len(raw) == 1 else 'are'} neither speaker-normalised nor standardised, so it would "
+            "train on raw feature values; set training.standardise: true (z-scores with each fold's "
+            "training statistics), or speaker_normalisation: true, or drop input_norm: false"
+        )
 
 
 def check_speaker_identity(recipe: Recipe, specs: Mapping[str, Any], source: str = "recipe") -> None:
@@ -359,9 +389,11 @@ def check_speaker_identity(recipe: Recipe, specs: Mapping[str, Any], source: str
     normalised = [m for m, spec in specs.items() if getattr(spec, "speaker_normalisation", False)]
     if normalised:
         blocks = " and ".join(f"features.{m}.speaker_normalisation" for m in normalised)
-        raise ConfigError(f"{source}: {recipe.model.name} uses no speaker identity, but {blocks} fits statistics per "
-                          "speaker (test speakers included); set it to false (MiSTER-E can standardise its inputs with "
-                          "training statistics: model.config.input_standardise: true)")
+        raise ConfigError(
+            f"{source}: {recipe.model.name} uses no speaker identity, but {blocks} fits statistics per "
+            "speaker (test speakers included); set it to false (MiSTER-E can standardise its inputs with "
+            "training statistics: model.config.input_standardise: true)"
+        )
 
 
 def datasets_dir() -> Path | None:
@@ -389,8 +421,10 @@ def datasets_candidates() -> list[Path]:
 def missing_datasets_message(field_name: str = "corpus.root") -> str:
     """One sentence for a recipe whose ``${datasets}`` has no folder to stand for."""
     tried = " and ".join(str(p) for p in datasets_candidates())
-    return (f"{field_name} uses {DATASETS_PLACEHOLDER}, but no datasets folder was found (tried {tried}); set "
-            f"{DATASETS_VARIABLE} to the folder that holds the corpora (export {DATASETS_VARIABLE}=/path/to/datasets)")
+    return (
+        f"{field_name} uses {DATASETS_PLACEHOLDER}, but no datasets folder was found (tried {tried}); set "
+        f"{DATASETS_VARIABLE} to the folder that holds the corpora (export {DATASETS_VARIABLE}=/path/to/datasets)"
+    )
 
 
 def load_recipe(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Recipe:

@@ -89,8 +89,14 @@ def quiet_lightning() -> None:
 
     import lightning.pytorch  # noqa: F401  (it sets its loggers' levels on import: set ours after)
 
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning",
-                 "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in (
+        "lightning.pytorch",
+        "lightning.fabric",
+        "lightning",
+        "pytorch_lightning",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -99,9 +105,15 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen encoder layers stay in eval
 
 
-def train_recipe(recipe: Recipe, out: str | Path | None = None, folds: Sequence[str] | None = None,
-                 seeds: Sequence[int] | None = None, progress: bool = True, report: bool = True,
-                 log: Callable[[str], None] | None = print) -> RunResult:
+def train_recipe(
+    recipe: Recipe,
+    out: str | Path | None = None,
+    folds: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    progress: bool = True,
+    report: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> RunResult:
     """Run (or resume) every fold and seed of ``recipe``; see the module doc."""
     log = log or (lambda message: None)
     quiet_lightning()
@@ -131,7 +143,9 @@ def train_recipe(recipe: Recipe, out: str | Path | None = None, folds: Sequence[
     result.predictions = pool_predictions(out, context.plan, recipe.seeds)
     if report and result.predictions is not None:
         result.report = write_run_report(out)
-    remove_stale_temporaries(out, skip=[Path(recipe.features.get("store") or out / "features")])  # killed writes' leftovers
+    remove_stale_temporaries(
+        out, skip=[Path(recipe.features.get("store") or out / "features")]
+    )  # killed writes' leftovers
     result.seconds["total"] = time.perf_counter() - started
     # a re-run that only re-reads finished folds keeps the timing of the real one, unless that one
     # was killed before recording it (e.g. while writing its report): then this re-run completes the record
@@ -161,10 +175,14 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
             previous = Recipe.from_dict(previous, source=str(config_path)).to_dict()
         if _comparable(previous) != _comparable(resolved):
             if not _attempt_left_only_config(out):
-                raise ConfigError(f"{out} holds a run of a different recipe (see {config_path}); resume it with the same "
-                                  "recipe, or choose another --out")
-            log(f"note: {config_path} was left by an attempt that stopped before its corpus was read (no fold plan, "
-                "no finished fold); replacing it with this recipe")
+                raise ConfigError(
+                    f"{out} holds a run of a different recipe (see {config_path}); resume it with the same "
+                    "recipe, or choose another --out"
+                )
+            log(
+                f"note: {config_path} was left by an attempt that stopped before its corpus was read (no fold plan, "
+                "no finished fold); replacing it with this recipe"
+            )
 
     # the corpus is read and the plan built before anything is written, so a failed attempt
     # (a missing corpus, a bad protocol) leaves no run folder that would block its retry
@@ -177,8 +195,10 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
     if plan_path.exists():
         previous_plan = FoldPlan.load(plan_path)
         if previous_plan.fingerprint() != plan.fingerprint():
-            raise ConfigError(f"{plan_path} holds a different fold plan ({previous_plan.fingerprint()}) than this "
-                              f"corpus and protocol give ({plan.fingerprint()}); the corpus changed — use another --out")
+            raise ConfigError(
+                f"{plan_path} holds a different fold plan ({previous_plan.fingerprint()}) than this "
+                f"corpus and protocol give ({plan.fingerprint()}); the corpus changed — use another --out"
+            )
     out.mkdir(parents=True, exist_ok=True)
     if not plan_path.exists():
         plan.save(plan_path)
@@ -191,16 +211,25 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
     augment = recipe.training.augment_config()
     if augment is not None:
         if model_info(recipe.model.name).batch_kind == "dialogue":
-            raise ConfigError(f"training.augment adds utterance copies; {recipe.model.name} trains on whole dialogues — "
-                              "drop the augment block")
+            raise ConfigError(
+                f"training.augment adds utterance copies; {recipe.model.name} trains on whole dialogues — "
+                "drop the augment block"
+            )
         if "audio" not in recipe.feature_specs():
             raise ConfigError("training.augment renders audio copies; the recipe has no audio features")
         log(f"augmentation: {', '.join(augment.kinds)} × {augment.copies} for classes {augment.classes}")
         training_table = augment_table(labelled, augment, store_path / "augmented", base_dir=corpus_root)
     with FeatureStore(store_path) as store:
-        feature_set = build_features(training_table, recipe.feature_specs(), store, base_dir=corpus_root,
-                                     edges=recipe.edges, progress=progress, fit_ids=list(labelled["utt_id"]),
-                                     confounding=plan.confounding)
+        feature_set = build_features(
+            training_table,
+            recipe.feature_specs(),
+            store,
+            base_dir=corpus_root,
+            edges=recipe.edges,
+            progress=progress,
+            fit_ids=list(labelled["utt_id"]),
+            confounding=plan.confounding,
+        )
     for warning in feature_set.warnings:  # e.g. per-speaker statistics replaced by global ones (confounding)
         log(f"warning: {warning}")
     for modality, normaliser in feature_set.normalisers.items():
@@ -210,16 +239,37 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
     info = json.loads(run_json.read_text()) if run_json.exists() else {"started": _now()}
     info.update(environment_info())
     # the corpus by its own name (a manifest's folder, not "manifest"), its reader and label scheme
-    info.update({"format": RUN_FORMAT, "name": recipe.name, "model": recipe.model.name, "corpus": str(corpus.name),
-                 "reader": recipe.corpus.reader, "scheme": getattr(getattr(corpus, "scheme", None), "name", None),
-                 "corpus_root": str(corpus_root), "protocol": recipe.protocol.name, "seeds": list(recipe.seeds),
-                 "classes": classes, "fold_plan": plan.fingerprint(), "store": str(store_path),
-                 "input_dims": feature_set.input_dims,
-                 "speaker_confounding": plan.confounding, "speaker_statistics": feature_set.statistics,
-                 "feature_warnings": list(feature_set.warnings)})
+    info.update(
+        {
+            "format": RUN_FORMAT,
+            "name": recipe.name,
+            "model": recipe.model.name,
+            "corpus": str(corpus.name),
+            "reader": recipe.corpus.reader,
+            "scheme": getattr(getattr(corpus, "scheme", None), "name", None),
+            "corpus_root": str(corpus_root),
+            "protocol": recipe.protocol.name,
+            "seeds": list(recipe.seeds),
+            "classes": classes,
+            "fold_plan": plan.fingerprint(),
+            "store": str(store_path),
+            "input_dims": feature_set.input_dims,
+            "speaker_confounding": plan.confounding,
+            "speaker_statistics": feature_set.statistics,
+            "feature_warnings": list(feature_set.warnings),
+        }
+    )
     write_json(run_json, info)
-    return RunContext(recipe=recipe, out=out, table=training_table.reset_index(drop=True), classes=classes, plan=plan,
-                      feature_set=feature_set, corpus_root=corpus_root, progress=progress)
+    return RunContext(
+        recipe=recipe,
+        out=out,
+        table=training_table.reset_index(drop=True),
+        classes=classes,
+        plan=plan,
+        feature_set=feature_set,
+        corpus_root=corpus_root,
+        progress=progress,
+    )
 
 
 def load_corpus(recipe: Recipe, log: Callable[[str], None] = print) -> tuple[Any, Path]:
@@ -239,11 +289,15 @@ def load_corpus(recipe: Recipe, log: Callable[[str], None] = print) -> tuple[Any
     if not root.exists():
         datasets = datasets_dir()
         if datasets is not None and root.resolve().is_relative_to(datasets):
-            raise MissingDataError(f"corpus folder {root} does not exist (reader {config.reader!r}, datasets folder "
-                                   f"{datasets}); put the corpus there, or set EMOMIX_DATASETS to the folder that holds "
-                                   f"{root.name}/")
-        raise MissingDataError(f"corpus folder {root} does not exist (reader {config.reader!r}); fix corpus.root in the "
-                               "recipe or pass --set corpus.root=<folder>")
+            raise MissingDataError(
+                f"corpus folder {root} does not exist (reader {config.reader!r}, datasets folder "
+                f"{datasets}); put the corpus there, or set EMOMIX_DATASETS to the folder that holds "
+                f"{root.name}/"
+            )
+        raise MissingDataError(
+            f"corpus folder {root} does not exist (reader {config.reader!r}); fix corpus.root in the "
+            "recipe or pass --set corpus.root=<folder>"
+        )
     corpus = read_corpus(config.reader, root, scheme=config.scheme, **dict(config.options))
     if corpus.table.empty:
         raise MissingDataError(f"the corpus at {root} has no utterances under scheme {config.scheme!r}")
@@ -265,11 +319,16 @@ def train_fold(context: RunContext, fold: Any, seed: int) -> pd.DataFrame:
     recipe = context.recipe
     directory = fold_dir(context.out, fold.name, seed)
     directory.mkdir(parents=True, exist_ok=True)
-    parts = {"train": training_ids_with_copies(fold.train, list(context.table["utt_id"])), "validation": fold.validation,
-             "test": fold.test}
+    parts = {
+        "train": training_ids_with_copies(fold.train, list(context.table["utt_id"])),
+        "validation": fold.validation,
+        "test": fold.test,
+    }
     started = time.perf_counter()
     if model_info(recipe.model.name).late_fusion_of:  # separately trained parts, fused per class
-        task, datamodule, epochs = train_late_fusion(context, recipe.model.name, parts, seed, directory, fit_part=fit_model)
+        task, datamodule, epochs = train_late_fusion(
+            context, recipe.model.name, parts, seed, directory, fit_part=fit_model
+        )
     else:
         task, datamodule, epochs = fit_model(context, recipe.model.name, parts, seed, directory)
     ids, probs, _, aux = predict_rows(task, datamodule.test_dataloader())
@@ -279,13 +338,27 @@ def train_fold(context: RunContext, fold: Any, seed: int) -> pd.DataFrame:
     for leftover in directory.glob("*.ckpt"):
         leftover.unlink()
     remove_stale_temporaries(directory)
-    write_json(directory / "done.json", {"fold": fold.name, "seed": seed, "finished": _now(),
-                                         "seconds": round(time.perf_counter() - started, 2), "test_rows": len(frame)})
+    write_json(
+        directory / "done.json",
+        {
+            "fold": fold.name,
+            "seed": seed,
+            "finished": _now(),
+            "seconds": round(time.perf_counter() - started, 2),
+            "test_rows": len(frame),
+        },
+    )
     return frame
 
 
-def fit_model(context: RunContext, model_name: str, parts: Mapping[str, Sequence[str]], seed: int, directory: Path,
-              weights_name: str = "model.safetensors") -> tuple[Any, Any, dict[str, Any]]:
+def fit_model(
+    context: RunContext,
+    model_name: str,
+    parts: Mapping[str, Sequence[str]],
+    seed: int,
+    directory: Path,
+    weights_name: str = "model.safetensors",
+) -> tuple[Any, Any, dict[str, Any]]:
     """Build and train one registered model on a fold's parts with Lightning; return the task
     (best weights loaded), its data module and the epoch summary."""
     recipe, feature_set = context.recipe, context.feature_set
@@ -299,21 +372,39 @@ def fit_model(context: RunContext, model_name: str, parts: Mapping[str, Sequence
     modalities = tuple(overrides.get("modalities") or info.modalities)
     dims = {k: v for k, v in feature_set.input_dims.items() if k.split("_")[0] in modalities}
     if info.batch_kind == "dialogue" and training.class_balance == "sampler":
-        raise ConfigError(f"{model_name} trains on whole dialogues; class_balance 'sampler' does not apply — use 'weights'")
+        raise ConfigError(
+            f"{model_name} trains on whole dialogues; class_balance 'sampler' does not apply — use 'weights'"
+        )
     model = create_model(model_name, overrides, dims, len(context.classes))
-    datamodule = EmotionDataModule(feature_set, context.table, context.classes, parts, batch_kind=info.batch_kind,
-                                   batch_size=training.batch_size, modalities=modalities,
-                                   class_balance=training.class_balance, seed=seed, num_workers=training.num_workers,
-                                   dialogue_pooling=getattr(model, "dialogue_pooling", None) or "mean")
+    datamodule = EmotionDataModule(
+        feature_set,
+        context.table,
+        context.classes,
+        parts,
+        batch_kind=info.batch_kind,
+        batch_size=training.batch_size,
+        modalities=modalities,
+        class_balance=training.class_balance,
+        seed=seed,
+        num_workers=training.num_workers,
+        dialogue_pooling=getattr(model, "dialogue_pooling", None) or "mean",
+    )
     if training.class_balance == "weights":
-        model.set_class_weights(inverse_frequency_alpha(torch.as_tensor(datamodule.train_labels()), len(context.classes)).float())
-    fine_tune = {m: (encoder, boundary, [k for k in feature_set.specs[m].layers])
-                 for m, (encoder, boundary) in feature_set.boundary.items() if m in modalities}
+        model.set_class_weights(
+            inverse_frequency_alpha(torch.as_tensor(datamodule.train_labels()), len(context.classes)).float()
+        )
+    fine_tune = {
+        m: (encoder, boundary, [k for k in feature_set.specs[m].layers])
+        for m, (encoder, boundary) in feature_set.boundary.items()
+        if m in modalities
+    }
     task = EmotionTask(model, recipe.optimiser, monitor=training.monitor, fine_tune=fine_tune)
     if training.standardise:
         if info.batch_kind == "dialogue" or fine_tune:
-            raise ConfigError("training.standardise applies to frozen utterance-level features; drop it for "
-                              f"{model_name}" + (" (fine-tuned encoder layers)" if fine_tune else " (dialogue model)"))
+            raise ConfigError(
+                "training.standardise applies to frozen utterance-level features; drop it for "
+                f"{model_name}" + (" (fine-tuned encoder layers)" if fine_tune else " (dialogue model)")
+            )
         for modality in modalities:
             mean, std = training_statistics(feature_set.features, datamodule.parts["train"], modality)
             task.set_standardisation(modality, mean, std)
@@ -325,33 +416,60 @@ def fit_model(context: RunContext, model_name: str, parts: Mapping[str, Sequence
     weights_path = directory / weights_name
     stem = weights_name.split(".")[0]
     best = BestWeights(weights_path, monitor=training.monitor if has_validation else "none")
-    callbacks: list[Any] = [best, HistoryWriter(directory / f"history{'' if stem == 'model' else '-' + stem}.csv"),
-                            ModelCheckpoint(dirpath=directory, filename=f"last-{stem}", save_top_k=1, monitor=None,
-                                            enable_version_counter=False)]
+    callbacks: list[Any] = [
+        best,
+        HistoryWriter(directory / f"history{'' if stem == 'model' else '-' + stem}.csv"),
+        ModelCheckpoint(
+            dirpath=directory, filename=f"last-{stem}", save_top_k=1, monitor=None, enable_version_counter=False
+        ),
+    ]
     if has_validation and training.patience:
         mode = "min" if training.monitor == "val_loss" else "max"
-        callbacks.append(EarlyStopping(monitor=training.monitor, mode=mode, patience=int(training.patience), check_finite=False))
-    trainer = L.Trainer(max_epochs=training.epochs, accelerator=training.accelerator, devices=training.devices,
-                        num_nodes=training.num_nodes, strategy=training.strategy, precision=training.precision,
-                        accumulate_grad_batches=training.accumulate_grad_batches, gradient_clip_val=training.grad_clip,
-                        callbacks=callbacks, logger=False, enable_progress_bar=context.progress, enable_model_summary=False,
-                        num_sanity_val_steps=0, default_root_dir=str(directory), limit_val_batches=None if has_validation else 0,
-                        plugins=[AtomicCheckpointIO()])
+        callbacks.append(
+            EarlyStopping(monitor=training.monitor, mode=mode, patience=int(training.patience), check_finite=False)
+        )
+    trainer = L.Trainer(
+        max_epochs=training.epochs,
+        accelerator=training.accelerator,
+        devices=training.devices,
+        num_nodes=training.num_nodes,
+        strategy=training.strategy,
+        precision=training.precision,
+        accumulate_grad_batches=training.accumulate_grad_batches,
+        gradient_clip_val=training.grad_clip,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=context.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(directory),
+        limit_val_batches=None if has_validation else 0,
+        plugins=[AtomicCheckpointIO()],
+    )
     last = directory / f"last-{stem}.ckpt"
     usable_checkpoint(last)  # deletes a truncated one: the fold then starts over instead of failing
-    trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None,
-                weights_only=True if last.exists() else None)
+    trainer.fit(
+        task,
+        datamodule=datamodule,
+        ckpt_path=str(last) if last.exists() else None,
+        weights_only=True if last.exists() else None,
+    )
     if not weights_path.exists():
         raise ConfigError(f"training of {model_name} ended without a saved epoch (max_epochs={training.epochs})")
     task.load_trainable_state(load_weights(weights_path))
-    summary = {"epochs_run": int(trainer.current_epoch), "best_epoch": best.best_epoch, "best_score": best.best_score,
-               "monitor": training.monitor if has_validation else None,
-               "stopped_early": bool(trainer.current_epoch < training.epochs)}
+    summary = {
+        "epochs_run": int(trainer.current_epoch),
+        "best_epoch": best.best_epoch,
+        "best_score": best.best_score,
+        "monitor": training.monitor if has_validation else None,
+        "stopped_early": bool(trainer.current_epoch < training.epochs),
+    }
     return task, datamodule, summary
 
 
-def training_statistics(features: Mapping[str, Any], ids: Sequence[str], modality: str,
-                        field_name: str = "states") -> tuple[np.ndarray, np.ndarray]:
+def training_statistics(
+    features: Mapping[str, Any], ids: Sequence[str], modality: str, field_name: str = "states"
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and SD of every dimension over all frames (or ``pooled`` vectors) of the training
     utterances (SD floored at 1e-6, so a constant dimension maps to 0)."""
     arrays = [np.asarray(features[u][modality][field_name], dtype=np.float64) for u in ids]
@@ -364,8 +482,15 @@ def training_statistics(features: Mapping[str, Any], ids: Sequence[str], modalit
 # ---------------------------------------------------------------------------------------------
 
 
-def predictions_frame(ids: Sequence[str], probs: np.ndarray, aux: Mapping[str, np.ndarray], classes: Sequence[str],
-                      table: pd.DataFrame, fold: str, seed: int) -> pd.DataFrame:
+def predictions_frame(
+    ids: Sequence[str],
+    probs: np.ndarray,
+    aux: Mapping[str, np.ndarray],
+    classes: Sequence[str],
+    table: pd.DataFrame,
+    fold: str,
+    seed: int,
+) -> pd.DataFrame:
     """Rows in the predictions schema of docs/training.md."""
     meta = table.set_index("utt_id")
     rows = pd.DataFrame({"utt_id": list(ids), "fold": fold, "seed": int(seed)})
@@ -392,7 +517,11 @@ def aux_columns(name: str, values: np.ndarray) -> pd.DataFrame:
     values = np.asarray(values, dtype=np.float64)
     if values.ndim == 1:
         return pd.DataFrame({f"aux_{name}": values})
-    if values.ndim == 2 and values.shape[1] <= MAX_AUX_WIDTH and not name.startswith(("expert_logits", "embedding", "h_")):
+    if (
+        values.ndim == 2
+        and values.shape[1] <= MAX_AUX_WIDTH
+        and not name.startswith(("expert_logits", "embedding", "h_"))
+    ):
         return pd.DataFrame({f"aux_{name}_{j}": values[:, j] for j in range(values.shape[1])})
     return pd.DataFrame(index=range(len(values)))
 
@@ -421,7 +550,9 @@ def write_run_report(out: Path) -> Path | None:
     return write_report(out)
 
 
-def model_card(context: RunContext, name: str, model: Any, summary: Mapping[str, Any], fold: str, seed: int) -> dict[str, Any]:
+def model_card(
+    context: RunContext, name: str, model: Any, summary: Mapping[str, Any], fold: str, seed: int
+) -> dict[str, Any]:
     """``model.json``: everything needed to rebuild the model and its inputs for inference."""
     import emomix
 
@@ -447,14 +578,18 @@ def model_card(context: RunContext, name: str, model: Any, summary: Mapping[str,
     }
 
 
-def data_summary(corpus: Any, table: pd.DataFrame, classes: Sequence[str], plan: Any, feature_set: Any) -> dict[str, Any]:
+def data_summary(
+    corpus: Any, table: pd.DataFrame, classes: Sequence[str], plan: Any, feature_set: Any
+) -> dict[str, Any]:
     """``data.json``: utterance counts per class, per fold part, extraction summaries and failures."""
     counts = {str(k): int(v) for k, v in table["label"].value_counts().reindex(classes, fill_value=0).items()}
     folds = {}
     label_of = dict(zip(table["utt_id"], table["label"]))
     for fold in plan.folds:
-        folds[fold.name] = {part: {"total": len(ids), **{c: sum(1 for u in ids if label_of.get(u) == c) for c in classes}}
-                            for part, ids in (("train", fold.train), ("validation", fold.validation), ("test", fold.test))}
+        folds[fold.name] = {
+            part: {"total": len(ids), **{c: sum(1 for u in ids if label_of.get(u) == c) for c in classes}}
+            for part, ids in (("train", fold.train), ("validation", fold.validation), ("test", fold.test))
+        }
     report = getattr(corpus, "report", None)
     return {
         "corpus": corpus.name,
@@ -474,10 +609,18 @@ def environment_info() -> dict[str, Any]:
 
     import emomix
 
-    return {"emomix_version": emomix.__version__, "python": sys.version.split()[0], "torch": torch.__version__,
-            "lightning": lightning.__version__, "platform": platform.platform(), "processor": platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available(), "command": " ".join(sys.argv)}
+    return {
+        "emomix_version": emomix.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "command": " ".join(sys.argv),
+    }
 
 
 # ---------------------------------------------------------------------------------------------

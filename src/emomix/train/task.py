@@ -55,8 +55,14 @@ class EmotionTask(L.LightningModule):
     :class:`TrainedModel`'s (``self.net``); this class adds the optimiser, schedules and logging.
     """
 
-    def __init__(self, model: EmotionModel[Any] | TrainedModel, optimiser: OptimiserConfig, monitor: str = "val_ua",
-                 fine_tune: Mapping[str, tuple[Any, int, list[int]]] | None = None, warmup_epochs: float | None = None):
+    def __init__(
+        self,
+        model: EmotionModel[Any] | TrainedModel,
+        optimiser: OptimiserConfig,
+        monitor: str = "val_ua",
+        fine_tune: Mapping[str, tuple[Any, int, list[int]]] | None = None,
+        warmup_epochs: float | None = None,
+    ):
         super().__init__()
         self.net = model if isinstance(model, TrainedModel) else TrainedModel(model, fine_tune=fine_tune)
         self.optimiser_config = optimiser
@@ -73,8 +79,9 @@ class EmotionTask(L.LightningModule):
         """The encoders whose top layers train (empty for frozen features)."""
         return self.net.encoders
 
-    def set_standardisation(self, modality: str, mean: torch.Tensor | np.ndarray, std: torch.Tensor | np.ndarray
-                            ) -> None:
+    def set_standardisation(
+        self, modality: str, mean: torch.Tensor | np.ndarray, std: torch.Tensor | np.ndarray
+    ) -> None:
         """Z-score ``modality``'s input states with statistics of the fold's training part
         (``training.standardise``); saved with the weights, so inference applies the same."""
         self.net.set_standardisation(modality, mean, std)
@@ -87,8 +94,9 @@ class EmotionTask(L.LightningModule):
         :class:`TrainedModel` name the model's keys ``model.*`` / ``encoders.*``; map them to ``net.*``."""
         state = checkpoint.get("state_dict") or {}
         if state and not any(key.startswith("net.") for key in state):
-            checkpoint["state_dict"] = {f"net.{key}" if key.startswith(("model.", "encoders.")) else key: value
-                                        for key, value in state.items()}
+            checkpoint["state_dict"] = {
+                f"net.{key}" if key.startswith(("model.", "encoders.")) else key: value for key, value in state.items()
+            }
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -98,8 +106,10 @@ class EmotionTask(L.LightningModule):
         output = self(batch)
         total, parts = self.model.loss(output, batch.labels)
         if not torch.isfinite(total):
-            raise ConfigError(f"the training loss became {float(total)} at epoch {self.current_epoch + 1}; lower the "
-                              f"learning rate (lr={self.optimiser_config.lr}) or check the features for extreme values")
+            raise ConfigError(
+                f"the training loss became {float(total)} at epoch {self.current_epoch + 1}; lower the "
+                f"learning rate (lr={self.optimiser_config.lr}) or check the features for extreme values"
+            )
         size = batch_rows(batch)
         self.log("train_loss", total, on_step=False, on_epoch=True, batch_size=size, prog_bar=True)
         for name, value in parts.items():
@@ -152,17 +162,24 @@ class EmotionTask(L.LightningModule):
         total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         if config.schedule == "plateau":
             mode: Literal["min", "max"] = "min" if self.monitor == "val_loss" else "max"
-            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode=mode, factor=config.plateau_factor,
-                                                                 patience=config.plateau_patience)
-            return {"optimizer": optimiser, "lr_scheduler": {"scheduler": plateau, "monitor": self.monitor,
-                                                             "interval": "epoch", "strict": False}}
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimiser, mode=mode, factor=config.plateau_factor, patience=config.plateau_patience
+            )
+            return {
+                "optimizer": optimiser,
+                "lr_scheduler": {"scheduler": plateau, "monitor": self.monitor, "interval": "epoch", "strict": False},
+            }
         scheduler: torch.optim.lr_scheduler.LRScheduler
         if config.schedule == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=[g["lr"] for g in groups], total_steps=total_steps)
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimiser, max_lr=[g["lr"] for g in groups], total_steps=total_steps
+            )
         else:
             epochs = max(int(self.trainer.max_epochs or 1), 1)
             warmup = int(round(config.warmup_epochs * total_steps / epochs))
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, warmup, total_steps))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimiser, lambda step: warmup_cosine(step, warmup, total_steps)
+            )
         return {"optimizer": optimiser, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- weights ------------------------------------------------------------------------------
@@ -194,8 +211,11 @@ class BestWeights(L.Callback):
             return
         value = trainer.callback_metrics.get(self.monitor)
         score = None if value is None else float(value)
-        better = (self.best_score is None or score is None
-                  or (score > self.best_score if self.mode == "max" else score < self.best_score))
+        better = (
+            self.best_score is None
+            or score is None
+            or (score > self.best_score if self.mode == "max" else score < self.best_score)
+        )
         if better:
             self.best_score, self.best_epoch = score, int(trainer.current_epoch) + 1
             save_weights(cast(EmotionTask, task).trainable_state(), self.path)  # the module Lightning trains

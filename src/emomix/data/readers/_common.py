@@ -80,7 +80,9 @@ def read_csv_rows(path: str | Path, required: Iterable[str] = ()) -> tuple[list[
             raise CorpusFormatError(path, f"not a readable CSV record ({exc})", line=start_line) from exc
         if values and any(v.strip() for v in values):
             if len(values) > len(header):
-                raise CorpusFormatError(path, f"{len(values)} fields but the header has {len(header)} columns", line=start_line)
+                raise CorpusFormatError(
+                    path, f"{len(values)} fields but the header has {len(header)} columns", line=start_line
+                )
             values = values + [""] * (len(header) - len(values))
             rows.append((start_line, dict(zip(header, values))))
         start_line = reader.line_num + 1
@@ -171,13 +173,17 @@ def absolute(path: Path) -> str:
     return str(path.resolve())
 
 
-def build_corpus(name: str, records: list[Utterance], report: ReadReport, root: Path,
-                 default_scheme: str | Mapping[str, Any] | None = None) -> Corpus:
+def build_corpus(
+    name: str,
+    records: list[Utterance],
+    report: ReadReport,
+    root: Path,
+    default_scheme: str | Mapping[str, Any] | None = None,
+) -> Corpus:
     """The :class:`Corpus` of ``records`` (raw labels), validated through :func:`make_table`;
     ``default_scheme`` is a scheme name, YAML path or spec (what :func:`read_corpus` applies)."""
     table = make_table(records)
     return Corpus(name=name, table=table, report=report, default_scheme=default_scheme, root=absolute(root))
-
 
 
 def reader_options(pairs: Mapping[str, Any] | Iterable[str]) -> dict[str, Any]:
@@ -219,5 +225,6 @@ def check_options(read: Callable[..., Any], options: Mapping[str, Any], reader: 
         for key in unknown:
             close = difflib.get_close_matches(str(key), names, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ConfigError(f"the {reader} reader has no option {', '.join(hints)}; its options are "
-                          f"{', '.join(names) or 'none'}")
+        raise ConfigError(
+            f"the {reader} reader has no option {', '.join(hints)}; its options are {', '.join(names) or 'none'}"
+        )

@@ -19,12 +19,12 @@ from emomix.errors import CorpusFormatError
 CORPUS = "emodb"
 
 EMOTIONS: dict[str, str] = {
-    "W": "anger",      # Wut
-    "L": "boredom",    # Langeweile
-    "E": "disgust",    # Ekel
-    "A": "fear",       # Angst
+    "W": "anger",  # Wut
+    "L": "boredom",  # Langeweile
+    "E": "disgust",  # Ekel
+    "A": "fear",  # Angst
     "F": "happiness",  # Freude
-    "T": "sadness",    # Trauer
+    "T": "sadness",  # Trauer
     "N": "neutral",
 }
 
@@ -80,13 +80,24 @@ def read(root: Path) -> Corpus:
             words = None
             without_words += 1
         label = EMOTIONS[emotion]
-        records.append(Utterance(
-            utt_id=name, corpus=CORPUS, speaker=f"emodb_{speaker}", session=f"emodb_{speaker}",
-            audio_path=absolute(found.path), text=SENTENCES[sentence], label=label, raw_label=label,
-            words=words, alignment="corpus" if words else None,
-        ))
+        records.append(
+            Utterance(
+                utt_id=name,
+                corpus=CORPUS,
+                speaker=f"emodb_{speaker}",
+                session=f"emodb_{speaker}",
+                audio_path=absolute(found.path),
+                text=SENTENCES[sentence],
+                label=label,
+                raw_label=label,
+                words=words,
+                alignment="corpus" if words else None,
+            )
+        )
     if without_words and silb_dir.is_dir():
-        report.notes.append(f"{without_words} utterance(s) have no (or an empty) silb file: no syllable alignment for them")
+        report.notes.append(
+            f"{without_words} utterance(s) have no (or an empty) silb file: no syllable alignment for them"
+        )
     return build_corpus(CORPUS, records, report, root)
 
 

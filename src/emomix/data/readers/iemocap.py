@@ -94,7 +94,9 @@ def _read_session(folder: Path, session: str, report: ReadReport, require_audio:
                 wav = None
             ids = _UTT_ID.fullmatch(utt)
             if ids is None:  # the label regex already guarantees the shape; this is a guard for edits
-                raise CorpusFormatError(label_file, f"utterance id {utt!r} does not name session and speaker", line=item["line"])
+                raise CorpusFormatError(
+                    label_file, f"utterance id {utt!r} does not name session and speaker", line=item["line"]
+                )
             wdseg = folder / "sentences" / "ForcedAlignment" / dialog / f"{utt}.wdseg"
             # an alignment of silence only is no alignment
             words = (parse_wdseg(wdseg) or None) if wdseg.is_file() else None
@@ -104,18 +106,31 @@ def _read_session(folder: Path, session: str, report: ReadReport, require_audio:
             if text is None:
                 without_text += 1
             label = item["emo"].lower()
-            records.append(Utterance(
-                utt_id=utt, corpus=CORPUS, speaker=f"{ids['session']}_{ids['gender']}",
-                audio_path=absolute(wav) if wav is not None else None, text=text,
-                label=label, raw_label=label, session=session, dialogue_id=dialog, turn=turn,
-                video_path=video_path,
-                video_start=item["start"] if video_path else None, video_end=item["end"] if video_path else None,
-                words=words, alignment="corpus" if words is not None else None,
-            ))
+            records.append(
+                Utterance(
+                    utt_id=utt,
+                    corpus=CORPUS,
+                    speaker=f"{ids['session']}_{ids['gender']}",
+                    audio_path=absolute(wav) if wav is not None else None,
+                    text=text,
+                    label=label,
+                    raw_label=label,
+                    session=session,
+                    dialogue_id=dialog,
+                    turn=turn,
+                    video_path=video_path,
+                    video_start=item["start"] if video_path else None,
+                    video_end=item["end"] if video_path else None,
+                    words=words,
+                    alignment="corpus" if words is not None else None,
+                )
+            )
     if without_text:
         report.notes.append(f"{session}: {without_text} utterance(s) have no transcription line (text left empty)")
     if without_words:
-        report.notes.append(f"{session}: {without_words} utterance(s) have no .wdseg word alignment (or one of silence only)")
+        report.notes.append(
+            f"{session}: {without_words} utterance(s) have no .wdseg word alignment (or one of silence only)"
+        )
     return records
 
 
@@ -144,10 +159,16 @@ def parse_label_file(path: Path) -> list[dict[str, Any]]:
         start, end = float(match["start"]), float(match["end"])
         if end < start:
             raise CorpusFormatError(path, f"label line ends ({end}) before it starts ({start})", line=number)
-        items.append({
-            "utt": match["utt"], "emo": match["emo"], "start": start, "end": end,
-            "vad": (float(match["v"]), float(match["a"]), float(match["d"])), "line": number,
-        })
+        items.append(
+            {
+                "utt": match["utt"],
+                "emo": match["emo"],
+                "start": start,
+                "end": end,
+                "vad": (float(match["v"]), float(match["a"]), float(match["d"])),
+                "line": number,
+            }
+        )
     return items
 
 
@@ -186,7 +207,9 @@ def parse_wdseg(path: Path) -> list[Word]:
             first, last = int(fields[0]), int(fields[1])
             int(fields[2])
         except ValueError:
-            raise CorpusFormatError(path, f"frame numbers and score must be integers, got {raw.strip()!r}", line=number) from None
+            raise CorpusFormatError(
+                path, f"frame numbers and score must be integers, got {raw.strip()!r}", line=number
+            ) from None
         token = fields[3]
         if token.startswith("<") or token.startswith("++"):
             continue

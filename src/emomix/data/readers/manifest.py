@@ -46,7 +46,9 @@ def find_manifest(root: Path) -> Path:
     if not found:
         raise MissingDataError(f"no manifest.csv, manifest.jsonl or manifest.parquet in {root}")
     if len(found) > 1:
-        raise CorpusFormatError(root, f"holds {len(found)} manifests ({', '.join(p.name for p in found)}); pass the file to read")
+        raise CorpusFormatError(
+            root, f"holds {len(found)} manifests ({', '.join(p.name for p in found)}); pass the file to read"
+        )
     return found[0]
 
 
@@ -75,9 +77,13 @@ def read(root: Path, check_audio: bool = True) -> Corpus:
     for where, row in rows:
         record = _record(path, folder, where, row, fallback_name)
         if record.utt_id in seen:
-            raise CorpusFormatError(path, f"utt_id {record.utt_id!r} already used {seen[record.utt_id]}", line=where.line)
+            raise CorpusFormatError(
+                path, f"utt_id {record.utt_id!r} already used {seen[record.utt_id]}", line=where.line
+            )
         seen[record.utt_id] = where.text
-        missing_media = [c for c in _MEDIA if check_audio and getattr(record, c) and not Path(getattr(record, c)).exists()]
+        missing_media = [
+            c for c in _MEDIA if check_audio and getattr(record, c) and not Path(getattr(record, c)).exists()
+        ]
         if missing_media:
             report.skip(record.utt_id, "audio missing" if "audio_path" in missing_media else "video missing")
             continue

@@ -41,8 +41,12 @@ REQUIRED_COLUMNS = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance
 DEFAULT_PATTERN = "{split}_sent_emo.csv"
 
 
-def read(root: Path, splits: tuple[str, ...] = ("train", "dev", "test"), columns: Mapping[str, str] | None = None,
-         pattern: str = DEFAULT_PATTERN) -> Corpus:
+def read(
+    root: Path,
+    splits: tuple[str, ...] = ("train", "dev", "test"),
+    columns: Mapping[str, str] | None = None,
+    pattern: str = DEFAULT_PATTERN,
+) -> Corpus:
     """Read MELD from ``root`` (the folder holding ``{split}_sent_emo.csv``).
 
     ``splits`` chooses which official splits to read. A split whose csv is missing is noted
@@ -69,7 +73,9 @@ def read(root: Path, splits: tuple[str, ...] = ("train", "dev", "test"), columns
             report.notes.append(f"{path.name} missing in {root}; split {split!r} not read")
     media = {split: _media_folder(root, split) for split in present}
     if all(folder is None for folder in media.values()):
-        report.notes.append("no media folders (train_splits/, dev_splits_complete/, output_repeated_splits_test/): text only")
+        report.notes.append(
+            "no media folders (train_splits/, dev_splits_complete/, output_repeated_splits_test/): text only"
+        )
     else:
         for split, folder in media.items():
             if folder is None:
@@ -87,12 +93,16 @@ def column_map(columns: Mapping[str, str] | None) -> dict[str, str]:
     if columns is None:
         columns = {}
     if not isinstance(columns, Mapping):
-        raise ConfigError(f"MELD reader option columns must map MELD column names to the file's, e.g. "
-                          f"{{Dialogue_ID: Scene_ID}}; got {columns!r}")
+        raise ConfigError(
+            f"MELD reader option columns must map MELD column names to the file's, e.g. "
+            f"{{Dialogue_ID: Scene_ID}}; got {columns!r}"
+        )
     unknown = [k for k in columns if k not in REQUIRED_COLUMNS]
     if unknown:
-        raise ConfigError(f"MELD reader option columns: {unknown} are not MELD columns; the keys are "
-                          f"{', '.join(REQUIRED_COLUMNS)} and the values the names in your files")
+        raise ConfigError(
+            f"MELD reader option columns: {unknown} are not MELD columns; the keys are "
+            f"{', '.join(REQUIRED_COLUMNS)} and the values the names in your files"
+        )
     return {name: str(columns.get(name) or name) for name in REQUIRED_COLUMNS}
 
 
@@ -106,7 +116,9 @@ def split_files(root: Path, splits: tuple[str, ...], pattern: str) -> dict[str, 
     try:
         return {split: root / pattern.format(split=split) for split in splits}
     except (KeyError, IndexError, ValueError):
-        raise ConfigError(f"MELD reader option pattern may hold only the placeholder {{split}}, got {pattern!r}") from None
+        raise ConfigError(
+            f"MELD reader option pattern may hold only the placeholder {{split}}, got {pattern!r}"
+        ) from None
 
 
 def speaker_name(value: str) -> str:
@@ -137,8 +149,9 @@ def _media_folder(root: Path, split: str) -> Path | None:
     return None
 
 
-def _read_split(path: Path, split: str, media: Path | None, report: ReadReport,
-                names: Mapping[str, str] | None = None) -> list[Utterance]:
+def _read_split(
+    path: Path, split: str, media: Path | None, report: ReadReport, names: Mapping[str, str] | None = None
+) -> list[Utterance]:
     names = dict(names or {c: c for c in REQUIRED_COLUMNS})
     required = tuple(names[c] for c in REQUIRED_COLUMNS)
     _, rows = read_csv_rows(path, required=required)
@@ -150,8 +163,12 @@ def _read_split(path: Path, split: str, media: Path | None, report: ReadReport,
         turn = parse_int(row[names["Utterance_ID"]], names["Utterance_ID"], path, line)
         utt_id = f"{split}_dia{dialogue}_utt{turn}"
         if utt_id in seen:
-            raise CorpusFormatError(path, f"{names['Dialogue_ID']} {dialogue} / {names['Utterance_ID']} {turn} already "
-                                          f"given on line {seen[utt_id]}", line=line)
+            raise CorpusFormatError(
+                path,
+                f"{names['Dialogue_ID']} {dialogue} / {names['Utterance_ID']} {turn} already "
+                f"given on line {seen[utt_id]}",
+                line=line,
+            )
         seen[utt_id] = line
         media_path = None
         if media is not None:
@@ -161,9 +178,19 @@ def _read_split(path: Path, split: str, media: Path | None, report: ReadReport,
                 continue
             media_path = absolute(clip)
         label = row[names["Emotion"]].strip().lower()
-        records.append(Utterance(
-            utt_id=utt_id, corpus=CORPUS, speaker=speaker_name(row[names["Speaker"]]), text=row[names["Utterance"]].strip(),
-            label=label, raw_label=label, dialogue_id=f"{split}_{dialogue}", turn=turn, split=split,
-            audio_path=media_path, video_path=media_path,
-        ))
+        records.append(
+            Utterance(
+                utt_id=utt_id,
+                corpus=CORPUS,
+                speaker=speaker_name(row[names["Speaker"]]),
+                text=row[names["Utterance"]].strip(),
+                label=label,
+                raw_label=label,
+                dialogue_id=f"{split}_{dialogue}",
+                turn=turn,
+                split=split,
+                audio_path=media_path,
+                video_path=media_path,
+            )
+        )
     return records

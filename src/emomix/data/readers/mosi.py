@@ -78,8 +78,20 @@ def read(root: Path) -> Corpus:
                 continue
             media_path = absolute(media)
         label = sentiment_label(score)
-        records.append(Utterance(
-            utt_id=utt_id, corpus=CORPUS, speaker=video, text=text, label=label, raw_label=label, score=score,
-            dialogue_id=video, turn=turns[utt_id], split=split, audio_path=media_path, video_path=media_path,
-        ))
+        records.append(
+            Utterance(
+                utt_id=utt_id,
+                corpus=CORPUS,
+                speaker=video,
+                text=text,
+                label=label,
+                raw_label=label,
+                score=score,
+                dialogue_id=video,
+                turn=turns[utt_id],
+                split=split,
+                audio_path=media_path,
+                video_path=media_path,
+            )
+        )
     return build_corpus(CORPUS, records, report, root)

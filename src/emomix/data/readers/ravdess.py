@@ -70,8 +70,16 @@ def read(root: Path, include_song: bool = False) -> Corpus:
         seen[utt_id] = str(found.path)
         label = EMOTIONS[fields["emotion"]]
         speaker = f"ravdess_{fields['actor']}"
-        records.append(Utterance(
-            utt_id=utt_id, corpus=CORPUS, speaker=speaker, session=speaker, audio_path=absolute(found.path),
-            text=STATEMENTS[fields["statement"]], label=label, raw_label=label,
-        ))
+        records.append(
+            Utterance(
+                utt_id=utt_id,
+                corpus=CORPUS,
+                speaker=speaker,
+                session=speaker,
+                audio_path=absolute(found.path),
+                text=STATEMENTS[fields["statement"]],
+                label=label,
+                raw_label=label,
+            )
+        )
     return build_corpus(CORPUS, records, report, root)

@@ -52,10 +52,17 @@ def read(root: Path) -> Corpus:
             continue
         seen[utt_id] = str(path)
         label = EMOTIONS[emotion]
-        records.append(Utterance(
-            utt_id=utt_id, corpus=CORPUS, speaker=f"savee_{speaker}", session=f"savee_{speaker}",
-            audio_path=absolute(path), label=label, raw_label=label,
-        ))
+        records.append(
+            Utterance(
+                utt_id=utt_id,
+                corpus=CORPUS,
+                speaker=f"savee_{speaker}",
+                session=f"savee_{speaker}",
+                audio_path=absolute(path),
+                label=label,
+                raw_label=label,
+            )
+        )
     if hidden:
         report.notes.append(f"ignored {hidden} hidden file(s) (names starting with '.') under {root}")
     report.notes.append("SAVEE ships no transcripts with its audio: text is empty")

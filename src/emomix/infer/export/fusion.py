@@ -67,33 +67,62 @@ class ExportResult:
     seconds: float = 0.0
 
 
-def _traceable_attention(self: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                          key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
-                          attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
-                          is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _traceable_attention(
+    self: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    need_weights: bool = True,
+    attn_mask: torch.Tensor | None = None,
+    average_attn_weights: bool = True,
+    is_causal: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``nn.MultiheadAttention.forward`` in plain tensor ops whose shapes the tracer keeps dynamic.
 
     PyTorch's own implementation unpacks sizes into Python ints, which the tracer freezes (a
     self-attention graph then only runs at the example's length). Eval mode only (no dropout);
     configurations this does not cover fall back to the original forward.
     """
-    if (attn_mask is not None or is_causal or not self._qkv_same_embed_dim or self.bias_k is not None
-            or self.add_zero_attn or query.dim() != 3 or self.training):
-        return _ORIGINAL_FORWARD[nn.MultiheadAttention](self, query, key, value, key_padding_mask=key_padding_mask,
-                                                        need_weights=need_weights, attn_mask=attn_mask,
-                                                        average_attn_weights=average_attn_weights, is_causal=is_causal)
+    if (
+        attn_mask is not None
+        or is_causal
+        or not self._qkv_same_embed_dim
+        or self.bias_k is not None
+        or self.add_zero_attn
+        or query.dim() != 3
+        or self.training
+    ):
+        return _ORIGINAL_FORWARD[nn.MultiheadAttention](
+            self,
+            query,
+            key,
+            value,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights,
+            is_causal=is_causal,
+        )
     if not self.batch_first:
         query, key, value = (x.transpose(0, 1) for x in (query, key, value))
     dim, heads = self.embed_dim, self.num_heads
     weight, bias = self.in_proj_weight, self.in_proj_bias
-    parts = [(weight[i * dim:(i + 1) * dim], None if bias is None else bias[i * dim:(i + 1) * dim]) for i in range(3)]
-    q, k, v = (torch.nn.functional.linear(x, w, b).unflatten(-1, (heads, dim // heads)).transpose(1, 2)
-               for x, (w, b) in zip((query, key, value), parts))
+    parts = [
+        (weight[i * dim : (i + 1) * dim], None if bias is None else bias[i * dim : (i + 1) * dim]) for i in range(3)
+    ]
+    q, k, v = (
+        torch.nn.functional.linear(x, w, b).unflatten(-1, (heads, dim // heads)).transpose(1, 2)
+        for x, (w, b) in zip((query, key, value), parts)
+    )
     scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(dim // heads))
     if key_padding_mask is not None:
         padding = key_padding_mask[:, None, None, :]
-        scores = (scores.masked_fill(padding, float("-inf")) if padding.dtype == torch.bool
-                  else scores + padding.to(scores.dtype))
+        scores = (
+            scores.masked_fill(padding, float("-inf"))
+            if padding.dtype == torch.bool
+            else scores + padding.to(scores.dtype)
+        )
     weights = torch.softmax(scores, dim=-1)
     out = self.out_proj(torch.matmul(weights, v).transpose(1, 2).flatten(2))
     if not self.batch_first:
@@ -138,28 +167,57 @@ def _export_friendly_modules() -> Iterator[None]:
             cls.forward = forward
 
 
-def _export_torchscript(wrapper: BatchWrapper, args: tuple[torch.Tensor, ...], path: Path, specs: list[TensorSpec],
-                        outputs: list[TensorSpec], opset: int) -> None:
+def _export_torchscript(
+    wrapper: BatchWrapper,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    specs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    opset: int,
+) -> None:
     torch.onnx.export(
-        wrapper, args, str(path), dynamo=False, opset_version=opset,
-        input_names=[s.name for s in specs], output_names=[o.name for o in outputs],
-        dynamic_axes={**dynamic_axes(specs), **dynamic_axes(outputs)}, do_constant_folding=True,
+        wrapper,
+        args,
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=[s.name for s in specs],
+        output_names=[o.name for o in outputs],
+        dynamic_axes={**dynamic_axes(specs), **dynamic_axes(outputs)},
+        do_constant_folding=True,
     )
 
 
-def _export_dynamo(wrapper: BatchWrapper, args: tuple[torch.Tensor, ...], path: Path, specs: list[TensorSpec],
-                   outputs: list[TensorSpec], opset: int) -> None:
+def _export_dynamo(
+    wrapper: BatchWrapper,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    specs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    opset: int,
+) -> None:
     if importlib.util.find_spec("onnxscript") is None:
         raise ConfigError("the dynamo exporter needs the onnxscript package (pip install onnxscript)")
     # one named Dim per axis name, shared by every input that has that axis; the wrapper's
     # ``*tensors`` takes a list of per-input specs
     dims: dict[str, Any] = {}
-    per_input = [{axis: dims.setdefault(size, torch.export.Dim(size)) for axis, size in enumerate(s.shape)
-                  if isinstance(size, str)} for s in specs]
+    per_input = [
+        {
+            axis: dims.setdefault(size, torch.export.Dim(size))
+            for axis, size in enumerate(s.shape)
+            if isinstance(size, str)
+        }
+        for s in specs
+    ]
     program = torch.onnx.export(
-        wrapper, args, dynamo=True, opset_version=opset,
-        input_names=[s.name for s in specs], output_names=[o.name for o in outputs],
-        dynamic_shapes=(tuple(per_input),), external_data=False,
+        wrapper,
+        args,
+        dynamo=True,
+        opset_version=opset,
+        input_names=[s.name for s in specs],
+        output_names=[o.name for o in outputs],
+        dynamic_shapes=(tuple(per_input),),
+        external_data=False,
     )
     if program is None:  # only the legacy exporter (dynamo=False) returns nothing
         raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNX program")
@@ -169,9 +227,17 @@ def _export_dynamo(wrapper: BatchWrapper, args: tuple[torch.Tensor, ...], path: 
 _EXPORTERS = {"torchscript": _export_torchscript, "dynamo": _export_dynamo}
 
 
-def export_onnx(model: EmotionModel, example_batch: Batch | DialogueBatch, path: str | Path, opset: int = DEFAULT_OPSET,
-                classes: Sequence[str] | None = None, verify: bool = True, atol: float = 1e-4,
-                exporters: Sequence[str] = ("torchscript", "dynamo"), name: str | None = None) -> ExportResult:
+def export_onnx(
+    model: EmotionModel,
+    example_batch: Batch | DialogueBatch,
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    classes: Sequence[str] | None = None,
+    verify: bool = True,
+    atol: float = 1e-4,
+    exporters: Sequence[str] = ("torchscript", "dynamo"),
+    name: str | None = None,
+) -> ExportResult:
     """Export ``model``'s forward pass to ``path`` (ONNX) and write its I/O spec beside it.
 
     ``example_batch`` fixes which inputs the graph takes (its modalities and extras) and their
@@ -193,9 +259,11 @@ def export_onnx(model: EmotionModel, example_batch: Batch | DialogueBatch, path:
     if expected != kind:
         raise ConfigError(f"model {name!r} takes {expected} batches but the example is a {kind} batch")
     if isinstance(example_batch, Batch) and example_batch.edges is not None:
-        raise ConfigError(f"model {name!r}: ONNX export takes no token–frame edges (per-utterance tensors of varying "
-                          "size); give an example batch without edges (graph models then use their spread fallback, "
-                          "if they export at all) or serve the PyTorch model")
+        raise ConfigError(
+            f"model {name!r}: ONNX export takes no token–frame edges (per-utterance tensors of varying "
+            "size); give an example batch without edges (graph models then use their spread fallback, "
+            "if they export at all) or serve the PyTorch model"
+        )
     num_classes = getattr(model, "num_classes", None)
     if classes is not None and num_classes is not None and len(classes) != num_classes:
         raise ConfigError(f"model {name!r} has {num_classes} classes but {len(classes)} class names were given")
@@ -213,7 +281,11 @@ def export_onnx(model: EmotionModel, example_batch: Batch | DialogueBatch, path:
     wrapper = BatchWrapper(module, specs, aux_keys, frame_rates, dialogue).eval()
     with torch.no_grad():
         example_outputs = wrapper(*args)
-    outputs = output_specs(example_outputs, aux_keys, int(example_batch.mask.shape[1]) if isinstance(example_batch, DialogueBatch) else None)
+    outputs = output_specs(
+        example_outputs,
+        aux_keys,
+        int(example_batch.mask.shape[1]) if isinstance(example_batch, DialogueBatch) else None,
+    )
 
     path.parent.mkdir(parents=True, exist_ok=True)
     geometric = any(type(m).__module__.startswith("torch_geometric") for m in module.modules())
@@ -221,12 +293,31 @@ def export_onnx(model: EmotionModel, example_batch: Batch | DialogueBatch, path:
     for exporter in exporters:
         # write beside the target under a temporary name: a failed export leaves an earlier file alone
         scratch = path.with_name(f".{path.stem}.{os.getpid()}.{exporter}.onnx")
-        document = functools.partial(_spec_document, name=name, kind=kind, opset=opset, exporter=exporter,
-                                     outputs=outputs, frame_rates=frame_rates, classes=classes, model=module)
+        document = functools.partial(
+            _spec_document,
+            name=name,
+            kind=kind,
+            opset=opset,
+            exporter=exporter,
+            outputs=outputs,
+            frame_rates=frame_rates,
+            classes=classes,
+            model=module,
+        )
         outcome: tuple[list[TensorSpec], list[str], list[str], float | None] | str = "interrupted"
         try:
-            outcome = _export_and_verify(exporter, wrapper, args, scratch, specs, outputs, opset,
-                                         example_batch if verify else None, atol, document)
+            outcome = _export_and_verify(
+                exporter,
+                wrapper,
+                args,
+                scratch,
+                specs,
+                outputs,
+                opset,
+                example_batch if verify else None,
+                atol,
+                document,
+            )
         finally:
             if not isinstance(outcome, tuple):
                 remove_files(scratch, spec_path_for(scratch))
@@ -236,18 +327,44 @@ def export_onnx(model: EmotionModel, example_batch: Batch | DialogueBatch, path:
         used, ignored, messages, verified = outcome
         os.replace(scratch, path)
         os.replace(spec_path_for(scratch), spec_path_for(path))
-        return ExportResult(name, path, spec_path_for(path), used, outputs, ignored, opset, exporter, verified,
-                            messages, time.perf_counter() - started)
-    hint = (" (the model builds per-utterance torch_geometric graphs from Python lists of edges, which a traced "
-            "graph cannot follow)" if geometric else "")
-    raise ConfigError(f"model {name!r} cannot be exported to ONNX{hint}: " + " | ".join(failures)
-                      + "; serve the PyTorch model instead")
+        return ExportResult(
+            name,
+            path,
+            spec_path_for(path),
+            used,
+            outputs,
+            ignored,
+            opset,
+            exporter,
+            verified,
+            messages,
+            time.perf_counter() - started,
+        )
+    hint = (
+        " (the model builds per-utterance torch_geometric graphs from Python lists of edges, which a traced "
+        "graph cannot follow)"
+        if geometric
+        else ""
+    )
+    raise ConfigError(
+        f"model {name!r} cannot be exported to ONNX{hint}: "
+        + " | ".join(failures)
+        + "; serve the PyTorch model instead"
+    )
 
 
-def _export_and_verify(exporter: str, wrapper: BatchWrapper, args: tuple[torch.Tensor, ...], path: Path,
-                       specs: list[TensorSpec], outputs: list[TensorSpec], opset: int,
-                       example: Batch | DialogueBatch | None, atol: float,
-                       document: Any) -> tuple[list[TensorSpec], list[str], list[str], float | None] | str:
+def _export_and_verify(
+    exporter: str,
+    wrapper: BatchWrapper,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    specs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    opset: int,
+    example: Batch | DialogueBatch | None,
+    atol: float,
+    document: Any,
+) -> tuple[list[TensorSpec], list[str], list[str], float | None] | str:
     """One exporter: export to ``path``, make the graph onnxruntime-compatible, write its spec,
     load it in onnxruntime and (with an ``example``) verify it on other shapes.
 
@@ -263,8 +380,13 @@ def _export_and_verify(exporter: str, wrapper: BatchWrapper, args: tuple[torch.T
                 _EXPORTERS[exporter](wrapper, args, path, specs, outputs, opset)
     except Exception as exc:  # the exporters raise many types; every one means "this exporter failed"
         return describe_failure(exc)
-    messages = sorted({f"{short_path(w.filename)}:{w.lineno}: {str(w.message).splitlines()[0]}"
-                       for w in caught if issubclass(w.category, torch.jit.TracerWarning)})
+    messages = sorted(
+        {
+            f"{short_path(w.filename)}:{w.lineno}: {str(w.message).splitlines()[0]}"
+            for w in caught
+            if issubclass(w.category, torch.jit.TracerWarning)
+        }
+    )
     _make_ort_compatible(path)
     graph_inputs = _graph_input_names(path)
     used = [s for s in specs if s.name in graph_inputs]
@@ -279,11 +401,15 @@ def _export_and_verify(exporter: str, wrapper: BatchWrapper, args: tuple[torch.T
     try:
         report = check_parity(wrapper, path, verification_batches(example), atol=atol)
     except Exception as exc:  # e.g. a reshape to a size the tracer froze
-        return (f"the exported graph fails in onnxruntime on other batch sizes or lengths ({describe_failure(exc)})"
-                + frozen_hint(messages))
+        return (
+            f"the exported graph fails in onnxruntime on other batch sizes or lengths ({describe_failure(exc)})"
+            + frozen_hint(messages)
+        )
     if not report.ok:
-        return (f"the exported graph does not reproduce PyTorch on other batch sizes or lengths ({report.summary()})"
-                + frozen_hint(messages))
+        return (
+            f"the exported graph does not reproduce PyTorch on other batch sizes or lengths ({report.summary()})"
+            + frozen_hint(messages)
+        )
     return used, ignored, messages, max(report.max_abs_logits, report.max_abs_probs)
 
 
@@ -296,8 +422,10 @@ def _make_ort_compatible(path: Path) -> int:
 
     proto = onnx.load(str(path))
     inferred = onnx.shape_inference.infer_shapes(proto)
-    types = {v.name: v.type.tensor_type.elem_type
-             for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    }
     types.update({t.name: t.data_type for t in inferred.graph.initializer})
     nodes = []
     rewritten = 0
@@ -327,9 +455,20 @@ def _graph_input_names(path: Path) -> set[str]:
     return {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
 
 
-def _spec_document(inputs: list[TensorSpec], ignored: list[str], trace_warnings: Sequence[str], *, name: str, kind: str,
-                   opset: int, exporter: str, outputs: list[TensorSpec], frame_rates: Mapping[str, float | None],
-                   classes: Sequence[str] | None, model: nn.Module) -> dict[str, Any]:
+def _spec_document(
+    inputs: list[TensorSpec],
+    ignored: list[str],
+    trace_warnings: Sequence[str],
+    *,
+    name: str,
+    kind: str,
+    opset: int,
+    exporter: str,
+    outputs: list[TensorSpec],
+    frame_rates: Mapping[str, float | None],
+    classes: Sequence[str] | None,
+    model: nn.Module,
+) -> dict[str, Any]:
     config = getattr(model, "config", None)
     return {
         "format": SPEC_FORMAT,

@@ -74,8 +74,11 @@ class ParityReport:
         """One line: verdict, then per batch its shape and max differences."""
         verdict = "ok" if self.ok else "MISMATCH"
         rows = "; ".join(
-            f"B={b.batch_size} " + " ".join(f"{k}={v}" for k, v in b.lengths.items())
-            + f": |Δlogits| {b.max_abs_logits:.1e}, |Δprobs| {b.max_abs_probs:.1e}" for b in self.batches)
+            f"B={b.batch_size} "
+            + " ".join(f"{k}={v}" for k, v in b.lengths.items())
+            + f": |Δlogits| {b.max_abs_logits:.1e}, |Δprobs| {b.max_abs_probs:.1e}"
+            for b in self.batches
+        )
         return f"{verdict} (atol {self.atol:g}): {rows}"
 
 
@@ -83,8 +86,9 @@ def _prefix_mask(lengths: Sequence[int], width: int) -> torch.Tensor:
     return torch.arange(width).unsqueeze(0) < torch.tensor(list(lengths)).unsqueeze(1)
 
 
-def random_batch_like(example: Batch | DialogueBatch, batch_size: int, lengths: Mapping[str, int] | int | None = None,
-                      seed: int = 0) -> Batch | DialogueBatch:
+def random_batch_like(
+    example: Batch | DialogueBatch, batch_size: int, lengths: Mapping[str, int] | int | None = None, seed: int = 0
+) -> Batch | DialogueBatch:
     """A batch with the example's modalities, extras and fixed sizes but ``batch_size`` rows
     padded to ``lengths`` (per modality, or one number for all; for a dialogue batch, the number
     of utterances), with random states and random valid lengths of 1…length per row (one row
@@ -105,15 +109,20 @@ def random_batch_like(example: Batch | DialogueBatch, batch_size: int, lengths: 
     if isinstance(example, DialogueBatch):
         width = size_of("utterances", int(example.mask.shape[1]))
         mask = _prefix_mask(row_lengths(width), width)
-        inputs = {m: torch.randn(batch_size, width, int(x.shape[-1]), generator=generator) for m, x in example.inputs.items()}
+        inputs = {
+            m: torch.randn(batch_size, width, int(x.shape[-1]), generator=generator) for m, x in example.inputs.items()
+        }
         return DialogueBatch(inputs=inputs, mask=mask)
     items: dict[str, ModalityInput] = {}
     for modality, source in example.inputs.items():
         width = size_of(modality, int(source.states.shape[1]))
         valid = row_lengths(width)
         mask = _prefix_mask(valid, width)
-        item = ModalityInput(states=torch.randn(batch_size, width, source.dim, generator=generator), mask=mask,
-                             frame_rate=source.frame_rate)
+        item = ModalityInput(
+            states=torch.randn(batch_size, width, source.dim, generator=generator),
+            mask=mask,
+            frame_rate=source.frame_rate,
+        )
         if source.speech_mask is not None:
             item.speech_mask = (torch.rand(batch_size, width, generator=generator) < 0.6) & mask
         if source.special_tokens is not None:
@@ -122,8 +131,9 @@ def random_batch_like(example: Batch | DialogueBatch, batch_size: int, lengths: 
             special[torch.arange(batch_size), torch.tensor(valid) - 1] = True
             item.special_tokens = special
         if source.layer_states is not None:
-            item.layer_states = torch.randn(batch_size, int(source.layer_states.shape[1]), width, source.dim,
-                                            generator=generator)
+            item.layer_states = torch.randn(
+                batch_size, int(source.layer_states.shape[1]), width, source.dim, generator=generator
+            )
         if source.pooled is not None:
             item.pooled = torch.randn(batch_size, int(source.pooled.shape[-1]), generator=generator)
         items[modality] = item
@@ -137,21 +147,24 @@ def verification_batches(example: Batch | DialogueBatch) -> list[Batch | Dialogu
     size = example.batch_size
     if isinstance(example, DialogueBatch):
         width = int(example.mask.shape[1])
-        return [random_batch_like(example, size + 2, width + 3, seed=1001),
-                random_batch_like(example, max(1, size - 1), max(1, width - 1), seed=1002),
-                random_batch_like(example, 2, max(4 * width, 40), seed=1003)]
+        return [
+            random_batch_like(example, size + 2, width + 3, seed=1001),
+            random_batch_like(example, max(1, size - 1), max(1, width - 1), seed=1002),
+            random_batch_like(example, 2, max(4 * width, 40), seed=1003),
+        ]
     lengths = {m: int(x.states.shape[1]) for m, x in example.inputs.items()}
-    return [random_batch_like(example, size + 2, {m: n + 5 for m, n in lengths.items()}, seed=1001),
-            random_batch_like(example, max(1, size - 1), {m: max(1, n - 2) for m, n in lengths.items()}, seed=1002),
-            random_batch_like(example, 2, {m: max(4 * n, LONG_VERIFICATION_LENGTH) for m, n in lengths.items()},
-                              seed=1003)]
+    return [
+        random_batch_like(example, size + 2, {m: n + 5 for m, n in lengths.items()}, seed=1001),
+        random_batch_like(example, max(1, size - 1), {m: max(1, n - 2) for m, n in lengths.items()}, seed=1002),
+        random_batch_like(example, 2, {m: max(4 * n, LONG_VERIFICATION_LENGTH) for m, n in lengths.items()}, seed=1003),
+    ]
 
 
 _OPERATOR_PATTERNS = (
-    re.compile(r"'((?:aten|prim|onnx)::[\w.]+)'"),               # exporter: Exporting the operator 'aten::x'
+    re.compile(r"'((?:aten|prim|onnx)::[\w.]+)'"),  # exporter: Exporting the operator 'aten::x'
     re.compile(r"\b((?:aten|prim)::\w+)"),
-    re.compile(r"of operator \((\w+)\)"),                        # onnxruntime: type error of operator (X)
-    re.compile(r"implementation for (\w+)\(\d+\) node"),           # onnxruntime: no kernel for X(opset)
+    re.compile(r"of operator \((\w+)\)"),  # onnxruntime: type error of operator (X)
+    re.compile(r"implementation for (\w+)\(\d+\) node"),  # onnxruntime: no kernel for X(opset)
 )
 
 
@@ -173,7 +186,7 @@ def short_path(filename: str) -> str:
     parts = Path(filename).parts
     for root in ("emomix", "torch_geometric", "torch"):
         if root in parts:
-            return "/".join(parts[len(parts) - 1 - parts[::-1].index(root):])
+            return "/".join(parts[len(parts) - 1 - parts[::-1].index(root) :])
     return Path(filename).name
 
 
@@ -234,8 +247,12 @@ def _lengths(batch: Batch | DialogueBatch) -> dict[str, int]:
     return {length_axis(m): int(x.states.shape[1]) for m, x in batch.inputs.items()}
 
 
-def check_parity(model: EmotionModel | BatchWrapper, onnx_path: str | Path, batches: Sequence[Batch | DialogueBatch],
-                 atol: float = 1e-4) -> ParityReport:
+def check_parity(
+    model: EmotionModel | BatchWrapper,
+    onnx_path: str | Path,
+    batches: Sequence[Batch | DialogueBatch],
+    atol: float = 1e-4,
+) -> ParityReport:
     """Run PyTorch and onnxruntime (CPUExecutionProvider) on the same batches and report the max
     abs differences of logits, softmax probabilities and every aux output (for a bool output,
     the fraction of values that differ).
@@ -262,13 +279,18 @@ def check_parity(model: EmotionModel | BatchWrapper, onnx_path: str | Path, batc
             keep = batch.mask.cpu().numpy().astype(bool)
             torch_logits, onnx_logits = torch_logits[keep], onnx_logits[keep]
         torch_logits, onnx_logits = torch_logits.astype(np.float64), onnx_logits.astype(np.float64)
-        results.append(ParityBatchResult(
-            batch_size=batch.batch_size, lengths=_lengths(batch),
-            max_abs_logits=max_abs(torch_logits, onnx_logits),
-            max_abs_probs=max_abs(_softmax(torch_logits), _softmax(onnx_logits)),
-            max_abs_aux=aux_diffs,
-            argmax_agreement=float(np.mean(torch_logits.argmax(-1) == onnx_logits.argmax(-1))) if torch_logits.size else 1.0,
-        ))
+        results.append(
+            ParityBatchResult(
+                batch_size=batch.batch_size,
+                lengths=_lengths(batch),
+                max_abs_logits=max_abs(torch_logits, onnx_logits),
+                max_abs_probs=max_abs(_softmax(torch_logits), _softmax(onnx_logits)),
+                max_abs_aux=aux_diffs,
+                argmax_agreement=float(np.mean(torch_logits.argmax(-1) == onnx_logits.argmax(-1)))
+                if torch_logits.size
+                else 1.0,
+            )
+        )
     return ParityReport(Path(onnx_path), atol, results)
 
 
@@ -285,7 +307,7 @@ def max_abs(a: np.ndarray, b: np.ndarray) -> float:
     """Max abs difference, with equal infinities (log of a clamped zero) counted as equal."""
     if a.size == 0:
         return 0.0
-    same = (a == b)
+    same = a == b
     diff = np.where(same, 0.0, np.abs(a.astype(np.float64) - b.astype(np.float64)))
     diff = np.where(np.isnan(diff), math.inf, diff)
     return float(diff.max())

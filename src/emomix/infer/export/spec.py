@@ -69,7 +69,9 @@ def input_specs(batch: Batch | DialogueBatch) -> list[TensorSpec]:
     if isinstance(batch, DialogueBatch):
         for modality in batch.modalities:
             dim = int(batch.inputs[modality].shape[-1])
-            specs.append(TensorSpec(f"{modality}_states", "float32", (BATCH_AXIS, UTTERANCE_AXIS, dim), modality, "states"))
+            specs.append(
+                TensorSpec(f"{modality}_states", "float32", (BATCH_AXIS, UTTERANCE_AXIS, dim), modality, "states")
+            )
         specs.append(TensorSpec(DIALOGUE_MASK, "bool", (BATCH_AXIS, UTTERANCE_AXIS), None, "mask"))
         return specs
     for modality in batch.modalities:
@@ -108,16 +110,22 @@ def flatten_batch(batch: Batch | DialogueBatch, specs: Sequence[TensorSpec]) -> 
     for spec in specs:
         tensor = _tensor_of(batch, spec)
         if tensor is None:
-            raise ConfigError(f"the exported model takes input {spec.name!r} but the batch has no "
-                              f"{spec.modality or 'dialogue'} {spec.field}; build batches with the same "
-                              "modalities and extras as the export example")
+            raise ConfigError(
+                f"the exported model takes input {spec.name!r} but the batch has no "
+                f"{spec.modality or 'dialogue'} {spec.field}; build batches with the same "
+                "modalities and extras as the export example"
+            )
         if tensor.dim() != len(spec.shape):
-            raise ConfigError(f"input {spec.name!r} needs {len(spec.shape)} dimensions {list(spec.shape)}, "
-                              f"got shape {tuple(tensor.shape)}")
+            raise ConfigError(
+                f"input {spec.name!r} needs {len(spec.shape)} dimensions {list(spec.shape)}, "
+                f"got shape {tuple(tensor.shape)}"
+            )
         for axis, size in enumerate(spec.shape):
             if isinstance(size, int) and int(tensor.shape[axis]) != size:
-                raise ConfigError(f"input {spec.name!r} has size {int(tensor.shape[axis])} on axis {axis} but the "
-                                  f"exported model was built for {size} (shape {list(spec.shape)})")
+                raise ConfigError(
+                    f"input {spec.name!r} has size {int(tensor.shape[axis])} on axis {axis} but the "
+                    f"exported model was built for {size} (shape {list(spec.shape)})"
+                )
         tensors.append(tensor.detach().cpu().to(torch.bool if spec.dtype == "bool" else torch.float32))
     return tuple(tensors)
 
@@ -127,7 +135,9 @@ def batch_feed(batch: Batch | DialogueBatch, spec: Mapping[str, Any]) -> dict[st
     specs = [_spec_from_json(item) for item in spec["inputs"]]
     kind = "dialogue" if isinstance(batch, DialogueBatch) else "utterance"
     if kind != spec["batch_kind"]:
-        raise ConfigError(f"the exported model {spec['model']!r} takes {spec['batch_kind']} batches, got a {kind} batch")
+        raise ConfigError(
+            f"the exported model {spec['model']!r} takes {spec['batch_kind']} batches, got a {kind} batch"
+        )
     return {s.name: t.numpy() for s, t in zip(specs, flatten_batch(batch, specs))}
 
 
@@ -135,8 +145,14 @@ class BatchWrapper(nn.Module):
     """Takes the flat tensors of :func:`input_specs` (in order), rebuilds the batch, calls the
     model and returns ``(logits, *aux)`` with the aux tensors named in ``aux_keys``."""
 
-    def __init__(self, model: EmotionModel, specs: Sequence[TensorSpec], aux_keys: Sequence[str],
-                 frame_rates: Mapping[str, float | None], dialogue: bool):
+    def __init__(
+        self,
+        model: EmotionModel,
+        specs: Sequence[TensorSpec],
+        aux_keys: Sequence[str],
+        frame_rates: Mapping[str, float | None],
+        dialogue: bool,
+    ):
         super().__init__()
         self.model = model
         self.specs = list(specs)
@@ -154,7 +170,9 @@ class BatchWrapper(nn.Module):
         for spec, tensor in zip(self.specs, tensors):
             if spec.modality is not None and spec.field is not None:  # only a dialogue's mask has none
                 fields.setdefault(spec.modality, {})[spec.field] = tensor
-        return Batch(inputs={m: ModalityInput(**values, frame_rate=self.frame_rates.get(m)) for m, values in fields.items()})
+        return Batch(
+            inputs={m: ModalityInput(**values, frame_rate=self.frame_rates.get(m)) for m, values in fields.items()}
+        )
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         output = self.model(self.rebuild(tensors))
@@ -163,8 +181,11 @@ class BatchWrapper(nn.Module):
 
 def aux_output_keys(output_aux: Mapping[str, Any], batch_size: int) -> list[str]:
     """Aux entries that are per-row tensors (first dimension B), in the model's order."""
-    return [key for key, value in output_aux.items()
-            if isinstance(value, torch.Tensor) and value.dim() >= 1 and int(value.shape[0]) == batch_size]
+    return [
+        key
+        for key, value in output_aux.items()
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and int(value.shape[0]) == batch_size
+    ]
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:
@@ -178,7 +199,9 @@ def output_specs(outputs: Sequence[torch.Tensor], aux_keys: Sequence[str], utter
         if utterances is not None and len(shape) >= 2 and shape[1] == utterances:
             shape[1] = UTTERANCE_AXIS
         name = "logits" if index == 0 else f"aux_{aux_keys[index - 1]}"
-        specs.append(TensorSpec(name, _dtype_name(tensor), tuple(shape), None, None if index == 0 else aux_keys[index - 1]))
+        specs.append(
+            TensorSpec(name, _dtype_name(tensor), tuple(shape), None, None if index == 0 else aux_keys[index - 1])
+        )
     return specs
 
 
@@ -200,8 +223,10 @@ def load_spec(onnx_path: str | Path) -> dict[str, Any]:
     """The I/O spec written beside an exported model (:class:`ConfigError` when it is missing)."""
     path = spec_path_for(onnx_path)
     if not path.exists():
-        raise ConfigError(f"{path} does not exist: an emomix ONNX model needs the I/O spec export_onnx writes "
-                          "beside it; re-export the model with emomix.infer.export.export_onnx")
+        raise ConfigError(
+            f"{path} does not exist: an emomix ONNX model needs the I/O spec export_onnx writes "
+            "beside it; re-export the model with emomix.infer.export.export_onnx"
+        )
     spec = json.loads(path.read_text())
     if spec.get("format") != SPEC_FORMAT:
         raise ConfigError(f"{path}: unknown I/O spec format {spec.get('format')!r}; expected {SPEC_FORMAT}")

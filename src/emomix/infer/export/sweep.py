@@ -20,8 +20,9 @@ CHECK_DIMS = {"audio": 12, "text": 16, "video": 8}
 """Tiny input widths of :func:`check_all` (the models' own default widths are kept)."""
 
 
-def example_batch_for(model_name: str, dims: Mapping[str, int] | None = None, batch_size: int = 3,
-                      seed: int = 0) -> Batch | DialogueBatch:
+def example_batch_for(
+    model_name: str, dims: Mapping[str, int] | None = None, batch_size: int = 3, seed: int = 0
+) -> Batch | DialogueBatch:
     """A random example batch for a registered model with every extra a feature-store batch can
     carry: audio with a VAD ``speech_mask`` (50 frames/s), text with ``special_tokens`` and the
     last 4 layers' ``layer_states``; a dialogue batch for conversation models."""
@@ -30,15 +31,19 @@ def example_batch_for(model_name: str, dims: Mapping[str, int] | None = None, ba
     info = model_info(model_name)
     dims = {**CHECK_DIMS, **dict(dims or {})}
     if info.batch_kind == "dialogue":
-        proto = DialogueBatch(inputs={m: torch.zeros(1, 1, dims[m]) for m in info.modalities},
-                              mask=torch.ones(1, 1, dtype=torch.bool))
+        proto = DialogueBatch(
+            inputs={m: torch.zeros(1, 1, dims[m]) for m in info.modalities}, mask=torch.ones(1, 1, dtype=torch.bool)
+        )
         return random_batch_like(proto, batch_size, 6, seed=seed)
     lengths = {"audio": 20, "text": 9, "video": 10}
     inputs = {}
     for modality in info.modalities:
         length = lengths[modality]
-        item = ModalityInput(states=torch.zeros(1, length, dims[modality]), mask=torch.ones(1, length, dtype=torch.bool),
-                             frame_rate=50.0 if modality == "audio" else None)
+        item = ModalityInput(
+            states=torch.zeros(1, length, dims[modality]),
+            mask=torch.ones(1, length, dtype=torch.bool),
+            frame_rate=50.0 if modality == "audio" else None,
+        )
         if modality == "audio":
             item.speech_mask = item.mask.clone()
         if modality == "text":
@@ -64,8 +69,13 @@ class CheckRow:
     reason: str = ""
 
 
-def check_all(names: Sequence[str] | None = None, workdir: str | Path | None = None, atol: float = 1e-4,
-              exporters: Sequence[str] = ("torchscript", "dynamo"), seed: int = 0) -> list[CheckRow]:
+def check_all(
+    names: Sequence[str] | None = None,
+    workdir: str | Path | None = None,
+    atol: float = 1e-4,
+    exporters: Sequence[str] = ("torchscript", "dynamo"),
+    seed: int = 0,
+) -> list[CheckRow]:
     """Export every registered model (or ``names``) with tiny inputs, then check parity on two
     fresh batches of other shapes (:func:`check_parity`); a row per model with the verdict."""
     from emomix.models.base import create_model, list_models
@@ -84,8 +94,9 @@ def check_all(names: Sequence[str] | None = None, workdir: str | Path | None = N
             started = time.perf_counter()
             row = CheckRow(model_name, info.batch_kind, exports=False)
             try:
-                result = export_onnx(model, example, Path(tmp) / f"{model_name}.onnx", atol=atol, exporters=exporters,
-                                     name=model_name)
+                result = export_onnx(
+                    model, example, Path(tmp) / f"{model_name}.onnx", atol=atol, exporters=exporters, name=model_name
+                )
             except ConfigError as exc:
                 row.reason = str(exc)
             else:
@@ -107,11 +118,15 @@ def _other_shapes(example: Batch | DialogueBatch, seed: int) -> list[Batch | Dia
     """Two fresh batches for :func:`check_all`: 5 rows about twice as long, 1 row about half."""
     if isinstance(example, DialogueBatch):
         width = int(example.mask.shape[1])
-        return [random_batch_like(example, 5, 2 * width + 3, seed=seed + 7),
-                random_batch_like(example, 1, max(1, width // 2), seed=seed + 8)]
+        return [
+            random_batch_like(example, 5, 2 * width + 3, seed=seed + 7),
+            random_batch_like(example, 1, max(1, width // 2), seed=seed + 8),
+        ]
     lengths = {m: int(x.states.shape[1]) for m, x in example.inputs.items()}
-    return [random_batch_like(example, 5, {m: 2 * n + 3 for m, n in lengths.items()}, seed=seed + 7),
-            random_batch_like(example, 1, {m: max(1, n // 2) for m, n in lengths.items()}, seed=seed + 8)]
+    return [
+        random_batch_like(example, 5, {m: 2 * n + 3 for m, n in lengths.items()}, seed=seed + 7),
+        random_batch_like(example, 1, {m: max(1, n // 2) for m, n in lengths.items()}, seed=seed + 8),
+    ]
 
 
 def _reason_summary(reason: str) -> str:
@@ -132,16 +147,20 @@ def _reason_summary(reason: str) -> str:
 
 def format_check_table(rows: Sequence[CheckRow]) -> str:
     """A Markdown table of :func:`check_all` rows."""
-    lines = ["| model | batch | exports | max abs Δ logits | max abs Δ probs | MB | inputs the graph ignores | why not |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | batch | exports | max abs Δ logits | max abs Δ probs | MB | inputs the graph ignores | why not |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
 
     def diff(v: float | None) -> str:
         return "—" if v is None else f"{v:.1e}"
 
     for row in rows:
-        lines.append(f"| `{row.model}` | {row.batch_kind} | {'yes' if row.exports else '**no**'} | "
-                     f"{diff(row.max_abs_logits)} | {diff(row.max_abs_probs)} | "
-                     f"{'—' if row.megabytes is None else f'{row.megabytes:.2f}'} | "
-                     f"{', '.join(f'`{n}`' for n in row.ignored_inputs) or '—'} | "
-                     f"{'' if row.exports else _reason_summary(row.reason)} |")
+        lines.append(
+            f"| `{row.model}` | {row.batch_kind} | {'yes' if row.exports else '**no**'} | "
+            f"{diff(row.max_abs_logits)} | {diff(row.max_abs_probs)} | "
+            f"{'—' if row.megabytes is None else f'{row.megabytes:.2f}'} | "
+            f"{', '.join(f'`{n}`' for n in row.ignored_inputs) or '—'} | "
+            f"{'' if row.exports else _reason_summary(row.reason)} |"
+        )
     return "\n".join(lines)

@@ -59,14 +59,20 @@ def encoder_export_blocker(encoder: Any) -> str | None:
     if isinstance(encoder, TextEncoder):
         return None
     if isinstance(encoder, OpenSmileEncoder):
-        return ("openSMILE is a C++ library (the opensmile package calls its native engine); its features are not a "
-                "PyTorch graph, so there is nothing to trace: compute them with openSMILE and the same feature set")
+        return (
+            "openSMILE is a C++ library (the opensmile package calls its native engine); its features are not a "
+            "PyTorch graph, so there is nothing to trace: compute them with openSMILE and the same feature set"
+        )
     if isinstance(encoder, MFCCEncoder):
-        return ("MFCCs are computed by librosa in NumPy, not by a PyTorch graph: compute them with "
-                "emomix.audio.features.mfcc (or librosa with the same settings)")
+        return (
+            "MFCCs are computed by librosa in NumPy, not by a PyTorch graph: compute them with "
+            "emomix.audio.features.mfcc (or librosa with the same settings)"
+        )
     if isinstance(encoder, SpeechSSLEncoder):
-        return ("emomix exports transformers text encoders only; a speech SSL encoder (waveform in, VAD and frame "
-                "stride around it) is not attempted: run it in PyTorch")
+        return (
+            "emomix exports transformers text encoders only; a speech SSL encoder (waveform in, VAD and frame "
+            "stride around it) is not attempted: run it in PyTorch"
+        )
     return f"{type(encoder).__name__} is not a transformers text encoder, the only kind emomix exports"
 
 
@@ -93,7 +99,9 @@ class TextEncoderGraph(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         extra = {"token_type_ids": torch.zeros_like(input_ids)} if self.token_types else {}
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **extra).hidden_states
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **extra
+        ).hidden_states
         return (hidden[self.state_layer], *(hidden[k] for k in self.layers))
 
 
@@ -130,8 +138,10 @@ class TextParityReport:
     def summary(self) -> str:
         """One line: verdict, then per batch its shape and max difference over the outputs."""
         verdict = "ok" if self.ok else "MISMATCH"
-        rows = "; ".join(f"B={b.batch_size} {SEQUENCE_AXIS}={b.sequence_length}: |Δ| {max(b.max_abs.values()):.1e}"
-                         for b in self.batches)
+        rows = "; ".join(
+            f"B={b.batch_size} {SEQUENCE_AXIS}={b.sequence_length}: |Δ| {max(b.max_abs.values()):.1e}"
+            for b in self.batches
+        )
         return f"{verdict} (atol {self.atol:g}): {rows}"
 
 
@@ -158,8 +168,10 @@ class OnnxTextEncoder:
         self.path = Path(path)
         spec_path = spec_path_for(self.path)
         if not self.path.exists() or not spec_path.exists():
-            raise ConfigError(f"{self.path} (with {spec_path.name}) does not exist; export the encoder with "
-                              "emomix.infer.export.export_text_encoder or `emomix export --encoders`")
+            raise ConfigError(
+                f"{self.path} (with {spec_path.name}) does not exist; export the encoder with "
+                "emomix.infer.export.export_text_encoder or `emomix export --encoders`"
+            )
         self.spec = json.loads(spec_path.read_text())
         if self.spec.get("format") != TEXT_ENCODER_FORMAT:
             raise ConfigError(f"{spec_path}: not a text encoder spec (format {self.spec.get('format')!r})")
@@ -174,8 +186,16 @@ class OnnxTextEncoder:
     def tokenize(self, texts: Sequence[str | None]) -> dict[str, np.ndarray]:
         """``input_ids``, ``attention_mask`` and ``special_tokens_mask`` as the encoder tokenises."""
         cleaned = ["" if t is None or not str(t).strip() else str(t) for t in texts]
-        return dict(self.tokenizer(cleaned, padding=True, truncation=True, max_length=int(self.spec["max_length"]),
-                                   return_special_tokens_mask=True, return_tensors="np"))
+        return dict(
+            self.tokenizer(
+                cleaned,
+                padding=True,
+                truncation=True,
+                max_length=int(self.spec["max_length"]),
+                return_special_tokens_mask=True,
+                return_tensors="np",
+            )
+        )
 
     def run(self, texts: Sequence[str | None]) -> dict[str, np.ndarray]:
         """Every output by name, with ``mask`` (valid tokens) and ``special_tokens`` (bool)."""
@@ -188,9 +208,15 @@ class OnnxTextEncoder:
         return values
 
 
-def export_text_encoder(encoder: Any, path: str | Path, layers: Sequence[int] = (), texts: Sequence[str] = (),
-                        check_batches: Sequence[Sequence[str]] | None = None, opset: int = DEFAULT_OPSET,
-                        atol: float = 1e-4) -> TextEncoderExport:
+def export_text_encoder(
+    encoder: Any,
+    path: str | Path,
+    layers: Sequence[int] = (),
+    texts: Sequence[str] = (),
+    check_batches: Sequence[Sequence[str]] | None = None,
+    opset: int = DEFAULT_OPSET,
+    atol: float = 1e-4,
+) -> TextEncoderExport:
     """Export a :class:`~emomix.encoders.text.TextEncoder` to ``path`` with dynamic batch and
     sequence axes, its spec beside it (``<name>.onnx_io_spec.json``) and its tokenizer in
     ``<stem>_tokenizer/``; then check it against the PyTorch encoder.
@@ -206,7 +232,9 @@ def export_text_encoder(encoder: Any, path: str | Path, layers: Sequence[int] = 
     """
     reason = encoder_export_blocker(encoder)
     if reason:
-        raise ConfigError(f"encoder {getattr(encoder, 'name', type(encoder).__name__)!r} cannot be exported to ONNX: {reason}")
+        raise ConfigError(
+            f"encoder {getattr(encoder, 'name', type(encoder).__name__)!r} cannot be exported to ONNX: {reason}"
+        )
     started = time.perf_counter()
     path = Path(path)
     texts = [str(t) for t in texts if t is not None and str(t).strip()] or ["a short example sentence"]
@@ -222,12 +250,24 @@ def export_text_encoder(encoder: Any, path: str | Path, layers: Sequence[int] = 
         encoder.model.cpu()
         with warnings.catch_warnings(record=True) as caught, torch.no_grad():
             warnings.simplefilter("always")
-            torch.onnx.export(graph, args, str(scratch), dynamo=False, opset_version=opset,
-                              input_names=["input_ids", "attention_mask"], output_names=names,
-                              dynamic_axes={n: {0: BATCH_AXIS, 1: SEQUENCE_AXIS} for n in ["input_ids", "attention_mask", *names]},
-                              do_constant_folding=True)
-        messages = sorted({f"{short_path(w.filename)}:{w.lineno}: {str(w.message).splitlines()[0]}"
-                           for w in caught if issubclass(w.category, torch.jit.TracerWarning)})
+            torch.onnx.export(
+                graph,
+                args,
+                str(scratch),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input_ids", "attention_mask"],
+                output_names=names,
+                dynamic_axes={n: {0: BATCH_AXIS, 1: SEQUENCE_AXIS} for n in ["input_ids", "attention_mask", *names]},
+                do_constant_folding=True,
+            )
+        messages = sorted(
+            {
+                f"{short_path(w.filename)}:{w.lineno}: {str(w.message).splitlines()[0]}"
+                for w in caught
+                if issubclass(w.category, torch.jit.TracerWarning)
+            }
+        )
         spec = _text_spec(encoder, graph, opset, tokenizer_dir.name, messages)
         spec_path_for(scratch).write_text(json.dumps(spec, indent=2) + "\n")
         batches = [list(b) for b in check_batches] if check_batches else [texts, texts[:1]]
@@ -237,22 +277,30 @@ def export_text_encoder(encoder: Any, path: str | Path, layers: Sequence[int] = 
         raise
     except Exception as exc:  # the exporter and onnxruntime raise many types; each means "did not export"
         remove_files(scratch, spec_path_for(scratch))
-        raise ConfigError(f"text encoder '{encoder.name}' cannot be exported to ONNX ({describe_failure(exc)})") from exc
+        raise ConfigError(
+            f"text encoder '{encoder.name}' cannot be exported to ONNX ({describe_failure(exc)})"
+        ) from exc
     finally:
         encoder.model.to(device)
     if not parity.ok:
         remove_files(scratch, spec_path_for(scratch))
-        raise ConfigError(f"the exported text encoder '{encoder.name}' does not reproduce PyTorch ({parity.summary()})"
-                          + frozen_hint(messages) + "; run the encoder in PyTorch instead")
+        raise ConfigError(
+            f"the exported text encoder '{encoder.name}' does not reproduce PyTorch ({parity.summary()})"
+            + frozen_hint(messages)
+            + "; run the encoder in PyTorch instead"
+        )
     encoder.tokenizer.save_pretrained(str(tokenizer_dir))
     os.replace(scratch, path)
     os.replace(spec_path_for(scratch), spec_path_for(path))
     parity.onnx_path = path
-    return TextEncoderExport(path, spec_path_for(path), tokenizer_dir, names, parity, messages, time.perf_counter() - started)
+    return TextEncoderExport(
+        path, spec_path_for(path), tokenizer_dir, names, parity, messages, time.perf_counter() - started
+    )
 
 
-def check_text_encoder_parity(encoder: Any, onnx_path: str | Path, text_batches: Sequence[Sequence[str]],
-                              atol: float = 1e-4) -> TextParityReport:
+def check_text_encoder_parity(
+    encoder: Any, onnx_path: str | Path, text_batches: Sequence[Sequence[str]], atol: float = 1e-4
+) -> TextParityReport:
     """Run the PyTorch encoder (``encode``, with hidden states) and the ONNX graph on each batch
     of texts and report the max abs difference of every output over the valid tokens."""
     runner = OnnxTextEncoder(onnx_path, tokenizer=encoder.tokenizer)
@@ -262,31 +310,46 @@ def check_text_encoder_parity(encoder: Any, onnx_path: str | Path, text_batches:
         got = runner.run(list(texts))
         mask = expected.mask.cpu().numpy().astype(bool)
         reference = {"states": expected.states}
-        reference.update({name: expected.hidden_states[int(name.split("_", 1)[1])]
-                          for name in runner.output_names if name.startswith("layer_")})
+        reference.update(
+            {
+                name: expected.hidden_states[int(name.split("_", 1)[1])]
+                for name in runner.output_names
+                if name.startswith("layer_")
+            }
+        )
         diffs = {}
         for name in runner.output_names:
             want = reference[name].detach().cpu().float().numpy()
             have = got[name]
-            diffs[name] = math.inf if want.shape != have.shape or not np.array_equal(got["mask"], mask) \
+            diffs[name] = (
+                math.inf
+                if want.shape != have.shape or not np.array_equal(got["mask"], mask)
                 else max_abs(want[mask], have[mask])
+            )
         results.append(TextParityBatch(len(texts), int(mask.shape[1]), diffs))
     return TextParityReport(Path(onnx_path), atol, results)
 
 
-def _text_spec(encoder: Any, graph: TextEncoderGraph, opset: int, tokenizer_dir: str,
-               messages: Sequence[str]) -> dict[str, Any]:
+def _text_spec(
+    encoder: Any, graph: TextEncoderGraph, opset: int, tokenizer_dir: str, messages: Sequence[str]
+) -> dict[str, Any]:
     dim = int(encoder.output_size)
-    outputs = [{"name": "states", "dtype": "float32", "shape": [BATCH_AXIS, SEQUENCE_AXIS, dim], "layer": graph.state_layer}]
-    outputs += [{"name": f"layer_{k}", "dtype": "float32", "shape": [BATCH_AXIS, SEQUENCE_AXIS, dim], "layer": k}
-                for k in graph.layers]
+    outputs = [
+        {"name": "states", "dtype": "float32", "shape": [BATCH_AXIS, SEQUENCE_AXIS, dim], "layer": graph.state_layer}
+    ]
+    outputs += [
+        {"name": f"layer_{k}", "dtype": "float32", "shape": [BATCH_AXIS, SEQUENCE_AXIS, dim], "layer": k}
+        for k in graph.layers
+    ]
     return {
         "format": TEXT_ENCODER_FORMAT,
         "encoder": encoder.config(),
         "opset": opset,
         "exporter": "torchscript",
-        "inputs": [{"name": name, "dtype": "int64", "shape": [BATCH_AXIS, SEQUENCE_AXIS]}
-                   for name in ("input_ids", "attention_mask")],
+        "inputs": [
+            {"name": name, "dtype": "int64", "shape": [BATCH_AXIS, SEQUENCE_AXIS]}
+            for name in ("input_ids", "attention_mask")
+        ],
         "outputs": outputs,
         "tokenizer": tokenizer_dir,
         "max_length": int(encoder.max_length),

@@ -34,12 +34,15 @@ class CrossAttentionLayer(nn.Module):
         self.ffn: nn.Module | None = None
         self.ffn_norm: nn.Module | None = None
         if ffn:
-            self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Dropout(dropout),
-                                     nn.Linear(ffn_mult * dim, dim))
+            self.ffn = nn.Sequential(
+                nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_mult * dim, dim)
+            )
             self.ffn_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, query: torch.Tensor, key_value: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, key_value: torch.Tensor, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``query`` ``B × Tq × D``, ``key_value`` ``B × Tk × D``, ``key_mask`` ``B × Tk`` (True = valid)
         → ``B × Tq × D``."""
         padding, empty = key_padding_mask(key_mask)
@@ -62,18 +65,22 @@ class BidirectionalCrossAttention(nn.Module):
     :class:`CrossAttentionLayer`). ``forward(a, a_mask, t, t_mask) -> (a2t B × Ta × D, t2a B × Tt × D)``.
     """
 
-    def __init__(self, dim: int, heads: int = 4, num_layers: int = 2, dropout: float = 0.1, ffn: bool = True,
-                 ffn_mult: int = 2):
+    def __init__(
+        self, dim: int, heads: int = 4, num_layers: int = 2, dropout: float = 0.1, ffn: bool = True, ffn_mult: int = 2
+    ):
         super().__init__()
         if num_layers < 1:
             raise ConfigError(f"BidirectionalCrossAttention needs at least one layer, got {num_layers}")
-        self.audio_to_text = nn.ModuleList(CrossAttentionLayer(dim, heads, dropout, ffn_mult, ffn)
-                                           for _ in range(num_layers))
-        self.text_to_audio = nn.ModuleList(CrossAttentionLayer(dim, heads, dropout, ffn_mult, ffn)
-                                           for _ in range(num_layers))
+        self.audio_to_text = nn.ModuleList(
+            CrossAttentionLayer(dim, heads, dropout, ffn_mult, ffn) for _ in range(num_layers)
+        )
+        self.text_to_audio = nn.ModuleList(
+            CrossAttentionLayer(dim, heads, dropout, ffn_mult, ffn) for _ in range(num_layers)
+        )
 
-    def forward(self, a: torch.Tensor, a_mask: torch.Tensor | None, t: torch.Tensor, t_mask: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, a: torch.Tensor, a_mask: torch.Tensor | None, t: torch.Tensor, t_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio queries over text keys, text queries over audio keys."""
         for a_layer, t_layer in zip(self.audio_to_text, self.text_to_audio):
             a, t = a_layer(a, t, t_mask), t_layer(t, a, a_mask)

@@ -41,8 +41,9 @@ class DialogueContext(nn.Module):
         x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
         hidden = self.dropout(F.relu(self.conv(x.transpose(1, 2)).transpose(1, 2)))
         # an empty dialogue still needs one step for packing; its output is zeroed below
-        packed = nn.utils.rnn.pack_padded_sequence(hidden, lengths.clamp_min(1).cpu(), batch_first=True,
-                                                   enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            hidden, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False
+        )
         output, _ = self.gru(packed)
         output, _ = nn.utils.rnn.pad_packed_sequence(output, batch_first=True, total_length=length)
         return output.masked_fill(~mask.unsqueeze(-1), 0.0)

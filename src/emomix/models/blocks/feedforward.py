@@ -24,8 +24,15 @@ class MLP(nn.Module):
     ``num_layers=1`` is a single linear map ``in_dim → out_dim``.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2,
-                 dropout: float = 0.1, activation: str = "gelu"):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        num_layers: int = 2,
+        dropout: float = 0.1,
+        activation: str = "gelu",
+    ):
         super().__init__()
         if num_layers < 1:
             raise ConfigError(f"MLP needs at least one layer, got num_layers={num_layers}")
@@ -50,8 +57,9 @@ class Expert(nn.Module):
     ``num_classes`` (the Dual Routing branch losses use the heads).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, kind: str = "mlp", dropout: float = 0.1,
-                 num_classes: int | None = None):
+    def __init__(
+        self, in_dim: int, out_dim: int, kind: str = "mlp", dropout: float = 0.1, num_classes: int | None = None
+    ):
         super().__init__()
         if kind == "mlp":
             self.body: nn.Module = MLP(in_dim, out_dim, out_dim, num_layers=2, dropout=dropout, activation="gelu")

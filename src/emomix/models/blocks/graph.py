@@ -11,8 +11,9 @@ from torch import nn
 from emomix.errors import ConfigError
 
 
-def valid_bipartite_edges(edges: torch.Tensor | None, text_mask: torch.Tensor, audio_mask: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def valid_bipartite_edges(
+    edges: torch.Tensor | None, text_mask: torch.Tensor, audio_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Map one utterance's ``2 × E`` (token position, frame position) edges onto node numbers.
 
     ``text_mask`` (``T_t``) and ``audio_mask`` (``T_a``) mark the valid positions of the padded
@@ -65,8 +66,9 @@ class BipartiteGAT(nn.Module):
     the embedding is the mean over all nodes of the graph → ``B × hidden_dim``.
     """
 
-    def __init__(self, text_dim: int, audio_dim: int, hidden_dim: int, heads: int = 4, num_layers: int = 2,
-                 dropout: float = 0.1):
+    def __init__(
+        self, text_dim: int, audio_dim: int, hidden_dim: int, heads: int = 4, num_layers: int = 2, dropout: float = 0.1
+    ):
         super().__init__()
         from torch_geometric.nn import GATConv
 
@@ -83,8 +85,14 @@ class BipartiteGAT(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.hidden_dim = hidden_dim
 
-    def forward(self, text_states: torch.Tensor, text_mask: torch.Tensor, audio_states: torch.Tensor,
-                audio_mask: torch.Tensor, edges: Sequence[torch.Tensor | None] | None) -> torch.Tensor:
+    def forward(
+        self,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor,
+        audio_states: torch.Tensor,
+        audio_mask: torch.Tensor,
+        edges: Sequence[torch.Tensor | None] | None,
+    ) -> torch.Tensor:
         """Graph embeddings ``B × hidden_dim``; ``edges[b]`` is utterance ``b``'s ``2 × E``
         (token position, frame position) tensor (None or empty: no edges)."""
         from torch_geometric.data import Batch as GraphBatch
@@ -97,8 +105,9 @@ class BipartiteGAT(nn.Module):
         audio_nodes = self.audio_projection(audio_states)
         graphs = []
         for row in range(batch_size):
-            tokens, frames, node_edges = valid_bipartite_edges(None if edges is None else edges[row],
-                                                               text_mask[row], audio_mask[row])
+            tokens, frames, node_edges = valid_bipartite_edges(
+                None if edges is None else edges[row], text_mask[row], audio_mask[row]
+            )
             graphs.append(bipartite_edges_to_graph(text_nodes[row, tokens], audio_nodes[row, frames], node_edges))
         graph = GraphBatch.from_data_list(graphs)
         x = graph.x

@@ -68,8 +68,9 @@ class TopKGate(nn.Module):
         self.k = k
         self.noise_std = noise_std
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x``: ``… × in_dim``; ``mask`` (optional, True = valid row) only affects the
         load-balancing loss."""
         logits = self.linear(x)
@@ -98,8 +99,9 @@ class MixtureOfExperts(nn.Module):
         self.experts = nn.ModuleList(experts)
         self.gate = gate
 
-    def forward(self, gate_input: torch.Tensor, *expert_args: torch.Tensor, gate_mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    def forward(
+        self, gate_input: torch.Tensor, *expert_args: torch.Tensor, gate_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """→ ``(output, {"gate_weights" B×E, "gate_probs" B×E, "expert_outputs" B×E×…}, load_balance_loss)``."""
         weights, probs, balance = self.gate(gate_input, gate_mask)
         outputs = []
