@@ -208,9 +208,9 @@ def test_labels_are_balanced(big_plan):
 
 def test_text_cue_and_disagreement_shares(big_plan):
     utterances = big_plan.utterances
-    assert np.mean([u.text_cue for u in utterances]) == pytest.approx(0.35, abs=0.03)
+    assert np.mean([u.text_cue for u in utterances]) == pytest.approx(0.6, abs=0.03)
     assert np.mean([u.disagree for u in utterances]) == pytest.approx(0.1, abs=0.02)
-    assert np.mean([u.text_evidence == "global" for u in utterances]) == pytest.approx(0.35 * 0.4, abs=0.03)
+    assert np.mean([u.text_evidence == "global" for u in utterances]) == pytest.approx(0.6 * 0.4, abs=0.03)
     fillers = set(FILLER_WORDS) - set(PHRASE_WORDS)
     for u in utterances:
         cue_words = [t for t in u.tokens if t not in fillers]
@@ -533,9 +533,9 @@ def test_each_modality_alone_is_imperfect_and_fusion_and_context_help(tmp_path):
     following = np.vstack([np.where(same_dialogue, fused_p[1:], 0.25), np.full(4, 0.25)])
     context_acc, _ = loso(np.hstack([np.log(fused_p), np.log(previous), np.log(following)]))
     print(f"audio {audio_acc:.3f} text {text_acc:.3f} fused {fused_acc:.3f} with context {context_acc:.3f}")
-    # Version 2 (measured: audio 0.46, text 0.44, fused 0.54, with context 0.60): each modality is
+    # Version 2 (measured: audio 0.47, text 0.59, fused 0.67, with context 0.76): each modality is
     # far from enough alone, fusion and context each add clearly.
     assert 0.35 < audio_acc < 0.7
-    assert 0.35 < text_acc < 0.6
+    assert 0.4 < text_acc < 0.7
     assert fused_acc > max(audio_acc, text_acc) + 0.05
     assert context_acc > fused_acc + 0.03

@@ -47,7 +47,7 @@ class SyntheticConfig:
     conflict_share: float = 0.1
     mixed_share: float = 0.15
     local_event_count: int = 2
-    text_cue_share: float = 0.35
+    text_cue_share: float = 0.6
     text_order_share: float = 0.4
     disagree_share: float = 0.1
     snr_db: float = 30.0
