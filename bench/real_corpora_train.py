@@ -255,9 +255,10 @@ def compare_moe(recipe_path: Path, tag: str, models: list[str]) -> str:
 
 
 def partial_moe(recipe_path: Path, tag: str, models: list[str]) -> str:
-    """The MoE condition over the folds that every started run has finished (seed 0): per model
-    the pooled and mean ± SD over folds of UA / weighted-F1, and the paired test against the routed
-    model — a like-for-like view while the full runs are still training. Kept under ``partial``."""
+    """The MoE condition over the folds finished so far (seed 0): each model against the routed
+    model on the folds both have finished — pooled and mean ± SD over those folds of UA (weighted
+    F1 for the official split) for both, and the paired test — a like-for-like view while the full
+    runs are still training. Kept under ``partial`` in the results."""
     import pandas as pd
 
     from emomix.evaluate.compare import paired_test
@@ -268,37 +269,44 @@ def partial_moe(recipe_path: Path, tag: str, models: list[str]) -> str:
     folder = RUNS / recipe.corpus.reader / (recipe_path.stem + tag)
     finished = {m: sorted(p.parent.parent.name for p in (folder / m / "folds").glob("*/seed-0/done.json"))
                 for m in models}
-    finished = {m: f for m, f in finished.items() if f}
-    if models[0] not in finished:
+    routed = models[0]
+    if not finished[routed]:
         return f"{recipe_path}: the routed model has finished no fold yet"
-    common = sorted(set.intersection(*(set(f) for f in finished.values())))
     metric_name, metric = (("weighted_f1", weighted_f1) if recipe.protocol.name == "official"
                            else ("ua", unweighted_accuracy))
-    rows, per_fold = [], {}
-    for model in finished:
-        frames = [pd.read_parquet(folder / model / "folds" / fold / "seed-0" / "predictions.parquet") for fold in common]
+
+    def score(model: str, folds: list[str]) -> tuple[float, pd.Series]:
+        frames = [pd.read_parquet(folder / model / "folds" / f / "seed-0" / "predictions.parquet") for f in folds]
         pooled = pd.concat(frames)
         classes = sorted(pooled["label"].astype(str).unique())
-        per_fold[model] = pd.Series([metric(f["label"].astype(str), f["pred"].astype(str), classes) for f in frames],
-                                    index=common)
-        rows.append({"model": model, "folds": len(common),
-                     f"{metric_name}_pooled": metric(pooled["label"].astype(str), pooled["pred"].astype(str), classes),
-                     f"{metric_name}_mean": float(per_fold[model].mean()),
-                     f"{metric_name}_sd": float(per_fold[model].std(ddof=1)) if len(common) > 1 else None})
-    for row in rows[1:]:
-        test = paired_test(per_fold[models[0]], per_fold[row["model"]])
-        row.update({k: test.get(k) for k in ("delta", "p_ttest", "p_wilcoxon")})
-    lines = [f"{recipe_path}: seed 0, the {len(common)} fold(s) every started run has finished: {', '.join(common)}",
-             f"| model | {metric_name} pooled | mean ± SD over folds | Δ vs routed (folds) | p t-test | p Wilcoxon |",
-             "|---|---|---|---|---|---|"]
+        per_fold = pd.Series([metric(f["label"].astype(str), f["pred"].astype(str), classes) for f in frames],
+                             index=folds)
+        return metric(pooled["label"].astype(str), pooled["pred"].astype(str), classes), per_fold
+
+    rows = []
+    for model in models[1:]:
+        shared = sorted(set(finished[model]) & set(finished[routed]))
+        if not shared:
+            continue
+        pooled_m, folds_m = score(model, shared)
+        pooled_r, folds_r = score(routed, shared)
+        test = paired_test(folds_r, folds_m)
+        rows.append({"model": model, "folds": shared, "pooled": pooled_m, "routed_pooled": pooled_r,
+                     "mean": float(folds_m.mean()), "sd": float(folds_m.std(ddof=1)) if len(shared) > 1 else None,
+                     "routed_mean": float(folds_r.mean()),
+                     "routed_sd": float(folds_r.std(ddof=1)) if len(shared) > 1 else None,
+                     "per_fold": folds_m.round(4).to_dict(), "routed_per_fold": folds_r.round(4).to_dict(),
+                     **{k: test.get(k) for k in ("delta", "p_ttest", "p_wilcoxon")}})
+    lines = [f"{recipe_path}: seed 0, folds finished so far: "
+             + "; ".join(f"{m} {len(f)}" for m, f in finished.items()),
+             f"| model | folds shared with {routed} | {metric_name} pooled (routed on the same folds) | "
+             "mean ± SD over folds (routed) | Δ vs routed | p t-test | p Wilcoxon |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
-        sd = row[f"{metric_name}_sd"]
-        spread = f"{row[f'{metric_name}_mean']:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
-        test = (f"{row['delta']:+.3f} | {_fmt(row['p_ttest'])} | {_fmt(row['p_wilcoxon'])}" if "delta" in row
-                else "reference | | ")
-        lines.append(f"| {row['model']} | {row[f'{metric_name}_pooled']:.3f} | {spread} | {test} |")
-    save_results({}, {f"{recipe_path}{tag}": {"folds": common, "finished": finished, "rows": rows,
-                                              "per_fold": {m: v.round(4).to_dict() for m, v in per_fold.items()}}})
+        lines.append(f"| {row['model']} | {len(row['folds'])} | {row['pooled']:.3f} ({row['routed_pooled']:.3f}) | "
+                     f"{_pm({'mean': row['mean'], 'sd': row['sd']})} ({_pm({'mean': row['routed_mean'], 'sd': row['routed_sd']})}) | "
+                     f"{row['delta']:+.3f} | {_fmt(row['p_ttest'])} | {_fmt(row['p_wilcoxon'])} |")
+    save_results({}, {f"{recipe_path}{tag}": {"metric": metric_name, "seed": 0, "finished": finished, "rows": rows}})
     return "\n".join(lines)
 
 
