@@ -34,7 +34,11 @@ SMALL = dict(size=12, sessions=2, turns_min=3, turns_max=6)
 
 def digest(folder: Path) -> dict[str, str]:
     """sha1 of every file under ``folder`` by relative path."""
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +142,22 @@ def test_generation_json_records_config_speakers_and_facts(corpus_dir):
     assert record["classes"]["angry"]["arousal"] == "high" and record["classes"]["sad"]["arousal"] == "low"
     assert len(record["speakers"]) == 4 and {s["sex"] for s in record["speakers"]} == {"F", "M"}
     fact = record["utterances"][0]
-    for key in ("label", "persisted", "cue_kind", "audio_cue", "evidence", "local_class", "global_class", "arousal",
-                "text_cue", "text_class", "text_evidence", "disagree", "events", "duration"):
+    for key in (
+        "label",
+        "persisted",
+        "cue_kind",
+        "audio_cue",
+        "evidence",
+        "local_class",
+        "global_class",
+        "arousal",
+        "text_cue",
+        "text_class",
+        "text_evidence",
+        "disagree",
+        "events",
+        "duration",
+    ):
         assert key in fact
 
 
@@ -202,7 +220,9 @@ def test_labels_are_balanced(big_plan):
     counts = Counter(u.label for u in big_plan.utterances)
     assert set(counts) == {"angry", "happy", "neutral", "sad"}
     assert max(counts.values()) - min(counts.values()) <= 10
-    unbalanced = Counter(u.label for u in plan_corpus(SyntheticConfig(seed=2, size=1500, balance_labels=False)).utterances)
+    unbalanced = Counter(
+        u.label for u in plan_corpus(SyntheticConfig(seed=2, size=1500, balance_labels=False)).utterances
+    )
     assert set(unbalanced) == set(counts) and max(unbalanced.values()) - min(unbalanced.values()) > 10
 
 
@@ -221,7 +241,7 @@ def test_text_cue_and_disagreement_shares(big_plan):
             phrase = list(CLASS_CUES[u.text_class].phrase)
             assert cue_words == phrase and sorted(phrase) == sorted(PHRASE_WORDS)
             start = u.tokens.index(phrase[0])
-            assert u.tokens[start:start + len(phrase)] == phrase
+            assert u.tokens[start : start + len(phrase)] == phrase
         else:
             assert len(cue_words) == 1 and cue_words[0] in CLASS_CUES[u.text_class].words
             assert u.text_evidence == ("conflict" if u.disagree else "local")
@@ -289,7 +309,9 @@ def test_word_and_event_times_lie_inside_the_utterance_and_are_monotone(big_plan
             if e["kind"] in ("burst", "sob", "whoop"):
                 assert len(inside_word) == 1  # a shouted, sobbed or whooped word
             else:
-                assert not any(w["start"] < e["end"] and e["start"] < w["end"] for w in u.words)  # a laugh between words
+                assert not any(
+                    w["start"] < e["end"] and e["start"] < w["end"] for w in u.words
+                )  # a laugh between words
 
 
 # ---------------------------------------------------------------------------------------- acoustics
@@ -311,9 +333,17 @@ def test_local_cues_raise_the_peak_but_not_the_mean_and_global_cues_change_the_p
         level = frame_levels(corpus_dir / "wav" / f"{fact['utt_id']}.wav")
         peak = np.convolve(level, np.ones(5) / 5, mode="valid").max()  # 50 ms window
         frames = 1 + (len(audio) - 400) // 160
-        rows.append({"speaker": fact["speaker"], "label": fact["label"], "local": fact["local_class"],
-                     "global": fact["global_class"], "mean": level.mean(), "contrast": peak - np.median(level),
-                     "silence": 1.0 - len(level) / frames})
+        rows.append(
+            {
+                "speaker": fact["speaker"],
+                "label": fact["label"],
+                "local": fact["local_class"],
+                "global": fact["global_class"],
+                "mean": level.mean(),
+                "contrast": peak - np.median(level),
+                "silence": 1.0 - len(level) / frames,
+            }
+        )
     table = pd.DataFrame(rows)
     # Per-speaker normalisation of the mean level, as a model would do.
     table["mean"] -= table.groupby("speaker")["mean"].transform("median")
@@ -441,8 +471,12 @@ def test_video_files_follow_the_utterances(tmp_path):
     write_synthetic_corpus(again, SyntheticConfig(seed=0, size=6, sessions=1, turns_min=3, turns_max=3, video=True))
     assert digest(out) == digest(again)
     # audio does not depend on whether video is written
-    plain = write_synthetic_corpus(tmp_path / "plain", SyntheticConfig(seed=0, size=6, sessions=1, turns_min=3, turns_max=3)).parent
-    assert {k: v for k, v in digest(out).items() if k.startswith("wav/")} == {k: v for k, v in digest(plain).items() if k.startswith("wav/")}
+    plain = write_synthetic_corpus(
+        tmp_path / "plain", SyntheticConfig(seed=0, size=6, sessions=1, turns_min=3, turns_max=3)
+    ).parent
+    assert {k: v for k, v in digest(out).items() if k.startswith("wav/")} == {
+        k: v for k, v in digest(plain).items() if k.startswith("wav/")
+    }
 
 
 def mouth_rows(face: tuple[float, float, float, float]) -> tuple[float, float]:
@@ -470,7 +504,20 @@ def test_cli_synth_writes_a_corpus_and_reports_typos(tmp_path, capsys):
     from emomix.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["synth", str(tmp_path / "out"), "--seed", "7", "--set", "size=12", "--set", "sessions=2", "--set", "turns_min=3"])
+        main(
+            [
+                "synth",
+                str(tmp_path / "out"),
+                "--seed",
+                "7",
+                "--set",
+                "size=12",
+                "--set",
+                "sessions=2",
+                "--set",
+                "turns_min=3",
+            ]
+        )
     assert exc.value.code == 0
     assert len(pd.read_csv(tmp_path / "out" / "manifest.csv")) == 12
     assert synthetic.load_generation(tmp_path / "out")["seed"] == 7
@@ -499,10 +546,18 @@ def test_each_modality_alone_is_imperfect_and_fusion_and_context_help(tmp_path):
         level = frame_levels(out / path)
         frames = 1 + (soundfile.info(out / path).frames - 400) // 160
         smooth = np.convolve(level, np.ones(5) / 5, mode="valid")
-        top = np.sort(smooth)[-max(3, len(smooth) // 20):]
-        features.append([level.mean(), np.median(level), np.percentile(level, 90) - np.median(level),
-                         top.mean() - np.median(level), smooth.max() - np.median(level), len(level) / 100.0,
-                         1.0 - len(level) / frames])  # local contrasts, and the share of pauses (global)
+        top = np.sort(smooth)[-max(3, len(smooth) // 20) :]
+        features.append(
+            [
+                level.mean(),
+                np.median(level),
+                np.percentile(level, 90) - np.median(level),
+                top.mean() - np.median(level),
+                smooth.max() - np.median(level),
+                len(level) / 100.0,
+                1.0 - len(level) / frames,
+            ]
+        )  # local contrasts, and the share of pauses (global)
     audio = np.array(features)
     for speaker in table["speaker"].unique():
         rows = (table["speaker"] == speaker).to_numpy()

@@ -72,30 +72,63 @@ class SyntheticConfig:
 
         need(self.seed >= 0, "seed", "expected a seed >= 0")
         need(self.sessions >= 1, "sessions", "expected at least 1 session")
-        need(2 * self.sessions <= self.size <= 1_000_000, "size", f"expected between 2 x sessions ({2 * self.sessions}) and 1000000 utterances")
-        need(self.speakers_per_session >= 2, "speakers_per_session", "expected at least 2 (dialogues alternate two speakers)")
+        need(
+            2 * self.sessions <= self.size <= 1_000_000,
+            "size",
+            f"expected between 2 x sessions ({2 * self.sessions}) and 1000000 utterances",
+        )
+        need(
+            self.speakers_per_session >= 2,
+            "speakers_per_session",
+            "expected at least 2 (dialogues alternate two speakers)",
+        )
         need(self.turns_min >= 2, "turns_min", "expected at least 2 turns per dialogue")
         need(self.turns_max >= self.turns_min, "turns_max", f"expected >= turns_min ({self.turns_min})")
         need(len(self.classes) >= 2, "classes", "expected at least two classes")
         need(len(set(self.classes)) == len(self.classes), "classes", "a class is listed twice")
         unknown = [c for c in self.classes if c not in CLASS_CUES]
         need(not unknown, "classes", f"unknown class(es) {unknown}; the generator knows {sorted(CLASS_CUES)}")
-        for name in ("persistence", "audio_cue_share", "complex_cue_share", "complex_cue_scale", "local_share",
-                     "global_share", "conflict_share", "mixed_share", "text_cue_share", "text_order_share",
-                     "disagree_share", "video_cue_share"):
+        for name in (
+            "persistence",
+            "audio_cue_share",
+            "complex_cue_share",
+            "complex_cue_scale",
+            "local_share",
+            "global_share",
+            "conflict_share",
+            "mixed_share",
+            "text_cue_share",
+            "text_order_share",
+            "disagree_share",
+            "video_cue_share",
+        ):
             need(0.0 <= getattr(self, name) <= 1.0, name, "expected a share between 0 and 1")
-        need(self.text_cue_share + self.disagree_share <= 1.0, "disagree_share",
-             f"text_cue_share + disagree_share must not exceed 1 (text_cue_share={self.text_cue_share})")
-        need(self.local_share + self.global_share + self.conflict_share <= 1.0, "conflict_share",
-             "local_share + global_share + conflict_share must not exceed 1 (the rest carries both scales)")
+        need(
+            self.text_cue_share + self.disagree_share <= 1.0,
+            "disagree_share",
+            f"text_cue_share + disagree_share must not exceed 1 (text_cue_share={self.text_cue_share})",
+        )
+        need(
+            self.local_share + self.global_share + self.conflict_share <= 1.0,
+            "conflict_share",
+            "local_share + global_share + conflict_share must not exceed 1 (the rest carries both scales)",
+        )
         need(0.0 <= self.audio_cue_strength <= 3.0, "audio_cue_strength", "expected 0 (no cue) to 3")
         need(1 <= self.local_event_count <= 4, "local_event_count", "expected 1 to 4 events")
         need(1.0 <= self.min_duration <= 30.0, "min_duration", "expected 1 to 30 seconds")
-        need(self.min_duration < self.max_duration <= 30.0, "max_duration", f"expected above min_duration ({self.min_duration}) and at most 30 s")
+        need(
+            self.min_duration < self.max_duration <= 30.0,
+            "max_duration",
+            f"expected above min_duration ({self.min_duration}) and at most 30 s",
+        )
         need(-10.0 <= self.snr_db <= 80.0, "snr_db", "expected -10 to 80 dB")
         need(0.0 <= self.speaker_spread <= 3.0, "speaker_spread", "expected 0 (identical voices) to 3")
         need(0.0 <= self.video_noise <= 1.0, "video_noise", "expected 0 to 1")
-        need(32 <= self.video_size <= 256 and self.video_size % 2 == 0, "video_size", "expected an even size from 32 to 256 pixels")
+        need(
+            32 <= self.video_size <= 256 and self.video_size % 2 == 0,
+            "video_size",
+            "expected an even size from 32 to 256 pixels",
+        )
         need(1 <= self.video_fps <= 60, "video_fps", "expected 1 to 60 frames per second")
 
     @classmethod
@@ -121,6 +154,7 @@ class SyntheticConfig:
 
 def _coerce(name: str, annotation: Any, value: Any) -> Any:
     """Check (and gently convert) one config value against its annotation."""
+
     def wrong(expected: str) -> ConfigError:
         return ConfigError(f"synthetic corpus: {name} expects {expected}, got {value!r} ({type(value).__name__})")
 

@@ -146,7 +146,9 @@ def plan_corpus(config: SyntheticConfig) -> CorpusPlan:
     utterances: list[UtterancePlan] = []
     classes = list(config.classes)
     session_ids = [f"ses{s + 1:02d}" for s in range(config.sessions)]
-    quotas = [config.size // config.sessions + (1 if s < config.size % config.sessions else 0) for s in range(config.sessions)]
+    quotas = [
+        config.size // config.sessions + (1 if s < config.size % config.sessions else 0) for s in range(config.sessions)
+    ]
     for session, quota in zip(session_ids, quotas):
         session_speakers = [v for v in speakers.values() if v.session == session]
         dialogues = []
@@ -166,7 +168,9 @@ def plan_corpus(config: SyntheticConfig) -> CorpusPlan:
                 index = len(utterances)
                 rng = np.random.default_rng([config.seed, 3, index])
                 utterances.append(
-                    _plan_utterance(index, f"{dialogue_id}_t{turn:02d}", dialogue_id, turn, label, kept, voice, config, rng)
+                    _plan_utterance(
+                        index, f"{dialogue_id}_t{turn:02d}", dialogue_id, turn, label, kept, voice, config, rng
+                    )
                 )
     return CorpusPlan(config=config, speakers=speakers, utterances=utterances)
 
@@ -220,7 +224,9 @@ def _draw_speakers(config: SyntheticConfig) -> dict[str, SpeakerVoice]:
                 f0_base=float(base * 2.0 ** (np.clip(rng.normal(0.0, 1.6 * spread), -4.0, 4.0) / 12.0)),
                 f0_range_st=float(np.clip(3.5 + rng.uniform(-1.2, 1.2) * spread, 1.0, 8.0)),
                 rate=float(np.clip(4.5 * 2.0 ** rng.normal(0.0, 0.2 * spread), 3.0, 7.0)),
-                formant_scale=float((1.15 if sex == "F" else 1.0) * (1.0 + np.clip(rng.normal(0.0, 0.04 * spread), -0.1, 0.1))),
+                formant_scale=float(
+                    (1.15 if sex == "F" else 1.0) * (1.0 + np.clip(rng.normal(0.0, 0.04 * spread), -0.1, 0.1))
+                ),
                 tension=float(np.clip(0.16 * (1.0 + rng.uniform(-0.3, 0.3) * spread), 0.08, 0.3)),
                 breath=float(np.clip(0.03 + rng.uniform(0.0, 0.05) * spread, 0.0, 0.2)),
                 loudness_db=float(np.clip(-30.0 + rng.normal(0.0, 2.5 * spread), -38.0, -25.0)),
@@ -251,8 +257,15 @@ def _dialogue_lengths(quota: int, config: SyntheticConfig, rng: np.random.Genera
 
 
 def _plan_utterance(
-    index: int, utt_id: str, dialogue_id: str, turn: int, label: str, persisted: bool,
-    voice: SpeakerVoice, config: SyntheticConfig, rng: np.random.Generator,
+    index: int,
+    utt_id: str,
+    dialogue_id: str,
+    turn: int,
+    label: str,
+    persisted: bool,
+    voice: SpeakerVoice,
+    config: SyntheticConfig,
+    rng: np.random.Generator,
 ) -> UtterancePlan:
     cue = CLASS_CUES[label]
     classes = list(config.classes)
@@ -389,8 +402,9 @@ def _plan_utterance(
             if j < n_event:
                 duration = event_words[w] / n_event
                 kind = str(event_kind)
-            syllables.append(Syllable(start=t, duration=duration, vowel=vowels[j], kind=kind, word=w,
-                                      onset=bool(rng.random() < 0.5)))
+            syllables.append(
+                Syllable(start=t, duration=duration, vowel=vowels[j], kind=kind, word=w, onset=bool(rng.random() < 0.5))
+            )
             t += duration
             if j < n_syll - 1:
                 t += rng.uniform(0.005, 0.025)
@@ -418,16 +432,40 @@ def _plan_utterance(
 
     cue_intensity = max(local_s if local_class == label else 0.0, global_s if global_class == label else 0.0)
     return UtterancePlan(
-        index=index, utt_id=utt_id, session=voice.session, speaker=voice.speaker, dialogue_id=dialogue_id,
-        turn=turn, label=label, persisted=persisted, cue_kind=evidence, audio_cue=bool(audio_cue),
-        cue_intensity=cue_intensity, evidence=evidence, local_class=local_class, global_class=global_class,
-        arousal=cue.arousal, text_cue=text_class == label, text_class=text_class, text_evidence=text_evidence,
-        disagree=disagree, video_cue=bool(video_cue), tokens=tokens, words=words, events=events,
-        duration=float(duration), level_db=float(level), f0_offset_st=f0_offset, rate=float(rate), syllables=syllables,
+        index=index,
+        utt_id=utt_id,
+        session=voice.session,
+        speaker=voice.speaker,
+        dialogue_id=dialogue_id,
+        turn=turn,
+        label=label,
+        persisted=persisted,
+        cue_kind=evidence,
+        audio_cue=bool(audio_cue),
+        cue_intensity=cue_intensity,
+        evidence=evidence,
+        local_class=local_class,
+        global_class=global_class,
+        arousal=cue.arousal,
+        text_cue=text_class == label,
+        text_class=text_class,
+        text_evidence=text_evidence,
+        disagree=disagree,
+        video_cue=bool(video_cue),
+        tokens=tokens,
+        words=words,
+        events=events,
+        duration=float(duration),
+        level_db=float(level),
+        f0_offset_st=f0_offset,
+        rate=float(rate),
+        syllables=syllables,
     )
 
 
-def _lay_out_laugh(t: float, rng: np.random.Generator, syllables: list[Syllable], events: list[dict[str, Any]]) -> float:
+def _lay_out_laugh(
+    t: float, rng: np.random.Generator, syllables: list[Syllable], events: list[dict[str, Any]]
+) -> float:
     """Append a laugh (3-4 short 'ha' pulses) at time ``t``; return the time after it."""
     t += rng.uniform(0.04, 0.08)
     start = t
@@ -442,7 +480,9 @@ def _lay_out_laugh(t: float, rng: np.random.Generator, syllables: list[Syllable]
     return t + rng.uniform(0.04, 0.08)
 
 
-def _scale_times(syllables: list[Syllable], words: list[dict[str, Any]], events: list[dict[str, Any]], origin: float, factor: float) -> None:
+def _scale_times(
+    syllables: list[Syllable], words: list[dict[str, Any]], events: list[dict[str, Any]], origin: float, factor: float
+) -> None:
     for x in syllables:
         x.start = origin + (x.start - origin) * factor
         x.duration *= factor
@@ -451,8 +491,15 @@ def _scale_times(syllables: list[Syllable], words: list[dict[str, Any]], events:
         item["end"] = round(origin + (item["end"] - origin) * factor, 4)
 
 
-def _shape_prosody(syllables: list[Syllable], duration: float, f0_range: float, tension: float, breath: float,
-                   s: float, rng: np.random.Generator) -> None:
+def _shape_prosody(
+    syllables: list[Syllable],
+    duration: float,
+    f0_range: float,
+    tension: float,
+    breath: float,
+    s: float,
+    rng: np.random.Generator,
+) -> None:
     """F0 contour, level and voice quality per syllable, with the local events' mean removed."""
     last_word = max((x.word for x in syllables if x.word is not None), default=0)
     accented: set[int] = set()

@@ -54,7 +54,7 @@ def render_audio(plan: UtterancePlan, voice: SpeakerVoice, config: SyntheticConf
             m = min(int(0.03 * sr), n)
             burst = np.diff(rng.standard_normal(m + 1)) * np.hanning(m)
             voiced[:m] += burst * reference * 10.0 ** ((x.gain_db - 14.0) / 20.0)
-        out[start:start + n] += voiced
+        out[start : start + n] += voiced
     noise = lfilter([1.0], [1.0, -0.9], rng.standard_normal(n_total))
     noise *= 10.0 ** ((voice.loudness_db - config.snr_db) / 20.0) / (np.std(noise) + 1e-12)
     out += noise
@@ -91,5 +91,5 @@ def syllable_envelope(n: int, sample_rate: int) -> np.ndarray:
     attack = max(1, min(int(0.025 * sample_rate), n // 3))
     release = max(1, min(int(0.05 * sample_rate), n // 3))
     env[:attack] = 0.5 * (1.0 - np.cos(np.pi * np.arange(attack) / attack))
-    env[n - release:] = 0.5 * (1.0 + np.cos(np.pi * np.arange(release) / release))
+    env[n - release :] = 0.5 * (1.0 + np.cos(np.pi * np.arange(release) / release))
     return env

@@ -77,27 +77,29 @@ def manifest_frame(plan: CorpusPlan) -> pd.DataFrame:
 
     rows = []
     for u in plan.utterances:
-        rows.append({
-            "utt_id": u.utt_id,
-            "corpus": CORPUS_NAME,
-            "audio_path": f"wav/{u.utt_id}.wav",
-            "start": None,
-            "end": None,
-            "text": u.text,
-            "label": u.label,
-            "raw_label": u.label,
-            "score": None,
-            "speaker": u.speaker,
-            "session": u.session,
-            "dialogue_id": u.dialogue_id,
-            "turn": u.turn,
-            "split": None,
-            "video_path": f"video/{u.utt_id}.mp4" if plan.config.video else None,
-            "video_start": None,
-            "video_end": None,
-            "words": json.dumps(u.words, separators=(",", ":")),
-            "alignment": "synthetic",
-        })
+        rows.append(
+            {
+                "utt_id": u.utt_id,
+                "corpus": CORPUS_NAME,
+                "audio_path": f"wav/{u.utt_id}.wav",
+                "start": None,
+                "end": None,
+                "text": u.text,
+                "label": u.label,
+                "raw_label": u.label,
+                "score": None,
+                "speaker": u.speaker,
+                "session": u.session,
+                "dialogue_id": u.dialogue_id,
+                "turn": u.turn,
+                "split": None,
+                "video_path": f"video/{u.utt_id}.mp4" if plan.config.video else None,
+                "video_start": None,
+                "video_end": None,
+                "words": json.dumps(u.words, separators=(",", ":")),
+                "alignment": "synthetic",
+            }
+        )
     # Columns the schema has and this generator does not know stay empty rather than failing.
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     frame["turn"] = frame["turn"].astype("int64")
@@ -123,9 +125,14 @@ def _generation_record(plan: CorpusPlan) -> dict[str, Any]:
         "sample_rate": SAMPLE_RATE,
         "config": config.to_dict(),
         "classes": {
-            name: {"cue": CLASS_CUES[name].kind, "arousal": CLASS_CUES[name].arousal,
-                   "audio": CLASS_CUES[name].description, "event": CLASS_CUES[name].event,
-                   "words": list(CLASS_CUES[name].words), "phrase": list(CLASS_CUES[name].phrase)}
+            name: {
+                "cue": CLASS_CUES[name].kind,
+                "arousal": CLASS_CUES[name].arousal,
+                "audio": CLASS_CUES[name].description,
+                "event": CLASS_CUES[name].event,
+                "words": list(CLASS_CUES[name].words),
+                "phrase": list(CLASS_CUES[name].phrase),
+            }
             for name in config.classes
         },
         "speakers": [voice.to_dict() for voice in plan.speakers.values()],
