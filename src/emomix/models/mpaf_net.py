@@ -34,15 +34,12 @@ Decisions where the paper is silent or ambiguous (each one a :class:`MPAFConfig`
   padding to 8 s, if wanted, is the data pipeline's choice. Valid frames are a prefix of each row.
 - ``lstm_init="chrono"``, ``chrono_max_frames=100``: how the LSTMs start (the paper does not say).
   PyTorch's default gives every gate a bias near 0, so the forget gate starts at about 0.5 and the
-  last state remembers only the last few frames; on the synthetic corpus (about 70 frames per
-  utterance) the audio LSTM then sits at chance for 5-6 epochs and ends near chance within the
-  test budget of 15 (UA 0.35-0.50, three seeds). The chrono initialisation (Tallec & Ollivier,
+  last state remembers only the last few frames. The chrono initialisation (Tallec & Ollivier,
   2018) draws each unit's forget-gate bias as ``log U(1, chrono_max_frames - 1)`` and its
   input-gate bias as the negative, other biases 0: units start out remembering over 1 to ~100
-  frames, so the last state begins as a summary of the whole utterance (audio-only UA 0.69-0.74
-  over five seeds; a trial that also re-initialised the weights gave a mean UA of 0.70-0.73 for
-  ``chrono_max_frames`` from 20 to 400). The architecture and the "last state"
-  reading are unchanged. ``lstm_init="pytorch"`` keeps PyTorch's initialisation.
+  frames, so the last state begins as a summary of the whole utterance. The architecture and the
+  "last state" reading are unchanged; ``lstm_init="pytorch"`` keeps PyTorch's initialisation. The
+  measurements behind this choice are in docs/models.md (MPAF-Net).
 - Video (``video_frontend="cnn"``): the batch's video ``states`` are ``B × T × S × S`` face crops,
   0–255, as the ``faces`` encoder stores them (Haar-cascade face, grayscale, 64×64, at most 150
   frames; see :mod:`emomix.audio.video`); ``input_dims["video"]`` is the crop side ``S``. The paper
