@@ -303,8 +303,10 @@ def partial_moe(recipe_path: Path, tag: str, models: list[str]) -> str:
              "mean ± SD over folds (routed) | Δ vs routed | p t-test | p Wilcoxon |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
+        spread = _pm({"mean": row["mean"], "sd": row["sd"]})
+        routed_spread = _pm({"mean": row["routed_mean"], "sd": row["routed_sd"]})
         lines.append(f"| {row['model']} | {len(row['folds'])} | {row['pooled']:.3f} ({row['routed_pooled']:.3f}) | "
-                     f"{_pm({'mean': row['mean'], 'sd': row['sd']})} ({_pm({'mean': row['routed_mean'], 'sd': row['routed_sd']})}) | "
+                     f"{spread} ({routed_spread}) | "
                      f"{row['delta']:+.3f} | {_fmt(row['p_ttest'])} | {_fmt(row['p_wilcoxon'])} |")
     save_results({}, {f"{recipe_path}{tag}": {"metric": metric_name, "seed": 0, "finished": finished, "rows": rows}})
     return "\n".join(lines)
