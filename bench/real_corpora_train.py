@@ -123,7 +123,7 @@ def run_one(recipe_path: Path, model: str, seeds: list[int], threads: int, overr
         recipe = load_recipe(recipe_path, {**overrides, "model.name": model, "model.config": config})
     out = RUNS / recipe.corpus.reader / (recipe_path.stem + tag) / label
     started = time.perf_counter()
-    result = train_recipe(recipe, out, folds=folds or None, seeds=seeds, progress=False, log=None)
+    result = train_recipe(recipe, out, folds=folds or None, seeds=seeds, progress=False, report=not folds, log=None)
     if folds:  # part of a run trained in parallel processes: the run without --folds reports it
         return None
     metrics = json.loads((out / "report" / "metrics.json").read_text())["metrics"]
@@ -232,7 +232,7 @@ def compare_moe(recipe_path: Path, tag: str, models: list[str]) -> str:
 
     recipe = load_recipe(recipe_path)
     folder = RUNS / recipe.corpus.reader / (recipe_path.stem + tag)
-    done = [m for m in models if (folder / m / "report" / "metrics.json").exists()]
+    done = [m for m in models if _finished(folder / m)]
     if len(done) < 2 or done[0] != models[0]:
         return f"{recipe_path}: the routed model and at least one other must have finished (finished: {done})"
     metric = "weighted_f1" if recipe.protocol.name == "official" else "ua"
@@ -252,6 +252,17 @@ def compare_moe(recipe_path: Path, tag: str, models: list[str]) -> str:
                 "n_pairs": int(row["n_pairs"]), "p_ttest": row["p_ttest"], "p_wilcoxon": row["p_wilcoxon"]}
     save_results(results)
     return text
+
+
+def _finished(run: Path) -> bool:
+    """Every fold and seed of a run has finished and its report is written (a run trained in parts
+    with --folds reports only once the run without --folds has pooled all folds)."""
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    plan = json.loads((run / "folds.json").read_text()) if (run / "folds.json").exists() else {}
+    folds = [f["name"] for f in plan.get("folds", [])] if isinstance(plan, dict) else []
+    seeds = info.get("seeds") or [0]
+    return bool(folds) and (run / "report" / "metrics.json").exists() and all(
+        (run / "folds" / f / f"seed-{s}" / "done.json").exists() for f in folds for s in seeds)
 
 
 def partial_moe(recipe_path: Path, tag: str, models: list[str]) -> str:
