@@ -320,13 +320,31 @@ def test_crash_between_rename_and_commit_leaves_an_orphan_that_is_adopted(tmp_pa
 def test_one_writer_at_a_time(tmp_path):
     first = FeatureStore(tmp_path)
     first.put("a", {"x": np.ones(2)})
-    second = FeatureStore(tmp_path)
+    second = FeatureStore(tmp_path, lock_wait=0)
     assert second.get("a")["x"].tolist() == [1.0, 1.0], "reading needs no lock"
     with pytest.raises(StoreError, match="another process is writing .* as writer 'main'"):
         second.put("b", {"x": np.ones(2)})
     first.close()
     assert second.put("b", {"x": np.ones(2)}) == 1
     second.close()
+
+
+def test_a_second_writer_waits_for_the_first_then_writes(tmp_path, monkeypatch):
+    import threading
+
+    first = FeatureStore(tmp_path)
+    first.put("a", {"x": np.ones(2)})
+    threading.Timer(0.5, first.close).start()  # the other run's extraction ends half a second later
+    second = FeatureStore(tmp_path, lock_wait=30)
+    assert second.put("b", {"x": np.ones(2)}) == 1
+    second.close()
+    with FeatureStore(tmp_path, lock_wait=0.3) as third, FeatureStore(tmp_path, lock_wait=0.3) as fourth:
+        third.put("c", {"x": np.ones(2)})
+        with pytest.raises(StoreError, match=r"\(waited 0 s\).*EMOMIX_STORE_LOCK_WAIT"):
+            fourth.put("d", {"x": np.ones(2)})
+    monkeypatch.setenv("EMOMIX_STORE_LOCK_WAIT", "soon")
+    with pytest.raises(ConfigError, match="EMOMIX_STORE_LOCK_WAIT must be a number"):
+        FeatureStore(tmp_path)
 
 
 def test_worker_parts_and_merge(tmp_path):

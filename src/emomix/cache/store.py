@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -43,6 +44,8 @@ import numpy as np
 from emomix.cache.keys import sha256_file
 from emomix.errors import ConfigError, EmomixError, MissingDataError
 from emomix.faults import pause as fault_pause
+
+_log = logging.getLogger(__name__)
 
 try:  # POSIX advisory locks; without them (Windows) one writer per writer id is the user's duty.
     import fcntl
@@ -148,6 +151,7 @@ class FeatureStore:
         create: bool = True,
         max_open_shards: int = 64,
         max_shard_bytes: int = 512 << 20,
+        lock_wait: float | None = None,
     ):
         if dtype not in STORE_DTYPES:
             raise ConfigError(f"feature store dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
@@ -158,6 +162,7 @@ class FeatureStore:
         self.worker = worker
         self.writer = worker or MAIN_WRITER
         self.max_shard_bytes = int(max_shard_bytes)
+        self.lock_wait = lock_wait_seconds() if lock_wait is None else max(0.0, float(lock_wait))
         if not self.root.exists():
             if not create:
                 raise MissingDataError(f"feature store {self.root} does not exist; run `emomix extract` to create it")
@@ -218,11 +223,26 @@ class FeatureStore:
     def _lock_writer(self) -> CleanupReport:
         if self._lock_fd is not None:
             return CleanupReport()
-        fd = _try_lock(self.root / LOCKS_DIR / f"{self.writer}.lock")
+        lock_path = self.root / LOCKS_DIR / f"{self.writer}.lock"
+        fd = _try_lock(lock_path)
+        if fd is None and self.lock_wait > 0:
+            # Another run is extracting into this store (two trainings sharing a store, say): wait
+            # for it rather than fail; the lock is released when its extraction ends or it dies.
+            _log.warning(
+                "another process is writing to %s as writer %r; waiting up to %.0f s for it",
+                self.root,
+                self.writer,
+                self.lock_wait,
+            )
+            deadline = time.monotonic() + self.lock_wait
+            while fd is None and time.monotonic() < deadline:
+                time.sleep(LOCK_POLL_SECONDS)
+                fd = _try_lock(lock_path)
         if fd is None:
+            waited = f" (waited {self.lock_wait:.0f} s)" if self.lock_wait > 0 else ""
             raise StoreError(
-                f"another process is writing to {self.root} as writer {self.writer!r}; wait for it to finish "
-                "or give each parallel extraction its own --shard-index"
+                f"another process is writing to {self.root} as writer {self.writer!r}{waited}; wait for it to "
+                f"finish (or raise {LOCK_WAIT_ENV}) or give each parallel extraction its own --shard-index"
             )
         self._lock_fd = fd
         return self._cleanup_writer(self.writer)
@@ -882,6 +902,23 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+LOCK_WAIT_ENV = "EMOMIX_STORE_LOCK_WAIT"
+"""Seconds a writer waits for another process that holds the same writer's lock (default 600)."""
+DEFAULT_LOCK_WAIT = 600.0
+LOCK_POLL_SECONDS = 0.2
+
+
+def lock_wait_seconds() -> float:
+    """How long a writer waits for the writer lock: ``$EMOMIX_STORE_LOCK_WAIT`` seconds, else 600."""
+    value = os.environ.get(LOCK_WAIT_ENV, "").strip()
+    if not value:
+        return DEFAULT_LOCK_WAIT
+    try:
+        return max(0.0, float(value))
+    except ValueError as exc:
+        raise ConfigError(f"{LOCK_WAIT_ENV} must be a number of seconds, got {value!r}") from exc
 
 
 def _try_lock(path: Path) -> int | None:
