@@ -45,8 +45,13 @@ RUNS = Path("runs/bench")
 #: The MoE condition per modality: the routed model first (the recipe's own), then its
 #: single-scale ablations and the single-scale baselines on the same features.
 MOE_MODELS = {
-    "audio": ("dual_routing_audio", "dual_routing_local", "dual_routing_global", "early_fusion_audio@utterance",
-              "early_fusion_audio"),
+    "audio": (
+        "dual_routing_audio",
+        "dual_routing_local",
+        "dual_routing_global",
+        "early_fusion_audio@utterance",
+        "early_fusion_audio",
+    ),
     "text": ("dual_routing_text", "dual_routing_local", "dual_routing_global", "early_fusion_text"),
 }
 
@@ -103,8 +108,15 @@ def applicable(model: str, recipe: Any, has_dialogues: bool) -> str | None:
     return None
 
 
-def run_one(recipe_path: Path, model: str, seeds: list[int], threads: int, overrides: dict[str, Any] | None = None,
-            tag: str = "", folds: list[str] | None = None) -> dict[str, Any] | None:
+def run_one(
+    recipe_path: Path,
+    model: str,
+    seeds: list[int],
+    threads: int,
+    overrides: dict[str, Any] | None = None,
+    tag: str = "",
+    folds: list[str] | None = None,
+) -> dict[str, Any] | None:
     import torch
 
     from emomix.train.recipe import load_recipe
@@ -128,13 +140,18 @@ def run_one(recipe_path: Path, model: str, seeds: list[int], threads: int, overr
         return None
     metrics = json.loads((out / "report" / "metrics.json").read_text())["metrics"]
     return {
-        "recipe": str(recipe_path) + tag, "model": label, "seeds": seeds, "run": str(out), "overrides": overrides,
+        "recipe": str(recipe_path) + tag,
+        "model": label,
+        "seeds": seeds,
+        "run": str(out),
+        "overrides": overrides,
         "across_seeds": {k: {"mean": v["mean"], "sd": v["sd"]} for k, v in metrics["across_seeds"].items()},
         "pooled": metrics.get("pooled"),
         # the run's own timing (kept from the run that trained, not from a re-read of finished folds)
         "wall_seconds": round(float(_run_seconds(out, result).get("total", time.perf_counter() - started)), 1),
         "seconds": {k: round(float(v), 1) for k, v in _run_seconds(out, result).items()},
-        "trained": len(result.trained), "reused": len(result.skipped),
+        "trained": len(result.trained),
+        "reused": len(result.skipped),
     }
 
 
@@ -149,25 +166,50 @@ def _keeps_config(model: str, recipe: Any) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", type=Path, action="append", help="corpus recipe(s) (default: configs/{emodb,savee,meld_text}/*.yaml)")
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        action="append",
+        help="corpus recipe(s) (default: configs/{emodb,savee,meld_text}/*.yaml)",
+    )
     parser.add_argument("--models", default="", help="comma list of models (default: every registered model)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", action="store_true", help="print the Markdown table of the saved results and exit")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="override a recipe value for every run, e.g. --set training.epochs=15 (kept in the results)")
-    parser.add_argument("--folds", default="",
-                        help="comma list of folds to train, nothing recorded: processes may share one run's folds; "
-                             "the same command without --folds then reuses them and records the result")
-    parser.add_argument("--compare", action="store_true",
-                        help="with --moe: pair the finished runs of the MoE condition over folds (emomix compare), "
-                             "keep each one's per-fold summary and paired test against the routed model, train nothing")
-    parser.add_argument("--moe", action="store_true",
-                        help="the MoE condition: the routed model, its ablations and the single-scale models (MOE_MODELS)")
-    parser.add_argument("--only-not-applicable", action="store_true",
-                        help="record which models cannot run on each recipe, train nothing")
-    parser.add_argument("--not-run-reason", default="not run in this session's compute budget",
-                        help="with --only-not-applicable: the note for applicable models without results")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="override a recipe value for every run, e.g. --set training.epochs=15 (kept in the results)",
+    )
+    parser.add_argument(
+        "--folds",
+        default="",
+        help="comma list of folds to train, nothing recorded: processes may share one run's folds; "
+        "the same command without --folds then reuses them and records the result",
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="with --moe: pair the finished runs of the MoE condition over folds (emomix compare), "
+        "keep each one's per-fold summary and paired test against the routed model, train nothing",
+    )
+    parser.add_argument(
+        "--moe",
+        action="store_true",
+        help="the MoE condition: the routed model, its ablations and the single-scale models (MOE_MODELS)",
+    )
+    parser.add_argument(
+        "--only-not-applicable",
+        action="store_true",
+        help="record which models cannot run on each recipe, train nothing",
+    )
+    parser.add_argument(
+        "--not-run-reason",
+        default="not run in this session's compute budget",
+        help="with --only-not-applicable: the note for applicable models without results",
+    )
     args = parser.parse_args(argv)
     if args.table:
         print(markdown_table(load_results()))
@@ -176,7 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     from emomix.models import list_models
     from emomix.train.recipe import load_recipe
 
-    recipes = args.recipe or sorted(Path(p) for corpus in ("emodb", "savee", "meld_text") for p in Path("configs", corpus).glob("*.yaml"))
+    recipes = args.recipe or sorted(
+        Path(p) for corpus in ("emodb", "savee", "meld_text") for p in Path("configs", corpus).glob("*.yaml")
+    )
     models = [m for m in args.models.split(",") if m] or list(list_models())
     from emomix.train.recipe import parse_override
 
@@ -213,7 +257,11 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 results[key] = entry
             except Exception as error:  # a failing model is reported, the benchmark goes on
-                results[key] = {"recipe": str(recipe_path) + tag, "model": model, "error": f"{type(error).__name__}: {error}"}
+                results[key] = {
+                    "recipe": str(recipe_path) + tag,
+                    "model": model,
+                    "error": f"{type(error).__name__}: {error}",
+                }
             save_results(results)
             print(f"  {summary_line(results[key])}", flush=True)
     if args.compare:
@@ -248,8 +296,13 @@ def compare_moe(recipe_path: Path, tag: str, models: list[str]) -> str:
         results[key]["folds"] = row["folds"]
         if model != done[0]:
             results[key]["paired_vs_routed"] = {
-                "metric": metric, "delta_mean_over_folds": row["delta"], "delta_pooled": row["delta_pooled"],
-                "n_pairs": int(row["n_pairs"]), "p_ttest": row["p_ttest"], "p_wilcoxon": row["p_wilcoxon"]}
+                "metric": metric,
+                "delta_mean_over_folds": row["delta"],
+                "delta_pooled": row["delta_pooled"],
+                "n_pairs": int(row["n_pairs"]),
+                "p_ttest": row["p_ttest"],
+                "p_wilcoxon": row["p_wilcoxon"],
+            }
     save_results(results)
     return text
 
@@ -261,8 +314,11 @@ def _finished(run: Path) -> bool:
     plan = json.loads((run / "folds.json").read_text()) if (run / "folds.json").exists() else {}
     folds = [f["name"] for f in plan.get("folds", [])] if isinstance(plan, dict) else []
     seeds = info.get("seeds") or [0]
-    return bool(folds) and (run / "report" / "metrics.json").exists() and all(
-        (run / "folds" / f / f"seed-{s}" / "done.json").exists() for f in folds for s in seeds)
+    return (
+        bool(folds)
+        and (run / "report" / "metrics.json").exists()
+        and all((run / "folds" / f / f"seed-{s}" / "done.json").exists() for f in folds for s in seeds)
+    )
 
 
 def partial_moe(recipe_path: Path, tag: str, models: list[str]) -> str:
@@ -278,20 +334,23 @@ def partial_moe(recipe_path: Path, tag: str, models: list[str]) -> str:
 
     recipe = load_recipe(recipe_path)
     folder = RUNS / recipe.corpus.reader / (recipe_path.stem + tag)
-    finished = {m: sorted(p.parent.parent.name for p in (folder / m / "folds").glob("*/seed-0/done.json"))
-                for m in models}
+    finished = {
+        m: sorted(p.parent.parent.name for p in (folder / m / "folds").glob("*/seed-0/done.json")) for m in models
+    }
     routed = models[0]
     if not finished[routed]:
         return f"{recipe_path}: the routed model has finished no fold yet"
-    metric_name, metric = (("weighted_f1", weighted_f1) if recipe.protocol.name == "official"
-                           else ("ua", unweighted_accuracy))
+    metric_name, metric = (
+        ("weighted_f1", weighted_f1) if recipe.protocol.name == "official" else ("ua", unweighted_accuracy)
+    )
 
     def score(model: str, folds: list[str]) -> tuple[float, pd.Series]:
         frames = [pd.read_parquet(folder / model / "folds" / f / "seed-0" / "predictions.parquet") for f in folds]
         pooled = pd.concat(frames)
         classes = sorted(pooled["label"].astype(str).unique())
-        per_fold = pd.Series([metric(f["label"].astype(str), f["pred"].astype(str), classes) for f in frames],
-                             index=folds)
+        per_fold = pd.Series(
+            [metric(f["label"].astype(str), f["pred"].astype(str), classes) for f in frames], index=folds
+        )
         return metric(pooled["label"].astype(str), pooled["pred"].astype(str), classes), per_fold
 
     rows = []
@@ -302,23 +361,35 @@ def partial_moe(recipe_path: Path, tag: str, models: list[str]) -> str:
         pooled_m, folds_m = score(model, shared)
         pooled_r, folds_r = score(routed, shared)
         test = paired_test(folds_r, folds_m)
-        rows.append({"model": model, "folds": shared, "pooled": pooled_m, "routed_pooled": pooled_r,
-                     "mean": float(folds_m.mean()), "sd": float(folds_m.std(ddof=1)) if len(shared) > 1 else None,
-                     "routed_mean": float(folds_r.mean()),
-                     "routed_sd": float(folds_r.std(ddof=1)) if len(shared) > 1 else None,
-                     "per_fold": folds_m.round(4).to_dict(), "routed_per_fold": folds_r.round(4).to_dict(),
-                     **{k: test.get(k) for k in ("delta", "p_ttest", "p_wilcoxon")}})
-    lines = [f"{recipe_path}: seed 0, folds finished so far: "
-             + "; ".join(f"{m} {len(f)}" for m, f in finished.items()),
-             f"| model | folds shared with {routed} | {metric_name} pooled (routed on the same folds) | "
-             "mean ± SD over folds (routed) | Δ vs routed | p t-test | p Wilcoxon |",
-             "|---|---|---|---|---|---|---|"]
+        rows.append(
+            {
+                "model": model,
+                "folds": shared,
+                "pooled": pooled_m,
+                "routed_pooled": pooled_r,
+                "mean": float(folds_m.mean()),
+                "sd": float(folds_m.std(ddof=1)) if len(shared) > 1 else None,
+                "routed_mean": float(folds_r.mean()),
+                "routed_sd": float(folds_r.std(ddof=1)) if len(shared) > 1 else None,
+                "per_fold": folds_m.round(4).to_dict(),
+                "routed_per_fold": folds_r.round(4).to_dict(),
+                **{k: test.get(k) for k in ("delta", "p_ttest", "p_wilcoxon")},
+            }
+        )
+    lines = [
+        f"{recipe_path}: seed 0, folds finished so far: " + "; ".join(f"{m} {len(f)}" for m, f in finished.items()),
+        f"| model | folds shared with {routed} | {metric_name} pooled (routed on the same folds) | "
+        "mean ± SD over folds (routed) | Δ vs routed | p t-test | p Wilcoxon |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         spread = _pm({"mean": row["mean"], "sd": row["sd"]})
         routed_spread = _pm({"mean": row["routed_mean"], "sd": row["routed_sd"]})
-        lines.append(f"| {row['model']} | {len(row['folds'])} | {row['pooled']:.3f} ({row['routed_pooled']:.3f}) | "
-                     f"{spread} ({routed_spread}) | "
-                     f"{row['delta']:+.3f} | {_fmt(row['p_ttest'])} | {_fmt(row['p_wilcoxon'])} |")
+        lines.append(
+            f"| {row['model']} | {len(row['folds'])} | {row['pooled']:.3f} ({row['routed_pooled']:.3f}) | "
+            f"{spread} ({routed_spread}) | "
+            f"{row['delta']:+.3f} | {_fmt(row['p_ttest'])} | {_fmt(row['p_wilcoxon'])} |"
+        )
     save_results({}, {f"{recipe_path}{tag}": {"metric": metric_name, "seed": 0, "finished": finished, "rows": rows}})
     return "\n".join(lines)
 
@@ -362,14 +433,18 @@ def summary_line(entry: dict[str, Any]) -> str:
     if "error" in entry:
         return f"failed: {entry['error']}"
     seeds = entry["across_seeds"]
-    return (f"UA {_pm(seeds['ua'])}, WA {_pm(seeds['wa'])}, macro-F1 {_pm(seeds['macro_f1'])}, "
-            f"weighted-F1 {_pm(seeds['weighted_f1'])}; {entry['wall_seconds']:.0f} s "
-            f"(features {entry['seconds'].get('features', 0):.0f} s, training {entry['seconds'].get('training', 0):.0f} s)")
+    return (
+        f"UA {_pm(seeds['ua'])}, WA {_pm(seeds['wa'])}, macro-F1 {_pm(seeds['macro_f1'])}, "
+        f"weighted-F1 {_pm(seeds['weighted_f1'])}; {entry['wall_seconds']:.0f} s "
+        f"(features {entry['seconds'].get('features', 0):.0f} s, training {entry['seconds'].get('training', 0):.0f} s)"
+    )
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    lines = ["| corpus recipe | model | UA | WA | macro-F1 | weighted-F1 | wall s (features + training) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| corpus recipe | model | UA | WA | macro-F1 | weighted-F1 | wall s (features + training) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for entry in sorted(results.values(), key=lambda e: (e["recipe"], e["model"])):
         recipe = Path(entry["recipe"]).parent.name + "/" + Path(entry["recipe"]).name.replace(".yaml", "")
         if "not_applicable" in entry or "error" in entry or "not_run" in entry:
@@ -378,9 +453,11 @@ def markdown_table(results: dict[str, Any]) -> str:
             lines.append(f"| {recipe} | {entry['model']} | {mark} | | | | {text} |")
             continue
         seeds = entry["across_seeds"]
-        lines.append(f"| {recipe} | {entry['model']} | {_pm(seeds['ua'])} | {_pm(seeds['wa'])} | {_pm(seeds['macro_f1'])} | "
-                     f"{_pm(seeds['weighted_f1'])} | {entry['wall_seconds']:.0f} ({entry['seconds'].get('features', 0):.0f} + "
-                     f"{entry['seconds'].get('training', 0):.0f}) |")
+        lines.append(
+            f"| {recipe} | {entry['model']} | {_pm(seeds['ua'])} | {_pm(seeds['wa'])} | {_pm(seeds['macro_f1'])} | "
+            f"{_pm(seeds['weighted_f1'])} | {entry['wall_seconds']:.0f} ({entry['seconds'].get('features', 0):.0f} + "
+            f"{entry['seconds'].get('training', 0):.0f}) |"
+        )
     return "\n".join(lines)
 
 
