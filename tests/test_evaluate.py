@@ -569,7 +569,8 @@ def test_compare_shows_pooled_beside_fold_means_and_concludes_in_words(tmp_path)
     assert "The paired t-test does not support the difference at 0.05 (p = 0.057)" in conclusion
     assert "With 3 folds the smallest two-sided Wilcoxon p possible is 2/2^3 = 0.25" in conclusion
     reversed_text = format_comparison(compare_runs([b, a]))
-    assert "b is ahead of a by 0.333 UA" in reversed_text and "pooled a − b = -0.333" in reversed_text
+    # the pooled difference is written in the sentence's direction (ahead − behind) whichever run is the reference
+    assert "b is ahead of a by 0.333 UA" in reversed_text and "pooled b − a = +0.333" in reversed_text
 
 
 @pytest.mark.parametrize("n", [3, 5, 6, 10])

@@ -275,13 +275,16 @@ def conclusion_lines(table: pd.DataFrame, metric: str | None = None, alpha: floa
         if not _finite(delta):
             lines.append(f"- {row['run']} and {reference['run']} share no fold with a score: no comparison on {name}.")
             continue
+        pooled = row.get("delta_pooled")
         if abs(delta) < 5e-4:
             lead = f"{row['run']} and {reference['run']} are level on {name} (mean over {n} folds {delta:+.3f}"
+            sign, first, second = 1.0, row["run"], reference["run"]
         else:
             ahead, behind = (row["run"], reference["run"]) if delta > 0 else (reference["run"], row["run"])
             lead = f"{ahead} is ahead of {behind} by {abs(delta):.3f} {name} (mean over {n} folds"
-        pooled = row.get("delta_pooled")
-        lead += f"; pooled {row['run']} − {reference['run']} = {pooled:+.3f})." if _finite(pooled) else ")."
+            # the pooled difference in the same direction as the sentence: ahead − behind
+            sign, first, second = (1.0 if delta > 0 else -1.0), ahead, behind
+        lead += f"; pooled {first} − {second} = {sign * pooled:+.3f})." if _finite(pooled) else ")."
         verdicts = []
         for test, key in (("the paired t-test", "p_ttest"), ("the Wilcoxon test", "p_wilcoxon")):
             p = row[key]
