@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "atomic_path",
+    "fsync_dir",
+    "fsync_file",
     "to_jsonable",
     "write_json_atomic",
     "write_parquet_atomic",
@@ -35,7 +37,8 @@ __all__ = [
 ]
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush ``path``'s data to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -43,7 +46,8 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where a folder cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # some platforms cannot open a folder; the rename is still atomic there
@@ -70,12 +74,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield temporary
-        _fsync_path(temporary)
+        fsync_file(temporary)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

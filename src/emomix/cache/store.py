@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from emomix.atomic import fsync_dir, fsync_file
 from emomix.cache.keys import sha256_file
 from emomix.errors import ConfigError, EmomixError, MissingDataError
 from emomix.faults import pause as fault_pause
@@ -398,13 +399,13 @@ class FeatureStore:
         temp = folder / f".{shard}.safetensors.tmp"
         try:
             save_file(tensors, str(temp), metadata=metadata)
-            _fsync_file(temp)
+            fsync_file(temp)
             fault_pause("store.shard_write")  # fault injection only (emomix.faults)
             os.replace(temp, final)
         except OSError:
             temp.unlink(missing_ok=True)  # e.g. a full disk: leave nothing half-written behind
             raise
-        _fsync_dir(folder)
+        fsync_dir(folder)
         self._commit_shard(self._write_db, namespace, shard, final.stat().st_size, records, description)
         return len(records)
 
@@ -880,28 +881,6 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not possible (nor needed) on Windows.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 LOCK_WAIT_ENV = "EMOMIX_STORE_LOCK_WAIT"
