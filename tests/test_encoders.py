@@ -108,9 +108,9 @@ def test_speech_shapes_frame_rate_and_hidden_states(wavlm):
     assert wavlm.encode([_wave(1.0)]).hidden_states is None
 
 
-def test_speech_without_attention_mask_groups_by_length_so_batches_do_not_change_outputs(wavlm):
+def test_speech_group_norm_cnn_runs_alone_so_batches_do_not_change_outputs(wavlm):
     # wavlm-base's convention: group-normalised CNN, feature extractor without attention mask.
-    assert wavlm.uses_attention_mask is False
+    assert wavlm.uses_attention_mask is False and wavlm.batching == "cnn_alone"
     waves = [_wave(1.0), _wave(0.37, seed=2), _wave(1.0, seed=3)]
     batch = wavlm.encode(waves)
     for index, wave in enumerate(waves):
@@ -124,7 +124,7 @@ def test_speech_with_attention_mask_pads_and_masks_so_batches_do_not_change_outp
     encoder = SpeechSSLEncoder.from_config(
         _speech_config("wav2vec2", feat_extract_norm="layer", do_stable_layer_norm=True)
     )
-    assert encoder.uses_attention_mask is True
+    assert encoder.uses_attention_mask is True and encoder.batching == "padded"
     waves = [_wave(1.0), _wave(0.41, seed=4)]
     batch = encoder.encode(waves)
     short = encoder.encode([waves[1]])
@@ -134,7 +134,7 @@ def test_speech_with_attention_mask_pads_and_masks_so_batches_do_not_change_outp
 
 
 def test_same_wave_in_a_padded_batch_without_grouping_would_differ(wavlm):
-    """Why the grouping exists: zero-padding really changes a group-norm model's frames."""
+    """Why the CNN runs on each waveform alone: zero-padding really changes a group-norm model's frames."""
     wave = _wave(0.4, seed=5)
     padded = np.concatenate([wave, np.zeros(SR - wave.size, dtype=np.float32)])
     alone = wavlm.encode([wave])

@@ -4,17 +4,23 @@
 folder saved with ``save_pretrained``. It outputs one 20 ms frame per 320 samples (50 frames/s)
 of ``hidden_size`` features, and every layer on request.
 
-Batching policy (why outputs never depend on which utterances share a batch):
+Batching policy (why outputs never depend on which utterances share a batch), chosen from the
+model's config (``batching``):
 
-* if the model's feature extractor was trained with an attention mask
-  (``feature_extractor.return_attention_mask``, e.g. wav2vec2-large-lv60), waveforms are
-  zero-padded and the mask is passed, so valid frames ignore the padding;
-* otherwise (wavlm-base, hubert-base, wav2vec2-base: their group-normalised CNN normalises over
-  the whole padded signal, so padding changes every frame) utterances are grouped by exact length
-  and each group runs without any padding. Outputs are padded afterwards and the frame mask comes
-  from the model's ``_get_feat_extract_output_lengths``.
+* ``"cnn_alone"`` when the convolutional feature encoder is group-normalised
+  (``config.feat_extract_norm == "group"``: wavlm-base, hubert-base, wav2vec2-base). Its first
+  layer normalises each channel over the whole signal, so zero-padding would change every frame.
+  The CNN therefore runs on each waveform unpadded (waveforms of exactly the same length share a
+  call), then the feature projection and the transformer run on the zero-padded batch of CNN
+  frames with a frame mask (padded frames are zeroed before the positional convolution and never
+  attended to; WavLM's relative position bias depends only on frame distances).
+* ``"padded"`` otherwise (layer-normalised CNNs, e.g. wav2vec2-large-lv60, wavlm-large): each
+  frame is normalised on its own and only sees its own 400-sample window, so the whole batch is
+  zero-padded and the sample mask is passed to the model. Each waveform is normalised over its
+  own samples either way.
 
-Either way an utterance gets the same states alone or in any batch.
+Either way an utterance gets the same states (to float rounding) alone or in any batch, and the
+frame mask comes from the model's ``_get_feat_extract_output_lengths``.
 
 Loading (offline-first) and the revision fingerprint come from :mod:`emomix.encoders.hub`.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,10 @@ from emomix.encoders.hub import (
 from emomix.errors import AudioError, ConfigError
 
 SUPPORTED_SPEECH_TYPES = ("wavlm", "hubert", "wav2vec2")
+
+# WavLM's attention hands torch a bool padding mask next to its float relative-position bias;
+# torch converts the bool mask itself (same result) and warns that mixing the types is deprecated.
+warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask", category=UserWarning)
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,6 +146,8 @@ class SpeechSSLEncoder(FrozenEvalMixin, Encoder):
         self.num_layers = int(cfg.num_hidden_layers)
         self.frame_rate = SAMPLE_RATE / math.prod(cfg.conv_stride)
         self.uses_attention_mask = bool(getattr(feature_extractor, "return_attention_mask", False))
+        # Not part of config()/identity: both policies give an utterance's states alone (module doc).
+        self.batching = "cnn_alone" if getattr(cfg, "feat_extract_norm", "group") == "group" else "padded"
         self.stable_layer_norm = bool(getattr(cfg, "do_stable_layer_norm", False))
         self.min_samples = _receptive_field(cfg.conv_kernel, cfg.conv_stride)
         self.layers = normalise_layer_selection(layers, self.num_layers)
@@ -251,65 +264,93 @@ class SpeechSSLEncoder(FrozenEvalMixin, Encoder):
             padded.append(short)
         return waves, padded
 
-    def _run(self, waves: list[np.ndarray], need_hidden: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        device = next(self.model.parameters()).device
-        features = self.feature_extractor(
-            waves,
-            sampling_rate=SAMPLE_RATE,
-            padding=True,
-            return_attention_mask=self.uses_attention_mask,
-            return_tensors="pt",
+    def _normalised(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        """Each waveform through the model's feature extractor on its own (its ``do_normalize``
+        statistics never see another utterance or padding)."""
+        out = []
+        for wave in waves:
+            values = self.feature_extractor(wave, sampling_rate=SAMPLE_RATE, return_attention_mask=False)
+            out.append(np.asarray(values["input_values"][0], dtype=np.float32))
+        return out
+
+    def _run_padded(
+        self, waves: list[np.ndarray], lengths: torch.Tensor, need_hidden: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """The ``"padded"`` policy: the whole model on the zero-padded batch with its sample mask."""
+        parameter = next(self.model.parameters())
+        normalised = self._normalised(waves)
+        samples = torch.zeros(len(waves), max(w.size for w in normalised), dtype=parameter.dtype)
+        attention = torch.zeros(samples.shape, dtype=torch.long)
+        for row, wave in enumerate(normalised):
+            samples[row, : wave.size] = torch.from_numpy(wave)
+            attention[row, : wave.size] = 1
+        output = self.model(
+            samples.to(parameter.device),
+            attention_mask=attention.to(parameter.device),
+            output_hidden_states=need_hidden,
         )
-        input_values = features["input_values"].to(device=device, dtype=next(self.model.parameters()).dtype)
-        attention_mask = features.get("attention_mask") if self.uses_attention_mask else None
-        if attention_mask is not None:
-            attention_mask = attention_mask.to(device)
-        output = self.model(input_values, attention_mask=attention_mask, output_hidden_states=need_hidden)
         return output.last_hidden_state, (tuple(output.hidden_states) if need_hidden else None)
+
+    def _run_cnn_alone(
+        self, waves: list[np.ndarray], lengths: torch.Tensor, need_hidden: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """The ``"cnn_alone"`` policy: the CNN on each distinct length unpadded, then the feature
+        projection and the transformer on the padded batch of frames with a frame mask."""
+        parameter = next(self.model.parameters())
+        normalised = self._normalised(waves)
+        by_length: dict[int, list[int]] = {}
+        for index, wave in enumerate(normalised):
+            by_length.setdefault(wave.size, []).append(index)
+        frames: list[torch.Tensor | None] = [None] * len(waves)
+        for group in by_length.values():
+            samples = torch.from_numpy(np.stack([normalised[i] for i in group]))
+            conv = self.model.feature_extractor(samples.to(device=parameter.device, dtype=parameter.dtype))
+            for row, index in enumerate(group):
+                frames[index] = conv[row].transpose(0, 1)  # T × C
+        mask = _lengths_to_mask(lengths, device=parameter.device)
+        projected = self.model.feature_projection(_pad(frames))
+        if isinstance(projected, tuple):  # wavlm / wav2vec2 also return the normalised CNN frames
+            projected = projected[0]
+        output = self.forward_from_layer(self._encoder_input(projected, mask), mask, 0, need_hidden)
+        # output.states is the last layer's output when state_layer is the top; otherwise forward()
+        # takes the states from hidden_states (need_hidden is then set).
+        return output.states, output.hidden_states
+
+    def _encoder_input(self, projected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Hidden state 0 (the first layer's input) from projected CNN frames, as the model's
+        encoder makes it: padded frames zeroed, positional convolution added, then the layer
+        norm (not in stable-layer-norm models, which normalise inside each layer) and dropout."""
+        encoder = self.model.encoder
+        hidden = projected * mask.unsqueeze(-1).to(projected.dtype)
+        hidden = hidden + encoder.pos_conv_embed(hidden)
+        if not self.stable_layer_norm:
+            hidden = encoder.layer_norm(hidden)
+        return encoder.dropout(hidden)
 
     def forward(self, inputs: Sequence[Any], output_hidden_states: bool = False) -> EncoderOutput:
         """Encode 16 kHz mono float32 waveforms (numpy or torch, 1-D) into ``B × T × hidden`` states.
 
         ``extras["padded_short"]`` flags inputs shorter than one frame (400 samples) that were
-        zero-padded to one frame. Silence encodes like any other signal.
+        zero-padded to one frame. Silence encodes like any other signal. How a batch is run:
+        ``batching`` (module doc).
         """
         waves, padded_short = self._prepare(inputs)
         need_hidden = output_hidden_states or self.state_layer != self.num_layers
         lengths = self.output_lengths([w.size for w in waves])
-
-        if self.uses_attention_mask:
-            groups = [list(range(len(waves)))]
-        else:
-            by_length: dict[int, list[int]] = {}
-            for index, wave in enumerate(waves):
-                by_length.setdefault(wave.size, []).append(index)
-            groups = list(by_length.values())
-
-        last: list[torch.Tensor | None] = [None] * len(waves)
-        hidden: list[list[torch.Tensor | None]] = [[None] * len(waves) for _ in range(self.num_layers + 1)]
-        for group in groups:
-            group_last, group_hidden = self._run([waves[i] for i in group], need_hidden)
-            for row, index in enumerate(group):
-                length = int(lengths[index])
-                last[index] = group_last[row, :length]
-                if group_hidden is not None:
-                    for layer, states in enumerate(group_hidden):
-                        hidden[layer][index] = states[row, :length]
-
-        first = last[0]
-        mask = _lengths_to_mask(lengths, device=first.device if first is not None else None)
-        last_padded = _pad(last)
-        hidden_padded = tuple(_pad(per_layer) for per_layer in hidden) if need_hidden else None
+        run = self._run_cnn_alone if self.batching == "cnn_alone" else self._run_padded
+        last, hidden = run(waves, lengths, need_hidden)
+        mask = _lengths_to_mask(lengths, device=last.device)
+        valid = mask.unsqueeze(-1).to(last.dtype)
+        last = last[:, : mask.shape[1]] * valid
+        hidden_states = None if hidden is None else tuple(h[:, : mask.shape[1]] * valid for h in hidden)
         # need_hidden holds whenever the states come from a lower layer
         states = (
-            last_padded
-            if hidden_padded is None or self.state_layer == self.num_layers
-            else hidden_padded[self.state_layer]
+            last if hidden_states is None or self.state_layer == self.num_layers else hidden_states[self.state_layer]
         )
         return EncoderOutput(
             states=states,
             mask=mask,
-            hidden_states=hidden_padded if output_hidden_states else None,
+            hidden_states=hidden_states if output_hidden_states else None,
             extras={"padded_short": padded_short, "num_frames": lengths.tolist()},
         )
 
