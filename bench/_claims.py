@@ -309,10 +309,17 @@ def generation_fingerprint(corpus_dir: Path) -> str:
 
 
 def load_recipe_data(
-    recipe_path: Path, corpus_dir: Path, store_dir: Path, progress: bool = False, log: Callable[[str], None] = print
+    recipe_path: Path,
+    corpus_dir: Path,
+    store_dir: Path,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    generate: Mapping[str, Any] | None = None,
 ) -> ClaimData:
     """Write (or reuse) the recipe's synthetic corpus in ``corpus_dir`` and extract (or reuse) its
-    features into ``store_dir`` with the recipe's feature settings — the path a training run takes."""
+    features into ``store_dir`` with the recipe's feature settings — the path a training run takes.
+    ``generate`` overrides the recipe's generator settings (``corpus.generate.<key>``), the same
+    for every model."""
     from emomix.cache.store import FeatureStore
     from emomix.data.protocols import make_fold_plan
     from emomix.data.synthetic import load_generation
@@ -320,7 +327,9 @@ def load_recipe_data(
     from emomix.train.recipe import load_recipe
     from emomix.train.run import load_corpus
 
-    recipe = load_recipe(recipe_path, {"corpus.root": str(corpus_dir), "features.store": str(store_dir)})
+    overrides = {"corpus.root": str(corpus_dir), "features.store": str(store_dir)}
+    overrides.update({f"corpus.generate.{key}": value for key, value in (generate or {}).items()})
+    recipe = load_recipe(recipe_path, overrides)
     corpus, root = load_corpus(recipe, log)
     table = corpus.table.reset_index(drop=True)
     table = table[table["label"].notna()].reset_index(drop=True)

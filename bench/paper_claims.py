@@ -57,6 +57,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path("runs/paper_claims"),
         help="where the synthetic corpora and their feature store are written",
     )
+    parser.add_argument(
+        "--corpus",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a synthetic-generator setting for every model (e.g. --corpus decoy_scale=1.0); use another "
+        "--root and --out to keep the default corpus's results",
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="write the claims table into this Markdown file")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--judge-only", action="store_true", help="train nothing; judge and print what the JSON holds")
@@ -86,14 +94,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown claim(s) {', '.join(unknown)}; choose from {', '.join(claims_lib.CLAIMS_BY_NAME)}")
     chosen = [claims_lib.CLAIMS_BY_NAME[n] for n in names]
 
+    from emomix.train.recipe import parse_override
+
+    generate = dict(parse_override(text) for text in args.corpus)
     stored = json.loads(args.out.read_text()) if args.out.exists() else {}
     lab = claims_lib.Lab(
         {
             "base": lambda: claims_lib.load_recipe_data(
-                claims_lib.BASE_RECIPE, args.root / "corpus", args.root / "features"
+                claims_lib.BASE_RECIPE, args.root / "corpus", args.root / "features", generate=generate
             ),
             "video": lambda: claims_lib.load_recipe_data(
-                claims_lib.VIDEO_RECIPE, args.root / "corpus_video", args.root / "features"
+                claims_lib.VIDEO_RECIPE, args.root / "corpus_video", args.root / "features", generate=generate
             ),
         }
     )

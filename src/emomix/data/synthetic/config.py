@@ -45,6 +45,7 @@ class SyntheticConfig:
     local_share: float = 0.45
     global_share: float = 0.45
     conflict_share: float = 0.1
+    decoy_scale: float = 0.3
     mixed_share: float = 0.15
     local_event_count: int = 2
     text_cue_share: float = 0.6
@@ -96,6 +97,7 @@ class SyntheticConfig:
             "local_share",
             "global_share",
             "conflict_share",
+            "decoy_scale",
             "mixed_share",
             "text_cue_share",
             "text_order_share",

@@ -15,9 +15,6 @@ import numpy as np
 from emomix.data.synthetic.config import SyntheticConfig
 from emomix.data.synthetic.cues import CLASS_CUES, FILLER_WORDS, PHRASE_WORDS, word_syllables
 
-# Intensity of the other class's cue in a conflict, relative to the label's cue.
-DECOY_SCALE = 0.3
-
 
 @dataclass(frozen=True)
 class SpeakerVoice:
@@ -302,13 +299,14 @@ def _plan_utterance(
                 evidence = "global"
                 global_class, global_s = label, intensity
             elif u_evidence < config.local_share + config.global_share + config.conflict_share and cued_others:
-                # One scale carries the label's cue, the other a much weaker cue of another class.
+                # One scale carries the label's cue, the other another class's cue at decoy_scale of it.
                 evidence = "conflict"
                 decoy = cued_others[other_pick % len(cued_others)]
+                decoy_s = config.decoy_scale * intensity
                 if u_side < 0.5:
-                    local_class, local_s, global_class, global_s = label, intensity, decoy, DECOY_SCALE * intensity
+                    local_class, local_s, global_class, global_s = label, intensity, decoy, decoy_s
                 else:
-                    local_class, local_s, global_class, global_s = decoy, DECOY_SCALE * intensity, label, intensity
+                    local_class, local_s, global_class, global_s = decoy, decoy_s, label, intensity
             else:
                 evidence = "both"
                 local_class, global_class, local_s, global_s = label, label, intensity, intensity
