@@ -34,7 +34,17 @@ def serve(
     threads: int = typer.Option(
         1,
         "--threads",
-        help="Threads decoding uploads and running predictions (the model itself runs one request at a time).",
+        help="Threads decoding uploads and running /predict/batch requests (the model runs one batch at a time).",
+    ),
+    max_batch_size: int = typer.Option(
+        8,
+        help="Dynamic batching: most concurrent /predict requests predicted together in one batch "
+        "(1: one request at a time, no batching).",
+    ),
+    max_wait_ms: float = typer.Option(
+        10.0,
+        help="Dynamic batching: milliseconds a batch waits, after its first request, for more to join "
+        "(0: only requests already waiting).",
     ),
     workers_threads: int | None = typer.Option(
         None, "--workers-threads", hidden=True, help="The old spelling of --threads."
@@ -53,12 +63,18 @@ def serve(
         raise ConfigError(f"--max-upload-mb must be positive, got {max_upload_mb}")
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {port}")
+    if max_batch_size < 1:
+        raise ConfigError(f"--max-batch-size must be at least 1, got {max_batch_size}")
+    if not 0 <= max_wait_ms < float("inf"):
+        raise ConfigError(f"--max-wait-ms must be 0 or more, got {max_wait_ms}")
     limits = ServiceLimits(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_duration_s=max_duration_s,
         max_batch_items=max_batch_items,
         timeout_s=timeout_s,
         worker_threads=threads,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
     )
     if torch_threads is not None:
         if torch_threads < 1:

@@ -14,12 +14,18 @@ client. Every limit of :class:`ServiceLimits` is checked before any model work, 
 is answered as ``{"error": {"type", "message"}}`` with a fitting status code, after which the
 service goes on serving.
 
-Concurrency: predictions run in a bounded thread pool (``worker_threads``) so the event loop
-stays free, and the predictor itself is called under one lock, because tokenizers and
-openSMILE are not safe to call from several threads at once; decoding and validation of uploads
-run in the pool without the lock. ``asyncio.wait_for`` bounds each request (504 on timeout; a
-prediction already running cannot be interrupted and finishes in its worker, queued ones are
-dropped). Requests beyond ``max_pending`` waiting at once are refused with 503.
+Concurrency: uploads are decoded and checked in a bounded thread pool (``worker_threads``) so
+the event loop stays free. ``/predict`` requests are then gathered by a
+:class:`~emomix.serve.batching.DynamicBatcher` (dynamic batching): up to ``max_batch_size``
+requests that arrive within ``max_wait_ms`` of each other are predicted together through the
+predictor's batched path (``predict_many``) in one batch thread; a lone request goes through
+``predict``. The predictor itself is only ever called under one lock, because tokenizers and
+openSMILE are not safe to call from several threads at once (``/predict/batch`` takes the same
+lock in the pool). A bad request fails alone: its slot of the batch holds its error, and a batch
+the predictor cannot run at all is predicted request by request. ``asyncio.wait_for`` bounds each
+request (504 on timeout; a prediction already running cannot be interrupted and finishes in its
+thread, queued ones are dropped). Requests beyond ``max_pending`` waiting at once are refused
+with 503. At shutdown the queued and running requests are answered before the threads stop.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import asyncio
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -49,6 +55,7 @@ from swagger_ui_bundle import swagger_ui_path
 from emomix.audio.io import TARGET_RATE, decode_audio_bytes
 from emomix.errors import AudioError, ConfigError, EmomixError
 from emomix.infer.describe import aux_labels_json
+from emomix.serve.batching import BatcherClosed, DynamicBatcher
 
 log = logging.getLogger("emomix.serve")
 
@@ -80,9 +87,14 @@ class ServiceLimits:
     timeout_s: float = 30.0
     """Seconds a request may take, queueing included (504); a batch gets this per item."""
     worker_threads: int = 1
-    """Threads that decode uploads and run predictions (the predictor itself is called under a lock)."""
+    """Threads that decode uploads and run ``/predict/batch`` requests (the predictor itself is called
+    under a lock)."""
     max_pending: int = 64
     """Requests waiting or running at once before new ones are refused with 503."""
+    max_batch_size: int = 8
+    """Most concurrent ``/predict`` requests predicted together in one batch (1: one at a time)."""
+    max_wait_ms: float = 10.0
+    """Milliseconds a batch waits, after its first request, for more requests to join it."""
     allowed_content_types: tuple[str, ...] = (
         "audio/*",
         "application/octet-stream",
@@ -104,10 +116,15 @@ class ServiceLimits:
             "timeout_s": self.timeout_s,
             "worker_threads": self.worker_threads,
             "max_pending": self.max_pending,
+            "max_batch_size": self.max_batch_size,
         }
         for name, value in checks.items():
             if not value > 0:
                 raise ConfigError(f"service limit {name} must be positive, got {value}")
+        if not isinstance(self.max_batch_size, int):
+            raise ConfigError(f"service limit max_batch_size must be a whole number, got {self.max_batch_size}")
+        if not 0 <= self.max_wait_ms < float("inf"):
+            raise ConfigError(f"service limit max_wait_ms must be 0 or more, got {self.max_wait_ms}")
         if not self.allowed_content_types:
             raise ConfigError("allowed_content_types is empty: no upload could be accepted")
 
@@ -165,11 +182,16 @@ def public_message(exc: BaseException, name: str | None = None) -> str:
     return text
 
 
+SHUTTING_DOWN = "the service is shutting down; retry in a moment"
+
+
 def error_for_exception(exc: BaseException, name: str | None = None) -> ServiceError:
     """The response for an exception raised while decoding or predicting ``name`` (the upload's
     display name). The exception itself goes to the server log; the client gets one sentence."""
     if isinstance(exc, ServiceError):
         return exc
+    if isinstance(exc, BatcherClosed):
+        return ServiceError(503, "busy", SHUTTING_DOWN)
     if isinstance(exc, EmomixError):
         log.warning("refused %s: %s", name or "a request", exc, exc_info=exc)
         kind = "invalid_audio" if isinstance(exc, AudioError) else "invalid_input"
@@ -311,6 +333,10 @@ class PredictionService:
         self.pool = ThreadPoolExecutor(max_workers=limits.worker_threads, thread_name_prefix="emomix-predict")
         self.lock = threading.Lock()
         self.pending = 0
+        self.closing = False
+        self.batcher: DynamicBatcher[_Upload] = DynamicBatcher(
+            self._predict_uploads, limits.max_batch_size, limits.max_wait_ms / 1000.0
+        )
 
     @property
     def model_name(self) -> str:
@@ -373,13 +399,27 @@ class PredictionService:
         upload.wave = wave
         return upload
 
-    def _predict_one(self, upload: _Upload) -> dict[str, Any]:
-        self._decode(upload)
+    def _predict_alone(self, upload: _Upload) -> dict[str, Any] | ServiceError:
+        """One decoded upload through ``predictor.predict`` (the caller holds the lock)."""
         try:
-            with self.lock:
-                return self.predictor.predict(**upload.predictor_item())
+            return self.predictor.predict(**upload.predictor_item())
         except Exception as exc:  # answered with one sentence, logged in full
-            raise error_for_exception(exc, upload.name) from exc
+            return error_for_exception(exc, upload.name)
+
+    def _predict_uploads(self, uploads: list[_Upload]) -> list[dict[str, Any] | ServiceError]:
+        """A batch of decoded ``/predict`` uploads (the batcher's thread): one through ``predict``,
+        several through ``predict_many``; each outcome is a prediction or that request's error."""
+        with self.lock:
+            if len(uploads) == 1:
+                return [self._predict_alone(uploads[0])]
+            try:
+                results = self.predictor.predict_many([upload.predictor_item() for upload in uploads])
+                if len(results) != len(uploads):
+                    raise RuntimeError(f"predict_many returned {len(results)} results for {len(uploads)} items")
+            except Exception as exc:  # not one item's fault: each request is answered on its own
+                log.warning("a batch of %d requests failed; predicting them one by one", len(uploads), exc_info=exc)
+                return [self._predict_alone(upload) for upload in uploads]
+        return [_item_outcome(result, upload.name) for result, upload in zip(results, uploads)]
 
     def _predict_batch(self, uploads: list[_Upload | ServiceError]) -> list[dict[str, Any]]:
         results: list[dict[str, Any] | None] = [None] * len(uploads)
@@ -405,13 +445,21 @@ class PredictionService:
 
     async def run(self, work: Callable[..., Any], *args: Any, timeout: float) -> Any:
         """Run ``work(*args)`` in the pool under the pending limit and the timeout."""
+        return await self.bounded(
+            lambda: asyncio.get_running_loop().run_in_executor(self.pool, work, *args), timeout=timeout
+        )
+
+    async def bounded(self, start: Callable[[], Awaitable[Any]], timeout: float) -> Any:
+        """Await ``start()`` under the pending limit and the timeout; any failure becomes a
+        :class:`ServiceError`."""
+        if self.closing:
+            raise ServiceError(503, "busy", SHUTTING_DOWN)
         if self.pending >= self.limits.max_pending:
             raise ServiceError(503, "busy", f"{self.pending} requests are already waiting; retry shortly")
         self.pending += 1
         try:
-            future = asyncio.get_running_loop().run_in_executor(self.pool, work, *args)
             try:
-                return await asyncio.wait_for(future, timeout)
+                return await asyncio.wait_for(start(), timeout)
             except asyncio.TimeoutError:
                 raise ServiceError(
                     504,
@@ -425,31 +473,65 @@ class PredictionService:
             self.pending -= 1
 
     async def predict(self, upload: _Upload) -> dict[str, Any]:
-        """One prediction (``POST /predict``)."""
-        return await self.run(self._predict_one, upload, timeout=self.limits.timeout_s)
+        """One prediction (``POST /predict``): decoded in the pool, then predicted in a batch with
+        the other requests waiting at the time (the batcher)."""
+
+        async def decode_then_predict() -> dict[str, Any]:
+            await asyncio.get_running_loop().run_in_executor(self.pool, self._decode, upload)
+            result: dict[str, Any] = await self.batcher.submit(upload)
+            return result
+
+        return await self.bounded(decode_then_predict, timeout=self.limits.timeout_s)
 
     async def predict_batch(self, uploads: list[_Upload | ServiceError]) -> list[dict[str, Any]]:
         """Several predictions (``POST /predict/batch``); a bad item's slot holds its error."""
         return await self.run(self._predict_batch, uploads, timeout=self.limits.timeout_s * max(1, len(uploads)))
 
+    async def drain(self) -> None:
+        """Shut down: refuse new requests (503), answer the queued and running ``/predict``
+        requests (waiting at most ``timeout_s``), then stop the threads."""
+        self.closing = True
+        await self.batcher.drain(timeout=self.limits.timeout_s)
+        self.close()
+
     def close(self) -> None:
-        """Stop the worker pool (running predictions finish)."""
+        """Stop the worker pool and the batch thread (running predictions finish)."""
+        self.closing = True
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.batcher.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _normalise_item_error(result: dict[str, Any], name: str | None = None) -> dict[str, Any]:
     """A failed item of ``predict_many`` as ``{"error": {"type", "message"}}`` whatever form it came
     in, its message cleaned like :func:`public_message` (the original goes to the log)."""
+    outcome = _item_outcome(result, name)
+    return outcome.payload() if isinstance(outcome, ServiceError) else outcome
+
+
+def _item_outcome(result: dict[str, Any], name: str | None = None) -> dict[str, Any] | ServiceError:
+    """An item of ``predict_many``: the prediction, or its error as the :class:`ServiceError`
+    (422) that the same input predicted alone raises (type and message as :func:`error_for_exception`)."""
     if not isinstance(result, dict) or "error" not in result:
         return result
     error = result["error"]
     if isinstance(error, dict) and "message" in error:
         kind, message = str(error.get("type", "invalid_input")), str(error["message"])
     else:  # the predictor's form: {"error": message, "error_type": exception class name, "input": ...}
-        kind = "invalid_audio" if result.get("error_type") in ("AudioError", "VideoError") else "invalid_input"
+        kind = "invalid_audio" if result.get("error_type") in _audio_error_names() else "invalid_input"
         message = str(error)
     log.warning("refused %s: %s", name or "a batch item", message)
-    return error_body(kind, public_message(Exception(message), name))
+    return ServiceError(422, kind, public_message(Exception(message), name))
+
+
+def _audio_error_names() -> set[str]:
+    """The class names of :class:`AudioError` and its subclasses (``predict_many`` names an item's
+    error by its class name; :func:`error_for_exception` tests ``isinstance``)."""
+    names, todo = set(), [AudioError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,7 +547,7 @@ def create_app(predictor: PredictorLike, limits: ServiceLimits | None = None) ->
     @asynccontextmanager
     async def lifespan(_: Any):
         yield
-        service.close()
+        await service.drain()
 
     app = FastAPI(
         title="emomix",
@@ -591,6 +673,8 @@ def _limits_json(limits: ServiceLimits) -> dict[str, Any]:
         "max_batch_items": limits.max_batch_items,
         "max_text_chars": limits.max_text_chars,
         "timeout_s": limits.timeout_s,
+        "max_batch_size": limits.max_batch_size,
+        "max_wait_ms": limits.max_wait_ms,
         "allowed_content_types": list(limits.allowed_content_types),
     }
 
