@@ -1,25 +1,32 @@
-"""Benchmark: the HTTP service under load — 200 requests, 8 at a time, against a real server.
+"""Benchmark: the HTTP service under load, with and without dynamic batching — one request at a
+time, then 200 requests 8 at a time, against a real server, both services in one run.
 
-The server is ``emomix.serve`` (uvicorn, one process, the real Predictor) in a **separate
+Each service is ``emomix.serve`` (uvicorn, one process, the real Predictor) in a **separate
 process** on a free port, so the load generator does not share its interpreter. It serves a
 trained synthetic run: Dual Routing (openSMILE eGeMAPS LLDs + MiniLM) trained on fold ``ses01``
 of a small synthetic corpus for two epochs (written and trained under ``--work`` the first time,
 reused afterwards), or any run given with ``--run``.
 
-The client (``httpx.AsyncClient``, at most ``--concurrency`` requests in flight) posts the WAV
-files of 16 test utterances of the corpus, with their transcripts and speakers, round robin.
-First each clip is sent alone, one after the other (the **service time** without queueing), then
-the load run. Reported: latency p50/p95/p99/max of the load run, throughput, error count, the
-server process's CPU seconds per request, and the sequential latency for comparison. Any non-200
-answer counts as an error.
+Two services are measured side by side, one after the other: **one at a time**
+(``--max-batch-size 1``: every request predicted alone under the predictor lock, the service
+before dynamic batching) and **batched** (``--max-batch-size 8 --max-wait-ms 10`` by default:
+concurrent requests predicted together through ``predict_many``). For each, the client
+(``httpx.AsyncClient``) posts the WAV files of 16 test utterances of the corpus, with their
+transcripts and speakers, round robin: first ``--sequential`` requests one after the other (the
+**one-at-a-time throughput** and service time), then the load run with at most ``--concurrency``
+in flight. Reported per service and run: latency p50/p95/p99/max, throughput, error count (any
+non-200 answer), the server process's CPU seconds per request, and the sizes of the batches the
+server formed. The goal of issue #14: the batched service under load serves at least 1.5 times
+the one-at-a-time throughput of the unbatched service (``speedup``), with no errors.
 
 Run: ``python -m bench.serve_load [--quick] [--run RUN] [--requests 200] [--concurrency 8]
-[--worker-threads 1] [--threads 1]``.
+[--sequential 32] [--max-batch-size 8] [--max-wait-ms 10] [--worker-threads 1] [--threads 1]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -38,6 +45,8 @@ from bench._util import format_table, machine_info, parse_args, write_results
 NAME = "serve_load"
 ROOT = Path(__file__).resolve().parent.parent
 CLIPS = 16
+GOAL = 1.5
+"""Issue #14: batched throughput with 8 in flight / one-at-a-time throughput without batching."""
 
 
 def _extra(parser: Any) -> None:
@@ -48,72 +57,134 @@ def _extra(parser: Any) -> None:
         "--work", type=Path, default=ROOT / "runs" / "bench-serve", help="where the synthetic corpus and run are kept"
     )
     parser.add_argument(
-        "--requests", type=int, default=None, help="requests in the load run (default 200; 24 with --quick)"
+        "--requests", type=int, default=None, help="requests in each load run (default 200; 24 with --quick)"
     )
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
+    parser.add_argument(
+        "--sequential", type=int, default=None, help="requests sent one at a time (default 32; 16 with --quick)"
+    )
     parser.add_argument("--worker-threads", type=int, default=1, help="the service's worker threads (default 1)")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=8, help="the batched service's --max-batch-size (default 8)"
+    )
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=10.0, help="the batched service's --max-wait-ms (default 10)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table and write ``bench/results/serve_load.json``."""
     args = parse_args(__doc__.splitlines()[0], argv, extra=_extra)
+    load_at_start = machine_load()
     requests = args.requests or (24 if args.quick else 200)
+    sequential_count = args.sequential or (16 if args.quick else 32)
     run = args.run or train_synthetic_run(args.work, args.threads)
     clips = benchmark_clips(run)
     print(
         f"serving {run} ({len(clips)} clips, mean {np.mean([c['seconds'] for c in clips]):.2f} s of audio); "
-        f"{requests} requests, {args.concurrency} at a time, {args.worker_threads} worker thread(s), "
-        f"{args.threads} torch thread(s)"
+        f"{sequential_count} requests one at a time, then {requests} with {args.concurrency} in flight; "
+        f"{args.worker_threads} worker thread(s), {args.threads} torch thread(s)"
     )
-    with ServerProcess(run, args.threads, args.worker_threads) as server:
-        sequential = asyncio.run(load(server.url, clips, len(clips), 1))
-        cpu_before = server.cpu_seconds()
-        started = time.perf_counter()
-        loaded = asyncio.run(load(server.url, clips, requests, args.concurrency))
-        wall = time.perf_counter() - started
-        cpu = server.cpu_seconds() - cpu_before
+    services = {
+        "one at a time": {"max_batch_size": 1, "max_wait_ms": 0.0},
+        "batched": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms},
+    }
+    summaries: dict[str, dict[str, Any]] = {label: dict(batching) for label, batching in services.items()}
+    with contextlib.ExitStack() as stack:
+        servers = {
+            label: stack.enter_context(ServerProcess(run, args.threads, args.worker_threads, **batching))
+            for label, batching in services.items()
+        }
+        for server in servers.values():  # warm-up: first-call costs are not service time
+            asyncio.run(load(server.url, clips, 2, 1))
+        # interleaved (one at a time: A, B; then under load: A, B) so a change in the machine's load
+        # does not favour one service; the idle service uses no CPU meanwhile
+        for key, count, in_flight in (("sequential", sequential_count, 1), ("load", requests, args.concurrency)):
+            for label, server in servers.items():
+                summaries[label][key] = measure(server, clips, count, in_flight)
+    unbatched, batched = summaries["one at a time"], summaries["batched"]
+    speedup = batched["load"]["throughput_rps"] / unbatched["sequential"]["throughput_rps"]
     summary = {
         "requests": requests,
+        "sequential_requests": sequential_count,
         "concurrency": args.concurrency,
         "worker_threads": args.worker_threads,
         "torch_threads": args.threads,
-        "errors": sum(1 for r in loaded if r["status"] != 200),
-        "statuses": _count(r["status"] for r in loaded),
-        "wall_s": round(wall, 3),
-        "throughput_rps": round(requests / wall, 3),
-        "latency_ms": percentiles([r["ms"] for r in loaded]),
-        "sequential_latency_ms": percentiles([r["ms"] for r in sequential]),
-        "sequential_errors": sum(1 for r in sequential if r["status"] != 200),
-        "server_cpu_s_per_request": round(cpu / requests, 4),
         "clip_seconds_mean": round(float(np.mean([c["seconds"] for c in clips])), 3),
-        "first_errors": [r for r in loaded if r["status"] != 200][:3],
+        "services": summaries,
+        "speedup": round(speedup, 3),
+        "speedup_unbatched_load": round(
+            unbatched["load"]["throughput_rps"] / unbatched["sequential"]["throughput_rps"], 3
+        ),
+        "load_average_1min_start_end": [load_at_start, machine_load()],
+        "goal": GOAL,
+        "goal_met": bool(speedup >= GOAL and batched["load"]["errors"] == 0),
     }
-    rows = [
-        [
-            "alone, one at a time",
-            len(clips),
-            1,
-            *(summary["sequential_latency_ms"][k] for k in ("p50", "p95", "max")),
-            "",
-            summary["sequential_errors"],
-        ],
-        [
-            f"load, {args.concurrency} at a time",
-            requests,
-            args.concurrency,
-            *(summary["latency_ms"][k] for k in ("p50", "p95", "max")),
-            summary["throughput_rps"],
-            summary["errors"],
-        ],
-    ]
-    print(format_table(["run", "requests", "in flight", "p50 ms", "p95 ms", "max ms", "req/s", "errors"], rows))
+    rows = []
+    for result in summaries.values():
+        service = f"max batch {result['max_batch_size']}" + (
+            f", wait {result['max_wait_ms']:g} ms" if result["max_batch_size"] > 1 else ""
+        )
+        for run_name, key in (("one at a time", "sequential"), (f"{args.concurrency} in flight", "load")):
+            part = result[key]
+            rows.append(
+                [
+                    service,
+                    run_name,
+                    part["requests"],
+                    *(part["latency_ms"][k] for k in ("p50", "p95", "p99", "max")),
+                    part["throughput_rps"],
+                    part["errors"],
+                    round(part["server_cpu_s_per_request"] * 1000),
+                ]
+            )
     print(
-        f"server CPU per request: {summary['server_cpu_s_per_request'] * 1000:.0f} ms; "
-        f"p99 {summary['latency_ms']['p99']} ms"
+        format_table(
+            ["service", "run", "requests", "p50 ms", "p95 ms", "p99 ms", "max ms", "req/s", "errors", "CPU ms/req"],
+            rows,
+        )
+    )
+    for label, result in summaries.items():
+        print(f"{label}: batches formed under load (size: count) {result['load']['batch_sizes']}")
+    print(
+        f"1-min load average at the start {load_at_start}, at the end {machine_load()}; "
+        f"batched, {args.concurrency} in flight / one at a time without batching: {speedup:.2f}x "
+        f"(goal {GOAL}x: {'met' if summary['goal_met'] else 'missed'}); without batching under load: "
+        f"{summary['speedup_unbatched_load']:.2f}x"
     )
     payload = {"machine": machine_info(args.threads), "run": str(run), "summary": summary}
     print(f"results: {write_results(NAME, payload, args.quick, args.out)}")
     return payload
+
+
+def measure(server: ServerProcess, clips: list[dict[str, Any]], count: int, in_flight: int) -> dict[str, Any]:
+    """``count`` requests with at most ``in_flight`` at once: latencies, throughput, errors, the
+    server's CPU per request and the batches it formed meanwhile."""
+    batches_before = server.batch_sizes()
+    cpu_before = server.cpu_seconds()
+    started = time.perf_counter()
+    answers = asyncio.run(load(server.url, clips, count, in_flight))
+    wall = time.perf_counter() - started
+    cpu = server.cpu_seconds() - cpu_before
+    batches = {k: v - batches_before.get(k, 0) for k, v in server.batch_sizes().items()}
+    failed = [a for a in answers if a["status"] != 200]
+    return {
+        "requests": count,
+        "in_flight": in_flight,
+        "errors": len(failed),
+        "statuses": _count(a["status"] for a in answers),
+        "wall_s": round(wall, 3),
+        "throughput_rps": round(count / wall, 3),
+        "latency_ms": percentiles([a["ms"] for a in answers]),
+        "server_cpu_s_per_request": round(cpu / count, 4),
+        "batch_sizes": {k: v for k, v in sorted(batches.items(), key=lambda kv: int(kv[0])) if v},
+        "first_errors": failed[:3],
+    }
+
+
+def machine_load() -> str:
+    """The 1-minute load average now."""
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 # ---------------------------------------------------------------------- the run and its clips
@@ -190,9 +261,14 @@ def benchmark_clips(run: Path) -> list[dict[str, Any]]:
 
 
 class ServerProcess:
-    """``create_app(Predictor.from_run(run))`` under uvicorn in a child process on a free port."""
+    """``create_app(Predictor.from_run(run))`` under uvicorn in a child process on a free port.
 
-    def __init__(self, run: Path, threads: int, worker_threads: int):
+    The child adds one route of its own, ``GET /bench/batches``: how many batches of each size the
+    service's batcher has run (:meth:`batch_sizes`)."""
+
+    def __init__(
+        self, run: Path, threads: int, worker_threads: int, max_batch_size: int = 8, max_wait_ms: float = 10.0
+    ):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -204,8 +280,17 @@ class ServerProcess:
             from emomix.serve.app import ServiceLimits, create_app
             from emomix.serve.server import run_server
             predictor = Predictor.from_run({str(run)!r}, asr=False)
-            limits = ServiceLimits(worker_threads={int(worker_threads)}, timeout_s=300, max_pending=1000)
-            run_server(create_app(predictor, limits), port={self.port}, log_level="warning")
+            limits = ServiceLimits(
+                worker_threads={int(worker_threads)}, timeout_s=300, max_pending=1000,
+                max_batch_size={int(max_batch_size)}, max_wait_ms={float(max_wait_ms)!r},
+            )
+            app = create_app(predictor, limits)
+
+            @app.get("/bench/batches")
+            def batches():
+                return {{str(k): v for k, v in sorted(app.state.service.batcher.batch_sizes.items())}}
+
+            run_server(app, port={self.port}, log_level="warning")
         """)
 
     def __enter__(self) -> ServerProcess:
@@ -224,6 +309,12 @@ class ServerProcess:
             time.sleep(0.2)
         self.process.kill()
         raise SystemExit("the server did not answer /health within 300 s")
+
+    def batch_sizes(self) -> dict[str, int]:
+        """How many batches of each size (as a string) the service has run so far."""
+        import httpx
+
+        return dict(httpx.get(self.url + "/bench/batches", timeout=10).json())
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of the server process so far (Linux /proc)."""
