@@ -11,6 +11,7 @@ from emomix.models.blocks import (
     AttentionPooling,
     BidirectionalCrossAttention,
     BipartiteGAT,
+    BipartiteGATLayer,
     CrossAttentionLayer,
     DialogueContext,
     Expert,
@@ -18,8 +19,11 @@ from emomix.models.blocks import (
     PairwiseSigmoidAttention,
     TopKGate,
     TwoExpertRouter,
+    bipartite_edges_to_graph,
+    edges_to_adjacency,
     load_balance_loss,
     masked_mean,
+    pairs_to_adjacency,
     valid_bipartite_edges,
 )
 
@@ -309,6 +313,95 @@ def test_bipartite_gat_trains_every_parameter():
     gat(text, text_mask, audio, audio_mask, edges).pow(2).sum().backward()
     for name, parameter in gat.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def sparse_reference(gat: BipartiteGAT, text, text_mask, audio, audio_mask, edges) -> torch.Tensor:
+    """The scatter-based computation the dense GAT replaced: one torch_geometric graph per
+    utterance, ``GATConv`` layers holding the same parameters, ``global_mean_pool``."""
+    from torch_geometric.data import Batch as GraphBatch
+    from torch_geometric.nn import GATConv, global_mean_pool
+
+    layers = []
+    for layer in gat.layers:
+        conv = GATConv(gat.hidden_dim, layer.channels, heads=layer.heads, add_self_loops=True).eval()
+        conv.load_state_dict(layer.state_dict())  # the same parameter names and shapes
+        layers.append(conv)
+    text_nodes, audio_nodes = gat.text_projection(text), gat.audio_projection(audio)
+    graphs = []
+    for row in range(text.shape[0]):
+        tokens, frames, node_edges = valid_bipartite_edges(edges[row], text_mask[row], audio_mask[row])
+        graphs.append(bipartite_edges_to_graph(text_nodes[row, tokens], audio_nodes[row, frames], node_edges))
+    graph = GraphBatch.from_data_list(graphs)
+    x = graph.x
+    for index, conv in enumerate(layers):
+        x = conv(x, graph.edge_index)
+        if index < len(layers) - 1:
+            x = torch.nn.functional.elu(x)
+    return global_mean_pool(x, graph.batch, size=text.shape[0])
+
+
+def ragged_graph_inputs(seed: int, batch: int = 5):
+    """Random ragged rows (1..9 tokens of 12, 1..14 frames of 16), random edges that also point at
+    padded and out-of-range positions, and padding filled with large random values."""
+    generator = torch.Generator().manual_seed(seed)
+    text_lengths = torch.randint(1, 10, (batch,), generator=generator).tolist()
+    audio_lengths = torch.randint(1, 15, (batch,), generator=generator).tolist()
+    text_mask, audio_mask = lengths_mask(text_lengths, 12), lengths_mask(audio_lengths, 16)
+    text, audio = torch.randn(batch, 12, 12, generator=generator), torch.randn(batch, 16, 8, generator=generator)
+    text, audio = text.masked_fill(~text_mask[..., None], 1e4), audio.masked_fill(~audio_mask[..., None], -1e4)
+    edges = []
+    for n_tok, n_frm in zip(text_lengths, audio_lengths):
+        count = int(torch.randint(0, 3 * n_tok + 1, (1,), generator=generator))
+        pairs = torch.stack(
+            [
+                torch.randint(0, n_tok + 2, (count,), generator=generator),
+                torch.randint(0, n_frm + 3, (count,), generator=generator),
+            ]
+        )
+        edges.append(torch.unique(pairs, dim=1))  # a graph is a set of edges
+    return text, text_mask, audio, audio_mask, edges
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dense_bipartite_gat_equals_the_torch_geometric_graphs(seed):
+    torch.manual_seed(seed)
+    gat = BipartiteGAT(12, 8, 16, heads=4, num_layers=2).eval()
+    text, text_mask, audio, audio_mask, edges = ragged_graph_inputs(seed)
+    with torch.no_grad():
+        dense = gat(text, text_mask, audio, audio_mask, edges)
+        adjacency = gat(text, text_mask, audio, audio_mask, edges_to_adjacency(edges, text_mask, audio_mask))
+        clean = [t.masked_fill(~m[..., None], 0.0) for t, m in ((text, text_mask), (audio, audio_mask))]
+        reference = sparse_reference(gat, clean[0], text_mask, clean[1], audio_mask, edges)
+    assert torch.isfinite(dense).all() and dense.shape == (5, 16)
+    torch.testing.assert_close(dense, reference, atol=ATOL, rtol=1e-5)
+    assert torch.equal(dense, adjacency)
+
+
+def test_dense_gat_layer_has_gatconvs_parameters_and_initialisation():
+    from torch_geometric.nn import GATConv
+
+    torch.manual_seed(3)
+    conv = GATConv(16, 4, heads=4, add_self_loops=True)
+    after_conv = torch.rand(1)
+    torch.manual_seed(3)
+    layer = BipartiteGATLayer(16, 4)
+    after_layer = torch.rand(1)
+    assert list(conv.state_dict()) == list(layer.state_dict())
+    for name, value in conv.state_dict().items():
+        assert torch.equal(value, layer.state_dict()[name]), name
+    assert torch.equal(after_conv, after_layer)  # the same number of random draws: a seed builds the same model
+
+
+def test_edges_become_an_adjacency_without_padding_or_repeats():
+    text_mask = torch.tensor([[True, True, False], [True, True, True]])
+    audio_mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    edges = [torch.tensor([[0, 0, 1, 2, 1], [0, 0, 3, 1, 2]]), None]
+    adjacency = edges_to_adjacency(edges, text_mask, audio_mask)
+    expected = torch.zeros(2, 3, 4, dtype=torch.bool)
+    expected[0, 0, 0] = expected[0, 1, 2] = True  # (1, 3) and (2, 1) touch padding
+    assert torch.equal(adjacency, expected)
+    pairs = pairs_to_adjacency(torch.tensor([[0, -1, 5]]), torch.tensor([[1, 1, 0]]), 3, 2)
+    assert pairs.nonzero().tolist() == [[0, 0, 1]]
 
 
 def test_bipartite_gat_rejects_indivisible_heads():

@@ -10,12 +10,15 @@ import torch.nn.functional as F
 
 from emomix.errors import ConfigError, LabelError, MissingDataError
 from emomix.models import create_model
+from emomix.models.blocks import edges_to_adjacency
 from emomix.models.complementary import (
     ComplementaryFusion,
     arousal_split_weights,
     fuse_probabilities,
     pool_frames,
     remap_edges,
+    remapped_adjacency,
+    spread_adjacency,
     spread_token_edges,
 )
 from emomix.models.inputs import Batch, ModalityInput, pad_sequences
@@ -245,6 +248,72 @@ def test_pool_frames_pools_each_row_over_its_own_valid_frames():
     # nothing to pool: only cut the padding beyond max_frames
     cut, cut_mask = pool_frames(states, mask & (torch.arange(10) < 4), 4)
     assert cut.shape == (2, 4, 1) and cut_mask[0].all()
+
+
+def pooled_by_rows(states, mask, max_frames):
+    """The per-row reference: a row's valid frames, adaptive-average-pooled when there are more than ``max_frames``."""
+    width = min(states.shape[1], max_frames)
+    out, out_mask = (
+        torch.zeros(states.shape[0], width, states.shape[2]),
+        torch.zeros(states.shape[0], width, dtype=torch.bool),
+    )
+    for row in range(states.shape[0]):
+        valid = states[row][mask[row]]
+        if valid.shape[0] > max_frames:
+            valid = F.adaptive_avg_pool1d(valid.T.unsqueeze(0), max_frames).squeeze(0).T
+        out[row, : valid.shape[0]], out_mask[row, : valid.shape[0]] = valid, True
+    return out, out_mask
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_pool_frames_equals_adaptive_pooling_row_by_row(seed):
+    generator = torch.Generator().manual_seed(seed)
+    max_frames = int(torch.randint(3, 12, (1,), generator=generator))
+    width = int(torch.randint(max_frames - 2, 4 * max_frames, (1,), generator=generator))
+    lengths = torch.randint(1, width + 1, (6,), generator=generator)
+    mask = torch.arange(width) < lengths[:, None]
+    if seed == 3:  # holes inside rows: the valid frames are taken in order
+        mask &= torch.rand(6, width, generator=generator) < 0.8
+        mask[:, 0] = True
+    states = torch.randn(6, width, 5, generator=generator) * 100
+    states[~mask] = float("nan")  # padding never enters a pooled frame
+    pooled, pooled_mask = pool_frames(states, mask, max_frames)
+    expected, expected_mask = pooled_by_rows(states, mask, max_frames)
+    assert torch.equal(pooled_mask, expected_mask)
+    torch.testing.assert_close(pooled, expected, atol=1e-4, rtol=1e-6)
+
+
+def test_dense_graph_edges_equal_the_per_utterance_edges():
+    generator = torch.Generator().manual_seed(11)
+    for _ in range(5):
+        tokens, frames, max_frames = 9, 30, 12
+        token_mask = torch.arange(tokens) < torch.randint(1, tokens + 1, (4, 1), generator=generator)
+        content = token_mask & (torch.rand(4, tokens, generator=generator) < 0.8)
+        lengths = torch.randint(1, frames + 1, (4,), generator=generator)
+        frame_mask = torch.arange(frames) < lengths[:, None]
+        _, pooled_mask = pool_frames(torch.zeros(4, frames, 1), frame_mask, max_frames)
+        spread = [spread_token_edges(content[row], pooled_mask[row]) for row in range(4)]
+        assert torch.equal(spread_adjacency(content, pooled_mask), edges_to_adjacency(spread, token_mask, pooled_mask))
+        edges = [
+            torch.stack(
+                [
+                    torch.randint(0, tokens + 2, (20,), generator=generator),
+                    torch.randint(0, frames + 2, (20,), generator=generator),
+                ]
+            )
+            for _ in range(4)
+        ]
+        per_row = [
+            remap_edges(edges[row], int(token_mask[row].sum()), int(lengths[row]), max_frames) for row in range(4)
+        ]
+        assert torch.equal(
+            remapped_adjacency(edges, token_mask, lengths, pooled_mask, max_frames),
+            edges_to_adjacency(per_row, token_mask, pooled_mask),
+        )
+    with pytest.raises(ConfigError, match="negative"):
+        remapped_adjacency([torch.tensor([[0], [-1]])], token_mask[:1], lengths[:1], pooled_mask[:1], max_frames)
+    with pytest.raises(ConfigError, match="2 × E"):
+        remapped_adjacency([torch.zeros(3, 2, dtype=torch.long)], token_mask[:1], lengths[:1], pooled_mask[:1], 12)
 
 
 def test_remap_edges_moves_frames_drops_cut_positions_and_duplicates():

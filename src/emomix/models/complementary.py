@@ -18,6 +18,12 @@ The design, in our words:
    otherwise spreads the content tokens uniformly over the valid frames, flagging each such row
    in ``aux["graph_approximate"]``; ``"edges"`` requires real edges; ``"spread"`` always uses the
    uniform spread; ``"none"`` leaves the graph out (an ablation).
+   The front end is tensor ops over the padded batch (no loop over utterances, no Python branch
+   on tensor values), so these models trace to ONNX: :func:`pool_frames` pools with masks,
+   cumulative sums and gathers, the edges become a ``B × T_t × T_a`` adjacency
+   (:func:`remapped_adjacency`, :func:`spread_adjacency`: comparisons of index ranges) and the GAT
+   is dense (:class:`~emomix.models.blocks.BipartiteGATLayer`). The per-utterance
+   :func:`remap_edges` and :func:`spread_token_edges` give the same edges as lists.
 3. **Cross-Attention Transformer MoE** (``complementary_ca``). ``num_experts`` (paper: 5)
    experts, each a pair of cross-attention layers (text queries over speech, speech queries over
    text; ``ca_layers`` layers each, decision 1) whose outputs are mean-pooled over their queries
@@ -61,7 +67,17 @@ from torch import nn
 from emomix.constants import IGNORE_INDEX
 from emomix.errors import ConfigError, LabelError, MissingDataError
 from emomix.models.base import EmotionModel, ModelConfig, register_model
-from emomix.models.blocks import MLP, BipartiteGAT, CrossAttentionLayer, Expert, MixtureOfExperts, TopKGate, masked_mean
+from emomix.models.blocks import (
+    MLP,
+    BipartiteGAT,
+    CrossAttentionLayer,
+    Expert,
+    MixtureOfExperts,
+    TopKGate,
+    masked_mean,
+    pad_edges,
+    pairs_to_adjacency,
+)
 from emomix.models.inputs import Batch, ModalityInput, ModelOutput
 
 PAPER = "Yi, Kwak & Shin. A Complementary Fusion Framework for Robust Multimodal Emotion Recognition. Electronics 2025"
@@ -185,31 +201,34 @@ class _GraphEmbedding(nn.Module):
         text: ModalityInput,
         audio_states: torch.Tensor,
         audio_mask: torch.Tensor,
-        edges: list[torch.Tensor] | None,
+        adjacency: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``text`` already cut to the token limit, ``audio_*`` already pooled and ``edges``
-        already remapped; returns (B × hidden embedding, B float flag of approximate graphs)."""
-        batch_size = text.states.shape[0]
-        if edges is None and self.mode == "edges":
+        """``text`` already cut to the token limit, ``audio_*`` already pooled and ``adjacency``
+        (``B × T_t × T_a`` bool, None without edges) already remapped; returns (B × hidden
+        embedding, B float flag of approximate graphs)."""
+        if adjacency is None and self.mode == "edges":
             raise MissingDataError(
                 "the model is configured with graph='edges' but the batch carries no token–frame edges; "
                 "extract word timings (emomix extract with an alignment) or set graph='auto' or 'spread'"
             )
-        if edges is None or self.mode == "spread":
+        flag = torch.ones_like(text.mask[:, 0], dtype=text.states.dtype)
+        if adjacency is None or self.mode == "spread":
             content = text.mask if text.special_tokens is None else text.mask & ~text.special_tokens
-            edges = [spread_token_edges(content[row], audio_mask[row]) for row in range(batch_size)]
-            approximate = torch.ones(batch_size, device=text.states.device)
+            adjacency = spread_adjacency(content, audio_mask)
+            approximate = flag
         else:
-            approximate = torch.zeros(batch_size, device=text.states.device)
-        embedding = self.gat(text.states, text.mask, audio_states, audio_mask, edges)
+            approximate = torch.zeros_like(flag)
+        embedding = self.gat(text.states, text.mask, audio_states, audio_mask, adjacency)
         return embedding, approximate
 
 
 def _front_end(
     batch: Batch, max_tokens: int, max_frames: int, modalities: Sequence[str]
-) -> tuple[ModalityInput | None, ModalityInput | None, list[torch.Tensor] | None]:
-    """Cut text to ``max_tokens``, pool audio to ``max_frames`` and remap the edges to match."""
+) -> tuple[ModalityInput | None, ModalityInput | None, torch.Tensor | None]:
+    """Cut text to ``max_tokens``, pool audio to ``max_frames`` and turn the edges into the
+    matching ``B × T_t × T_a`` adjacency (None when the batch has no edges)."""
     text = audio = None
+    adjacency = None
     edges = batch.edges
     absent = [m for m in modalities if m not in batch.inputs]
     if absent:
@@ -228,16 +247,11 @@ def _front_end(
         )
     if "audio" in modalities:
         source = batch.inputs["audio"]
-        lengths = source.mask.sum(dim=1)
         states, mask = pool_frames(source.states, source.mask, max_frames)
         audio = ModalityInput(states=states, mask=mask, frame_rate=source.frame_rate)
         if edges is not None and text is not None:
-            token_lengths = text.mask.sum(dim=1)
-            edges = [
-                remap_edges(e.to(states.device), int(token_lengths[row]), int(lengths[row]), max_frames)
-                for row, e in enumerate(edges)
-            ]
-    return text, audio, edges
+            adjacency = remapped_adjacency(edges, text.mask, source.mask.sum(dim=1), mask, max_frames)
+    return text, audio, adjacency
 
 
 class _ComplementaryBase(EmotionModel[Batch]):
@@ -270,11 +284,11 @@ class _ComplementaryBase(EmotionModel[Batch]):
     ) -> tuple[dict[str, torch.Tensor], dict[str, ModalityInput], dict[str, torch.Tensor]]:
         """Pooled projected vectors per modality, the (cut/pooled) sequences, and graph extras."""
         config = self.config
-        text, audio, edges = _front_end(batch, config.max_tokens, config.max_frames, config.modalities)
+        text, audio, adjacency = _front_end(batch, config.max_tokens, config.max_frames, config.modalities)
         sequences = {m: x for m, x in (("text", text), ("audio", audio)) if x is not None}
         extras: dict[str, torch.Tensor] = {}
         if self.graph is not None and text is not None and audio is not None:  # built only with both
-            extras["graph"], extras["graph_approximate"] = self.graph(text, audio.states, audio.mask, edges)
+            extras["graph"], extras["graph_approximate"] = self.graph(text, audio.states, audio.mask, adjacency)
         pooled = {}
         if hasattr(self, "project"):
             for m, x in sequences.items():
@@ -610,23 +624,83 @@ class GraphMLP(_ComplementaryBase):
 
 def pool_frames(states: torch.Tensor, mask: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Adaptive-average-pool each row's valid frames to ``max_frames`` when it has more (rows
-    with fewer are kept as they are); returns ``B × T' × D`` states and mask, ``T' ≤ max_frames``.
+    with fewer keep their frames); returns ``B × T' × D`` states and mask, ``T' = min(T, max_frames)``.
 
-    Pooling runs over a row's valid frames only, so padded frames never enter a pooled frame.
+    Pooling runs over a row's valid frames only (taken in order), so padded frames never enter a
+    pooled frame; pooled frame ``j`` of a row of ``L`` valid frames averages its frames
+    ``[⌊j·L/M⌋, ⌈(j+1)·L/M⌉)``, the bins of :func:`torch.nn.functional.adaptive_avg_pool1d`. The
+    computation is tensor ops only (masks, comparisons, cumulative sums in float64, gathers), so it
+    traces to ONNX with dynamic batch and lengths; padded output positions are zero.
     """
-    lengths = mask.sum(dim=1)
-    if int(lengths.max()) <= max_frames:
-        width = min(states.shape[1], max_frames)
-        return states[:, :width], mask[:, :width]
-    out = states.new_zeros(states.shape[0], max_frames, states.shape[2])
-    out_mask = torch.zeros(states.shape[0], max_frames, dtype=torch.bool, device=mask.device)
-    for row, length in enumerate(lengths.tolist()):
-        valid = states[row][mask[row]]
-        if length > max_frames:
-            valid = F.adaptive_avg_pool1d(valid.T.unsqueeze(0), max_frames).squeeze(0).T
-        out[row, : valid.shape[0]] = valid
-        out_mask[row, : valid.shape[0]] = True
-    return out, out_mask
+    mask = mask.to(torch.bool)
+    zero = torch.zeros((), dtype=states.dtype, device=states.device)
+    valid = torch.where(mask.unsqueeze(-1), states, zero)
+    lengths = mask.sum(dim=1, keepdim=True)  # B × 1
+    rank = mask.long().cumsum(dim=1)  # valid frames up to and including each position
+    slots = torch.ones_like(mask[:, :max_frames], dtype=torch.long).cumsum(dim=1) - 1  # 0 .. T'-1
+    start = slots * lengths // max_frames
+    end = ((slots + 1) * lengths + max_frames - 1) // max_frames
+
+    def position_of(k: torch.Tensor) -> torch.Tensor:
+        """Position of each row's valid frame number ``k`` (0-based; ``T`` when it has fewer): the
+        number of positions before it, so ``prefix[position_of(k)]`` sums its first ``k`` frames."""
+        return (rank.unsqueeze(1) <= k.unsqueeze(2)).sum(dim=2)
+
+    def take(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return torch.gather(source, 1, index.unsqueeze(-1).expand(-1, -1, source.shape[-1]))
+
+    # a row that fits keeps its frames: frame k at slot k, zeros after its last frame
+    kept = take(torch.cat([valid, torch.zeros_like(valid[:, :1])], dim=1), position_of(slots))
+    # a longer row: bin means from prefix sums (float64, so the differences lose nothing that matters)
+    wide = torch.float32 if states.device.type == "mps" else torch.float64
+    prefix = valid.to(wide).cumsum(dim=1)
+    prefix = torch.cat([torch.zeros_like(prefix[:, :1]), prefix], dim=1)  # sum of positions < p
+    sums = take(prefix, position_of(end)) - take(prefix, position_of(start))
+    means = (sums / (end - start).unsqueeze(-1).to(wide)).to(states.dtype)
+    pooled = torch.where((lengths > max_frames).unsqueeze(-1), means, kept)
+    return pooled, slots < lengths
+
+
+def remapped_adjacency(
+    edges: Sequence[torch.Tensor],
+    token_mask: torch.Tensor,
+    frame_lengths: torch.Tensor,
+    frame_mask: torch.Tensor,
+    max_frames: int,
+) -> torch.Tensor:
+    """The ``B × T_t × T_a`` bool adjacency of per-utterance ``2 × E`` (token, frame) edges after the
+    front end: ``token_mask`` (``B × T_t``) is the cut text's mask, ``frame_lengths`` (``B``) each
+    row's frame count before pooling and ``frame_mask`` (``B × T_a``) the pooled audio's mask.
+
+    As :func:`remap_edges` does per utterance: edges beyond the row's tokens or frames drop out,
+    and in a row of ``L > max_frames`` frames frame ``f`` moves to pooled frame ``⌊f·max_frames/L⌋``;
+    edges to padded positions drop out, a repeated edge counts once. Tensor ops over the padded
+    batch (no loop over utterances, no scatter)."""
+    token_mask, frame_mask = token_mask.to(torch.bool), frame_mask.to(torch.bool)
+    tokens, frames = pad_edges(edges, device=token_mask.device, error=ConfigError)
+    lengths = frame_lengths.to(device=token_mask.device, dtype=torch.long).unsqueeze(1)
+    keep = (tokens >= 0) & (tokens < token_mask.sum(dim=1, keepdim=True)) & (frames < lengths)
+    frames = torch.where(lengths > max_frames, frames * max_frames // lengths.clamp_min(1), frames)
+    adjacency = pairs_to_adjacency(
+        torch.where(keep, tokens, -1), torch.where(keep, frames, -1), token_mask.shape[1], frame_mask.shape[1]
+    )
+    return adjacency & token_mask.unsqueeze(2) & frame_mask.unsqueeze(1)
+
+
+def spread_adjacency(token_mask: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Approximate token–frame edges as a ``B × T_t × T_a`` bool adjacency: each row's selected
+    tokens (``token_mask``, e.g. content tokens) spread in order and uniformly over its valid
+    frames, token k of K taking frames ``[⌊k·L/K⌋, ⌊(k+1)·L/K⌋)`` (at least the frame
+    ``⌊k·L/K⌋``); the edges of :func:`spread_token_edges`, as comparisons of index ranges."""
+    token_mask, frame_mask = token_mask.to(torch.bool), frame_mask.to(torch.bool)
+    count = token_mask.sum(dim=1, keepdim=True).clamp_min(1)  # K (B × 1)
+    frames = frame_mask.sum(dim=1, keepdim=True)  # L
+    k = token_mask.long().cumsum(dim=1) - 1
+    start = k * frames // count
+    stop = torch.maximum((k + 1) * frames // count, start + 1)
+    position = torch.ones_like(frame_mask, dtype=torch.long).cumsum(dim=1) - 1  # B × T_a
+    inside = (position.unsqueeze(1) >= start.unsqueeze(2)) & (position.unsqueeze(1) < stop.unsqueeze(2))
+    return inside & token_mask.unsqueeze(2) & frame_mask.unsqueeze(1)
 
 
 def remap_edges(edges: torch.Tensor, num_tokens: int, num_frames: int, max_frames: int) -> torch.Tensor:
@@ -666,7 +740,10 @@ def spread_token_edges(token_mask: torch.Tensor, frame_mask: torch.Tensor) -> to
 
 def fuse_probabilities(p_ca: torch.Tensor, p_spl: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``p_c ∝ w_c·p^CA_c + (1−w_c)·p^SPL_c``, renormalised over classes (last dimension)."""
-    weights = torch.as_tensor(weights, dtype=p_ca.dtype, device=p_ca.device)
+    if isinstance(weights, torch.Tensor):  # a buffer: traced as the model's own tensor, not a constant
+        weights = weights.to(dtype=p_ca.dtype, device=p_ca.device)
+    else:
+        weights = torch.as_tensor(weights, dtype=p_ca.dtype, device=p_ca.device)
     mixed = weights * p_ca + (1.0 - weights) * p_spl
     return mixed / mixed.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 

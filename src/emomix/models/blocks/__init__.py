@@ -14,8 +14,9 @@ One module per block family, every public name re-exported here: ``pooling``
 :class:`Expert`), ``routing`` (:class:`TwoExpertRouter`, :class:`TopKGate`,
 :func:`load_balance_loss`, :class:`MixtureOfExperts`), ``attention``
 (:class:`CrossAttentionLayer`, :class:`BidirectionalCrossAttention`,
-:class:`PairwiseSigmoidAttention`), ``graph`` (:func:`valid_bipartite_edges`,
-:func:`bipartite_edges_to_graph`, :class:`BipartiteGAT`) and ``context``
+:class:`PairwiseSigmoidAttention`), ``graph`` (:func:`edges_to_adjacency`,
+:func:`pairs_to_adjacency`, :func:`pad_edges`, :func:`valid_bipartite_edges`,
+:func:`bipartite_edges_to_graph`, :class:`BipartiteGATLayer`, :class:`BipartiteGAT`) and ``context``
 (:class:`DialogueContext`).
 """
 
@@ -28,7 +29,11 @@ from emomix.models.blocks.context import DialogueContext
 from emomix.models.blocks.feedforward import MLP, Expert
 from emomix.models.blocks.graph import (
     BipartiteGAT,
+    BipartiteGATLayer,
     bipartite_edges_to_graph,
+    edges_to_adjacency,
+    pad_edges,
+    pairs_to_adjacency,
     valid_bipartite_edges,
 )
 from emomix.models.blocks.pooling import AttentionPooling, masked_mean
@@ -44,6 +49,7 @@ __all__ = [
     "AttentionPooling",
     "BidirectionalCrossAttention",
     "BipartiteGAT",
+    "BipartiteGATLayer",
     "CrossAttentionLayer",
     "DialogueContext",
     "Expert",
@@ -52,7 +58,10 @@ __all__ = [
     "TopKGate",
     "TwoExpertRouter",
     "bipartite_edges_to_graph",
+    "edges_to_adjacency",
     "load_balance_loss",
     "masked_mean",
+    "pad_edges",
+    "pairs_to_adjacency",
     "valid_bipartite_edges",
 ]
