@@ -450,31 +450,6 @@ def test_cli_extract_with_mfcc_and_store_commands(tmp_path, capsys):
     assert code == 2 and "does not exist" in err
 
 
-def test_two_worker_processes_shard_the_corpus_and_merge(tmp_path, capsys):
-    manifest = make_manifest_corpus(tmp_path / "corpus", 12)
-    # openSMILE starts faster than MFCC (no librosa/numba warm-up) in each fresh worker process.
-    base = ["extract", "manifest", str(manifest), "--encoder", "opensmile:eGeMAPSv02", "--no-progress", "--json"]
-    code, out, _ = run_cli([*base, "--store", str(tmp_path / "reference")], capsys)
-    assert code == 0
-    reference = json.loads(out)
-
-    code, out, err = run_cli([*base, "--store", str(tmp_path / "store"), "--num-shards", "2"], capsys)
-    assert code == 0, err
-    combined = json.loads(out)
-    assert combined["workers"] == 2 and (combined["total"], combined["computed"], combined["failed"]) == (12, 12, 0)
-    writers = {p.name.rsplit("-", 1)[0] for p in (tmp_path / "store" / "shards").glob("*/*.safetensors")}
-    assert writers == {"shard-0-of-2", "shard-1-of-2"}, "each worker wrote its own shards"
-    assert not list((tmp_path / "store" / "index-parts").glob("*.sqlite")), "the parts were merged"
-    got, want = store_contents(tmp_path / "store"), store_contents(tmp_path / "reference")
-    assert set(got) == set(want) and len(want) == 12 and reference["computed"] == 12
-    for key in want:
-        np.testing.assert_array_equal(got[key]["states"], want[key]["states"])
-    with FeatureStore(tmp_path / "store", create=False) as opened:
-        assert opened.verify().ok
-    code, out, _ = run_cli([*base, "--store", str(tmp_path / "store")], capsys)
-    assert code == 0 and (json.loads(out)["cached"], json.loads(out)["computed"]) == (12, 0)
-
-
 @pytest.mark.slow
 def test_real_corpora_extract_and_resume(tmp_path, capsys):
     """EmoDB through openSMILE and MELD transcripts through the bundled MiniLM, then pure cache hits."""

@@ -58,6 +58,8 @@ MODALITY_NAMES = MODALITIES
 UTTERANCE_POOLS = ("auto", "pooled", "mean", "first", "sentence")
 #: Which statistics ``speaker_normalisation`` z-scores with.
 SPEAKER_STATISTICS = ("auto", "speaker", "global")
+#: Files :func:`feature_block_from_text` reads an encoder spec from.
+SPEC_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 @dataclass
@@ -157,6 +159,46 @@ class FeatureSpec:
         del data["modality"]
         return data
 
+    def boundary_layer(self, encoder: Any) -> int | None:
+        """The stored boundary layer ``trainable_top_layers`` asks of ``encoder`` (None when frozen)."""
+        if not self.trainable_top_layers:
+            return None
+        count = int(getattr(encoder, "num_layers", 0) or 0)
+        if self.trainable_top_layers > count:
+            raise ConfigError(
+                f"features.{self.modality}.trainable_top_layers={self.trainable_top_layers} but the encoder "
+                f"has {count} layers"
+            )
+        return count - int(self.trainable_top_layers)
+
+    def extractions(self, encoder: Any) -> list[dict[str, Any]]:
+        """What :func:`build_features` puts in the store for this spec, as plain data: one dict per
+        encoder run (``role`` ``<modality>`` or ``<modality>_pooled``, ``encoder`` spec,
+        ``preprocess``, ``layers``, ``boundary_layer``, ``batch_size``). ``emomix extract`` runs
+        these, so its entries are the ones a training run with this spec looks up."""
+        runs = [
+            {
+                "role": self.modality,
+                "encoder": self.encoder,
+                "preprocess": dict(self.preprocess),
+                "layers": list(self.layers),
+                "boundary_layer": self.boundary_layer(encoder),
+                "batch_size": int(self.batch_size),
+            }
+        ]
+        if self.utterance is not None:
+            runs.append(
+                {
+                    "role": f"{self.modality}_pooled",
+                    "encoder": self.utterance_encoder_spec(),
+                    "preprocess": self.utterance_preprocess(),
+                    "layers": [],
+                    "boundary_layer": None,
+                    "batch_size": int(self.batch_size),
+                }
+            )
+        return runs
+
     # -- the utterance vector ---------------------------------------------------------------------
 
     def _utterance_block(self) -> dict[str, Any]:
@@ -246,6 +288,53 @@ def parse_feature_specs(block: Mapping[str, Any] | None) -> dict[str, FeatureSpe
     return specs
 
 
+def feature_block_from_text(text: str) -> dict[str, Any]:
+    """A ``features.<modality>`` block from an encoder spec written on the command line.
+
+    ``text`` is an encoder name (``mfcc``, ``opensmile:ComParE_2016@functionals`` — ``@level`` is
+    shorthand for the ``level`` option, see :func:`~emomix.encoders.registry.create_encoder`), a
+    JSON object, or the path of a ``.yaml``/``.yml``/``.json`` file holding one. The object is
+    either an encoder spec (``{name: opensmile:ComParE_2016, level: functionals}``) or a whole
+    recipe modality block (``{encoder: ..., preprocess: ..., layers: ..., utterance: ...}``); the
+    result always has the block's form, for :meth:`FeatureSpec.from_dict` to validate.
+    """
+    text = text.strip()
+    if not text:
+        raise ConfigError("the encoder spec is empty; give a name such as mfcc or opensmile:eGeMAPSv02")
+    value: Any = text
+    source = "the encoder spec"
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"the encoder spec is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    elif Path(text).suffix.lower() in SPEC_FILE_SUFFIXES:
+        import yaml
+
+        from emomix.errors import yaml_problem
+
+        path = Path(text).expanduser()
+        source = f"encoder spec file {path}"
+        if not path.is_file():
+            raise ConfigError(f"{source} does not exist")
+        try:
+            value = yaml.safe_load(path.read_text())  # YAML reads JSON too
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: {yaml_problem(exc)}") from None
+    if isinstance(value, str) and value.strip():
+        return {"encoder": value.strip()}
+    if isinstance(value, Mapping):
+        if "encoder" in value:
+            return dict(value)
+        if "name" in value or "join" in value:
+            return {"encoder": dict(value)}
+        raise ConfigError(
+            f"{source} needs 'name' (an encoder: {{name: opensmile:ComParE_2016, level: functionals}}) or "
+            f"'encoder' (a recipe's features.<modality> block); got keys {sorted(map(str, value))}"
+        )
+    raise ConfigError(f"{source} must be an encoder name or a mapping, got {type(value).__name__}")
+
+
 def build_features(
     table: pd.DataFrame,
     specs: Mapping[str, FeatureSpec],
@@ -283,15 +372,7 @@ def build_features(
         _adopt_modality(encoder, modality)
         if getattr(encoder, "modality", modality) != modality:
             raise ConfigError(f"features.{modality}: encoder {spec.encoder!r} takes {encoder.modality}, not {modality}")
-        boundary = None
-        if spec.trainable_top_layers:
-            count = int(getattr(encoder, "num_layers", 0) or 0)
-            if spec.trainable_top_layers > count:
-                raise ConfigError(
-                    f"features.{modality}.trainable_top_layers={spec.trainable_top_layers} but the encoder "
-                    f"has {count} layers"
-                )
-            boundary = count - spec.trainable_top_layers
+        boundary = spec.boundary_layer(encoder)
         arrays, summary = _stored_arrays(
             table, encoder, store, spec.preprocess, spec.batch_size, spec.layers, boundary, base_dir, progress
         )

@@ -2,6 +2,7 @@
 
 A spec is a name or a dict ``{"name": ..., **options}`` (as a recipe YAML writes it); options go
 to the encoder's constructor and an option it does not take is a :class:`ConfigError` naming it.
+``name@level`` is shorthand for ``{"name": name, "level": level}`` (``opensmile:ComParE_2016@functionals``).
 
 Names: the fixed ones registered below (``mfcc``, ``minilm``, ``wavlm-base`` …) and the
 parametrised ``opensmile:<feature set>``, ``text:<hub name or folder>`` and
@@ -12,7 +13,9 @@ parametrised ``opensmile:<feature set>``, ``text:<hub name or folder>`` and
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from emomix.encoders.base import Encoder
@@ -75,6 +78,7 @@ def create_encoder(spec: str | Mapping[str, Any]) -> Encoder:
         name, options = str(spec["name"]), {k: v for k, v in spec.items() if k != "name"}
     else:
         raise ConfigError(f"an encoder spec is a name or a dict with 'name', got {type(spec).__name__}")
+    name, options = split_level(name, options)
 
     if name in _REGISTRY:
         return _call(_REGISTRY[name], name, options)
@@ -82,6 +86,25 @@ def create_encoder(spec: str | Mapping[str, Any]) -> Encoder:
     if separator and prefix in _PREFIXES and argument:
         return _call(_PREFIXES[prefix], name, options, argument)
     raise ConfigError(f"unknown encoder '{name}'; known encoders: {', '.join(list_encoders())}")
+
+
+def split_level(name: str, options: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """``"opensmile:ComParE_2016@functionals"`` -> ``("opensmile:ComParE_2016", {"level": "functionals"})``.
+
+    ``name@level`` is shorthand for the ``level`` option; a name whose ``@`` is part of an
+    existing path (``speech:./models/wavlm@v2``) or is not followed by a plain word is left alone.
+    """
+    options = dict(options or {})
+    base, at, level = name.rpartition("@")
+    if not at or not base or not _LEVEL_RE.match(level) or Path(name.partition(":")[2] or name).exists():
+        return name, options
+    if "level" in options and options["level"] != level:
+        raise ConfigError(f"encoder {name!r} gives level {level!r} and the spec also sets level {options['level']!r}")
+    options["level"] = level
+    return base, options
+
+
+_LEVEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _call(factory: Callable[..., Encoder], name: str, options: dict[str, Any], *arguments: Any) -> Encoder:

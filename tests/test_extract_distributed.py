@@ -1,0 +1,235 @@
+"""``emomix extract`` on Lightning Fabric (``--processes N``: DDP ranks, gloo on CPU) and with the
+encoder specs recipes take (``name@level``, JSON, a YAML/JSON file, a whole features block)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import yaml
+
+from emomix.cache.store import FeatureStore
+from test_extract import make_manifest_corpus, run_cli
+
+# openSMILE starts fast (no librosa/numba warm-up) and its functionals are small.
+FUNCTIONALS = "opensmile:eGeMAPSv02@functionals"
+
+
+def stored(root) -> dict[str, dict[str, np.ndarray]]:
+    """Every entry of a store, read through its own API."""
+    with FeatureStore(root, create=False) as store:
+        return {
+            key: {k: np.asarray(v) for k, v in fields.items()} for key, fields in store.get_many(store.keys()).items()
+        }
+
+
+def assert_same_entries(got: dict, want: dict) -> None:
+    assert want and set(got) == set(want)
+    for key, fields in want.items():
+        assert set(got[key]) == set(fields), key
+        for name, array in fields.items():
+            np.testing.assert_array_equal(got[key][name], array, err_msg=f"{key}/{name}")
+
+
+def test_two_ranks_fill_the_store_a_single_process_does(tmp_path, capsys):
+    manifest = make_manifest_corpus(tmp_path / "corpus", 12)
+    base = ["extract", "manifest", str(manifest), "--encoder", FUNCTIONALS, "--no-progress", "--json"]
+    code, out, err = run_cli([*base, "--store", str(tmp_path / "one")], capsys)
+    assert code == 0, err
+    single = json.loads(out)
+
+    code, out, err = run_cli([*base, "--store", str(tmp_path / "two"), "--processes", "2"], capsys)
+    assert code == 0, err
+    combined = json.loads(out)
+    assert combined["workers"] == 2 and (combined["total"], combined["computed"], combined["failed"]) == (12, 12, 0)
+    assert combined["namespace"] == single["namespace"]
+    writers = {p.name.rsplit("-", 1)[0] for p in (tmp_path / "two" / "shards").glob("*/*.safetensors")}
+    assert writers == {"rank-0-of-2", "rank-1-of-2"}, "each rank wrote its own shards"
+    assert not list((tmp_path / "two" / "index-parts").glob("*.sqlite")), "rank 0 merged the index parts"
+    assert_same_entries(stored(tmp_path / "two"), stored(tmp_path / "one"))
+    with FeatureStore(tmp_path / "two", create=False) as opened:
+        assert opened.verify().ok
+
+    code, out, err = run_cli([*base, "--store", str(tmp_path / "two"), "--processes", "2"], capsys)
+    assert code == 0, err
+    again = json.loads(out)
+    assert (again["cached"], again["computed"], again["entries_written"]) == (12, 0, 0), "a re-run is cache hits"
+
+
+def test_a_failed_rank_is_reported_and_a_re_run_resumes(tmp_path, capsys, monkeypatch):
+    import emomix.cache.distributed as distributed
+
+    manifest = make_manifest_corpus(tmp_path / "corpus", 10)
+    base = ["extract", "manifest", str(manifest), "--encoder", FUNCTIONALS, "--no-progress", "--json"]
+    code, _, err = run_cli([*base, "--store", str(tmp_path / "reference")], capsys)
+    assert code == 0, err
+
+    real = distributed.extract_corpus
+
+    def rank_one_breaks(job, shard_index=0, **kwargs):
+        if shard_index == 1:
+            raise RuntimeError("disk on fire")
+        return real(job, shard_index=shard_index, **kwargs)
+
+    monkeypatch.setattr(distributed, "extract_corpus", rank_one_breaks)  # the forked ranks inherit it
+    store = tmp_path / "store"
+    code, out, err = run_cli([*base, "--store", str(store), "--processes", "2"], capsys)
+    assert code == 2 and "1 of 2 extraction ranks failed" in err and "rank 1: RuntimeError: disk on fire" in err
+    assert "run the same command again to resume" in err
+    assert not list((store / "index-parts").glob("*.sqlite")), "rank 0 merged what was finished"
+    finished = stored(store)
+    assert 0 < len(finished) < 10, "rank 0's share is stored, rank 1's is not"
+
+    monkeypatch.setattr(distributed, "extract_corpus", real)
+    code, out, err = run_cli([*base, "--store", str(store), "--processes", "2"], capsys)
+    assert code == 0, err
+    resumed = json.loads(out)
+    assert (resumed["cached"], resumed["computed"]) == (len(finished), 10 - len(finished))
+    assert_same_entries(stored(store), stored(tmp_path / "reference"))
+
+
+def test_process_and_shard_options_are_checked(tmp_path, capsys):
+    manifest = make_manifest_corpus(tmp_path / "corpus", 2)
+    base = ["extract", "manifest", str(manifest), "--encoder", "mfcc", "--store", str(tmp_path / "s")]
+    for extra, message in (
+        (["--num-shards", "2"], "--shard-index and --num-shards go together"),
+        (["--shard-index", "0", "--num-shards", "2", "--processes", "2"], "cannot be combined with --processes"),
+        (["--processes", "0"], "--processes and --num-nodes must be at least 1"),
+        (["--devices", "tpu:0"], "--devices expects cpu, cuda or a list"),
+        (["--devices", "cuda:0,cuda:1", "--processes", "3"], "names 2 GPUs but --processes is 3"),
+    ):
+        code, _, err = run_cli([*base, *extra], capsys)
+        assert code == 2 and message in err, (extra, err)
+    assert not (tmp_path / "s").exists(), "nothing was written"
+
+
+# ---------------------------------------------------------------------------- encoder specs
+
+
+def extract_with(tmp_path, capsys, manifest, spec: str) -> dict:
+    """The summary (with its utterance -> key map) of `emomix extract --encoder SPEC`."""
+    summary = tmp_path / "summary.json"
+    code, _, err = run_cli(
+        [
+            "extract",
+            "manifest",
+            str(manifest),
+            "--encoder",
+            spec,
+            "--store",
+            str(tmp_path / "store"),
+            "--no-progress",
+            "--summary-json",
+            str(summary),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    return json.loads(summary.read_text())
+
+
+def test_name_at_level_json_and_yaml_specs_are_one_encoder(tmp_path, capsys):
+    manifest = make_manifest_corpus(tmp_path / "corpus", 3)
+    spec = {"name": "opensmile:eGeMAPSv02", "level": "functionals"}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    shorthand = extract_with(tmp_path, capsys, manifest, FUNCTIONALS)
+    assert shorthand["computed"] == 3
+    for text in (json.dumps(spec), str(tmp_path / "spec.yaml"), str(tmp_path / "spec.json")):
+        again = extract_with(tmp_path, capsys, manifest, text)
+        assert again["namespace"] == shorthand["namespace"] and (again["cached"], again["computed"]) == (3, 0), text
+    frames = extract_with(tmp_path, capsys, manifest, "opensmile:eGeMAPSv02@lld")
+    assert frames["namespace"] != shorthand["namespace"] and frames["computed"] == 3, "the level is part of the key"
+    with FeatureStore(tmp_path / "store", create=False) as store:
+        shapes = {np.asarray(f["states"]).shape[0] for f in store.get_many(shorthand["keys"].values()).values()}
+    assert shapes == {1}, "functionals: one vector per utterance"
+
+
+def test_bad_specs_name_the_problem(tmp_path, capsys):
+    manifest = make_manifest_corpus(tmp_path / "corpus", 2)
+    (tmp_path / "list.yaml").write_text("- mfcc\n")
+    (tmp_path / "broken.yaml").write_text("encoder: [mfcc\n")
+    cases = (
+        ('{"name": "opensmile:eGeMAPSv02", "levle": "functionals"}', "has no option 'levle'"),
+        (
+            '{"encoder": "mfcc", "preproces": {"vad": "webrtc"}}',
+            "unknown key(s) 'preproces' (did you mean 'preprocess'?)",
+        ),
+        ('{"encoder": "mfcc", "preprocess": {"vad": "nope"}}', "preprocess.vad must be one of"),
+        ('{"name": "mfcc",', "is not valid JSON"),
+        ('{"level": "lld"}', "needs 'name'"),
+        ("mfcc@lld", "encoder 'mfcc' has no option 'level'"),
+        ("opensmile:eGeMAPSv02@both@lld", "unknown openSMILE feature set 'eGeMAPSv02@both'"),
+        (str(tmp_path / "missing.yaml"), "does not exist"),
+        (str(tmp_path / "list.yaml"), "must be an encoder name or a mapping"),
+        (str(tmp_path / "broken.yaml"), "line 2"),
+    )
+    for spec, message in cases:
+        code, _, err = run_cli(
+            ["extract", "manifest", str(manifest), "--encoder", spec, "--store", str(tmp_path / "s")], capsys
+        )
+        assert code == 2 and message in err, (spec, err)
+    code, _, err = run_cli(
+        [
+            "extract",
+            "manifest",
+            str(manifest),
+            "--encoder",
+            '{"encoder": "mfcc", "preprocess": {"vad_mode": "trim", "vad": "webrtc"}}',
+            "--vad",
+            "silero",
+            "--store",
+            str(tmp_path / "s"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "--vad 'silero' disagrees with the spec's preprocess.vad 'webrtc'" in err
+
+
+def test_a_command_line_extraction_is_a_cache_hit_for_the_recipe(tmp_path, capsys):
+    """A recipe's modality block given to `emomix extract` stores the entries training looks up:
+    the frame encoder with its preprocessing, and the utterance encoder with its own."""
+    from emomix.data.readers import read_corpus
+    from emomix.features import build_features, parse_feature_specs
+
+    manifest = make_manifest_corpus(tmp_path / "corpus", 6)
+    block = {
+        "encoder": {"name": "opensmile:eGeMAPSv02", "level": "lld"},
+        "preprocess": {"normalise_loudness": True},
+        "utterance": {"name": "opensmile:eGeMAPSv02", "level": "functionals"},
+        "frame_stride": 2,  # acts at training time: accepted, changes nothing stored
+    }
+    (tmp_path / "audio.yaml").write_text(yaml.safe_dump(block))
+    store = tmp_path / "store"
+    code, out, err = run_cli(
+        [
+            "extract",
+            "manifest",
+            str(manifest),
+            "--encoder",
+            str(tmp_path / "audio.yaml"),
+            "--store",
+            str(store),
+            "--no-progress",
+            "--json",
+            "--processes",
+            "2",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    frames = json.loads(out)
+    pooled = frames["utterance"]
+    assert (frames["computed"], pooled["computed"]) == (6, 6) and frames["namespace"] != pooled["namespace"]
+
+    corpus = read_corpus("manifest", manifest)
+    with FeatureStore(store) as opened:
+        features = build_features(
+            corpus.table, parse_feature_specs({"audio": block}), opened, base_dir=corpus.root, progress=False
+        )
+    for role, cli in (("audio", frames), ("audio_pooled", pooled)):
+        summary = features.summaries[role]
+        assert (summary["cached"], summary["computed"]) == (6, 0), role
+        assert summary["namespace"] == cli["namespace"]
+    with FeatureStore(store, create=False) as opened:
+        assert len(opened.keys()) == 12, "the recipe added nothing"
