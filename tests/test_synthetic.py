@@ -263,7 +263,10 @@ def test_text_cue_and_disagreement_shares(big_plan):
 def test_evidence_scales_follow_the_plan(big_plan):
     cued = [u for u in big_plan.utterances if u.audio_cue]
     shares = Counter(u.evidence for u in cued)
-    for evidence, share in (("local", 0.45), ("global", 0.45), ("conflict", 0.1), ("both", 0.0)):
+    config = SyntheticConfig()
+    both = 1.0 - config.local_share - config.global_share - config.conflict_share
+    expected = {"local": config.local_share, "global": config.global_share, "conflict": config.conflict_share}
+    for evidence, share in (*expected.items(), ("both", both)):
         assert shares[evidence] / len(cued) == pytest.approx(share, abs=0.03), evidence
     for u in big_plan.utterances:
         assert u.cue_kind == u.evidence

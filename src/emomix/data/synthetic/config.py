@@ -42,10 +42,10 @@ class SyntheticConfig:
     complex_cue_share: float = 0.6
     complex_cue_scale: float = 0.7
     audio_cue_strength: float = 1.0
-    local_share: float = 0.45
-    global_share: float = 0.45
+    local_share: float = 0.35
+    global_share: float = 0.35
     conflict_share: float = 0.1
-    decoy_scale: float = 0.3
+    decoy_scale: float = 0.5
     mixed_share: float = 0.15
     local_event_count: int = 2
     text_cue_share: float = 0.6
