@@ -84,6 +84,7 @@ class StandInPredictor:
         self.seen: list[tuple[type, int | None]] = []
         self.active = 0
         self.max_active = 0
+        self.batches: list[int] = []  # the size of every predict_many call
         self._count_lock = threading.Lock()
 
     def info(self) -> dict:
@@ -123,6 +124,7 @@ class StandInPredictor:
                 self.active -= 1
 
     def predict_many(self, items: list[dict]) -> list[dict]:
+        self.batches.append(len(items))
         out = []
         for item in items:
             try:
@@ -465,6 +467,136 @@ def test_concurrent_requests_on_a_real_server_all_succeed():
 
 
 # ---------------------------------------------------------------------------------------------
+# Dynamic batching with the stand-in predictor
+# ---------------------------------------------------------------------------------------------
+
+
+async def post_all(app, requests: list[dict]) -> list[httpx.Response]:
+    """Post every request (``file``: (name, bytes), optional ``text``) to ``/predict`` at once."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+        return list(
+            await asyncio.gather(
+                *[
+                    client.post(
+                        "/predict",
+                        files={"file": (*r["file"], "audio/wav")},
+                        data={"text": r["text"]} if r.get("text") else {},
+                    )
+                    for r in requests
+                ]
+            )
+        )
+
+
+def answer(response: httpx.Response) -> tuple[int, dict]:
+    return response.status_code, response.json()
+
+
+def test_concurrent_requests_are_batched_and_each_answer_equals_the_request_answered_alone():
+    """8 different requests at once go through predict_many together; a corrupt file, silent
+    audio, a refused transcript and a predictor crash in the batch fail only their own request,
+    with the status and message they get alone; the others are predicted."""
+    requests = [
+        {"file": ("a.wav", wav_bytes(0.5)), "text": "one"},
+        {"file": ("b.wav", wav_bytes(1.5))},
+        {"file": ("broken.wav", CORRUPT), "text": "two"},
+        {"file": ("c.wav", wav_bytes(2.5, frequency=330.0)), "text": "boom"},
+        {"file": ("quiet.wav", sf_silence())},
+        {"file": ("d.wav", wav_bytes(1.0)), "text": "three"},
+        {"file": ("e.wav", wav_bytes(2.0)), "text": "crash"},
+        {"file": ("f.wav", wav_bytes(3.0))},
+    ]
+    alone_predictor = StandInPredictor()
+    alone_app = create_app(alone_predictor, ServiceLimits(max_batch_size=1))
+    alone = [answer(asyncio.run(post_all(alone_app, [r]))[0]) for r in requests]
+    assert not alone_predictor.batches, "max_batch_size=1 predicts every request alone, through predict"
+    assert [status for status, _ in alone] == [200, 200, 422, 422, 422, 200, 500, 200]
+
+    predictor = StandInPredictor()
+    app = create_app(predictor, ServiceLimits(max_batch_size=8, max_wait_ms=500))
+    together = [answer(r) for r in asyncio.run(post_all(app, requests))]
+    assert together == alone
+    sizes = app.state.service.batcher.batch_sizes
+    assert max(sizes) > 1 and sum(size * count for size, count in sizes.items()) == 7, sizes  # all but the corrupt
+    assert max(predictor.batches) > 1, "the batch went through predict_many"
+    assert predictor.max_active == 1, "the predictor never runs two requests at once"
+    for status, body in together:
+        if status != 200:
+            assert_one_clean_sentence(body["error"]["message"])
+
+
+def test_batches_are_capped_at_max_batch_size_and_every_request_is_answered():
+    predictor = StandInPredictor()
+    app = create_app(predictor, ServiceLimits(max_batch_size=3, max_wait_ms=300))
+    requests = [{"file": (f"{i}.wav", wav_bytes(0.25 * (i + 1))), "text": f"t{i}"} for i in range(7)]
+    answers = asyncio.run(post_all(app, requests))
+    assert [r.status_code for r in answers] == [200] * 7
+    assert [r.json()["transcript"] for r in answers] == [f"t{i}" for i in range(7)]
+    assert [r.json()["duration_s"] for r in answers] == pytest.approx([0.25 * (i + 1) for i in range(7)])
+    sizes = app.state.service.batcher.batch_sizes
+    assert max(sizes) <= 3 and sum(size * count for size, count in sizes.items()) == 7, sizes
+
+
+def test_batching_limits_are_validated():
+    with pytest.raises(ConfigError, match="max_batch_size must be positive"):
+        ServiceLimits(max_batch_size=0)
+    with pytest.raises(ConfigError, match="max_wait_ms must be 0 or more"):
+        ServiceLimits(max_wait_ms=-1)
+    with pytest.raises(ConfigError, match="max_batch_size must be a whole number"):
+        ServiceLimits(max_batch_size=2.5)  # type: ignore[arg-type]
+    assert ServiceLimits(max_wait_ms=0).max_wait_ms == 0
+
+
+def test_queued_requests_that_time_out_are_dropped_and_the_next_one_is_served():
+    """One at a time (max batch 1): the running prediction finishes in its thread, the requests
+    queued behind it time out with 504 and never reach the predictor."""
+    predictor = StandInPredictor(sleep_s=0.6)
+    app = create_app(predictor, ServiceLimits(max_batch_size=1, timeout_s=0.3))
+    slow = [{"file": (f"{i}.wav", wav_bytes(0.5)), "text": "slow"} for i in range(3)]
+    answers = asyncio.run(post_all(app, slow))
+    for response in answers:
+        assert_error(response, 504, "timeout", "0.3 s")
+    deadline = time.monotonic() + 5
+    while predictor.active and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(predictor.seen) == 1, "queued requests that timed out must be dropped, not predicted"
+    fine = asyncio.run(post_all(app, [{"file": ("ok.wav", wav_bytes(0.5)), "text": "fine"}]))[0]
+    assert fine.status_code == 200 and fine.json()["transcript"] == "fine"
+    assert app.state.service.batcher.batch_sizes == {1: 2}
+
+
+def test_shutdown_answers_the_queued_requests_then_refuses_new_ones():
+    predictor = StandInPredictor(sleep_s=0.2)
+    app = create_app(predictor, ServiceLimits(max_batch_size=2, max_wait_ms=0))
+    service = app.state.service
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+
+            def post(text: str):
+                return client.post(
+                    "/predict", files={"file": ("a.wav", wav_bytes(0.5), "audio/wav")}, data={"text": text}
+                )
+
+            in_flight = [asyncio.create_task(post("slow")) for _ in range(5)]
+            deadline = time.monotonic() + 10
+            while service.batcher.queued + service.batcher.running < 5 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert service.batcher.queued >= 3, "some requests are still queued when the shutdown begins"
+            await service.drain()
+            answered = await asyncio.gather(*in_flight)
+            return answered, await post("late")
+
+    answered, late = asyncio.run(scenario())
+    assert [r.status_code for r in answered] == [200] * 5
+    assert_one_clean_sentence(assert_error(late, 503, "busy", "shutting down"))
+    sizes = service.batcher.batch_sizes
+    assert sum(size * count for size, count in sizes.items()) == 5 and max(sizes) <= 2 and service.batcher.queued == 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Acceptance: the real Predictor of a trained synthetic run
 # ---------------------------------------------------------------------------------------------
 
@@ -569,30 +701,45 @@ def test_real_model_reads_a_browser_recording(real_client, real_clips):
 @pytest.mark.parametrize(
     "count", [8, pytest.param(40, marks=pytest.mark.e2e), pytest.param(200, marks=pytest.mark.e2e)]
 )
-def test_real_model_serves_requests_8_at_a_time_without_errors(real_predictor, real_clips, count):
-    """Every concurrent answer equals the answer to the same request made alone. 8 requests in
-    the fast suite (about 0.1-0.3 s each on two shared cores); 40 and 200 with ``-m e2e``, and
-    ``bench/serve_load.py``."""
-    limits = ServiceLimits(worker_threads=2, timeout_s=120)
-    references = {}
-    with BackgroundServer(create_app(real_predictor, limits)) as url, httpx.Client(base_url=url, timeout=120) as http:
+def test_real_model_batches_concurrent_requests_and_answers_each_as_alone(real_predictor, real_clips, count):
+    """8 different requests at a time on a real server, predicted in batches (``predict_many``):
+    every answer equals the answer to the same request made alone (``predict``), field for field,
+    probabilities and routing weights to float tolerance; a silent clip and a corrupt file in a
+    batch fail alone with their usual answer. 8 requests in the fast suite; 40 and 200 with
+    ``-m e2e``, and ``bench/serve_load.py``."""
+    kinds = [(data, text, speaker, path.name) for data, text, speaker, path in real_clips]  # 4 clips
+    kinds += [(data, text, None, f"nospeaker-{path.name}") for data, text, _, path in real_clips[:2]]
+    kinds += [(sf_silence(), real_clips[0][1], None, "quiet.wav"), (CORRUPT, real_clips[1][1], None, "broken.wav")]
+    app = create_app(real_predictor, ServiceLimits(worker_threads=2, timeout_s=120, max_batch_size=8, max_wait_ms=50))
+    batcher = app.state.service.batcher
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=120) as http:
 
-        def one(index: int) -> dict:
-            data, text, speaker, path = real_clips[index % len(real_clips)]
-            response = http.post(
-                "/predict", files={"file": (path.name, data, "audio/wav")}, data={"text": text, "speaker": speaker}
-            )
-            return {"index": index, "status": response.status_code, "body": response.json()}
+        def one(index: int) -> tuple[int, int, dict]:
+            data, text, speaker, name = kinds[index % len(kinds)]
+            form = {"text": text, **({"speaker": speaker} if speaker else {})}
+            response = http.post("/predict", files={"file": (name, data, "audio/wav")}, data=form)
+            return index % len(kinds), response.status_code, response.json()
 
-        for index in range(len(real_clips)):  # the answers every concurrent request must reproduce
-            references[index] = one(index)["body"]["probabilities"]
+        alone = {kind: (status, body) for kind, status, body in map(one, range(len(kinds)))}
+        assert set(batcher.batch_sizes) == {1}, "requests sent one at a time are predicted alone"
+        assert [alone[k][0] for k in range(len(kinds))] == [200] * 6 + [422, 422], alone
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(one, range(count)))
-    errors = [a for a in answers if a["status"] != 200]
-    assert not errors, errors[:3]
-    for answer in answers:
-        expected = references[answer["index"] % len(real_clips)]
-        assert answer["body"]["probabilities"] == pytest.approx(expected, abs=1e-5)
+    assert max(batcher.batch_sizes) > 1, f"no request was batched: {batcher.batch_sizes}"
+    for kind, status, body in answers:
+        expected_status, expected = alone[kind]
+        assert status == expected_status, body
+        if status != 200:
+            assert body == expected
+            continue
+        assert set(body) == set(expected)
+        for key in body.keys() - {"probabilities", "aux"}:
+            assert body[key] == expected[key], key
+        assert list(body["probabilities"]) == list(expected["probabilities"])
+        assert body["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
+        assert set(body["aux"]) == set(expected["aux"])
+        for name, value in body["aux"].items():
+            assert value == pytest.approx(expected["aux"][name], abs=1e-5), name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,6 +811,14 @@ def test_serve_command_builds_the_limits_and_runs_uvicorn(monkeypatch, tmp_path)
     )
     refused = CliRunner().invoke(serve_cli(), ["serve", str(tmp_path), "--max-upload-mb", "0"])
     assert isinstance(refused.exception, ConfigError) and "--max-upload-mb" in str(refused.exception)
+    assert (limits.max_batch_size, limits.max_wait_ms) == (8, 10.0), "batching is on by default"
+    batching = CliRunner().invoke(serve_cli(), ["serve", str(tmp_path), "--max-batch-size", "1", "--max-wait-ms", "0"])
+    assert batching.exit_code == 0, batching.output
+    limits = calls["app"].state.service.limits
+    assert (limits.max_batch_size, limits.max_wait_ms) == (1, 0.0)
+    for option, value in (("--max-batch-size", "0"), ("--max-wait-ms", "-5")):
+        refused = CliRunner().invoke(serve_cli(), ["serve", str(tmp_path), option, value])
+        assert isinstance(refused.exception, ConfigError) and option in str(refused.exception)
 
 
 def test_model_descriptions_cite_papers_not_local_paths():

@@ -80,9 +80,16 @@ class DynamicBatcher(Generic[T]):
         self.max_wait_s = float(max_wait_s)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self.closed = False
+        self.running = 0
+        """Items in the batch running now."""
         self.batch_sizes: Counter[int] = Counter()
         """How many batches of each size have run (abandoned items not counted)."""
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue[T]] = weakref.WeakKeyDictionary()
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a batch (in every event loop), abandoned ones included until skipped."""
+        return sum(len(queue.waiting) for queue in list(self._queues.values()))
 
     async def submit(self, item: T) -> Any:
         """Queue ``item``, wait for its batch and return its result (or raise its exception)."""
@@ -124,12 +131,15 @@ class DynamicBatcher(Generic[T]):
                 if not batch:
                     return
                 self.batch_sizes[len(batch)] += 1
+                self.running = len(batch)
                 try:
                     outcomes = list(await loop.run_in_executor(self.executor, self.run_batch, [e.item for e in batch]))
                     if len(outcomes) != len(batch):
                         raise RuntimeError(f"run_batch gave {len(outcomes)} outcomes for {len(batch)} items")
                 except Exception as exc:  # every item of the batch gets the error; the worker goes on
                     outcomes = [exc] * len(batch)
+                finally:
+                    self.running = 0
                 for entry, outcome in zip(batch, outcomes):
                     if entry.future.done():  # abandoned while its batch ran
                         continue
