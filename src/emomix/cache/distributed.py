@@ -147,7 +147,12 @@ def extract_distributed(
         accelerator=accelerator, devices=devices if devices else processes, num_nodes=num_nodes
     )
     fabric = Fabric(strategy="ddp", **settings)
-    if not fabric.strategy.cluster_environment.creates_processes_externally:  # type: ignore[attr-defined]
+    environment = fabric.strategy.cluster_environment  # type: ignore[attr-defined]
+    try:  # torchrun/SLURM started some number of ranks: the command must ask for as many
+        environment.validate_settings(num_devices=len(devices) if devices else processes, num_nodes=num_nodes)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (Lightning's devices is --processes, num_nodes is --num-nodes)") from None
+    if not environment.creates_processes_externally:
         # Nobody started the ranks (no torchrun/srun): start them from this process. On CPU by
         # fork (a spawned rank would import torch, Lightning and the encoder's libraries again,
         # tens of seconds per rank); CUDA needs spawn.
@@ -164,7 +169,7 @@ def extract_distributed(
         first = str(exc).strip().splitlines()
         raise EmomixError(
             f"distributed extraction stopped: {first[-1] if first else type(exc).__name__}; finished shards "
-            f"are kept, run the same command again to resume (then `emomix store merge {job.store}` is not needed)"
+            "are kept: run the same command again to resume (it merges the ranks' index parts first)"
         ) from exc
     if outcome["failures"] and outcome["global_rank"] == 0:
         raise EmomixError(

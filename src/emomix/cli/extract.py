@@ -242,6 +242,8 @@ def _extract_results(
         )
         if outcome["global_rank"] != 0:
             typer.echo(f"rank {outcome['global_rank']} of {outcome['world_size']} done; rank 0 prints the summary")
+            for failure in outcome["failures"]:
+                typer.echo(f"failed: {failure} (rank 0 reports it and exits with status 2)", err=True)
             return None
         return list(outcome["summaries"])
     device = f"cuda:{device_ids[0]}" if device_ids else ("cuda" if accelerator == "cuda" else "cpu")
