@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import yaml
 
 from emomix.cache.store import FeatureStore
@@ -233,3 +234,23 @@ def test_a_command_line_extraction_is_a_cache_hit_for_the_recipe(tmp_path, capsy
         assert summary["namespace"] == cli["namespace"]
     with FeatureStore(store, create=False) as opened:
         assert len(opened.keys()) == 12, "the recipe added nothing"
+
+
+def test_name_at_level_is_the_level_option_everywhere(tmp_path):
+    """The shorthand lives in create_encoder, so recipes and the command line read it alike."""
+    from emomix.encoders.registry import create_encoder, split_level
+    from emomix.errors import ConfigError
+    from emomix.features import parse_feature_specs
+
+    spec = {"name": "opensmile:eGeMAPSv02", "level": "functionals"}
+    assert create_encoder(FUNCTIONALS).identity() == create_encoder(spec).identity()
+    assert create_encoder(FUNCTIONALS).identity() != create_encoder("opensmile:eGeMAPSv02").identity()
+    recipe = parse_feature_specs({"audio": {"encoder": FUNCTIONALS}})["audio"]
+    assert create_encoder(recipe.encoder).identity() == create_encoder(spec).identity()
+    assert split_level(FUNCTIONALS, {"level": "functionals"}) == ("opensmile:eGeMAPSv02", {"level": "functionals"})
+    with pytest.raises(ConfigError, match="also sets level 'lld'"):
+        create_encoder({"name": FUNCTIONALS, "level": "lld"})
+    folder = tmp_path / "wavlm@v2"
+    folder.mkdir()
+    assert split_level(f"speech:{folder}") == (f"speech:{folder}", {}), "an existing path keeps its '@'"
+    assert split_level("speech:org/model@main-branch") == ("speech:org/model@main-branch", {}), "not a plain word"
