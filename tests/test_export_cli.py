@@ -208,7 +208,9 @@ def test_a_parity_failure_fails_the_command_and_removes_the_graph(cli, trained_s
     assert not (out / "model.onnx").exists() and not (out / "model_card.json").exists()
 
 
-def test_a_complementary_model_cannot_export_and_says_why(cli, trained_synthetic_run, tmp_path):
+def test_a_complementary_checkpoint_exports_with_parity_on_the_runs_utterances(cli, trained_synthetic_run, tmp_path):
+    """The Complementary late fusion (both MoE models and the token–frame graph) from a checkpoint:
+    its graph must reproduce PyTorch and the predictor on the run's real test utterances."""
     from emomix.models import create_model
     from emomix.train.recipe import OptimiserConfig
     from emomix.train.task import EmotionTask, save_weights
@@ -219,15 +221,23 @@ def test_a_complementary_model_cannot_export_and_says_why(cli, trained_synthetic
         shutil.copy(trained_synthetic_run / name, run / name)
     card = json.loads((trained_synthetic_run / "folds" / FOLD / "seed-0" / "model.json").read_text())
     torch.manual_seed(0)
-    model = create_model("complementary_spl_audio", {}, {"audio": card["input_dims"]["audio"]}, len(card["classes"]))
+    config = {"hidden_dim": 16, "ca_heads": 2, "graph_heads": 2, "num_experts": 3, "max_frames": 32}
+    model = create_model("complementary", config, card["input_dims"], len(card["classes"]))
     folder = run / "folds" / FOLD / "seed-0"
     folder.mkdir(parents=True)
     save_weights(EmotionTask(model, OptimiserConfig()).trainable_state(), folder / "model.safetensors")
-    card.update(model="complementary_spl_audio", config=model.config.to_dict())
+    card.update(model="complementary", config=model.config.to_dict())
     (folder / "model.json").write_text(json.dumps(card))
-    result = CliRunner().invoke(cli, ["export", str(run), "--onnx", "--out", str(tmp_path / "out")])
-    assert isinstance(result.exception, ConfigError)
-    message = str(result.exception)
-    assert "'complementary_spl_audio' cannot be exported to ONNX" in message
-    assert "complementary.py" in message and "serve the PyTorch model instead" in message
-    assert not (tmp_path / "out" / "model.onnx").exists()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["export", str(run), "--onnx", "--out", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "parity ok" in result.output
+    exported = json.loads((out / "model_card.json").read_text())
+    parity = exported["export"]["onnx"]["parity"]
+    assert parity["ok"] and parity["max_abs_logits"] <= 1e-4 and parity["max_abs_probs"] <= 1e-4
+    assert parity["end_to_end_max_abs_probs"] <= 1e-4
+    # the real batches are longer than max_frames: the graph pooled them as PyTorch does
+    frames = [int(n) for n in re.findall(r"audio_length=(\d+)", result.output)]
+    assert frames and max(frames) > 32, result.output
+    spec = json.loads((out / "model.onnx_io_spec.json").read_text())
+    assert "aux_ca_graph_approximate" in [o["name"] for o in spec["outputs"]]

@@ -31,7 +31,10 @@ Outputs: ``logits`` (batch × C, or batch × utterances × C) and one ``aux_<nam
 ``ModelOutput.aux`` whose first dimension is the batch (routing probabilities, gate weights,
 expert logits, fallback flags), in the order the model returns them. ``aux_losses`` are training
 terms and are not exported. Token–frame ``edges`` (a list of per-utterance tensors of varying
-size) are not an input: a batch with edges cannot be the example.
+size) are not an input: a batch with edges cannot be the example. The Complementary models'
+graph then spreads the content tokens uniformly over the frames (their ``graph="auto"``
+fallback, which the predictor's batches get too; ``aux_graph_approximate`` is 1); a model built
+with ``graph="edges"`` cannot run without edges and so does not export.
 
 How export works: :func:`torch.onnx.export` with the TorchScript tracer (``dynamo=False``),
 which keeps the padded axes of these models dynamic. Three PyTorch pieces do not trace well and
@@ -45,10 +48,12 @@ and the outputs must agree within ``atol``.
 
 The tracer records Python control flow and Python numbers computed from tensor values as
 constants. Where such a value is fixed by the batch contract (every row has at least one valid
-position, so "is any row empty?" is always False) the graph is still right; where it is not (the
-Complementary models' frame pooling beyond ``max_frames`` and their per-utterance torch_geometric
-graphs), verification fails and :class:`ConfigError` names the model, the unsupported operator
-and the source lines the tracer froze. The spec lists those lines under ``frozen_by_tracer``.
+position, so "is any row empty?" is always False) the graph is still right; where it is not (a
+Python branch on a tensor value, a loop over a batch's rows), verification fails and
+:class:`ConfigError` names the model, the unsupported operator and the source lines the tracer
+froze. The spec lists those lines under ``frozen_by_tracer``. Every registered model is written
+in tensor ops that trace (the Complementary family's frame pooling and token–frame graph
+included: a dense masked adjacency instead of per-utterance graphs), so all of them export.
 With ``onnxscript`` installed the ``dynamo`` exporter (``torch.export``) is tried next; it
 refuses data-dependent control flow outright.
 

@@ -288,7 +288,6 @@ def export_onnx(
     )
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    geometric = any(type(m).__module__.startswith("torch_geometric") for m in module.modules())
     failures: list[str] = []
     for exporter in exporters:
         # write beside the target under a temporary name: a failed export leaves an earlier file alone
@@ -340,16 +339,8 @@ def export_onnx(
             messages,
             time.perf_counter() - started,
         )
-    hint = (
-        " (the model builds per-utterance torch_geometric graphs from Python lists of edges, which a traced "
-        "graph cannot follow)"
-        if geometric
-        else ""
-    )
     raise ConfigError(
-        f"model {name!r} cannot be exported to ONNX{hint}: "
-        + " | ".join(failures)
-        + "; serve the PyTorch model instead"
+        f"model {name!r} cannot be exported to ONNX: " + " | ".join(failures) + "; serve the PyTorch model instead"
     )
 
 

@@ -192,7 +192,7 @@ def short_path(filename: str) -> str:
 
 def _frozen_lines(messages: Sequence[str]) -> str:
     """The source lines the tracer froze into constants, from its warnings."""
-    lines = [m.split(": ", 1)[0] for m in messages if m.startswith(("emomix/", "torch_geometric/"))]
+    lines = [m.split(": ", 1)[0] for m in messages if not m.startswith("torch/")]  # emomix's or the user's code
     return "; ".join(lines[:3])
 
 

@@ -134,8 +134,6 @@ def _reason_summary(reason: str) -> str:
     operator = re.search(r"unsupported operator (\S+)", reason)
     frozen = re.search(r"froze Python values at ([^|;]+(?:; emomix[^|;]+)*)", reason)
     parts = []
-    if "torch_geometric" in reason:
-        parts.append("torch_geometric graph")
     if operator:
         parts.append(f"unsupported operator {operator.group(1)}")
     if "does not reproduce" in reason:
