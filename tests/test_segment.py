@@ -12,6 +12,7 @@ import soundfile as sf
 from emomix.audio import vad
 from emomix.audio.io import load_audio
 from emomix.audio.segment import (
+    DEFAULT_PAD_S,
     SegmentationStats,
     StreamSegmenter,
     segment_recording,
@@ -158,6 +159,26 @@ def test_result_does_not_depend_on_block_size_and_matches_the_vad_mask(tmp_path)
     # one detector kept across blocks: the same decisions as the whole-file mask
     mask = vad.webrtc_vad_mask(wave, frame_ms=30, aggressiveness=2)
     assert stats.frames == mask.size and stats.speech_frames == int(mask.sum())
+
+
+def test_digital_silence_after_speech_is_never_speech():
+    # After seconds of voiced sound the WebRTC VAD's hangover calls some of the exact zeros that
+    # follow it speech (about 0.1 s here, more than a second after some synthetic utterances);
+    # a segment must end at the sound's end plus the padding, within one 30 ms frame.
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * RATE) / RATE
+    voiced = 0.3 * np.sin(2 * np.pi * 150 * t) * (1 + 0.5 * np.sin(2 * np.pi * 4 * t))
+    burst = (voiced + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    wave = np.zeros(12 * RATE, dtype=np.float32)
+    ends = []
+    for k in range(3):
+        first = RATE * (1 + 4 * k)
+        wave[first : first + burst.size] = burst
+        ends.append((first + burst.size) / RATE)
+    segments = segment_waveform(wave)
+    assert len(segments) == 3
+    for segment, end in zip(segments, ends, strict=True):
+        assert end - 0.1 <= segment.end <= min(end + DEFAULT_PAD_S + 0.03, wave.size / RATE)
 
 
 def test_stereo_44k_file_is_mixed_down_and_resampled_in_blocks(tmp_path):

@@ -13,7 +13,10 @@ The rule, on the VAD's frames (``frame_ms`` = 30 ms, frame ``i`` covering
 :mod:`emomix.audio.vad`):
 
 1. **Regions.** Consecutive speech frames form a region; a pause shorter than ``min_silence_s``
-   does not end it (the region closes once ``min_silence_s`` of non-speech has passed).
+   does not end it (the region closes once ``min_silence_s`` of non-speech has passed). A frame
+   of digital silence (every 16-bit sample within ±``SILENCE_PEAK`` = 4, −78 dBFS) is never
+   speech: after a long utterance the WebRTC VAD's hangover can call a second or more of exact
+   zeros speech, which would stretch the segment into the silence after it.
 2. **Too short.** A region whose speech extent is shorter than ``min_segment_s`` is dropped
    (a click, a cough) and counted in :attr:`SegmentationStats.dropped_short`.
 3. **Padding.** The region is widened by ``pad_s`` on both sides, clipped to the file and to the
@@ -57,6 +60,8 @@ DEFAULT_PAD_S = 0.1
 DEFAULT_MAX_SEGMENT_S = 8.0
 DEFAULT_MIN_SEGMENT_S = 0.3
 DEFAULT_BLOCK_S = 2.0
+# A frame whose 16-bit samples all lie within ±SILENCE_PEAK is digital silence, never speech.
+SILENCE_PEAK = 4
 HELD_SEGMENTS = 8
 """A still-open region is cut once it holds this many ``max_segment_s`` (the memory bound)."""
 
@@ -229,9 +234,12 @@ class StreamSegmenter:
         if count <= 0:
             return
         pcm = _pcm16(self.buffer.get(self.vad_pos, self.vad_pos + count * self.frame_len))
+        audible = _audible(pcm, count)
         width = 2 * self.frame_len  # bytes per frame
         for k in range(count):
-            self._step(self.detector.is_speech(pcm[k * width : (k + 1) * width], SAMPLE_RATE))
+            # the detector sees every frame (its state evolves as it would); silence overrides it
+            said = self.detector.is_speech(pcm[k * width : (k + 1) * width], SAMPLE_RATE)
+            self._step(bool(said and audible[k]))
         self.vad_pos += count * self.frame_len
 
     def _emit(self) -> Iterator[Segment]:
@@ -278,13 +286,21 @@ class StreamSegmenter:
         if leftover > 0:
             frame = np.zeros(self.frame_len, dtype=np.float32)
             frame[:leftover] = self.buffer.get(self.vad_pos, self.buffer.end)
-            self._step(self.detector.is_speech(_pcm16(frame), SAMPLE_RATE))
+            pcm = _pcm16(frame)
+            said = self.detector.is_speech(pcm, SAMPLE_RATE)
+            self._step(bool(said and _audible(pcm, 1)[0]))
             self.vad_pos = self.buffer.end
         if self.open_start is not None:
             self._close(self.open_start, self.open_end * self.frame_len, pad_end=True)
             self.open_start = None
         self.finished = True
         yield from self._emit()
+
+
+def _audible(pcm: bytes, count: int) -> np.ndarray:
+    """Per frame of ``count`` equal frames of 16-bit PCM: does any sample pass ±``SILENCE_PEAK``?"""
+    samples = np.frombuffer(pcm, dtype="<i2").reshape(count, -1).astype(np.int32)
+    return np.abs(samples).max(axis=1) > SILENCE_PEAK
 
 
 def _pcm16(frame: np.ndarray) -> bytes:
