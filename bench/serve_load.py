@@ -1,5 +1,5 @@
 """Benchmark: the HTTP service under load, with and without dynamic batching — one request at a
-time, then 200 requests 8 at a time, against a real server, both services in one run.
+time, then 200 requests 8 at a time, against a real server, the services side by side in one run.
 
 Each service is ``emomix.serve`` (uvicorn, one process, the real Predictor) in a **separate
 process** on a free port, so the load generator does not share its interpreter. It serves a
@@ -7,7 +7,7 @@ trained synthetic run: Dual Routing (openSMILE eGeMAPS LLDs + MiniLM) trained on
 of a small synthetic corpus for two epochs (written and trained under ``--work`` the first time,
 reused afterwards), or any run given with ``--run``.
 
-Two services are measured side by side, one after the other: **one at a time**
+The services are measured side by side in one run: **one at a time**
 (``--max-batch-size 1``: every request predicted alone under the predictor lock, the service
 before dynamic batching) and **batched** (``--max-batch-size 8 --max-wait-ms 10`` by default:
 concurrent requests predicted together through ``predict_many``). For each, the client
@@ -19,8 +19,13 @@ non-200 answer), the server process's CPU seconds per request, and the sizes of 
 server formed. The goal of issue #14: the batched service under load serves at least 1.5 times
 the one-at-a-time throughput of the unbatched service (``speedup``), with no errors.
 
+The services are measured interleaved, round after round (``--rounds``, default 2): each one at a
+time, then each under load; the figures pool the rounds (and list each round's throughput).
+Several ``--max-wait-ms`` values measure one batched service each; the first is the headline.
+
 Run: ``python -m bench.serve_load [--quick] [--run RUN] [--requests 200] [--concurrency 8]
-[--sequential 32] [--max-batch-size 8] [--max-wait-ms 10] [--worker-threads 1] [--threads 1]``.
+[--sequential 32] [--rounds 2] [--max-batch-size 8] [--max-wait-ms 10 [30 ...]] [--worker-threads 1]
+[--threads 1]``.
 """
 
 from __future__ import annotations
@@ -68,7 +73,14 @@ def _extra(parser: Any) -> None:
         "--max-batch-size", type=int, default=8, help="the batched service's --max-batch-size (default 8)"
     )
     parser.add_argument(
-        "--max-wait-ms", type=float, default=10.0, help="the batched service's --max-wait-ms (default 10)"
+        "--max-wait-ms",
+        type=float,
+        nargs="+",
+        default=[10.0],
+        help="the batched service's --max-wait-ms; several values: one batched service each (default 10)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="interleaved rounds; the figures pool them (default 2; 1 with --quick)"
     )
 
 
@@ -78,18 +90,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     load_at_start = machine_load()
     requests = args.requests or (24 if args.quick else 200)
     sequential_count = args.sequential or (16 if args.quick else 32)
+    rounds = 1 if args.quick else args.rounds
     run = args.run or train_synthetic_run(args.work, args.threads)
     clips = benchmark_clips(run)
     print(
         f"serving {run} ({len(clips)} clips, mean {np.mean([c['seconds'] for c in clips]):.2f} s of audio); "
-        f"{sequential_count} requests one at a time, then {requests} with {args.concurrency} in flight; "
-        f"{args.worker_threads} worker thread(s), {args.threads} torch thread(s)"
+        f"per round {sequential_count} requests one at a time, then {requests} with {args.concurrency} in flight; "
+        f"{rounds} round(s); {args.worker_threads} worker thread(s), {args.threads} torch thread(s)"
     )
-    services = {
-        "one at a time": {"max_batch_size": 1, "max_wait_ms": 0.0},
-        "batched": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms},
-    }
-    summaries: dict[str, dict[str, Any]] = {label: dict(batching) for label, batching in services.items()}
+    services = {"one at a time": {"max_batch_size": 1, "max_wait_ms": 0.0}}
+    for wait in args.max_wait_ms:
+        services[f"batched, wait {wait:g} ms"] = {"max_batch_size": args.max_batch_size, "max_wait_ms": wait}
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {label: {"sequential": [], "load": []} for label in services}
     with contextlib.ExitStack() as stack:
         servers = {
             label: stack.enter_context(ServerProcess(run, args.threads, args.worker_threads, **batching))
@@ -97,60 +109,83 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
         for server in servers.values():  # warm-up: first-call costs are not service time
             asyncio.run(load(server.url, clips, 2, 1))
-        # interleaved (one at a time: A, B; then under load: A, B) so a change in the machine's load
-        # does not favour one service; the idle service uses no CPU meanwhile
-        for key, count, in_flight in (("sequential", sequential_count, 1), ("load", requests, args.concurrency)):
-            for label, server in servers.items():
-                summaries[label][key] = measure(server, clips, count, in_flight)
-    unbatched, batched = summaries["one at a time"], summaries["batched"]
-    speedup = batched["load"]["throughput_rps"] / unbatched["sequential"]["throughput_rps"]
+        # interleaved (each service one at a time, then each under load, round after round) so a
+        # change in the machine's load does not favour one service; idle services use no CPU meanwhile
+        for _ in range(rounds):
+            for key, count, in_flight in (("sequential", sequential_count, 1), ("load", requests, args.concurrency)):
+                for label, server in servers.items():
+                    raw[label][key].append(measure(server, clips, count, in_flight))
+    summaries = {
+        label: {**batching, **{key: pooled(raw[label][key]) for key in ("sequential", "load")}}
+        for label, batching in services.items()
+    }
+    unbatched = summaries["one at a time"]
+    alone_rps = unbatched["sequential"]["throughput_rps"]
+    alone_cpu = unbatched["sequential"]["server_cpu_s_per_request"]
+    for result in summaries.values():
+        result["speedup"] = round(result["load"]["throughput_rps"] / alone_rps, 3)
+        result["cpu_speedup"] = round(alone_cpu / result["load"]["server_cpu_s_per_request"], 3)
+    headline = summaries[next(label for label in services if label != "one at a time")]
     summary = {
         "requests": requests,
         "sequential_requests": sequential_count,
+        "rounds": rounds,
         "concurrency": args.concurrency,
         "worker_threads": args.worker_threads,
         "torch_threads": args.threads,
         "clip_seconds_mean": round(float(np.mean([c["seconds"] for c in clips])), 3),
         "services": summaries,
-        "speedup": round(speedup, 3),
-        "speedup_unbatched_load": round(
-            unbatched["load"]["throughput_rps"] / unbatched["sequential"]["throughput_rps"], 3
-        ),
+        "speedup": headline["speedup"],
         "load_average_1min_start_end": [load_at_start, machine_load()],
         "goal": GOAL,
-        "goal_met": bool(speedup >= GOAL and batched["load"]["errors"] == 0),
+        "goal_met": bool(headline["speedup"] >= GOAL and headline["load"]["errors"] == 0),
     }
     rows = []
-    for result in summaries.values():
-        service = f"max batch {result['max_batch_size']}" + (
-            f", wait {result['max_wait_ms']:g} ms" if result["max_batch_size"] > 1 else ""
-        )
+    for label, result in summaries.items():
         for run_name, key in (("one at a time", "sequential"), (f"{args.concurrency} in flight", "load")):
             part = result[key]
             rows.append(
                 [
-                    service,
+                    label,
                     run_name,
                     part["requests"],
                     *(part["latency_ms"][k] for k in ("p50", "p95", "p99", "max")),
                     part["throughput_rps"],
+                    "/".join(f"{r:g}" for r in part["throughput_rps_rounds"]),
                     part["errors"],
                     round(part["server_cpu_s_per_request"] * 1000),
+                    result["speedup"] if key == "load" else "",
                 ]
             )
     print(
         format_table(
-            ["service", "run", "requests", "p50 ms", "p95 ms", "p99 ms", "max ms", "req/s", "errors", "CPU ms/req"],
+            [
+                "service",
+                "run",
+                "requests",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "max ms",
+                "req/s",
+                "req/s by round",
+                "errors",
+                "CPU ms/req",
+                "x alone",
+            ],
             rows,
         )
     )
     for label, result in summaries.items():
-        print(f"{label}: batches formed under load (size: count) {result['load']['batch_sizes']}")
+        print(
+            f"{label}: batches formed under load (size: count) {result['load']['batch_sizes']}; "
+            f"server CPU per request {result['load']['server_cpu_s_per_request'] * 1000:.0f} ms under load, "
+            f"{alone_cpu * 1000:.0f} ms one at a time without batching ({result['cpu_speedup']:.2f}x)"
+        )
     print(
         f"1-min load average at the start {load_at_start}, at the end {machine_load()}; "
-        f"batched, {args.concurrency} in flight / one at a time without batching: {speedup:.2f}x "
-        f"(goal {GOAL}x: {'met' if summary['goal_met'] else 'missed'}); without batching under load: "
-        f"{summary['speedup_unbatched_load']:.2f}x"
+        f"{args.concurrency} in flight with batching / one at a time without: {summary['speedup']:.2f}x "
+        f"(goal {GOAL}x: {'met' if summary['goal_met'] else 'missed'})"
     )
     payload = {"machine": machine_info(args.threads), "run": str(run), "summary": summary}
     print(f"results: {write_results(NAME, payload, args.quick, args.out)}")
@@ -158,8 +193,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def measure(server: ServerProcess, clips: list[dict[str, Any]], count: int, in_flight: int) -> dict[str, Any]:
-    """``count`` requests with at most ``in_flight`` at once: latencies, throughput, errors, the
-    server's CPU per request and the batches it formed meanwhile."""
+    """``count`` requests with at most ``in_flight`` at once: the answers, wall and server CPU
+    seconds, and the batches the server formed meanwhile."""
     batches_before = server.batch_sizes()
     cpu_before = server.cpu_seconds()
     started = time.perf_counter()
@@ -167,24 +202,37 @@ def measure(server: ServerProcess, clips: list[dict[str, Any]], count: int, in_f
     wall = time.perf_counter() - started
     cpu = server.cpu_seconds() - cpu_before
     batches = {k: v - batches_before.get(k, 0) for k, v in server.batch_sizes().items()}
+    return {"answers": answers, "wall_s": wall, "cpu_s": cpu, "batches": batches, "in_flight": in_flight}
+
+
+def pooled(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rounds of one service and run pooled: latencies over every request, throughput and CPU
+    per request over the total time, and each round's throughput."""
+    answers = [a for part in parts for a in part["answers"]]
+    wall = sum(part["wall_s"] for part in parts)
     failed = [a for a in answers if a["status"] != 200]
+    batches: dict[str, int] = {}
+    for part in parts:
+        for size, count in part["batches"].items():
+            batches[size] = batches.get(size, 0) + count
     return {
-        "requests": count,
-        "in_flight": in_flight,
+        "requests": len(answers),
+        "in_flight": parts[0]["in_flight"],
         "errors": len(failed),
         "statuses": _count(a["status"] for a in answers),
         "wall_s": round(wall, 3),
-        "throughput_rps": round(count / wall, 3),
+        "throughput_rps": round(len(answers) / wall, 3),
+        "throughput_rps_rounds": [round(len(part["answers"]) / part["wall_s"], 2) for part in parts],
         "latency_ms": percentiles([a["ms"] for a in answers]),
-        "server_cpu_s_per_request": round(cpu / count, 4),
+        "server_cpu_s_per_request": round(sum(part["cpu_s"] for part in parts) / len(answers), 4),
         "batch_sizes": {k: v for k, v in sorted(batches.items(), key=lambda kv: int(kv[0])) if v},
         "first_errors": failed[:3],
     }
 
 
-def machine_load() -> str:
+def machine_load() -> float:
     """The 1-minute load average now."""
-    return f"{os.getloadavg()[0]:.2f}"
+    return round(os.getloadavg()[0], 2)
 
 
 # ---------------------------------------------------------------------- the run and its clips
