@@ -16,6 +16,12 @@ from test_extract import make_manifest_corpus, run_cli
 FUNCTIONALS = "opensmile:eGeMAPSv02@functionals"
 
 
+@pytest.fixture
+def one_thread_ranks(monkeypatch):
+    """One torch thread per rank: the ranks are forked (fast) whatever the machine's core count."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 def stored(root) -> dict[str, dict[str, np.ndarray]]:
     """Every entry of a store, read through its own API."""
     with FeatureStore(root, create=False) as store:
@@ -32,7 +38,7 @@ def assert_same_entries(got: dict, want: dict) -> None:
             np.testing.assert_array_equal(got[key][name], array, err_msg=f"{key}/{name}")
 
 
-def test_two_ranks_fill_the_store_a_single_process_does(tmp_path, capsys):
+def test_two_ranks_fill_the_store_a_single_process_does(tmp_path, capsys, one_thread_ranks):
     manifest = make_manifest_corpus(tmp_path / "corpus", 12)
     base = ["extract", "manifest", str(manifest), "--encoder", FUNCTIONALS, "--no-progress", "--json"]
     code, out, err = run_cli([*base, "--store", str(tmp_path / "one")], capsys)
@@ -57,36 +63,62 @@ def test_two_ranks_fill_the_store_a_single_process_does(tmp_path, capsys):
     assert (again["cached"], again["computed"], again["entries_written"]) == (12, 0, 0), "a re-run is cache hits"
 
 
-def test_a_failed_rank_is_reported_and_a_re_run_resumes(tmp_path, capsys, monkeypatch):
-    import emomix.cache.distributed as distributed
+def test_a_failed_rank_is_reported_and_a_re_run_resumes(tmp_path, capsys, monkeypatch, one_thread_ranks):
+    """Rank 1 cannot write (another process holds its writer lock); rank 0 finishes and merges, the
+    command names the failed rank, and the same command resumes once the lock is free."""
+    from emomix.cache.store import LOCK_WAIT_ENV, LOCKS_DIR, _try_lock, _unlock
 
     manifest = make_manifest_corpus(tmp_path / "corpus", 10)
     base = ["extract", "manifest", str(manifest), "--encoder", FUNCTIONALS, "--no-progress", "--json"]
     code, _, err = run_cli([*base, "--store", str(tmp_path / "reference")], capsys)
     assert code == 0, err
 
-    real = distributed.extract_corpus
-
-    def rank_one_breaks(job, shard_index=0, **kwargs):
-        if shard_index == 1:
-            raise RuntimeError("disk on fire")
-        return real(job, shard_index=shard_index, **kwargs)
-
-    monkeypatch.setattr(distributed, "extract_corpus", rank_one_breaks)  # the forked ranks inherit it
     store = tmp_path / "store"
-    code, out, err = run_cli([*base, "--store", str(store), "--processes", "2"], capsys)
-    assert code == 2 and "1 of 2 extraction ranks failed" in err and "rank 1: RuntimeError: disk on fire" in err
-    assert "run the same command again to resume" in err
-    assert not list((store / "index-parts").glob("*.sqlite")), "rank 0 merged what was finished"
+    monkeypatch.setenv(LOCK_WAIT_ENV, "0")  # fail at once instead of waiting for the holder
+    held = _try_lock(store / LOCKS_DIR / "rank-1-of-2.lock")
+    assert held is not None
+    try:
+        code, out, err = run_cli([*base, "--store", str(store), "--processes", "2"], capsys)
+    finally:
+        _unlock(held)
+    assert code == 2 and "1 of 2 extraction ranks failed" in err, err
+    assert "rank 1: another process is writing" in err and "run the same command again to resume" in err
     finished = stored(store)
-    assert 0 < len(finished) < 10, "rank 0's share is stored, rank 1's is not"
+    assert 0 < len(finished) < 10, "rank 0's share is stored and merged, rank 1's is not"
+    assert all(p.name.startswith("rank-0-of-2-") for p in (store / "shards").glob("*/*.safetensors"))
 
-    monkeypatch.setattr(distributed, "extract_corpus", real)
     code, out, err = run_cli([*base, "--store", str(store), "--processes", "2"], capsys)
     assert code == 0, err
     resumed = json.loads(out)
     assert (resumed["cached"], resumed["computed"]) == (len(finished), 10 - len(finished))
+    assert not list((store / "index-parts").glob("*.sqlite")), "every part merged"
     assert_same_entries(stored(store), stored(tmp_path / "reference"))
+
+
+def test_ranks_are_forked_only_when_they_run_one_thread(monkeypatch):
+    from emomix.cache.distributed import rank_start_method
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert rank_start_method("cpu", 2) == "ddp_fork"
+    assert rank_start_method("cuda", 2) == "ddp_spawn"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert rank_start_method("cpu", 2) == "ddp_spawn", "a thread pool does not survive fork"
+
+
+@pytest.mark.slow
+def test_spawned_ranks_fill_the_same_store(tmp_path, capsys, monkeypatch):
+    """Ranks with several threads each are spawned (fresh interpreters); the store is the same."""
+    from emomix.cache.distributed import rank_start_method
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert rank_start_method("cpu", 2) == "ddp_spawn"
+    manifest = make_manifest_corpus(tmp_path / "corpus", 8)
+    base = ["extract", "manifest", str(manifest), "--encoder", FUNCTIONALS, "--no-progress", "--json"]
+    for name, extra in (("one", []), ("two", ["--processes", "2"])):
+        code, out, err = run_cli([*base, "--store", str(tmp_path / name), *extra], capsys)
+        assert code == 0 and json.loads(out)["computed"] == 8, err
+    assert_same_entries(stored(tmp_path / "two"), stored(tmp_path / "one"))
+    assert not list((tmp_path / "two" / "index-parts").glob("*.sqlite"))
 
 
 def test_process_and_shard_options_are_checked(tmp_path, capsys):
@@ -97,7 +129,7 @@ def test_process_and_shard_options_are_checked(tmp_path, capsys):
         (["--shard-index", "0", "--num-shards", "2", "--processes", "2"], "cannot be combined with --processes"),
         (["--processes", "0"], "--processes and --num-nodes must be at least 1"),
         (["--devices", "tpu:0"], "--devices expects cpu, cuda or a list"),
-        (["--devices", "cuda:0,cuda:1", "--processes", "3"], "names 2 GPUs but --processes is 3"),
+        (["--devices", "cuda:0,cuda:1", "--processes", "3"], "names 2 GPU(s) but --processes is 3"),
     ):
         code, _, err = run_cli([*base, *extra], capsys)
         assert code == 2 and message in err, (extra, err)
@@ -187,7 +219,7 @@ def test_bad_specs_name_the_problem(tmp_path, capsys):
     assert code == 2 and "--vad 'silero' disagrees with the spec's preprocess.vad 'webrtc'" in err
 
 
-def test_a_command_line_extraction_is_a_cache_hit_for_the_recipe(tmp_path, capsys):
+def test_a_command_line_extraction_is_a_cache_hit_for_the_recipe(tmp_path, capsys, one_thread_ranks):
     """A recipe's modality block given to `emomix extract` stores the entries training looks up:
     the frame encoder with its preprocessing, and the utterance encoder with its own."""
     from emomix.data.readers import read_corpus

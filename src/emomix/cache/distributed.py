@@ -13,10 +13,10 @@ raises one :class:`~emomix.errors.EmomixError` naming the ranks that failed. Re-
 command resumes: entries already stored are cache hits.
 
 Fabric starts the processes: on one machine (or on each machine of a job started by hand with
-``MASTER_ADDR``/``MASTER_PORT``/``NODE_RANK``) it spawns ``--processes`` ranks itself
-(``ddp_spawn``); under ``torchrun``, SLURM (``srun``) and the other cluster environments
-Lightning detects, the launcher has already started one process per rank and this module only
-joins the process group (``ddp``).
+``MASTER_ADDR``/``MASTER_PORT``/``NODE_RANK``) it starts ``--processes`` ranks itself, forked or
+spawned (:func:`rank_start_method`); under ``torchrun``, SLURM (``srun``) and the other cluster
+environments Lightning detects, the launcher has already started one process per rank and this
+module only joins the process group (``ddp``).
 """
 
 from __future__ import annotations
@@ -138,7 +138,6 @@ def extract_distributed(
     each). Raises :class:`EmomixError` on rank 0 when any rank failed, after merging what the
     others finished.
     """
-    import torch
     from lightning.fabric import Fabric
 
     if processes < 1 or num_nodes < 1:
@@ -153,14 +152,8 @@ def extract_distributed(
     except ValueError as exc:
         raise ConfigError(f"{exc} (Lightning's devices is --processes, num_nodes is --num-nodes)") from None
     if not environment.creates_processes_externally:
-        # Nobody started the ranks (no torchrun/srun): start them from this process. On CPU by
-        # fork (a spawned rank would import torch, Lightning and the encoder's libraries again,
-        # tens of seconds per rank); CUDA needs spawn.
-        forkable = accelerator == "cpu" and "fork" in multiprocessing.get_all_start_methods()
-        if forkable:
-            # A thread pool the parent started does not survive fork; each rank sets its own size.
-            torch.set_num_threads(1)
-        fabric = Fabric(strategy="ddp_fork" if forkable else "ddp_spawn", **settings)
+        # Nobody started the ranks (no torchrun/srun): start them from this process.
+        fabric = Fabric(strategy=rank_start_method(accelerator, processes), **settings)
     try:
         outcome: dict[str, Any] = fabric.launch(functools.partial(_rank_main, job=job))
     except EmomixError:
@@ -180,6 +173,31 @@ def extract_distributed(
     return outcome
 
 
+def rank_threads(processes: int) -> int:
+    """Torch threads of each of ``processes`` CPU ranks on this machine: ``$OMP_NUM_THREADS``, else
+    the cores shared out (as Lightning does)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return max(1, (os.cpu_count() or 1) // max(1, processes))
+
+
+def rank_start_method(accelerator: str, processes: int) -> str:
+    """The Fabric strategy that starts ``processes`` local ranks: ``ddp_fork`` when they run on CPU
+    with one thread each, else ``ddp_spawn``.
+
+    A forked rank starts in well under a second; a spawned one imports torch, Lightning and the
+    encoder's libraries again (seconds, tens of seconds on a busy machine). But an OpenMP thread
+    pool the parent has started does not survive fork: a forked rank that runs torch on several
+    threads can hang. With one thread per rank (``OMP_NUM_THREADS=1``, or as many processes as
+    cores) no pool is used, so fork is safe whatever the parent did; CUDA always needs spawn.
+    """
+    forkable = "fork" in multiprocessing.get_all_start_methods()
+    if accelerator == "cpu" and forkable and rank_threads(processes) == 1:
+        return "ddp_fork"
+    return "ddp_spawn"
+
+
 def _rank_main(fabric: Any, job: CorpusJob) -> dict[str, Any]:
     """One rank: its share of the corpus through its own worker store, then the gather and (rank
     0) the merge of every rank's index part."""
@@ -190,8 +208,8 @@ def _rank_main(fabric: Any, job: CorpusJob) -> dict[str, Any]:
 
     started = time.perf_counter()
     rank, world = int(fabric.global_rank), int(fabric.world_size)
-    if os.environ.get("OMP_NUM_THREADS"):  # Lightning's share of the cores, or the user's setting
-        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+    if fabric.device.type == "cpu":  # Lightning's share of the cores, or the user's OMP_NUM_THREADS
+        torch.set_num_threads(rank_threads(fabric.strategy.num_processes))
     if rank == 0:
         # Parts left by an interrupted earlier run become visible to every rank before it starts.
         FeatureStore(job.store, dtype=job.dtype).close()

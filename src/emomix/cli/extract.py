@@ -105,9 +105,12 @@ def extract(
     from emomix.cache.distributed import format_combined
 
     accelerator, device_ids = _parse_devices(devices)
-    if device_ids and len(device_ids) > 1:
+    if device_ids:
         if processes not in (1, len(device_ids)):
-            raise ConfigError(f"--devices {devices} names {len(device_ids)} GPUs but --processes is {processes}")
+            raise ConfigError(
+                f"--devices {devices} names {len(device_ids)} GPU(s) but --processes is {processes}; "
+                "one rank runs per listed GPU"
+            )
         processes = len(device_ids)
     if processes < 1 or num_nodes < 1:
         raise ConfigError(f"--processes and --num-nodes must be at least 1, got {processes} and {num_nodes}")
@@ -129,48 +132,35 @@ def extract(
             "--processes (ranks per machine) and --num-nodes to match"
         )
 
-    threads = None
-    if distributed and accelerator == "cpu":
-        import torch
-
-        # Before the encoder is built here (to check the spec): ranks are forked from this process
-        # and must not inherit a started thread pool (see emomix.cache.distributed). Restored after,
-        # for callers that run the command in-process.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-    try:
-        results = _extract_results(
-            reader,
-            root,
-            encoder,
-            layers,
-            boundary_layer,
-            store,
-            batch_size,
-            num_workers,
-            dtype,
-            scheme,
-            limit,
-            flush_every,
-            dict(
-                vad=vad,
-                vad_mode=vad_mode,
-                normalise_loudness=normalise_loudness,
-                chunk_max_s=chunk_max_s,
-                text_normalisation=text_normalisation,
-            ),
-            progress,
-            distributed,
-            processes,
-            num_nodes,
-            accelerator,
-            device_ids,
-            shard_index,
-            num_shards,
-        )
-    finally:
-        if threads is not None:
-            torch.set_num_threads(threads)
+    results = _extract_results(
+        reader,
+        root,
+        encoder,
+        layers,
+        boundary_layer,
+        store,
+        batch_size,
+        num_workers,
+        dtype,
+        scheme,
+        limit,
+        flush_every,
+        dict(
+            vad=vad,
+            vad_mode=vad_mode,
+            normalise_loudness=normalise_loudness,
+            chunk_max_s=chunk_max_s,
+            text_normalisation=text_normalisation,
+        ),
+        progress,
+        distributed,
+        processes,
+        num_nodes,
+        accelerator,
+        device_ids,
+        shard_index,
+        num_shards,
+    )
     if results is None:
         return  # a rank other than 0: rank 0 prints the summary
     data = dict(results[0])
