@@ -15,10 +15,12 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from emomix.cache.extract import _records
+from emomix.data.schema import make_table
 from emomix.errors import AudioError, ConfigError, EmomixError, MissingDataError
 from emomix.infer.asr import StaticTranscriber
 from emomix.infer.checkpoint import checkpoint_score, choose_checkpoint
-from emomix.infer.predictor import AUDIO_ONLY_NOTE, Predictor, audio_only_prediction
+from emomix.infer.predictor import AUDIO_ONLY_NOTE, Predictor, audio_only_prediction, inference_table
 from synthetic_features import fold_test_items
 
 FOLD = "ses01"
@@ -331,3 +333,56 @@ def test_cli_predicts_a_folder_and_reports_a_corrupt_file_in_its_row(cli, traine
     failed = CliRunner().invoke(cli, ["predict", str(trained_synthetic_run), str(only_bad), "-q"])
     assert isinstance(failed.exception, MissingDataError) and "every input failed (1)" in str(failed.exception)
     assert '"error_type": "AudioError"' in failed.output  # the row was still written (stdout)
+
+
+def test_the_inference_table_equals_make_table_and_its_records_equal_pandas():
+    """The predictor's fast paths: its table is the one make_table builds (columns, dtypes, values),
+    and extraction's row dicts are DataFrame.to_dict("records")."""
+    rows = [
+        {
+            "utt_id": "item-000000",
+            "corpus": "inference",
+            "audio_path": "/clips/a.wav",
+            "text": "well hello",
+            "speaker": "<unknown speaker>",
+            "dialogue_id": "inference",
+            "turn": 0,
+            "video_path": None,
+        },
+        {
+            "utt_id": "item-000001",
+            "corpus": "inference",
+            "audio_path": None,
+            "text": "",
+            "speaker": "spk-7",
+            "dialogue_id": "inference",
+            "turn": 1,
+            "video_path": "/clips/b.mp4",
+        },
+    ]
+    for chosen in (rows[:1], rows[1:], rows, rows[::-1] * 2):
+        chosen = [dict(row, utt_id=f"{row['utt_id']}-{i}") for i, row in enumerate(chosen)]
+        table = inference_table(chosen)
+        pd.testing.assert_frame_equal(table, make_table(chosen))
+        # a second call does not see the first one's values (the template stays untouched)
+        pd.testing.assert_frame_equal(inference_table(chosen[:1]), make_table(chosen[:1]))
+    corpus_like = make_table(
+        [
+            {"utt_id": "a", "corpus": "c", "speaker": "s", "start": 1.5, "end": 2.0, "turn": 3, "text": "x"},
+            {
+                "utt_id": "b",
+                "corpus": "c",
+                "speaker": "s",
+                "label": "ang",
+                "score": 0.5,
+                "words": [{"token": "hi", "start": 0.0, "end": 0.2}],
+            },
+        ]
+    ).iloc[::-1]
+    for table in (corpus_like, inference_table(rows)):
+        expected, got = table.to_dict("records"), _records(table)
+        assert [list(r) for r in got] == [list(r) for r in expected]
+        for want, have in zip(expected, got):
+            for name, value in want.items():
+                assert type(have[name]) is type(value), name
+                assert repr(have[name]) == repr(value), name
