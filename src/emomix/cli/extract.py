@@ -231,7 +231,9 @@ def _extract_results(
             job, processes=processes, num_nodes=num_nodes, accelerator=accelerator, devices=device_ids
         )
         if outcome["global_rank"] != 0:
-            typer.echo(f"rank {outcome['global_rank']} of {outcome['world_size']} done; rank 0 prints the summary")
+            typer.echo(
+                f"rank {outcome['global_rank']} of {outcome['world_size']} done; rank 0 prints the summary", err=True
+            )
             for failure in outcome["failures"]:
                 typer.echo(f"failed: {failure} (rank 0 reports it and exits with status 2)", err=True)
             return None
