@@ -21,7 +21,7 @@ Paths, interleaved (A B A B ...) with the same torch thread count:
   the training collator, ``predict_rows``);
 * **predict(array)**: the same from a numpy array (adds writing the temporary float32 WAV).
 
-The goal is predict(path) ≤ 1.15 × bare. Both paths' probabilities are compared (they differ
+The goal is predict(path) ≤ 1.10 × bare. Both paths' probabilities are compared (they differ
 only by the store's float16 rounding). Run:
 ``python -m bench.predict_latency [--quick] [--threads 1]`` (``--quick``: a tiny WavLM/RoBERTa).
 """
