@@ -14,6 +14,9 @@ import torch
 
 from emomix.encoders.speech_ssl import SpeechSSLEncoder
 
+# WavLM hands torch a bool padding mask next to its float position bias (same result; torch warns).
+pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask:UserWarning")
+
 SR = 16000
 TINY = dict(
     hidden_size=32,
