@@ -25,7 +25,8 @@ Several ``--max-wait-ms`` values measure one batched service each; the first is 
 
 Run: ``python -m bench.serve_load [--quick] [--run RUN] [--requests 200] [--concurrency 8]
 [--sequential 32] [--rounds 2] [--max-batch-size 8] [--max-wait-ms 10 [30 ...]] [--worker-threads 1]
-[--threads 1]``.
+[--threads 1]``. ``--threads`` is each service's torch thread count and, as ``emomix serve`` does,
+the openSMILE encoder's threads (a batch's files extracted in parallel).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(
         f"serving {run} ({len(clips)} clips, mean {np.mean([c['seconds'] for c in clips]):.2f} s of audio); "
         f"per round {sequential_count} requests one at a time, then {requests} with {args.concurrency} in flight; "
-        f"{rounds} round(s); {args.worker_threads} worker thread(s), {args.threads} torch thread(s)"
+        f"{rounds} round(s); {args.worker_threads} worker thread(s), {args.threads} torch/openSMILE thread(s)"
     )
     services = {"one at a time": {"max_batch_size": 1, "max_wait_ms": 0.0}}
     for wait in args.max_wait_ms:
@@ -133,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "worker_threads": args.worker_threads,
         "torch_threads": args.threads,
+        "opensmile_threads": args.threads,
         "clip_seconds_mean": round(float(np.mean([c["seconds"] for c in clips])), 3),
         "services": summaries,
         "speedup": headline["speedup"],
@@ -328,6 +330,7 @@ class ServerProcess:
             from emomix.serve.app import ServiceLimits, create_app
             from emomix.serve.server import run_server
             predictor = Predictor.from_run({str(run)!r}, asr=False)
+            predictor.set_threads({int(threads)})  # openSMILE's threads, as emomix serve sets them
             limits = ServiceLimits(
                 worker_threads={int(worker_threads)}, timeout_s=300, max_pending=1000,
                 max_batch_size={int(max_batch_size)}, max_wait_ms={float(max_wait_ms)!r},

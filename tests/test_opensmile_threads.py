@@ -142,3 +142,32 @@ def test_a_copy_of_a_threaded_encoder_starts_its_own_threads():
     assert encoder._pool is None
     _assert_same(encoder.encode(batch), first)  # closed: the next batch starts the threads again
     encoder.close()
+
+
+def test_the_predictor_hands_its_threads_to_opensmile_and_predicts_the_same(synthetic_predictor, synthetic_features):
+    """``Predictor.set_threads`` reaches the openSMILE encoder; a batch predicted on two threads
+    equals the batch predicted on one (the shared predictor is put back to one thread)."""
+    predictor = synthetic_predictor
+    smiles = [m for e in predictor.encoders.values() for m in e.modules() if isinstance(m, OpenSmileEncoder)]
+    assert smiles, "the synthetic run reads openSMILE features"
+    table = synthetic_features.table.sort_values("utt_id").head(5)
+    items = [
+        {"audio": str(synthetic_features.root / row.audio_path), "text": row.text, "speaker": row.speaker}
+        for row in table.itertuples()
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = predictor.predict_many(items)
+        predictor.set_threads(2)
+        assert all(encoder.threads == 2 for encoder in smiles)
+        threaded = predictor.predict_many(items)
+        assert all(encoder._pool is not None for encoder in smiles), "the batch went through the thread pool"
+    finally:
+        predictor.set_threads(1)
+        torch.set_num_threads(threads)
+    assert all(encoder.threads == 1 and encoder._pool is None for encoder in smiles)
+    assert [r["probabilities"] for r in threaded] == [r["probabilities"] for r in alone]
+    assert [r["label"] for r in threaded] == [r["label"] for r in alone]
+    with pytest.raises(ConfigError, match="predictor threads"):
+        predictor.set_threads(0)

@@ -86,6 +86,10 @@ class StandInPredictor:
         self.max_active = 0
         self.batches: list[int] = []  # the size of every predict_many call
         self._count_lock = threading.Lock()
+        self.threads: int | None = None  # what set_threads was given
+
+    def set_threads(self, threads: int) -> None:
+        self.threads = threads
 
     def info(self) -> dict:
         return {"name": "stand_in", "classes": CLASSES, "inputs": ["audio", "text"]}
@@ -763,6 +767,7 @@ def serve_cli():
 
 
 def test_serve_command_builds_the_limits_and_runs_uvicorn(monkeypatch, tmp_path):
+    import torch
     from typer.testing import CliRunner
 
     import emomix.infer.predictor as predictor_module
@@ -772,7 +777,8 @@ def test_serve_command_builds_the_limits_and_runs_uvicorn(monkeypatch, tmp_path)
 
     def from_run(cls, path, fold=None, seed=None, device="cpu"):
         calls["run"] = (path, fold, seed)
-        return StandInPredictor()
+        calls["predictor"] = StandInPredictor()
+        return calls["predictor"]
 
     monkeypatch.setattr(predictor_module.Predictor, "from_run", classmethod(from_run))
     monkeypatch.setattr(
@@ -802,6 +808,7 @@ def test_serve_command_builds_the_limits_and_runs_uvicorn(monkeypatch, tmp_path)
     assert result.exit_code == 0, result.output
     assert calls["run"] == (tmp_path, "ses02", 1) and calls["port"] == 8123 and calls["host"] == "127.0.0.1"
     assert "serving stand_in" in result.output
+    assert calls["predictor"].threads == torch.get_num_threads(), "openSMILE gets the torch thread count"
     limits = calls["app"].state.service.limits
     assert (limits.max_upload_bytes, limits.max_duration_s, limits.timeout_s, limits.worker_threads) == (
         2 * 1024 * 1024,

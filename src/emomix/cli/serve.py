@@ -49,7 +49,11 @@ def serve(
     workers_threads: int | None = typer.Option(
         None, "--workers-threads", hidden=True, help="The old spelling of --threads."
     ),
-    torch_threads: int | None = typer.Option(None, help="torch intra-op threads (default: torch's choice)."),
+    torch_threads: int | None = typer.Option(
+        None,
+        help="Threads one prediction batch computes on: torch's intra-op threads and openSMILE's "
+        "extraction of the batch's files (default: torch's choice, usually the number of cores).",
+    ),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve a trained model over HTTP: POST /predict, /predict/batch, GET /health, /model, the web page at /."""
@@ -76,13 +80,14 @@ def serve(
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
     )
+    import torch
+
     if torch_threads is not None:
         if torch_threads < 1:
             raise ConfigError(f"--torch-threads must be at least 1, got {torch_threads}")
-        import torch
-
         torch.set_num_threads(torch_threads)
     predictor = Predictor.from_run(run, fold=fold, seed=seed)
+    predictor.set_threads(torch.get_num_threads())  # openSMILE extracts a batch's files in parallel
     info = predictor.info()
     typer.echo(
         f"serving {info.get('name')} ({', '.join(info.get('classes') or [])}) from {run} on http://{host}:{port}/"

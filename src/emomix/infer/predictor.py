@@ -187,6 +187,20 @@ class Predictor:
         metrics = read_metrics(run_dir, card) if run_dir is not None else None
         return cls(card, network, specs, encoders, normalisers, checkpoint, run_dir, metrics, device, asr)
 
+    def set_threads(self, threads: int) -> None:
+        """Let the encoders that extract a batch's files in parallel (openSMILE, see
+        :meth:`~emomix.encoders.opensmile_encoder.OpenSmileEncoder.set_threads`) use ``threads``
+        threads. A run-time setting: the features, and so the predictions, stay the same. torch's
+        own threads are ``torch.set_num_threads``'s."""
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"predictor threads must be a whole number of at least 1, got {threads!r}")
+        for encoder in self.encoders.values():
+            parts = encoder.modules() if isinstance(encoder, torch.nn.Module) else [encoder]
+            for part in parts:  # a joined encoder holds its parts as submodules
+                set_part_threads = getattr(part, "set_threads", None)
+                if callable(set_part_threads):
+                    set_part_threads(threads)
+
     # -- what the model is ----------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:

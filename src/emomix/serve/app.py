@@ -21,7 +21,9 @@ requests that arrive within ``max_wait_ms`` of each other are predicted together
 predictor's batched path (``predict_many``) in one batch thread; a lone request goes through
 ``predict``. The predictor itself is only ever called under one lock, because tokenizers and
 openSMILE are not safe to call from several threads at once (``/predict/batch`` takes the same
-lock in the pool). A bad request fails alone: its slot of the batch holds its error, and a batch
+lock in the pool); within a batch, the openSMILE encoder extracts the files on its own threads,
+each with its own openSMILE instances (``Predictor.set_threads``; ``emomix serve`` gives it the
+torch thread count). A bad request fails alone: its slot of the batch holds its error, and a batch
 the predictor cannot run at all is predicted request by request. ``asyncio.wait_for`` bounds each
 request (504 on timeout; a prediction already running cannot be interrupted and finishes in its
 thread, queued ones are dropped). Requests beyond ``max_pending`` waiting at once are refused
