@@ -136,9 +136,18 @@ def main(argv: list[str] | None = None) -> int:
         "claims": [],
     }
 
+    def complete_seeds(claim: claims_lib.Claim) -> list[int]:
+        """The requested seeds on which every cell of ``claim`` exists (all of them when none is
+        complete, so that the judgement names what is missing)."""
+        done = [
+            s for s in seeds if all(str(f) in cells.get(m, {}).get(str(s), {}) for m in claim.models for f in folds)
+        ]
+        return done or seeds
+
     def save() -> None:
+        # each claim is judged on the seeds it has complete; its result says which
         payload["claims"] = [
-            claims_lib.judge(c, cells, seeds, folds)
+            claims_lib.judge(c, cells, complete_seeds(c), folds)
             for c in claims_lib.CLAIMS
             if c in chosen or all(m in cells for m in c.models)
         ]
