@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     corpora = {"base": base.fingerprint}
     if any(claims_lib.model_spec(m).data == "video" for c in chosen for m in c.models) and not args.judge_only:
         corpora["video"] = lab.data("video").fingerprint
+    elif args.judge_only and (args.root / "corpus_video" / "generation.json").exists():
+        # judging only: the video corpus on disk is the one its cells (stored or merged) must match
+        corpora["video"] = claims_lib.generation_fingerprint(args.root / "corpus_video")
     elif stored.get("corpora", {}).get("video"):  # judging only: the stored video cells stand
         corpora["video"] = stored["corpora"]["video"]
     cells: dict[str, Any] = {}
