@@ -25,8 +25,9 @@ Several ``--max-wait-ms`` values measure one batched service each; the first is 
 
 Run: ``python -m bench.serve_load [--quick] [--run RUN] [--requests 200] [--concurrency 8]
 [--sequential 32] [--rounds 2] [--max-batch-size 8] [--max-wait-ms 10 [30 ...]] [--worker-threads 1]
-[--threads 1]``. ``--threads`` is each service's torch thread count and, as ``emomix serve`` does,
-the openSMILE encoder's threads (a batch's files extracted in parallel).
+[--threads 1] [--opensmile-threads N]``. ``--threads`` is each service's torch thread count and, as
+``emomix serve`` does, the openSMILE encoder's threads (a batch's files extracted in parallel),
+unless ``--opensmile-threads`` says otherwise.
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ def _extra(parser: Any) -> None:
     )
     parser.add_argument("--worker-threads", type=int, default=1, help="the service's worker threads (default 1)")
     parser.add_argument(
+        "--opensmile-threads",
+        type=int,
+        default=None,
+        help="the openSMILE encoder's threads (default: --threads, as emomix serve does)",
+    )
+    parser.add_argument(
         "--max-batch-size", type=int, default=8, help="the batched service's --max-batch-size (default 8)"
     )
     parser.add_argument(
@@ -93,11 +100,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     sequential_count = args.sequential or (16 if args.quick else 32)
     rounds = 1 if args.quick else args.rounds
     run = args.run or train_synthetic_run(args.work, args.threads)
+    opensmile_threads = args.opensmile_threads or args.threads
     clips = benchmark_clips(run)
     print(
         f"serving {run} ({len(clips)} clips, mean {np.mean([c['seconds'] for c in clips]):.2f} s of audio); "
         f"per round {sequential_count} requests one at a time, then {requests} with {args.concurrency} in flight; "
-        f"{rounds} round(s); {args.worker_threads} worker thread(s), {args.threads} torch/openSMILE thread(s)"
+        f"{rounds} round(s); {args.worker_threads} worker thread(s), {args.threads} torch thread(s), "
+        f"{opensmile_threads} openSMILE thread(s)"
     )
     services = {"one at a time": {"max_batch_size": 1, "max_wait_ms": 0.0}}
     for wait in args.max_wait_ms:
@@ -105,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {label: {"sequential": [], "load": []} for label in services}
     with contextlib.ExitStack() as stack:
         servers = {
-            label: stack.enter_context(ServerProcess(run, args.threads, args.worker_threads, **batching))
+            label: stack.enter_context(
+                ServerProcess(run, args.threads, args.worker_threads, opensmile_threads, **batching)
+            )
             for label, batching in services.items()
         }
         for server in servers.values():  # warm-up: first-call costs are not service time
@@ -134,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "worker_threads": args.worker_threads,
         "torch_threads": args.threads,
-        "opensmile_threads": args.threads,
+        "opensmile_threads": opensmile_threads,
         "clip_seconds_mean": round(float(np.mean([c["seconds"] for c in clips])), 3),
         "services": summaries,
         "speedup": headline["speedup"],
@@ -317,7 +328,13 @@ class ServerProcess:
     service's batcher has run (:meth:`batch_sizes`)."""
 
     def __init__(
-        self, run: Path, threads: int, worker_threads: int, max_batch_size: int = 8, max_wait_ms: float = 10.0
+        self,
+        run: Path,
+        threads: int,
+        worker_threads: int,
+        opensmile_threads: int,
+        max_batch_size: int = 8,
+        max_wait_ms: float = 10.0,
     ):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -330,7 +347,7 @@ class ServerProcess:
             from emomix.serve.app import ServiceLimits, create_app
             from emomix.serve.server import run_server
             predictor = Predictor.from_run({str(run)!r}, asr=False)
-            predictor.set_threads({int(threads)})  # openSMILE's threads, as emomix serve sets them
+            predictor.set_threads({int(opensmile_threads)})  # openSMILE's threads
             limits = ServiceLimits(
                 worker_threads={int(worker_threads)}, timeout_s=300, max_pending=1000,
                 max_batch_size={int(max_batch_size)}, max_wait_ms={float(max_wait_ms)!r},
