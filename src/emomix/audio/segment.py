@@ -233,14 +233,17 @@ class StreamSegmenter:
         count = (self.buffer.end - self.vad_pos) // self.frame_len
         if count <= 0:
             return
-        pcm = _pcm16(self.buffer.get(self.vad_pos, self.vad_pos + count * self.frame_len))
+        self._classify(_pcm16(self.buffer.get(self.vad_pos, self.vad_pos + count * self.frame_len)), count)
+        self.vad_pos += count * self.frame_len
+
+    def _classify(self, pcm: bytes, count: int) -> None:
+        """Step through ``count`` frames of 16-bit PCM: speech when the VAD says so and the frame is
+        not digital silence. The detector sees every frame, so its state evolves as it would."""
         audible = _audible(pcm, count)
         width = 2 * self.frame_len  # bytes per frame
         for k in range(count):
-            # the detector sees every frame (its state evolves as it would); silence overrides it
             said = self.detector.is_speech(pcm[k * width : (k + 1) * width], SAMPLE_RATE)
             self._step(bool(said and audible[k]))
-        self.vad_pos += count * self.frame_len
 
     def _emit(self) -> Iterator[Segment]:
         total = self.buffer.end
@@ -286,9 +289,7 @@ class StreamSegmenter:
         if leftover > 0:
             frame = np.zeros(self.frame_len, dtype=np.float32)
             frame[:leftover] = self.buffer.get(self.vad_pos, self.buffer.end)
-            pcm = _pcm16(frame)
-            said = self.detector.is_speech(pcm, SAMPLE_RATE)
-            self._step(bool(said and _audible(pcm, 1)[0]))
+            self._classify(_pcm16(frame), 1)
             self.vad_pos = self.buffer.end
         if self.open_start is not None:
             self._close(self.open_start, self.open_end * self.frame_len, pad_end=True)
