@@ -170,6 +170,20 @@ def offline_specs() -> dict[str, Any]:
     }
 
 
+def model_card(model: Any, dims: dict[str, Any], specs: dict[str, Any]) -> dict[str, Any]:
+    """The model card fields both benchmark predictors share (a Dual Routing head, no edges)."""
+    return {
+        "format": "emomix.model/1",
+        "model": "dual_routing",
+        "config": model.config.to_dict(),
+        "classes": CLASSES,
+        "input_dims": dims,
+        "batch_kind": "utterance",
+        "features": {m: s.to_dict() for m, s in specs.items()},
+        "edges": False,
+    }
+
+
 def write_offline_checkpoint(folder: Path, seed: int = 0) -> Path:
     """A checkpoint folder (model.json + model.safetensors) of a random-weight Dual Routing head
     on openSMILE + MiniLM: loadable by ``Predictor.from_run`` and ``emomix predict``."""
@@ -187,14 +201,7 @@ def write_offline_checkpoint(folder: Path, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(TrainedModel(model).trainable_state(), folder / "model.safetensors")
     card = {
-        "format": "emomix.model/1",
-        "model": "dual_routing",
-        "config": model.config.to_dict(),
-        "classes": CLASSES,
-        "input_dims": dims,
-        "batch_kind": "utterance",
-        "features": {m: s.to_dict() for m, s in specs.items()},
-        "edges": False,
+        **model_card(model, dims, specs),
         "frame_rates": {"audio": 25.0, "text": None},
         "normalisers": [],
         "fold": "bench",
@@ -242,17 +249,7 @@ def build_predictor(kind: str, quick: bool = False, folder: Path | None = None) 
     model = create_model("dual_routing", {}, dims, len(CLASSES))
     network = TrainedModel(model)
     network.eval()
-    card = {
-        "format": "emomix.model/1",
-        "model": "dual_routing",
-        "config": model.config.to_dict(),
-        "classes": CLASSES,
-        "input_dims": dims,
-        "batch_kind": "utterance",
-        "features": {m: s.to_dict() for m, s in specs.items()},
-        "edges": False,
-        "training": {},
-    }
+    card = {**model_card(model, dims, specs), "training": {}}
     return Predictor(card, network, specs, {"audio": speech, "text": text}, {}, Path("<benchmark>"), asr=False)
 
 
