@@ -312,13 +312,14 @@ def feature_block_from_text(text: str) -> dict[str, Any]:
         import yaml
 
         from emomix.errors import yaml_problem
+        from emomix.yamlio import load_yaml
 
         path = Path(text).expanduser()
         source = f"encoder spec file {path}"
         if not path.is_file():
             raise ConfigError(f"{source} does not exist")
         try:
-            value = yaml.safe_load(path.read_text())  # YAML reads JSON too
+            value = load_yaml(path.read_text())  # YAML reads JSON too
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: {yaml_problem(exc)}") from None
     if isinstance(value, str) and value.strip():

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from emomix.errors import ConfigError, yaml_problem
+from emomix.yamlio import load_yaml, load_yaml_value
 
 OPTIMISERS = ("adamw", "adam")
 SCHEDULES = ("none", "warmup_cosine", "onecycle", "plateau")
@@ -138,6 +139,12 @@ class OptimiserConfig:
             raise ConfigError(f"optimiser.name must be one of {', '.join(OPTIMISERS)}, got {self.name!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"optimiser.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        for name in ("lr", "encoder_lr", "weight_decay", "warmup_epochs", "plateau_factor"):
+            value = getattr(self, name)
+            try:  # a quoted number in YAML ("1e-3") is text; the optimiser needs a float
+                setattr(self, name, float(value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"optimiser.{name} must be a number, got {value!r}") from None
         for name in ("lr", "encoder_lr"):
             if not float(getattr(self, name)) > 0:
                 raise ConfigError(f"optimiser.{name} must be positive, got {getattr(self, name)}")
@@ -434,7 +441,7 @@ def load_recipe(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist; see configs/ for the shipped recipes")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"recipe {path} is not valid YAML ({yaml_problem(error)}); fix that line") from None
     if not isinstance(data, dict):
@@ -485,10 +492,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like block.key=value, e.g. training.epochs=3")
     key, raw = text.split("=", 1)
-    try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return key.strip(), raw
+    return key.strip(), load_yaml_value(raw)
 
 
 def _plain(value: Any) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 
 from emomix.data.schema import Corpus, ReadReport, Utterance, make_table
 from emomix.errors import ConfigError, CorpusFormatError, MissingDataError
+from emomix.yamlio import load_yaml_value
 
 # utf-8 first (with or without BOM); cp1252 is what Windows tools wrote for latin text and
 # covers latin-1's printable range; latin-1 decodes any byte, so reading never fails on encoding.
@@ -190,18 +191,13 @@ def reader_options(pairs: Mapping[str, Any] | Iterable[str]) -> dict[str, Any]:
     """``--set key=value`` texts (values read as YAML, else kept as text, so ``{split}.csv``
     stays a string) or a mapping as reader keyword options, dotted keys nested:
     ``columns.Dialogue_ID=Scene_ID`` → ``{"columns": {"Dialogue_ID": "Scene_ID"}}``."""
-    import yaml
-
     if not isinstance(pairs, Mapping):
         parsed: dict[str, Any] = {}
         for text in pairs:
             if "=" not in text:
                 raise ConfigError(f"--set expects key=value for a reader option, got {text!r}")
             key, raw = text.split("=", 1)
-            try:
-                parsed[key.strip()] = yaml.safe_load(raw)
-            except yaml.YAMLError:
-                parsed[key.strip()] = raw
+            parsed[key.strip()] = load_yaml_value(raw)
         pairs = parsed
     options: dict[str, Any] = {}
     for dotted, value in pairs.items():

@@ -24,6 +24,7 @@ from typing import Any
 from emomix.data.readers._common import absolute, build_corpus, read_csv_rows, read_text
 from emomix.data.schema import COLUMNS, REQUIRED, Corpus, ReadReport, Utterance, Word
 from emomix.errors import CorpusFormatError, MissingDataError, yaml_problem
+from emomix.yamlio import load_yaml
 
 FORMATS = (".csv", ".jsonl", ".parquet")
 EXTRA_PREFIX = "x_"
@@ -101,7 +102,7 @@ def _named_scheme(path: Path, corpus: str) -> dict[str, Any]:
     import yaml
 
     try:
-        spec = yaml.safe_load(read_text(path))
+        spec = load_yaml(read_text(path))
     except yaml.YAMLError as exc:
         raise CorpusFormatError(path, f"not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("classes"), list):
