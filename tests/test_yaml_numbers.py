@@ -31,7 +31,9 @@ def test_exponent_numbers_are_floats(text, expected):
     assert isinstance(value, float) and value == pytest.approx(expected)
 
 
-@pytest.mark.parametrize(("text", "expected"), [("3", 3), ("'5e-5'", "5e-5"), ("e5", "e5"), ("1e", "1e"), ("abc", "abc")])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("3", 3), ("'5e-5'", "5e-5"), ("e5", "e5"), ("1e", "1e"), ("abc", "abc")]
+)
 def test_everything_else_reads_as_before(text, expected):
     assert load_yaml(f"x: {text}")["x"] == expected
 
