@@ -15,6 +15,12 @@ together, mean over seeds) and the mean ± SD over folds; the paired tests use t
 :func:`conclusion_lines` says in words which run is ahead, by how much, and whether the tests
 support it at 0.05.
 
+With one shared fold (an official train/dev/test split such as MELD's) the fold-level tests are
+undefined; the comparison then adds the paired bootstrap over the test items
+(:func:`emomix.evaluate.bootstrap.paired_bootstrap`: whole dialogues resampled when the
+predictions carry ``dialogue_id``), which asks whether the difference on these test utterances
+exceeds what resampling them gives, with the trained models fixed.
+
 Runs whose fold plans differ are not comparable fold by fold, so :func:`compare_runs` refuses
 them (:class:`ConfigError` saying what differs) unless ``allow_different_folds=True``; it then
 pairs the folds the runs share by name and says so in the notes.
@@ -36,6 +42,7 @@ from emomix.errors import ConfigError
 from emomix.evaluate.metrics import METRIC_NAMES, METRICS, metrics_from_predictions
 
 TEST_COLUMNS = ["delta", "n_pairs", "t_stat", "p_ttest", "w_stat", "p_wilcoxon"]
+BOOTSTRAP_COLUMNS = ["p_bootstrap", "ci_low", "ci_high", "bootstrap_units"]
 ALPHA = 0.05
 
 
@@ -54,6 +61,8 @@ class _Run:
     metrics: dict[str, Any]
     fingerprint: str | None
     test_sets: dict[str, frozenset[str]]
+    predictions: pd.DataFrame
+    classes: list[str]
 
 
 def compare_runs(
@@ -63,7 +72,9 @@ def compare_runs(
     mean and SD across folds of every metric (``ua``, ``ua_sd``, ``wa``, ...), the pooled value
     (``ua_pooled``, ...: all folds scored together, mean over seeds), and against the first run for
     ``metric``: ``delta`` (mean over folds), ``delta_pooled``, ``n_pairs``, ``t_stat``, ``p_ttest``,
-    ``w_stat``, ``p_wilcoxon`` (NaN for the first run) and ``note``.
+    ``w_stat``, ``p_wilcoxon`` (NaN for the first run) and ``note``; when the runs share fewer than
+    two folds, the paired bootstrap over the test items: ``p_bootstrap``, ``ci_low``, ``ci_high``
+    (the 95 % interval of the difference) and ``bootstrap_units`` (e.g. ``"280 dialogues"``).
 
     ``table.attrs["metric"]`` holds ``metric`` and ``table.attrs["notes"]`` sentences about the
     comparison. :class:`ConfigError` for fewer than two runs, an unknown metric, or runs whose
@@ -104,11 +115,15 @@ def compare_runs(
             row[f"{m}_pooled"] = run.metrics["headline"][m]
         if run is reference:
             row.update({c: math.nan for c in TEST_COLUMNS})
+            row.update({c: math.nan for c in BOOTSTRAP_COLUMNS})
             row["n_pairs"] = 0
             row["delta_pooled"] = math.nan
             row["note"] = "reference"
         else:
             row.update(paired_test(_fold_values(reference, metric), _fold_values(run, metric)))
+            row.update(
+                _bootstrap(reference, run, metric) if row["n_pairs"] < 2 else dict.fromkeys(BOOTSTRAP_COLUMNS, math.nan)
+            )
             row["delta_pooled"] = run.metrics["headline"][metric] - reference.metrics["headline"][metric]
         rows.append(row)
     columns = [
@@ -120,6 +135,7 @@ def compare_runs(
         "seeds",
         *(c for m in METRICS for c in (f"{m}_pooled", m, f"{m}_sd")),
         *TEST_COLUMNS,
+        *BOOTSTRAP_COLUMNS,
         "delta_pooled",
         "note",
     ]
@@ -217,6 +233,7 @@ def format_comparison(table: pd.DataFrame, metric: str | None = None) -> str:
         "folds paired",
         "paired t p",
         "Wilcoxon p",
+        "bootstrap p (95 % interval of Δ)",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + "|"]
     for row in table.to_dict(orient="records"):
@@ -224,7 +241,7 @@ def format_comparison(table: pd.DataFrame, metric: str | None = None) -> str:
         for m in METRICS:
             cells += [_value(row.get(f"{m}_pooled")), _mean_sd(row[m], row[f"{m}_sd"])]
         if row["note"] == "reference":
-            cells += ["(reference)", "", "", "", ""]
+            cells += ["(reference)", "", "", "", "", ""]
         else:
             cells += [
                 _signed(row.get("delta_pooled")),
@@ -232,6 +249,7 @@ def format_comparison(table: pd.DataFrame, metric: str | None = None) -> str:
                 row["n_pairs"],
                 _p(row["p_ttest"]),
                 _p(row["p_wilcoxon"]),
+                _bootstrap_cell(row),
             ]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     out = [
@@ -291,8 +309,16 @@ def conclusion_lines(table: pd.DataFrame, metric: str | None = None, alpha: floa
             if _finite(p):
                 verdicts.append(
                     f"{test} {'supports' if p < alpha else 'does not support'} the difference at {alpha:g} "
-                    f"(p = {_p(p)})"
+                    f"({_p_phrase(p)})"
                 )
+        if _finite(row.get("p_bootstrap")):
+            p = row["p_bootstrap"]
+            verdicts.append(
+                f"the paired bootstrap over {row['bootstrap_units']} {'supports' if p < alpha else 'does not support'} "
+                f"the difference at {alpha:g} ({_p_phrase(p)}; 95 % interval of {row['run']} − {reference['run']}: "
+                f"{row['ci_low']:+.3f} to {row['ci_high']:+.3f}; it resamples the test set with the trained models "
+                "fixed, so it says nothing of training variance)"
+            )
         if verdicts:
             tests = "; ".join(verdicts)
             tests = tests[0].upper() + tests[1:] + "."
@@ -304,7 +330,7 @@ def conclusion_lines(table: pd.DataFrame, metric: str | None = None, alpha: floa
                 f" With {n} folds the smallest two-sided Wilcoxon p possible is 2/2^{n} = {floor:.4g}"
                 + (f", so that test cannot reach {alpha:g} whatever the results." if floor >= alpha else ".")
             )
-            if n >= 1
+            if n >= 2
             else ""
         )
         lines.append(f"- {lead} {tests}{limit}")
@@ -334,7 +360,36 @@ def _load(path: Path) -> _Run:
         metrics=metrics,
         fingerprint=fingerprint,
         test_sets=test_sets,
+        predictions=data.predictions,
+        classes=list(data.classes),
     )
+
+
+def _bootstrap(reference: _Run, run: _Run, metric: str) -> dict[str, Any]:
+    """The paired bootstrap columns for two runs that share fewer than two folds (NaN when they
+    share no labelled test utterance or their classes differ)."""
+    from emomix.evaluate.bootstrap import paired_bootstrap
+
+    empty: dict[str, Any] = dict.fromkeys(BOOTSTRAP_COLUMNS, math.nan)
+    if reference.classes != run.classes:
+        return empty
+    try:
+        result = paired_bootstrap(reference.predictions, run.predictions, reference.classes, metric)
+    except ValueError:
+        return empty
+    plural = "s" if result["n_units"] != 1 else ""
+    return {
+        "p_bootstrap": result["p_bootstrap"],
+        "ci_low": result["ci_low"],
+        "ci_high": result["ci_high"],
+        "bootstrap_units": f"{result['n_units']:,} test {result['unit']}{plural}",
+    }
+
+
+def _bootstrap_cell(row: dict[str, Any]) -> str:
+    if not _finite(row.get("p_bootstrap")):
+        return "–"
+    return f"{_p(row['p_bootstrap'])} ({row['ci_low']:+.3f} to {row['ci_high']:+.3f})"
 
 
 def _fold_values(run: _Run, metric: str) -> pd.Series:
@@ -353,6 +408,10 @@ def _finite(value: Any) -> bool:
         return value is not None and math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
+
+
+def _p_phrase(value: float) -> str:
+    return "p < 0.001" if value < 0.001 else f"p = {value:.3f}"
 
 
 def _mean_sd(mean: Any, sd: Any) -> str:
