@@ -72,9 +72,9 @@ def variant_overrides(recipe_path: Path, variant: str) -> dict[str, Any]:
         from emomix.errors import ConfigError
 
         raise ConfigError(f"unknown model variant {variant!r}; the benchmark knows '@utterance'")
-    import yaml
+    from emomix.yamlio import load_yaml
 
-    features = (yaml.safe_load(recipe_path.read_text()) or {}).get("features") or {}
+    features = (load_yaml(recipe_path.read_text()) or {}).get("features") or {}
     overrides: dict[str, Any] = {}
     for modality, block in features.items():
         if not isinstance(block, dict) or not block.get("utterance"):
@@ -413,16 +413,20 @@ def save_results(results: dict[str, Any], partial: dict[str, Any] | None = None)
     import os
     import platform
 
-    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results = {**saved.get("results", {}), **results}
-    partial = {**saved.get("partial", {}), **(partial or {})}
+    from filelock import FileLock
+
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    temporary = RESULTS.with_suffix(f".{os.getpid()}.tmp")
-    content: dict[str, Any] = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "results": results}
-    if partial:
-        content["partial"] = partial
-    temporary.write_text(json.dumps(content, indent=1) + "\n")
-    temporary.replace(RESULTS)
+    with FileLock(str(RESULTS.with_suffix(".lock"))):  # read, merge and replace as one step
+        saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        results = {**saved.get("results", {}), **results}
+        partial = {**saved.get("partial", {}), **(partial or {})}
+        temporary = RESULTS.with_suffix(f".{os.getpid()}.tmp")
+        machine = {"platform": platform.platform(), "cpus": os.cpu_count()}
+        content: dict[str, Any] = {"machine": machine, "results": results}
+        if partial:
+            content["partial"] = partial
+        temporary.write_text(json.dumps(content, indent=1) + "\n")
+        temporary.replace(RESULTS)
 
 
 def summary_line(entry: dict[str, Any]) -> str:
