@@ -60,6 +60,10 @@ if [ "$TORCH_SPEC" != "skip" ]; then
 fi
 echo "[setup] installing emomix and its dependencies into $VENV" >&2
 "${PIP[@]}" -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" >&2 || true
-"$VENV/bin/python" -c "import emomix, torch, transformers, opensmile, webrtcvad" >/dev/null
+# resemblyzer (the 'resemblyzer' voice-embedding encoder, weights bundled): without its declared
+# dependencies, which are `typing` (a Python 2 backport) and the webrtcvad sdist that would replace
+# webrtcvad-wheels; what it imports (torch, librosa, scipy, numpy, webrtcvad) is installed above.
+"${PIP[@]}" --no-deps "resemblyzer==0.1.4" 2>&1 | grep -v "is ignored: it is neither" >&2 || true
+"$VENV/bin/python" -c "import emomix, torch, transformers, opensmile, webrtcvad, resemblyzer" >/dev/null
 echo "$want" > "$stamp"
 echo "[setup] ready: $VENV (torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'))" >&2

@@ -164,6 +164,13 @@ def _mfcc(n_mfcc: int = 40, pad_seconds: float | None = None, n_mels: int | None
     return MFCCEncoder(n_mfcc=n_mfcc, pad_seconds=pad_seconds, n_mels=n_mels)
 
 
+@register_encoder("resemblyzer")
+def _resemblyzer(rate: float = 1.3, min_coverage: float = 0.75) -> Encoder:
+    from emomix.encoders.voice import VoiceEmbeddingEncoder
+
+    return VoiceEmbeddingEncoder(rate=rate, min_coverage=min_coverage)
+
+
 @register_encoder("face-cnn")
 def _face_cnn(
     out_dim: int = 128, crop_size: int = 64, channels: tuple[int, ...] = (16, 32, 64), frame_rate: float | None = None
