@@ -242,3 +242,45 @@ def test_mister_e_speech_expert_gets_pooled_dialogue_vectors(tmp_path):
     )
     vectors = module._dialogue_vectors()
     np.testing.assert_allclose(vectors["s0_01"]["audio"], built.features["s0_01"]["audio"]["pooled"])
+
+
+def test_partwise_map_normalises_and_projects_each_joined_part_on_its_own():
+    from emomix.models.dual_routing import PartwiseVectorMap
+
+    torch.manual_seed(0)
+    mapping = PartwiseVectorMap((40, 4), 44, 8)
+    vector = torch.randn(6, 44)
+    out = mapping(vector)
+    pieces = vector.split([40, 4], dim=-1)
+    expected = sum(m(piece) for m, piece in zip(mapping.maps, pieces, strict=True))
+    assert out.shape == (6, 8) and torch.allclose(out, expected)
+    # the small part is normalised on its own: scaling it leaves the output unchanged
+    scaled = torch.cat([pieces[0], 100.0 * pieces[1]], dim=-1)
+    assert torch.allclose(mapping(scaled), out, atol=1e-4)
+    # and both parts move the output (the 4-wide part is not drowned by the 40-wide one)
+    small = torch.cat([pieces[0], pieces[1].flip(0)], dim=-1)
+    assert (mapping(small) - out).abs().mean() > 0.1 * out.abs().mean()
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mapping.parameters())
+
+
+def test_audio_global_parts_are_checked_against_the_vector():
+    dims = {"audio": 6, "audio_pooled": 9}
+    config = {"audio_global": "pooled", "audio_global_parts": [5, 4]}
+    model = create_model("dual_routing_audio", config, dims, 3)
+    assert type(model.encoders["audio"].pooled_map).__name__ == "PartwiseVectorMap"
+    with pytest.raises(
+        ConfigError, match=r"audio_global_parts \[5, 3\] add up to 8, but the audio utterance vector has 9"
+    ):
+        create_model("dual_routing_audio", {**config, "audio_global_parts": [5, 3]}, dims, 3)
+    with pytest.raises(ConfigError, match="needs audio_global='pooled'"):
+        create_model("dual_routing_audio", {"audio_global_parts": [5, 4]}, dims, 3)
+    with pytest.raises(ConfigError, match="list of positive part widths"):
+        create_model("dual_routing_audio", {**config, "audio_global_parts": [9, 0]}, dims, 3)
+    # without parts: the one LayerNorm → Linear of before (saved models load unchanged)
+    assert (
+        type(
+            create_model("dual_routing_audio", {"audio_global": "pooled"}, dims, 3).encoders["audio"].pooled_map
+        ).__name__
+        == "Sequential"
+    )

@@ -59,7 +59,11 @@ Decisions where the paper is silent or ambiguous (each one a :class:`DualRouting
   MiniLM's sentence vector), through LayerNorm → Linear(P→D); the local expert keeps reading the
   VAD-masked frames / content tokens. On real corpora the hand-crafted functionals are the
   strongest single view (an MLP on them beats these models on LLD frames), so the scale recipes
-  (``configs/*/moe_scales.yaml``) set it. Decided per model, not "when present", because a feature
+  (``configs/*/moe_scales.yaml``) set it. ``audio_global_parts=None``: when the utterance vector
+  joins several encoders (``{join: [ComParE functionals, resemblyzer]}``: 6373 + 256 values),
+  ``[6373, 256]`` maps it part by part (:class:`PartwiseVectorMap`: LayerNorm and Linear per
+  part, summed), so the 256-d voice embedding is not drowned by 25× as many functionals in one
+  LayerNorm and one fan-in; None keeps the single LayerNorm → Linear. Decided per model, not "when present", because a feature
   set may carry a ``pooled`` vector the model was not trained to read (openSMILE ``level: both``).
 - ``cross_layers=2``, ``cross_heads=4``, ``dropout=0.1``: the bidirectional cross-attention.
 - ``cross_attention_ffn=False``: each cross-attention layer is attention + residual + LayerNorm
@@ -131,6 +135,7 @@ class DualRoutingConfig(ModelConfig):
     text_global: str = "layers"
     text_global_layers: int = 4
     audio_global: str = "frames"
+    audio_global_parts: tuple[int, ...] | None = None
     router_hidden: int = 128
     expert_kind: str = "mlp"
     expert_dropout: float = 0.1
@@ -168,6 +173,15 @@ class DualRoutingConfig(ModelConfig):
         self.require_fraction("expert_dropout", "dropout", "classifier_dropout")
         self.require_non_negative("focal_gamma", "branch_weight", "balance_weight")
         self.require_choice(audio_global=AUDIO_GLOBAL_SOURCES)
+        if self.audio_global_parts is not None:
+            parts = tuple(self.audio_global_parts)
+            if not parts or not all(isinstance(n, int) and n > 0 for n in parts):
+                raise ConfigError(
+                    f"{name}.audio_global_parts: a list of positive part widths (e.g. [6373, 256]), got {parts!r}"
+                )
+            if self.audio_global != "pooled":
+                raise ConfigError(f"{name}.audio_global_parts needs audio_global='pooled' (it splits that vector)")
+            self.audio_global_parts = parts
 
     @property
     def uses_local(self) -> bool:
@@ -194,13 +208,20 @@ class AudioScales(nn.Module):
         use_local: bool = True,
         use_global: bool = True,
         pooled_dim: int | None = None,
+        pooled_parts: tuple[int, ...] | None = None,
     ):
         super().__init__()
         self.project = nn.Identity() if in_dim == model_dim else nn.Linear(in_dim, model_dim)
         self.pooling = AttentionPooling(model_dim, heads=heads, dropout=dropout) if use_local else None
         self.use_global = use_global
         # audio_global="pooled": the global expert reads the utterance vector, not the frame mean
-        self.pooled_map = pooled_vector_map(pooled_dim, model_dim) if use_global and pooled_dim else None
+        self.pooled_map: nn.Module | None = None
+        if use_global and pooled_dim:
+            self.pooled_map = (
+                PartwiseVectorMap(pooled_parts, pooled_dim, model_dim)
+                if pooled_parts
+                else pooled_vector_map(pooled_dim, model_dim)
+            )
 
     def forward(self, inputs: ModalityInput) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         mask = inputs.mask.bool()
@@ -218,6 +239,28 @@ class AudioScales(nn.Module):
 def pooled_vector_map(pooled_dim: int, model_dim: int) -> nn.Module:
     """LayerNorm → Linear(P→D): an utterance vector (``pooled``) into the model width."""
     return nn.Sequential(nn.LayerNorm(pooled_dim), nn.Linear(pooled_dim, model_dim))
+
+
+class PartwiseVectorMap(nn.Module):
+    """A joined utterance vector (e.g. 6373 ComParE functionals + a 256-d voice embedding) mapped
+    part by part: LayerNorm(P_i) → Linear(P_i→D) for each part, summed. Equal to one Linear on the
+    concatenation except for two things that matter when the parts' widths differ by 25×: each
+    part is normalised on its own, and each part's projection is initialised for its own fan-in,
+    so a small part starts with as much say as a large one instead of ``sqrt(P_i / P)`` of it."""
+
+    def __init__(self, parts: tuple[int, ...], pooled_dim: int, model_dim: int):
+        super().__init__()
+        if sum(parts) != pooled_dim:
+            raise ConfigError(
+                f"dual_routing: audio_global_parts {list(parts)} add up to {sum(parts)}, but the audio utterance "
+                f"vector has {pooled_dim} values; list the widths of the joined encoders in order"
+            )
+        self.parts = tuple(int(n) for n in parts)
+        self.maps = nn.ModuleList(pooled_vector_map(n, model_dim) for n in self.parts)
+
+    def forward(self, vector: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(vector, list(self.parts), dim=-1)
+        return torch.stack([m(piece) for m, piece in zip(self.maps, pieces, strict=True)]).sum(dim=0)
 
 
 def require_pooled(inputs: ModalityInput, modality: str) -> torch.Tensor:
@@ -458,6 +501,7 @@ class DualRoutingModel(EmotionModel[Batch]):
                 use_local=config.uses_local,
                 use_global=config.uses_global,
                 pooled_dim=pooled.get("audio"),
+                pooled_parts=config.audio_global_parts,
             )
         if "text" in self.modalities:
             self.encoders["text"] = TextScales(
