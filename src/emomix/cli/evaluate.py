@@ -46,7 +46,9 @@ def compare(
         False, "--allow-different-folds", help="Compare runs whose fold plans differ (pairs the folds sharing a name)."
     ),
 ) -> None:
-    """Runs side by side (mean ± SD across folds) with paired t and Wilcoxon tests against the first."""
+    """Runs side by side (pooled, and mean ± SD across folds) with paired t and Wilcoxon tests over
+    folds against the first; runs sharing one fold (an official split) get a paired bootstrap over
+    the test dialogues instead."""
     from emomix.atomic import write_text_atomic
     from emomix.evaluate.compare import compare_runs, format_comparison
 
