@@ -63,8 +63,9 @@ Decisions where the paper is silent or ambiguous (each one a :class:`DualRouting
   joins several encoders (``{join: [ComParE functionals, resemblyzer]}``: 6373 + 256 values),
   ``[6373, 256]`` maps it part by part (:class:`PartwiseVectorMap`: LayerNorm and Linear per
   part, summed), so the 256-d voice embedding is not drowned by 25× as many functionals in one
-  LayerNorm and one fan-in; None keeps the single LayerNorm → Linear. Decided per model, not "when present", because a feature
-  set may carry a ``pooled`` vector the model was not trained to read (openSMILE ``level: both``).
+  LayerNorm and one fan-in; None keeps the single LayerNorm → Linear. Decided per model, not
+  "when present", because a feature set may carry a ``pooled`` vector the model was not trained
+  to read (openSMILE ``level: both``).
 - ``cross_layers=2``, ``cross_heads=4``, ``dropout=0.1``: the bidirectional cross-attention.
 - ``cross_attention_ffn=False``: each cross-attention layer is attention + residual + LayerNorm
   only. The paper defines a direction by its queries, keys and values, the scaled dot-product
