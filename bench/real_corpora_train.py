@@ -19,7 +19,8 @@ The mixture-of-experts condition (issue 11): ``--moe`` on a ``moe_scales`` recip
 model, its local-only and global-only ablations (which keep the recipe's model config, e.g.
 ``audio_global: pooled``) and the single-scale models on the same features — an MLP on the
 utterance vector alone (``early_fusion_audio@utterance``: the recipe's ``utterance`` encoder as
-the modality's only input) and an MLP on the mean of the frames (``early_fusion_audio``) — all
+the modality's only input), the classic peer on that vector (``linear_svm_audio@utterance``: a
+linear SVM) and an MLP on the mean of the frames (``early_fusion_audio``) — all
 under the recipe's own fold plan and training settings, so ``emomix compare`` pairs them over folds:
 
     python -m bench.real_corpora_train --recipe configs/emodb/moe_scales.yaml --moe --seeds 1
@@ -51,8 +52,15 @@ MOE_MODELS = {
         "dual_routing_global",
         "early_fusion_audio@utterance",
         "early_fusion_audio",
+        "linear_svm_audio@utterance",
     ),
-    "text": ("dual_routing_text", "dual_routing_local", "dual_routing_global", "early_fusion_text"),
+    "text": (
+        "dual_routing_text",
+        "dual_routing_local",
+        "dual_routing_global",
+        "early_fusion_text",
+        "linear_svm_text@utterance",
+    ),
 }
 
 
@@ -128,6 +136,11 @@ def run_one(
     label = f"{model}@{variant}" if variant else model
     overrides = {**overrides, **variant_overrides(recipe_path, variant)}
     recipe = load_recipe(recipe_path, overrides)
+    if model.startswith("linear_svm") and not recipe.training.standardise:
+        unscaled = [m for m, spec in recipe.feature_specs().items() if not spec.speaker_normalisation]
+        if unscaled:  # an SVM reads standardised inputs: each fold's training statistics, as the peers do
+            overrides["training.standardise"] = True
+            recipe = load_recipe(recipe_path, overrides)
     if recipe.model.name != model:
         # the recipe's model config is kept for a model of the same family (Dual Routing's ablations
         # take audio_global: pooled too), else the model takes its own defaults

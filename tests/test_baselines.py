@@ -24,6 +24,9 @@ EXPECTED = {
     "lf_lstm",
     "text_bilstm",
     "speech_cnn",
+    "linear_svm",
+    "linear_svm_audio",
+    "linear_svm_text",
 }
 
 
@@ -214,3 +217,33 @@ def test_lstm_encoder_packs_padding_away():
         alone = encoder(sequence.unsqueeze(0), None)
         assert torch.allclose(out[row], alone[0], atol=1e-6)
     assert LSTMEncoder(3, 5, num_layers=2, bidirectional=False)(states, mask).shape == (3, 5)
+
+
+def test_linear_svm_learns_a_separable_problem_and_rejects_a_bad_margin():
+    """Utterance vectors whose class is a linear function of the features: the SVM fits them
+    perfectly and its hinge loss goes to (near) zero; margin must be positive."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(CLASSES, DIMS["audio"], generator=generator) * 3
+    labels = torch.arange(64) % CLASSES
+    vectors = centres[labels] + 0.3 * torch.randn(64, DIMS["audio"], generator=generator)
+    batch = Batch(inputs={"audio": ModalityInput(states=vectors.unsqueeze(1), mask=None)}, labels=labels)
+    model = build("linear_svm_audio")
+    assert model.loss(model(batch), labels)[1].keys() == {"hinge", "total"}
+    optimiser = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=1e-3)
+    first = None
+    for _ in range(150):
+        optimiser.zero_grad()
+        total, _ = model.loss(model(batch), labels)
+        first = float(total.detach()) if first is None else first
+        total.backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        predicted = model(batch).logits.argmax(-1)
+    assert torch.equal(predicted, labels)
+    assert float(model.loss(model(batch), labels)[0]) < 0.05 * first
+    plain = build("linear_svm_audio", squared_hinge=False)
+    assert plain.loss(plain(batch), labels)[0] > 0
+    with pytest.raises(ConfigError, match="margin"):
+        build("linear_svm_audio", margin=0)

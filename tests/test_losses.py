@@ -204,3 +204,28 @@ def test_kl_to_gate_mask_leaves_out_padded_rows():
     assert float(kl_to_gate([expert.reshape(1, 2, 2)], gate.reshape(1, 2, 2), mask=labels != -100)) == pytest.approx(
         0.0, abs=1e-6
     )
+
+
+def test_multiclass_hinge_matches_its_definition_and_weights_rows():
+    from emomix.models.losses import multiclass_hinge
+
+    scores = torch.tensor([[2.0, 0.5, -1.0], [0.0, 0.2, 0.1], [1.0, 1.0, 3.0]])
+    labels = torch.tensor([0, 2, 1])
+
+    def by_hand(row, y, p):
+        terms = [max(0.0, 1.0 - float(row[y]) + float(row[j])) ** p for j in range(3) if j != y]
+        return sum(terms) / 3
+
+    plain = [by_hand(scores[i], int(labels[i]), 1) for i in range(3)]
+    squared = [by_hand(scores[i], int(labels[i]), 2) for i in range(3)]
+    assert float(multiclass_hinge(scores, labels, squared=False)) == pytest.approx(sum(plain) / 3)
+    assert float(multiclass_hinge(scores, labels)) == pytest.approx(sum(squared) / 3)
+    # a correct row beyond the margin costs nothing
+    assert squared[0] == pytest.approx(0.0)
+    weight = torch.tensor([1.0, 3.0, 0.5])
+    expected = (squared[0] * 1.0 + squared[1] * 0.5 + squared[2] * 3.0) / (1.0 + 0.5 + 3.0)
+    assert float(multiclass_hinge(scores, labels, weight=weight)) == pytest.approx(expected)
+    # ignored rows (padding in dialogue batches) are left out; all ignored gives a zero with a graph
+    assert float(multiclass_hinge(scores, torch.tensor([0, -100, -100]))) == pytest.approx(squared[0])
+    empty = multiclass_hinge(scores.requires_grad_(), torch.full((3,), -100))
+    assert float(empty) == 0.0 and empty.requires_grad

@@ -16,6 +16,12 @@ Each baseline is the textbook version of its idea on frame/token states from any
   a classifier.
 * ``text_bilstm`` — text only: a bidirectional LSTM over the token states.
 * ``speech_cnn`` — audio only: a 1-D CNN over the frame states, then global mean and max pooling.
+* ``linear_svm`` — the classic practitioner's peer (openSMILE functionals + a linear SVM) inside
+  the toolkit: each modality's mean-pooled vector, concatenated, one linear map to class scores,
+  trained with a class-weighted multi-class squared hinge loss (variants ``linear_svm_audio``,
+  ``linear_svm_text``). With ``features.<m>.utterance`` it reads the utterance vector (the
+  benchmark's ``linear_svm_audio@utterance``), so it runs on the same folds and features as the
+  MoE models.
 
 Decisions (each one a config field with this default):
 
@@ -45,6 +51,15 @@ Decisions (each one a config field with this default):
   ReLU; padded frames are zeroed before every convolution, so a valid frame next to the padding
   sees exactly what it would see at the end of an unpadded sequence; then mean and max over
   valid frames, concatenated, into the classifier.
+- linear SVM: ``input_norm=False`` (an SVM expects standardised inputs, which the recipe's
+  speaker normalisation or ``training.standardise`` provide; a LayerNorm per utterance would
+  change the feature geometry the SVM peer sees), ``margin=1.0``, ``squared_hinge=True`` (the
+  squared hinge of scikit-learn's ``LinearSVC``; False gives the plain hinge). The loss is the
+  Weston–Watkins multi-class hinge, ``Σ_{j≠y} max(0, margin − s_y + s_j)^p / C``, each row
+  weighted by its class weight; the L2 term of an SVM is the optimiser's weight decay (the
+  recipe's ``optimiser.weight_decay``; C ≈ 1 / (weight_decay · n)). Its scores are not
+  probabilities: ``logits`` are the scores, so the reported probabilities are their softmax —
+  fine for every argmax metric, not calibrated.
 - the loss is cross-entropy weighted by the class weights the trainer sets with
   :meth:`BaselineModel.set_class_weights` (inverse training frequency; uniform when unset).
 
@@ -67,7 +82,7 @@ from emomix.errors import ConfigError
 from emomix.models.base import EmotionModel, ModelConfig, register_model
 from emomix.models.blocks import MLP, masked_mean
 from emomix.models.inputs import Batch, ModalityInput, ModelOutput
-from emomix.models.losses import branch_losses, focal_loss
+from emomix.models.losses import branch_losses, focal_loss, multiclass_hinge
 
 PAPERS = {
     "early_fusion": "early fusion baseline (concatenated pooled modalities → MLP), "
@@ -79,6 +94,8 @@ PAPERS = {
     "lf_lstm": "LF-LSTM: late-fusion LSTM baseline, as compared in MPAF-Net",
     "text_bilstm": "text BiLSTM baseline, as compared in the Complementary Fusion paper",
     "speech_cnn": "speech CNN baseline, as compared in the Complementary Fusion paper",
+    "linear_svm": "linear SVM on utterance vectors (openSMILE functionals + SVM, the classic "
+    "speech emotion recognition peer, e.g. Schuller et al.'s ComParE baselines)",
 }
 ALL_MODALITIES = ("audio", "text", "video")
 
@@ -180,6 +197,19 @@ class SpeechCNNConfig(BaselineConfig):
             )
 
 
+@dataclass
+class LinearSVMConfig(ModelConfig):
+    """Config of :class:`LinearSVM` (see the module docstring for the decisions)."""
+
+    input_norm: bool = False
+    margin: float = 1.0
+    squared_hinge: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        self.require_positive("margin")
+
+
 # ---------------------------------------------------------------------------------------------
 # Shared parts of the baselines
 # ---------------------------------------------------------------------------------------------
@@ -277,6 +307,41 @@ class EarlyFusion(BaselineModel):
         inputs = self._inputs(batch)
         pooled = [self.norms[m](masked_mean(inputs[m].states, inputs[m].mask)) for m in self.modalities]
         return ModelOutput(logits=self.classifier(torch.cat(pooled, dim=-1)))
+
+
+@register_model("linear_svm", "Linear SVM baseline: mean-pooled modalities concatenated → linear scores, squared hinge")
+@register_model(
+    "linear_svm_audio", "Linear SVM baseline on audio only (e.g. openSMILE functionals)", modalities=("audio",)
+)
+@register_model("linear_svm_text", "Linear SVM baseline on text only (e.g. a sentence vector)", modalities=("text",))
+class LinearSVM(BaselineModel):
+    """Linear SVM: scores ``W [mean(H_a); mean(H_t)(; mean(H_v))] + b``, multi-class squared hinge."""
+
+    name = "linear_svm"
+    paper = PAPERS["linear_svm"]
+    config_class = LinearSVMConfig
+
+    def __init__(self, config: LinearSVMConfig, input_dims: Mapping[str, int], num_classes: int):
+        super().__init__(config, input_dims, num_classes)  # type: ignore[arg-type]
+        self.svm_config = config
+        self.norms = nn.ModuleDict({m: _input_norm(int(input_dims[m]), config.input_norm) for m in self.modalities})
+        self.scores = nn.Linear(sum(int(input_dims[m]) for m in self.modalities), num_classes)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        inputs = self._inputs(batch)
+        pooled = [self.norms[m](masked_mean(inputs[m].states, inputs[m].mask)) for m in self.modalities]
+        return ModelOutput(logits=self.scores(torch.cat(pooled, dim=-1)))
+
+    def loss(self, output: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The class-weighted Weston–Watkins multi-class (squared) hinge over the valid rows."""
+        total = multiclass_hinge(
+            output.logits,
+            labels,
+            weight=self.class_weights,
+            margin=self.svm_config.margin,
+            squared=self.svm_config.squared_hinge,
+        )
+        return total, {"hinge": float(total.detach()), "total": float(total.detach())}
 
 
 @register_model("late_fusion", "Late fusion baseline: one classifier per modality, probabilities averaged")

@@ -25,6 +25,7 @@ __all__ = [
     "inverse_frequency_alpha",
     "kl_to_gate",
     "load_balance_loss",
+    "multiclass_hinge",
     "routing_entropy_loss",
     "supervised_contrastive_loss",
 ]
@@ -208,3 +209,26 @@ def kl_to_gate(
             flat = flat[keep]
         divergences.append((gate * (log_gate - flat.clamp_min(_EPS).log())).sum(dim=-1).mean())
     return torch.stack(divergences).mean()
+
+
+def multiclass_hinge(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    margin: float = 1.0,
+    squared: bool = True,
+) -> torch.Tensor:
+    """Weston–Watkins multi-class hinge ``Σ_{j≠y} max(0, margin − s_y + s_j)^p / C`` (p = 2 when
+    ``squared``), each row weighted by ``weight[y]`` and the sum divided by the rows' total weight
+    (as weighted cross-entropy is); rows labelled ``IGNORE_INDEX`` are left out. This is
+    :func:`torch.nn.functional.multi_margin_loss` with that normalisation."""
+    scores, labels = _flatten(scores, labels)
+    valid = labels != IGNORE_INDEX
+    if not bool(valid.any()):
+        return scores.sum() * 0.0
+    scores, labels = scores[valid], labels[valid]
+    per_row = F.multi_margin_loss(scores, labels, p=2 if squared else 1, margin=margin, reduction="none")
+    if weight is None:
+        return per_row.mean()
+    row_weight = weight.to(scores.dtype)[labels]
+    return (per_row * row_weight).sum() / row_weight.sum().clamp_min(1e-12)
