@@ -202,6 +202,13 @@ def test_mpaf_recipe_has_the_paper_encoders_and_training():
     audio, text = recipe.feature_specs()["audio"], recipe.feature_specs()["text"]
     assert audio.encoder == {"name": "mfcc", "n_mfcc": 40, "pad_seconds": 8.0}
     assert text.encoder["name"] == "bert-base-uncased" and text.trainable_top_layers == 2
+    video = recipe.feature_specs()["video"]  # the paper's third modality: face crops, CNN + LSTM trained with the model
+    assert {k: video.encoder[k] for k in ("name", "size", "num_frames")} == {
+        "name": "faces",
+        "size": 64,
+        "num_frames": 150,
+    }
+    assert tuple(recipe.model.config["modalities"]) == ("audio", "text", "video")
     o, t = recipe.optimiser, recipe.training
     assert (o.name, o.lr, o.encoder_lr, o.schedule, o.warmup_epochs) == ("adamw", 2e-4, 2e-5, "warmup_cosine", 3)
     assert (t.epochs, t.batch_size) == (100, 32) and t.augment_config().kinds == ("noise", "pitch")
