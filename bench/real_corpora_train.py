@@ -136,9 +136,9 @@ def run_one(
     label = f"{model}@{variant}" if variant else model
     overrides = {**overrides, **variant_overrides(recipe_path, variant)}
     recipe = load_recipe(recipe_path, overrides)
-    if model.startswith("linear_svm") and not recipe.training.standardise:
+    if _reads_raw_inputs(model) and not recipe.training.standardise:
         unscaled = [m for m, spec in recipe.feature_specs().items() if not spec.speaker_normalisation]
-        if unscaled:  # an SVM reads standardised inputs: each fold's training statistics, as the peers do
+        if unscaled:  # a model without input LayerNorm (the SVM) reads z-scores of each fold's training data
             overrides["training.standardise"] = True
             recipe = load_recipe(recipe_path, overrides)
     if recipe.model.name != model:
@@ -166,6 +166,14 @@ def run_one(
         "trained": len(result.trained),
         "reused": len(result.skipped),
     }
+
+
+def _reads_raw_inputs(model: str) -> bool:
+    """Whether ``model``'s default config has no input LayerNorm (``input_norm: false``), so the
+    recipe must standardise its inputs (the guard in :mod:`emomix.train.recipe`)."""
+    from emomix.models import model_info
+
+    return getattr(model_info(model).cls.config_class(), "input_norm", True) is False
 
 
 def _keeps_config(model: str, recipe: Any) -> bool:

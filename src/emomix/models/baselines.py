@@ -235,6 +235,11 @@ class BaselineModel(EmotionModel[Batch]):
             )
         return {m: batch.inputs[m] for m in self.modalities}
 
+    def _concatenated_means(self, batch: Batch, norms: nn.ModuleDict) -> torch.Tensor:
+        """Each modality's masked mean over its valid positions, through ``norms[m]``, concatenated."""
+        inputs = self._inputs(batch)
+        return torch.cat([norms[m](masked_mean(inputs[m].states, inputs[m].mask)) for m in self.modalities], dim=-1)
+
     def loss(self, output: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Cross-entropy weighted by the class weights."""
         total = focal_loss(output.logits, labels, alpha=self.class_weights, gamma=0.0)
@@ -304,9 +309,7 @@ class EarlyFusion(BaselineModel):
         )
 
     def forward(self, batch: Batch) -> ModelOutput:
-        inputs = self._inputs(batch)
-        pooled = [self.norms[m](masked_mean(inputs[m].states, inputs[m].mask)) for m in self.modalities]
-        return ModelOutput(logits=self.classifier(torch.cat(pooled, dim=-1)))
+        return ModelOutput(logits=self.classifier(self._concatenated_means(batch, self.norms)))
 
 
 @register_model("linear_svm", "Linear SVM baseline: mean-pooled modalities concatenated → linear scores, squared hinge")
@@ -323,14 +326,12 @@ class LinearSVM(BaselineModel):
 
     def __init__(self, config: LinearSVMConfig, input_dims: Mapping[str, int], num_classes: int):
         super().__init__(config, input_dims, num_classes)  # type: ignore[arg-type]
-        self.svm_config = config
+        self.svm_config = config  # typed view of self.config (BaselineModel types it as BaselineConfig)
         self.norms = nn.ModuleDict({m: _input_norm(int(input_dims[m]), config.input_norm) for m in self.modalities})
         self.scores = nn.Linear(sum(int(input_dims[m]) for m in self.modalities), num_classes)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        inputs = self._inputs(batch)
-        pooled = [self.norms[m](masked_mean(inputs[m].states, inputs[m].mask)) for m in self.modalities]
-        return ModelOutput(logits=self.scores(torch.cat(pooled, dim=-1)))
+        return ModelOutput(logits=self.scores(self._concatenated_means(batch, self.norms)))
 
     def loss(self, output: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The class-weighted Weston–Watkins multi-class (squared) hinge over the valid rows."""
