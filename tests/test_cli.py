@@ -216,3 +216,22 @@ def test_predict_human_summary_names_aux_readings_in_words():
     joined = "\n".join(lines)
     assert "route_audio" not in joined and "vad_fallback" not in joined
     assert lines[-1] == "bad.wav: failed: bad.wav could not be read as audio"
+
+
+@pytest.mark.parametrize(
+    ("text", "seeds"), [("3", [0, 1, 2]), ("1", [0]), ("0,7", [0, 7]), ("7,", [7]), (" 2 , 5 ", [2, 5])]
+)
+def test_seeds_are_a_count_or_a_comma_list(text, seeds):
+    from emomix.cli.train import parse_seeds
+
+    assert parse_seeds(text) == seeds
+
+
+def test_seeds_zero_says_how_to_ask_for_seed_zero():
+    from emomix.cli.train import parse_seeds
+    from emomix.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--seeds 0,"):
+        parse_seeds("0")
+    with pytest.raises(ConfigError, match="a count or a comma list"):
+        parse_seeds("zero")

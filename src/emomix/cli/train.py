@@ -25,7 +25,7 @@ def train(
         None, "--fold", help="Train only this fold (repeatable); default: every fold."
     ),
     seeds: str | None = typer.Option(
-        None, "--seeds", help="A count N (seeds 0..N-1) or a comma list, e.g. 0,7; overrides the recipe."
+        None, "--seeds", help="A count N (seeds 0..N-1) or a comma list, e.g. 0,7 (one seed: 7,); overrides the recipe."
     ),
     overrides: list[str] | None = typer.Option(
         None, "--set", help="Override a recipe value, e.g. --set training.epochs=3 (repeatable)."
@@ -71,7 +71,10 @@ def parse_seeds(text: str) -> list[int]:
     except ValueError:
         raise ConfigError(f"--seeds takes a count or a comma list of integers, got {text!r}") from None
     if count < 1:
-        raise ConfigError(f"--seeds count must be at least 1, got {count}")
+        raise ConfigError(
+            f"--seeds {count}: a number is a count of seeds (0..N-1) and must be at least 1; "
+            f"for one particular seed write it with a comma, e.g. --seeds {max(count, 0)},"
+        )
     return list(range(count))
 
 
