@@ -661,3 +661,25 @@ def test_seed_ensemble_averages_probabilities_over_seeds():
     result = seed_ensemble_metrics(pd.DataFrame(rows), ["a", "b"])
     assert result["seeds"] == 2 and result["n"] == 2 and result["wa"] == 1.0 and result["ua"] == 1.0
     assert seed_ensemble_metrics(pd.DataFrame(rows[::2]), ["a", "b"]) is None  # one seed: no ensemble
+
+
+def test_weighted_f1_on_indices_matches_the_report_and_scikit_learn():
+    """Training monitors ``val_weighted_f1`` with the index version; the report scores with the
+    label version; both are scikit-learn's support-weighted F1 over the classes present."""
+    from sklearn.metrics import f1_score
+
+    from emomix.constants import IGNORE_INDEX
+    from emomix.evaluate.metrics import weighted_f1
+    from emomix.metrics_core import weighted_f1 as weighted_f1_of_indices
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=200)
+    predictions = np.where(rng.random(200) < 0.6, labels, rng.integers(0, 3, size=200))  # class 3 rarely predicted
+    predictions[labels == 3] = 0  # ... and never right: F1 0, still weighted by its support
+    labels[:10] = IGNORE_INDEX
+    keep = labels != IGNORE_INDEX
+    expected = f1_score(labels[keep], predictions[keep], average="weighted", labels=np.unique(labels[keep]))
+    assert weighted_f1_of_indices(labels, predictions) == pytest.approx(expected)
+    names = np.array(["a", "b", "c", "d"])
+    assert weighted_f1(names[labels[keep]], names[predictions[keep]], list(names)) == pytest.approx(expected)
+    assert np.isnan(weighted_f1_of_indices(np.array([IGNORE_INDEX]), np.array([0])))

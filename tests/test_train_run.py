@@ -49,6 +49,8 @@ def test_cross_validation_writes_predictions_checkpoints_and_report(finished_run
             p.name for p in folder.iterdir()
         }
         assert not list(folder.glob("*.ckpt")), "the resume checkpoint is removed once a fold is done"
+        history = pd.read_csv(folder / "history.csv")  # every monitorable metric, every epoch
+        assert history["val_weighted_f1"].between(0, 1).all() and history["val_ua"].between(0, 1).all()
         card = json.loads((folder / "model.json").read_text())
         assert card["model"] == "dual_routing" and card["classes"] == list(synthetic_features.classes)
         assert card["features"]["audio"]["frame_stride"] == 4

@@ -296,7 +296,7 @@ def plan_summary(plan: Any, run: Mapping[str, Any] | None = None) -> dict[str, A
     }
 
 
-MONITOR_NAMES = {"val_ua": "val UA", "val_wa": "val WA", "val_loss": "val loss"}
+MONITOR_NAMES = {"val_ua": "val UA", "val_wa": "val WA", "val_weighted_f1": "val weighted F1", "val_loss": "val loss"}
 
 
 def run_monitor(config: Mapping[str, Any] | None) -> str:

@@ -34,7 +34,7 @@ import torch
 
 from emomix.constants import EDGES_KEY, IGNORE_INDEX, MODALITIES
 from emomix.errors import ConfigError, MissingDataError
-from emomix.metrics_core import unweighted_accuracy
+from emomix.metrics_core import unweighted_accuracy, weighted_f1
 from emomix.models.base import EmotionModel
 from emomix.models.collate import (
     EDGE_FIELD,
@@ -180,7 +180,7 @@ class FitResult:
     ``best_state``: a copy of the model's ``state_dict`` at the best epoch (highest validation UA;
     the last epoch without validation data), already loaded back into the model; ``history``: one
     dict per epoch with ``epoch``, ``loss`` (mean training loss), the mean of every named loss part,
-    ``val_ua`` and ``val_wa`` (when validating) and ``seconds``; ``best_epoch`` (1-based) and
+    ``val_ua``, ``val_wa`` and ``val_weighted_f1`` (when validating) and ``seconds``; ``best_epoch`` (1-based) and
     ``best_val_ua``; ``stopped_early`` when patience ran out; ``class_weights`` used (or None).
     """
 
@@ -265,6 +265,7 @@ def fit(
             probs, labels = predict(model, val_batches)
             record["val_ua"] = unweighted_accuracy(labels, probs.argmax(axis=1))
             record["val_wa"] = weighted_accuracy(labels, probs.argmax(axis=1))
+            record["val_weighted_f1"] = weighted_f1(labels, probs.argmax(axis=1))
         record["seconds"] = time.perf_counter() - started
         result.history.append(record)
         score = record.get("val_ua", -epoch)  # without validation the latest epoch counts as best

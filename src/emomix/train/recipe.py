@@ -28,7 +28,7 @@ from emomix.yamlio import load_yaml, load_yaml_value
 OPTIMISERS = ("adamw", "adam")
 SCHEDULES = ("none", "warmup_cosine", "onecycle", "plateau")
 CLASS_BALANCE = ("weights", "sampler", "none")
-MONITORS = ("val_ua", "val_wa", "val_loss")
+MONITORS = ("val_ua", "val_wa", "val_weighted_f1", "val_loss")
 AUGMENTATIONS = ("noise", "pitch")
 DATASETS_VARIABLE = "EMOMIX_DATASETS"
 DATASETS_PLACEHOLDER = "${datasets}"

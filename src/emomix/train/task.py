@@ -11,8 +11,8 @@ this file only says what a step computes and how parameters are optimised:
 * schedules: ``warmup_cosine`` (linear warm-up over ``warmup_epochs`` then cosine to zero, per
   step), ``onecycle`` (PyTorch's OneCycleLR peaking at each group's rate), ``plateau``
   (ReduceLROnPlateau on the monitored metric, per epoch) or ``none``;
-* validation UA/WA/loss per epoch (``val_ua``, ``val_wa``, ``val_loss``) for early stopping and
-  the learning curves.
+* validation UA/WA/weighted F1/loss per epoch (``val_ua``, ``val_wa``, ``val_weighted_f1``,
+  ``val_loss``) for early stopping and the learning curves.
 
 :class:`BestWeights` keeps the best epoch's weights as safetensors (never pickle) and
 :class:`HistoryWriter` appends one CSV row per epoch.
@@ -35,7 +35,7 @@ from torch import nn
 
 from emomix.constants import IGNORE_INDEX
 from emomix.errors import ConfigError
-from emomix.metrics_core import unweighted_accuracy
+from emomix.metrics_core import unweighted_accuracy, weighted_f1
 from emomix.models.base import EmotionModel
 from emomix.models.collate import batch_rows, flat_logits
 from emomix.models.inputs import Batch, DialogueBatch, ModelOutput
@@ -134,6 +134,7 @@ class EmotionTask(L.LightningModule):
         truth, predictions = labels[keep].numpy(), logits[keep].argmax(dim=-1).numpy()
         self.log("val_ua", unweighted_accuracy(truth, predictions), prog_bar=True, sync_dist=True)
         self.log("val_wa", float(np.mean(predictions == truth)), sync_dist=True)
+        self.log("val_weighted_f1", weighted_f1(truth, predictions), sync_dist=True)
         self.log("val_loss", float(nn.functional.cross_entropy(logits[keep], labels[keep])), sync_dist=True)
         self._validation = []
 
