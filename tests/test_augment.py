@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -86,3 +88,37 @@ def test_augment_table_renders_copies_once_and_deterministically(tmp_path):
         np.testing.assert_array_equal(first[old], sf.read(new)[0])
     assert training_ids_with_copies(["u0", "u3"], list(out["utt_id"])) == ["u0", "u3", *copies["utt_id"]]
     assert training_ids_with_copies(["u0", "u1"], list(out["utt_id"])) == ["u0", "u1"]
+
+
+def test_copies_are_found_when_the_store_is_relative_and_the_corpus_elsewhere(tmp_path, monkeypatch):
+    """A recipe's store is usually relative (``runs/<corpus>/features``) and its corpus root
+    elsewhere: the copies' paths must not be resolved against the corpus root."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    sf.write(corpus / "u0.wav", tone(0.3), 16000)
+    table = pd.DataFrame(
+        [{"utt_id": "u0", "audio_path": "u0.wav", "start": None, "end": None, "label": "b", "speaker": "s1"}]
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out = augment_table(table, AugmentConfig(kinds=("noise",), classes=["b"]), Path("runs/features/augmented"), corpus)
+    copy = out[out["utt_id"].map(is_augmented)]["audio_path"].item()
+    assert Path(copy).is_absolute() and Path(copy).exists()
+    assert Path(copy).parent == work / "runs" / "features" / "augmented"
+
+
+def test_a_failed_copy_stops_the_run_and_a_failed_corpus_file_is_announced():
+    from emomix.errors import MissingDataError
+    from emomix.train.run import check_feature_failures
+
+    table = pd.DataFrame({"utt_id": ["u0", "u1", "u1@aug-noise-0", "u1@aug-noise-1"]})
+    lines: list[str] = []
+    check_feature_failures([], table, lines.append)
+    assert lines == []
+    corrupt = {"utt_id": "u0", "reason": "unreadable", "message": "cannot read u0.wav"}
+    check_feature_failures([corrupt], table, lines.append)
+    assert len(lines) == 1 and "1 utterance(s) left out" in lines[0] and "cannot read u0.wav" in lines[0]
+    copy = {"utt_id": "u1@aug-noise-1", "reason": "missing file", "message": "cannot read u1@aug-noise-1.wav"}
+    with pytest.raises(MissingDataError, match=r"1 of 2 augmented copies have no features .*u1@aug-noise-1"):
+        check_feature_failures([corrupt, copy], table, lines.append)

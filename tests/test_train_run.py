@@ -333,3 +333,41 @@ def test_a_late_fusion_model_trains_its_parts_and_loads_as_one(synthetic_feature
     ids, probs, _, _ = predict_rows(model, module.test_dataloader())
     saved = pd.read_parquet(folder / "predictions.parquet").set_index("utt_id").loc[ids]
     assert abs(probs - saved[[f"prob_{c}" for c in card["classes"]]].to_numpy()).max() < 1e-5
+
+
+def test_augmented_copies_reach_training_with_a_relative_store_and_the_corpus_elsewhere(tmp_path, monkeypatch):
+    """The shipped recipes keep their store relative (runs/<corpus>/features) and read the corpus
+    from ${datasets}: the copies rendered beside the store must still be found and extracted."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from emomix.train.augment import is_augmented
+    from emomix.train.run import prepare_run
+
+    datasets = tmp_path / "corpora"
+    corpus = datasets / "tones"
+    corpus.mkdir(parents=True)
+    rows = ["utt_id,speaker,label,audio_path"]
+    for i in range(6):
+        t = np.arange(16000) / 16000
+        sf.write(corpus / f"u{i}.wav", 0.3 * np.sin(2 * np.pi * (120 + 30 * i) * t), 16000)
+        rows.append(f"u{i},spk{i % 3},{'ang' if i < 2 else 'neu'},u{i}.wav")
+    (corpus / "manifest.csv").write_text("\n".join(rows) + "\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("EMOMIX_DATASETS", str(datasets))
+    (work / "tones.yaml").write_text(
+        "name: tones\n"
+        'corpus: {reader: manifest, root: "${datasets}/tones", scheme: null}\n'
+        "protocol: {name: loso-speaker, params: {validation: none}}\n"
+        "features: {store: runs/features, audio: {encoder: {name: 'opensmile:eGeMAPSv02', level: functionals}}}\n"
+        "model: {name: early_fusion_audio}\n"
+        "training: {augment: {kinds: [noise], classes: [ang], copies: 2}}\n"
+    )
+    context = prepare_run(load_recipe(work / "tones.yaml"), work / "runs" / "tones", progress=False, log=lambda m: None)
+    copies = sorted(u for u in context.feature_set.features if is_augmented(u))
+    assert copies == ["u0@aug-noise-0", "u0@aug-noise-1", "u1@aug-noise-0", "u1@aug-noise-1"]
+    assert json.loads((work / "runs" / "tones" / "data.json").read_text())["feature_failures"] == []

@@ -62,10 +62,13 @@ def augment_table(
     table: pd.DataFrame, config: Any, out_dir: str | Path, base_dir: str | Path | None = None
 ) -> pd.DataFrame:
     """Render the augmented copies into ``out_dir`` (skipping files already there) and return the
-    table with their rows appended."""
+    table with their rows appended; a copy's ``audio_path`` is absolute, so it is found whatever
+    the corpus root."""
     from emomix.audio.io import load_audio
 
-    out_dir = Path(out_dir)
+    # absolute: the feature pipeline resolves a relative audio_path against the corpus root, and
+    # the copies live beside the feature store, not in the corpus
+    out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = set(augmented_classes(table, config.classes))
     sources = table[table["label"].isin(chosen)]

@@ -44,7 +44,7 @@ from emomix.jsonutil import to_jsonable
 from emomix.models import create_model, model_info
 from emomix.models.losses import inverse_frequency_alpha
 from emomix.models.saved import load_weights, predict_rows
-from emomix.train.augment import augment_table, training_ids_with_copies
+from emomix.train.augment import augment_table, is_augmented, training_ids_with_copies
 from emomix.train.checkpoint import AtomicCheckpointIO, remove_stale_temporaries, usable_checkpoint
 from emomix.train.data import EmotionDataModule
 from emomix.train.late_fusion import train_late_fusion
@@ -235,6 +235,7 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
     for modality, normaliser in feature_set.normalisers.items():
         write_text(out / f"normaliser-{modality}.json", json.dumps(normaliser.state_dict()))
     write_json(out / "data.json", data_summary(corpus, labelled, classes, plan, feature_set))
+    check_feature_failures(feature_set.failures, training_table, log)
     run_json = out / "run.json"
     info = json.loads(run_json.read_text()) if run_json.exists() else {"started": _now()}
     info.update(environment_info())
@@ -576,6 +577,29 @@ def model_card(
         "training": to_jsonable(dict(summary)),
         "emomix_version": emomix.__version__,
     }
+
+
+def check_feature_failures(failures: list[dict[str, str]], table: pd.DataFrame, log: Callable[[str], None]) -> None:
+    """Say how many utterances were left out because their features failed (they are listed in
+    ``data.json`` and the report). A corpus utterance that cannot be read is left out with a
+    warning; an augmented copy is the run's own file, so a failed copy stops the run: training
+    on fewer copies than the recipe asks would be a silently different experiment."""
+    if not failures:
+        return
+    copies = [f for f in failures if is_augmented(f["utt_id"])]
+    if copies:
+        rendered = int(table["utt_id"].map(is_augmented).sum())
+        first = copies[0]
+        raise MissingDataError(
+            f"{len(copies)} of {rendered} augmented copies have no features (first: {first['utt_id']}: "
+            f"{first.get('message') or first.get('reason')}); the run stops rather than train on fewer copies "
+            "than training.augment asks — data.json lists them all"
+        )
+    first = failures[0]
+    log(
+        f"warning: {len(failures)} utterance(s) left out because their features failed (first: {first['utt_id']}: "
+        f"{first.get('message') or first.get('reason')}); data.json and the report list them"
+    )
 
 
 def data_summary(
