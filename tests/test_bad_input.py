@@ -526,6 +526,11 @@ def _(c: Context):
     return c.cli("train", recipe(c.tmp, "fine"), "--seeds", "x")
 
 
+@case("cli-seeds-zero")
+def _(c: Context):
+    return c.cli("train", recipe(c.tmp, "fine"), "--seeds", "0")
+
+
 @case("cli-plot-without-timeline")
 def _(c: Context):
     return c.predict(write_wav(c.tmp / "a.wav"), "--plot", str(c.tmp / "t.png"))
