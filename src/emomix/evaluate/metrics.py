@@ -40,6 +40,7 @@ import pandas as pd
 from emomix.constants import IGNORE_INDEX
 from emomix.errors import LabelError
 from emomix.metrics_core import unweighted_accuracy as unweighted_accuracy_of_indices
+from emomix.metrics_core import weighted_f1 as weighted_f1_of_indices
 
 METRICS: tuple[str, ...] = ("ua", "wa", "macro_f1", "weighted_f1")
 METRIC_NAMES: dict[str, str] = {"ua": "UA", "wa": "WA", "macro_f1": "macro-F1", "weighted_f1": "weighted-F1"}
@@ -112,10 +113,17 @@ def unweighted_accuracy(y_true: Sequence[str], y_pred: Sequence[str], classes: S
     Labels are mapped to their index in ``classes`` (a true label outside ``classes`` is
     skipped) and handed to :func:`emomix.metrics_core.unweighted_accuracy`.
     """
+    truth, predicted = _indices(y_true, y_pred, classes)
+    return unweighted_accuracy_of_indices(truth, predicted)
+
+
+def _indices(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as class indices: a true label outside ``classes`` is ignored, a prediction outside
+    them is wrong for every class."""
     index = {c: i for i, c in enumerate(classes)}
     truth = np.array([index.get(c, IGNORE_INDEX) for c in y_true], dtype=np.int64)
     predicted = np.array([index.get(c, -1) for c in y_pred], dtype=np.int64)
-    return unweighted_accuracy_of_indices(truth, predicted)
+    return truth, predicted
 
 
 def weighted_accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
@@ -143,13 +151,11 @@ def _macro_f1(table: pd.DataFrame, y_pred: Sequence[str]) -> float:
 
 
 def weighted_f1(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> float:
-    """F1 averaged over classes weighted by support (NaN when ``y_true`` is empty)."""
-    table = per_class_metrics(y_true, y_pred, classes)
-    support = table["support"].to_numpy(dtype=float)
-    if support.sum() == 0:
-        return math.nan
-    present = support > 0
-    return float(np.sum(table["f1"].to_numpy()[present] * support[present]) / support.sum())
+    """F1 averaged over classes weighted by support (NaN when ``y_true`` is empty); labels mapped
+    to indices as for :func:`unweighted_accuracy`, then :func:`emomix.metrics_core.weighted_f1`
+    (the definition training monitors too)."""
+    truth, predicted = _indices(y_true, y_pred, classes)
+    return weighted_f1_of_indices(truth, predicted)
 
 
 def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
@@ -174,7 +180,7 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes
         "ua": unweighted_accuracy(y_true, y_pred, classes),
         "wa": float(np.trace(counts) / n) if n else math.nan,
         "macro_f1": _macro_f1(table, y_pred),
-        "weighted_f1": float(np.sum(table["f1"].to_numpy()[present] * support[present]) / n) if n else math.nan,
+        "weighted_f1": weighted_f1(y_true, y_pred, classes),
         "absent_classes": [c for c, p in zip(classes, present) if not p],
         "per_class": table,
         "confusion": counts,
