@@ -554,20 +554,22 @@ def test_batching_limits_are_validated():
 
 def test_queued_requests_that_time_out_are_dropped_and_the_next_one_is_served():
     """One at a time (max batch 1): the running prediction finishes in its thread, the requests
-    queued behind it time out with 504 and never reach the predictor."""
-    predictor = StandInPredictor(sleep_s=0.6)
-    app = create_app(predictor, ServiceLimits(max_batch_size=1, timeout_s=0.3))
+    queued behind it time out with 504 and never reach the predictor. (On a cold, loaded machine
+    even the first request may time out before its prediction starts: then none is predicted.
+    Were timed-out requests not dropped, all three would be predicted in turn.)"""
+    predictor = StandInPredictor(sleep_s=1.2)
+    app = create_app(predictor, ServiceLimits(max_batch_size=1, timeout_s=0.6))
     slow = [{"file": (f"{i}.wav", wav_bytes(0.5)), "text": "slow"} for i in range(3)]
     answers = asyncio.run(post_all(app, slow))
     for response in answers:
-        assert_error(response, 504, "timeout", "0.3 s")
+        assert_error(response, 504, "timeout", "0.6 s")
     deadline = time.monotonic() + 5
     while predictor.active and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert len(predictor.seen) == 1, "queued requests that timed out must be dropped, not predicted"
+    assert len(predictor.seen) <= 1, "queued requests that timed out must be dropped, not predicted"
     fine = asyncio.run(post_all(app, [{"file": ("ok.wav", wav_bytes(0.5)), "text": "fine"}]))[0]
     assert fine.status_code == 200 and fine.json()["transcript"] == "fine"
-    assert app.state.service.batcher.batch_sizes == {1: 2}
+    assert app.state.service.batcher.batch_sizes == {1: len(predictor.seen)}  # the fine request counts too
 
 
 def test_shutdown_answers_the_queued_requests_then_refuses_new_ones():
