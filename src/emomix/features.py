@@ -45,9 +45,10 @@ import numpy as np
 import pandas as pd
 
 from emomix.audio.alignment import as_word, words_to_frame_edges
-from emomix.cache.extract import ExtractSummary, PreprocessConfig, extract_features, namespace_for
+from emomix.cache.extract import ExtractSummary, PreprocessConfig, extract_features, namespace_for, with_text_context
 from emomix.cache.keys import encoder_part, feature_key
 from emomix.constants import EDGES_KEY, MODALITIES
+from emomix.data.dialogue import DialogueContext
 from emomix.encoders.normalisation import SpeakerNormaliser
 from emomix.encoders.registry import create_encoder
 from emomix.errors import ConfigError, MissingDataError
@@ -81,6 +82,10 @@ class FeatureSpec:
     and ``preprocess`` (default: the modality's, without a VAD mask, which only marks frames).
     ``speaker_statistics``: ``auto`` (per speaker, unless the fold plan finds speakers and labels
     confounded: then global, with a warning), ``speaker`` or ``global``.
+    ``context`` (text only): ``{turns: k, speakers: true}`` gives the encoders each transcript
+    followed by its ``k`` preceding turns of the dialogue, most recent first and separated by the
+    tokenizer's separator (:mod:`emomix.data.dialogue`); both the token encoder and the
+    ``utterance`` encoder read that input, and the store keys it as its own.
     """
 
     modality: str
@@ -94,6 +99,7 @@ class FeatureSpec:
     batch_size: int = 8
     utterance: Any = None
     speaker_statistics: str = "auto"
+    context: Any = None
 
     @classmethod
     def from_dict(cls, modality: str, values: Mapping[str, Any]) -> FeatureSpec:
@@ -152,6 +158,18 @@ class FeatureSpec:
                 "trainable_top_layers (it would change the encoder's internal states)"
             )
         PreprocessConfig.from_dict(self.preprocess)  # names a bad preprocess key now, not hours later
+        if self.context is not None and self.modality != "text":
+            raise ConfigError(
+                f"features.{self.modality}.context: dialogue context goes into transcripts; set it under features.text"
+            )
+        self.dialogue_context()
+
+    def dialogue_context(self) -> DialogueContext | None:
+        """The ``context`` block parsed (None without one)."""
+        try:
+            return DialogueContext.from_dict(self.context)
+        except ConfigError as exc:
+            raise ConfigError(f"features.{self.modality}.{exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -174,7 +192,7 @@ class FeatureSpec:
     def extractions(self, encoder: Any) -> list[dict[str, Any]]:
         """What :func:`build_features` puts in the store for this spec, as plain data: one dict per
         encoder run (``role`` ``<modality>`` or ``<modality>_pooled``, ``encoder`` spec,
-        ``preprocess``, ``layers``, ``boundary_layer``, ``batch_size``). ``emomix extract`` runs
+        ``preprocess``, ``layers``, ``boundary_layer``, ``batch_size``, ``context``). ``emomix extract`` runs
         these, so its entries are the ones a training run with this spec looks up."""
         runs = [
             {
@@ -184,6 +202,7 @@ class FeatureSpec:
                 "layers": list(self.layers),
                 "boundary_layer": self.boundary_layer(encoder),
                 "batch_size": int(self.batch_size),
+                "context": self.context,
             }
         ]
         if self.utterance is not None:
@@ -195,6 +214,7 @@ class FeatureSpec:
                     "layers": [],
                     "boundary_layer": None,
                     "batch_size": int(self.batch_size),
+                    "context": self.context,
                 }
             )
         return runs
@@ -374,8 +394,9 @@ def build_features(
         if getattr(encoder, "modality", modality) != modality:
             raise ConfigError(f"features.{modality}: encoder {spec.encoder!r} takes {encoder.modality}, not {modality}")
         boundary = spec.boundary_layer(encoder)
+        inputs = with_text_context(table, spec.dialogue_context(), encoder)  # the table itself without context
         arrays, summary = _stored_arrays(
-            table, encoder, store, spec.preprocess, spec.batch_size, spec.layers, boundary, base_dir, progress
+            inputs, encoder, store, spec.preprocess, spec.batch_size, spec.layers, boundary, base_dir, progress
         )
         result.summaries[modality] = summary.to_dict()
         for failure in summary.failures:
@@ -404,7 +425,7 @@ def build_features(
                 )
             built_encoders[key] = utterance_encoder
             vectors, summary = _stored_arrays(
-                table,
+                with_text_context(table, spec.dialogue_context(), utterance_encoder),
                 utterance_encoder,
                 store,
                 spec.utterance_preprocess(),

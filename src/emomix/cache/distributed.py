@@ -41,7 +41,8 @@ class EncoderRun:
     ``encoder``: a :func:`~emomix.encoders.registry.create_encoder` spec; ``preprocess``:
     :class:`~emomix.cache.extract.PreprocessConfig` fields; ``layers``/``boundary_layer`` as
     :func:`~emomix.cache.extract.extract_features` takes them; ``role``: a label for the summary
-    (a recipe's ``audio`` or ``audio_pooled``).
+    (a recipe's ``audio`` or ``audio_pooled``); ``context``: a text spec's dialogue context
+    (:class:`~emomix.data.dialogue.DialogueContext` fields), applied to the transcripts first.
     """
 
     encoder: Any
@@ -50,6 +51,7 @@ class EncoderRun:
     boundary_layer: int | None = None
     batch_size: int = 8
     role: str = ""
+    context: dict[str, Any] | None = None
 
 
 @dataclass
@@ -82,8 +84,9 @@ def extract_corpus(
     :class:`~emomix.cache.extract.ExtractSummary` per encoder run. ``worker`` names the worker
     store to write through (needed when ``num_shards > 1``); ``encoders``: already built
     encoders, one per run (built from the specs otherwise)."""
-    from emomix.cache.extract import extract_features
+    from emomix.cache.extract import extract_features, with_text_context
     from emomix.cache.store import FeatureStore
+    from emomix.data.dialogue import DialogueContext
     from emomix.data.readers import read_corpus
     from emomix.encoders.registry import create_encoder
 
@@ -104,7 +107,7 @@ def extract_corpus(
                 model = model.to(device)
             summaries.append(
                 extract_features(
-                    table,
+                    with_text_context(table, DialogueContext.from_dict(run.context), model),
                     model,
                     store,
                     preprocess=run.preprocess,

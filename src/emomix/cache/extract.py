@@ -35,6 +35,7 @@ from emomix.cache.keys import (
 from emomix.cache.memory import MemoryStore
 from emomix.cache.store import FeatureStore
 from emomix.constants import SAMPLE_RATE
+from emomix.data.dialogue import DialogueContext, with_dialogue_context
 from emomix.errors import ConfigError, EmomixError, MissingDataError
 
 VAD_BACKENDS = ("webrtc", "silero")
@@ -227,6 +228,21 @@ class _WorkItem:
     end: float | None
     text: str | None
     length: float
+
+
+def context_separator(encoder: Any) -> str:
+    """What separates turns in a context input: the encoder tokenizer's separator token
+    (``" [SEP] "`` for BERT/MiniLM, ``" </s> "`` for RoBERTa), else ``" | "``."""
+    token = getattr(getattr(encoder, "tokenizer", None), "sep_token", None)
+    return f" {token} " if isinstance(token, str) and token.strip() else " | "
+
+
+def with_text_context(table: pd.DataFrame, context: DialogueContext | None, encoder: Any) -> pd.DataFrame:
+    """``table`` with each transcript followed by its preceding turns, as ``encoder`` reads them
+    (:func:`emomix.data.dialogue.with_dialogue_context`); the table itself when ``context`` is None."""
+    if context is None:
+        return table
+    return with_dialogue_context(table, context, context_separator(encoder))
 
 
 def namespace_for(encoder: Any) -> str:

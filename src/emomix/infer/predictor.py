@@ -28,6 +28,9 @@ Choices, each documented in docs/inference.md:
   transcript (the text encoder's special tokens only). Either way ``notes`` says so.
 * **Dialogue models** (MiSTER-E) predict a single utterance as a one-utterance dialogue (no
   context); :meth:`Predictor.predict_dialogue` predicts a list of turns as one conversation.
+  The same holds for a model whose text features carry dialogue context (``features.text.context``):
+  :meth:`Predictor.predict_dialogue` gives each turn its predecessors, as in training; a single
+  prediction has none, like a dialogue's first turn.
 """
 
 from __future__ import annotations
@@ -47,9 +50,10 @@ import soundfile as sf
 import torch
 
 from emomix.audio.io import audio_duration, decode_audio_bytes, load_audio, to_mono
-from emomix.cache.extract import PreprocessConfig, extract_features
+from emomix.cache.extract import PreprocessConfig, extract_features, with_text_context
 from emomix.cache.memory import MemoryStore
 from emomix.constants import IGNORE_INDEX
+from emomix.data.dialogue import UNKNOWN_SPEAKER
 from emomix.data.schema import make_table
 from emomix.encoders.normalisation import SpeakerNormaliser
 from emomix.encoders.registry import create_encoder
@@ -66,7 +70,6 @@ from emomix.models.inputs import Batch, DialogueBatch
 from emomix.models.mister_e import MisterE
 from emomix.models.saved import WEIGHTS_FILE, TrainedModel, predict_rows
 
-UNKNOWN_SPEAKER = "<unknown speaker>"
 ITEM_KEYS = ("audio", "text", "sample_rate", "speaker", "video")
 AUDIO_ONLY_NOTE = "no transcript: audio-only"
 EMPTY_TEXT_NOTE = "no transcript: the model ran on an empty transcript (text encoder special tokens only)"
@@ -310,8 +313,11 @@ class Predictor:
     def predict_dialogue(self, turns: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Predict the turns of one conversation, in order (dicts like :meth:`predict_many`'s).
 
-        A dialogue model sees the turns as one dialogue (each prediction uses its context); an
-        utterance model predicts each turn on its own. Any failing turn raises its error, since a
+        A dialogue model sees the turns as one dialogue (each prediction uses its context), and so
+        does an utterance model whose text features carry dialogue context (each transcript is
+        followed by its predecessors, as in training); any other utterance model predicts each
+        turn on its own. Give ``speaker`` per turn when the model was trained with speaker names
+        in its context. Any failing turn raises its error, since a
         conversation with a hole would change every other turn's context.
         """
         if not turns:
@@ -351,7 +357,7 @@ class Predictor:
             if not ready:
                 return out
             try:
-                features = self._features(ready)
+                features = self._features(ready, as_dialogue)
             except EmomixError as exc:
                 for item in ready:
                     out[item.index] = exc
@@ -495,9 +501,10 @@ class Predictor:
             self._asr_searched = True
         return self._asr or None
 
-    def _features(self, items: Sequence[_Item]) -> _Features:
-        """One :func:`build_features` call for the items (one table row each)."""
-        table = self._table(items)
+    def _features(self, items: Sequence[_Item], as_dialogue: bool = False) -> _Features:
+        """One :func:`build_features` call for the items (one table row each; one dialogue when
+        ``as_dialogue``, else each item its own, so no item becomes another's context)."""
+        table = self._table(items, as_dialogue)
         try:
             feature_set = build_features(
                 table,
@@ -513,7 +520,7 @@ class Predictor:
             failures: dict[str, dict[str, str]] = {}
             for modality, spec in self.specs.items():
                 summary = extract_features(
-                    table,
+                    with_text_context(table, spec.dialogue_context(), self.encoders[modality]),
                     self.encoders[modality],
                     MemoryStore(),
                     preprocess=PreprocessConfig.from_dict(spec.preprocess),
@@ -527,7 +534,7 @@ class Predictor:
             return _Features(None, {u: _failure_error(f, items) for u, f in failures.items()})
         return _Features(feature_set, {f["utt_id"]: _failure_error(f, items) for f in feature_set.failures})
 
-    def _table(self, items: Sequence[_Item]) -> Any:
+    def _table(self, items: Sequence[_Item], as_dialogue: bool = False) -> Any:
         rows = []
         for item in items:
             rows.append(
@@ -537,8 +544,8 @@ class Predictor:
                     "audio_path": item.audio_path,
                     "text": item.text,
                     "speaker": item.speaker or UNKNOWN_SPEAKER,
-                    "dialogue_id": "inference",
-                    "turn": item.index,
+                    "dialogue_id": "inference" if as_dialogue else f"inference-{item.utt_id}",
+                    "turn": item.index if as_dialogue else 0,
                     "video_path": item.video_path,
                 }
             )

@@ -205,7 +205,10 @@ def prepare_run(recipe: Recipe, out: Path, progress: bool = True, log: Callable[
     write_text(config_path, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
 
     store_path = Path(recipe.features.get("store") or out / "features")
-    encoders = ", ".join(f"{m}={spec.encoder}" for m, spec in recipe.feature_specs().items())
+    encoders = ", ".join(
+        f"{m}={spec.encoder}" + (f" (with {c.turns} preceding turn(s))" if (c := spec.dialogue_context()) else "")
+        for m, spec in recipe.feature_specs().items()
+    )
     log(f"features: {encoders} → store {store_path}")
     training_table = labelled
     augment = recipe.training.augment_config()

@@ -1,0 +1,169 @@
+"""Dialogue context inside the text encoder's input (``features.text.context``): each transcript
+followed by its preceding turns, keyed in the store as inputs of their own, applied the same way
+by training, ``emomix extract`` and inference."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from emomix.cache.extract import context_separator, with_text_context
+from emomix.cache.memory import MemoryStore
+from emomix.data.dialogue import UNKNOWN_SPEAKER, DialogueContext, with_dialogue_context
+from emomix.data.schema import make_table
+from emomix.errors import ConfigError
+from emomix.features import FeatureSpec, build_features
+from synthetic_features import fold_test_items
+
+SEP = " [SEP] "
+
+
+def _table(rows):
+    return make_table([{"corpus": "t", **row} for row in rows])
+
+
+@pytest.fixture()
+def dialogue():
+    # rows deliberately out of turn order, two dialogues interleaved
+    return _table(
+        [
+            {"utt_id": "a2", "speaker": "Ross", "dialogue_id": "A", "turn": 2, "text": "Or the bank."},
+            {"utt_id": "b0", "speaker": "Joey", "dialogue_id": "B", "turn": 0, "text": "How you doin?"},
+            {"utt_id": "a0", "speaker": "Phoebe", "dialogue_id": "A", "turn": 0, "text": " He lost it. "},
+            {"utt_id": "a1", "speaker": "Monica", "dialogue_id": "A", "turn": 1, "text": "What?"},
+            {"utt_id": "a3", "speaker": "Ross", "dialogue_id": "A", "turn": 3, "text": "   "},
+            {"utt_id": "a4", "speaker": "Monica", "dialogue_id": "A", "turn": 4, "text": "No."},
+            {"utt_id": "solo", "speaker": UNKNOWN_SPEAKER, "text": "Alone."},
+        ]
+    )
+
+
+def test_each_turn_is_followed_by_its_predecessors_most_recent_first(dialogue):
+    out = with_dialogue_context(dialogue, DialogueContext(turns=2, speakers=True), SEP)
+    text = dict(zip(out["utt_id"], out["text"]))
+    assert text["a0"] == "Phoebe: He lost it."
+    assert text["a1"] == "Monica: What? [SEP] Phoebe: He lost it."
+    assert text["a2"] == "Ross: Or the bank. [SEP] Monica: What? [SEP] Phoebe: He lost it."
+    # a blank turn keeps its (blank) text, so empty-text handling still applies, and is no one's context
+    assert text["a3"] == "   "
+    assert text["a4"] == "Monica: No. [SEP] Ross: Or the bank. [SEP] Monica: What?"
+    assert text["b0"] == "Joey: How you doin?"  # the other dialogue does not leak in
+    assert text["solo"] == "Alone."  # no dialogue: its own text; an unknown speaker is never named
+    # only the text changed, and the input table is untouched
+    assert list(out["utt_id"]) == list(dialogue["utt_id"])
+    assert out.drop(columns="text").equals(dialogue.drop(columns="text"))
+    assert dialogue.loc[dialogue["utt_id"] == "a1", "text"].item() == "What?"
+
+
+def test_without_speakers_and_with_one_turn(dialogue):
+    out = with_dialogue_context(dialogue, DialogueContext(turns=1, speakers=False), SEP)
+    text = dict(zip(out["utt_id"], out["text"]))
+    assert text["a0"] == "He lost it."
+    assert text["a2"] == "Or the bank. [SEP] What?"
+    assert text["a4"] == "No. [SEP] Or the bank."
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"turns": 0}, "at least 1"),
+        ({"turns": 2.5}, "whole number"),
+        ({"turns": True}, "whole number"),
+        ({"turns": 2, "speaker": True}, "unknown key"),
+        ({"turns": 2, "speakers": "yes"}, "true or false"),
+        ("two", "must be a mapping"),
+    ],
+)
+def test_a_bad_context_block_is_named(block, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        FeatureSpec.from_dict("text", {"encoder": "minilm", "context": block})
+    assert "features.text.context" in str(caught.value)
+
+
+def test_context_belongs_to_text_only():
+    with pytest.raises(ConfigError, match="set it under features.text"):
+        FeatureSpec.from_dict("audio", {"encoder": "mfcc", "context": {"turns": 2}})
+    spec = FeatureSpec.from_dict("text", {"encoder": "minilm", "context": {"turns": 3}})
+    assert spec.dialogue_context() == DialogueContext(turns=3, speakers=True)
+    assert all(run["context"] == {"turns": 3} for run in spec.extractions(object()))  # emomix extract applies it
+    assert FeatureSpec.from_dict("text", spec.to_dict()).dialogue_context() == spec.dialogue_context()  # card
+
+
+def test_the_separator_is_the_tokenizers_own():
+    class Tok:
+        sep_token = "</s>"
+
+    assert context_separator(type("E", (), {"tokenizer": Tok()})()) == " </s> "
+    assert context_separator(object()) == " | "
+    with pytest.raises(ConfigError, match="separator"):
+        with_dialogue_context(_table([{"utt_id": "x", "speaker": "s", "text": "hi"}]), DialogueContext(), "  ")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from emomix.encoders.registry import create_encoder
+
+    return create_encoder("minilm")
+
+
+def test_build_features_encodes_the_context_and_the_store_keys_it_apart(minilm):
+    table = _table(
+        [
+            {"utt_id": f"u{t}", "speaker": s, "dialogue_id": "d", "turn": t, "text": x}
+            for t, (s, x) in enumerate([("Ann", "I got the job!"), ("Bob", "Oh."), ("Ann", "You could sound happier.")])
+        ]
+    )
+    store = MemoryStore()
+    plain = build_features(
+        table,
+        {"text": FeatureSpec.from_dict("text", {"encoder": "minilm"})},
+        store,
+        encoders={"text": minilm},
+        progress=False,
+    )
+    spec = FeatureSpec.from_dict("text", {"encoder": "minilm", "context": {"turns": 2, "speakers": False}})
+    first = build_features(table, {"text": spec}, store, encoders={"text": minilm}, progress=False)
+    assert first.summaries["text"]["computed"] == 2  # turn 0 has no context: its plain entry is reused
+    states = {u: first.features[u]["text"]["states"] for u in first.utt_ids}
+    assert np.array_equal(states["u0"], plain.features["u0"]["text"]["states"])
+    for later in ("u1", "u2"):
+        assert states[later].shape[0] > plain.features[later]["text"]["states"].shape[0]  # more tokens
+    again = build_features(table, {"text": spec}, store, encoders={"text": minilm}, progress=False)
+    assert again.summaries["text"]["cached"] == 3 and again.summaries["text"]["computed"] == 0
+    expected = with_text_context(table, spec.dialogue_context(), minilm)
+    assert expected.loc[2, "text"] == "You could sound happier. [SEP] Oh. [SEP] I got the job!"
+
+
+@pytest.fixture(scope="module")
+def context_run(trained_synthetic_run, tmp_path_factory):
+    """The trained synthetic run with its text features declared with dialogue context (the
+    weights are the run's own: what is tested is which text reaches the encoder)."""
+    run = tmp_path_factory.mktemp("context") / "run"
+    shutil.copytree(trained_synthetic_run, run)
+    for card_path in run.glob("folds/*/seed-*/model.json"):
+        card = json.loads(card_path.read_text())
+        card["features"]["text"]["context"] = {"turns": 2, "speakers": True}
+        card_path.write_text(json.dumps(card))
+    return run
+
+
+def test_inference_gives_context_to_a_dialogues_turns_only(context_run, synthetic_features):
+    from emomix.infer.predictor import Predictor
+
+    predictor = Predictor.from_run(context_run, asr=False)
+    items, _ = fold_test_items(context_run, synthetic_features, "ses01", 3)
+    alone = [predictor.predict(**item) for item in items]
+    many = predictor.predict_many(items)
+    conversation = predictor.predict_dialogue(items)
+
+    def p(result):
+        return np.array([result["probabilities"][c] for c in predictor.classes])
+
+    for single, batched in zip(alone, many):  # a batch of separate utterances is not a dialogue
+        assert np.allclose(p(single), p(batched), atol=1e-6)
+    assert np.allclose(p(conversation[0]), p(alone[0]), atol=1e-6)  # the first turn has no predecessor
+    assert not np.allclose(p(conversation[2]), p(alone[2]), atol=1e-6)  # later turns read their context
+    assert predictor.info()["features"]["text"]["context"] == {"turns": 2, "speakers": True}
