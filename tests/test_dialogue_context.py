@@ -86,9 +86,12 @@ def test_a_bad_context_block_is_named(block, message):
 def test_context_belongs_to_text_only():
     with pytest.raises(ConfigError, match="set it under features.text"):
         FeatureSpec.from_dict("audio", {"encoder": "mfcc", "context": {"turns": 2}})
-    spec = FeatureSpec.from_dict("text", {"encoder": "minilm", "context": {"turns": 3}})
+    spec = FeatureSpec.from_dict(
+        "text", {"encoder": "minilm", "context": {"turns": 3}, "utterance": {"name": "minilm", "pool": "sentence"}}
+    )
     assert spec.dialogue_context() == DialogueContext(turns=3, speakers=True)
-    assert all(run["context"] == {"turns": 3} for run in spec.extractions(object()))  # emomix extract applies it
+    # emomix extract applies it to the token encoder; the utterance vector reads the plain transcript
+    assert [run["context"] for run in spec.extractions(object())] == [{"turns": 3}, None]
     assert FeatureSpec.from_dict("text", spec.to_dict()).dialogue_context() == spec.dialogue_context()  # card
 
 
@@ -135,6 +138,24 @@ def test_build_features_encodes_the_context_and_the_store_keys_it_apart(minilm):
     assert again.summaries["text"]["cached"] == 3 and again.summaries["text"]["computed"] == 0
     expected = with_text_context(table, spec.dialogue_context(), minilm)
     assert expected.loc[2, "text"] == "You could sound happier. [SEP] Oh. [SEP] I got the job!"
+    # the utterance vector is the utterance's own: equal with and without context
+    sentence = {"name": "minilm", "pool": "sentence"}
+    with_vector = {
+        name: build_features(
+            table,
+            {"text": FeatureSpec.from_dict("text", {"encoder": "minilm", "utterance": sentence, **extra})},
+            store,
+            encoders={"text": minilm, "text_pooled": minilm},
+            progress=False,
+        )
+        for name, extra in (("plain", {}), ("context", {"context": {"turns": 2}}))
+    }
+    for u in ("u1", "u2"):
+        pooled = [with_vector[name].features[u]["text"]["pooled"] for name in ("plain", "context")]
+        assert np.array_equal(*pooled)
+        assert not np.array_equal(
+            with_vector["plain"].features[u]["text"]["states"], with_vector["context"].features[u]["text"]["states"]
+        )
 
 
 @pytest.fixture(scope="module")

@@ -84,8 +84,9 @@ class FeatureSpec:
     confounded: then global, with a warning), ``speaker`` or ``global``.
     ``context`` (text only): ``{turns: k, speakers: true}`` gives the encoders each transcript
     followed by its ``k`` preceding turns of the dialogue, most recent first and separated by the
-    tokenizer's separator (:mod:`emomix.data.dialogue`); both the token encoder and the
-    ``utterance`` encoder read that input, and the store keys it as its own.
+    tokenizer's separator (:mod:`emomix.data.dialogue`), and the store keys it as its own. Only the
+    token encoder reads it: the ``utterance`` vector stays the utterance's own (a sentence vector
+    of several turns is mostly context; on MELD it scored 0.470 weighted F1 alone, against 0.568).
     """
 
     modality: str
@@ -214,7 +215,7 @@ class FeatureSpec:
                     "layers": [],
                     "boundary_layer": None,
                     "batch_size": int(self.batch_size),
-                    "context": self.context,
+                    "context": None,
                 }
             )
         return runs
@@ -425,7 +426,7 @@ def build_features(
                 )
             built_encoders[key] = utterance_encoder
             vectors, summary = _stored_arrays(
-                with_text_context(table, spec.dialogue_context(), utterance_encoder),
+                table,  # the utterance's own transcript: the context is the token view's
                 utterance_encoder,
                 store,
                 spec.utterance_preprocess(),
