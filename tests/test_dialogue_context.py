@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
+from emomix.cache.distributed import EncoderRun
 from emomix.cache.extract import context_separator, with_text_context
 from emomix.cache.memory import MemoryStore
 from emomix.data.dialogue import UNKNOWN_SPEAKER, DialogueContext, with_dialogue_context
@@ -91,7 +92,9 @@ def test_context_belongs_to_text_only():
     )
     assert spec.dialogue_context() == DialogueContext(turns=3, speakers=True)
     # emomix extract applies it to the token encoder; the utterance vector reads the plain transcript
-    assert [run["context"] for run in spec.extractions(object())] == [{"turns": 3}, None]
+    runs = spec.extractions(object())
+    assert [run["context"] for run in runs] == [{"turns": 3}, None]
+    assert [EncoderRun(**run).context for run in runs] == [{"turns": 3}, None]
     assert FeatureSpec.from_dict("text", spec.to_dict()).dialogue_context() == spec.dialogue_context()  # card
 
 
@@ -188,3 +191,35 @@ def test_inference_gives_context_to_a_dialogues_turns_only(context_run, syntheti
     assert np.allclose(p(conversation[0]), p(alone[0]), atol=1e-6)  # the first turn has no predecessor
     assert not np.allclose(p(conversation[2]), p(alone[2]), atol=1e-6)  # later turns read their context
     assert predictor.info()["features"]["text"]["context"] == {"turns": 2, "speakers": True}
+
+
+def test_emomix_extract_with_a_context_block_stores_what_training_looks_up(tmp_path, capsys):
+    """`emomix extract` given a text block with context fills the entries build_features reads:
+    the token states of the context inputs and the utterance vectors of the plain transcripts."""
+    import yaml
+
+    from emomix.cache.store import FeatureStore
+    from emomix.data.readers import read_corpus
+    from emomix.features import parse_feature_specs
+    from test_extract import run_cli
+
+    turns = ["I got the job!", "Oh.", "You could sound happier.", "Sorry. Congratulations!"]
+    lines = ["utt_id,speaker,text,dialogue_id,turn,label"]
+    lines += [f"u{t},{'AB'[t % 2]},{text},d0,{t},neutral" for t, text in enumerate(turns)]
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    block = {
+        "encoder": "minilm",
+        "trainable_top_layers": 2,
+        "context": {"turns": 2, "speakers": True},
+        "utterance": {"name": "minilm", "pool": "sentence"},
+    }
+    (tmp_path / "text.yaml").write_text(yaml.safe_dump(block))
+    store = tmp_path / "store"
+    argv = ["extract", "manifest", str(tmp_path / "manifest.csv"), "--encoder", str(tmp_path / "text.yaml")]
+    code, out, err = run_cli([*argv, "--store", str(store), "--no-progress", "--json"], capsys)
+    assert code == 0, err
+    corpus = read_corpus("manifest", tmp_path / "manifest.csv")
+    with FeatureStore(store) as opened:
+        features = build_features(corpus.table, parse_feature_specs({"text": block}), opened, progress=False)
+    for role in ("text", "text_pooled"):
+        assert (features.summaries[role]["cached"], features.summaries[role]["computed"]) == (4, 0), role
