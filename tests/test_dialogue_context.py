@@ -218,6 +218,8 @@ def test_emomix_extract_with_a_context_block_stores_what_training_looks_up(tmp_p
     argv = ["extract", "manifest", str(tmp_path / "manifest.csv"), "--encoder", str(tmp_path / "text.yaml")]
     code, out, err = run_cli([*argv, "--store", str(store), "--no-progress", "--json"], capsys)
     assert code == 0, err
+    summary = json.loads(out)
+    assert (summary["computed"], summary["utterance"]["computed"]) == (4, 4)
     corpus = read_corpus("manifest", tmp_path / "manifest.csv")
     with FeatureStore(store) as opened:
         features = build_features(corpus.table, parse_feature_specs({"text": block}), opened, progress=False)
