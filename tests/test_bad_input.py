@@ -417,6 +417,14 @@ def _(c: Context):
     return c.cli("train", recipe(c.tmp, "typo", lambda r: r["training"].update(epoch=3)), "--out", c.tmp / "run")
 
 
+@case("recipe-context-typo")
+def _(c: Context):
+    def change(r: dict) -> None:
+        r["features"]["text"]["context"] = {"turns": 2, "speaker": True}
+
+    return c.cli("train", recipe(c.tmp, "typo", change), "--out", c.tmp / "run")
+
+
 @case("recipe-unknown-block")
 def _(c: Context):
     return c.cli("train", recipe(c.tmp, "typo", lambda r: r.update(trainig={})), "--out", c.tmp / "run")
