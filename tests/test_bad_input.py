@@ -390,7 +390,7 @@ def _(c: Context):
 @case("manifest-predict-no-audio-column")
 def _(c: Context):
     write_wav(c.tmp / "a.wav")
-    (c.tmp / "list.csv").write_text("path,text\na.wav,hi\n")
+    (c.tmp / "list.csv").write_text("path,speaker\na.wav,s1\n")
     return c.predict(c.tmp / "list.csv")
 
 

@@ -386,3 +386,46 @@ def test_the_inference_table_equals_make_table_and_its_records_equal_pandas():
             for name, value in want.items():
                 assert type(have[name]) is type(value), name
                 assert repr(have[name]) == repr(value), name
+
+
+@pytest.fixture(scope="module")
+def text_only_checkpoint(trained_synthetic_run, tmp_path_factory):
+    """An untrained text-only model (early_fusion_text) on the run's text features."""
+    from emomix.models import create_model
+    from emomix.models.saved import TrainedModel, save_weights
+
+    card = json.loads((trained_synthetic_run / "folds" / FOLD / "seed-0" / "model.json").read_text())
+    torch.manual_seed(0)
+    model = create_model("early_fusion_text", {}, {"text": card["input_dims"]["text"]}, len(card["classes"]))
+    run = tmp_path_factory.mktemp("text-only") / "run"
+    folder = run / "folds" / FOLD / "seed-0"
+    folder.mkdir(parents=True)
+    save_weights(TrainedModel(model).trainable_state(), folder / "model.safetensors")
+    card.update(
+        model="early_fusion_text",
+        config=model.config.to_dict(),
+        input_dims={"text": card["input_dims"]["text"]},
+        features={"text": card["features"]["text"]},
+    )
+    (folder / "model.json").write_text(json.dumps(card))
+    return run
+
+
+def test_cli_predicts_a_transcripts_only_manifest_with_a_text_model(
+    cli, text_only_checkpoint, trained_synthetic_run, tmp_path
+):
+    manifest = tmp_path / "lines.csv"
+    manifest.write_text(
+        'text,speaker\n"I got the job, this is the best day ever!",joey\n,\n"Why would you do that?",\n'
+    )
+    out = tmp_path / "lines.jsonl"
+    result = CliRunner().invoke(cli, ["predict", str(text_only_checkpoint), str(manifest), "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "2 predicted, 0 failed" in result.output  # the row with neither audio nor text is skipped
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["transcript"] for r in rows] == ["I got the job, this is the best day ever!", "Why would you do that?"]
+    assert all(sum(r["probabilities"].values()) == pytest.approx(1.0) for r in rows)
+    assert rows[1]["input"] == "text: Why would you do that?"
+    # an audio model given transcripts only: each row says it needs audio, none is guessed
+    failed = CliRunner().invoke(cli, ["predict", str(trained_synthetic_run), str(manifest), "-q"])
+    assert isinstance(failed.exception, MissingDataError) and "reads audio" in str(failed.exception)

@@ -48,7 +48,7 @@ def predict(
     source: Path = typer.Argument(
         ...,
         help="An audio file, a folder of audio files (wav/flac/ogg/mp3), or a CSV manifest "
-        "with audio_path[,text,speaker].",
+        "with audio_path[,text,speaker] (text[,speaker] alone for a text-only model).",
     ),
     text: str | None = typer.Option(
         None, "--text", help="The transcript (a single audio file only; a manifest has a text column)."

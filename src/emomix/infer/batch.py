@@ -57,23 +57,27 @@ def collect_inputs(
 
 
 def read_manifest(path: Path) -> list[dict[str, Any]]:
-    """Rows of a CSV with ``audio_path`` (relative paths are relative to the CSV) and optional
-    ``text``, ``speaker`` and ``video_path`` columns; an empty cell means none."""
+    """Rows of a CSV with ``audio_path`` (relative paths are relative to the CSV) and/or ``text``,
+    and optional ``speaker`` and ``video_path`` columns; an empty cell means none. A manifest
+    without ``audio_path`` (transcripts only) is for text-only models; a row with neither audio
+    nor text is skipped."""
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in reader.fieldnames or []]
-        if "audio_path" not in columns:
+        if "audio_path" not in columns and "text" not in columns:
             raise ConfigError(
-                f"{path}: a manifest needs an audio_path column (optional: text, speaker); it has "
+                f"{path}: a manifest needs an audio_path or a text column (optional: speaker, video_path); it has "
                 f"{', '.join(columns) or 'no header'}"
             )
         items = []
         for row in reader:
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            if not row.get("audio_path"):
+            if not row.get("audio_path") and not row.get("text"):
                 continue
-            audio = Path(row["audio_path"]).expanduser()
-            item: dict[str, Any] = {"audio": str(audio if audio.is_absolute() else path.parent / audio)}
+            item: dict[str, Any] = {}
+            if row.get("audio_path"):
+                audio = Path(row["audio_path"]).expanduser()
+                item["audio"] = str(audio if audio.is_absolute() else path.parent / audio)
             if row.get("text"):
                 item["text"] = row["text"]
             if row.get("speaker"):
@@ -83,13 +87,18 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
                 item["video"] = str(video if video.is_absolute() else path.parent / video)
             items.append(item)
     if not items:
-        raise MissingDataError(f"{path}: the manifest lists no audio file")
+        raise MissingDataError(f"{path}: the manifest lists no audio file and no transcript")
     return items
 
 
 # ---------------------------------------------------------------------------------------------
 # Running
 # ---------------------------------------------------------------------------------------------
+
+
+def input_name(item: Mapping[str, Any]) -> str:
+    """What an output row calls its input: the audio path, else the transcript."""
+    return str(item["audio"]) if item.get("audio") is not None else f"text: {item.get('text', '')}"
 
 
 def run_predictions(
@@ -105,7 +114,7 @@ def run_predictions(
         for start in range(0, len(items), batch_size):
             chunk = list(items[start : start + batch_size])
             for item, result in zip(chunk, predictor.predict_many(chunk, batch_size=batch_size)):
-                results.append({"input": item["audio"], **{k: v for k, v in result.items() if k != "input"}})
+                results.append({"input": input_name(item), **{k: v for k, v in result.items() if k != "input"}})
             bar.update(len(chunk))
     return results
 
@@ -119,6 +128,11 @@ def run_timelines(
 
     results = []
     for item in items:
+        if item.get("audio") is None:
+            results.append(
+                {"input": input_name(item), "error": "a timeline needs a recording", "error_type": "ConfigError"}
+            )
+            continue
         try:
             result = predict_timeline(
                 predictor,
