@@ -426,6 +426,12 @@ def test_cli_predicts_a_transcripts_only_manifest_with_a_text_model(
     assert [r["transcript"] for r in rows] == ["I got the job, this is the best day ever!", "Why would you do that?"]
     assert all(sum(r["probabilities"].values()) == pytest.approx(1.0) for r in rows)
     assert rows[1]["input"] == "text: Why would you do that?"
+    alone = CliRunner().invoke(cli, ["predict", str(text_only_checkpoint), "--text", "Why would you do that?", "-q"])
+    assert alone.exit_code == 0, alone.output
+    single = json.loads(next(line for line in alone.stdout.splitlines() if line.startswith("{")))
+    assert single["probabilities"] == pytest.approx(rows[1]["probabilities"], abs=1e-5)  # batch padding
+    neither = CliRunner().invoke(cli, ["predict", str(text_only_checkpoint), "-q"])
+    assert isinstance(neither.exception, ConfigError) and "or --text for a text-only model" in str(neither.exception)
     # an audio model given transcripts only: each row says it needs audio, none is guessed
     failed = CliRunner().invoke(cli, ["predict", str(trained_synthetic_run), str(manifest), "-q"])
     assert isinstance(failed.exception, MissingDataError) and "reads audio" in str(failed.exception)

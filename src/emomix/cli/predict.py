@@ -45,13 +45,16 @@ def predict(
     run: Path = typer.Argument(
         ..., help="A run folder (emomix train's --out) or a checkpoint folder folds/<fold>/seed-<k>."
     ),
-    source: Path = typer.Argument(
-        ...,
+    source: Path | None = typer.Argument(
+        None,
         help="An audio file, a folder of audio files (wav/flac/ogg/mp3), or a CSV manifest "
-        "with audio_path[,text,speaker] (text[,speaker] alone for a text-only model).",
+        "with audio_path[,text,speaker] (text[,speaker] alone for a text-only model). "
+        "Leave it out to predict one --text with a text-only model.",
     ),
     text: str | None = typer.Option(
-        None, "--text", help="The transcript (a single audio file only; a manifest has a text column)."
+        None,
+        "--text",
+        help="The transcript (of a single audio file, or alone for a text-only model; a manifest has a text column).",
     ),
     speaker: str | None = typer.Option(
         None, "--speaker", help="The speaker id for speaker-normalised features (single file)."
@@ -87,7 +90,16 @@ def predict(
         raise ConfigError("--plot draws a timeline: add --timeline")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    items = collect_inputs(source, text=text, speaker=speaker, video=video)
+    if source is None:
+        if text is None:
+            raise ConfigError(
+                "give a SOURCE (an audio file, a folder or a manifest CSV), or --text for a text-only model"
+            )
+        if timeline or video is not None:
+            raise ConfigError("--timeline and --video need a recording: give it as SOURCE")
+        items: list[dict[str, Any]] = [{"text": text, **({"speaker": speaker} if speaker is not None else {})}]
+    else:
+        items = collect_inputs(source, text=text, speaker=speaker, video=video)
     predictor = Predictor.from_run(run, fold=fold, seed=seed)
     card = predictor.info()
     typer.echo(
