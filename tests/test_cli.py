@@ -60,7 +60,7 @@ def test_version(capsys):
 USAGE_ERRORS = [
     (["bogus"], "No such command 'bogus'; see 'emomix --help'"),
     (["predict"], "Missing argument 'run'; see 'emomix predict --help'"),
-    (["predict", "runs/x"], "Missing argument 'source'"),
+    (["predict", "runs/x"], "give a SOURCE (an audio file, a folder or a manifest CSV), or --text"),
     (["train"], "Missing argument 'recipe'; see 'emomix train --help'"),
     (["corpus", "info"], "Missing argument 'reader'; see 'emomix corpus info --help'"),
     (["corpus", "bogus"], "No such command 'bogus'; see 'emomix corpus --help'"),
