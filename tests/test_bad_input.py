@@ -394,6 +394,13 @@ def _(c: Context):
     return c.predict(c.tmp / "list.csv")
 
 
+@case("manifest-predict-turn-order")
+def _(c: Context):
+    write_wav(c.tmp / "a.wav")
+    (c.tmp / "talk.csv").write_text("audio_path,dialogue_id,turn\na.wav,d1,1\na.wav,d1,1\n")
+    return c.predict(c.tmp / "talk.csv")
+
+
 @case("corpus-folder-missing")
 def _(c: Context):
     return c.cli("corpus", "info", "emodb", c.tmp / "nowhere")

@@ -225,3 +225,116 @@ def test_emomix_extract_with_a_context_block_stores_what_training_looks_up(tmp_p
         features = build_features(corpus.table, parse_feature_specs({"text": block}), opened, progress=False)
     for role in ("text", "text_pooled"):
         assert (features.summaries[role]["cached"], features.summaries[role]["computed"]) == (4, 0), role
+
+
+# -- emomix predict on a manifest of conversations ------------------------------------------------
+
+
+def _predict_cli(run, manifest, out):
+    import typer
+    from typer.testing import CliRunner
+
+    from emomix.cli.predict import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.callback()
+    def main() -> None:  # a group, so the command is called by name as in `emomix predict`
+        pass
+
+    result = CliRunner().invoke(app, ["predict", str(run), str(manifest), "--out", str(out), "-q"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    return result, rows
+
+
+def _manifest(path, rows):
+    import csv
+
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["audio_path", "text", "speaker", "dialogue_id", "turn"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _probabilities(result, classes):
+    return np.array([result["probabilities"][c] for c in classes])
+
+
+def test_emomix_predict_gives_a_manifests_dialogues_their_context(context_run, synthetic_features, tmp_path):
+    """A manifest's dialogue_id/turn columns reach a context model as conversations: rows in any
+    order are predicted in turn order, each as predict_dialogue would, and come back in the
+    manifest's order with their dialogue and turn; a row without a dialogue is predicted alone,
+    and a dialogue with a missing recording fails as a whole while the others go on."""
+    from emomix.infer.predictor import Predictor
+
+    predictor = Predictor.from_run(context_run, asr=False)
+    items, _ = fold_test_items(context_run, synthetic_features, "ses01", 5)
+    conversation = predictor.predict_dialogue(items[:3])
+    alone = predictor.predict(**items[3])
+    rows = [
+        {**items[2], "dialogue_id": "d1", "turn": 2},
+        {**items[0], "dialogue_id": "d1", "turn": 0},
+        {**items[3]},  # no dialogue: predicted on its own
+        {**items[1], "dialogue_id": "d1", "turn": 1},
+        {**items[4], "dialogue_id": "d2", "turn": 0},
+        {**items[0], "audio": str(tmp_path / "gone.wav"), "dialogue_id": "d2", "turn": 1},
+    ]
+    manifest = _manifest(
+        tmp_path / "talk.csv", [{"audio_path": r.pop("audio"), "dialogue_id": "", "turn": "", **r} for r in rows]
+    )
+    result, out = _predict_cli(context_run, manifest, tmp_path / "talk.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "4 predicted, 2 failed" in result.output
+    assert [(r.get("dialogue_id"), r.get("turn")) for r in out] == [
+        ("d1", 2),
+        ("d1", 0),
+        (None, None),
+        ("d1", 1),
+        ("d2", 0),
+        ("d2", 1),
+    ]
+    for row, expected in zip([out[1], out[3], out[0]], conversation):  # turns 0, 1, 2
+        assert np.allclose(
+            _probabilities(row, predictor.classes), _probabilities(expected, predictor.classes), atol=1e-5
+        )
+    assert np.allclose(_probabilities(out[2], predictor.classes), _probabilities(alone, predictor.classes), atol=1e-5)
+    assert all("gone.wav" in r["error"] and "dialogue 'd2'" in r["error"] for r in out[4:])
+
+
+def test_emomix_predict_says_when_the_conversation_is_not_used(
+    trained_synthetic_run, context_run, synthetic_features, tmp_path
+):
+    from emomix.infer.predictor import Predictor
+
+    items, _ = fold_test_items(context_run, synthetic_features, "ses01", 2)
+    rows = [{"audio_path": item["audio"], "text": item["text"], "speaker": item["speaker"]} for item in items]
+    plain = _manifest(tmp_path / "plain.csv", [{**r, "dialogue_id": "", "turn": ""} for r in rows])
+    result, _ = _predict_cli(context_run, plain, tmp_path / "plain.jsonl")
+    assert result.exit_code == 0 and "reads the conversation, but the inputs name no dialogue" in result.output
+    grouped = _manifest(tmp_path / "grouped.csv", [{**r, "dialogue_id": "d", "turn": t} for t, r in enumerate(rows)])
+    result, out = _predict_cli(trained_synthetic_run, grouped, tmp_path / "grouped.jsonl")
+    assert result.exit_code == 0 and "predicts each utterance on its own" in result.output
+    single = Predictor.from_run(trained_synthetic_run, asr=False).predict(**items[1])
+    assert out[1]["probabilities"] == pytest.approx(single["probabilities"], abs=1e-5)
+    assert Predictor.from_run(trained_synthetic_run, asr=False).reads_dialogue is False
+
+
+@pytest.mark.parametrize(
+    "turns, message",
+    [
+        (["0", ""], "1 of its 2 rows give a turn"),
+        (["1", "1"], "turn 1 appears more than once"),
+        (["0", "one"], "turn must be a whole number"),
+    ],
+)
+def test_an_ambiguous_turn_order_is_an_error(context_run, synthetic_features, tmp_path, turns, message):
+    items, _ = fold_test_items(context_run, synthetic_features, "ses01", 2)
+    rows = [
+        {"audio_path": item["audio"], "text": item["text"], "speaker": item["speaker"], "dialogue_id": "d", "turn": t}
+        for item, t in zip(items, turns)
+    ]
+    result, out = _predict_cli(context_run, _manifest(tmp_path / "bad.csv", rows), tmp_path / "bad.jsonl")
+    assert isinstance(result.exception, ConfigError) and message in str(result.exception)
+    assert out == []  # nothing written

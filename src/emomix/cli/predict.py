@@ -36,6 +36,22 @@ def human_summary(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def dialogue_notes(model: str, reads_dialogue: bool, grouped: bool, timeline: bool, inputs: int) -> list[str]:
+    """What the user should know when the inputs' conversations and the model disagree."""
+    if grouped and timeline:
+        return ["--timeline predicts each recording on its own: the manifest's dialogue_id is not used"]
+    if grouped and not reads_dialogue:
+        return [
+            f"{model} predicts each utterance on its own: the manifest's dialogue_id does not change its predictions"
+        ]
+    if reads_dialogue and not grouped and inputs > 1 and not timeline:
+        return [
+            f"{model} reads the conversation, but the inputs name no dialogue: each is predicted "
+            "as a one-turn dialogue, without context (a manifest's dialogue_id[,turn] columns group them)"
+        ]
+    return []
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``predict`` command to the ``emomix`` app."""
     app.command("predict")(predict)
@@ -48,7 +64,8 @@ def predict(
     source: Path | None = typer.Argument(
         None,
         help="An audio file, a folder of audio files (wav/flac/ogg/mp3), or a CSV manifest "
-        "with audio_path[,text,speaker] (text[,speaker] alone for a text-only model). "
+        "with audio_path[,text,speaker] (text[,speaker] alone for a text-only model; "
+        "dialogue_id[,turn] group rows into conversations for a model that reads them). "
         "Leave it out to predict one --text with a text-only model.",
     ),
     text: str | None = typer.Option(
@@ -83,7 +100,14 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict the emotion of every input with a trained model."""
-    from emomix.infer.batch import collect_inputs, distinct_notes, run_predictions, run_timelines, write_results
+    from emomix.infer.batch import (
+        collect_inputs,
+        distinct_notes,
+        has_dialogues,
+        run_predictions,
+        run_timelines,
+        write_results,
+    )
     from emomix.infer.predictor import Predictor
 
     if plot is not None and not timeline:
@@ -107,6 +131,10 @@ def predict(
         f"from {predictor.checkpoint}; {len(items)} input(s)",
         err=True,
     )
+    for note in dialogue_notes(
+        card["name"], getattr(predictor, "reads_dialogue", False), has_dialogues(items), timeline, len(items)
+    ):
+        typer.echo(f"note: {note}", err=True)
     if timeline:
         results = run_timelines(predictor, items, batch_size, plot, progress=not quiet)
     else:

@@ -1,8 +1,11 @@
 """Many inputs through a trained model: collect them (a file, a folder, a manifest CSV), predict
-them batch by batch or as timelines, and write the rows (JSON lines, JSON or CSV).
+them batch by batch, conversation by conversation or as timelines, and write the rows (JSON lines,
+JSON or CSV).
 
 The library side of ``emomix predict``: one output row per input; an input that fails gets a row
-with its error and the others go on.
+with its error and the others go on. A manifest may group its rows into conversations
+(``dialogue_id``, optional ``turn``); a model that reads the conversation (``reads_dialogue``)
+then predicts each dialogue as one (:meth:`~emomix.infer.predictor.Predictor.predict_dialogue`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from emomix.errors import ConfigError, MissingDataError
 from emomix.infer.timeline import timeline_json
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
-MANIFEST_COLUMNS = ("audio_path", "text", "speaker")
+MANIFEST_COLUMNS = ("audio_path", "text", "speaker", "video_path", "dialogue_id", "turn")
+DIALOGUE_KEYS = ("dialogue_id", "turn")
+"""Keys of a manifest item that place it in a conversation; the model never sees them as input."""
 
 
 def collect_inputs(
@@ -58,9 +63,10 @@ def collect_inputs(
 
 def read_manifest(path: Path) -> list[dict[str, Any]]:
     """Rows of a CSV with ``audio_path`` (relative paths are relative to the CSV) and/or ``text``,
-    and optional ``speaker`` and ``video_path`` columns; an empty cell means none. A manifest
-    without ``audio_path`` (transcripts only) is for text-only models; a row with neither audio
-    nor text is skipped."""
+    and optional ``speaker``, ``video_path``, ``dialogue_id`` and ``turn`` columns; an empty cell
+    means none. A manifest without ``audio_path`` (transcripts only) is for text-only models; a
+    row with neither audio nor text is skipped. ``turn`` must be a whole number (the turn's place
+    in its dialogue)."""
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in reader.fieldnames or []]
@@ -85,6 +91,16 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
             if row.get("video_path"):
                 video = Path(row["video_path"]).expanduser()
                 item["video"] = str(video if video.is_absolute() else path.parent / video)
+            if row.get("dialogue_id"):
+                item["dialogue_id"] = row["dialogue_id"]
+            if row.get("turn"):
+                try:
+                    item["turn"] = int(row["turn"])
+                except ValueError:
+                    raise ConfigError(
+                        f"{path}, line {reader.line_num}: turn must be a whole number (the turn's place in "
+                        f"its dialogue), got {row['turn']!r}"
+                    ) from None
             items.append(item)
     if not items:
         raise MissingDataError(f"{path}: the manifest lists no audio file and no transcript")
@@ -101,22 +117,91 @@ def input_name(item: Mapping[str, Any]) -> str:
     return str(item["audio"]) if item.get("audio") is not None else f"text: {item.get('text', '')}"
 
 
+def model_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The predictor's input: the item without its place in a conversation."""
+    return {key: value for key, value in item.items() if key not in DIALOGUE_KEYS}
+
+
+def has_dialogues(items: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether any item names its dialogue."""
+    return any(item.get("dialogue_id") is not None for item in items)
+
+
+def dialogue_groups(items: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+    """The positions of the items that name a dialogue, one list per dialogue (in the order the
+    dialogues first appear), each in turn order: by ``turn`` when the dialogue's rows give one,
+    else in manifest order. A dialogue that numbers some turns and not others, or numbers two
+    alike, is an error: its order would be a guess."""
+    groups: dict[str, list[int]] = {}
+    for position, item in enumerate(items):
+        if item.get("dialogue_id") is not None:
+            groups.setdefault(str(item["dialogue_id"]), []).append(position)
+    ordered = []
+    for dialogue, positions in groups.items():
+        turns = [items[p].get("turn") for p in positions]
+        numbered = [t for t in turns if t is not None]
+        if numbered and len(numbered) < len(turns):
+            raise ConfigError(
+                f"dialogue {dialogue!r}: {len(numbered)} of its {len(turns)} rows give a turn; "
+                "give every row's turn or none (then the manifest's order is the turn order)"
+            )
+        if len(set(numbered)) < len(numbered):
+            repeated = sorted({t for t in numbered if numbered.count(t) > 1})
+            raise ConfigError(f"dialogue {dialogue!r}: turn {repeated[0]} appears more than once")
+        ordered.append(sorted(positions, key=lambda p: items[p].get("turn") or 0) if numbered else positions)
+    return ordered
+
+
 def run_predictions(
     predictor: Any, items: Sequence[Mapping[str, Any]], batch_size: int, progress: bool = True
 ) -> list[dict[str, Any]]:
-    """``predictor.predict_many`` batch by batch under a progress bar; each result carries its ``input``."""
+    """Every item's prediction under a progress bar, in the items' order; each result carries its
+    ``input`` (and its ``dialogue_id``/``turn`` when the item has them).
+
+    With a model that reads the conversation (``predictor.reads_dialogue``), the items that name a
+    dialogue are predicted dialogue by dialogue (``predict_dialogue``: each turn with its context);
+    a dialogue with a failing turn gives every one of its turns an error row, since its context is
+    incomplete. Every other item goes through ``predict_many``, ``batch_size`` at a time."""
     from tqdm.auto import tqdm
 
-    results: list[dict[str, Any]] = []
+    from emomix.errors import EmomixError
+
+    results: list[dict[str, Any] | None] = [None] * len(items)
+
+    def place(position: int, result: Mapping[str, Any]) -> None:
+        item = items[position]
+        where = {key: item[key] for key in DIALOGUE_KEYS if item.get(key) is not None}
+        results[position] = {"input": input_name(item), **where, **{k: v for k, v in result.items() if k != "input"}}
+
+    dialogues = dialogue_groups(items)  # an ambiguous turn order is an error with any model
+    if not getattr(predictor, "reads_dialogue", False):
+        dialogues = []
+    in_dialogue = {position for group in dialogues for position in group}
+    alone = [position for position in range(len(items)) if position not in in_dialogue]
     with tqdm(
         total=len(items), unit="file", desc="predict", disable=not progress, dynamic_ncols=True, file=sys.stderr
     ) as bar:
-        for start in range(0, len(items), batch_size):
-            chunk = list(items[start : start + batch_size])
-            for item, result in zip(chunk, predictor.predict_many(chunk, batch_size=batch_size)):
-                results.append({"input": input_name(item), **{k: v for k, v in result.items() if k != "input"}})
+        for group in dialogues:
+            try:
+                predicted = predictor.predict_dialogue([model_item(items[p]) for p in group])
+            except EmomixError as exc:
+                dialogue = items[group[0]]["dialogue_id"]
+                failure = {
+                    "error": f"dialogue {dialogue!r} could not be predicted as a conversation: {exc}",
+                    "error_type": type(exc).__name__,
+                }
+                predicted = [failure] * len(group)
+            for position, result in zip(group, predicted):
+                place(position, result)
+            bar.update(len(group))
+        for start in range(0, len(alone), batch_size):
+            chunk = alone[start : start + batch_size]
+            for position, result in zip(
+                chunk, predictor.predict_many([model_item(items[p]) for p in chunk], batch_size=batch_size)
+            ):
+                place(position, result)
             bar.update(len(chunk))
-    return results
+    return [result for result in results if result is not None]
 
 
 def run_timelines(
@@ -208,7 +293,7 @@ def timeline_rows(results: Iterable[Mapping[str, Any]]) -> Iterable[dict[str, An
 def flatten_result(result: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     """A result dict as one flat CSV row: ``prob_<class>`` and ``aux_<name>[_j]`` columns."""
     row: dict[str, Any] = {}
-    for key in ("input", "start", "end", "label"):
+    for key in ("input", "dialogue_id", "turn", "start", "end", "label"):
         if key in result:
             row[key] = result[key]
     probabilities = result.get("probabilities") or {}

@@ -206,6 +206,13 @@ class Predictor:
 
     # -- what the model is ----------------------------------------------------------------------
 
+    @property
+    def reads_dialogue(self) -> bool:
+        """Whether a prediction depends on the other turns of its conversation: a dialogue model
+        (MiSTER-E), or text features built with dialogue context (``features.text.context``). Only
+        then does :meth:`predict_dialogue` differ from predicting each turn alone."""
+        return self.batch_kind == "dialogue" or any(spec.dialogue_context() is not None for spec in self.specs.values())
+
     def info(self) -> dict[str, Any]:
         """The model card: name, classes, inputs, features, training summary, corpus, protocol,
         the run's headline metrics, and how missing transcripts are handled."""
@@ -215,6 +222,7 @@ class Predictor:
             "classes": list(self.classes),
             "inputs": list(self.modalities),
             "batch_kind": self.batch_kind,
+            "reads_dialogue": self.reads_dialogue,
             "features": {m: spec.to_dict() for m, spec in self.specs.items()},
             "training": {"fold": card.get("fold"), "seed": card.get("seed"), **dict(card.get("training") or {})},
             "corpus": card.get("corpus"),
