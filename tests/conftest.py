@@ -58,6 +58,34 @@ def synthetic_features(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def text_only_checkpoint(trained_synthetic_run, tmp_path_factory):
+    """An untrained text-only model (early_fusion_text) on ``trained_synthetic_run``'s text
+    features, saved as a run folder (what is tested is the text-only path, not accuracy)."""
+    import json
+
+    import torch
+
+    from emomix.models import create_model
+    from emomix.models.saved import TrainedModel, save_weights
+
+    card = json.loads((trained_synthetic_run / "folds" / "ses01" / "seed-0" / "model.json").read_text())
+    torch.manual_seed(0)
+    model = create_model("early_fusion_text", {}, {"text": card["input_dims"]["text"]}, len(card["classes"]))
+    run = tmp_path_factory.mktemp("text-only") / "run"
+    folder = run / "folds" / "ses01" / "seed-0"
+    folder.mkdir(parents=True)
+    save_weights(TrainedModel(model).trainable_state(), folder / "model.safetensors")
+    card.update(
+        model="early_fusion_text",
+        config=model.config.to_dict(),
+        input_dims={"text": card["input_dims"]["text"]},
+        features={"text": card["features"]["text"]},
+    )
+    (folder / "model.json").write_text(json.dumps(card))
+    return run
+
+
+@pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Torch on one thread for the module, the previous count restored afterwards."""
     import torch

@@ -590,6 +590,14 @@ def _(c: Context):
     return response.status_code, response.json()["error"]["message"]
 
 
+@case("upload-dialogue-bad-turn")
+def _(c: Context):
+    files = [("files", (f"t{i}.wav", wav_bytes(0.5), "audio/wav")) for i in range(3)]
+    files[1] = ("files", ("broken.wav", CORRUPT_WAV, "audio/wav"))
+    response = c.request.getfixturevalue("client").post("/predict/dialogue", files=files)
+    return response.status_code, response.json()["error"]["message"]
+
+
 @case("upload-text-too-long")
 def _(c: Context):
     return c.post(wav_bytes(0.5), text="x" * 101)

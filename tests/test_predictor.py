@@ -388,29 +388,6 @@ def test_the_inference_table_equals_make_table_and_its_records_equal_pandas():
                 assert repr(have[name]) == repr(value), name
 
 
-@pytest.fixture(scope="module")
-def text_only_checkpoint(trained_synthetic_run, tmp_path_factory):
-    """An untrained text-only model (early_fusion_text) on the run's text features."""
-    from emomix.models import create_model
-    from emomix.models.saved import TrainedModel, save_weights
-
-    card = json.loads((trained_synthetic_run / "folds" / FOLD / "seed-0" / "model.json").read_text())
-    torch.manual_seed(0)
-    model = create_model("early_fusion_text", {}, {"text": card["input_dims"]["text"]}, len(card["classes"]))
-    run = tmp_path_factory.mktemp("text-only") / "run"
-    folder = run / "folds" / FOLD / "seed-0"
-    folder.mkdir(parents=True)
-    save_weights(TrainedModel(model).trainable_state(), folder / "model.safetensors")
-    card.update(
-        model="early_fusion_text",
-        config=model.config.to_dict(),
-        input_dims={"text": card["input_dims"]["text"]},
-        features={"text": card["features"]["text"]},
-    )
-    (folder / "model.json").write_text(json.dumps(card))
-    return run
-
-
 def test_cli_predicts_a_transcripts_only_manifest_with_a_text_model(
     cli, text_only_checkpoint, trained_synthetic_run, tmp_path
 ):

@@ -29,7 +29,9 @@ def serve(
     seed: int | None = typer.Option(None, help="Serve this seed's model (default: the best one)."),
     max_upload_mb: float = typer.Option(20.0, help="Largest audio upload per file, in MB (413 above)."),
     max_duration_s: float = typer.Option(60.0, help="Longest audio in seconds (422 above)."),
-    max_batch_items: int = typer.Option(16, help="Most files in one /predict/batch request."),
+    max_batch_items: int = typer.Option(
+        16, help="Most files (or texts) in one /predict/batch request, most turns in one /predict/dialogue request."
+    ),
     timeout_s: float = typer.Option(30.0, help="Seconds a prediction may take, queueing included (504 after)."),
     threads: int = typer.Option(
         1,

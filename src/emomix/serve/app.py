@@ -2,10 +2,16 @@
 
 Endpoints (see ``docs/serving.md``):
 
-* ``POST /predict`` — multipart ``file`` (audio bytes), optional ``text`` and ``speaker``;
-  returns the predictor's JSON (label, probabilities, aux routing/gate weights, …).
+* ``POST /predict`` — multipart ``file`` (audio bytes), optional ``text`` and ``speaker`` (a
+  text-only model takes ``text`` alone); returns the predictor's JSON (label, probabilities, aux
+  routing/gate weights, …).
 * ``POST /predict/batch`` — several ``files`` with optional ``texts``/``speakers`` (one per file,
-  in order); returns ``{"results": [...]}`` with ``{"error": {...}}`` in the slot of a bad item.
+  in order; ``texts`` alone for a text-only model); returns ``{"results": [...]}`` with
+  ``{"error": {...}}`` in the slot of a bad item.
+* ``POST /predict/dialogue`` — the turns of one conversation, in order, as ``/predict/batch``
+  takes them; each turn is predicted with its context when the model reads the conversation
+  (``reads_dialogue`` in ``/model``); a bad turn fails the request, since it would change every
+  other turn's context.
 * ``GET /health``, ``GET /model``, ``GET /`` (the web page), ``/static/*``, ``/docs`` (Swagger UI, its
   files served locally from ``/docs-assets/*``) and ``/openapi.json``.
 
@@ -83,7 +89,7 @@ class ServiceLimits:
     max_duration_s: float = 60.0
     """Longest decoded audio in seconds (422)."""
     max_batch_items: int = 16
-    """Most files in one ``/predict/batch`` request (422)."""
+    """Most files (or texts) in one ``/predict/batch`` request, most turns in one ``/predict/dialogue`` (422)."""
     max_text_chars: int = 5000
     """Longest transcript or speaker field (422)."""
     timeout_s: float = 30.0
@@ -218,12 +224,15 @@ class PredictorLike(Protocol):
 
     def predict_many(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
 
+    def predict_dialogue(self, turns: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
 
 @dataclass
 class _Upload:
-    """One checked upload: its bytes, a display name and the decoded duration."""
+    """One checked input: its audio bytes (None for a transcript alone), a display name, its
+    transcript and speaker, and the decoded waveform."""
 
-    data: bytes
+    data: bytes | None
     name: str
     text: str | None = None
     speaker: str | None = None
@@ -231,7 +240,9 @@ class _Upload:
 
     def predictor_item(self) -> dict[str, Any]:
         """The predictor's keyword arguments: the waveform decoded by the decode check (16 kHz),
-        so the upload is not decoded twice; never a path."""
+        so the upload is not decoded twice; never a path. A transcript alone has no audio."""
+        if self.data is None:
+            return {"text": self.text, "speaker": self.speaker}
         assert self.wave is not None, "decode before predicting"
         return {"audio": self.wave, "sample_rate": TARGET_RATE, "text": self.text, "speaker": self.speaker}
 
@@ -341,6 +352,18 @@ class PredictionService:
         )
 
     @property
+    def reads_audio(self) -> bool:
+        """Whether the model needs a recording (``inputs`` of ``predictor.info()``)."""
+        return "audio" in (self.info.get("inputs") or ["audio"])
+
+    def check_no_file(self, what: str) -> None:
+        """A request without audio: refused (422) when the model reads audio."""
+        if self.reads_audio:
+            raise ServiceError(
+                422, "validation_error", f"{what}: {self.model_name} reads audio; send the recording as a file"
+            )
+
+    @property
     def model_name(self) -> str:
         """The model's name from ``predictor.info()``."""
         return str(self.info.get("name") or self.info.get("model") or "unknown")
@@ -384,7 +407,10 @@ class PredictionService:
     # -- work in the pool
 
     def _decode(self, upload: _Upload) -> _Upload:
-        """Decode (the decode check) and check the duration; keeps the waveform for the predictor."""
+        """Decode (the decode check) and check the duration; keeps the waveform for the predictor
+        (a transcript alone passes as it is)."""
+        if upload.data is None:
+            return upload
         try:
             wave = decode_audio_bytes(upload.data, name=upload.name)
         except AudioError as exc:  # the decoders' diagnostics go to the log, not to the client
@@ -445,6 +471,21 @@ class PredictionService:
                 results[index] = _normalise_item_error(result, uploads[index].name)  # type: ignore[union-attr]
         return [r for r in results if r is not None]
 
+    def _predict_dialogue(self, turns: list[_Upload]) -> list[dict[str, Any]]:
+        """The turns of one conversation (``POST /predict/dialogue``): all decoded, then predicted
+        together; the first bad turn fails the request, named by its place."""
+        for index, turn in enumerate(turns):
+            try:
+                self._decode(turn)
+            except ServiceError as exc:
+                raise ServiceError(exc.status, exc.kind, f"turn {index}: {exc.message}") from exc
+        with self.lock:
+            try:
+                results = self.predictor.predict_dialogue([turn.predictor_item() for turn in turns])
+            except EmomixError as exc:  # "turn k: ..." from the predictor
+                raise error_for_exception(exc) from exc
+        return [_normalise_item_error(result) for result in results]
+
     async def run(self, work: Callable[..., Any], *args: Any, timeout: float) -> Any:
         """Run ``work(*args)`` in the pool under the pending limit and the timeout."""
         return await self.bounded(
@@ -488,6 +529,10 @@ class PredictionService:
     async def predict_batch(self, uploads: list[_Upload | ServiceError]) -> list[dict[str, Any]]:
         """Several predictions (``POST /predict/batch``); a bad item's slot holds its error."""
         return await self.run(self._predict_batch, uploads, timeout=self.limits.timeout_s * max(1, len(uploads)))
+
+    async def predict_dialogue(self, turns: list[_Upload]) -> list[dict[str, Any]]:
+        """One conversation (``POST /predict/dialogue``), in the pool like a batch."""
+        return await self.run(self._predict_dialogue, turns, timeout=self.limits.timeout_s * max(1, len(turns)))
 
     async def drain(self) -> None:
         """Shut down: refuse new requests (503), answer the queued and running ``/predict``
@@ -564,7 +609,11 @@ def create_app(predictor: PredictorLike, limits: ServiceLimits | None = None) ->
     app.add_middleware(
         BodyLimitMiddleware,
         default=MULTIPART_OVERHEAD_BYTES,
-        limits={"/predict": limits.body_limit(1), "/predict/batch": limits.body_limit(limits.max_batch_items)},
+        limits={
+            "/predict": limits.body_limit(1),
+            "/predict/batch": limits.body_limit(limits.max_batch_items),
+            "/predict/dialogue": limits.body_limit(limits.max_batch_items),
+        },
     )
 
     @app.exception_handler(ServiceError)
@@ -593,52 +642,96 @@ def create_app(predictor: PredictorLike, limits: ServiceLimits | None = None) ->
         error = error_for_exception(exc)
         return JSONResponse(error.payload(), status_code=error.status)
 
-    @app.post("/predict", summary="Predict the emotion of one recording (and its transcript)")
+    async def read_inputs(
+        files: list[UploadFile] | None, texts: list[str] | None, speakers: list[str] | None
+    ) -> list[_Upload | ServiceError]:
+        """The checked inputs of ``/predict/batch`` and ``/predict/dialogue``: one per file, or one
+        per transcript when no file is sent (a text-only model); a bad one is its error."""
+        count = len(files) if files else len(texts or [])
+        if count == 0:
+            raise ServiceError(422, "validation_error", "send files (audio), or texts for a text-only model")
+        if not files:
+            service.check_no_file("no files")
+        if count > limits.max_batch_items:
+            raise ServiceError(
+                422, "too_many_items", f"{count} items in one request; the limit is {limits.max_batch_items}"
+            )
+        what = "files" if files else "texts"
+        for label, values in (("texts", texts), ("speakers", speakers)):
+            if values is not None and len(values) != count:
+                raise ServiceError(
+                    422,
+                    "validation_error",
+                    f"{len(values)} {label} for {count} {what}; give one per {what[:-1]} (an empty value for none)",
+                )
+        inputs: list[_Upload | ServiceError] = []
+        for index in range(count):
+            try:
+                text = service.check_text(texts[index] if texts else None, f"texts[{index}]")
+                speaker = service.check_text(speakers[index] if speakers else None, f"speakers[{index}]")
+                if files:
+                    data = await files[index].read()
+                    name = service.check_upload(data, files[index].filename, files[index].content_type)
+                    inputs.append(_Upload(data, name, text, speaker))
+                elif text is None:
+                    raise ServiceError(422, "empty_text", f"texts[{index}] is empty and there is no audio")
+                else:
+                    inputs.append(_Upload(None, f"texts[{index}]", text, speaker))
+            except ServiceError as exc:
+                inputs.append(exc)
+        return inputs
+
+    @app.post("/predict", summary="Predict the emotion of one recording (and its transcript), or of a transcript")
     async def predict(
-        file: UploadFile = File(..., description="The audio file (WAV, FLAC, OGG, MP3, WebM/Opus, M4A, …)."),
+        file: UploadFile | None = File(
+            None,
+            description="The audio file (WAV, FLAC, OGG, MP3, WebM/Opus, M4A, …); leave it out to send a "
+            "transcript alone to a text-only model.",
+        ),
         text: str | None = Form(None, description="The transcript; when absent the model's own fallback applies."),
         speaker: str | None = Form(
             None, description="Speaker id, for per-speaker normalisation when the run has statistics for it."
         ),
     ) -> JSONResponse:
-        data = await file.read()
-        name = service.check_upload(data, file.filename, file.content_type)
-        upload = _Upload(data, name, service.check_text(text, "text"), service.check_text(speaker, "speaker"))
+        transcript = service.check_text(text, "text")
+        if file is None:
+            if transcript is None:
+                raise ServiceError(422, "validation_error", "send a file (audio), or a text for a text-only model")
+            service.check_no_file("no file")
+            upload = _Upload(None, "text", transcript, service.check_text(speaker, "speaker"))
+        else:
+            data = await file.read()
+            name = service.check_upload(data, file.filename, file.content_type)
+            upload = _Upload(data, name, transcript, service.check_text(speaker, "speaker"))
         return JSONResponse(await service.predict(upload))
 
     @app.post("/predict/batch", summary="Predict several recordings; a bad item gets an error in its slot")
     async def predict_batch(
-        files: list[UploadFile] = File(..., description="The audio files, in order."),
+        files: list[UploadFile] | None = File(
+            None, description="The audio files, in order (leave them out to send texts alone to a text-only model)."
+        ),
         texts: list[str] | None = Form(None, description="Transcripts, one per file in order (empty for none)."),
         speakers: list[str] | None = Form(None, description="Speaker ids, one per file in order (empty for none)."),
     ) -> JSONResponse:
-        if len(files) > limits.max_batch_items:
-            raise ServiceError(
-                422, "too_many_items", f"{len(files)} files in one batch; the limit is {limits.max_batch_items}"
-            )
-        for label, values in (("texts", texts), ("speakers", speakers)):
-            if values is not None and len(values) != len(files):
-                raise ServiceError(
-                    422,
-                    "validation_error",
-                    f"{len(values)} {label} for {len(files)} files; give one per file (an empty value for none)",
-                )
-        uploads: list[_Upload | ServiceError] = []
-        for index, upload_file in enumerate(files):
-            data = await upload_file.read()
-            try:
-                name = service.check_upload(data, upload_file.filename, upload_file.content_type)
-                uploads.append(
-                    _Upload(
-                        data,
-                        name,
-                        service.check_text(texts[index] if texts else None, f"texts[{index}]"),
-                        service.check_text(speakers[index] if speakers else None, f"speakers[{index}]"),
-                    )
-                )
-            except ServiceError as exc:
-                uploads.append(exc)
-        return JSONResponse({"results": await service.predict_batch(uploads)})
+        return JSONResponse({"results": await service.predict_batch(await read_inputs(files, texts, speakers))})
+
+    @app.post(
+        "/predict/dialogue",
+        summary="Predict the turns of one conversation, in order, each with its context",
+    )
+    async def predict_dialogue(
+        files: list[UploadFile] | None = File(
+            None, description="Each turn's audio, in turn order (leave them out for a text-only model)."
+        ),
+        texts: list[str] | None = Form(None, description="Each turn's transcript, in order (empty for none)."),
+        speakers: list[str] | None = Form(None, description="Each turn's speaker, in order (empty for none)."),
+    ) -> JSONResponse:
+        turns: list[_Upload] = []
+        for index, item in enumerate(await read_inputs(files, texts, speakers)):
+            if isinstance(item, ServiceError):  # a conversation with a hole would change every other turn
+                raise ServiceError(item.status, item.kind, f"turn {index}: {item.message}")
+            turns.append(item)
+        return JSONResponse({"results": await service.predict_dialogue(turns)})
 
     @app.get("/health", summary="Liveness: the service is up and which model it serves")
     async def health() -> dict[str, Any]:
