@@ -338,3 +338,27 @@ def test_an_ambiguous_turn_order_is_an_error(context_run, synthetic_features, tm
     result, out = _predict_cli(context_run, _manifest(tmp_path / "bad.csv", rows), tmp_path / "bad.jsonl")
     assert isinstance(result.exception, ConfigError) and message in str(result.exception)
     assert out == []  # nothing written
+
+
+def test_one_turn_order_for_conversation_batches_and_context():
+    """dialogue_order is the one rule: by turn, a missing turn last, ties by utt_id, rows without a
+    dialogue left out; MiSTER-E's batches (dialogues_of) and the context builder both follow it."""
+    from emomix.data.dialogue import dialogue_order
+    from emomix.train.data import dialogues_of
+
+    table = _table(
+        [
+            {"utt_id": "b2", "speaker": "B", "text": "second", "dialogue_id": "d2", "turn": 1},
+            {"utt_id": "a1", "speaker": "A", "text": "later", "dialogue_id": "d1", "turn": 5},
+            {"utt_id": "a0", "speaker": "A", "text": "first", "dialogue_id": "d1", "turn": 0},
+            {"utt_id": "b1", "speaker": "B", "text": "tie, later id", "dialogue_id": "d2", "turn": 0},
+            {"utt_id": "b0", "speaker": "B", "text": "tie, earlier id", "dialogue_id": "d2", "turn": 0},
+            {"utt_id": "x", "speaker": "C", "text": "alone"},
+        ]
+    )
+    assert dialogue_order(table) == [[2, 1], [4, 3, 0]]
+    ids = list(table["utt_id"])
+    assert dialogues_of(table[table["dialogue_id"].notna()], ids) == [["a0", "a1"], ["b0", "b1", "b2"]]
+    texts = dict(zip(ids, with_dialogue_context(table, DialogueContext(turns=1, speakers=False), SEP)["text"]))
+    assert texts["b1"] == "tie, later id" + SEP + "tie, earlier id"  # the tie follows utt_id, as the batches do
+    assert texts["b0"] == "tie, earlier id" and texts["x"] == "alone"

@@ -18,8 +18,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from emomix.data.schema import is_missing
 from emomix.errors import ConfigError
 
 #: The speaker of an utterance whose speaker nobody gave (inference without ``speaker``).
@@ -62,7 +64,7 @@ class DialogueContext:
 def with_dialogue_context(table: pd.DataFrame, context: DialogueContext, separator: str) -> pd.DataFrame:
     """A copy of ``table`` whose ``text`` holds each utterance followed by its preceding turns.
 
-    Turns are ordered by ``turn`` inside ``dialogue_id``; an utterance without a dialogue id or
+    Turns are ordered by ``turn`` inside ``dialogue_id`` (:func:`dialogue_order`); an utterance without a dialogue id or
     turn number keeps its text (plus its speaker when ``speakers``). An utterance without text
     (None or blank) keeps it unchanged, so the encoders' empty-text handling still applies to it;
     a predecessor without text is skipped. ``separator`` sits between turns (the encoder's own
@@ -85,28 +87,42 @@ def with_dialogue_context(table: pd.DataFrame, context: DialogueContext, separat
         return text
 
     new_texts: list[Any] = list(texts)
-    dialogues: list[Any] = list(out["dialogue_id"]) if "dialogue_id" in out else [None] * len(out)
     turn_numbers: list[Any] = list(out["turn"]) if "turn" in out else [None] * len(out)
-    grouped: dict[Any, list[tuple[int, int]]] = {}
-    for position, (dialogue, turn) in enumerate(zip(dialogues, turn_numbers)):
-        if _missing(dialogue) or _missing(turn):
-            own = spoken(position)
-            if own is not None:
-                new_texts[position] = own
-            continue
-        grouped.setdefault(dialogue, []).append((int(turn), position))
-    for members in grouped.values():
-        members.sort()
-        said = [spoken(position) for _, position in members]
-        for index, (_, position) in enumerate(members):
+    in_dialogue: set[int] = set()
+    for members in dialogue_order(out):
+        members = [position for position in members if not is_missing(turn_numbers[position])]
+        in_dialogue.update(members)
+        said = [spoken(position) for position in members]
+        for index, position in enumerate(members):
             own = said[index]
             if own is None:
                 continue
             before = [text for text in reversed(said[:index]) if text is not None][: context.turns]
             new_texts[position] = separator.join([own, *before])
+    for position in range(len(out)):  # no dialogue or no turn number: the utterance alone
+        if position not in in_dialogue and (own := spoken(position)) is not None:
+            new_texts[position] = own
     out["text"] = new_texts
     return out
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
+def dialogue_order(table: pd.DataFrame) -> list[list[int]]:
+    """The row positions of ``table`` grouped by ``dialogue_id``, one list per dialogue (dialogues
+    in sorted id order), each in turn order: by ``turn``, a row without one after the numbered
+    rows, ties by ``utt_id``. Rows without a ``dialogue_id`` are left out.
+
+    The one rule for a conversation's order: conversation batches
+    (:func:`emomix.train.data.dialogues_of`) and dialogue context in transcripts
+    (:func:`with_dialogue_context`) both follow it."""
+    if "dialogue_id" not in table.columns or table.empty:
+        return []
+    frame = pd.DataFrame(
+        {
+            "dialogue": [None if is_missing(d) else d for d in table["dialogue_id"]],
+            "turn": pd.to_numeric(table["turn"], errors="coerce").to_numpy() if "turn" in table.columns else 0,
+            "utt": table["utt_id"].astype(str).to_numpy() if "utt_id" in table.columns else "",
+            "position": np.arange(len(table)),
+        }
+    )
+    frame = frame[frame["dialogue"].notna()].sort_values(["dialogue", "turn", "utt"], kind="stable", na_position="last")
+    return [group["position"].tolist() for _, group in frame.groupby("dialogue", sort=True)]

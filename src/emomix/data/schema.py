@@ -132,7 +132,8 @@ class Utterance:
         return {name: row[name] for name in COLUMNS}
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """None, NaN, ``pd.NA`` or ``NaT`` (a cell with no value); a list or dict never is."""
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
@@ -144,7 +145,7 @@ def _missing(value: Any) -> bool:
 
 
 def _clean_words(value: Any) -> list[dict[str, Any]] | None:
-    if value is None or (not isinstance(value, (list, tuple)) and _missing(value)):
+    if value is None or (not isinstance(value, (list, tuple)) and is_missing(value)):
         return None
     words = []
     for item in list(value):
@@ -188,11 +189,11 @@ def normalise_table(table: pd.DataFrame) -> pd.DataFrame:
             column = table[name] if name in table.columns else pd.Series([None] * count, dtype=object)
             columns[name] = pd.to_numeric(column, errors="raise").astype("float64").to_numpy()
         elif name == "turn":
-            columns[name] = pd.array([None if _missing(v) else int(v) for v in values(name)], dtype="Int64")
+            columns[name] = pd.array([None if is_missing(v) else int(v) for v in values(name)], dtype="Int64")
         elif name == "words":
             columns[name] = pd.Series([_clean_words(v) for v in values(name)], dtype=object)
         else:
-            columns[name] = pd.Series([None if _missing(v) else str(v) for v in values(name)], dtype=object)
+            columns[name] = pd.Series([None if is_missing(v) else str(v) for v in values(name)], dtype=object)
     normalised = pd.DataFrame(columns, columns=list(COLUMNS))
     validate_table(normalised)
     return normalised

@@ -24,7 +24,6 @@ The steps behind ``emomix export --onnx``:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from emomix.data.schema import is_missing
 from emomix.errors import ConfigError, EmomixError, MissingDataError
 from emomix.infer.export import check_parity
 
@@ -409,17 +409,19 @@ def _audio_path(value: str, root: Path) -> Path:
 def _item(row: Any, root: Path) -> dict[str, Any]:
     """A predictor item for a table row; a span of a longer file is read as an array."""
     text = row.get("text") if isinstance(row.get("text"), str) and row.get("text").strip() else None
-    speaker = None if row.get("speaker") is None or _missing(row.get("speaker")) else str(row.get("speaker"))
+    speaker = None if row.get("speaker") is None or is_missing(row.get("speaker")) else str(row.get("speaker"))
     audio = row.get("audio_path")
     if not isinstance(audio, str) or not audio:
         return {"audio": None, "text": text, "speaker": speaker}
     path = _audio_path(audio, root)
     start, end = row.get("start"), row.get("end")
-    if _missing(start) and _missing(end):
+    if is_missing(start) and is_missing(end):
         return {"audio": str(path), "text": text, "speaker": speaker}
     from emomix.audio.io import TARGET_RATE, load_audio
 
-    wave = load_audio(path, start=None if _missing(start) else float(start), end=None if _missing(end) else float(end))
+    wave = load_audio(
+        path, start=None if is_missing(start) else float(start), end=None if is_missing(end) else float(end)
+    )
     return {"audio": wave, "sample_rate": TARGET_RATE, "text": text, "speaker": speaker}
 
 
@@ -442,10 +444,6 @@ def _spread(values: Sequence[str], count: int) -> list[str]:
         return list(values)
     positions = np.linspace(0, len(values) - 1, count).round().astype(int)
     return [values[i] for i in dict.fromkeys(positions.tolist())]
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from emomix.constants import IGNORE_INDEX
+from emomix.data.dialogue import dialogue_order
 from emomix.errors import ConfigError
 from emomix.models.collate import DialogueCollator, UtteranceCollator, label_indices, utterance_vector
 
@@ -78,7 +79,8 @@ def set_random_state(state: Mapping[str, Any]) -> None:
 
 
 def dialogues_of(table: pd.DataFrame, ids: Sequence[str]) -> list[list[str]]:
-    """The ids grouped by ``dialogue_id`` and ordered by ``turn`` (dialogues sorted by id)."""
+    """The ids grouped by ``dialogue_id`` and ordered by ``turn`` (dialogues sorted by id; the rule
+    of :func:`emomix.data.dialogue.dialogue_order`)."""
     if "dialogue_id" not in table.columns:
         raise ConfigError(
             "a conversation model needs dialogue_id in the utterance table; this corpus has no "
@@ -91,9 +93,8 @@ def dialogues_of(table: pd.DataFrame, ids: Sequence[str]) -> list[list[str]]:
             f"a conversation model needs a dialogue_id for every utterance (missing for e.g. "
             f"{', '.join(missing)}); choose an utterance-level model"
         )
-    part["_turn"] = pd.to_numeric(part["turn"], errors="coerce") if "turn" in part.columns else 0
-    part = part.sort_values(["dialogue_id", "_turn", "utt_id"], kind="stable")
-    return [list(group["utt_id"]) for _, group in part.groupby("dialogue_id", sort=True)]
+    ids_in_order = part["utt_id"].tolist()
+    return [[ids_in_order[position] for position in members] for members in dialogue_order(part)]
 
 
 class EmotionDataModule(L.LightningDataModule):
