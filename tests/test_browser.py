@@ -217,3 +217,29 @@ def test_the_page_is_usable_from_the_keyboard(server, browser):
     for element_id in ("audio-file", "transcript", "speaker"):
         labels = browser.find_elements("css selector", f"label[for={element_id}]")
         assert labels and labels[0].text.strip(), f"#{element_id} has no label"
+
+
+def test_a_text_only_model_takes_a_typed_transcript(text_only_checkpoint, background_server, browser):
+    """A text-only model's page has no recording part: a typed transcript alone is predicted,
+    and an empty one is refused in the page before any request."""
+    from emomix.infer.predictor import Predictor
+
+    predictor = Predictor.from_run(text_only_checkpoint, asr=False)
+    url = background_server(create_app(predictor, ServiceLimits(timeout_s=WAIT_S)))
+    browser.get(url + "/")
+    wait_for(browser, lambda d: "reads: text" in d.find_element("id", "model-line").text, "no model line")
+    assert not visible(browser, "recording"), "a text-only model has no recording to choose"
+    submit_with_keyboard(browser)
+    wait_for(browser, lambda d: visible(d, "error"), "no error for an empty transcript")
+    assert "this model reads text only" in browser.find_element("id", "error").text
+    browser.find_element("id", "transcript").send_keys("Why would you do that?")
+    submit_with_keyboard(browser)
+    classes = predictor.classes
+    wait_for(
+        browser,
+        lambda d: visible(d, "result") and len(bar_names(d, "probabilities")) == len(classes),
+        "the probability bars never appeared",
+    )
+    expected = predictor.predict(text="Why would you do that?")["label"]
+    assert browser.find_element("id", "label").text == expected
+    assert not visible(browser, "error")

@@ -1,4 +1,5 @@
 // emomix web page: choose a file or record one, add the transcript, POST /predict, draw the bars.
+// A text-only model (GET /model: inputs ["text"]) gets a transcript alone: the recording part hides.
 // Plain browser JavaScript, no external assets. Every text from the server is set with
 // textContent (never innerHTML), so a file name or message cannot inject markup.
 "use strict";
@@ -21,6 +22,7 @@
   let maxUploadBytes = null;  // from GET /model
   let auxLabels = {};         // machine name → human label, from GET /model (emomix.infer.describe)
   let auxFlags = [];          // readings that are yes/no flags
+  let textOnly = false;       // the model reads no audio (GET /model)
 
   function auxLabel(name) {
     return auxLabels[name] || name.replace(/_/g, " ");
@@ -162,20 +164,28 @@
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearError();
-    const audio = chosenAudio();
-    if (!audio) {
-      showError("Choose an audio file or record one first.");
-      fileInput.focus();
-      return;
-    }
-    if (maxUploadBytes && audio.blob.size > maxUploadBytes) {
-      showError("The recording is " + (audio.blob.size / 1048576).toFixed(1) + " MB; the server accepts at most " +
-                (maxUploadBytes / 1048576).toFixed(1) + " MB.");
-      return;
-    }
     const data = new FormData();
-    data.append("file", audio.blob, audio.filename);
     const text = $("transcript").value.trim();
+    if (textOnly) {
+      if (!text) {
+        showError("Type the transcript first: this model reads text only.");
+        $("transcript").focus();
+        return;
+      }
+    } else {
+      const audio = chosenAudio();
+      if (!audio) {
+        showError("Choose an audio file or record one first.");
+        fileInput.focus();
+        return;
+      }
+      if (maxUploadBytes && audio.blob.size > maxUploadBytes) {
+        showError("The recording is " + (audio.blob.size / 1048576).toFixed(1) + " MB; the server accepts at most " +
+                  (maxUploadBytes / 1048576).toFixed(1) + " MB.");
+        return;
+      }
+      data.append("file", audio.blob, audio.filename);
+    }
     if (text) data.append("text", text);
     const speaker = $("speaker").value.trim();
     if (speaker) data.append("speaker", speaker);
@@ -268,6 +278,12 @@
     const parts = ["Model " + info.name];
     if (info.classes) parts.push("classes: " + info.classes.join(", "));
     if (info.inputs) parts.push("reads: " + info.inputs.join(" + "));
+    if (info.inputs && !info.inputs.includes("audio")) {  // a text-only model: no recording to choose
+      textOnly = true;
+      $("recording").hidden = true;
+      $("transcript-optional").textContent = "(what is said)";
+      $("transcript").placeholder = "Type what is said";
+    }
     $("model-line").textContent = parts.join(" · ");
     const warnings = info.warnings || [];
     if (warnings.length) {  // e.g. a model trained on the synthetic corpus
