@@ -432,6 +432,16 @@ def _(c: Context):
     return c.cli("train", recipe(c.tmp, "typo", change), "--out", c.tmp / "run")
 
 
+@case("recipe-negative-seed")
+def _(c: Context):
+    return c.cli("train", recipe(c.tmp, "seeds", lambda r: r.update(seeds=[0, -1])), "--out", c.tmp / "run")
+
+
+@case("train-seeds-twice")
+def _(c: Context):
+    return c.cli("train", recipe(c.tmp, "seeds", lambda r: None), "--seeds", "1,1", "--out", c.tmp / "run")
+
+
 @case("recipe-unknown-block")
 def _(c: Context):
     return c.cli("train", recipe(c.tmp, "typo", lambda r: r.update(trainig={})), "--out", c.tmp / "run")

@@ -235,3 +235,20 @@ def test_seeds_zero_says_how_to_ask_for_seed_zero():
         parse_seeds("0")
     with pytest.raises(ConfigError, match="a count or a comma list"):
         parse_seeds("zero")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("-2", "cannot be negative"),
+        ("-1,3", "whole numbers from 0"),
+        ("1,1", "names a seed twice"),
+        (",", "names no seed"),
+    ],
+)
+def test_impossible_seeds_are_refused(text, message):
+    from emomix.cli.train import parse_seeds
+    from emomix.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        parse_seeds(text)

@@ -63,17 +63,29 @@ def train(
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"3"`` → [0, 1, 2]; ``"0,7"`` → [0, 7]."""
+    """``"3"`` → [0, 1, 2]; ``"0,7"`` → [0, 7]. Seeds are whole numbers from 0, each given once."""
     try:
         if "," in text:
-            return [int(part) for part in text.split(",") if part.strip()]
-        count = int(text)
+            seeds = [int(part) for part in text.split(",") if part.strip()]
+            count = None
+        else:
+            count = int(text)
     except ValueError:
         raise ConfigError(f"--seeds takes a count or a comma list of integers, got {text!r}") from None
-    if count < 1:
+    if count is None:
+        if not seeds:
+            raise ConfigError(f"--seeds {text!r} names no seed; give a count (3) or a comma list (0,7)")
+        if min(seeds) < 0:
+            raise ConfigError(f"--seeds {text!r}: seeds are whole numbers from 0 (a negative seed is not one)")
+        if len(set(seeds)) < len(seeds):
+            raise ConfigError(f"--seeds {text!r} names a seed twice; each seed trains once")
+        return seeds
+    if count < 0:
+        raise ConfigError(f"--seeds {count}: a number is a count of seeds (0..N-1) and cannot be negative")
+    if count == 0:
         raise ConfigError(
-            f"--seeds {count}: a number is a count of seeds (0..N-1) and must be at least 1; "
-            f"for one particular seed write it with a comma, e.g. --seeds {max(count, 0)},"
+            "--seeds 0: a number is a count of seeds (0..N-1) and must be at least 1; "
+            "for seed 0 alone write it with a comma: --seeds 0,"
         )
     return list(range(count))
 

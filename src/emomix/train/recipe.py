@@ -283,6 +283,8 @@ class Recipe:
             raise ConfigError(f"{source}: seeds must be an integer or a non-empty list of integers, got {seeds!r}")
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"{source}: seeds lists a seed twice: {list(seeds)}")
+        if min(seeds) < 0:
+            raise ConfigError(f"{source}: seeds are whole numbers from 0, got {list(seeds)}")
         model = data["model"]
         if isinstance(model, str):
             model = {"name": model}
