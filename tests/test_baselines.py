@@ -247,3 +247,87 @@ def test_linear_svm_learns_a_separable_problem_and_rejects_a_bad_margin():
     assert plain.loss(plain(batch), labels)[0] > 0
     with pytest.raises(ConfigError, match="margin"):
         build("linear_svm_audio", margin=0)
+
+
+def _noisy_problem(rows: int = 60, dims: int = 200, seed: int = 0):
+    """More dimensions than rows and overlapping classes: the regime of openSMILE functionals."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(CLASSES, dims, generator=generator) * 0.3
+    labels = torch.arange(rows) % CLASSES
+    return centres[labels] + torch.randn(rows, dims, generator=generator), labels
+
+
+def svm(dims: int, **overrides) -> torch.nn.Module:
+    return create_model("linear_svm_audio", overrides, {"audio": dims}, CLASSES)
+
+
+@torch.no_grad()
+def _svm_objective(model, features, labels, c=1.0):
+    scores = features.double() @ model.scores.weight.double().T + model.scores.bias.double()
+    per_row = F.multi_margin_loss(scores, labels, p=2, margin=1.0, reduction="none") * CLASSES
+    return float(c * per_row.sum() + 0.5 * (model.scores.weight.double() ** 2).sum())
+
+
+def test_the_linear_svm_is_solved_to_the_minimum_of_its_objective():
+    """solver="lbfgs" (the default) puts W, b at the minimum of c·Σ hinge² + ½‖W‖²: no small
+    step away from the solution lowers the objective, and epochs of AdamW end far above it."""
+    features, labels = _noisy_problem()
+    model = svm(features.shape[1])
+    assert model.fits_by_solver and model.solver_layer() is model.scores
+    report = model.solve(features, labels)
+    assert report["converged"] and report["iterations"] > 0
+    solved = _svm_objective(model, features, labels)
+    assert report["objective"] == pytest.approx(solved, rel=1e-4)
+    generator = torch.Generator().manual_seed(1)
+    weight, bias = model.scores.weight.detach().clone(), model.scores.bias.detach().clone()
+    for _ in range(5):
+        with torch.no_grad():
+            model.scores.weight.copy_(weight + 1e-3 * torch.randn(weight.shape, generator=generator))
+            model.scores.bias.copy_(bias + 1e-3 * torch.randn(bias.shape, generator=generator))
+        assert _svm_objective(model, features, labels) > solved
+    trained = svm(features.shape[1], solver="epochs")
+    assert not trained.fits_by_solver
+    optimiser = torch.optim.AdamW(trained.parameters(), lr=1e-3, weight_decay=0.0)
+    batch = Batch(inputs={"audio": ModalityInput(states=features.unsqueeze(1), mask=None)}, labels=labels)
+    for _ in range(25):
+        optimiser.zero_grad()
+        trained.loss(trained(batch), labels)[0].backward()
+        optimiser.step()
+    assert _svm_objective(trained, features, labels) > 1.5 * solved
+    # the class weights the trainer sets count in the objective: a class weighted up is fitted harder
+    weighted = svm(features.shape[1])
+    weighted.set_class_weights(torch.tensor([4.0] + [1.0] * (CLASSES - 1)))
+    weighted.solve(features, labels)
+    with torch.no_grad():
+        recall_0 = lambda m: float((m.scores(features).argmax(-1)[labels == 0] == 0).float().mean())  # noqa: E731
+    assert recall_0(weighted) >= recall_0(model)
+    with pytest.raises(ConfigError, match="solver must be one of lbfgs, epochs"):
+        svm(features.shape[1], solver="sgd")
+    with pytest.raises(ConfigError, match="needs N×D features and N labels"):
+        model.solve(features, labels[:-1])
+
+
+def test_fit_solves_a_solved_model_in_one_step():
+    """emomix.train.fit: a model that fits by its solver gets one history row (the solve) and the
+    solution, not epochs; its validation UA is recorded."""
+    from emomix.train.fit import fit
+
+    features, labels = _noisy_problem(rows=80, dims=40, seed=2)
+    batches = [
+        Batch(
+            inputs={"audio": ModalityInput(states=features[i : i + 16].unsqueeze(1), mask=None)},
+            labels=labels[i : i + 16],
+        )
+        for i in range(0, 64, 16)
+    ]
+    held_out = [
+        Batch(inputs={"audio": ModalityInput(states=features[64:].unsqueeze(1), mask=None)}, labels=labels[64:])
+    ]
+    model = svm(features.shape[1])
+    result = fit(model, batches, held_out, epochs=30, seed=0)
+    assert len(result.history) == 1 and result.best_epoch == 1
+    assert {"objective", "iterations", "converged", "val_ua", "seconds"} <= set(result.history[0])
+    reference = svm(features.shape[1])
+    reference.set_class_weights(torch.tensor(result.class_weights))
+    reference.solve(features[:64], labels[:64])
+    assert torch.allclose(model.scores.weight, reference.scores.weight, atol=1e-5)

@@ -371,3 +371,40 @@ def test_augmented_copies_reach_training_with_a_relative_store_and_the_corpus_el
     copies = sorted(u for u in context.feature_set.features if is_augmented(u))
     assert copies == ["u0@aug-noise-0", "u0@aug-noise-1", "u1@aug-noise-0", "u1@aug-noise-1"]
     assert json.loads((work / "runs" / "tones" / "data.json").read_text())["feature_failures"] == []
+
+
+def test_a_linear_svm_run_is_solved_and_its_weights_reproduce_its_predictions(synthetic_features, tmp_path, one_thread):
+    """``emomix train`` with ``linear_svm``: no epochs, one solve on the fold's training part
+    (through the same standardisation inference applies); the history records it, the result does
+    not depend on the seed, and the saved weights give the saved predictions."""
+    from emomix.models.saved import TrainedModel, predict_rows
+    from emomix.train.data import EmotionDataModule
+    from emomix.train.run import prepare_run
+
+    data = recipe_dict(synthetic_features)
+    data["model"] = {"name": "linear_svm"}
+    data["training"]["standardise"] = True  # an SVM reads z-scored inputs (the text states are raw)
+    data["seeds"] = [0, 1]
+    recipe = Recipe.from_dict(data)
+    out = tmp_path / "svm"
+    train_recipe(recipe, out, folds=["ses01"], progress=False, log=None, report=False)
+    history = pd.read_csv(out / "folds" / "ses01" / "seed-0" / "history.csv")
+    assert len(history) == 1 and bool(history["converged"].iloc[0]) and history["iterations"].iloc[0] > 0
+    assert 0.25 < history["val_ua"].iloc[0] <= 1.0  # four classes: above chance on the validation session
+    first, second = (
+        pd.read_parquet(out / "folds" / "ses01" / f"seed-{k}" / "predictions.parquet").set_index("utt_id")
+        for k in (0, 1)
+    )
+    columns = [c for c in first if c.startswith("prob_")]
+    assert abs(first[columns].to_numpy() - second.loc[first.index, columns].to_numpy()).max() < 1e-6
+    context = prepare_run(recipe, out, progress=False, log=lambda m: None)
+    fold = context.plan.folds[0]
+    module = EmotionDataModule(
+        context.feature_set,
+        context.table,
+        context.classes,
+        {"train": fold.train, "validation": fold.validation, "test": fold.test},
+    )
+    model = TrainedModel.from_pretrained(out / "folds" / "ses01" / "seed-0")
+    ids, probs, _, _ = predict_rows(model, module.test_dataloader())
+    assert abs(probs - first.loc[ids, columns].to_numpy()).max() < 1e-5

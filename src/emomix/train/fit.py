@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
@@ -228,6 +228,21 @@ def fit(
     weights = _resolve_class_weights(class_weights, train_batches, num_classes)
     if weights is not None and hasattr(model, "set_class_weights"):
         model.set_class_weights(weights)
+    if getattr(model, "fits_by_solver", False):  # a convex model: solved, not trained by epochs
+        started = time.perf_counter()
+        solved = solve_model(model, model, train_batches)
+        solve_record: dict[str, float] = {"epoch": 1, **{k: float(v) for k, v in solved.items()}}
+        if val_batches:
+            probs, labels = predict(model, val_batches)
+            solve_record["val_ua"] = unweighted_accuracy(labels, probs.argmax(axis=1))
+        solve_record["seconds"] = time.perf_counter() - started
+        return FitResult(
+            best_state=_copy_state(model),
+            history=[solve_record],
+            best_epoch=1,
+            best_val_ua=solve_record.get("val_ua"),
+            class_weights=None if weights is None else weights.tolist(),
+        )
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ConfigError(f"{type(model).__name__} has no trainable parameters")
@@ -331,6 +346,40 @@ def predict(
     count = len(all_labels)
     joined = {name: np.concatenate(parts) for name, parts in aux.items()}
     return all_probs, all_labels, {name: value for name, value in joined.items() if len(value) == count}
+
+
+def solve_model(
+    model: Any, forward: Callable[[Any], Any], batches: Iterable[Batch | DialogueBatch]
+) -> dict[str, float]:
+    """Fit a model that is solved rather than trained (``model.fits_by_solver``, e.g. the linear
+    SVM): run ``forward`` (the model, or the :class:`~emomix.models.saved.TrainedModel` that
+    standardises its inputs first) over every batch in eval mode, collect the input of
+    ``model.solver_layer()`` and the labels of the labelled rows, and call ``model.solve``;
+    returns what the solver reports (objective, iterations, converged)."""
+    captured: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    handle = model.solver_layer().register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach()))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                if batch.labels is None:
+                    raise ConfigError(
+                        "every training batch needs labels; the training part holds unlabelled utterances"
+                    )
+                forward(batch)
+                labels.append(batch.labels.reshape(-1))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not captured:
+        raise ConfigError(f"{type(model).__name__}: no training rows to solve on")
+    features = torch.cat([c.reshape(-1, c.shape[-1]) for c in captured])
+    targets = torch.cat(labels)
+    keep = targets != IGNORE_INDEX
+    result: dict[str, float] = model.solve(features[keep], targets[keep])
+    return result
 
 
 # --------------------------------------------------------------------------------------------

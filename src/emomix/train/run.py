@@ -41,15 +41,16 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from emomix.atomic import write_parquet_atomic
 from emomix.errors import ConfigError, MissingDataError
 from emomix.jsonutil import to_jsonable
+from emomix.metrics_core import unweighted_accuracy
 from emomix.models import create_model, model_info
 from emomix.models.losses import inverse_frequency_alpha
-from emomix.models.saved import load_weights, predict_rows
+from emomix.models.saved import load_weights, predict_rows, save_weights
 from emomix.train.augment import augment_table, is_augmented, training_ids_with_copies
 from emomix.train.checkpoint import AtomicCheckpointIO, remove_stale_temporaries, usable_checkpoint
 from emomix.train.data import EmotionDataModule
 from emomix.train.late_fusion import train_late_fusion
 from emomix.train.recipe import Recipe
-from emomix.train.task import BestWeights, EmotionTask, HistoryWriter
+from emomix.train.task import BestWeights, EmotionTask, HistoryWriter, append_csv_row
 
 RUN_FORMAT = "emomix.run/1"
 
@@ -419,6 +420,8 @@ def fit_model(
     has_validation = bool(datamodule.parts.get("validation"))
     weights_path = directory / weights_name
     stem = weights_name.split(".")[0]
+    if getattr(model, "fits_by_solver", False):  # a convex model (the linear SVM): solved, no epochs
+        return task, datamodule, solve_fold(task, datamodule, weights_path, directory, stem, training.monitor)
     best = BestWeights(weights_path, monitor=training.monitor if has_validation else "none")
     callbacks: list[Any] = [
         best,
@@ -469,6 +472,35 @@ def fit_model(
         "stopped_early": bool(trainer.current_epoch < training.epochs),
     }
     return task, datamodule, summary
+
+
+def solve_fold(
+    task: EmotionTask, datamodule: EmotionDataModule, weights_path: Path, directory: Path, stem: str, monitor: str
+) -> dict[str, Any]:
+    """Fit a solved model (``fits_by_solver``) on the fold's training part through the task's
+    input path (standardisation included), save its weights and a one-row history; the summary
+    has the shape of an epoch-trained one (one "epoch": the solve)."""
+    from emomix.train.fit import predict, solve_model
+
+    started = time.perf_counter()
+    solved = solve_model(task.model, task.net, datamodule.loader_for(datamodule.parts["train"]))
+    save_weights(task.trainable_state(), weights_path)
+    row: dict[str, Any] = {"epoch": 1, **solved, "seconds": round(time.perf_counter() - started, 3)}
+    score = None
+    if datamodule.parts.get("validation"):
+        probs, labels = predict(task.net, list(datamodule.loader_for(datamodule.parts["validation"])))
+        row["val_ua"] = score = unweighted_accuracy(labels, probs.argmax(axis=1))
+    history = directory / f"history{'' if stem == 'model' else '-' + stem}.csv"
+    history.unlink(missing_ok=True)
+    append_csv_row(history, row)
+    return {
+        "epochs_run": 1,
+        "best_epoch": 1,
+        "best_score": score,
+        "monitor": monitor if score is not None else None,
+        "stopped_early": False,
+        "solver": solved,
+    }
 
 
 def training_statistics(
