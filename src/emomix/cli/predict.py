@@ -102,6 +102,7 @@ def predict(
     """Predict the emotion of every input with a trained model."""
     from emomix.infer.batch import (
         collect_inputs,
+        dialogue_groups,
         distinct_notes,
         has_dialogues,
         run_predictions,
@@ -124,6 +125,7 @@ def predict(
         items: list[dict[str, Any]] = [{"text": text, **({"speaker": speaker} if speaker is not None else {})}]
     else:
         items = collect_inputs(source, text=text, speaker=speaker, video=video)
+    dialogue_groups(items)  # an ambiguous turn order is refused before the model loads
     predictor = Predictor.from_run(run, fold=fold, seed=seed)
     card = predictor.info()
     typer.echo(
