@@ -20,8 +20,9 @@ model, its local-only and global-only ablations (which keep the recipe's model c
 ``audio_global: pooled``) and the single-scale models on the same features — an MLP on the
 utterance vector alone (``early_fusion_audio@utterance``: the recipe's ``utterance`` encoder as
 the modality's only input), the classic peer on that vector (``linear_svm_audio@utterance``: a
-linear SVM, solved rather than trained, so every seed gives the same model) and an MLP on the mean of the frames (``early_fusion_audio``) — all
-under the recipe's own fold plan and training settings, so ``emomix compare`` pairs them over folds:
+linear SVM, solved rather than trained, so every seed gives the same model) and an MLP on the
+mean of the frames (``early_fusion_audio``) — all under the recipe's own fold plan and training
+settings, so ``emomix compare`` pairs them over folds:
 
     python -m bench.real_corpora_train --recipe configs/emodb/moe_scales.yaml --moe --seeds 1
     python -m bench.real_corpora_train --recipe configs/emodb/moe_scales.yaml --moe --compare
