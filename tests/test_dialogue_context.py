@@ -161,6 +161,35 @@ def test_build_features_encodes_the_context_and_the_store_keys_it_apart(minilm):
         )
 
 
+def test_pool_turn_leaves_only_the_turns_own_tokens_as_content(minilm):
+    """``context: {pool: turn}``: the stored states are the same context input's, but every token
+    after the turn's own (its speaker's name included) is marked special, so a model pooling the
+    content tokens reads the turn alone; a turn without predecessors keeps every content token."""
+    table = _table(
+        [
+            {"utt_id": f"u{t}", "speaker": s, "dialogue_id": "d", "turn": t, "text": x}
+            for t, (s, x) in enumerate([("Ann", "I got the job!"), ("Bob", "Oh."), ("Ann", "You could sound happier.")])
+        ]
+    )
+    store = MemoryStore()
+
+    def built(pool):
+        spec = FeatureSpec.from_dict("text", {"encoder": "minilm", "context": {"turns": 2, "pool": pool}})
+        return build_features(table, {"text": spec}, store, encoders={"text": minilm}, progress=False).features
+
+    whole, turn = built("all"), built("turn")
+    for u, own in (("u0", "Ann: I got the job!"), ("u1", "Bob: Oh."), ("u2", "Ann: You could sound happier.")):
+        assert np.array_equal(whole[u]["text"]["states"], turn[u]["text"]["states"])  # one store entry
+        content = ~turn[u]["text"]["special_tokens"].astype(bool)
+        assert content.sum() == len(minilm.tokenizer(own, add_special_tokens=False)["input_ids"])
+        assert np.flatnonzero(content).tolist() == list(range(1, content.sum() + 1))  # right after [CLS]
+    assert (~whole["u2"]["text"]["special_tokens"].astype(bool)).sum() > (
+        ~turn["u2"]["text"]["special_tokens"].astype(bool)
+    ).sum()
+    with pytest.raises(ConfigError, match="context.pool must be one of all, turn"):
+        FeatureSpec.from_dict("text", {"encoder": "minilm", "context": {"turns": 2, "pool": "own"}})
+
+
 @pytest.fixture(scope="module")
 def context_run(trained_synthetic_run, tmp_path_factory):
     """The trained synthetic run with its text features declared with dialogue context (the

@@ -245,6 +245,32 @@ def with_text_context(table: pd.DataFrame, context: DialogueContext | None, enco
     return with_dialogue_context(table, context, context_separator(encoder))
 
 
+def turn_token_counts(table: pd.DataFrame, context: DialogueContext, encoder: Any) -> dict[str, int]:
+    """Per ``utt_id``, how many content tokens the turn's own part (with its speaker's name) takes
+    at the start of its context input (:func:`with_text_context`); rows whose text is empty are
+    left out. ``encoder`` must have a ``tokenizer``."""
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if tokenizer is None:
+        raise ConfigError("features.text.context.pool: turn needs a text encoder with a tokenizer")
+    separator = context_separator(encoder)
+    inputs = with_dialogue_context(table, context, separator)
+    counts = {}
+    for utt_id, text in zip(inputs["utt_id"], inputs["text"]):
+        if isinstance(text, str) and text.strip():
+            own = text.split(separator)[0]
+            counts[str(utt_id)] = len(tokenizer(own, add_special_tokens=False, verbose=False)["input_ids"])
+    return counts
+
+
+def keep_turn_tokens(fields: dict[str, Any], count: int) -> dict[str, Any]:
+    """``fields`` whose ``special_tokens`` mask also covers every content token after the first
+    ``count`` (the turn's own): a model that pools content tokens then reads the turn alone."""
+    special = np.asarray(fields["special_tokens"]).astype(bool).copy()
+    content = np.flatnonzero(~special)
+    special[content[count:]] = True
+    return {**fields, "special_tokens": special}
+
+
 def namespace_for(encoder: Any) -> str:
     """The store namespace of an encoder: a readable slug of its name plus its identity hash."""
     config = encoder.config()

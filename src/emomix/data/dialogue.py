@@ -26,6 +26,8 @@ from emomix.errors import ConfigError
 
 #: The speaker of an utterance whose speaker nobody gave (inference without ``speaker``).
 UNKNOWN_SPEAKER = "<unknown speaker>"
+#: What ``DialogueContext.pool`` may be.
+CONTEXT_POOLS = ("all", "turn")
 #: Speaker ids that are not names, so they are never written into a transcript (compared lower-cased).
 ANONYMOUS_SPEAKERS = frozenset({"", "unknown", UNKNOWN_SPEAKER})
 
@@ -34,16 +36,21 @@ ANONYMOUS_SPEAKERS = frozenset({"", "unknown", UNKNOWN_SPEAKER})
 class DialogueContext:
     """``turns``: how many preceding turns follow the utterance (at least 1); ``speakers``:
     prefix every turn with its speaker (``"Ross: ..."``), so the encoder can tell whether the
-    previous turn was the same person's."""
+    previous turn was the same person's; ``pool``: which tokens a model's token pooling reads —
+    ``"all"`` (the turn and its context alike) or ``"turn"`` (the turn's own tokens: the context
+    reaches them only through the encoder's attention, where its layers are fine-tuned)."""
 
     turns: int = 2
     speakers: bool = True
+    pool: str = "all"
 
     def __post_init__(self) -> None:
         if isinstance(self.turns, bool) or not isinstance(self.turns, int) or self.turns < 1:
             raise ConfigError(f"context.turns must be a whole number of at least 1, got {self.turns!r}")
         if not isinstance(self.speakers, bool):
             raise ConfigError(f"context.speakers must be true or false, got {self.speakers!r}")
+        if self.pool not in CONTEXT_POOLS:
+            raise ConfigError(f"context.pool must be one of {', '.join(CONTEXT_POOLS)}, got {self.pool!r}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> DialogueContext | None:
@@ -52,9 +59,9 @@ class DialogueContext:
             return None
         if not isinstance(values, Mapping):
             raise ConfigError(f"context must be a mapping such as {{turns: 2, speakers: true}}, got {values!r}")
-        unknown = sorted(set(values) - {"turns", "speakers"})
+        unknown = sorted(set(values) - {"turns", "speakers", "pool"})
         if unknown:
-            raise ConfigError(f"context: unknown key(s) {unknown}; known: ['speakers', 'turns']")
+            raise ConfigError(f"context: unknown key(s) {unknown}; known: ['pool', 'speakers', 'turns']")
         return cls(**dict(values))
 
     def to_dict(self) -> dict[str, Any]:
