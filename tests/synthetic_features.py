@@ -320,3 +320,18 @@ if __name__ == "__main__":  # a quick look: python tests/synthetic_features.py /
         built.input_dims,
         built.cue_kind,
     )
+
+
+def with_context_card(run: Path, target: Path) -> Path:
+    """A copy of the run folder ``run`` at ``target`` whose text features are declared with two
+    turns of dialogue context (the weights are the run's own: what changes is which text reaches
+    the encoder)."""
+    import json
+    import shutil
+
+    shutil.copytree(run, target)
+    for card_path in target.glob("folds/*/seed-*/model.json"):
+        card = json.loads(card_path.read_text())
+        card["features"]["text"]["context"] = {"turns": 2, "speakers": True}
+        card_path.write_text(json.dumps(card))
+    return target

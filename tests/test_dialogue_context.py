@@ -5,7 +5,6 @@ by training, ``emomix extract`` and inference."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from emomix.data.dialogue import UNKNOWN_SPEAKER, DialogueContext, with_dialogue
 from emomix.data.schema import make_table
 from emomix.errors import ConfigError
 from emomix.features import FeatureSpec, build_features
-from synthetic_features import fold_test_items
+from synthetic_features import fold_test_items, with_context_card
 
 SEP = " [SEP] "
 
@@ -194,13 +193,7 @@ def test_pool_turn_leaves_only_the_turns_own_tokens_as_content(minilm):
 def context_run(trained_synthetic_run, tmp_path_factory):
     """The trained synthetic run with its text features declared with dialogue context (the
     weights are the run's own: what is tested is which text reaches the encoder)."""
-    run = tmp_path_factory.mktemp("context") / "run"
-    shutil.copytree(trained_synthetic_run, run)
-    for card_path in run.glob("folds/*/seed-*/model.json"):
-        card = json.loads(card_path.read_text())
-        card["features"]["text"]["context"] = {"turns": 2, "speakers": True}
-        card_path.write_text(json.dumps(card))
-    return run
+    return with_context_card(trained_synthetic_run, tmp_path_factory.mktemp("context") / "run")
 
 
 def test_inference_gives_context_to_a_dialogues_turns_only(context_run, synthetic_features):

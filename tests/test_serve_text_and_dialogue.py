@@ -4,8 +4,6 @@ conversations (``POST /predict/dialogue``: each turn with its context, as
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +12,9 @@ from fastapi.testclient import TestClient
 
 from emomix.infer.predictor import Predictor
 from emomix.serve.app import create_app
-from synthetic_features import fold_test_items
+from synthetic_features import fold_test_items, with_context_card
 
 LINES = ["I got the job, this is the best day ever!", "Why would you do that?", "Fine. Whatever."]
-
-
-def _with_context(run: Path, target: Path) -> Path:
-    """A copy of ``run`` whose text features are declared with two turns of dialogue context."""
-    shutil.copytree(run, target)
-    for card_path in target.glob("folds/*/seed-*/model.json"):
-        card = json.loads(card_path.read_text())
-        card["features"]["text"]["context"] = {"turns": 2, "speakers": True}
-        card_path.write_text(json.dumps(card))
-    return target
 
 
 def _p(result, classes):
@@ -71,7 +59,7 @@ def test_a_conversation_is_predicted_with_its_context(trained_synthetic_run, syn
     """Three synthetic turns with their recordings through a context model: the dialogue endpoint
     gives what predict_dialogue gives (later turns read their predecessors), the batch endpoint
     what predict gives; a corrupt recording fails the conversation, naming its turn."""
-    run = _with_context(trained_synthetic_run, tmp_path / "context")
+    run = with_context_card(trained_synthetic_run, tmp_path / "context")
     predictor = Predictor.from_run(run, asr=False)
     items, _ = fold_test_items(run, synthetic_features, "ses01", 3)
     files = [("files", (Path(i["audio"]).name, Path(i["audio"]).read_bytes(), "audio/wav")) for i in items]
@@ -94,7 +82,7 @@ def test_a_conversation_is_predicted_with_its_context(trained_synthetic_run, syn
 
 
 def test_a_text_only_conversation(text_only_checkpoint, tmp_path):
-    predictor = Predictor.from_run(_with_context(text_only_checkpoint, tmp_path / "context"), asr=False)
+    predictor = Predictor.from_run(with_context_card(text_only_checkpoint, tmp_path / "context"), asr=False)
     speakers = ["A", "B", "A"]
     alone = [predictor.predict(text=line, speaker=who) for line, who in zip(LINES, speakers)]
     with TestClient(create_app(predictor)) as client:

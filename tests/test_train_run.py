@@ -64,23 +64,13 @@ def test_cross_validation_writes_predictions_checkpoints_and_report(finished_run
 @pytest.mark.e2e  # cross-validation training (make test-e2e)
 def test_saved_weights_reproduce_the_saved_predictions(finished_run, synthetic_features):
     """The checkpoint (safetensors + JSON) alone rebuilds the model that made the predictions."""
-    from emomix.models.saved import TrainedModel, predict_rows
-    from emomix.train.data import EmotionDataModule
-    from emomix.train.run import prepare_run
+    from emomix.models.saved import TrainedModel
 
     out, _ = finished_run
     folder = out / "folds" / "ses01" / "seed-0"
     card = json.loads((folder / "model.json").read_text())
     model = TrainedModel.from_pretrained(folder)  # no trainer, no optimiser config
-    context = prepare_run(Recipe.from_dict(recipe_dict(synthetic_features)), out, progress=False, log=lambda m: None)
-    fold = context.plan.folds[0]
-    module = EmotionDataModule(
-        context.feature_set,
-        context.table,
-        context.classes,
-        {"train": fold.train, "validation": fold.validation, "test": fold.test},
-    )
-    ids, probs, _, _ = predict_rows(model, module.test_dataloader())
+    ids, probs = _first_fold_test_predictions(Recipe.from_dict(recipe_dict(synthetic_features)), out, model)
     saved = pd.read_parquet(folder / "predictions.parquet").set_index("utt_id").loc[ids]
     expected = saved[[f"prob_{c}" for c in card["classes"]]].to_numpy()
     assert abs(probs - expected).max() < 1e-5
@@ -295,12 +285,28 @@ def test_a_config_left_by_an_attempt_that_never_read_its_corpus_is_replaced(tmp_
         prepare_run(other, out, progress=False, log=messages.append)
 
 
+def _first_fold_test_predictions(recipe, out, model):
+    """``model`` on the test part of the run's first fold: (utterance ids, probabilities)."""
+    from emomix.models.saved import predict_rows
+    from emomix.train.data import EmotionDataModule
+    from emomix.train.run import prepare_run
+
+    context = prepare_run(recipe, out, progress=False, log=lambda m: None)
+    fold = context.plan.folds[0]
+    module = EmotionDataModule(
+        context.feature_set,
+        context.table,
+        context.classes,
+        {"train": fold.train, "validation": fold.validation, "test": fold.test},
+    )
+    ids, probs, _, _ = predict_rows(model, module.test_dataloader())
+    return ids, probs
+
+
 def test_a_late_fusion_model_trains_its_parts_and_loads_as_one(synthetic_features, tmp_path, one_thread):
     """``complementary`` is chosen by its registry entry (late_fusion_of): both parts are trained and
     saved, the fused weights are fitted, and the fused checkpoint reloads to the saved predictions."""
-    from emomix.models.saved import TrainedModel, predict_rows
-    from emomix.train.data import EmotionDataModule
-    from emomix.train.run import prepare_run
+    from emomix.models.saved import TrainedModel
 
     data = recipe_dict(synthetic_features)
     data["model"] = {
@@ -322,15 +328,7 @@ def test_a_late_fusion_model_trains_its_parts_and_loads_as_one(synthetic_feature
     assert len(card["training"]["fusion_weights"]) == len(card["classes"])
     model = TrainedModel.from_pretrained(folder)
     assert model.model.fusion_weights.tolist() == pytest.approx(card["training"]["fusion_weights"], abs=1e-4)
-    context = prepare_run(recipe, out, progress=False, log=lambda m: None)
-    fold = context.plan.folds[0]
-    module = EmotionDataModule(
-        context.feature_set,
-        context.table,
-        context.classes,
-        {"train": fold.train, "validation": fold.validation, "test": fold.test},
-    )
-    ids, probs, _, _ = predict_rows(model, module.test_dataloader())
+    ids, probs = _first_fold_test_predictions(recipe, out, model)
     saved = pd.read_parquet(folder / "predictions.parquet").set_index("utt_id").loc[ids]
     assert abs(probs - saved[[f"prob_{c}" for c in card["classes"]]].to_numpy()).max() < 1e-5
 
@@ -377,9 +375,7 @@ def test_a_linear_svm_run_is_solved_and_its_weights_reproduce_its_predictions(sy
     """``emomix train`` with ``linear_svm``: no epochs, one solve on the fold's training part
     (through the same standardisation inference applies); the history records it, the result does
     not depend on the seed, and the saved weights give the saved predictions."""
-    from emomix.models.saved import TrainedModel, predict_rows
-    from emomix.train.data import EmotionDataModule
-    from emomix.train.run import prepare_run
+    from emomix.models.saved import TrainedModel
 
     data = recipe_dict(synthetic_features)
     data["model"] = {"name": "linear_svm"}
@@ -397,14 +393,6 @@ def test_a_linear_svm_run_is_solved_and_its_weights_reproduce_its_predictions(sy
     )
     columns = [c for c in first if c.startswith("prob_")]
     assert abs(first[columns].to_numpy() - second.loc[first.index, columns].to_numpy()).max() < 1e-6
-    context = prepare_run(recipe, out, progress=False, log=lambda m: None)
-    fold = context.plan.folds[0]
-    module = EmotionDataModule(
-        context.feature_set,
-        context.table,
-        context.classes,
-        {"train": fold.train, "validation": fold.validation, "test": fold.test},
-    )
     model = TrainedModel.from_pretrained(out / "folds" / "ses01" / "seed-0")
-    ids, probs, _, _ = predict_rows(model, module.test_dataloader())
+    ids, probs = _first_fold_test_predictions(recipe, out, model)
     assert abs(probs - first.loc[ids, columns].to_numpy()).max() < 1e-5
