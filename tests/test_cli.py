@@ -143,6 +143,7 @@ def test_predict_prints_each_note_once(monkeypatch, tmp_path, capsys):
     class StandIn:
         classes: ClassVar[list[str]] = ["happy", "sad"]
         checkpoint = tmp_path
+        reads_dialogue = False
 
         def info(self):
             return {"name": "stand_in", "training": {"fold": "f1", "seed": 0}}

@@ -406,17 +406,15 @@ def build_features(
         if getattr(encoder, "modality", modality) != modality:
             raise ConfigError(f"features.{modality}: encoder {spec.encoder!r} takes {encoder.modality}, not {modality}")
         boundary = spec.boundary_layer(encoder)
-        inputs = with_text_context(table, spec.dialogue_context(), encoder)  # the table itself without context
+        context = spec.dialogue_context()
+        inputs = with_text_context(table, context, encoder)  # the table itself without context
         arrays, summary = _stored_arrays(
             inputs, encoder, store, spec.preprocess, spec.batch_size, spec.layers, boundary, base_dir, progress
         )
         result.summaries[modality] = summary.to_dict()
         for failure in summary.failures:
             failed.setdefault(failure["utt_id"], {**failure, "modality": modality})
-        context = spec.dialogue_context()
-        turn_tokens = (
-            turn_token_counts(table, context, encoder) if context is not None and context.pool == "turn" else {}
-        )
+        turn_tokens = turn_token_counts(inputs, encoder) if context is not None and context.pool == "turn" else {}
         for utt_id, fields in arrays.items():
             if utt_id not in features:
                 continue

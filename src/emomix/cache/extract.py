@@ -245,15 +245,14 @@ def with_text_context(table: pd.DataFrame, context: DialogueContext | None, enco
     return with_dialogue_context(table, context, context_separator(encoder))
 
 
-def turn_token_counts(table: pd.DataFrame, context: DialogueContext, encoder: Any) -> dict[str, int]:
+def turn_token_counts(inputs: pd.DataFrame, encoder: Any) -> dict[str, int]:
     """Per ``utt_id``, how many content tokens the turn's own part (with its speaker's name) takes
-    at the start of its context input (:func:`with_text_context`); rows whose text is empty are
-    left out. ``encoder`` must have a ``tokenizer``."""
+    at the start of its context input; ``inputs`` is the table :func:`with_text_context` built for
+    ``encoder``. Rows whose text is empty are left out. ``encoder`` must have a ``tokenizer``."""
     tokenizer = getattr(encoder, "tokenizer", None)
     if tokenizer is None:
         raise ConfigError("features.text.context.pool: turn needs a text encoder with a tokenizer")
     separator = context_separator(encoder)
-    inputs = with_dialogue_context(table, context, separator)
     counts = {}
     for utt_id, text in zip(inputs["utt_id"], inputs["text"]):
         if isinstance(text, str) and text.strip():

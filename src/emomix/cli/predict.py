@@ -133,9 +133,7 @@ def predict(
         f"from {predictor.checkpoint}; {len(items)} input(s)",
         err=True,
     )
-    for note in dialogue_notes(
-        card["name"], getattr(predictor, "reads_dialogue", False), has_dialogues(items), timeline, len(items)
-    ):
+    for note in dialogue_notes(card["name"], predictor.reads_dialogue, has_dialogues(items), timeline, len(items)):
         typer.echo(f"note: {note}", err=True)
     if timeline:
         results = run_timelines(predictor, items, batch_size, plot, progress=not quiet)
