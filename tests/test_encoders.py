@@ -59,11 +59,14 @@ def _speech_config(kind: str, **extra):
 
 
 def _text_config(kind: str = "bert", **extra):
-    from transformers import BertConfig, RobertaConfig
+    from transformers import BertConfig, MPNetConfig, RobertaConfig
 
     if kind == "roberta":
         # The MiniLM (BERT) tokenizer pads with id 0; RoBERTa must agree to place its positions.
         return RobertaConfig(**{**TINY_TEXT, "pad_token_id": 0, **extra})
+    if kind == "mpnet":
+        # all-mpnet-base-v2's family: relative-position bias in every layer, positions after padding
+        return MPNetConfig(**{**TINY_TEXT, "pad_token_id": 0, **extra})
     return BertConfig(**{**TINY_TEXT, **extra})
 
 
@@ -337,7 +340,7 @@ def test_text_truncates_long_input_and_flags_it():
         TextEncoder.from_config(_text_config("bert"), max_length=1000)
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "mpnet"])
 def test_text_forward_from_layer_equals_full_forward(kind):
     encoder = TextEncoder.from_config(_text_config(kind))
     full = encoder.encode(["a short one", "and a considerably longer sentence here"], output_hidden_states=True)

