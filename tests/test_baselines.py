@@ -331,3 +331,11 @@ def test_fit_solves_a_solved_model_in_one_step():
     reference.set_class_weights(torch.tensor(result.class_weights))
     reference.solve(features[:64], labels[:64])
     assert torch.allclose(model.scores.weight, reference.scores.weight, atol=1e-5)
+
+
+def test_a_solve_stopped_by_its_caps_is_not_reported_converged():
+    """L-BFGS stops at max_iter iterations or 1.25 × max_iter evaluations; either is a cap."""
+    features, labels = _noisy_problem()
+    report = svm(features.shape[1], max_iter=3).solve(features, labels)
+    assert report["iterations"] <= 3 and not report["converged"]
+    assert svm(features.shape[1]).solve(features, labels)["converged"]

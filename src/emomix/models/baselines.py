@@ -366,7 +366,8 @@ class LinearSVM(BaselineModel):
         """Set ``W, b`` to the minimum of the SVM objective (module docstring) on ``features`` (N×D,
         the input of :attr:`scores`) and ``labels`` (N, no ignored rows), with the class weights
         set on the model (uniform when unset); returns the objective, the iterations and whether
-        L-BFGS stopped on its tolerances before ``max_iter`` (``converged``)."""
+        L-BFGS stopped on its tolerances before its caps, ``max_iter`` iterations and
+        1.25 × ``max_iter`` objective evaluations (``converged``)."""
         config = self.svm_config
         if features.ndim != 2 or features.shape[0] != labels.shape[0] or features.shape[0] == 0:
             raise ConfigError(
@@ -401,11 +402,14 @@ class LinearSVM(BaselineModel):
 
         optimiser.step(objective)
         iterations = int(optimiser.state[w].get("n_iter", 0))
+        evaluations = int(optimiser.state[w].get("func_evals", 0))
+        # L-BFGS also stops at max_eval evaluations (1.25 × max_iter); that is a cap, not convergence
+        capped = iterations >= int(config.max_iter) or evaluations >= int(optimiser.defaults["max_eval"])
         final = float(objective().detach())
         with torch.no_grad():
             self.scores.weight.copy_(w.detach().to(self.scores.weight.dtype))
             self.scores.bias.copy_(b.detach().to(self.scores.bias.dtype))
-        return {"objective": final, "iterations": iterations, "converged": iterations < int(config.max_iter)}
+        return {"objective": final, "iterations": iterations, "converged": not capped}
 
     def loss(self, output: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The class-weighted Weston–Watkins multi-class (squared) hinge over the valid rows."""
